@@ -1,0 +1,86 @@
+"""Content-addressed artifact cache (default ``~/.cache/hmmlab``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("HMMLAB_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "hmmlab"
+
+
+class InputHash:
+    """Accumulates the inputs of an artifact into one short hex key."""
+
+    def __init__(self, kind: str) -> None:
+        self._h = hashlib.sha256(kind.encode())
+
+    def text(self, label: str, value: str) -> InputHash:
+        self._h.update(f"\0{label}\0{len(value)}\0".encode())
+        self._h.update(value.encode())
+        return self
+
+    def file(self, path: Path, label: str | None = None) -> InputHash:
+        data = path.read_bytes()
+        self._h.update(f"\0file\0{label or path.name}\0{len(data)}\0".encode())
+        self._h.update(data)
+        return self
+
+    def tree(self, root: Path, files: Iterable[Path] | None = None) -> InputHash:
+        """Hash every regular file below ``root`` (or the given ones), by relative path."""
+        paths = sorted(files if files is not None else (p for p in root.rglob("*") if p.is_file()))
+        for p in paths:
+            rel = p.relative_to(root).as_posix()
+            if "__pycache__" in rel:
+                continue
+            self.file(p, label=rel)
+        return self
+
+    def hexdigest(self, n: int = 16) -> str:
+        return self._h.hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class Cache:
+    root: Path
+
+    @classmethod
+    def default(cls) -> Cache:
+        return cls(default_cache_dir())
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @contextmanager
+    def building(self, final: Path):
+        """Yield a scratch directory that becomes ``final`` only if the block succeeds.
+
+        An interrupted or failed build leaves ``final`` absent, so a later run
+        never mistakes a half-built artifact for a finished one.
+        """
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
