@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * hmm_gpu: driver-internal definitions.
+ */
+#ifndef HMM_GPU_H
+#define HMM_GPU_H
+
+#include <linux/bitmap.h>
+#include <linux/completion.h>
+#include <linux/device.h>
+#include <linux/interrupt.h>
+#include <linux/io.h>
+#include <linux/kref.h>
+#include <linux/miscdevice.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/rwsem.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "hmm_gpu_regs.h"
+
+#define HMM_GPU_DRV_NAME	"hmm_gpu"
+
+/* Ring entries for both the command and the completion queue. */
+#define HMM_GPU_QUEUE_ENTRIES	256
+/* Commands in flight: one ring slot stays free so full != empty. */
+#define HMM_GPU_QUEUE_DEPTH	(HMM_GPU_QUEUE_ENTRIES - 1)
+
+/* No completion for this long means the device is hung (TCG is slow). */
+#define HMM_GPU_CMD_TIMEOUT	(10 * HZ)
+
+/* cmd_id = sequence number << 16 | tag; the tag indexes gdev->slots. */
+#define HMM_GPU_TAG_BITS	16
+#define HMM_GPU_TAG_MASK	((1u << HMM_GPU_TAG_BITS) - 1)
+
+struct hmm_gpu_batch;
+
+/* One command the device has been given and not yet completed. */
+struct hmm_gpu_slot {
+	struct hmm_gpu_batch	*batch;		/* NULL when the tag is free */
+	u64			cmd_id;
+	u32			index;		/* command number within the batch */
+};
+
+/*
+ * A group of commands one caller submits and waits for together. Every field
+ * but "done" is protected by hmm_gpu_dev.lock.
+ */
+struct hmm_gpu_batch {
+	struct completion	done;		/* pending dropped to zero */
+	unsigned int		pending;	/* submitted, not completed (+1 bias) */
+	unsigned int		submitted;
+	unsigned int		completed;
+	u32			ctx;
+	u32			status;		/* error of the first failing command */
+	u32			first_fail;	/* its index, U32_MAX if none */
+	int			err;		/* errno for a batch-wide failure */
+	u64			bytes;		/* bytes the completions reported */
+};
+
+struct hmm_gpu_stats {
+	u64	submitted;
+	u64	completed;
+	u64	failed;
+	u64	bytes;
+	u64	irq_cpl;
+	u64	irq_err;
+	u64	dev_errors;
+	u64	fatal;
+	u64	timeouts;
+	u64	resets;
+	u64	spurious_cpl;
+};
+
+struct hmm_gpu_dev {
+	struct pci_dev		*pdev;
+	void __iomem		*mmio;
+	struct kref		ref;		/* the PCI binding and each open file */
+	int			id;		/* N in /dev/hmm_gpuN */
+	char			name[16];
+	char			irq_name[HMM_GPU_NUM_VECTORS][24];
+	struct miscdevice	misc;
+	struct dentry		*debugfs;
+
+	u32			hw_version;
+	u32			caps;
+	u32			max_xfer;
+	atomic_t		next_ctx;
+
+	/* Rings (coherent DMA memory). */
+	struct hmm_gpu_cmd	*sq;
+	dma_addr_t		sq_dma;
+	struct hmm_gpu_cpl	*cq;
+	dma_addr_t		cq_dma;
+
+	/*
+	 * lock protects the ring indices, the tag table, every batch's counters
+	 * and stats; it is taken from the completion interrupt.
+	 */
+	spinlock_t		lock;
+	u32			sq_tail;
+	u32			cq_head;
+	u16			cq_phase;
+	unsigned int		inflight;
+	u64			seq;
+	bool			resetting;	/* rings being rebuilt: no submission */
+	bool			dead;		/* removed: no submission */
+	bool			broken;		/* re-initialisation failed */
+	struct hmm_gpu_slot	slots[HMM_GPU_QUEUE_DEPTH];
+	DECLARE_BITMAP(tags, HMM_GPU_QUEUE_DEPTH);
+	wait_queue_head_t	tag_wq;		/* a tag was freed or a reset ended */
+	struct hmm_gpu_stats	stats;
+	u32			last_error;
+	u64			last_error_addr;
+	u32			fatal_error;	/* ERROR register when FATAL was seen */
+
+	struct mutex		reset_lock;	/* serialises hmm_gpu_reset() */
+	struct work_struct	reset_work;	/* reset after a fatal error */
+
+	/* Held for read by every ioctl; remove() takes it for write. */
+	struct rw_semaphore	remove_sem;
+};
+
+static inline u32 hmm_gpu_read(struct hmm_gpu_dev *gdev, u32 reg)
+{
+	return readl(gdev->mmio + reg);
+}
+
+static inline void hmm_gpu_write(struct hmm_gpu_dev *gdev, u32 reg, u32 val)
+{
+	writel(val, gdev->mmio + reg);
+}
+
+static inline void hmm_gpu_write64(struct hmm_gpu_dev *gdev, u32 reg_lo, u64 val)
+{
+	/* The device latches a 64-bit value when its HI half is written. */
+	hmm_gpu_write(gdev, reg_lo, lower_32_bits(val));
+	hmm_gpu_write(gdev, reg_lo + 4, upper_32_bits(val));
+}
+
+/* A command as the submitter describes it (CPU byte order). */
+struct hmm_gpu_cmd_desc {
+	u8	opcode;
+	u64	src;
+	u64	dst;
+	u64	len;
+	u64	pattern;
+};
+
+/* hmm_gpu_queue.c */
+int hmm_gpu_queue_alloc(struct hmm_gpu_dev *gdev);
+int hmm_gpu_hw_init(struct hmm_gpu_dev *gdev);
+void hmm_gpu_hw_reset(struct hmm_gpu_dev *gdev);
+void hmm_gpu_reset(struct hmm_gpu_dev *gdev, const char *why);
+void hmm_gpu_reset_work(struct work_struct *work);
+irqreturn_t hmm_gpu_cpl_irq(int irq, void *data);
+irqreturn_t hmm_gpu_err_irq(int irq, void *data);
+void hmm_gpu_batch_init(struct hmm_gpu_batch *batch, u32 ctx);
+int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
+		   const struct hmm_gpu_cmd_desc *desc);
+void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch);
+void hmm_gpu_shutdown(struct hmm_gpu_dev *gdev);
+
+/* hmm_gpu_xfer.c */
+struct hmm_gpu_xfer;
+int hmm_gpu_xfer(struct hmm_gpu_dev *gdev, u32 ctx, struct hmm_gpu_xfer *xfer);
+
+#endif /* HMM_GPU_H */

@@ -1,0 +1,498 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * hmm_gpu: command and completion rings, interrupts, timeouts and reset.
+ *
+ * The driver keeps at most HMM_GPU_QUEUE_DEPTH commands in flight (submitted
+ * and not yet completed). Each one owns a tag; the tag is the low half of
+ * the command's cmd_id and indexes the slot table, so a completion finds its
+ * submitter without a search. Bounding the commands in flight by the ring
+ * size minus one means neither ring can overflow, so the driver never has
+ * to read CMDQ_HEAD: a free tag is a free slot in both rings.
+ */
+#include <linux/bitops.h>
+#include <linux/dma-mapping.h>
+#include <linux/iopoll.h>
+#include <linux/string.h>
+
+#include "hmm_gpu.h"
+
+static const char *const hmm_gpu_err_names[] = {
+	[HMM_GPU_ERR_NONE]		= "none",
+	[HMM_GPU_ERR_BAD_OPCODE]	= "bad opcode",
+	[HMM_GPU_ERR_BAD_LENGTH]	= "bad length",
+	[HMM_GPU_ERR_BAD_FLAGS]		= "bad flags",
+	[HMM_GPU_ERR_DMA_READ]		= "DMA read",
+	[HMM_GPU_ERR_DMA_WRITE]		= "DMA write",
+	[HMM_GPU_ERR_OVERLAP]		= "overlap",
+	[HMM_GPU_ERR_CMDQ_FETCH]	= "command fetch",
+	[HMM_GPU_ERR_CPLQ_WRITE]	= "completion write",
+	[HMM_GPU_ERR_QUEUE_CONFIG]	= "queue config",
+	[HMM_GPU_ERR_DOORBELL]		= "doorbell",
+	[HMM_GPU_ERR_BAD_VECTOR]	= "bad vector",
+	[HMM_GPU_ERR_BAD_REGISTER]	= "bad register",
+};
+
+static const char *hmm_gpu_err_name(u32 err)
+{
+	if (err < ARRAY_SIZE(hmm_gpu_err_names) && hmm_gpu_err_names[err])
+		return hmm_gpu_err_names[err];
+	return "unknown";
+}
+
+/* The ring entries are little-endian; the ABI header declares plain ints. */
+static inline u64 hmm_gpu_le64(u64 v)
+{
+	return le64_to_cpu((__force __le64)v);
+}
+
+static inline u32 hmm_gpu_le32(u32 v)
+{
+	return le32_to_cpu((__force __le32)v);
+}
+
+static inline u16 hmm_gpu_le16(u16 v)
+{
+	return le16_to_cpu((__force __le16)v);
+}
+
+int hmm_gpu_queue_alloc(struct hmm_gpu_dev *gdev)
+{
+	struct device *dev = &gdev->pdev->dev;
+
+	gdev->sq = dmam_alloc_coherent(dev, HMM_GPU_QUEUE_ENTRIES * sizeof(*gdev->sq),
+				       &gdev->sq_dma, GFP_KERNEL);
+	gdev->cq = dmam_alloc_coherent(dev, HMM_GPU_QUEUE_ENTRIES * sizeof(*gdev->cq),
+				       &gdev->cq_dma, GFP_KERNEL);
+	if (!gdev->sq || !gdev->cq)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Forget the ring contents; the device must be reset or not yet enabled. */
+static void hmm_gpu_ring_clear(struct hmm_gpu_dev *gdev)
+{
+	memset(gdev->sq, 0, HMM_GPU_QUEUE_ENTRIES * sizeof(*gdev->sq));
+	memset(gdev->cq, 0, HMM_GPU_QUEUE_ENTRIES * sizeof(*gdev->cq));
+	gdev->sq_tail = 0;
+	gdev->cq_head = 0;
+	gdev->cq_phase = 1;
+}
+
+/*
+ * Stop the device: it drops its queues, stops DMA and clears its registers.
+ * Process context only.
+ */
+void hmm_gpu_hw_reset(struct hmm_gpu_dev *gdev)
+{
+	u32 status;
+
+	hmm_gpu_write(gdev, HMM_GPU_REG_RESET, HMM_GPU_RESET_MAGIC);
+	if (readl_poll_timeout(gdev->mmio + HMM_GPU_REG_STATUS, status,
+			       status == U32_MAX || (status & HMM_GPU_STATUS_READY),
+			       100, 100 * USEC_PER_MSEC))
+		dev_dbg(&gdev->pdev->dev, "not READY after reset (status %#x)\n", status);
+}
+
+/*
+ * Program and enable freshly cleared rings. Called with the rings idle: at
+ * probe, or under gdev->lock after a reset.
+ */
+int hmm_gpu_hw_init(struct hmm_gpu_dev *gdev)
+{
+	u32 status, err;
+
+	hmm_gpu_ring_clear(gdev);
+
+	hmm_gpu_write64(gdev, HMM_GPU_REG_CMDQ_BASE_LO, gdev->sq_dma);
+	hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_SIZE, HMM_GPU_QUEUE_ENTRIES);
+	hmm_gpu_write64(gdev, HMM_GPU_REG_CPLQ_BASE_LO, gdev->cq_dma);
+	hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_SIZE, HMM_GPU_QUEUE_ENTRIES);
+	hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_HEAD, 0);
+
+	hmm_gpu_write(gdev, HMM_GPU_REG_VEC_CPL, HMM_GPU_VEC_CPL_DEFAULT);
+	hmm_gpu_write(gdev, HMM_GPU_REG_VEC_ERR, HMM_GPU_VEC_ERR_DEFAULT);
+	hmm_gpu_write(gdev, HMM_GPU_REG_INTR_STATUS,
+		      HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR);
+	hmm_gpu_write(gdev, HMM_GPU_REG_INTR_MASK,
+		      HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR);
+
+	/* Completions first, so the engine never runs without a place to post. */
+	hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_CTRL, HMM_GPU_QCTRL_ENABLE);
+	hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_CTRL, HMM_GPU_QCTRL_ENABLE);
+
+	status = hmm_gpu_read(gdev, HMM_GPU_REG_STATUS);
+	if (status == U32_MAX)
+		return -ENODEV;
+	if (status & HMM_GPU_STATUS_FATAL) {
+		err = hmm_gpu_read(gdev, HMM_GPU_REG_ERROR);
+		dev_err(&gdev->pdev->dev, "queue setup failed: error %u (%s)\n",
+			err, hmm_gpu_err_name(err));
+		return -EIO;
+	}
+	return 0;
+}
+
+/* Retire the command in @tag. Called with gdev->lock held. */
+static void hmm_gpu_retire(struct hmm_gpu_dev *gdev, unsigned int tag,
+			   u32 status, u64 bytes, int err)
+{
+	struct hmm_gpu_slot *slot = &gdev->slots[tag];
+	struct hmm_gpu_batch *batch = slot->batch;
+
+	slot->batch = NULL;
+	clear_bit(tag, gdev->tags);
+	gdev->inflight--;
+
+	batch->bytes += bytes;
+	gdev->stats.bytes += bytes;
+	if (err && !batch->err)
+		batch->err = err;
+	if (status) {
+		gdev->stats.failed++;
+		if (slot->index < batch->first_fail) {
+			batch->first_fail = slot->index;
+			batch->status = status;
+		}
+	} else {
+		gdev->stats.completed++;
+	}
+	if (!err)
+		batch->completed++;
+	if (--batch->pending == 0)
+		complete(&batch->done);
+}
+
+/*
+ * Consume the completion entries the device has posted. Called with
+ * gdev->lock held; @write_head is false while the device is being reset.
+ * Returns the number of entries consumed.
+ */
+static unsigned int hmm_gpu_process_cpl(struct hmm_gpu_dev *gdev, bool write_head)
+{
+	unsigned int n = 0;
+
+	for (;;) {
+		struct hmm_gpu_cpl *cpl = &gdev->cq[gdev->cq_head];
+		unsigned int tag;
+		u64 cmd_id;
+		u32 status;
+
+		if ((hmm_gpu_le16(READ_ONCE(cpl->phase)) & 1) != gdev->cq_phase)
+			break;
+		/* Read the entry only after its phase says it is complete. */
+		dma_rmb();
+		cmd_id = hmm_gpu_le64(cpl->cmd_id);
+		status = hmm_gpu_le32(cpl->status);
+
+		tag = cmd_id & HMM_GPU_TAG_MASK;
+		if (tag < HMM_GPU_QUEUE_DEPTH && gdev->slots[tag].batch &&
+		    gdev->slots[tag].cmd_id == cmd_id) {
+			hmm_gpu_retire(gdev, tag, status,
+				       hmm_gpu_le64(cpl->bytes), 0);
+		} else {
+			gdev->stats.spurious_cpl++;
+			dev_warn_ratelimited(&gdev->pdev->dev,
+					     "completion for unknown command %#llx (status %u)\n",
+					     cmd_id, status);
+		}
+
+		if (++gdev->cq_head == HMM_GPU_QUEUE_ENTRIES) {
+			gdev->cq_head = 0;
+			gdev->cq_phase ^= 1;
+		}
+		n++;
+	}
+
+	if (n) {
+		if (write_head)
+			hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_HEAD, gdev->cq_head);
+		wake_up(&gdev->tag_wq);
+	}
+	return n;
+}
+
+irqreturn_t hmm_gpu_cpl_irq(int irq, void *data)
+{
+	struct hmm_gpu_dev *gdev = data;
+	u32 intr;
+
+	intr = hmm_gpu_read(gdev, HMM_GPU_REG_INTR_STATUS);
+	if (intr == U32_MAX)
+		return IRQ_NONE;	/* device gone */
+	/* Ack before draining: a completion posted later raises a new MSI. */
+	if (intr & HMM_GPU_INTR_CPL)
+		hmm_gpu_write(gdev, HMM_GPU_REG_INTR_STATUS, HMM_GPU_INTR_CPL);
+
+	spin_lock(&gdev->lock);
+	gdev->stats.irq_cpl++;
+	if (!gdev->resetting)
+		hmm_gpu_process_cpl(gdev, true);
+	spin_unlock(&gdev->lock);
+	return IRQ_HANDLED;
+}
+
+irqreturn_t hmm_gpu_err_irq(int irq, void *data)
+{
+	struct hmm_gpu_dev *gdev = data;
+	u32 intr, err, status;
+	u64 addr;
+
+	intr = hmm_gpu_read(gdev, HMM_GPU_REG_INTR_STATUS);
+	if (intr == U32_MAX)
+		return IRQ_NONE;
+	if (!(intr & HMM_GPU_INTR_ERROR))
+		return IRQ_NONE;
+	hmm_gpu_write(gdev, HMM_GPU_REG_INTR_STATUS, HMM_GPU_INTR_ERROR);
+
+	err = hmm_gpu_read(gdev, HMM_GPU_REG_ERROR);
+	addr = hmm_gpu_read(gdev, HMM_GPU_REG_ERROR_ADDR_LO);
+	addr |= (u64)hmm_gpu_read(gdev, HMM_GPU_REG_ERROR_ADDR_HI) << 32;
+	status = hmm_gpu_read(gdev, HMM_GPU_REG_STATUS);
+
+	spin_lock(&gdev->lock);
+	gdev->stats.irq_err++;
+	gdev->stats.dev_errors++;
+	gdev->last_error = err;
+	gdev->last_error_addr = addr;
+	if (status & HMM_GPU_STATUS_FATAL) {
+		gdev->stats.fatal++;
+		gdev->fatal_error = err;
+	}
+	spin_unlock(&gdev->lock);
+
+	if (status & HMM_GPU_STATUS_FATAL) {
+		dev_err_ratelimited(&gdev->pdev->dev,
+				    "fatal device error %u (%s) at %#llx, resetting\n",
+				    err, hmm_gpu_err_name(err), addr);
+		schedule_work(&gdev->reset_work);
+	} else {
+		dev_err_ratelimited(&gdev->pdev->dev,
+				    "device error %u (%s) at %#llx\n",
+				    err, hmm_gpu_err_name(err), addr);
+	}
+	return IRQ_HANDLED;
+}
+
+/*
+ * Reset the device and rebuild its rings. Commands still in flight are
+ * failed with -EIO (their batch keeps an earlier error such as -ETIMEDOUT).
+ * Process context; may sleep.
+ */
+void hmm_gpu_reset(struct hmm_gpu_dev *gdev, const char *why)
+{
+	unsigned int tag, failed = 0;
+	int ret;
+
+	mutex_lock(&gdev->reset_lock);
+	spin_lock_irq(&gdev->lock);
+	if (gdev->dead) {
+		spin_unlock_irq(&gdev->lock);
+		mutex_unlock(&gdev->reset_lock);
+		return;
+	}
+	gdev->resetting = true;
+	spin_unlock_irq(&gdev->lock);
+
+	/* After this the device neither touches memory nor posts completions. */
+	hmm_gpu_hw_reset(gdev);
+
+	spin_lock_irq(&gdev->lock);
+	/* Harvest what completed before the reset, fail the rest. */
+	hmm_gpu_process_cpl(gdev, false);
+	for_each_set_bit(tag, gdev->tags, HMM_GPU_QUEUE_DEPTH) {
+		struct hmm_gpu_batch *batch = gdev->slots[tag].batch;
+		u32 status = gdev->fatal_error ? gdev->fatal_error : HMM_GPU_ERR_NONE;
+
+		if (!batch->status && status) {
+			batch->status = status;
+			batch->first_fail = gdev->slots[tag].index;
+		}
+		hmm_gpu_retire(gdev, tag, HMM_GPU_ERR_NONE, 0, -EIO);
+		failed++;
+	}
+	gdev->fatal_error = 0;
+	gdev->stats.resets++;
+	ret = hmm_gpu_hw_init(gdev);
+	gdev->broken = ret != 0;
+	gdev->resetting = false;
+	spin_unlock_irq(&gdev->lock);
+	wake_up_all(&gdev->tag_wq);
+	mutex_unlock(&gdev->reset_lock);
+
+	if (ret)
+		dev_err(&gdev->pdev->dev, "reset (%s) failed: %d, device disabled\n", why, ret);
+	else
+		dev_warn(&gdev->pdev->dev, "reset (%s): %u command(s) failed\n", why, failed);
+}
+
+void hmm_gpu_reset_work(struct work_struct *work)
+{
+	struct hmm_gpu_dev *gdev = container_of(work, struct hmm_gpu_dev, reset_work);
+
+	hmm_gpu_reset(gdev, "fatal error");
+}
+
+/* The batch's commands stopped completing: reset the device to get them back. */
+static void hmm_gpu_timeout(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
+{
+	spin_lock_irq(&gdev->lock);
+	if (!batch->err)
+		batch->err = -ETIMEDOUT;
+	gdev->stats.timeouts++;
+	spin_unlock_irq(&gdev->lock);
+
+	dev_err(&gdev->pdev->dev, "ctx %u: no completion for %u s\n",
+		batch->ctx, HMM_GPU_CMD_TIMEOUT / HZ);
+	hmm_gpu_reset(gdev, "timeout");
+}
+
+void hmm_gpu_batch_init(struct hmm_gpu_batch *batch, u32 ctx)
+{
+	memset(batch, 0, sizeof(*batch));
+	init_completion(&batch->done);
+	batch->pending = 1;		/* dropped by hmm_gpu_batch_wait() */
+	batch->first_fail = U32_MAX;
+	batch->ctx = ctx;
+}
+
+static bool hmm_gpu_can_submit(struct hmm_gpu_dev *gdev)
+{
+	return !gdev->resetting && !gdev->broken &&
+	       gdev->inflight < HMM_GPU_QUEUE_DEPTH;
+}
+
+static bool hmm_gpu_submit_wake(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
+{
+	bool wake;
+
+	spin_lock_irq(&gdev->lock);
+	wake = gdev->dead || batch->err || hmm_gpu_can_submit(gdev);
+	spin_unlock_irq(&gdev->lock);
+	return wake;
+}
+
+/*
+ * Queue one command of @batch, waiting for a free slot if the ring is full.
+ * On error nothing was queued; -ETIMEDOUT means the device was reset.
+ */
+int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
+		   const struct hmm_gpu_cmd_desc *desc)
+{
+	struct hmm_gpu_cmd *cmd;
+	struct hmm_gpu_slot *slot;
+	unsigned int tag;
+	long left;
+	int ret;
+
+	spin_lock_irq(&gdev->lock);
+	for (;;) {
+		if (gdev->dead) {
+			ret = -ENODEV;
+			goto unlock;
+		}
+		if (batch->err) {
+			ret = batch->err;
+			goto unlock;
+		}
+		if (gdev->broken) {
+			ret = -EIO;
+			goto unlock;
+		}
+		if (hmm_gpu_can_submit(gdev))
+			break;
+		spin_unlock_irq(&gdev->lock);
+		left = wait_event_timeout(gdev->tag_wq, hmm_gpu_submit_wake(gdev, batch),
+					  HMM_GPU_CMD_TIMEOUT);
+		if (!left && !hmm_gpu_submit_wake(gdev, batch)) {
+			hmm_gpu_timeout(gdev, batch);
+			return -ETIMEDOUT;
+		}
+		spin_lock_irq(&gdev->lock);
+	}
+
+	tag = find_first_zero_bit(gdev->tags, HMM_GPU_QUEUE_DEPTH);
+	if (WARN_ON_ONCE(tag >= HMM_GPU_QUEUE_DEPTH)) {
+		ret = -EIO;
+		goto unlock;
+	}
+	set_bit(tag, gdev->tags);
+	slot = &gdev->slots[tag];
+	slot->batch = batch;
+	slot->cmd_id = (++gdev->seq << HMM_GPU_TAG_BITS) | tag;
+	slot->index = batch->submitted;
+
+	cmd = &gdev->sq[gdev->sq_tail];
+	memset(cmd, 0, sizeof(*cmd));
+	cmd->opcode = desc->opcode;
+	cmd->flags = HMM_GPU_CMD_F_IRQ;
+	cmd->ctx = (__force u32)cpu_to_le32(batch->ctx);
+	cmd->cmd_id = (__force u64)cpu_to_le64(slot->cmd_id);
+	cmd->src = (__force u64)cpu_to_le64(desc->src);
+	cmd->dst = (__force u64)cpu_to_le64(desc->dst);
+	cmd->len = (__force u64)cpu_to_le64(desc->len);
+	cmd->pattern = (__force u64)cpu_to_le64(desc->pattern);
+	gdev->sq_tail = (gdev->sq_tail + 1) % HMM_GPU_QUEUE_ENTRIES;
+
+	batch->pending++;
+	batch->submitted++;
+	gdev->inflight++;
+	gdev->stats.submitted++;
+
+	/* writel() orders the entry in coherent memory before the doorbell. */
+	hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_TAIL, gdev->sq_tail);
+	ret = 0;
+unlock:
+	spin_unlock_irq(&gdev->lock);
+	return ret;
+}
+
+/*
+ * Wait until every command of @batch has completed or been failed. A batch
+ * whose commands make no progress for HMM_GPU_CMD_TIMEOUT gets -ETIMEDOUT
+ * and the device is reset, so on return the device no longer touches the
+ * batch's buffers.
+ */
+void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
+{
+	unsigned int seen, found;
+
+	spin_lock_irq(&gdev->lock);
+	if (--batch->pending == 0)
+		complete(&batch->done);
+	spin_unlock_irq(&gdev->lock);
+
+	for (;;) {
+		seen = READ_ONCE(batch->completed);
+		if (wait_for_completion_timeout(&batch->done, HMM_GPU_CMD_TIMEOUT))
+			return;
+
+		/* Poll once, in case an interrupt went missing. */
+		spin_lock_irq(&gdev->lock);
+		found = gdev->resetting ? 0 : hmm_gpu_process_cpl(gdev, true);
+		spin_unlock_irq(&gdev->lock);
+		if (found)
+			dev_warn_ratelimited(&gdev->pdev->dev,
+					     "%u completion(s) found without an interrupt\n",
+					     found);
+		if (completion_done(&batch->done))
+			return;
+		if (READ_ONCE(batch->completed) != seen)
+			continue;
+		hmm_gpu_timeout(gdev, batch);
+	}
+}
+
+/* Quiesce the device for good (remove). No ioctl can be running. */
+void hmm_gpu_shutdown(struct hmm_gpu_dev *gdev)
+{
+	unsigned int tag;
+
+	mutex_lock(&gdev->reset_lock);
+	hmm_gpu_hw_reset(gdev);
+	spin_lock_irq(&gdev->lock);
+	for_each_set_bit(tag, gdev->tags, HMM_GPU_QUEUE_DEPTH)
+		hmm_gpu_retire(gdev, tag, HMM_GPU_ERR_NONE, 0, -ENODEV);
+	spin_unlock_irq(&gdev->lock);
+	mutex_unlock(&gdev->reset_lock);
+	wake_up_all(&gdev->tag_wq);
+}
