@@ -107,7 +107,6 @@ int hmm_gpu_hw_init(struct hmm_gpu_dev *gdev)
 	hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_SIZE, HMM_GPU_QUEUE_ENTRIES);
 	hmm_gpu_write64(gdev, HMM_GPU_REG_CPLQ_BASE_LO, gdev->cq_dma);
 	hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_SIZE, HMM_GPU_QUEUE_ENTRIES);
-	hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_HEAD, 0);
 
 	hmm_gpu_write(gdev, HMM_GPU_REG_VEC_CPL, HMM_GPU_VEC_CPL_DEFAULT);
 	hmm_gpu_write(gdev, HMM_GPU_REG_VEC_ERR, HMM_GPU_VEC_ERR_DEFAULT);
@@ -116,7 +115,10 @@ int hmm_gpu_hw_init(struct hmm_gpu_dev *gdev)
 	hmm_gpu_write(gdev, HMM_GPU_REG_INTR_MASK,
 		      HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR);
 
-	/* Completions first, so the engine never runs without a place to post. */
+	/*
+	 * Completions first, so the engine never runs without a place to post.
+	 * Enabling a queue zeroes its head and tail and restarts the phase at 1.
+	 */
 	hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_CTRL, HMM_GPU_QCTRL_ENABLE);
 	hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_CTRL, HMM_GPU_QCTRL_ENABLE);
 
