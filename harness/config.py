@@ -1,0 +1,321 @@
+"""Run configuration: a YAML file over the packaged defaults (``default.yaml``).
+
+Every error names the file, the line, the key and what would be accepted, e.g.
+``run.yaml:4: memory: expected MiB as an integer or like "1G", got "lots"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+DEFAULT_NAME = "default.yaml"
+
+MACHINES = ("q35", "pc")
+ACCELS = ("auto", "kvm", "tcg")
+DEVICE_TYPES = ("hmm-gpu",)
+# Properties the launcher sets itself for each device.
+RESERVED_PROPS = ("id", "dmatrace", "bus", "addr")
+TIMEOUT_KEYS = ("boot", "no_output", "scenario")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located in its file."""
+
+    def __init__(self, source: str, line: int | None, key: str, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.key = key
+        self.message = message
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    type: str
+    props: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    boot: float = 120.0
+    no_output: float = 60.0
+    scenario: float = 300.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    kernel: str
+    machine: str
+    memory: int  # MiB
+    cpus: int
+    accel: str
+    devices: tuple[DeviceConfig, ...]
+    scenarios: tuple[str, ...]
+    timeouts: Timeouts
+    source: str = "<default>"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["devices"] = [asdict(dev) for dev in self.devices]
+        d["scenarios"] = list(self.scenarios)
+        return d
+
+
+# ---- YAML nodes ---------------------------------------------------------------
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _scalar_value(node: ScalarNode) -> Any:
+    return SafeConstructor().construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+
+
+def _show(node: Node) -> str:
+    if isinstance(node, ScalarNode):
+        return f'"{node.value}"' if node.value != "" else "nothing"
+    return "a list" if isinstance(node, SequenceNode) else "a mapping"
+
+
+class _Reader:
+    """Turns composed YAML nodes into checked values, raising located errors."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, node: Node | None, key: str, message: str) -> ConfigError:
+        return ConfigError(self.source, _line(node) if node is not None else None, key, message)
+
+    def mapping(self, node: Node, key: str, allowed: Iterable[str]) -> dict[str, tuple[Node, Node]]:
+        """Mapping entries by key name: {name: (key_node, value_node)}; unknown keys fail."""
+        if not isinstance(node, MappingNode):
+            raise self.error(node, key, f"expected a mapping of keys, got {_show(node)}")
+        allowed = list(allowed)
+        out: dict[str, tuple[Node, Node]] = {}
+        for knode, vnode in node.value:
+            name = knode.value if isinstance(knode, ScalarNode) else None
+            full = f"{key}.{name}" if key else str(name)
+            if not isinstance(name, str):
+                raise self.error(knode, key or "(top level)", "keys must be plain names")
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+                hint = f'; did you mean "{close[0]}"?' if close else ""
+                raise self.error(
+                    knode, full, f"unknown key{hint} (known: {', '.join(allowed)})"
+                )
+            if name in out:
+                raise self.error(
+                    knode, full, f"duplicate key (first given on line {_line(out[name][0])})"
+                )
+            out[name] = (knode, vnode)
+        return out
+
+    def scalar(self, node: Node, key: str, what: str) -> Any:
+        if not isinstance(node, ScalarNode):
+            raise self.error(node, key, f"expected {what}, got {_show(node)}")
+        try:
+            return _scalar_value(node)
+        except yaml.YAMLError as e:
+            raise self.error(node, key, f"expected {what}, got {_show(node)} ({e})") from e
+
+    def choice(self, node: Node, key: str, choices: Iterable[str]) -> str:
+        choices = list(choices)
+        what = " or ".join(f'"{c}"' for c in choices)
+        value = self.scalar(node, key, what)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            raise self.error(node, key, f"expected {what}, got {_show(node)}{hint}")
+        return value
+
+    def integer(self, node: Node, key: str, lo: int, hi: int) -> int:
+        value = self.scalar(node, key, f"an integer from {lo} to {hi}")
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.error(node, key, f"expected an integer from {lo} to {hi}, got {_show(node)}")
+        return value
+
+    def seconds(self, node: Node, key: str) -> float:
+        value = self.scalar(node, key, "a number of seconds")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.error(node, key, f"expected a positive number of seconds, got {_show(node)}")
+        return float(value)
+
+    def sequence(self, node: Node, key: str, what: str) -> list[Node]:
+        if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
+            return []
+        if not isinstance(node, SequenceNode):
+            raise self.error(node, key, f"expected a list of {what}, got {_show(node)}")
+        return list(node.value)
+
+
+# ---- field parsers ----------------------------------------------------------------
+
+_KERNEL_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
+_MEM_RE = re.compile(r"^\s*(\d+)\s*([MG])(?:i?B)?\s*$", re.IGNORECASE)
+_PROP_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+def parse_memory(value: Any) -> int | None:
+    """MiB from 1024, "1024", "1024M", "1G", "1GiB"; None if not understood."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        s = value.strip()
+        if s.isdigit():
+            return int(s)
+        m = _MEM_RE.match(s)
+        if m:
+            n = int(m.group(1))
+            return n * 1024 if m.group(2).upper() == "G" else n
+    return None
+
+
+def _kernel(r: _Reader, node: Node) -> str:
+    # Take the text as written: an unquoted 6.10 must not become the float 6.1.
+    if not isinstance(node, ScalarNode) or not _KERNEL_RE.match(str(node.value)):
+        raise r.error(node, "kernel", f'expected a version like "6.12", got {_show(node)}')
+    return str(node.value)
+
+
+def _memory(r: _Reader, node: Node) -> int:
+    value = r.scalar(node, "memory", 'MiB as an integer or like "1G"')
+    mib = parse_memory(value)
+    if mib is None:
+        raise r.error(node, "memory", f'expected MiB as an integer or like "1G", got {_show(node)}')
+    if not 128 <= mib <= 64 * 1024:
+        raise r.error(node, "memory", f"expected 128 MiB to 64G, got {mib} MiB")
+    return mib
+
+
+def _prop_value(r: _Reader, node: Node, key: str) -> str:
+    value = r.scalar(node, key, "a string, number or boolean")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or not isinstance(value, str | int | float):
+        raise r.error(node, key, f"expected a string, number or boolean, got {_show(node)}")
+    return str(value)
+
+
+def _devices(r: _Reader, node: Node) -> tuple[DeviceConfig, ...]:
+    out = []
+    for i, dnode in enumerate(r.sequence(node, "devices", "devices like {type: hmm-gpu}")):
+        key = f"devices[{i}]"
+        entries = r.mapping(dnode, key, ("type", "props"))
+        if "type" not in entries:
+            raise r.error(dnode, key, "missing key type (e.g. type: hmm-gpu)")
+        dtype = r.choice(entries["type"][1], f"{key}.type", DEVICE_TYPES)
+        props: dict[str, str] = {}
+        if "props" in entries:
+            pnode = entries["props"][1]
+            if not isinstance(pnode, MappingNode):
+                raise r.error(pnode, f"{key}.props", f"expected a mapping, got {_show(pnode)}")
+            for knode, vnode in pnode.value:
+                pname = str(knode.value)
+                pkey = f"{key}.props.{pname}"
+                if not _PROP_RE.match(pname):
+                    raise r.error(knode, pkey, "not a valid QEMU property name")
+                if pname in RESERVED_PROPS:
+                    raise r.error(knode, pkey, "set by the launcher itself; remove it")
+                props[pname] = _prop_value(r, vnode, pkey)
+        out.append(DeviceConfig(type=dtype, props=props))
+    return tuple(out)
+
+
+def _scenarios(r: _Reader, node: Node, known: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for i, snode in enumerate(r.sequence(node, "scenarios", "scenario names")):
+        out.append(r.choice(snode, f"scenarios[{i}]", known))
+    return tuple(out)
+
+
+def _timeouts(r: _Reader, node: Node, base: Timeouts) -> Timeouts:
+    entries = r.mapping(node, "timeouts", TIMEOUT_KEYS)
+    values = asdict(base)
+    for name, (_k, vnode) in entries.items():
+        values[name] = r.seconds(vnode, f"timeouts.{name}")
+    return Timeouts(**values)
+
+
+# ---- loading ---------------------------------------------------------------------
+
+def _compose(text: str, source: str) -> Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(source, line, "", f"not valid YAML: {e.problem or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(source, None, "", f"not valid YAML: {e}") from e
+
+
+def _known_scenarios() -> tuple[str, ...]:
+    from harness.scenarios import names
+
+    return names()
+
+
+def _apply(
+    cfg: dict[str, Any], text: str, source: str, known_scenarios: tuple[str, ...]
+) -> dict[str, Any]:
+    """Overlay the keys of one YAML document onto ``cfg`` (a dict of parsed fields)."""
+    root = _compose(text, source)
+    if root is None:  # empty file: all defaults
+        return cfg
+    r = _Reader(source)
+    parsers: dict[str, Callable[[Node], Any]] = {
+        "kernel": lambda n: _kernel(r, n),
+        "machine": lambda n: r.choice(n, "machine", MACHINES),
+        "memory": lambda n: _memory(r, n),
+        "cpus": lambda n: r.integer(n, "cpus", 1, 64),
+        "accel": lambda n: r.choice(n, "accel", ACCELS),
+        "devices": lambda n: _devices(r, n),
+        "scenarios": lambda n: _scenarios(r, n, known_scenarios),
+        "timeouts": lambda n: _timeouts(r, n, cfg.get("timeouts", Timeouts())),
+    }
+    out = dict(cfg)
+    for name, (_k, vnode) in r.mapping(root, "", parsers).items():
+        out[name] = parsers[name](vnode)
+    return out
+
+
+def default_text() -> str:
+    return resources.files("harness").joinpath(DEFAULT_NAME).read_text()
+
+
+def load_text(
+    text: str, source: str = "<string>", known_scenarios: tuple[str, ...] | None = None
+) -> RunConfig:
+    """Parse a run file's text over the packaged defaults."""
+    known = known_scenarios if known_scenarios is not None else _known_scenarios()
+    fields = _apply({}, default_text(), DEFAULT_NAME, known)
+    missing = {f for f in RunConfig.__dataclass_fields__ if f != "source"} - fields.keys()
+    if missing:  # a broken package, not a user error
+        raise ConfigError(DEFAULT_NAME, None, "", f"missing keys {sorted(missing)}")
+    if source != DEFAULT_NAME:
+        fields = _apply(fields, text, source, known)
+    return RunConfig(source=source, **fields)
+
+
+def load(path: Path | None, known_scenarios: tuple[str, ...] | None = None) -> RunConfig:
+    """Load ``path`` over the defaults; ``None`` gives the defaults alone."""
+    if path is None:
+        return load_text(default_text(), DEFAULT_NAME, known_scenarios)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(str(path), None, "", f"cannot read: {e.strerror}") from e
+    return load_text(text, str(path), known_scenarios)

@@ -1,0 +1,400 @@
+"""Decoder for the hmm-gpu host-side DMA trace stream.
+
+The device writes one ``struct hmm_gpu_trace_hdr`` and then one
+``struct hmm_gpu_trace_rec`` per DMA it issues to its ``dmatrace`` chardev
+(``qemu-devices/include/hmm_gpu_regs.h``; tests/unit/test_abi.py checks the
+layouts below against that header with a C compiler).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+TRACE_MAGIC = 0x31435254474D4D48  # "HMMGTRC1"
+TRACE_VERSION = 1
+
+# struct hmm_gpu_trace_hdr: magic, version, rec_size, devfn, rsvd
+HDR_FORMAT = "<QIIII"
+HDR_FIELDS = ("magic", "version", "rec_size", "devfn", "rsvd")
+# struct hmm_gpu_trace_rec: timestamp_ns, addr, len, cmd_id, ctx, engine, kind, dir, result
+REC_FORMAT = "<QQQQIBBBB"
+REC_FIELDS = ("timestamp_ns", "addr", "len", "cmd_id", "ctx", "engine", "kind", "dir", "result")
+HDR = struct.Struct(HDR_FORMAT)
+REC = struct.Struct(REC_FORMAT)
+HDR_SIZE = HDR.size  # 24
+REC_SIZE = REC.size  # 40
+
+
+class Engine(IntEnum):
+    """enum hmm_gpu_trace_engine"""
+
+    QUEUE = 0
+    COPY = 1
+
+
+class Kind(IntEnum):
+    """enum hmm_gpu_trace_kind"""
+
+    CMD_FETCH = 0
+    CPL_WRITE = 1
+    DATA = 2
+
+
+class Dir(IntEnum):
+    """HMM_GPU_DIR_*"""
+
+    READ = 0  # the device reads guest memory
+    WRITE = 1  # the device writes guest memory
+
+
+# The C names of every constant above, for the ABI test.
+C_CONSTANTS: dict[str, int] = {
+    "HMM_GPU_TRACE_MAGIC": TRACE_MAGIC,
+    "HMM_GPU_TRACE_VERSION": TRACE_VERSION,
+    "HMM_GPU_ENGINE_QUEUE": Engine.QUEUE,
+    "HMM_GPU_ENGINE_COPY": Engine.COPY,
+    "HMM_GPU_TRACE_CMD_FETCH": Kind.CMD_FETCH,
+    "HMM_GPU_TRACE_CPL_WRITE": Kind.CPL_WRITE,
+    "HMM_GPU_TRACE_DATA": Kind.DATA,
+    "HMM_GPU_DIR_READ": Dir.READ,
+    "HMM_GPU_DIR_WRITE": Dir.WRITE,
+}
+
+
+class TraceError(ValueError):
+    """The data is not a hmm-gpu DMA trace this decoder understands."""
+
+
+def _enum(cls: type[IntEnum], value: int) -> IntEnum | int:
+    try:
+        return cls(value)
+    except ValueError:
+        return value  # unknown value: kept as a plain int and reported
+
+
+def _name(value: IntEnum | int) -> str:
+    return value.name if isinstance(value, IntEnum) else f"?{value}"
+
+
+@dataclass(frozen=True)
+class TraceHeader:
+    magic: int
+    version: int
+    rec_size: int
+    devfn: int
+    rsvd: int
+
+    @property
+    def slot(self) -> int:
+        return self.devfn >> 3
+
+    @property
+    def function(self) -> int:
+        return self.devfn & 7
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    timestamp_ns: int
+    addr: int
+    len: int
+    cmd_id: int
+    ctx: int
+    engine: Engine | int
+    kind: Kind | int
+    dir: Dir | int
+    result: int  # MemTxResult, 0 = OK
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.len
+
+    @property
+    def ok(self) -> bool:
+        return self.result == 0
+
+    def describe(self) -> str:
+        return (
+            f"{self.timestamp_ns:>14} {_name(self.engine):<5} {_name(self.kind):<9} "
+            f"{_name(self.dir):<5} addr=0x{self.addr:x} len={self.len} "
+            f"cmd={self.cmd_id} ctx={self.ctx}"
+            + ("" if self.ok else f" result={self.result}")
+        )
+
+
+@dataclass
+class Trace:
+    header: TraceHeader
+    records: list[TraceRecord] = field(default_factory=list)
+    truncated_bytes: int = 0  # an incomplete last record (QEMU killed mid-write)
+    problems: list[str] = field(default_factory=list)
+
+    def data(self) -> list[TraceRecord]:
+        return [r for r in self.records if r.kind == Kind.DATA]
+
+
+def decode(data: bytes) -> Trace:
+    """Decode a whole trace stream.
+
+    Raises :class:`TraceError` if the header is missing or not ours. A
+    truncated last record is tolerated and reported in ``truncated_bytes``
+    and ``problems``; records with unknown enum values are kept (as ints)
+    and reported too.
+    """
+    if len(data) == 0:
+        raise TraceError("empty trace: the device wrote no header")
+    if len(data) < HDR_SIZE:
+        raise TraceError(f"truncated header: {len(data)} of {HDR_SIZE} bytes")
+    header = TraceHeader(*HDR.unpack_from(data, 0))
+    if header.magic != TRACE_MAGIC:
+        raise TraceError(
+            f"bad magic 0x{header.magic:016x} (want 0x{TRACE_MAGIC:016x}): not a hmm-gpu trace"
+        )
+    if header.version != TRACE_VERSION:
+        raise TraceError(f"trace version {header.version}, this decoder reads {TRACE_VERSION}")
+    if header.rec_size < REC_SIZE:
+        raise TraceError(f"record size {header.rec_size} is smaller than {REC_SIZE}")
+
+    trace = Trace(header)
+    step = header.rec_size  # a larger size means fields appended we do not read
+    body = memoryview(data)[HDR_SIZE:]
+    whole = len(body) // step
+    for i in range(whole):
+        v = REC.unpack_from(body, i * step)
+        rec = TraceRecord(
+            timestamp_ns=v[0], addr=v[1], len=v[2], cmd_id=v[3], ctx=v[4],
+            engine=_enum(Engine, v[5]), kind=_enum(Kind, v[6]), dir=_enum(Dir, v[7]),
+            result=v[8],
+        )
+        for fname, val in (("engine", rec.engine), ("kind", rec.kind), ("dir", rec.dir)):
+            if not isinstance(val, IntEnum):
+                trace.problems.append(f"record {i}: unknown {fname} {val}")
+        trace.records.append(rec)
+    rest = len(body) - whole * step
+    if rest:
+        trace.truncated_bytes = rest
+        trace.problems.append(
+            f"truncated last record: {rest} of {step} bytes after record {whole - 1}"
+        )
+    return trace
+
+
+def read_trace(path: Path) -> Trace:
+    return decode(Path(path).read_bytes())
+
+
+# ---- summary -------------------------------------------------------------------
+
+@dataclass
+class TraceSummary:
+    records: int
+    commands: int
+    bytes_by: dict[str, int]  # "DATA/READ" -> bytes
+    count_by: dict[str, int]
+    errors: int
+    first_ns: int | None
+    last_ns: int | None
+    problems: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records, "commands": self.commands, "bytes": self.bytes_by,
+            "counts": self.count_by, "errors": self.errors, "first_ns": self.first_ns,
+            "last_ns": self.last_ns, "problems": self.problems,
+        }
+
+    def format(self) -> str:
+        lines = [f"{self.records} records, {self.commands} commands, {self.errors} DMA errors"]
+        if self.first_ns is not None and self.last_ns is not None:
+            lines.append(f"span {(self.last_ns - self.first_ns) / 1e6:.3f} ms (virtual clock)")
+        for key in sorted(self.count_by):
+            n, b = self.count_by[key], self.bytes_by[key]
+            lines.append(f"  {key:<16} {n:>8} records {b:>12} bytes")
+        lines.extend(f"problem: {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+def summarize(trace: Trace) -> TraceSummary:
+    bytes_by: Counter[str] = Counter()
+    count_by: Counter[str] = Counter()
+    for r in trace.records:
+        key = f"{_name(r.kind)}/{_name(r.dir)}"
+        bytes_by[key] += r.len
+        count_by[key] += 1
+    stamps = [r.timestamp_ns for r in trace.records]
+    return TraceSummary(
+        records=len(trace.records),
+        commands=len({r.cmd_id for r in trace.records if r.kind == Kind.DATA}),
+        bytes_by=dict(bytes_by),
+        count_by=dict(count_by),
+        errors=sum(1 for r in trace.records if not r.ok),
+        first_ns=min(stamps) if stamps else None,
+        last_ns=max(stamps) if stamps else None,
+        problems=list(trace.problems),
+    )
+
+
+# ---- checking DMA against the workload's mappings ----------------------------------
+
+@dataclass(frozen=True)
+class MapRange:
+    role: str  # "src" | "dst"
+    dma: int
+    len: int
+    uaddr: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.dma + self.len
+
+
+def _int(v: Any) -> int:
+    return int(v, 0) if isinstance(v, str) else int(v)
+
+
+def parse_maps(maps: Iterable[Mapping[str, Any]]) -> list[MapRange]:
+    """The workload's reported maps ``[{role, uaddr, dma, len}]`` (hex strings or ints)."""
+    return [
+        MapRange(role=str(m["role"]), dma=_int(m["dma"]), len=_int(m["len"]),
+                 uaddr=_int(m.get("uaddr", 0)))
+        for m in maps
+    ]
+
+
+def _merged(ranges: Iterable[MapRange]) -> list[tuple[int, int]]:
+    spans = sorted((m.dma, m.end) for m in ranges)
+    out: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _covered(spans: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    return any(a <= lo and hi <= b for a, b in spans)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One workload request: what the device must have moved, and where."""
+
+    name: str
+    length: int
+    maps: tuple[MapRange, ...]
+    ncmds: int | None = None  # commands it took, to find its records in the trace
+
+    @property
+    def is_copy(self) -> bool:
+        return any(m.role == "src" for m in self.maps)
+
+
+def expectation_from_result(obj: Mapping[str, Any]) -> Expectation:
+    """From one line of the smoke workload's JSON output."""
+    ncmds = obj.get("ncmds")
+    return Expectation(
+        name=str(obj.get("test", "?")),
+        length=_int(obj.get("len", 0)),
+        maps=tuple(parse_maps(obj.get("maps", []))),
+        ncmds=int(ncmds) if ncmds is not None else None,
+    )
+
+
+def check_records(exp: Expectation, records: Sequence[TraceRecord]) -> list[str]:
+    """Problems with one request's DATA records (empty list: all good).
+
+    Device READs must lie within the src maps and WRITEs within the dst maps
+    (a FILL has only dst maps, so it must not read data at all), every DMA
+    must have succeeded, and the bytes read (COPY) and written must equal the
+    requested length.
+    """
+    problems: list[str] = []
+    src = _merged(m for m in exp.maps if m.role == "src")
+    dst = _merged(m for m in exp.maps if m.role == "dst")
+    read = written = 0
+    for r in records:
+        if r.kind != Kind.DATA:
+            continue
+        where = f"{exp.name}: DATA {_name(r.dir)} 0x{r.addr:x}+{r.len} (cmd {r.cmd_id})"
+        if not r.ok:
+            problems.append(f"{where} failed with MemTxResult {r.result}")
+        if r.dir == Dir.READ:
+            read += r.len
+            if not exp.is_copy:
+                problems.append(f"{where}: a fill must not read data")
+            elif not _covered(src, r.addr, r.end):
+                problems.append(f"{where} is outside every src mapping")
+        elif r.dir == Dir.WRITE:
+            written += r.len
+            if not _covered(dst, r.addr, r.end):
+                problems.append(f"{where} is outside every dst mapping")
+        else:
+            problems.append(f"{where}: unknown direction")
+    if exp.is_copy and read != exp.length:
+        problems.append(f"{exp.name}: device read {read} bytes, request was {exp.length}")
+    if written != exp.length:
+        problems.append(f"{exp.name}: device wrote {written} bytes, request was {exp.length}")
+    return problems
+
+
+def check_trace(expectations: Sequence[Expectation], trace: Trace) -> list[str]:
+    """Match the trace's DATA records to the workload's requests, in order.
+
+    When every request reports how many commands it took (``ncmds``), DATA
+    records are grouped by command id in order of appearance and each request
+    takes its share. Otherwise all requests are checked together: every DMA
+    within some mapping of its role, total bytes equal to the requests'.
+    """
+    problems = [f"trace: {p}" for p in trace.problems if not p.startswith("truncated")]
+    data = trace.data()
+    if expectations and all(e.ncmds is not None for e in expectations):
+        # The engine runs one command at a time, so a command's DATA records
+        # are consecutive; ids may repeat (the driver may reuse them).
+        ordered: list[list[TraceRecord]] = []
+        for r in data:
+            if ordered and ordered[-1][-1].cmd_id == r.cmd_id:
+                ordered[-1].append(r)
+            else:
+                ordered.append([r])
+        want = sum(e.ncmds or 0 for e in expectations)
+        if len(ordered) != want:
+            problems.append(
+                f"trace has DATA records for {len(ordered)} commands, the workload reported {want}"
+            )
+            return problems + _check_pooled(expectations, data)
+        i = 0
+        for exp in expectations:
+            n = exp.ncmds or 0
+            recs = [r for g in ordered[i:i + n] for r in g]
+            i += n
+            problems.extend(check_records(exp, recs))
+        return problems
+    return problems + _check_pooled(expectations, data)
+
+
+def _check_pooled(expectations: Sequence[Expectation], data: Sequence[TraceRecord]) -> list[str]:
+    pooled = Expectation(
+        name="all requests",
+        length=0,
+        maps=tuple(m for e in expectations for m in e.maps),
+    )
+    problems = []
+    for p in check_records(pooled, data):
+        if "bytes, request was" not in p:  # totals checked below
+            problems.append(p)
+    want_w = sum(e.length for e in expectations)
+    want_r = sum(e.length for e in expectations if e.is_copy)
+    got_w = sum(r.len for r in data if r.dir == Dir.WRITE)
+    got_r = sum(r.len for r in data if r.dir == Dir.READ)
+    if got_r != want_r:
+        problems.append(f"device read {got_r} bytes in all, the requests add up to {want_r}")
+    if got_w != want_w:
+        problems.append(f"device wrote {got_w} bytes in all, the requests add up to {want_w}")
+    return problems

@@ -1,0 +1,248 @@
+"""Runs one configuration: boot a guest, run its scenarios, collect results.
+
+Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails) and
+``console.splat`` (FAIL with the first report's title when the kernel
+printed a BUG/WARNING/Oops/panic at any point, else PASS).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import harness
+from harness import scenarios as scenario_registry
+from harness.config import RunConfig
+from harness.results import Results, Status, TestResult, excerpt
+from harness.scenarios import Scenario, Session
+from harness.ssh import SSHClient, SSHError
+from harness.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
+
+if TYPE_CHECKING:
+    from harness.build import Artifacts
+
+log = logging.getLogger(__name__)
+
+SSH_CONNECT_TIMEOUT = 60.0
+SHUTDOWN_TIMEOUT = 30.0
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Everything logged (DEBUG and up) during the block also goes to ``path``."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+@dataclass
+class Runner:
+    cfg: RunConfig
+    artifacts: Artifacts
+    results: Results
+    keep_going: bool = False
+    probe: AccelProbe | None = None
+
+    def execute(self) -> Results:
+        """Run everything and write results.json; never raises for guest problems."""
+        r = self.results
+        r.config = self.cfg.to_dict()
+        r.environment.update(self._host_environment())
+        try:
+            self._boot_and_run()
+        except Exception as e:  # a harness bug: report it as an infrastructure error
+            log.exception("internal error")
+            r.add_status("harness", Status.ERROR, f"internal error: {e}\n{traceback.format_exc()}")
+        finally:
+            r.write()
+        if r.exit_code() == 0:
+            (r.dir / "initrd.img").unlink(missing_ok=True)  # rebuilt from the cache at will
+        return r
+
+    def _host_environment(self) -> dict[str, Any]:
+        a = self.artifacts
+        return {
+            "hmmlab": harness.__version__,
+            "host": platform.node(),
+            "python": sys.version.split()[0],
+            "qemu": qemu_version(a.qemu),
+            "qemu_binary": str(a.qemu),
+            "kernel": self.cfg.kernel,
+            "kernel_version": getattr(a, "kernel_version", ""),
+            "kernel_image": str(a.kernel_image),
+            "initrds": [str(p) for p in a.initrds],
+        }
+
+    def _boot_and_run(self) -> None:
+        r, cfg = self.results, self.cfg
+        probe = self.probe or AccelProbe()
+        image = GuestImage.from_artifacts(self.artifacts)
+        t0 = time.monotonic()
+        try:
+            accel = probe.choose(cfg.accel, image.qemu, image.qemu_datadirs, image.kernel_image)
+        except GuestError as e:
+            r.add_status("boot", Status.ERROR, str(e))
+            return
+        r.environment["accel"] = accel.name
+        r.environment["accel_reason"] = accel.reason
+
+        ran: list[Scenario] = []
+        guest = Guest(cfg, image, r.dir, accel)
+        session: Session | None = None
+        ssh: SSHClient | None = None
+        try:
+            try:
+                if not self._boot(guest, t0):
+                    return
+                try:
+                    ssh = guest.ssh(self.artifacts.ssh_key, self.artifacts.ssh_host_pubkey,
+                                    SSH_CONNECT_TIMEOUT)
+                except SSHError as e:
+                    r.add_status("ssh.connect", Status.ERROR, str(e))
+                    return
+                r.environment["kernel_release"] = self._uname(ssh, guest)
+                session = Session(cfg, r.dir, guest, ssh, r)
+                ran = self._scenarios(session)
+                r.devices.update(guest.counters())
+                guest.shutdown(ssh, SHUTDOWN_TIMEOUT)
+            finally:
+                if ssh is not None:
+                    ssh.close()
+                guest.close()  # whatever happened, no QEMU outlives the run
+        except GuestError as e:
+            r.add_status("vm", Status.ERROR, f"{e}\n{e.detail}".strip())
+        finally:
+            r.environment["qemu_exit_status"] = guest.returncode
+            self._splats(guest)
+        if session is not None:
+            for sc in ran:
+                self._guarded(f"{sc.name}.finish", lambda sc=sc: sc.finish(session))
+
+    def _boot(self, guest: Guest, t0: float) -> bool:
+        r = self.results
+        try:
+            guest.start()
+            took = guest.wait_ready()
+        except GuestDied as e:
+            # A kernel that panics while booting is a test failure, not infrastructure.
+            splats = guest.console.splats() if guest.console else []
+            status = Status.FAIL if splats else Status.ERROR
+            r.add(TestResult("boot", status, time.monotonic() - t0, f"{e}\n{e.detail}",
+                             ["console.log", "qemu.stderr"]))
+            return False
+        except GuestError as e:
+            r.add(TestResult("boot", Status.ERROR, time.monotonic() - t0, f"{e}\n{e.detail}",
+                             ["console.log", "qemu.stderr", "qemu.log"]))
+            return False
+        r.environment["boot_seconds"] = round(took, 2)
+        r.add(TestResult("boot", Status.PASS, time.monotonic() - t0,
+                         guest.console.tail(5) if guest.console else "", ["console.log"]))
+        return True
+
+    def _uname(self, ssh: SSHClient, guest: Guest) -> str:
+        try:
+            rc, out, _ = ssh.run("uname -r", 30, abort=guest.exit_reason)
+            return out.strip() if rc == 0 else ""
+        except SSHError:
+            return ""
+
+    def _scenarios(self, session: Session) -> list[Scenario]:
+        r = self.results
+        ran: list[Scenario] = []
+        names = list(self.cfg.scenarios)
+        for i, name in enumerate(names):
+            sc = scenario_registry.create(name)
+            before = len(r.tests)
+            ran.append(sc)
+            log.info("scenario %s", name)
+            self._guarded(name, lambda sc=sc: sc.run(session))
+            failed = any(t.status in (Status.FAIL, Status.ERROR) for t in r.tests[before:])
+            gone = session.guest.exit_reason()
+            if gone:
+                for rest in names[i + 1:]:
+                    r.add_status(rest, Status.SKIP, f"not run: {gone}")
+                break
+            if failed and not self.keep_going:
+                for rest in names[i + 1:]:
+                    r.add_status(rest, Status.SKIP,
+                                 f"not run: {name} failed (use --keep-going to run it anyway)")
+                break
+        return ran
+
+    def _guarded(self, path: str, fn: Any) -> None:
+        """Run a scenario step; an unexpected exception becomes an ERROR entry."""
+        t0 = time.monotonic()
+        try:
+            fn()
+        except (GuestError, SSHError) as e:
+            self.results.add(TestResult(path, Status.ERROR, time.monotonic() - t0, str(e)))
+        except Exception as e:
+            log.exception("%s raised", path)
+            self.results.add(TestResult(path, Status.ERROR, time.monotonic() - t0,
+                                        f"internal error: {e}\n{traceback.format_exc()}"))
+
+    def _splats(self, guest: Guest) -> None:
+        r = self.results
+        if guest.console is None:
+            return
+        splats = guest.console.splats()
+        if not splats:
+            r.add_status("console.splat", Status.PASS, "no kernel splat on the console",
+                         output_files=["console.log"])
+            return
+        first = splats[0]
+        text = "\n\n".join(f"{s.title}\n{s.report}" for s in splats)
+        r.add(TestResult(
+            "console.splat", Status.FAIL, 0.0, excerpt(text), ["console.log"],
+            {"title": first.title, "splats": [s.to_dict() for s in splats]},
+        ))
+
+
+def run(
+    cfg: RunConfig,
+    results_dir: Path,
+    *,
+    artifacts: Artifacts | None = None,
+    build: Callable[[Path], Artifacts] | None = None,
+    keep_going: bool = False,
+    probe: AccelProbe | None = None,
+) -> Results:
+    """Boot ``cfg`` and run its scenarios; writes ``results_dir/results.json``.
+
+    Give the build ``artifacts``, or ``build(logdir)`` to make them first (a
+    build failure becomes a ``build`` ERROR entry).
+    """
+    results = Results(results_dir)
+    with run_log(results_dir / "run.log"):
+        log.info("results: %s", results_dir)
+        if artifacts is None:
+            if build is None:
+                raise ValueError("runner.run needs artifacts or a build function")
+            t0 = time.monotonic()
+            try:
+                artifacts = build(results_dir / "build-logs")
+            except Exception as e:
+                log.error("build failed: %s", e)
+                log.debug("build failure", exc_info=True)
+                results.config = cfg.to_dict()
+                results.add(TestResult("build", Status.ERROR, time.monotonic() - t0, str(e),
+                                       ["run.log"]))
+                results.write()
+                return results
+        return Runner(cfg, artifacts, results, keep_going, probe).execute()

@@ -1,0 +1,55 @@
+"""Scenarios: what runs in a booted guest.
+
+A scenario's ``run`` gets a live :class:`Session` (guest, SSH, results); its
+``finish`` runs after the guest has shut down, for checks on files QEMU wrote
+(the DMA trace is complete only once QEMU has exited).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from harness.results import Results
+    from harness.ssh import SSHClient
+    from harness.vm import Guest
+
+# name -> module with a make() returning the Scenario (imported only when used)
+_REGISTRY: dict[str, str] = {
+    "smoke": "harness.scenarios.smoke",
+}
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    run_dir: Path
+    guest: Guest
+    ssh: SSHClient
+    results: Results
+    # scenario-private data carried from run() to finish()
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Scenario(Protocol):
+    name: str
+
+    def run(self, session: Session) -> None: ...
+
+    def finish(self, session: Session) -> None: ...
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def create(name: str) -> Scenario:
+    try:
+        module = importlib.import_module(_REGISTRY[name])
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r} (known: {', '.join(_REGISTRY)})") from None
+    return module.make()

@@ -1,0 +1,212 @@
+"""Kernel splat detection on the serial console (after syzkaller's pkg/report).
+
+Feed console lines to :class:`SplatScanner` as they arrive; it recognises
+the start of a kernel report (``BUG:``, ``WARNING:``, ``Oops``, ``Kernel
+panic``...), collects the report up to the end of its trace and gives it a
+short stable title such as ``BUG: KASAN: slab-use-after-free in dmirror_fops``
+or ``WARNING in hmm_gpu_probe``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_REPORT_LINES = 300
+
+# "[    1.234567] ", optionally followed by a caller id "[    T1] " / "[    C0] ".
+_PREFIX_RE = re.compile(r"^(?:<\d+>)?(?:\[\s*\d+\.\d+\]\s?)?(?:\[\s*[TC]\d+\]\s?)?")
+
+# Report starts, matched at the start of the message (after the timestamp).
+# Primary starts always begin a new report; secondary ones (the "Oops" line
+# after "BUG: kernel NULL pointer dereference", "invalid opcode" after
+# "kernel BUG at", a panic after an oops) join a report already open.
+# pr_fmt prefixes some reports carry ("watchdog: BUG: soft lockup", "rcu: INFO: ...").
+_SUBSYS = r"(?:(?:watchdog|rcu|kernel): )?"
+_PRIMARY = re.compile(
+    r"^" + _SUBSYS + r"(?:"
+    r"BUG:"
+    r"|WARNING:"
+    r"|INFO:"
+    r"|UBSAN:"
+    r"|kernel BUG at"
+    r"|Unable to handle kernel"
+    r"|PANIC: double fault"
+    r"|(?:Oops: )?general protection fault"
+    r")"
+)
+_SECONDARY = re.compile(
+    r"^(?:Oops(?::|\b)|Kernel panic|(?:Oops: )?(?:divide error:|invalid opcode:))"
+)
+_IGNORE = re.compile(
+    r"^" + _SUBSYS + r"(?:INFO: lockdep is turned off"
+    r"|INFO: Stall ended before state dump start)"
+)
+
+# Lines that end a report and belong to it.
+_END_RE = re.compile(r"^---\[ end (?:trace|Kernel panic)")
+_RULE_RE = re.compile(r"^={20,}$")  # KASAN/UBSAN/KCSAN reports are framed by these
+# After the call trace closed ("</TASK>"), lines that still belong to the report.
+_TAIL_RE = re.compile(
+    r"^(?:\s|Modules linked in|CR2:|RIP:|RSP:|R[A-Z0-9]{2}:|FS:|CS:|CR0:|DR[0-9]:|Code:"
+    r"|PKRU:|Kernel Offset|note:|irq event stamp|hardirqs |softirqs |---\[|<\/?(?:TASK|IRQ)>"
+    r"|Dumping ftrace|Kernel panic|Rebooting in|$)"
+)
+
+_FUNC = r"([A-Za-z_.$][\w.$]*)"
+_RIP_RE = re.compile(r"^RIP: [0-9a-f]{4}:" + _FUNC + r"\+0x")
+_STRIP_ADDR_RE = re.compile(r",?(?: for)? (?:address|addr):? ?(?:0x)?[0-9a-fA-F]+.*$")
+
+
+@dataclass(frozen=True)
+class Splat:
+    title: str
+    report: str
+    line: int  # 1-based console line where the report starts
+
+    def to_dict(self) -> dict[str, object]:
+        return {"title": self.title, "report": self.report, "line": self.line}
+
+
+def strip_prefix(line: str) -> str:
+    """The printk message without timestamp/caller-id prefixes and line ending."""
+    return _PREFIX_RE.sub("", line.rstrip("\r\n").replace("\r", ""), count=1)
+
+
+def _kind(msg: str) -> str | None:
+    if _IGNORE.match(msg):
+        return None
+    if _PRIMARY.match(msg):
+        return "primary"
+    if _SECONDARY.match(msg):
+        return "secondary"
+    return None
+
+
+def _rip_func(lines: list[str]) -> str | None:
+    for msg in lines:
+        m = _RIP_RE.match(msg)
+        if m:
+            return m.group(1)
+    return None
+
+
+def title_of(lines: list[str]) -> str:
+    """A short title for a report (``lines``: messages without prefixes)."""
+    first = re.sub(r"^" + _SUBSYS, "", lines[0].strip())
+    func = _rip_func(lines)
+    in_func = f" in {func}" if func else ""
+
+    if m := re.match(r"^BUG: KASAN: ([\w-]+) in " + _FUNC, first):
+        return f"BUG: KASAN: {m.group(1)} in {m.group(2)}"
+    if m := re.match(r"^WARNING: CPU: \d+ PID: \d+ at \S+ " + _FUNC, first):
+        return f"WARNING in {m.group(1)}"
+    if m := re.match(r"^WARNING: at \S+ " + _FUNC, first):
+        return f"WARNING in {m.group(1)}"
+    if m := re.match(r"^INFO: task (.+?):\d+ blocked for more than (\d+) seconds", first):
+        return f"INFO: task {m.group(1)} blocked for more than {m.group(2)} seconds"
+    if m := re.match(r"^INFO: (rcu_\w+) (self-)?detected stall", first):
+        what = "self-detected stall on CPU" if m.group(2) else "detected stalls"
+        return f"INFO: {m.group(1)} {what}"
+    if first.startswith("BUG: soft lockup"):
+        return "BUG: soft lockup" + in_func
+    if first.startswith("BUG: sleeping function called from invalid context"):
+        return "BUG: sleeping function called from invalid context"
+    if m := re.match(r"^(?:Oops: )?(general protection fault|divide error|invalid opcode)", first):
+        return m.group(1) + in_func
+    if first.startswith("kernel BUG at"):
+        return f"kernel BUG{in_func}" if func else first
+    if first.startswith("Kernel panic - not syncing"):
+        return first
+    if first.startswith("BUG: unable to handle") or first.startswith(
+        "BUG: kernel NULL pointer dereference"
+    ):
+        return _STRIP_ADDR_RE.sub("", first) + in_func
+    if first.startswith("Oops"):
+        return "Oops" + in_func
+    if first.startswith("UBSAN:"):
+        return first
+    # Anything else: the line itself, minus trailing addresses/colons.
+    return _STRIP_ADDR_RE.sub("", first).rstrip(":. ")
+
+
+class SplatScanner:
+    """Stateful: feed console lines with :meth:`feed`, call :meth:`flush` at the end."""
+
+    def __init__(self, max_lines: int = MAX_REPORT_LINES) -> None:
+        self.max_lines = max_lines
+        self.splats: list[Splat] = []
+        self._lineno = 0
+        self._raw: list[str] = []  # the open report, as printed
+        self._msgs: list[str] = []  # the same without prefixes
+        self._start = 0
+        self._framed = False  # opened inside a ===== frame
+        self._trace_closed = False  # saw </TASK> (or </IRQ> without a TASK part)
+        self._pending_rule: str | None = None  # a ===== line that may open a report
+
+    @property
+    def open(self) -> bool:
+        return bool(self._raw)
+
+    def feed(self, line: str) -> Splat | None:
+        """Consume one console line; returns a report that this line completed."""
+        self._lineno += 1
+        raw = line.rstrip("\r\n")
+        msg = strip_prefix(raw)
+        done: Splat | None = None
+
+        if self._raw:
+            kind = _kind(msg)
+            ended = (self._trace_closed and not self._framed and kind is None
+                     and not _TAIL_RE.match(msg))
+            if kind == "primary" or ended:
+                done = self._close()
+            else:
+                self._append(raw, msg)
+                if (
+                    _END_RE.match(msg)
+                    or (self._framed and _RULE_RE.match(msg.strip()))
+                    or len(self._raw) >= self.max_lines
+                ):
+                    return self._close()
+                if msg.strip() == "</TASK>":
+                    self._trace_closed = True
+                return None
+
+        kind = _kind(msg)
+        if kind is not None:
+            self._raw, self._msgs, self._start = [], [], self._lineno
+            self._framed = self._pending_rule is not None
+            self._trace_closed = False
+            if self._pending_rule is not None:
+                self._raw.append(self._pending_rule)
+                self._start -= 1
+            self._append(raw, msg)
+        self._pending_rule = raw if _RULE_RE.match(msg.strip()) else None
+        return done
+
+    def _append(self, raw: str, msg: str) -> None:
+        self._raw.append(raw)
+        self._msgs.append(msg)
+
+    def _close(self) -> Splat:
+        splat = Splat(title_of(self._msgs), "\n".join(self._raw), self._start)
+        self.splats.append(splat)
+        self._raw, self._msgs = [], []
+        self._trace_closed = False
+        self._framed = False
+        return splat
+
+    def flush(self) -> Splat | None:
+        """Close a report still open at the end of the console."""
+        self._pending_rule = None
+        return self._close() if self._raw else None
+
+
+def scan_text(text: str) -> list[Splat]:
+    """All reports in a complete console log."""
+    scanner = SplatScanner()
+    for line in text.splitlines():
+        scanner.feed(line)
+    scanner.flush()
+    return scanner.splats

@@ -1,0 +1,129 @@
+"""The Python DMA trace decoder against the C header, compiled with gcc.
+
+A C program includes qemu-devices/include/hmm_gpu_regs.h and prints the size
+and offset of every trace struct field and the value of every constant the
+decoder uses; the header is also read for the member and enumerator lists,
+so a field or enum value added to the header but not to the decoder fails.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import dmatrace
+
+REPO = Path(__file__).resolve().parents[2]
+HEADER = REPO / "qemu-devices" / "include" / "hmm_gpu_regs.h"
+
+STRUCTS = {
+    "hmm_gpu_trace_hdr": (dmatrace.HDR_FORMAT, dmatrace.HDR_FIELDS),
+    "hmm_gpu_trace_rec": (dmatrace.REC_FORMAT, dmatrace.REC_FIELDS),
+}
+
+
+def python_layout(fmt: str, fields: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """{field: (offset, size)} from a struct format like "<QII"."""
+    order, codes = fmt[0], fmt[1:]
+    assert order == "<", "trace records are little-endian"
+    assert len(codes) == len(fields)
+    out = {}
+    for i, name in enumerate(fields):
+        out[name] = (struct.calcsize(order + codes[:i]), struct.calcsize(order + codes[i]))
+    return out
+
+
+def c_program() -> str:
+    lines = [
+        "#include <stdio.h>",
+        "#include <stddef.h>",
+        '#include "hmm_gpu_regs.h"',
+        "int main(void) {",
+    ]
+    for sname, (_fmt, fields) in STRUCTS.items():
+        lines.append(f'printf("sizeof {sname} %zu\\n", sizeof(struct {sname}));')
+        for f in fields:
+            lines.append(
+                f'printf("field {sname}.{f} %zu %zu\\n", offsetof(struct {sname}, {f}), '
+                f"sizeof(((struct {sname} *)0)->{f}));"
+            )
+    for cname in dmatrace.C_CONSTANTS:
+        lines.append(f'printf("const {cname} %llu\\n", (unsigned long long)({cname}));')
+    lines += ["return 0;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def c_values(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, ...]]:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    assert gcc, "the ABI check needs gcc (apt-get install gcc)"
+    d = tmp_path_factory.mktemp("abi")
+    src, exe = d / "abi.c", d / "abi"
+    src.write_text(c_program())
+    subprocess.run([gcc, "-std=c11", "-Wall", "-Werror", "-I", str(HEADER.parent), "-o", str(exe),
+                    str(src)], check=True, timeout=60, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, timeout=10, capture_output=True, text=True).stdout
+    values: dict[str, tuple[int, ...]] = {}
+    for line in out.splitlines():
+        kind, name, *nums = line.split()
+        values[f"{kind} {name}"] = tuple(int(n) for n in nums)
+    return values
+
+
+def header_struct_members(name: str) -> list[str]:
+    text = HEADER.read_text()
+    body = re.search(r"struct " + name + r"\s*\{(.*?)\};", text, re.S)
+    assert body, f"struct {name} not found in {HEADER}"
+    return re.findall(r"^\s*\w+\s+(\w+)(?:\[\d+\])?;", body.group(1), re.M)
+
+
+def header_enum(name: str) -> list[str]:
+    body = re.search(r"enum " + name + r"\s*\{(.*?)\};", HEADER.read_text(), re.S)
+    assert body, f"enum {name} not found"
+    return re.findall(r"^\s*(\w+)\s*=", body.group(1), re.M)
+
+
+def header_defines(prefix: str) -> list[str]:
+    return re.findall(r"^#define\s+(" + prefix + r"\w*)\s", HEADER.read_text(), re.M)
+
+
+@pytest.mark.parametrize("sname", list(STRUCTS))
+def test_struct_sizes(sname: str, c_values: dict[str, tuple[int, ...]]) -> None:
+    fmt, _ = STRUCTS[sname]
+    assert c_values[f"sizeof {sname}"] == (struct.calcsize(fmt),)
+
+
+@pytest.mark.parametrize("sname", list(STRUCTS))
+def test_field_offsets_and_sizes(sname: str, c_values: dict[str, tuple[int, ...]]) -> None:
+    fmt, fields = STRUCTS[sname]
+    for field, (off, size) in python_layout(fmt, fields).items():
+        assert c_values[f"field {sname}.{field}"] == (off, size), f"{sname}.{field}"
+
+
+@pytest.mark.parametrize("sname", list(STRUCTS))
+def test_decoder_knows_every_header_field(sname: str) -> None:
+    assert tuple(header_struct_members(sname)) == STRUCTS[sname][1]
+
+
+def test_constants(c_values: dict[str, tuple[int, ...]]) -> None:
+    for cname, value in dmatrace.C_CONSTANTS.items():
+        assert c_values[f"const {cname}"] == (int(value),), cname
+
+
+def test_decoder_knows_every_enum_value() -> None:
+    in_header = set(header_enum("hmm_gpu_trace_engine") + header_enum("hmm_gpu_trace_kind")
+                    + header_defines("HMM_GPU_DIR_") + header_defines("HMM_GPU_TRACE_"))
+    assert in_header, "header parsing found nothing"
+    assert in_header <= set(dmatrace.C_CONSTANTS), in_header - set(dmatrace.C_CONSTANTS)
+
+
+def test_enum_classes_match_constants() -> None:
+    assert {e.name for e in dmatrace.Engine} == {"QUEUE", "COPY"}
+    assert {f"HMM_GPU_ENGINE_{e.name}" for e in dmatrace.Engine} | {
+        f"HMM_GPU_TRACE_{k.name}" for k in dmatrace.Kind} | {
+        f"HMM_GPU_DIR_{d.name}" for d in dmatrace.Dir} <= set(dmatrace.C_CONSTANTS)

@@ -1,0 +1,155 @@
+"""Run-file parsing: defaults, overrides, and errors that say where and how to fix."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import config
+from harness.config import ConfigError, DeviceConfig, Timeouts
+
+SCENARIOS = ("smoke",)
+
+
+def load(text: str, name: str = "run.yaml"):
+    return config.load_text(textwrap.dedent(text), name, known_scenarios=SCENARIOS)
+
+
+def error(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load(text)
+    return str(exc.value)
+
+
+def test_packaged_default() -> None:
+    cfg = config.load(None)
+    assert cfg.kernel == "6.12"
+    assert cfg.machine == "q35"
+    assert cfg.memory == 1024
+    assert cfg.cpus == 2
+    assert cfg.accel == "auto"
+    assert cfg.devices == (DeviceConfig("hmm-gpu", {}),)
+    assert cfg.scenarios == ("smoke",)
+    assert cfg.timeouts == Timeouts(boot=120, no_output=60, scenario=300)
+
+
+def test_empty_file_is_the_default() -> None:
+    assert load("").to_dict() | {"source": ""} == config.load(None).to_dict() | {"source": ""}
+
+
+def test_overrides_and_partial_timeouts() -> None:
+    cfg = load("""
+        kernel: "7.2"
+        machine: pc
+        memory: 2G
+        cpus: 1
+        accel: tcg
+        devices:
+          - type: hmm-gpu
+            props: {max-xfer: 4096, trace-data: true}
+          - type: hmm-gpu
+        timeouts:
+          boot: 300
+    """)
+    assert (cfg.kernel, cfg.machine, cfg.memory, cfg.cpus, cfg.accel) == ("7.2", "pc", 2048, 1,
+                                                                          "tcg")
+    assert cfg.devices[0].props == {"max-xfer": "4096", "trace-data": "on"}
+    assert len(cfg.devices) == 2
+    assert cfg.timeouts == Timeouts(boot=300, no_output=60, scenario=300)
+
+
+@pytest.mark.parametrize(("text", "mib"), [
+    ("1024", 1024), ("512M", 512), ("1G", 1024), ("2GiB", 2048), ("768MiB", 768), ("4g", 4096),
+])
+def test_memory_forms(text: str, mib: int) -> None:
+    assert load(f"memory: {text}\n").memory == mib
+
+
+def test_unquoted_kernel_keeps_its_text() -> None:
+    assert load("kernel: 6.10\n").kernel == "6.10"  # not the float 6.1
+
+
+def test_memory_error_names_file_line_key_and_fix() -> None:
+    msg = error("""\
+        kernel: "6.12"
+        machine: q35
+        cpus: 2
+        memory: lots
+    """)
+    assert msg == 'run.yaml:4: memory: expected MiB as an integer or like "1G", got "lots"'
+
+
+def test_unknown_key_suggests_close_match() -> None:
+    msg = error("cpus: 2\nmemroy: 1G\n")
+    assert msg.startswith('run.yaml:2: memroy: unknown key; did you mean "memory"?')
+
+
+def test_unknown_nested_key() -> None:
+    msg = error("timeouts:\n  boot: 10\n  no-output: 5\n")
+    assert msg.startswith('run.yaml:3: timeouts.no-output: unknown key; did you mean "no_output"?')
+
+
+def test_bad_choice_suggests() -> None:
+    assert error("machine: q53\n") == (
+        'run.yaml:1: machine: expected "q35" or "pc", got "q53"; did you mean "q35"?'
+    )
+
+
+def test_accel_choice() -> None:
+    assert 'expected "auto" or "kvm" or "tcg"' in error("accel: hvf\n")
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("cpus: 0\n", "run.yaml:1: cpus: expected an integer from 1 to 64, got \"0\""),
+    ("cpus: two\n", "cpus: expected an integer from 1 to 64"),
+    ("cpus: true\n", "cpus: expected an integer"),
+    ("memory: 64\n", "memory: expected 128 MiB to 64G, got 64 MiB"),
+    ("memory:\n", "memory: expected MiB as an integer or like \"1G\", got nothing"),
+    ("kernel: latest\n", 'kernel: expected a version like "6.12", got "latest"'),
+    ("timeouts: {boot: -1}\n", "timeouts.boot: expected a positive number of seconds"),
+    ("timeouts: 5\n", "timeouts: expected a mapping of keys"),
+    ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke", got "smok"'),
+    ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
+    ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
+    ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),
+    ("devices:\n  - type: hmm-gpu\n    props: {id: x}\n",
+     "run.yaml:3: devices[0].props.id: set by the launcher itself"),
+    ("devices:\n  - type: hmm-gpu\n    prop: {}\n",
+     'run.yaml:3: devices[0].prop: unknown key; did you mean "props"?'),
+    ("devices: [{type: hmm-gpu, props: {x: [1]}}]\n", "devices[0].props.x: expected a string"),
+    ("- a\n- b\n", "expected a mapping of keys, got a list"),
+    ("cpus: 2\ncpus: 3\n", "run.yaml:2: cpus: duplicate key (first given on line 1)"),
+])
+def test_errors(text: str, needle: str) -> None:
+    assert needle in error(text)
+
+
+def test_yaml_syntax_error_has_a_line() -> None:
+    msg = error("cpus: 2\nmemory: [1024\nmachine: q35\n")
+    assert msg.startswith("run.yaml:") and "not valid YAML" in msg
+
+
+def test_load_file_uses_its_path(tmp_path: Path) -> None:
+    f = tmp_path / "my.yaml"
+    f.write_text("accel: nope\n")
+    with pytest.raises(ConfigError) as exc:
+        config.load(f, known_scenarios=SCENARIOS)
+    assert str(exc.value).startswith(f"{f}:1: accel:")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "nope.yaml", known_scenarios=SCENARIOS)
+
+
+def test_scenario_names_come_from_the_registry() -> None:
+    assert config.load_text("scenarios: [smoke]\n").scenarios == ("smoke",)
+
+
+def test_to_dict_is_json_ready() -> None:
+    import json
+
+    d = load("devices: [{type: hmm-gpu, props: {a: 1}}]\n").to_dict()
+    assert json.loads(json.dumps(d))["devices"] == [{"type": "hmm-gpu", "props": {"a": "1"}}]

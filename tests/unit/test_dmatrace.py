@@ -1,0 +1,216 @@
+"""DMA trace decoding, summaries and the check against the workload's maps."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from harness import dmatrace
+from harness.dmatrace import Dir, Engine, Kind, TraceError
+
+PAGE = 4096
+
+
+def hdr(magic: int = dmatrace.TRACE_MAGIC, version: int = 1, rec_size: int = 40,
+        devfn: int = 3 << 3) -> bytes:
+    return struct.pack("<QIIII", magic, version, rec_size, devfn, 0)
+
+
+def rec(addr: int, length: int, kind: int = Kind.DATA, direction: int = Dir.READ,
+        cmd: int = 1, ctx: int = 7, engine: int = Engine.COPY, result: int = 0,
+        ts: int = 1000) -> bytes:
+    return struct.pack("<QQQQIBBBB", ts, addr, length, cmd, ctx, engine, kind, direction, result)
+
+
+def copy_cmd(cmd: int, src: int, dst: int, length: int) -> bytes:
+    """What the device emits for one COPY: fetch, data read, data write, completion."""
+    return (rec(0x1000 + cmd * 64, 64, Kind.CMD_FETCH, Dir.READ, cmd, engine=Engine.QUEUE)
+            + rec(src, length, Kind.DATA, Dir.READ, cmd)
+            + rec(dst, length, Kind.DATA, Dir.WRITE, cmd)
+            + rec(0x2000 + cmd * 32, 32, Kind.CPL_WRITE, Dir.WRITE, cmd, engine=Engine.QUEUE))
+
+
+def fill_cmd(cmd: int, dst: int, length: int) -> bytes:
+    return (rec(0x1000, 64, Kind.CMD_FETCH, Dir.READ, cmd, engine=Engine.QUEUE)
+            + rec(dst, length, Kind.DATA, Dir.WRITE, cmd)
+            + rec(0x2000, 32, Kind.CPL_WRITE, Dir.WRITE, cmd, engine=Engine.QUEUE))
+
+
+def test_decode_records() -> None:
+    t = dmatrace.decode(hdr() + copy_cmd(5, 0x10000, 0x20000, PAGE))
+    assert t.header.devfn == 0x18 and t.header.slot == 3 and t.header.function == 0
+    assert len(t.records) == 4
+    r = t.records[1]
+    assert (r.addr, r.len, r.cmd_id, r.ctx) == (0x10000, PAGE, 5, 7)
+    assert (r.engine, r.kind, r.dir) == (Engine.COPY, Kind.DATA, Dir.READ)
+    assert r.ok and t.truncated_bytes == 0 and t.problems == []
+    assert [x.kind for x in t.data()] == [Kind.DATA, Kind.DATA]
+
+
+def test_truncated_last_record_is_reported_not_fatal() -> None:
+    data = hdr() + rec(0x1000, 8) + rec(0x2000, 8)[:17]
+    t = dmatrace.decode(data)
+    assert len(t.records) == 1
+    assert t.truncated_bytes == 17
+    assert "truncated last record: 17 of 40 bytes" in t.problems[0]
+
+
+@pytest.mark.parametrize(("data", "msg"), [
+    (b"", "empty trace"),
+    (hdr()[:10], "truncated header: 10 of 24"),
+    (hdr(magic=0x1122334455667788), "bad magic"),
+    (b"\x7fELF" + b"\0" * 60, "bad magic"),
+    (hdr(version=2), "trace version 2"),
+    (hdr(rec_size=32), "record size 32"),
+])
+def test_rejects_garbage(data: bytes, msg: str) -> None:
+    with pytest.raises(TraceError, match=msg):
+        dmatrace.decode(data)
+
+
+def test_random_garbage_after_a_good_header_does_not_crash() -> None:
+    import random
+
+    rng = random.Random(1234)
+    body = bytes(rng.getrandbits(8) for _ in range(40 * 10 + 13))
+    t = dmatrace.decode(hdr() + body)
+    assert len(t.records) == 10 and t.truncated_bytes == 13
+    assert any("unknown" in p for p in t.problems)  # random enum bytes are reported
+
+
+def test_unknown_enum_values_are_kept() -> None:
+    t = dmatrace.decode(hdr() + rec(0, 8, kind=9, direction=4, engine=3))
+    r = t.records[0]
+    assert (r.kind, r.dir, r.engine) == (9, 4, 3)
+    assert len(t.problems) == 3
+    assert "?9" in r.describe()
+
+
+def test_larger_records_from_a_newer_device_are_read() -> None:
+    data = hdr(rec_size=48) + rec(0x5000, 16) + b"\xaa" * 8 + rec(0x6000, 32) + b"\xbb" * 8
+    t = dmatrace.decode(data)
+    assert [r.addr for r in t.records] == [0x5000, 0x6000]
+
+
+def test_summary() -> None:
+    t = dmatrace.decode(hdr() + copy_cmd(1, 0x10000, 0x20000, PAGE) + fill_cmd(2, 0x30000, 512)
+                        + rec(0x40000, 8, Kind.DATA, Dir.WRITE, 3, result=2, ts=5000))
+    s = dmatrace.summarize(t)
+    assert s.records == 8
+    assert s.commands == 3
+    assert s.bytes_by["DATA/READ"] == PAGE
+    assert s.bytes_by["DATA/WRITE"] == PAGE + 512 + 8
+    assert s.count_by["CMD_FETCH/READ"] == 2
+    assert s.errors == 1
+    assert (s.first_ns, s.last_ns) == (1000, 5000)
+    text = s.format()
+    assert "DATA/WRITE" in text and "1 DMA errors" in text
+    assert s.to_dict()["bytes"]["DATA/READ"] == PAGE
+
+
+def test_read_trace_file(tmp_path: Path) -> None:
+    f = tmp_path / "dmatrace-0.bin"
+    f.write_bytes(hdr() + fill_cmd(1, 0x1000, 8))
+    assert len(dmatrace.read_trace(f).records) == 3
+
+
+# ---- checking against the workload's maps ----------------------------------------
+
+def maps(role: str, *spans: tuple[int, int]) -> list[dict[str, object]]:
+    return [{"role": role, "uaddr": hex(0x7F0000000000 + i * PAGE), "dma": hex(d), "len": n}
+            for i, (d, n) in enumerate(spans)]
+
+
+COPY_2P = {  # 2 pages, physically scattered, 2 commands
+    "test": "copy", "ok": True, "len": 2 * PAGE, "ncmds": 2,
+    "maps": maps("src", (0x100000, PAGE), (0x300000, PAGE))
+    + maps("dst", (0x200000, PAGE), (0x500000, PAGE)),
+}
+FILL_1P = {"test": "fill", "ok": True, "len": PAGE, "ncmds": 1,
+           "maps": maps("dst", (0x700000, PAGE))}
+
+
+def good_trace() -> dmatrace.Trace:
+    return dmatrace.decode(
+        hdr() + copy_cmd(10, 0x100000, 0x200000, PAGE) + copy_cmd(11, 0x300000, 0x500000, PAGE)
+        + fill_cmd(12, 0x700000, PAGE))
+
+
+def expectations(*objs: dict[str, object]) -> list[dmatrace.Expectation]:
+    return [dmatrace.expectation_from_result(o) for o in objs]
+
+
+def test_check_passes_for_a_matching_trace() -> None:
+    assert dmatrace.check_trace(expectations(COPY_2P, FILL_1P), good_trace()) == []
+
+
+def test_check_read_outside_src() -> None:
+    t = dmatrace.decode(hdr() + copy_cmd(10, 0x100000, 0x200000, PAGE)
+                        + copy_cmd(11, 0x900000, 0x500000, PAGE) + fill_cmd(12, 0x700000, PAGE))
+    problems = dmatrace.check_trace(expectations(COPY_2P, FILL_1P), t)
+    assert problems == ["copy: DATA READ 0x900000+4096 (cmd 11) is outside every src mapping"]
+
+
+def test_check_write_into_src_is_wrong_role() -> None:
+    t = dmatrace.decode(hdr() + copy_cmd(10, 0x100000, 0x300000, PAGE)
+                        + copy_cmd(11, 0x300000, 0x500000, PAGE) + fill_cmd(12, 0x700000, PAGE))
+    problems = dmatrace.check_trace(expectations(COPY_2P, FILL_1P), t)
+    assert any("0x300000+4096 (cmd 10) is outside every dst mapping" in p for p in problems)
+
+
+def test_check_write_straddling_the_end_of_a_map() -> None:
+    t = dmatrace.decode(hdr() + fill_cmd(1, 0x700000 + 8, PAGE))
+    problems = dmatrace.check_trace(expectations(FILL_1P), t)
+    assert "outside every dst mapping" in problems[0]
+
+
+def test_check_adjacent_maps_may_be_crossed() -> None:
+    obj = {"test": "fill", "len": 2 * PAGE, "ncmds": 1,
+           "maps": maps("dst", (0x10000, PAGE), (0x11000, PAGE))}
+    t = dmatrace.decode(hdr() + fill_cmd(1, 0x10000, 2 * PAGE))
+    assert dmatrace.check_trace(expectations(obj), t) == []
+
+
+def test_check_fill_must_not_read() -> None:
+    t = dmatrace.decode(hdr() + rec(0x700000, PAGE, Kind.DATA, Dir.READ, 1)
+                        + rec(0x700000, PAGE, Kind.DATA, Dir.WRITE, 1))
+    problems = dmatrace.check_trace(expectations(FILL_1P), t)
+    assert problems == ["fill: DATA READ 0x700000+4096 (cmd 1): a fill must not read data"]
+
+
+def test_check_short_transfer() -> None:
+    t = dmatrace.decode(hdr() + fill_cmd(1, 0x700000, PAGE // 2))
+    assert dmatrace.check_trace(expectations(FILL_1P), t) == [
+        "fill: device wrote 2048 bytes, request was 4096"]
+
+
+def test_check_failed_dma() -> None:
+    t = dmatrace.decode(hdr() + rec(0x700000, PAGE, Kind.DATA, Dir.WRITE, 1, result=1))
+    assert "failed with MemTxResult 1" in dmatrace.check_trace(expectations(FILL_1P), t)[0]
+
+
+def test_check_command_count_mismatch_falls_back_to_pooled() -> None:
+    t = dmatrace.decode(hdr() + copy_cmd(10, 0x100000, 0x200000, PAGE)
+                        + copy_cmd(11, 0x300000, 0x500000, PAGE))  # fill missing
+    problems = dmatrace.check_trace(expectations(COPY_2P, FILL_1P), t)
+    assert problems[0] == "trace has DATA records for 2 commands, the workload reported 3"
+    assert "device wrote 8192 bytes in all, the requests add up to 12288" in problems
+
+
+def test_check_without_ncmds_is_pooled() -> None:
+    objs = [{k: v for k, v in o.items() if k != "ncmds"} for o in (COPY_2P, FILL_1P)]
+    assert dmatrace.check_trace(expectations(*objs), good_trace()) == []
+
+
+def test_check_reused_command_ids_are_split_by_order() -> None:
+    # A driver that recycles ids per ring slot: 0, 1, then 0 again.
+    t = dmatrace.decode(hdr() + copy_cmd(0, 0x100000, 0x200000, PAGE)
+                        + copy_cmd(1, 0x300000, 0x500000, PAGE) + fill_cmd(0, 0x700000, PAGE))
+    assert dmatrace.check_trace(expectations(COPY_2P, FILL_1P), t) == []
+
+
+def test_maps_accept_ints_and_hex() -> None:
+    m = dmatrace.parse_maps([{"role": "src", "uaddr": 4096, "dma": "0x2000", "len": "4096"}])
+    assert (m[0].dma, m[0].len, m[0].uaddr, m[0].end) == (0x2000, 4096, 4096, 0x3000)
