@@ -75,7 +75,7 @@ def setup_logging(verbose: bool) -> logging.Handler:
     handler.setFormatter(ElapsedFormatter(time.time(), tracebacks=verbose))
     root.addHandler(handler)
     # Libraries that log every packet at DEBUG.
-    for name, level in (("paramiko", logging.WARNING), ("qemu.qmp", logging.INFO),
+    for name, level in (("paramiko", logging.WARNING), ("qemu.qmp", logging.WARNING),
                         ("asyncio", logging.WARNING)):
         logging.getLogger(name).setLevel(level)
     return handler

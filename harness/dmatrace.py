@@ -290,6 +290,7 @@ class Expectation:
     length: int
     maps: tuple[MapRange, ...]
     ncmds: int | None = None  # commands it took, to find its records in the trace
+    ctx: int | None = None  # device context id stamped on its commands
 
     @property
     def is_copy(self) -> bool:
@@ -298,12 +299,13 @@ class Expectation:
 
 def expectation_from_result(obj: Mapping[str, Any]) -> Expectation:
     """From one line of the smoke workload's JSON output."""
-    ncmds = obj.get("ncmds")
+    ncmds, ctx = obj.get("ncmds"), obj.get("ctx")
     return Expectation(
         name=str(obj.get("test", "?")),
         length=_int(obj.get("len", 0)),
         maps=tuple(parse_maps(obj.get("maps", []))),
-        ncmds=int(ncmds) if ncmds is not None else None,
+        ncmds=_int(ncmds) if ncmds is not None else None,
+        ctx=_int(ctx) if ctx is not None else None,
     )
 
 
@@ -347,13 +349,19 @@ def check_records(exp: Expectation, records: Sequence[TraceRecord]) -> list[str]
 def check_trace(expectations: Sequence[Expectation], trace: Trace) -> list[str]:
     """Match the trace's DATA records to the workload's requests, in order.
 
-    When every request reports how many commands it took (``ncmds``), DATA
+    Requests that report their context id (``ctx``) are matched only against
+    records of those contexts. When every request reports how many commands
+    it took (``ncmds``), DATA
     records are grouped by command id in order of appearance and each request
     takes its share. Otherwise all requests are checked together: every DMA
     within some mapping of its role, total bytes equal to the requests'.
     """
     problems = [f"trace: {p}" for p in trace.problems if not p.startswith("truncated")]
     data = trace.data()
+    if expectations and all(e.ctx is not None for e in expectations):
+        # Only the workload's own contexts (the driver may DMA for itself too).
+        ctxs = {e.ctx for e in expectations}
+        data = [r for r in data if r.ctx in ctxs]
     if expectations and all(e.ncmds is not None for e in expectations):
         # The engine runs one command at a time, so a command's DATA records
         # are consecutive; ids may repeat (the driver may reuse them).

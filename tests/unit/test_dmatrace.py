@@ -214,3 +214,16 @@ def test_check_reused_command_ids_are_split_by_order() -> None:
 def test_maps_accept_ints_and_hex() -> None:
     m = dmatrace.parse_maps([{"role": "src", "uaddr": 4096, "dma": "0x2000", "len": "4096"}])
     assert (m[0].dma, m[0].len, m[0].uaddr, m[0].end) == (0x2000, 4096, 4096, 0x3000)
+
+
+def test_check_ignores_other_contexts_when_ctx_is_reported() -> None:
+    # The driver's own DMA (context 0) must not be matched to the workload's requests.
+    objs = [dict(o, ctx=7) for o in (COPY_2P, FILL_1P)]
+    t = dmatrace.decode(hdr() + rec(0xABC000, 64, Kind.DATA, Dir.WRITE, 99, ctx=0)
+                        + good_trace_body())
+    assert dmatrace.check_trace(expectations(*objs), t) == []
+
+
+def good_trace_body() -> bytes:
+    return (copy_cmd(10, 0x100000, 0x200000, PAGE) + copy_cmd(11, 0x300000, 0x500000, PAGE)
+            + fill_cmd(12, 0x700000, PAGE))

@@ -1,0 +1,45 @@
+"""Shared fixtures.
+
+``artifacts`` builds (or finds in the cache) everything a guest needs. It
+never skips: when something cannot be built, every test using it ERRORs
+with the build's message, so a broken build cannot pass as "skipped".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from harness.build import Artifacts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Artifacts:
+    from harness.build import build_all
+    from harness.cache import Cache
+
+    cache = Cache.default()
+    kernel = os.environ.get("HMMLAB_KERNEL", "6.12")
+    return build_all(cache, cache.path("logs"), kernel=kernel)
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """Where a test's run writes; $HMMLAB_TEST_RESULTS keeps them somewhere known."""
+    base = os.environ.get("HMMLAB_TEST_RESULTS")
+    if base:
+        d = Path(base) / request.node.name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    return tmp_path / "results"

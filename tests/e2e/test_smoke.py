@@ -1,0 +1,75 @@
+"""End to end: build everything, boot the default configuration, run smoke.
+
+Needs the build artifacts (QEMU with hmm-gpu, kernel, rootfs, payload); a
+build failure makes these tests ERROR rather than skip. Under TCG one run
+takes a minute or two once the cache is warm.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import config, runner
+from harness.build import Artifacts
+from harness.results import Results, Status
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def smoke_run(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> Results:
+    results_dir = tmp_path_factory.mktemp("e2e") / "smoke"
+    res = runner.run(config.load(None), results_dir, artifacts=artifacts)
+    print(f"results: {results_dir}")
+    print(res.table())
+    return res
+
+
+def _status(res: Results, path: str) -> Status | None:
+    return res.status_of(path)
+
+
+def _why(res: Results) -> str:
+    bad = [t for t in res.tests if t.status not in (Status.PASS, Status.SKIP)]
+    return "\n\n".join(f"{t.path}: {t.status}\n{t.log_excerpt[-1500:]}" for t in bad) + (
+        f"\n(results in {res.dir})")
+
+
+def test_run_passes(smoke_run: Results) -> None:
+    assert smoke_run.exit_code() == 0, _why(smoke_run)
+
+
+@pytest.mark.parametrize("path", ["boot", "driver.load", "smoke.info", "smoke.copy",
+                                  "smoke.fill", "smoke.copy_unaligned", "smoke.fill_unaligned",
+                                  "smoke.counters", "smoke.dmatrace", "console.splat"])
+def test_entry_passes(smoke_run: Results, path: str) -> None:
+    assert _status(smoke_run, path) == Status.PASS, _why(smoke_run)
+
+
+def test_results_files(smoke_run: Results) -> None:
+    d: Path = smoke_run.dir
+    data = json.loads((d / "results.json").read_text())
+    assert data["version"] == 1
+    assert data["environment"]["accel"] in ("kvm", "tcg")
+    assert data["environment"]["kernel_release"].startswith("6.12")
+    assert data["summary"]["exit_status"] == 0
+    assert "hmmlab: ready" in (d / "console.log").read_text(errors="replace")
+    assert (d / "run.log").stat().st_size > 0
+    assert (d / "dmatrace-0.bin").stat().st_size > 24
+
+
+def test_device_counters_were_read(smoke_run: Results) -> None:
+    gpu0 = smoke_run.devices["gpu0"]
+    assert gpu0["cmds-completed"] > 0
+    assert gpu0["dma-read-bytes"] > 0 and gpu0["dma-write-bytes"] > 0
+    assert gpu0["dma-errors"] == 0 and gpu0["guest-errors"] == 0
+
+
+def test_no_qemu_left_behind(smoke_run: Results) -> None:
+    import subprocess
+
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10).stdout
+    assert str(smoke_run.dir) not in ps

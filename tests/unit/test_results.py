@@ -1,0 +1,82 @@
+"""results.json and the exit status (tuxrun: 2 infrastructure, 1 failure, 0 pass)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.results import (
+    EXIT_FAIL,
+    EXIT_INFRA,
+    EXIT_PASS,
+    Results,
+    Status,
+    TestResult,
+    default_results_dir,
+    excerpt,
+    exit_code,
+)
+
+
+def t(status: Status, path: str = "x") -> TestResult:
+    return TestResult(path, status)
+
+
+@pytest.mark.parametrize(("statuses", "code"), [
+    ([], EXIT_PASS),
+    ([Status.PASS, Status.SKIP], EXIT_PASS),
+    ([Status.PASS, Status.FAIL], EXIT_FAIL),
+    ([Status.PASS, Status.ERROR], EXIT_INFRA),
+    ([Status.FAIL, Status.ERROR], EXIT_INFRA),
+    ([Status.SKIP], EXIT_PASS),
+])
+def test_exit_code(statuses: list[Status], code: int) -> None:
+    assert exit_code([t(s) for s in statuses]) == code
+
+
+def test_results_json(tmp_path: Path) -> None:
+    r = Results(tmp_path / "run", config={"kernel": "6.12"}, environment={"accel": "tcg"})
+    r.add(TestResult("boot", Status.PASS, 9.87654, "hmmlab: ready", ["console.log"]))
+    r.add(TestResult("smoke.copy", Status.FAIL, 1.5, "mismatch", extra={"len": 4096}))
+    r.add_status("smoke.dmatrace", Status.SKIP, "not run")
+    r.devices["gpu0"] = {"cmds-completed": 3}
+    path = r.write()
+    d = json.loads(path.read_text())
+    assert d["version"] == 1
+    assert d["config"] == {"kernel": "6.12"}
+    assert d["environment"] == {"accel": "tcg"}
+    assert d["devices"] == {"gpu0": {"cmds-completed": 3}}
+    assert d["tests"][0] == {"path": "boot", "status": "PASS", "duration": 9.877,
+                             "log_excerpt": "hmmlab: ready", "output_files": ["console.log"]}
+    assert d["tests"][1]["len"] == 4096
+    assert d["summary"] == {"total": 3, "PASS": 1, "FAIL": 1, "ERROR": 0, "SKIP": 1,
+                            "exit_status": 1}
+    assert not (tmp_path / "run" / "results.json.tmp").exists()
+    assert r.status_of("smoke.copy") == Status.FAIL and r.has("boot") and not r.has("nope")
+
+
+def test_table(tmp_path: Path) -> None:
+    r = Results(tmp_path)
+    r.add(TestResult("boot", Status.PASS, 2.0))
+    r.add(TestResult("smoke.copy", Status.ERROR, 0.5))
+    table = r.table()
+    assert "boot        PASS" in table
+    assert "smoke.copy  ERROR" in table
+    assert table.splitlines()[-1] == "2 tests: 1 passed, 0 failed, 1 errors, 0 skipped"
+
+
+def test_excerpt_keeps_the_end() -> None:
+    text = "a" * 100 + "THE END"
+    e = excerpt(text, 10)
+    assert e.endswith("aaaTHE END") and e.startswith("[...]")
+    assert excerpt("short") == "short"
+
+
+def test_default_results_dir_is_unique(tmp_path: Path) -> None:
+    a = default_results_dir(tmp_path)
+    a.mkdir(parents=True)
+    b = default_results_dir(tmp_path)
+    assert a.parent == tmp_path / "results" and a != b
+    assert a.name.endswith("Z")

@@ -1,0 +1,153 @@
+"""The launcher's pure parts: command line, initrd, console reader, KVM probe."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import config
+from harness.splat import SplatScanner
+from harness.vm import (
+    AccelChoice,
+    AccelProbe,
+    Console,
+    GuestError,
+    LaunchFiles,
+    build_command_line,
+    concat_initrds,
+)
+
+
+def opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def cmdline(yaml: str = "", accel: str = "tcg", run: Path = Path("/r")) -> list[str]:
+    cfg = config.load_text(yaml, "t.yaml", known_scenarios=("smoke",))
+    files = LaunchFiles(run, run / "qmp.sock")
+    return build_command_line(cfg, Path("/q/qemu-system-x86_64"), (Path("/fw1"), Path("/fw2")),
+                              Path("/k/bzImage"), files, AccelChoice(accel, "test"), 2222)
+
+
+def test_default_command_line() -> None:
+    argv = cmdline()
+    assert argv[0] == "/q/qemu-system-x86_64"
+    assert opt(argv, "-L") == ["/fw1", "/fw2"]
+    assert opt(argv, "-M") == ["q35"]
+    assert opt(argv, "-accel") == ["tcg"]
+    assert opt(argv, "-cpu") == ["max"]
+    assert opt(argv, "-smp") == ["2"] and opt(argv, "-m") == ["1024"]
+    for flag in ("-nodefaults", "-no-reboot", "-S"):
+        assert flag in argv
+    assert opt(argv, "-display") == ["none"]
+    assert opt(argv, "-kernel") == ["/k/bzImage"]
+    assert opt(argv, "-initrd") == ["/r/initrd.img"]
+    append = opt(argv, "-append")[0]
+    assert "console=ttyS0" in append and "panic=-1" in append
+    assert "oops=panic" not in append and "panic_on_warn" not in append
+    assert opt(argv, "-netdev") == ["user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22"]
+    devices = opt(argv, "-device")
+    assert devices[0] == "virtio-net-pci,netdev=n0,romfile="
+    assert devices[1] == "hmm-gpu,id=gpu0,dmatrace=dmatrace0"
+    assert "file,id=dmatrace0,path=/r/dmatrace-0.bin" in opt(argv, "-chardev")
+    assert opt(argv, "-qmp") == ["unix:/r/qmp.sock,server=on,wait=off"]
+    assert opt(argv, "-D") == ["/r/qemu.log"]
+
+
+def test_kvm_uses_host_cpu_and_machine_pc() -> None:
+    argv = cmdline("machine: pc\ncpus: 1\nmemory: 2G\n", accel="kvm")
+    assert opt(argv, "-M") == ["pc"] and opt(argv, "-accel") == ["kvm"]
+    assert opt(argv, "-cpu") == ["host"]
+    assert opt(argv, "-m") == ["2048"] and opt(argv, "-smp") == ["1"]
+
+
+def test_two_gpus_with_props_each_get_a_trace() -> None:
+    argv = cmdline("devices:\n  - type: hmm-gpu\n    props: {max-xfer: 4096}\n"
+                   "  - type: hmm-gpu\n")
+    devices = opt(argv, "-device")
+    assert devices[1:] == ["hmm-gpu,id=gpu0,dmatrace=dmatrace0,max-xfer=4096",
+                           "hmm-gpu,id=gpu1,dmatrace=dmatrace1"]
+    chardevs = opt(argv, "-chardev")
+    assert "file,id=dmatrace1,path=/r/dmatrace-1.bin" in chardevs
+
+
+def test_commas_in_paths_are_escaped() -> None:
+    argv = cmdline(run=Path("/a,b"))
+    assert "file,id=dmatrace0,path=/a,,b/dmatrace-0.bin" in opt(argv, "-chardev")
+
+
+def test_concat_initrds_aligns(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"12345")
+    b.write_bytes(b"xyz")
+    out = concat_initrds([a, b], tmp_path / "initrd.img")
+    assert out.read_bytes() == b"12345\0\0\0xyz\0"
+
+
+def test_console_reader(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    scanner = SplatScanner()
+    with os.fdopen(r, "rb", buffering=0) as stream:
+        con = Console(stream, tmp_path / "console.log", scanner)
+        chunks = [b"[    1.0] boot",
+                  b"ing\r\n[    2.0] WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2\n",
+                  b"[    2.1] ---[ end trace 0000000000000000 ]---\nhmmlab: re", b"ady\n", b"tail"]
+        for c in chunks:
+            os.write(w, c)
+            time.sleep(0.01)
+        assert con.ready.wait(5)
+        os.close(w)
+        assert con.eof.wait(5)
+    assert list(con.lines) == ["[    1.0] booting", "[    2.0] WARNING: CPU: 0 PID: 1 at a.c:1 "
+                               "f+0x1/0x2", "[    2.1] ---[ end trace 0000000000000000 ]---",
+                               "hmmlab: ready", "tail"]
+    assert [s.title for s in con.splats()] == ["WARNING in f"]
+    assert (tmp_path / "console.log").read_bytes() == b"".join(chunks)
+    assert con.since(3) == ["hmmlab: ready", "tail"]
+    assert con.tail(1) == "tail"
+
+
+def fake_qemu(tmp_path: Path, body: str) -> Path:
+    exe = tmp_path / "qemu-system-x86_64"
+    exe.write_text("#!/bin/sh\n" + body + "\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return exe
+
+
+def test_kvm_probe_success_is_cached(tmp_path: Path) -> None:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no /dev/kvm to open: the probe stops before running QEMU")
+    count = tmp_path / "count"
+    qemu = fake_qemu(tmp_path, f'echo x >> {count}; echo "Linux version 6.12"; sleep 30')
+    probe = AccelProbe(timeout=5)
+    k = tmp_path / "bzImage"
+    assert probe.choose("auto", qemu, (), k).name == "kvm"
+    assert probe.choose("kvm", qemu, (), k).name == "kvm"
+    assert count.read_text().count("x") == 1
+
+
+def test_kvm_probe_hang_falls_back_to_tcg(tmp_path: Path) -> None:
+    qemu = fake_qemu(tmp_path, "sleep 30")
+    probe = AccelProbe(timeout=1)
+    t0 = time.monotonic()
+    choice = probe.choose("auto", qemu, (), tmp_path / "bzImage")
+    assert choice.name == "tcg" and time.monotonic() - t0 < 10
+    with pytest.raises(GuestError, match="kvm was requested"):
+        probe.choose("kvm", qemu, (), tmp_path / "bzImage")
+
+
+def test_kvm_probe_abort_falls_back_with_reason(tmp_path: Path) -> None:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no /dev/kvm to open: the probe stops before running QEMU")
+    qemu = fake_qemu(tmp_path, "echo 'kvm_buf_set_msrs: Assertion failed.' >&2; exit 134")
+    choice = AccelProbe(timeout=5).choose("auto", qemu, (), tmp_path / "bzImage")
+    assert choice.name == "tcg" and "Assertion failed" in choice.reason
+
+
+def test_tcg_requested_needs_no_probe(tmp_path: Path) -> None:
+    choice = AccelProbe().choose("tcg", tmp_path / "missing-qemu", (), tmp_path / "k")
+    assert choice == AccelChoice("tcg", "requested in the config")
