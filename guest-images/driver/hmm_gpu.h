@@ -80,7 +80,7 @@ struct hmm_gpu_dev {
 	void __iomem		*mmio;
 	struct kref		ref;		/* the PCI binding and each open file */
 	int			id;		/* N in /dev/hmm_gpuN */
-	char			name[16];
+	char			name[20];
 	char			irq_name[HMM_GPU_NUM_VECTORS][24];
 	struct miscdevice	misc;
 	struct dentry		*debugfs;
