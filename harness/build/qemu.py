@@ -1,0 +1,362 @@
+"""Build qemu-system-x86_64 10.0.13 (Debian source) with the hmm-gpu device.
+
+Layout under the cache (see docs/architecture.md):
+
+- ``downloads/``               the Debian source package (orig + debian tarballs, .dsc)
+- ``qemu-src/<ver>/``          unpacked source, patched once, then overlaid with our files
+- ``tools/meson-<v>/``         a venv with the meson configure needs (bookworm's is too old)
+- ``qemu-build/<basehash>/``   build directory; BASEHASH excludes the device sources so an
+                               edit to hmm-gpu.c is an incremental ninja rebuild
+- ``qemu/<fullhash>/``         the finished binary; FULLHASH covers everything, so a warm
+                               run returns without touching the tree
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.apt import PrivateApt
+from harness.cache import REPO_ROOT, Cache, InputHash
+from harness.proc import run, run_with_progress
+
+log = logging.getLogger(__name__)
+
+QEMU_VERSION = "10.0.13"
+DEB_VERSION = "10.0.13+ds-0+deb13u1"
+APT_SPEC = f"qemu=1:{DEB_VERSION}"
+ORIG_TARBALL = f"qemu_{QEMU_VERSION}+ds.orig.tar.xz"
+DEBIAN_TARBALL = f"qemu_{DEB_VERSION}.debian.tar.xz"
+DSC_FILE = f"qemu_{DEB_VERSION}.dsc"
+DEBIAN_PATCHES = ("skip-unpack-edk2-blobs.patch",)
+
+MESON_VERSION = "1.5.0"
+TOOLS_REQUIREMENTS = (f"meson=={MESON_VERSION}", "pycotap")
+
+TARGET = "qemu-system-x86_64"
+CONFIGURE_FLAGS = (
+    "--target-list=x86_64-softmmu",
+    "--enable-kvm",
+    "--enable-slirp",
+    "--disable-docs",
+    "--disable-werror",
+    "--disable-gtk",
+    "--disable-sdl",
+    "--disable-vnc",
+    "--disable-opengl",
+    "--disable-spice",
+    "--disable-virglrenderer",
+    "--disable-xen",
+    "--disable-tools",
+    "--disable-guest-agent",
+    "--disable-user",
+    "--disable-install-blobs",
+    "--enable-trace-backends=log,simple",
+)
+
+DEVICE_DIR = REPO_ROOT / "qemu-devices"
+# Files copied verbatim into the QEMU tree: (repo path, path in the QEMU tree).
+DEVICE_FILES = (
+    (DEVICE_DIR / "hw/misc/hmm-gpu.c", "hw/misc/hmm-gpu.c"),
+    (DEVICE_DIR / "include/hmm_gpu_regs.h", "include/hw/misc/hmm_gpu_regs.h"),
+)
+# Fragments appended to QEMU's file of the same name between markers.
+GLUE_FILES = ("hw/misc/Kconfig", "hw/misc/meson.build")
+TRACE_FILES = ("hw/misc/trace-events",)
+MARK_BEGIN = "# hmmlab begin"
+MARK_END = "# hmmlab end"
+
+DATADIRS = (Path("/usr/share/qemu"), Path("/usr/share/seabios"), Path("/usr/lib/ipxe/qemu"))
+
+# (how to check, apt package that provides it)
+HOST_TOOLS = {
+    "cc": "gcc",
+    "ninja": "ninja-build",
+    "pkg-config": "pkg-config",
+    "flex": "flex",
+    "bison": "bison",
+    "patch": "patch",
+    "xz": "xz-utils",
+    "tar": "tar",
+}
+PKGCONFIG_DEPS = {
+    "glib-2.0": "libglib2.0-dev",
+    "pixman-1": "libpixman-1-dev",
+    "slirp": "libslirp-dev",
+    "zlib": "zlib1g-dev",
+}
+# bookworm's libfdt-dev ships no .pc file: look for its header instead
+HEADER_DEPS = {Path("/usr/include/libfdt.h"): "libfdt-dev"}
+
+CONFIGURE_TIMEOUT = 900
+NINJA_TIMEOUT = 3 * 3600
+
+
+@dataclass(frozen=True)
+class QemuArtifact:
+    binary: Path  # qemu-system-x86_64
+    datadirs: tuple[Path, ...]  # for -L, in order (only those that exist)
+
+
+class BuildDepsMissing(RuntimeError):
+    pass
+
+
+def _datadirs() -> tuple[Path, ...]:
+    return tuple(d for d in DATADIRS if d.is_dir())
+
+
+def base_hash() -> str:
+    """Inputs that need a fresh build directory when they change."""
+    h = InputHash("qemu-build")
+    h.text("version", DEB_VERSION)
+    h.text("patches", " ".join(DEBIAN_PATCHES))
+    h.text("configure", " ".join(CONFIGURE_FLAGS))
+    h.text("meson", MESON_VERSION)
+    for rel in GLUE_FILES:
+        h.file(DEVICE_DIR / rel, label=rel)
+    return h.hexdigest()
+
+
+def full_hash() -> str:
+    """Everything the binary depends on, including this builder."""
+    h = InputHash("qemu")
+    h.text("base", base_hash())
+    for src, rel in DEVICE_FILES:
+        h.file(src, label=rel)
+    for rel in TRACE_FILES:
+        h.file(DEVICE_DIR / rel, label=rel)
+    h.file(Path(__file__).resolve(), label="harness/build/qemu.py")
+    return h.hexdigest()
+
+
+def check_build_deps() -> None:
+    """Fail early, naming the apt packages, instead of deep inside configure."""
+    missing: list[str] = []
+    for tool, pkg in HOST_TOOLS.items():
+        if shutil.which(tool) is None:
+            missing.append(pkg)
+    if shutil.which("pkg-config") is not None:
+        for mod, pkg in PKGCONFIG_DEPS.items():
+            rc = subprocess.run(["pkg-config", "--exists", mod], check=False).returncode
+            if rc != 0:
+                missing.append(pkg)
+    else:
+        missing.extend(PKGCONFIG_DEPS.values())
+    missing.extend(pkg for header, pkg in HEADER_DEPS.items() if not header.is_file())
+    probe = subprocess.run(
+        [sys.executable, "-c", "import ensurepip, venv"], check=False, capture_output=True
+    )
+    if probe.returncode != 0:
+        missing.append("python3-venv")
+    if missing:
+        pkgs = " ".join(sorted(set(missing)))
+        raise BuildDepsMissing(
+            f"QEMU build dependencies are missing; install them with:\n  apt-get install {pkgs}"
+        )
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise QEMU builds: they share one source tree."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fetch_source(cache: Cache, logfile: Path) -> Path:
+    downloads = cache.path("downloads")
+    wanted = (ORIG_TARBALL, DEBIAN_TARBALL, DSC_FILE)
+    if all((downloads / f).is_file() for f in wanted):
+        return downloads
+    log.info("qemu: downloading Debian source %s", APT_SPEC)
+    apt = PrivateApt(state=cache.path("apt"))
+    apt.ensure_lists(logfile)
+    apt.source(APT_SPEC, downloads, logfile)
+    missing = [f for f in wanted if not (downloads / f).is_file()]
+    if missing:
+        raise RuntimeError(f"apt-get source {APT_SPEC} did not produce {missing} in {downloads}")
+    return downloads
+
+
+def unpack_source(cache: Cache, downloads: Path, logfile: Path) -> Path:
+    """Unpack the orig tarball once and apply the Debian patches we need."""
+    final = cache.path("qemu-src", QEMU_VERSION)
+    if (final / "configure").is_file():
+        return final
+    log.info("qemu: unpacking %s", ORIG_TARBALL)
+    with cache.building(final) as tmp:
+        run(
+            ["tar", "-xJf", downloads / ORIG_TARBALL, "-C", tmp, "--strip-components=1"],
+            timeout=900,
+            logfile=logfile,
+        )
+        deb = tmp / ".hmmlab-debian"
+        deb.mkdir()
+        run(
+            ["tar", "-xJf", downloads / DEBIAN_TARBALL, "-C", deb, "debian/patches"],
+            timeout=300,
+            logfile=logfile,
+        )
+        for patch in DEBIAN_PATCHES:
+            run(
+                ["patch", "-p1", "--forward", "-i", deb / "debian/patches" / patch],
+                cwd=tmp,
+                timeout=120,
+                logfile=logfile,
+            )
+        shutil.rmtree(deb)
+    return final
+
+
+def ensure_tools(cache: Cache, logfile: Path) -> Path:
+    """A venv with meson>=1.5 for configure; returns its python.
+
+    Built in place with a completion stamp rather than via Cache.building:
+    a venv's scripts hard-code its path, so it must not be renamed.
+    """
+    venv = cache.path("tools", f"meson-{MESON_VERSION}")
+    python = venv / "bin" / "python3"
+    stamp = venv / ".hmmlab-complete"
+    if stamp.is_file() and python.exists():
+        return python
+    if venv.exists():
+        shutil.rmtree(venv)
+    log.info("qemu: creating tools venv %s", venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "venv", venv], timeout=300, logfile=logfile)
+    run(
+        [python, "-m", "pip", "install", "--disable-pip-version-check", *TOOLS_REQUIREMENTS],
+        timeout=900,
+        logfile=logfile,
+    )
+    stamp.write_text(" ".join(TOOLS_REQUIREMENTS) + "\n")
+    return python
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Write only on a content change, so ninja/meson see unchanged mtimes."""
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    tmp = path.with_name(path.name + ".hmmlab-tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return True
+
+
+def splice_fragment(original: str, fragment: str) -> str:
+    """Replace (or append) our marked block in a QEMU build file; idempotent."""
+    body = [
+        ln for ln in fragment.strip("\n").splitlines() if ln.strip() not in (MARK_BEGIN, MARK_END)
+    ]
+    block = "\n".join([MARK_BEGIN, *body, MARK_END]) + "\n"
+    start = original.find(MARK_BEGIN + "\n")
+    if start >= 0:
+        end = original.find(MARK_END + "\n", start)
+        if end < 0:
+            raise RuntimeError(f"unterminated '{MARK_BEGIN}' block")
+        return original[:start] + block + original[end + len(MARK_END) + 1 :]
+    if original and not original.endswith("\n"):
+        original += "\n"
+    return original + "\n" + block
+
+
+def apply_overlay(src: Path) -> list[str]:
+    """Copy device files and splice glue into the QEMU tree; returns what changed."""
+    changed: list[str] = []
+    for repo_file, rel in DEVICE_FILES:
+        dest = src / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if _write_if_changed(dest, repo_file.read_bytes()):
+            changed.append(rel)
+    for rel in (*GLUE_FILES, *TRACE_FILES):
+        dest = src / rel
+        new = splice_fragment(dest.read_text(), (DEVICE_DIR / rel).read_text())
+        if _write_if_changed(dest, new.encode()):
+            changed.append(rel)
+    return changed
+
+
+def configure(src: Path, build: Path, python: Path, logfile: Path) -> None:
+    stamp = build / ".hmmlab-configured"
+    if stamp.is_file() and (build / "build.ninja").is_file():
+        return
+    if build.exists():
+        shutil.rmtree(build)  # a half-configured directory is not worth repairing
+    build.mkdir(parents=True)
+    log.info("qemu: configuring in %s", build)
+    # configure finds meson through this python's venv (bookworm's meson is too old)
+    env = {"PATH": f"{python.parent}:{os.environ.get('PATH', '')}"}
+    run_with_progress(
+        [src / "configure", f"--python={python}", *CONFIGURE_FLAGS],
+        label="qemu configure",
+        cwd=build,
+        env=env,
+        timeout=CONFIGURE_TIMEOUT,
+        logfile=logfile,
+    )
+    stamp.write_text(" ".join(CONFIGURE_FLAGS) + "\n")
+
+
+def build_qemu(cache: Cache, logdir: Path) -> QemuArtifact:
+    """Return a qemu-system-x86_64 with hmm-gpu, building it only if needed."""
+    fullhash = full_hash()
+    final = cache.path("qemu", fullhash)
+    binary = final / TARGET
+    if binary.is_file():
+        return QemuArtifact(binary=binary, datadirs=_datadirs())
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    logfile = logdir / "qemu-build.log"
+    with _locked(cache.path("qemu-build", ".lock")):
+        if binary.is_file():  # another process finished it while we waited
+            return QemuArtifact(binary=binary, datadirs=_datadirs())
+        check_build_deps()
+        start = time.monotonic()
+        downloads = fetch_source(cache, logfile)
+        src = unpack_source(cache, downloads, logfile)
+        python = ensure_tools(cache, logfile)
+        changed = apply_overlay(src)
+        if changed:
+            log.info("qemu: overlay updated: %s", ", ".join(changed))
+        build = cache.path("qemu-build", base_hash())
+        configure(src, build, python, logfile)
+        run_with_progress(
+            ["ninja", "-C", build, TARGET],
+            label="qemu build",
+            timeout=NINJA_TIMEOUT,
+            logfile=logfile,
+        )
+        with cache.building(final) as tmp:
+            shutil.copy2(build / TARGET, tmp / TARGET)
+        log.info("qemu: %s ready in %.0fs", binary, time.monotonic() - start)
+    return QemuArtifact(binary=binary, datadirs=_datadirs())
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cache = Cache.default()
+    try:
+        art = build_qemu(cache, cache.path("logs"))
+    except BuildDepsMissing as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(art.binary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

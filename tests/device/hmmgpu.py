@@ -1,0 +1,300 @@
+"""Test-side model of the hmm-gpu ABI and a driver for it over qtest.
+
+Register offsets and constants are parsed from the ABI header
+(qemu-devices/include/hmm_gpu_regs.h) so the tests follow the single source
+of truth; the struct layouts are written out here (with size checks against
+the header's static asserts) until harness/dmatrace.py exists.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.cache import REPO_ROOT
+from harness.qtest import QTest
+
+HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_gpu_regs.h"
+
+
+def _parse_header(path: Path) -> dict[str, int]:
+    text = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
+    consts: dict[str, int] = {}
+
+    def ev(expr: str) -> int:
+        expr = re.sub(r"(?<=[0-9a-fA-F])(ull|ul|u)\b", "", expr.strip())
+        expr = re.sub(r"\b(HMM_GPU_\w+)\b", lambda m: str(consts[m.group(1)]), expr)
+        if not re.fullmatch(r"[0-9a-fA-FxX()<>|&~+\-* ]+", expr):
+            raise ValueError(expr)
+        return int(eval(expr))  # constant integer arithmetic only (checked above)
+
+    for m in re.finditer(r"^#define\s+(HMM_GPU_\w+)\s+(.+)$", text, re.M):
+        name, expr = m.group(1), m.group(2).strip()
+        if name == "HMM_GPU_REGS_H" or not expr:
+            continue
+        consts[name] = ev(expr)
+    for body in re.findall(r"enum\s+\w+\s*\{(.*?)\};", text, re.S):
+        for m in re.finditer(r"(HMM_GPU_\w+)\s*=\s*([^,\n]+)", body):
+            consts[m.group(1)] = ev(m.group(2))
+    return consts
+
+
+ABI = _parse_header(HEADER)
+
+
+class _Abi:
+    """Attribute access to header constants without the HMM_GPU_ prefix."""
+
+    def __getattr__(self, name: str) -> int:
+        return ABI["HMM_GPU_" + name]
+
+
+H = _Abi()
+
+# struct hmm_gpu_cmd / hmm_gpu_cpl / hmm_gpu_trace_hdr / hmm_gpu_trace_rec
+CMD = struct.Struct("<BBHIQQQQQ16s")
+CPL = struct.Struct("<QIHHQQ")
+TRACE_HDR = struct.Struct("<QIIII")
+TRACE_REC = struct.Struct("<QQQQIBBBB")
+assert (CMD.size, CPL.size, TRACE_HDR.size, TRACE_REC.size) == (64, 32, 24, 40)
+for _n, _s in (("hmm_gpu_cmd", CMD), ("hmm_gpu_cpl", CPL)):
+    assert f"sizeof(struct {_n}) == {_s.size}" in HEADER.read_text()
+
+# Guest-physical layout used by the tests (q35, RAM starts at 0).
+BAR0 = 0xE000_0000
+BAR1 = 0xE000_1000
+CMDQ = 0x0010_0000
+CPLQ = 0x0020_0000
+MSI_ADDR = 0x0030_0000  # vector v writes its data to MSI_ADDR + 16 * v
+MSI_DATA = 0x0000_A000  # | vector
+SRC = 0x0100_0000
+DST = 0x0200_0000
+NOT_RAM = 0x0000_4000_0000_0000  # nothing is mapped up there
+
+PCI_COMMAND = 0x04
+PCI_COMMAND_MEM = 0x2
+PCI_COMMAND_MASTER = 0x4
+PCI_CAP_ID_MSIX = 0x11
+PCI_CAP_ID_EXP = 0x10
+
+
+@dataclass
+class Cmd:
+    opcode: int
+    flags: int = 0
+    ctx: int = 0
+    cmd_id: int = 0
+    src: int = 0
+    dst: int = 0
+    length: int = 0
+    pattern: int = 0
+    rsvd0: int = 0
+
+    def pack(self) -> bytes:
+        return CMD.pack(
+            self.opcode,
+            self.flags,
+            self.rsvd0,
+            self.ctx,
+            self.cmd_id,
+            self.src,
+            self.dst,
+            self.length,
+            self.pattern,
+            b"\0" * 16,
+        )
+
+
+@dataclass(frozen=True)
+class Cpl:
+    cmd_id: int
+    status: int
+    opcode: int
+    phase: int
+    nbytes: int
+    timestamp_ns: int
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Cpl:
+        return cls(*CPL.unpack(data))
+
+
+def copy(src: int, dst: int, length: int, cmd_id: int = 0, flags: int = 0, ctx: int = 0) -> Cmd:
+    return Cmd(H.OP_COPY, flags=flags, ctx=ctx, cmd_id=cmd_id, src=src, dst=dst, length=length)
+
+
+def fill(dst: int, length: int, pattern: int, cmd_id: int = 0, flags: int = 0) -> Cmd:
+    return Cmd(H.OP_FILL, flags=flags, cmd_id=cmd_id, dst=dst, length=length, pattern=pattern)
+
+
+class Gpu:
+    """Plays the role of firmware + driver for one hmm-gpu under qtest."""
+
+    def __init__(self, qt: QTest, *, enable_msix: bool = True) -> None:
+        self.qt = qt
+        self.devfn = self._find()
+        self.cmdq_size = 0
+        self.cplq_size = 0
+        self.cmd_tail = 0
+        self.cpl_head = 0
+        self.phase = 1
+        self.cfg_write(0x10, BAR0)  # BAR0: 32-bit memory
+        self.cfg_write(0x14, BAR1)  # BAR1: MSI-X table + PBA
+        self.set_command(PCI_COMMAND_MEM | PCI_COMMAND_MASTER)
+        self.msix_cap = self.find_cap(PCI_CAP_ID_MSIX)
+        if enable_msix:
+            self.enable_msix()
+
+    # -- config space ----------------------------------------------------
+
+    def _find(self) -> int:
+        want = H.PCI_VENDOR_ID | (H.PCI_DEVICE_ID << 16)
+        for devfn in range(0, 256, 8):
+            if self.qt.pci_cfg_read(0, devfn, 0) == want:
+                return devfn
+        raise AssertionError("hmm-gpu not found on PCI bus 0")
+
+    def cfg_read(self, reg: int, size: int = 4) -> int:
+        return self.qt.pci_cfg_read(0, self.devfn, reg, size)
+
+    def cfg_write(self, reg: int, val: int, size: int = 4) -> None:
+        self.qt.pci_cfg_write(0, self.devfn, reg, val, size)
+
+    def set_command(self, bits: int) -> None:
+        self.cfg_write(PCI_COMMAND, bits, 2)
+
+    def find_cap(self, cap_id: int) -> int | None:
+        if not self.cfg_read(0x06, 2) & 0x10:  # status: capability list
+            return None
+        ptr = self.cfg_read(0x34, 1) & 0xFC
+        seen = set()
+        while ptr and ptr not in seen:
+            seen.add(ptr)
+            if self.cfg_read(ptr, 1) == cap_id:
+                return ptr
+            ptr = self.cfg_read(ptr + 1, 1) & 0xFC
+        return None
+
+    def enable_msix(self) -> None:
+        cap = self.msix_cap
+        assert cap is not None, "no MSI-X capability"
+        table = self.cfg_read(cap + 4)
+        assert table & 7 == H.BAR_MSIX, "MSI-X table not in BAR1"
+        base = BAR1 + (table & ~7)
+        nvec = (self.cfg_read(cap + 2, 2) & 0x7FF) + 1
+        assert nvec == H.NUM_VECTORS
+        for v in range(nvec):
+            e = base + 16 * v
+            self.qt.writel(e + 0, MSI_ADDR + 16 * v)
+            self.qt.writel(e + 4, 0)
+            self.qt.writel(e + 8, MSI_DATA | v)
+            self.qt.writel(e + 12, 0)  # unmask
+        ctrl = self.cfg_read(cap + 2, 2)
+        self.cfg_write(cap + 2, (ctrl | 0x8000) & ~0x4000, 2)  # enable, no function mask
+
+    # -- MSI observation (the message is a 32-bit write into RAM) ---------
+
+    def msi_clear(self) -> None:
+        for v in range(H.NUM_VECTORS):
+            self.qt.writel(MSI_ADDR + 16 * v, 0)
+
+    def msi_fired(self, v: int) -> bool:
+        val = self.qt.readl(MSI_ADDR + 16 * v)
+        assert val in (0, MSI_DATA | v), f"unexpected MSI data {val:#x} at vector {v}"
+        return val == MSI_DATA | v
+
+    # -- registers -------------------------------------------------------
+
+    def rd(self, off: int) -> int:
+        return self.qt.readl(BAR0 + off)
+
+    def wr(self, off: int, val: int) -> None:
+        self.qt.writel(BAR0 + off, val)
+
+    def reg(self, name: str) -> int:
+        return self.rd(ABI["HMM_GPU_REG_" + name])
+
+    def set_reg(self, name: str, val: int) -> None:
+        self.wr(ABI["HMM_GPU_REG_" + name], val)
+
+    def error_addr(self) -> int:
+        return self.reg("ERROR_ADDR_LO") | (self.reg("ERROR_ADDR_HI") << 32)
+
+    def reset(self) -> None:
+        self.set_reg("RESET", H.RESET_MAGIC)
+        self.cmd_tail = self.cpl_head = 0
+        self.phase = 1
+
+    # -- rings -----------------------------------------------------------
+
+    def setup(
+        self,
+        cmdq: int = CMDQ,
+        cmdq_size: int = 16,
+        cplq: int = CPLQ,
+        cplq_size: int = 16,
+        *,
+        intr_mask: int | None = None,
+    ) -> None:
+        self.set_reg("INTR_MASK", H.INTR_CPL | H.INTR_ERROR if intr_mask is None else intr_mask)
+        self.set_reg("CMDQ_BASE_LO", cmdq & 0xFFFFFFFF)
+        self.set_reg("CMDQ_BASE_HI", cmdq >> 32)
+        self.set_reg("CMDQ_SIZE", cmdq_size)
+        self.set_reg("CPLQ_BASE_LO", cplq & 0xFFFFFFFF)
+        self.set_reg("CPLQ_BASE_HI", cplq >> 32)
+        self.set_reg("CPLQ_SIZE", cplq_size)
+        self.cmdq, self.cplq = cmdq, cplq
+        self.cmdq_size, self.cplq_size = cmdq_size, cplq_size
+        self.set_reg("CPLQ_CTRL", H.QCTRL_ENABLE)
+        self.set_reg("CMDQ_CTRL", H.QCTRL_ENABLE)
+        self.cmd_tail = self.cpl_head = 0
+        self.phase = 1
+
+    def push(self, *cmds: Cmd, ring: bool = True) -> None:
+        for c in cmds:
+            self.qt.write(self.cmdq + 64 * self.cmd_tail, c.pack())
+            self.cmd_tail = (self.cmd_tail + 1) % self.cmdq_size
+        if ring:
+            self.set_reg("CMDQ_TAIL", self.cmd_tail)
+
+    def wait(self, pred: Callable[[], int], what: str, tries: int = 3000) -> int:
+        """Poll; each qtest round trip lets the main loop run the device BH."""
+        for _ in range(tries):
+            v = pred()
+            if v:
+                return v
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def pending_cpls(self) -> int:
+        return (self.reg("CPLQ_TAIL") - self.cpl_head) % self.cplq_size
+
+    def reap(self, n: int, tries: int = 3000) -> list[Cpl]:
+        """Wait for n completions, check their phase, consume them (CPLQ_HEAD)."""
+        self.wait(lambda: self.pending_cpls() >= n, f"{n} completion(s)", tries)
+        out = []
+        for _ in range(n):
+            cpl = Cpl.unpack(self.qt.read(self.cplq + 32 * self.cpl_head, 32))
+            assert cpl.phase == self.phase, f"phase {cpl.phase} != expected {self.phase}"
+            out.append(cpl)
+            self.cpl_head = (self.cpl_head + 1) % self.cplq_size
+            if self.cpl_head == 0:
+                self.phase ^= 1
+        self.set_reg("CPLQ_HEAD", self.cpl_head)
+        return out
+
+    def run(self, *cmds: Cmd) -> list[Cpl]:
+        self.push(*cmds)
+        return self.reap(len(cmds))
+
+    def wait_idle(self) -> None:
+        self.wait(lambda: not self.reg("STATUS") & H.STATUS_BUSY, "engine idle")
+
+    def wait_fatal(self) -> None:
+        self.wait(lambda: self.reg("STATUS") & H.STATUS_FATAL, "STATUS_FATAL")
+
+
+# conftest's ``launch`` fixture: launch(*device_opts, machine=, extra=, qmp=, msix=) -> Gpu
+Launch = Callable[..., Gpu]
