@@ -192,6 +192,45 @@ static int hmm_gpu_stats_show(struct seq_file *s, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(hmm_gpu_stats);
 
+/*
+ * Fault injection for testing the recovery paths, by writing to "inject":
+ *   fatal - ring the doorbell out of range: the device halts (STATUS_FATAL,
+ *           ERR_DOORBELL) and the driver resets it, failing commands in flight
+ *   hang  - disable the completion queue behind the driver's back: commands
+ *           stop completing until the timeout resets the device
+ */
+static ssize_t hmm_gpu_inject_write(struct file *file, const char __user *ubuf,
+				    size_t len, loff_t *ppos)
+{
+	struct hmm_gpu_dev *gdev = file->private_data;
+	char buf[16] = {};
+	ssize_t ret;
+	char *what;
+
+	ret = simple_write_to_buffer(buf, sizeof(buf) - 1, ppos, ubuf, len);
+	if (ret < 0)
+		return ret;
+	what = strim(buf);
+
+	spin_lock_irq(&gdev->lock);
+	if (!strcmp(what, "fatal"))
+		hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_TAIL, HMM_GPU_QUEUE_ENTRIES);
+	else if (!strcmp(what, "hang"))
+		hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_CTRL, 0);
+	else
+		ret = -EINVAL;
+	spin_unlock_irq(&gdev->lock);
+	if (ret > 0)
+		dev_warn(&gdev->pdev->dev, "injected fault: %s\n", what);
+	return ret;
+}
+
+static const struct file_operations hmm_gpu_inject_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.write	= hmm_gpu_inject_write,
+};
+
 static int hmm_gpu_setup_irqs(struct hmm_gpu_dev *gdev)
 {
 	struct pci_dev *pdev = gdev->pdev;
@@ -347,6 +386,7 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	gdev->debugfs = debugfs_create_dir(pci_name(pdev), hmm_gpu_debugfs_root);
 	debugfs_create_file("stats", 0444, gdev->debugfs, gdev, &hmm_gpu_stats_fops);
+	debugfs_create_file("inject", 0200, gdev->debugfs, gdev, &hmm_gpu_inject_fops);
 
 	pci_set_drvdata(pdev, gdev);
 

@@ -149,15 +149,14 @@ static void hmm_gpu_retire(struct hmm_gpu_dev *gdev, unsigned int tag,
 	gdev->stats.bytes += bytes;
 	if (err && !batch->err)
 		batch->err = err;
-	if (status) {
-		gdev->stats.failed++;
-		if (slot->index < batch->first_fail) {
-			batch->first_fail = slot->index;
-			batch->status = status;
-		}
-	} else {
-		gdev->stats.completed++;
+	if (status && slot->index < batch->first_fail) {
+		batch->first_fail = slot->index;
+		batch->status = status;
 	}
+	if (status || err)
+		gdev->stats.failed++;
+	else
+		gdev->stats.completed++;
 	if (!err)
 		batch->completed++;
 	if (--batch->pending == 0)
