@@ -27,6 +27,9 @@ class QTest:
 
     ``extra_args`` is the machine/device part of the command line; the qtest
     plumbing (``-qtest``, ``-accel qtest``, ``-display none``) is added here.
+    QEMU's stdout/stderr go to ``logfile``. The protocol transcript is off
+    unless ``qtest_log`` names a file for it (by default QEMU would mix it
+    into stderr and bury the device's own messages).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class QTest:
         timeout: float = 30.0,
         start_timeout: float = 60.0,
         qmp: bool = False,
+        qtest_log: Path | None = None,
     ) -> None:
         self.binary = Path(binary)
         self.timeout = timeout
@@ -54,6 +58,7 @@ class QTest:
         for d in datadirs:
             argv += ["-L", str(d)]
         argv += ["-accel", "qtest", "-qtest", f"unix:{self.sock_path}", "-display", "none"]
+        argv += ["-qtest-log", str(qtest_log) if qtest_log is not None else "none"]
         if self.qmp_path is not None:
             argv += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         argv += list(extra_args)

@@ -1,7 +1,7 @@
 /*
  * hmm-gpu: an emulated PCIe "GPU" DMA engine for exercising Linux HMM drivers
  *
- * The guest driver fills a command ring in its memory, rings a doorbell and
+ * The guest driver fills a command ring in its memory, rings a doorbell, and
  * reaps completions from a completion ring. The engine moves data (COPY,
  * FILL) between bus addresses with pci_dma_*, so everything goes through the
  * bus-master address space (vIOMMU, Bus Master Enable) like a real device.
