@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Iterable
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -63,6 +67,27 @@ class Cache:
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    @contextmanager
+    def lock(self, name: str):
+        """Hold an exclusive inter-process lock while building artifact kind ``name``.
+
+        Two runs (or a run and a test session) may want the same artifact at
+        once; the second waits and then finds it cached instead of building
+        into the same directory.
+        """
+        lockdir = self.root / "locks"
+        lockdir.mkdir(parents=True, exist_ok=True)
+        with open(lockdir / f"{name}.lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another hmmlab process to finish building %s", name)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @contextmanager
     def building(self, final: Path):

@@ -55,13 +55,17 @@ def build_all_timed(
 
     logdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    qemu = build_qemu(cache, logdir)
+    with cache.lock("qemu"):
+        qemu = build_qemu(cache, logdir)
     t1 = time.monotonic()
-    kern = build_kernel(cache, logdir, kernel)
+    with cache.lock(f"kernel-{kernel}"):
+        kern = build_kernel(cache, logdir, kernel)
     t2 = time.monotonic()
-    rootfs = build_rootfs(cache, logdir)
+    with cache.lock("rootfs"):
+        rootfs = build_rootfs(cache, logdir)
     t3 = time.monotonic()
-    payload = build_payload(cache, logdir, kern.tree)
+    with cache.lock("payload"):
+        payload = build_payload(cache, logdir, kern.tree)
     t4 = time.monotonic()
     times = BuildTimes(qemu=t1 - t0, kernel=t2 - t1, rootfs=t3 - t2, payload=t4 - t3)
     log.info("build: qemu %.0fs, kernel %.0fs, rootfs %.0fs, driver+workloads %.0fs",

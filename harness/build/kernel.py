@@ -155,8 +155,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Build the hmmlab guest kernel.")
     ap.add_argument("series", nargs="?", default="6.12")
     args = ap.parse_args()
-    art = build_kernel(Cache.default(), Path(tempfile.mkdtemp(prefix="hmmlab-kbuild-")),
-                       args.series)
+    cache = Cache.default()
+    with cache.lock(f"kernel-{args.series}"):
+        art = build_kernel(cache, Path(tempfile.mkdtemp(prefix="hmmlab-kbuild-")), args.series)
     print(art.image)
 
 

@@ -161,7 +161,9 @@ def main() -> None:
     import tempfile
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    art = build_rootfs(Cache.default(), Path(tempfile.mkdtemp(prefix="hmmlab-rootfs-")))
+    cache = Cache.default()
+    with cache.lock("rootfs"):
+        art = build_rootfs(cache, Path(tempfile.mkdtemp(prefix="hmmlab-rootfs-")))
     print(art.initrd)
 
 
