@@ -100,6 +100,13 @@ static int hmm_gpu_ioctl_xfer(struct hmm_gpu_file *hf, void __user *uarg)
 		return -EINVAL;
 	if (!xfer.len || xfer.len > HMM_GPU_XFER_MAX_LEN)
 		return -EINVAL;
+	/*
+	 * Whether an overlapping COPY reaches the device as overlapping bus
+	 * ranges depends on the IOMMU; refuse it up front either way.
+	 */
+	if (xfer.op == HMM_GPU_XFER_COPY &&
+	    xfer.src < xfer.dst + xfer.len && xfer.dst < xfer.src + xfer.len)
+		return -EINVAL;
 
 	xfer.maps_out = 0;
 	xfer.ncmds = 0;

@@ -38,7 +38,7 @@ struct hmm_gpu_info {
 };
 
 enum hmm_gpu_xfer_op {
-	HMM_GPU_XFER_COPY	= 1,	/* len bytes from src to dst */
+	HMM_GPU_XFER_COPY	= 1,	/* len bytes from src to dst (must not overlap) */
 	HMM_GPU_XFER_FILL	= 2,	/* dst[i] = byte (i % 8) of pattern, little-endian */
 };
 
@@ -69,13 +69,13 @@ struct hmm_gpu_map {
  * destination segment) piece of at most max_xfer bytes, all submitted before
  * the call waits for them.
  *
- * Errors: EINVAL (bad op, flags, reserved fields, len 0 or > max_len, device
- * BAD_LENGTH), EFAULT (buffers not mapped, dst not writable, maps not
- * writable), EIO (a device command failed: see status; or the device hit a
- * fatal error and was reset), ETIMEDOUT (the device stopped completing
- * commands and was reset), ENOMEM, ENODEV (device removed), EINTR. The
- * struct is copied back on device errors too, so status, ncmds and the maps
- * are available then.
+ * Errors: EINVAL (bad op, flags, reserved fields, len 0 or > max_len, COPY
+ * between overlapping ranges, device BAD_LENGTH), EFAULT (buffers not mapped,
+ * dst not writable, maps not writable), EIO (a device command failed: see
+ * status; or the device hit a fatal error and was reset), ETIMEDOUT (the
+ * device stopped completing commands and was reset), ENOMEM, ENODEV (device
+ * removed). The struct is copied back on device errors too, so status,
+ * ncmds and the maps are available then.
  */
 struct hmm_gpu_xfer {
 	__u32	op;		/* in: enum hmm_gpu_xfer_op */

@@ -405,6 +405,7 @@ static void test_errors(void)
 	expect_error("einval_len0", EINVAL, HMM_GPU_XFER_COPY, buf, buf + page_size, 0);
 	expect_error("einval_too_long", EINVAL, HMM_GPU_XFER_FILL, NULL, buf,
 		     HMM_GPU_XFER_MAX_LEN + 1);
+	expect_error("einval_overlap", EINVAL, HMM_GPU_XFER_COPY, buf, buf + 100, page_size);
 	expect_error("efault_bad_src", EFAULT, HMM_GPU_XFER_COPY, hole, buf, page_size);
 	expect_error("efault_bad_dst", EFAULT, HMM_GPU_XFER_FILL, NULL, hole, page_size);
 	expect_error("efault_readonly_dst", EFAULT, HMM_GPU_XFER_FILL, NULL, ro, page_size);
