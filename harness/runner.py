@@ -37,17 +37,22 @@ SHUTDOWN_TIMEOUT = 30.0
 
 @contextmanager
 def run_log(path: Path) -> Iterator[None]:
-    """Everything logged (DEBUG and up) during the block also goes to ``path``."""
+    """During the block, hmmlab's DEBUG messages (and others' INFO) also go to ``path``."""
     handler = logging.FileHandler(path)
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(
         "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    # paramiko and qemu.qmp log every packet at DEBUG: keep their INFO and up.
+    handler.addFilter(lambda r: r.levelno >= logging.INFO or r.name.startswith("harness"))
     root = logging.getLogger()
+    saved = root.level
+    root.setLevel(logging.DEBUG)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        root.setLevel(saved)
         handler.close()
 
 

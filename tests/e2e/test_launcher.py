@@ -1,0 +1,71 @@
+"""The launcher with the real QEMU and kernel: hangs and panics are caught.
+
+These boot guests that misbehave on purpose and check the harness notices
+quickly, keeps the logs and leaves no QEMU running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import config
+from harness.build import Artifacts
+from harness.vm import AccelChoice, BootTimeout, Guest, GuestDied, GuestHung, GuestImage
+
+pytestmark = pytest.mark.e2e
+
+TCG = AccelChoice("tcg", "test")
+
+
+def cfg(text: str) -> config.RunConfig:
+    return config.load_text(text, "test.yaml")
+
+
+def test_hung_guest_is_killed_and_logs_kept(artifacts: Artifacts, tmp_path: Path) -> None:
+    image = GuestImage.from_artifacts(artifacts)
+    guest = Guest(cfg("timeouts: {no_output: 3, boot: 60}\n"), image, tmp_path, TCG)
+    with guest:
+        assert guest.qmp is not None
+        guest.qmp.execute("stop")  # a vCPU that makes no progress prints nothing
+        t0 = time.monotonic()
+        with pytest.raises(GuestHung, match="no console output for 3s"):
+            guest.wait_ready()
+        assert time.monotonic() - t0 < 15
+        assert guest.returncode is not None  # killed, not left running
+    assert (tmp_path / "console.log").exists()
+    assert (tmp_path / "hang-registers.txt").read_text().strip()
+
+
+def test_boot_timeout(artifacts: Artifacts, tmp_path: Path) -> None:
+    image = GuestImage.from_artifacts(artifacts)
+    with Guest(cfg("timeouts: {boot: 2, no_output: 60}\n"), image, tmp_path, TCG) as guest:
+        assert guest.qmp is not None
+        guest.qmp.execute("stop")  # never ready, however fast the host
+        with pytest.raises(BootTimeout, match="within 2s"):
+            guest.wait_ready()
+        assert guest.returncode is not None
+
+
+def test_panic_at_boot_ends_qemu_and_is_reported(artifacts: Artifacts, tmp_path: Path) -> None:
+    # No initramfs at all: the kernel cannot find init and panics.
+    empty = tmp_path / "empty.cpio"
+    empty.write_bytes(b"")
+    image = dataclasses.replace(GuestImage.from_artifacts(artifacts), initrds=(empty,))
+    with Guest(cfg(""), image, tmp_path / "run", TCG) as guest:
+        with pytest.raises(GuestDied):
+            guest.wait_ready()
+        assert guest.console is not None
+        titles = [s.title for s in guest.console.splats()]
+    assert titles and titles[0].startswith("Kernel panic - not syncing")
+    assert "Kernel panic" in (tmp_path / "run" / "console.log").read_text(errors="replace")
+
+
+def test_unknown_device_property_is_reported(artifacts: Artifacts, tmp_path: Path) -> None:
+    image = GuestImage.from_artifacts(artifacts)
+    bad = cfg("devices: [{type: hmm-gpu, props: {no-such-prop: 1}}]\n")
+    with pytest.raises(GuestDied, match="no-such-prop"), Guest(bad, image, tmp_path, TCG):
+        pass
