@@ -161,3 +161,17 @@ def test_title_uses_rip_function() -> None:
 )
 def test_strip_prefix(line: str, msg: str) -> None:
     assert strip_prefix(line) == msg
+
+
+@pytest.mark.parametrize(("sample", "title"), [
+    ("lkdtm_warning.console", "WARNING in lkdtm_WARNING"),
+    ("lkdtm_exception.console", "BUG: kernel NULL pointer dereference in lkdtm_EXCEPTION"),
+    ("lkdtm_bug.console", "kernel BUG in lkdtm_BUG"),
+    ("lkdtm_panic.console", "Kernel panic - not syncing: dumptest"),
+])
+def test_whole_consoles_from_our_kernel(sample: str, title: str) -> None:
+    """Complete serial consoles of hmmlab guests (6.12) made to crash with LKDTM."""
+    splats = scan_text((DATA / sample).read_text(errors="replace"))
+    assert [s.title for s in splats] == [title]
+    assert "Call Trace:" in splats[0].report
+    assert "hmmlab: ready" not in splats[0].report
