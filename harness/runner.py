@@ -124,8 +124,12 @@ class Runner:
                 r.environment["kernel_release"] = self._uname(ssh, guest)
                 session = Session(cfg, r.dir, guest, ssh, r)
                 ran = self._scenarios(session)
-                r.devices.update(guest.counters())
-                guest.shutdown(ssh, SHUTDOWN_TIMEOUT)
+                gone = guest.exit_reason()
+                if gone:  # a panic ended QEMU: nothing left to read or shut down
+                    session.state["guest_gone"] = gone
+                else:
+                    r.devices.update(guest.counters())
+                    guest.shutdown(ssh, SHUTDOWN_TIMEOUT)
             finally:
                 if ssh is not None:
                     ssh.close()

@@ -17,7 +17,7 @@ import pytest
 from harness import config, runner
 from harness import scenarios as registry
 from harness.build import Artifacts
-from harness.results import Status
+from harness.results import Results, Status
 from harness.scenarios import Session
 from harness.ssh import SSHClient, SSHError
 from harness.vm import AccelChoice, Guest, GuestImage
@@ -87,32 +87,54 @@ def test_panic_ends_the_guest(booted: tuple[Guest, SSHClient]) -> None:
 
 
 class Provoke:
-    """A test-only scenario: make the kernel WARN."""
+    """A test-only scenario: make the kernel crash in the given way (LKDTM)."""
 
     name = "provoke"
 
+    def __init__(self, what: str) -> None:
+        self.what = what
+
     def run(self, s: Session) -> None:
-        provoke(s.ssh, s.guest, "WARNING")
+        s.results.add_status("provoke", Status.PASS, f"asked LKDTM for {self.what}")
+        provoke(s.ssh, s.guest, self.what)
         wait_for_splats(s.guest)
-        s.results.add_status("provoke.warn", Status.PASS, "asked LKDTM for a WARNING")
 
     def finish(self, s: Session) -> None:
         pass
 
 
-def test_warning_fails_an_otherwise_passing_run(artifacts: Artifacts, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def run_with_provoke(what: str, artifacts: Artifacts, tmp_path: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> Results:
     real_create = registry.create
     monkeypatch.setattr(registry, "names", lambda: ("smoke", "provoke"))
     monkeypatch.setattr(registry, "create",
-                        lambda name: Provoke() if name == "provoke" else real_create(name))
+                        lambda name: Provoke(what) if name == "provoke" else real_create(name))
     cfg = config.load_text("scenarios: [smoke, provoke]\n", "test.yaml")
-    res = runner.run(cfg, tmp_path / "res", artifacts=artifacts)
+    return runner.run(cfg, tmp_path / "res", artifacts=artifacts)
+
+
+def test_warning_fails_an_otherwise_passing_run(artifacts: Artifacts, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    res = run_with_provoke("WARNING", artifacts, tmp_path, monkeypatch)
     status = {t.path: t.status for t in res.tests}
     assert status["smoke.copy"] == Status.PASS
     assert status["smoke.dmatrace"] == Status.PASS
+    assert status["smoke.counters"] == Status.PASS
     assert status["console.splat"] == Status.FAIL
     splat = next(t for t in res.tests if t.path == "console.splat")
     assert splat.extra["title"] == "WARNING in lkdtm_WARNING"
     assert "Call Trace:" in splat.log_excerpt
     assert res.exit_code() == 1
+
+
+def test_panic_mid_run_is_a_failure_not_an_infrastructure_error(
+    artifacts: Artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    res = run_with_provoke("PANIC", artifacts, tmp_path, monkeypatch)
+    status = {t.path: t.status for t in res.tests}
+    assert status["smoke.copy"] == Status.PASS
+    assert status["smoke.counters"] == Status.SKIP  # QMP died with QEMU
+    assert status["console.splat"] == Status.FAIL
+    splat = next(t for t in res.tests if t.path == "console.splat")
+    assert splat.extra["title"] == "Kernel panic - not syncing: dumptest"
+    assert res.exit_code() == 1, res.table()

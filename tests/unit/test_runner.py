@@ -264,3 +264,27 @@ def test_build_failure_is_an_error(tmp_path: Path) -> None:
     assert res.exit_code() == 2
     data = json.loads((tmp_path / "res" / "results.json").read_text())
     assert "kernel build failed" in data["tests"][0]["log_excerpt"]
+
+
+def test_guest_gone_mid_run_skips_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    panic = Splat("Kernel panic - not syncing: dumptest", "Kernel panic - not syncing: dumptest", 5)
+    seen: dict[str, Any] = {}
+    cls = fake_guest_class(Script(splats=[panic]), seen)
+
+    class Dying(cls):  # type: ignore[misc, valid-type]
+        def start(self) -> None:
+            (self.run_dir / "dmatrace-0.bin").write_bytes(trace_bytes())
+
+        def exit_reason(self) -> str | None:
+            return "QEMU exited (status 0) after a kernel splat: Kernel panic"
+
+        def counters(self) -> dict[str, dict[str, int]]:
+            raise AssertionError("QMP is gone: counters must not be read")
+
+    monkeypatch.setattr(runner, "Guest", Dying)
+    res = runner.run(config.load_text("", "t.yaml"), tmp_path / "res",
+                     artifacts=FakeArtifacts(), probe=FakeProbe())  # type: ignore[arg-type]
+    st = statuses(res)
+    assert st["smoke.counters"] == "SKIP"
+    assert st["console.splat"] == "FAIL"
+    assert res.exit_code() == 1
