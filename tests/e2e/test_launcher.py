@@ -69,3 +69,24 @@ def test_unknown_device_property_is_reported(artifacts: Artifacts, tmp_path: Pat
     bad = cfg("devices: [{type: hmm-gpu, props: {no-such-prop: 1}}]\n")
     with pytest.raises(GuestDied, match="no-such-prop"), Guest(bad, image, tmp_path, TCG):
         pass
+
+
+def test_taken_host_port_is_retried(artifacts: Artifacts, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from harness import vm
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    taken = busy.getsockname()[1]
+    ports = iter([taken, vm._free_port()])
+    monkeypatch.setattr(vm, "_free_port", lambda: next(ports))
+    try:
+        with Guest(cfg(""), GuestImage.from_artifacts(artifacts), tmp_path, TCG) as guest:
+            assert guest.ssh_port != taken
+            guest.wait_ready()
+    finally:
+        busy.close()
+    assert "Could not set up host forwarding rule" in (tmp_path / "qemu.stderr").read_text()
