@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HMM_GPU_UAPI_VERSION		1
+#define HMM_GPU_UAPI_VERSION		2	/* 2: shared virtual memory */
 
 /* Per-ioctl transfer limit; the driver splits it into device commands. */
 #define HMM_GPU_XFER_MAX_LEN		(64ULL << 20)
@@ -95,8 +95,70 @@ struct hmm_gpu_xfer {
 	__u64	rsvd[2];
 };
 
+/*
+ * Shared virtual memory (uAPI 2). HMM_GPU_IOC_SVM_BIND binds the open file
+ * to the calling process's address space: the driver creates a device
+ * context whose page table it fills on device page faults with
+ * hmm_range_fault(), kept coherent with the CPU by an mmu_interval_notifier.
+ * Jobs then run on the process's virtual addresses.
+ */
+struct hmm_gpu_svm_bind {
+	__u32	ctx;		/* out: device context id (in the DMA trace) */
+	__u32	flags;		/* in: must be 0 */
+	__u64	rsvd[2];
+};
+
+enum hmm_gpu_svm_op {
+	HMM_GPU_SVM_READ	= 1,	/* device reads [va, va+len) into ptr */
+	HMM_GPU_SVM_WRITE	= 2,	/* device writes ptr's bytes to [va, va+len) */
+	HMM_GPU_SVM_FILL	= 3,	/* [va, va+len) = value, repeated, little-endian */
+	HMM_GPU_SVM_COPY	= 4,	/* [va2, va2+len) -> [va, va+len), no overlap */
+	HMM_GPU_SVM_ATOMIC_ADD	= 5,	/* *(u64 *)va += value; result = old */
+	HMM_GPU_SVM_CMPXCHG	= 6,	/* if *(u64 *)va == compare: = value; result = old */
+};
+
+/*
+ * One device job on virtual addresses. ptr is an ordinary user buffer for
+ * READ/WRITE (the driver bounces it through DMA memory, as test_hmm does);
+ * va/va2 are reached only by the device, through its MMU. Errors: EFAULT
+ * (address not mapped or a fault the kernel could not resolve), EPERM (write
+ * or atomic to a read-only mapping), EINVAL (bad op/flags/len/alignment),
+ * EIO (device error; status says which), ETIMEDOUT, ENOTCONN (not bound).
+ */
+struct hmm_gpu_svm_job {
+	__u32	op;		/* in: enum hmm_gpu_svm_op */
+	__u32	flags;		/* in: must be 0 */
+	__u64	va;		/* in: target virtual address */
+	__u64	va2;		/* in: COPY source virtual address */
+	__u64	ptr;		/* in: READ/WRITE user buffer */
+	__u64	len;		/* in: bytes (atomics: 8) */
+	__u64	value;		/* in: FILL pattern, atomic operand, CMPXCHG new value */
+	__u64	compare;	/* in: CMPXCHG expected value */
+	__u64	result;		/* out: atomics: the old value */
+	__u64	faults;		/* out: fault rounds the driver serviced for this job */
+	__u64	pages;		/* out: pages the driver mapped for this job */
+	__u32	status;		/* out: device completion status */
+	__u32	rsvd0;
+	__u64	rsvd[2];
+};
+
+/* Counters of this open file's context, since SVM_BIND. */
+struct hmm_gpu_svm_stats {
+	__u64	faults;		/* fault records received */
+	__u64	fault_batches;	/* times the fault handler ran for this context */
+	__u64	pages_mapped;	/* device PTEs written */
+	__u64	invalidations;	/* notifier callbacks that hit the context */
+	__u64	tlb_invalidates;	/* TLB_INVALIDATE commands completed */
+	__u64	replays;	/* FAULT_REPLAY writes */
+	__u64	cancels;	/* FAULT_CANCEL writes */
+	__u64	rsvd[9];
+};
+
 #define HMM_GPU_IOC_MAGIC	'G'
 #define HMM_GPU_IOC_INFO	_IOWR(HMM_GPU_IOC_MAGIC, 0x00, struct hmm_gpu_info)
 #define HMM_GPU_IOC_XFER	_IOWR(HMM_GPU_IOC_MAGIC, 0x01, struct hmm_gpu_xfer)
+#define HMM_GPU_IOC_SVM_BIND	_IOWR(HMM_GPU_IOC_MAGIC, 0x10, struct hmm_gpu_svm_bind)
+#define HMM_GPU_IOC_SVM_JOB	_IOWR(HMM_GPU_IOC_MAGIC, 0x11, struct hmm_gpu_svm_job)
+#define HMM_GPU_IOC_SVM_STATS	_IOR(HMM_GPU_IOC_MAGIC, 0x12, struct hmm_gpu_svm_stats)
 
 #endif /* _UAPI_HMM_GPU_H */
