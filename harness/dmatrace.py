@@ -17,18 +17,49 @@ from pathlib import Path
 from typing import Any
 
 TRACE_MAGIC = 0x31435254474D4D48  # "HMMGTRC1"
-TRACE_VERSION = 1
+TRACE_VERSION = 2  # what the device writes since ABI 1.1
+READ_VERSIONS = (1, 2)  # version 1 (40-byte records, no va/aux/level) is still read
 
 # struct hmm_gpu_trace_hdr: magic, version, rec_size, devfn, rsvd
 HDR_FORMAT = "<QIIII"
 HDR_FIELDS = ("magic", "version", "rec_size", "devfn", "rsvd")
-# struct hmm_gpu_trace_rec: timestamp_ns, addr, len, cmd_id, ctx, engine, kind, dir, result
-REC_FORMAT = "<QQQQIBBBB"
-REC_FIELDS = ("timestamp_ns", "addr", "len", "cmd_id", "ctx", "engine", "kind", "dir", "result")
+# struct hmm_gpu_trace_rec (v2): timestamp_ns, addr, len, cmd_id, va, aux, ctx, engine,
+# kind, dir, result, level, rsvd[7]
+REC_FORMAT = "<QQQQQQIBBBBB7s"
+REC_FIELDS = ("timestamp_ns", "addr", "len", "cmd_id", "va", "aux", "ctx", "engine", "kind",
+              "dir", "result", "level", "rsvd")
+# Version 1 records: timestamp_ns, addr, len, cmd_id, ctx, engine, kind, dir, result
+REC_V1_FORMAT = "<QQQQIBBBB"
 HDR = struct.Struct(HDR_FORMAT)
 REC = struct.Struct(REC_FORMAT)
+REC_V1 = struct.Struct(REC_V1_FORMAT)
 HDR_SIZE = HDR.size  # 24
-REC_SIZE = REC.size  # 40
+REC_SIZE = REC.size  # 64
+REC_V1_SIZE = REC_V1.size  # 40
+
+# struct hmm_gpu_ctx_desc and struct hmm_gpu_fault_rec (device MMU, ABI 1.1)
+CTX_DESC_FORMAT = "<QII"
+CTX_DESC_FIELDS = ("pt_root", "flags", "rsvd")
+FAULT_REC_FORMAT = "<QQQIHBBB7s24s"
+FAULT_REC_FIELDS = ("va", "cmd_id", "timestamp_ns", "ctx", "token", "access", "reason",
+                    "engine", "rsvd0", "rsvd1")
+
+# Device page-table entries (what PTW records carry in ``aux``).
+PAGE_SHIFT = 12
+PT_LEVELS = 4
+PTE_VALID = 1 << 0
+PTE_READ = 1 << 1
+PTE_WRITE = 1 << 2
+PTE_ATOMIC = 1 << 3
+PTE_LEAF = 1 << 4  # level 1: a 2 MiB page
+PTE_VRAM = 1 << 5
+PTE_ADDR_MASK = 0x000FFFFFFFFFF000
+ALL = (1 << 64) - 1  # EV_TLB_INV aux (length) meaning "the whole context"
+
+
+def pt_shift(level: int) -> int:
+    """HMM_GPU_PT_SHIFT(level): log2 of the span one entry of ``level`` maps."""
+    return PAGE_SHIFT + 9 * level
 
 
 class Engine(IntEnum):
@@ -36,6 +67,7 @@ class Engine(IntEnum):
 
     QUEUE = 0
     COPY = 1
+    MMU = 2
 
 
 class Kind(IntEnum):
@@ -44,6 +76,16 @@ class Kind(IntEnum):
     CMD_FETCH = 0
     CPL_WRITE = 1
     DATA = 2
+    CTX_FETCH = 3  # context descriptor read
+    PTW = 4  # page-table entry read (va: the address walked, aux: the entry, level)
+    FAULT_WRITE = 5  # fault record write
+    EV_TLB_INV = 16  # event: TLB_INVALIDATE completed (va, aux = len, ~0 = all)
+    EV_REPLAY = 17  # event: FAULT_REPLAY
+    EV_CANCEL = 18  # event: FAULT_CANCEL (aux = token)
+
+    @property
+    def is_event(self) -> bool:
+        return self >= Kind.EV_TLB_INV
 
 
 class Dir(IntEnum):
@@ -51,19 +93,26 @@ class Dir(IntEnum):
 
     READ = 0  # the device reads guest memory
     WRITE = 1  # the device writes guest memory
+    NONE = 2  # an event, no DMA
 
 
 # The C names of every constant above, for the ABI test.
 C_CONSTANTS: dict[str, int] = {
     "HMM_GPU_TRACE_MAGIC": TRACE_MAGIC,
     "HMM_GPU_TRACE_VERSION": TRACE_VERSION,
-    "HMM_GPU_ENGINE_QUEUE": Engine.QUEUE,
-    "HMM_GPU_ENGINE_COPY": Engine.COPY,
-    "HMM_GPU_TRACE_CMD_FETCH": Kind.CMD_FETCH,
-    "HMM_GPU_TRACE_CPL_WRITE": Kind.CPL_WRITE,
-    "HMM_GPU_TRACE_DATA": Kind.DATA,
-    "HMM_GPU_DIR_READ": Dir.READ,
-    "HMM_GPU_DIR_WRITE": Dir.WRITE,
+    **{f"HMM_GPU_ENGINE_{e.name}": int(e) for e in Engine},
+    **{f"HMM_GPU_TRACE_{k.name}": int(k) for k in Kind},
+    **{f"HMM_GPU_DIR_{d.name}": int(d) for d in Dir},
+    "HMM_GPU_PT_LEVELS": PT_LEVELS,
+    "HMM_GPU_PTE_VALID": PTE_VALID,
+    "HMM_GPU_PTE_READ": PTE_READ,
+    "HMM_GPU_PTE_WRITE": PTE_WRITE,
+    "HMM_GPU_PTE_ATOMIC": PTE_ATOMIC,
+    "HMM_GPU_PTE_LEAF": PTE_LEAF,
+    "HMM_GPU_PTE_VRAM": PTE_VRAM,
+    "HMM_GPU_PTE_ADDR_MASK": PTE_ADDR_MASK,
+    "HMM_GPU_PT_SHIFT(0)": pt_shift(0),
+    "HMM_GPU_PT_SHIFT(1)": pt_shift(1),
 }
 
 
@@ -110,6 +159,9 @@ class TraceRecord:
     kind: Kind | int
     dir: Dir | int
     result: int  # MemTxResult, 0 = OK
+    va: int = 0  # v2: virtual address (DATA of VA jobs, PTW, events)
+    aux: int = 0  # v2: PTW: the entry read; EV_TLB_INV: length; EV_CANCEL: token
+    level: int = 0  # v2: PTW: table level 3..0
 
     @property
     def end(self) -> int:
@@ -119,13 +171,24 @@ class TraceRecord:
     def ok(self) -> bool:
         return self.result == 0
 
+    @property
+    def is_event(self) -> bool:
+        return isinstance(self.kind, Kind) and self.kind.is_event
+
     def describe(self) -> str:
-        return (
-            f"{self.timestamp_ns:>14} {_name(self.engine):<5} {_name(self.kind):<9} "
-            f"{_name(self.dir):<5} addr=0x{self.addr:x} len={self.len} "
-            f"cmd={self.cmd_id} ctx={self.ctx}"
-            + ("" if self.ok else f" result={self.result}")
-        )
+        head = f"{self.timestamp_ns:>14} {_name(self.engine):<5} {_name(self.kind):<11} "
+        if self.kind == Kind.EV_TLB_INV:
+            span = "all" if self.aux == ALL else f"len=0x{self.aux:x}"
+            return head + f"va=0x{self.va:x} {span} cmd={self.cmd_id} ctx={self.ctx}"
+        if self.is_event:
+            return head + f"aux=0x{self.aux:x} cmd={self.cmd_id} ctx={self.ctx}"
+        text = (head + f"{_name(self.dir):<5} addr=0x{self.addr:x} len={self.len} "
+                f"cmd={self.cmd_id} ctx={self.ctx}")
+        if self.kind == Kind.PTW:
+            text += f" va=0x{self.va:x} L{self.level} pte=0x{self.aux:x}"
+        elif self.va:
+            text += f" va=0x{self.va:x}"
+        return text + ("" if self.ok else f" result={self.result}")
 
 
 @dataclass
@@ -156,21 +219,29 @@ def decode(data: bytes) -> Trace:
         raise TraceError(
             f"bad magic 0x{header.magic:016x} (want 0x{TRACE_MAGIC:016x}): not a hmm-gpu trace"
         )
-    if header.version != TRACE_VERSION:
-        raise TraceError(f"trace version {header.version}, this decoder reads {TRACE_VERSION}")
-    if header.rec_size < REC_SIZE:
-        raise TraceError(f"record size {header.rec_size} is smaller than {REC_SIZE}")
+    if header.version not in READ_VERSIONS:
+        raise TraceError(f"trace version {header.version}, this decoder reads "
+                         f"{', '.join(map(str, READ_VERSIONS))}")
+    rec_struct = REC if header.version >= 2 else REC_V1
+    if header.rec_size < rec_struct.size:
+        raise TraceError(f"record size {header.rec_size} is smaller than {rec_struct.size} "
+                         f"(version {header.version})")
 
     trace = Trace(header)
     step = header.rec_size  # a larger size means fields appended we do not read
     body = memoryview(data)[HDR_SIZE:]
     whole = len(body) // step
     for i in range(whole):
-        v = REC.unpack_from(body, i * step)
+        v = rec_struct.unpack_from(body, i * step)
+        if header.version >= 2:
+            ts, addr, length, cmd, va, aux, ctx, eng, kind, dr, res, level, _ = v
+        else:
+            ts, addr, length, cmd, ctx, eng, kind, dr, res = v
+            va = aux = level = 0
         rec = TraceRecord(
-            timestamp_ns=v[0], addr=v[1], len=v[2], cmd_id=v[3], ctx=v[4],
-            engine=_enum(Engine, v[5]), kind=_enum(Kind, v[6]), dir=_enum(Dir, v[7]),
-            result=v[8],
+            timestamp_ns=ts, addr=addr, len=length, cmd_id=cmd, ctx=ctx,
+            engine=_enum(Engine, eng), kind=_enum(Kind, kind), dir=_enum(Dir, dr),
+            result=res, va=va, aux=aux, level=level,
         )
         for fname, val in (("engine", rec.engine), ("kind", rec.kind), ("dir", rec.dir)):
             if not isinstance(val, IntEnum):
@@ -224,7 +295,7 @@ def summarize(trace: Trace) -> TraceSummary:
     bytes_by: Counter[str] = Counter()
     count_by: Counter[str] = Counter()
     for r in trace.records:
-        key = f"{_name(r.kind)}/{_name(r.dir)}"
+        key = _name(r.kind) if r.is_event else f"{_name(r.kind)}/{_name(r.dir)}"
         bytes_by[key] += r.len
         count_by[key] += 1
     stamps = [r.timestamp_ns for r in trace.records]
@@ -406,3 +477,150 @@ def _check_pooled(expectations: Sequence[Expectation], data: Sequence[TraceRecor
     if got_w != want_w:
         problems.append(f"device wrote {got_w} bytes in all, the requests add up to {want_w}")
     return problems
+
+
+# ---- checking VA jobs against TLB invalidations ----------------------------------
+
+@dataclass(frozen=True)
+class Translation:
+    """A leaf the device MMU read: [va, va + size) -> [pa, pa + size)."""
+
+    va: int
+    size: int
+    pa: int
+    index: int  # record index of the PTW that read it
+
+
+@dataclass
+class InvalidateCheck:
+    """Outcome of :func:`check_invalidations` over one trace."""
+
+    data_checked: int = 0  # VA DATA records checked
+    pages_checked: int = 0
+    walks: int = 0  # leaf PTW records (valid or not)
+    invalidations: int = 0  # EV_TLB_INV events
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0  # problems found (only the first ``limit`` are listed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data_checked": self.data_checked, "pages_checked": self.pages_checked,
+                "walks": self.walks, "invalidations": self.invalidations,
+                "problem_count": self.problem_count}
+
+    def format(self) -> str:
+        lines = [f"{self.data_checked} VA DATA records ({self.pages_checked} pages) checked "
+                 f"against {self.walks} leaf walks and {self.invalidations} TLB invalidations"]
+        lines.extend(self.problems)
+        if self.problem_count > len(self.problems):
+            lines.append(f"... {self.problem_count - len(self.problems)} more problems")
+        return "\n".join(lines)
+
+
+def leaf_of(rec: TraceRecord) -> Translation | bool | None:
+    """What a PTW record says about the walk it is part of.
+
+    Returns a :class:`Translation` for a valid leaf (a level-0 entry, or a
+    level-1 entry with PTE_LEAF), ``None`` when the walk ended on a
+    non-present entry (no translation), ``False`` for an intermediate
+    table entry (the walk goes on).
+    """
+    pte = rec.aux
+    if not pte & PTE_VALID:
+        return None
+    if rec.level == 0 or (rec.level == 1 and pte & PTE_LEAF):
+        size = 1 << pt_shift(rec.level)
+        base = rec.va & ~(size - 1)
+        return Translation(va=base, size=size, pa=pte & PTE_ADDR_MASK & ~(size - 1), index=-1)
+    return False
+
+
+def check_invalidations(records: Sequence[TraceRecord], limit: int = 50) -> InvalidateCheck:
+    """Every data DMA of a VA job used a translation obtained after the last
+    TLB invalidation covering its address in its context.
+
+    The device's MMU is simulated over the trace in order: a leaf PTW puts a
+    translation into a per-context table (a walk ending on a non-present
+    entry removes it), an EV_TLB_INV removes every translation of its context
+    overlapping its range (``aux`` = length, ~0 = the whole context). Each
+    DATA record with a ``va`` is split at 4 KiB pages; for each page the
+    translation must exist and map exactly to the record's bus address.
+    A DMA that used a translation cached before an invalidation shows up as
+    "no translation" (or as a bus address the current translation does not
+    give), i.e. the device touched a page after the driver unmapped it.
+    """
+    out = InvalidateCheck()
+    # ctx -> {va >> 12: Translation} and {va >> 21: Translation}
+    small: dict[int, dict[int, Translation]] = {}
+    huge: dict[int, dict[int, Translation]] = {}
+    page = 1 << PAGE_SHIFT
+    hshift = pt_shift(1)
+
+    def problem(text: str) -> None:
+        out.problem_count += 1
+        if len(out.problems) < limit:
+            out.problems.append(text)
+
+    for i, r in enumerate(records):
+        if r.kind == Kind.PTW:
+            if not r.ok:  # the entry was not read: no outcome
+                continue
+            leaf = leaf_of(r)
+            if leaf is False:
+                continue
+            out.walks += 1
+            if leaf is None:
+                # Nothing is mapped under this entry: drop what it spans.
+                span = 1 << pt_shift(r.level)
+                _drop(small.get(r.ctx), huge.get(r.ctx), r.va & ~(span - 1), span)
+            elif r.level == 0:
+                small.setdefault(r.ctx, {})[r.va >> PAGE_SHIFT] = Translation(
+                    leaf.va, leaf.size, leaf.pa, i)
+            else:
+                huge.setdefault(r.ctx, {})[r.va >> hshift] = Translation(
+                    leaf.va, leaf.size, leaf.pa, i)
+        elif r.kind == Kind.EV_TLB_INV:
+            out.invalidations += 1
+            if r.aux == ALL or r.va + r.aux > ALL:
+                small.pop(r.ctx, None)
+                huge.pop(r.ctx, None)
+            else:
+                _drop(small.get(r.ctx), huge.get(r.ctx), r.va, r.aux)
+        elif r.kind == Kind.DATA and r.va:
+            out.data_checked += 1
+            va, addr, left = r.va, r.addr, r.len
+            while left > 0:
+                chunk = min(left, page - (va & (page - 1)))
+                out.pages_checked += 1
+                cands = [t for t in (small.get(r.ctx, {}).get(va >> PAGE_SHIFT),
+                                     huge.get(r.ctx, {}).get(va >> hshift)) if t is not None]
+                where = (f"record {i} (t={r.timestamp_ns}): DATA {_name(r.dir)} cmd={r.cmd_id} "
+                         f"ctx={r.ctx} va=0x{va:x} addr=0x{addr:x}")
+                if not cands:
+                    problem(f"{where}: no translation of this page since the last TLB "
+                            "invalidation covering it (a stale TLB entry was used)")
+                else:
+                    t = max(cands, key=lambda t: t.index)
+                    want = t.pa + (va - t.va)
+                    if want != addr:
+                        problem(f"{where}: the current translation (PTW record {t.index}) maps "
+                                f"it to 0x{want:x}")
+                va, addr, left = va + chunk, addr + chunk, left - chunk
+    return out
+
+
+def _drop(small: dict[int, Translation] | None, huge: dict[int, Translation] | None,
+          lo: int, length: int) -> None:
+    """Remove the translations overlapping [lo, lo + length) from a context's tables."""
+    if length <= 0:
+        return
+    hi = lo + length - 1
+    for table, shift in ((small, PAGE_SHIFT), (huge, pt_shift(1))):
+        if not table:
+            continue
+        klo, khi = lo >> shift, hi >> shift
+        if khi - klo + 1 < len(table):
+            for k in range(klo, khi + 1):
+                table.pop(k, None)
+        else:
+            for k in [k for k in table if klo <= k <= khi]:
+                table.pop(k)

@@ -24,17 +24,21 @@ HEADER = REPO / "qemu-devices" / "include" / "hmm_gpu_regs.h"
 STRUCTS = {
     "hmm_gpu_trace_hdr": (dmatrace.HDR_FORMAT, dmatrace.HDR_FIELDS),
     "hmm_gpu_trace_rec": (dmatrace.REC_FORMAT, dmatrace.REC_FIELDS),
+    "hmm_gpu_ctx_desc": (dmatrace.CTX_DESC_FORMAT, dmatrace.CTX_DESC_FIELDS),
+    "hmm_gpu_fault_rec": (dmatrace.FAULT_REC_FORMAT, dmatrace.FAULT_REC_FIELDS),
 }
 
 
 def python_layout(fmt: str, fields: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     """{field: (offset, size)} from a struct format like "<QII"."""
-    order, codes = fmt[0], fmt[1:]
+    order = fmt[0]
     assert order == "<", "trace records are little-endian"
-    assert len(codes) == len(fields)
+    codes = re.findall(r"\d*[a-zA-Z]", fmt[1:])  # "7s" is one field (a byte array)
+    assert "".join(codes) == fmt[1:] and len(codes) == len(fields), (codes, fields)
     out = {}
     for i, name in enumerate(fields):
-        out[name] = (struct.calcsize(order + codes[:i]), struct.calcsize(order + codes[i]))
+        prefix = order + "".join(codes[:i])
+        out[name] = (struct.calcsize(prefix), struct.calcsize(order + codes[i]))
     return out
 
 
@@ -53,7 +57,7 @@ def c_program() -> str:
                 f"sizeof(((struct {sname} *)0)->{f}));"
             )
     for cname in dmatrace.C_CONSTANTS:
-        lines.append(f'printf("const {cname} %llu\\n", (unsigned long long)({cname}));')
+        lines.append(f'printf("const %s %llu\\n", "{cname}", (unsigned long long)({cname}));')
     lines += ["return 0;", "}"]
     return "\n".join(lines) + "\n"
 
@@ -122,8 +126,22 @@ def test_decoder_knows_every_enum_value() -> None:
     assert in_header <= set(dmatrace.C_CONSTANTS), in_header - set(dmatrace.C_CONSTANTS)
 
 
+def test_trace_record_is_v2_64_bytes(c_values: dict[str, tuple[int, ...]]) -> None:
+    assert dmatrace.TRACE_VERSION == 2 and dmatrace.REC_SIZE == 64
+    assert dmatrace.REC_V1_SIZE == 40  # the old layout, still decoded
+    assert c_values["sizeof hmm_gpu_trace_rec"] == (64,)
+
+
+def test_pte_bits_in_header() -> None:
+    in_header = set(header_defines("HMM_GPU_PTE_"))
+    assert in_header and in_header <= set(dmatrace.C_CONSTANTS), (
+        in_header - set(dmatrace.C_CONSTANTS))
+
+
 def test_enum_classes_match_constants() -> None:
-    assert {e.name for e in dmatrace.Engine} == {"QUEUE", "COPY"}
+    assert {e.name for e in dmatrace.Engine} == {"QUEUE", "COPY", "MMU"}
+    assert {k.name for k in dmatrace.Kind if k.is_event} == {"EV_TLB_INV", "EV_REPLAY",
+                                                              "EV_CANCEL"}
     assert {f"HMM_GPU_ENGINE_{e.name}" for e in dmatrace.Engine} | {
         f"HMM_GPU_TRACE_{k.name}" for k in dmatrace.Kind} | {
         f"HMM_GPU_DIR_{d.name}" for d in dmatrace.Dir} <= set(dmatrace.C_CONSTANTS)

@@ -59,8 +59,24 @@ def test_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trace", str(f), "--records"]) == 0
     out = capsys.readouterr().out
     assert "device 03.0" in out
-    assert "COPY  DATA      WRITE addr=0x100000 len=4096 cmd=9 ctx=1" in out
+    assert "COPY  DATA        WRITE addr=0x100000 len=4096 cmd=9 ctx=1" in out
     assert "DATA/WRITE" in out
+
+
+def test_trace_v2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "dmatrace-1.bin"
+    hdr = struct.pack("<QIIII", 0x31435254474D4D48, 2, 64, 0x20, 0)
+    ptw = struct.pack("<QQQQQQIBBBBB7x", 5, 0x9008, 8, 9, 0x7F0000001000, 0x123007, 3,
+                      2, 4, 0, 0, 0)
+    inv = struct.pack("<QQQQQQIBBBBB7x", 6, 0, 0, 10, 0x7F0000000000, 1 << 21, 3,
+                      2, 16, 2, 0, 0)
+    f.write_bytes(hdr + ptw + inv)
+    assert main(["trace", str(f), "--records"]) == 0
+    out = capsys.readouterr().out
+    assert "trace v2, device 04.0" in out
+    assert "MMU   PTW         READ  addr=0x9008 len=8 cmd=9 ctx=3 va=0x7f0000001000 L0 " \
+           "pte=0x123007" in out
+    assert "MMU   EV_TLB_INV  va=0x7f0000000000 len=0x200000 cmd=10 ctx=3" in out
 
 
 def test_trace_truncated_and_garbage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

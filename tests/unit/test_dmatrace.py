@@ -62,7 +62,8 @@ def test_truncated_last_record_is_reported_not_fatal() -> None:
     (hdr()[:10], "truncated header: 10 of 24"),
     (hdr(magic=0x1122334455667788), "bad magic"),
     (b"\x7fELF" + b"\0" * 60, "bad magic"),
-    (hdr(version=2), "trace version 2"),
+    (hdr(version=3), "trace version 3"),
+    (hdr(version=2, rec_size=40), "record size 40 is smaller than 64"),
     (hdr(rec_size=32), "record size 32"),
 ])
 def test_rejects_garbage(data: bytes, msg: str) -> None:
@@ -227,3 +228,155 @@ def test_check_ignores_other_contexts_when_ctx_is_reported() -> None:
 def good_trace_body() -> bytes:
     return (copy_cmd(10, 0x100000, 0x200000, PAGE) + copy_cmd(11, 0x300000, 0x500000, PAGE)
             + fill_cmd(12, 0x700000, PAGE))
+
+
+# ---- version 2 records (ABI 1.1) ----------------------------------------------------
+
+def rec2(kind: int, addr: int = 0, length: int = 0, direction: int = Dir.READ, cmd: int = 1,
+         ctx: int = 1, engine: int = Engine.COPY, va: int = 0, aux: int = 0, level: int = 0,
+         result: int = 0, ts: int = 1000) -> bytes:
+    return struct.pack("<QQQQQQIBBBBB7s", ts, addr, length, cmd, va, aux, ctx, engine, kind,
+                       direction, result, level, b"\0" * 7)
+
+
+def hdr2() -> bytes:
+    return hdr(version=2, rec_size=64)
+
+
+def test_decode_v2_records() -> None:
+    t = dmatrace.decode(hdr2()
+                        + rec2(Kind.PTW, 0x5000, 8, engine=Engine.MMU, va=0x7f0000001000,
+                               aux=0x123000 | dmatrace.PTE_VALID, level=0)
+                        + rec2(Kind.EV_TLB_INV, direction=Dir.NONE, engine=Engine.MMU,
+                               va=0x7f0000000000, aux=0x200000))
+    assert t.problems == [] and len(t.records) == 2
+    ptw, inv = t.records
+    assert (ptw.kind, ptw.engine, ptw.va, ptw.level) == (Kind.PTW, Engine.MMU, 0x7f0000001000, 0)
+    assert ptw.aux == 0x123001 and "L0 pte=0x123001" in ptw.describe()
+    assert inv.is_event and inv.dir == Dir.NONE and "len=0x200000" in inv.describe()
+    s = dmatrace.summarize(t)
+    assert s.count_by == {"PTW/READ": 1, "EV_TLB_INV": 1}
+
+
+def test_decode_v1_records_have_no_va() -> None:
+    t = dmatrace.decode(hdr() + rec(0x1000, 8))
+    assert t.records[0].va == 0 and t.records[0].aux == 0
+
+
+# ---- the svm-invalidate check ---------------------------------------------------------
+
+VA = 0x7F0000000000
+PA = 0x40000000
+V = dmatrace.PTE_VALID | dmatrace.PTE_READ | dmatrace.PTE_WRITE
+
+
+def ptw(va: int, pte: int, level: int = 0, ctx: int = 1, ts: int = 0) -> dmatrace.TraceRecord:
+    return dmatrace.TraceRecord(ts, 0x9000, 8, 1, ctx, Engine.MMU, Kind.PTW, Dir.READ, 0,
+                                va=va, aux=pte, level=level)
+
+
+def walk(va: int, pa: int, ctx: int = 1) -> list[dmatrace.TraceRecord]:
+    """A full 4-level walk ending on a 4 KiB leaf."""
+    return [ptw(va, 0xA000 | V, 3, ctx), ptw(va, 0xB000 | V, 2, ctx),
+            ptw(va, 0xC000 | V, 1, ctx), ptw(va, pa | V, 0, ctx)]
+
+
+def data(va: int, addr: int, length: int = PAGE, ctx: int = 1,
+         direction: Dir = Dir.READ) -> dmatrace.TraceRecord:
+    return dmatrace.TraceRecord(0, addr, length, 2, ctx, Engine.COPY, Kind.DATA, direction, 0,
+                                va=va)
+
+
+def inv(va: int, length: int, ctx: int = 1) -> dmatrace.TraceRecord:
+    return dmatrace.TraceRecord(0, 0, 0, 3, ctx, Engine.MMU, Kind.EV_TLB_INV, Dir.NONE, 0,
+                                va=va, aux=length)
+
+
+def test_invalidate_check_passes_for_walk_then_dma() -> None:
+    recs = [*walk(VA, PA), data(VA, PA), data(VA + 16, PA + 16, 32)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problems == [] and out.data_checked == 2 and out.walks == 1
+
+
+def test_dma_after_invalidation_without_a_new_walk_fails() -> None:
+    recs = [*walk(VA, PA), data(VA, PA), inv(VA, PAGE), data(VA, PA, direction=Dir.WRITE)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problem_count == 1
+    assert "record 6" in out.problems[0] and "stale TLB entry" in out.problems[0]
+
+
+def test_dma_after_invalidation_and_a_new_walk_passes() -> None:
+    recs = [*walk(VA, PA), inv(VA, PAGE), *walk(VA, PA + 0x10000), data(VA, PA + 0x10000)]
+    assert dmatrace.check_invalidations(recs).problems == []
+
+
+def test_dma_to_the_old_address_after_a_rewalk_fails() -> None:
+    # re-walked after the invalidation, but the DMA went to the page it had before
+    recs = [*walk(VA, PA), inv(VA, PAGE), *walk(VA, PA + 0x10000), data(VA, PA)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problem_count == 1 and f"maps it to 0x{PA + 0x10000:x}" in out.problems[0]
+
+
+def test_invalidation_of_another_range_or_context_does_not_count() -> None:
+    recs = [*walk(VA, PA), inv(VA + PAGE, PAGE), inv(VA, PAGE, ctx=2), data(VA, PA)]
+    assert dmatrace.check_invalidations(recs).problems == []
+
+
+def test_invalidate_all() -> None:
+    recs = [*walk(VA, PA), *walk(VA + 0x40000000, PA + PAGE), inv(0, dmatrace.ALL),
+            data(VA + 0x40000000, PA + PAGE)]
+    assert dmatrace.check_invalidations(recs).problem_count == 1
+
+
+def test_range_invalidation_covering_the_page_partly() -> None:
+    recs = [*walk(VA, PA), inv(VA + PAGE - 1, 2), data(VA, PA)]
+    assert dmatrace.check_invalidations(recs).problem_count == 1
+
+
+def test_dma_never_walked_fails() -> None:
+    out = dmatrace.check_invalidations([data(VA, PA)])
+    assert out.problem_count == 1
+
+
+def test_non_present_walk_removes_the_translation() -> None:
+    recs = [*walk(VA, PA), ptw(VA, 0, 0), data(VA, PA)]
+    assert dmatrace.check_invalidations(recs).problem_count == 1
+
+
+def test_huge_leaf_translates_the_whole_2mib() -> None:
+    huge = [ptw(VA, 0xA000 | V, 3), ptw(VA, 0xB000 | V, 2),
+            ptw(VA, 0x40200000 | V | dmatrace.PTE_LEAF, 1)]
+    recs = [*huge, data(VA + 0x1FF000, 0x40200000 + 0x1FF000), data(VA + 0x5000, 0x40205000)]
+    assert dmatrace.check_invalidations(recs).problems == []
+    recs += [inv(VA + 0x100000, PAGE), data(VA + 0x5000, 0x40205000)]
+    assert dmatrace.check_invalidations(recs).problem_count == 1
+
+
+def test_multi_page_dma_is_checked_page_by_page() -> None:
+    recs = [*walk(VA, PA), *walk(VA + PAGE, PA + PAGE), data(VA + 0x800, PA + 0x800, PAGE)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problems == [] and out.pages_checked == 2
+    # second page not contiguous on the bus: the DMA record cannot have used it
+    recs = [*walk(VA, PA), *walk(VA + PAGE, PA + 0x8000), data(VA + 0x800, PA + 0x800, PAGE)]
+    assert dmatrace.check_invalidations(recs).problem_count == 1
+
+
+def test_bus_address_dma_and_other_contexts_are_ignored() -> None:
+    recs = [data(0, 0x1000), *walk(VA, PA, ctx=2), data(VA, PA, ctx=2)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problems == [] and out.data_checked == 1
+    assert dmatrace.check_invalidations([*walk(VA, PA, ctx=2), data(VA, PA, ctx=1)]).problem_count
+
+
+def test_problem_list_is_bounded() -> None:
+    out = dmatrace.check_invalidations([data(VA + i * PAGE, PA) for i in range(100)], limit=5)
+    assert out.problem_count == 100 and len(out.problems) == 5 and "95 more" in out.format()
+
+
+def test_invalidate_check_on_decoded_bytes() -> None:
+    body = (rec2(Kind.PTW, 0x9000, 8, engine=Engine.MMU, va=VA, aux=PA | V, level=0)
+            + rec2(Kind.DATA, PA, PAGE, Dir.WRITE, va=VA)
+            + rec2(Kind.EV_TLB_INV, direction=Dir.NONE, engine=Engine.MMU, va=VA, aux=PAGE)
+            + rec2(Kind.DATA, PA, PAGE, Dir.WRITE, va=VA))
+    out = dmatrace.check_invalidations(dmatrace.decode(hdr2() + body).records)
+    assert out.data_checked == 2 and out.problem_count == 1
