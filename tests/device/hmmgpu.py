@@ -54,13 +54,22 @@ class _Abi:
 
 H = _Abi()
 
-# struct hmm_gpu_cmd / hmm_gpu_cpl / hmm_gpu_trace_hdr / hmm_gpu_trace_rec
-CMD = struct.Struct("<BBHIQQQQQ16s")
+# struct hmm_gpu_cmd / cpl / trace_hdr / trace_rec / ctx_desc / fault_rec
+CMD = struct.Struct("<BBHIQQQQQQ8s")
 CPL = struct.Struct("<QIHHQQ")
 TRACE_HDR = struct.Struct("<QIIII")
-TRACE_REC = struct.Struct("<QQQQIBBBB")
-assert (CMD.size, CPL.size, TRACE_HDR.size, TRACE_REC.size) == (64, 32, 24, 40)
-for _n, _s in (("hmm_gpu_cmd", CMD), ("hmm_gpu_cpl", CPL)):
+# timestamp addr len cmd_id va aux ctx engine kind dir result level rsvd
+TRACE_REC = struct.Struct("<QQQQQQIBBBBB7x")
+CTX_DESC = struct.Struct("<QII")
+FAULT_REC = struct.Struct("<QQQIHBBB7x24x")
+assert (CMD.size, CPL.size, TRACE_HDR.size, TRACE_REC.size) == (64, 32, 24, 64)
+assert (CTX_DESC.size, FAULT_REC.size) == (16, 64)
+for _n, _s in (
+    ("hmm_gpu_cmd", CMD),
+    ("hmm_gpu_cpl", CPL),
+    ("hmm_gpu_trace_rec", TRACE_REC),
+    ("hmm_gpu_fault_rec", FAULT_REC),
+):
     assert f"sizeof(struct {_n}) == {_s.size}" in HEADER.read_text()
 
 # Guest-physical layout used by the tests (q35, RAM starts at 0).
@@ -92,6 +101,7 @@ class Cmd:
     length: int = 0
     pattern: int = 0
     rsvd0: int = 0
+    arg2: int = 0
 
     def pack(self) -> bytes:
         return CMD.pack(
@@ -104,7 +114,8 @@ class Cmd:
             self.dst,
             self.length,
             self.pattern,
-            b"\0" * 16,
+            self.arg2,
+            b"\0" * 8,
         )
 
 
@@ -128,6 +139,153 @@ def copy(src: int, dst: int, length: int, cmd_id: int = 0, flags: int = 0, ctx: 
 
 def fill(dst: int, length: int, pattern: int, cmd_id: int = 0, flags: int = 0) -> Cmd:
     return Cmd(H.OP_FILL, flags=flags, cmd_id=cmd_id, dst=dst, length=length, pattern=pattern)
+
+
+@dataclass(frozen=True)
+class TraceRec:
+    timestamp_ns: int
+    addr: int
+    length: int
+    cmd_id: int
+    va: int
+    aux: int
+    ctx: int
+    engine: int
+    kind: int
+    dir: int
+    result: int
+    level: int
+
+
+def parse_trace(raw: bytes) -> list[TraceRec]:
+    magic, version, rec_size, _devfn, _rsvd = TRACE_HDR.unpack_from(raw, 0)
+    assert (magic, version, rec_size) == (H.TRACE_MAGIC, H.TRACE_VERSION, TRACE_REC.size)
+    body = raw[TRACE_HDR.size :]
+    assert len(body) % TRACE_REC.size == 0
+    return [
+        TraceRec(*TRACE_REC.unpack_from(body, i)) for i in range(0, len(body), TRACE_REC.size)
+    ]
+
+
+@dataclass(frozen=True)
+class FaultRec:
+    va: int
+    cmd_id: int
+    timestamp_ns: int
+    ctx: int
+    token: int
+    access: int
+    reason: int
+    engine: int
+
+    @classmethod
+    def unpack(cls, data: bytes) -> FaultRec:
+        return cls(*FAULT_REC.unpack(data))
+
+
+# -- VA commands (ABI 1.1) ---------------------------------------------------
+
+
+def read_va(va: int, bus: int, length: int, ctx: int = 0, cmd_id: int = 0, flags: int = 0) -> Cmd:
+    return Cmd(H.OP_READ_VA, flags, ctx, cmd_id, src=va, dst=bus, length=length)
+
+
+def write_va(bus: int, va: int, length: int, ctx: int = 0, cmd_id: int = 0, flags: int = 0) -> Cmd:
+    return Cmd(H.OP_WRITE_VA, flags, ctx, cmd_id, src=bus, dst=va, length=length)
+
+
+def fill_va(va: int, length: int, pattern: int, ctx: int = 0, cmd_id: int = 0) -> Cmd:
+    return Cmd(H.OP_FILL_VA, 0, ctx, cmd_id, dst=va, length=length, pattern=pattern)
+
+
+def copy_va(src: int, dst: int, length: int, ctx: int = 0, cmd_id: int = 0) -> Cmd:
+    return Cmd(H.OP_COPY_VA, 0, ctx, cmd_id, src=src, dst=dst, length=length)
+
+
+def atomic_add(va: int, val: int, old_to: int = 0, ctx: int = 0, cmd_id: int = 0) -> Cmd:
+    return Cmd(H.OP_ATOMIC_ADD, 0, ctx, cmd_id, src=old_to, dst=va, length=8, pattern=val)
+
+
+def cmpxchg(va: int, expect: int, new: int, old_to: int = 0, ctx: int = 0, cmd_id: int = 0) -> Cmd:
+    return Cmd(
+        H.OP_ATOMIC_CMPXCHG, 0, ctx, cmd_id, src=old_to, dst=va, length=8, pattern=new, arg2=expect
+    )
+
+
+def tlb_inv(va: int, length: int, ctx: int = 0, cmd_id: int = 0) -> Cmd:
+    return Cmd(H.OP_TLB_INVALIDATE, 0, ctx, cmd_id, dst=va, length=length)
+
+
+# Guest-physical areas for the MMU tests (below 256 MiB of RAM).
+CTX_TABLE = 0x0030_1000
+FAULTQ = 0x0031_0000
+PT_POOL = 0x0040_0000  # page tables are allocated upwards from here
+PT_POOL_END = 0x0080_0000
+
+
+class PageTables:
+    """Builds contexts and 4-level page tables in guest RAM over qtest."""
+
+    def __init__(self, gpu: Gpu, ctx_count: int = 4) -> None:
+        self.gpu = gpu
+        self.qt = gpu.qt
+        self.next = PT_POOL
+        self.roots: dict[int, int] = {}
+        self.ctx_count = ctx_count
+        self.qt.memset(CTX_TABLE, 16 * ctx_count, 0)
+
+    def alloc(self) -> int:
+        page = self.next
+        assert page < PT_POOL_END, "page-table pool exhausted"
+        self.next += 4096
+        self.qt.memset(page, 4096, 0)
+        return page
+
+    def enable(self) -> None:
+        g = self.gpu
+        g.set_reg("CTX_BASE_LO", CTX_TABLE & 0xFFFFFFFF)
+        g.set_reg("CTX_BASE_HI", CTX_TABLE >> 32)
+        g.set_reg("CTX_COUNT", self.ctx_count)
+        g.set_reg("MMU_CTRL", H.MMU_ENABLE)
+
+    def set_ctx(self, ctx: int, root: int | None = None, flags: int | None = None) -> int:
+        if root is None:
+            root = self.alloc()
+        self.roots[ctx] = root
+        self.qt.write(
+            CTX_TABLE + 16 * ctx, CTX_DESC.pack(root, H.CTX_VALID if flags is None else flags, 0)
+        )
+        return root
+
+    def entry_addr(self, ctx: int, va: int, level: int, create: bool = True) -> int:
+        """Bus address of the level-`level` entry for va, creating tables above it."""
+        table = self.roots[ctx]
+        for lvl in range(H.PT_LEVELS - 1, level, -1):
+            a = table + 8 * ((va >> (12 + 9 * lvl)) & 511)
+            pte = self.qt.readq(a)
+            if not pte & H.PTE_VALID:
+                assert create, f"no table at level {lvl} for {va:#x}"
+                pte = self.alloc() | H.PTE_VALID
+                self.qt.writeq(a, pte)
+            table = pte & H.PTE_ADDR_MASK
+        return table + 8 * ((va >> (12 + 9 * level)) & 511)
+
+    def map(self, ctx: int, va: int, pa: int, perms: int | None = None, huge: bool = False) -> int:
+        if perms is None:
+            perms = H.PTE_READ | H.PTE_WRITE | H.PTE_ATOMIC
+        level = 1 if huge else 0
+        a = self.entry_addr(ctx, va, level)
+        self.qt.writeq(a, pa | perms | H.PTE_VALID | (H.PTE_LEAF if huge else 0))
+        return a
+
+    def map_range(self, ctx: int, va: int, pa: int, length: int, perms: int | None = None) -> None:
+        for off in range(0, length, 4096):
+            self.map(ctx, va + off, pa + off, perms)
+
+    def set_pte(self, ctx: int, va: int, level: int, value: int) -> int:
+        a = self.entry_addr(ctx, va, level)
+        self.qt.writeq(a, value)
+        return a
 
 
 class Gpu:
@@ -291,6 +449,39 @@ class Gpu:
 
     def wait_idle(self) -> None:
         self.wait(lambda: not self.reg("STATUS") & H.STATUS_BUSY, "engine idle")
+
+    def setup_faultq(self, size: int = 16, base: int = FAULTQ) -> None:
+        self.set_reg("FAULTQ_BASE_LO", base & 0xFFFFFFFF)
+        self.set_reg("FAULTQ_BASE_HI", base >> 32)
+        self.set_reg("FAULTQ_SIZE", size)
+        self.set_reg("FAULTQ_CTRL", H.QCTRL_ENABLE)
+        self.faultq, self.faultq_size, self.fault_head = base, size, 0
+
+    def pending_faults(self) -> int:
+        return (self.reg("FAULTQ_TAIL") - self.fault_head) % self.faultq_size
+
+    def faults(self, n: int, tries: int = 3000) -> list[FaultRec]:
+        """Wait for n fault records and consume them (FAULTQ_HEAD)."""
+        self.wait(lambda: self.pending_faults() >= n, f"{n} fault record(s)", tries)
+        out = []
+        for _ in range(n):
+            out.append(FaultRec.unpack(self.qt.read(self.faultq + 64 * self.fault_head, 64)))
+            self.fault_head = (self.fault_head + 1) % self.faultq_size
+        self.set_reg("FAULTQ_HEAD", self.fault_head)
+        return out
+
+    def qom_get(self, prop: str) -> int:
+        """Read a QOM counter of gpu0 (needs launch(qmp=True))."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        assert self.qt.qmp_path is not None, "launch with qmp=True"
+        mon = QEMUMonitorProtocol(str(self.qt.qmp_path))
+        mon.connect()
+        mon.settimeout(10)
+        try:
+            return mon.cmd("qom-get", path="/machine/peripheral/gpu0", property=prop)
+        finally:
+            mon.close()
 
     def wait_fatal(self) -> None:
         self.wait(lambda: self.reg("STATUS") & H.STATUS_FATAL, "STATUS_FATAL")

@@ -34,7 +34,10 @@ def test_identity(gpu: Gpu) -> None:
     assert gpu.cfg_read(0x08, 1) == H.PCI_REVISION
     assert gpu.reg("ID") == H.ID_MAGIC
     assert gpu.reg("VERSION") == (H.VERSION_MAJOR << 16) | H.VERSION_MINOR
-    assert gpu.reg("CAPS") & H.CAP_DMA_ENGINE
+    assert gpu.reg("CAPS") == H.CAP_DMA_ENGINE | H.CAP_MMU
+    assert gpu.reg("TLB_ENTRIES") == H.TLB_SIZE
+    assert gpu.reg("VEC_FAULT") == H.VEC_FAULT_DEFAULT == 2
+    assert H.NUM_VECTORS == 3
     assert gpu.reg("MAX_XFER") == H.MAX_XFER
     assert gpu.reg("NUM_VECTORS") == H.NUM_VECTORS
     assert gpu.reg("STATUS") == H.STATUS_READY
@@ -179,6 +182,9 @@ def test_reset_clears_state(gpu: Gpu) -> None:
     gpu.setup()
     gpu.set_reg("SCRATCH", 5)
     gpu.set_reg("VEC_CPL", 1)
+    gpu.set_reg("VEC_FAULT", 0)
+    gpu.set_reg("CTX_COUNT", 3)
+    gpu.set_reg("FAULTQ_SIZE", 8)
     gpu.run(fill(DST, 8, 1))
     gpu.reset()
     for name, want in (
@@ -197,6 +203,13 @@ def test_reset_clears_state(gpu: Gpu) -> None:
         ("CPLQ_HEAD", 0),
         ("CPLQ_TAIL", 0),
         ("CPLQ_BASE_LO", 0),
+        ("VEC_FAULT", H.VEC_FAULT_DEFAULT),
+        ("CTX_COUNT", 0),
+        ("MMU_CTRL", 0),
+        ("FAULTQ_SIZE", 0),
+        ("FAULTQ_CTRL", 0),
+        ("FAULTQ_TAIL", 0),
+        ("STALLED", 0),
     ):
         assert gpu.reg(name) == want, name
     # and works again, phase starting at 1
@@ -226,8 +239,10 @@ def test_dmatrace_stream(launch: Launch, tmp_path: Path) -> None:
     body = raw[TRACE_HDR.size :]
     assert len(body) % TRACE_REC.size == 0
     recs = [TRACE_REC.unpack_from(body, i) for i in range(0, len(body), TRACE_REC.size)]
+    # v2 fields va, aux, level are 0 for bus-address commands
+    assert all(r[4:6] == (0, 0) and r[11] == 0 for r in recs)
     # (addr, len, cmd_id, ctx, engine, kind, dir, result)
-    got = [r[1:] for r in recs]
+    got = [r[1:4] + r[6:11] for r in recs]
     q, c = H.ENGINE_QUEUE, H.ENGINE_COPY
     rd, wr = H.DIR_READ, H.DIR_WRITE
     ch = 64 * 1024

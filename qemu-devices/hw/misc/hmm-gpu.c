@@ -5,6 +5,14 @@
  * reaps completions from a completion ring. The engine moves data (COPY,
  * FILL) between bus addresses with pci_dma_*, so everything goes through the
  * bus-master address space (vIOMMU, Bus Master Enable) like a real device.
+ *
+ * ABI 1.1 adds a device MMU: VA jobs are translated through per-context
+ * 4-level page tables in guest memory (cached in a small TLB). A missing or
+ * insufficient translation stalls only that job and posts a record to a
+ * fault ring; the driver fixes the tables and replays, or cancels the job.
+ * So jobs run concurrently: the engine keeps a set of in-flight jobs and
+ * advances them round-robin, one page-sized step at a time.
+ *
  * The register and ring layout is in include/hw/misc/hmm_gpu_regs.h; the
  * prose version is docs/device-abi.md in the hmmlab repository.
  *
@@ -23,6 +31,7 @@
 #include "qemu/log.h"
 #include "qemu/main-loop.h"
 #include "qemu/module.h"
+#include "qemu/queue.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
@@ -44,15 +53,65 @@ OBJECT_DECLARE_SIMPLE_TYPE(HmmGpuState, HMM_GPU)
 #define HMM_GPU_CHUNK           (64 * KiB)
 /*
  * Work done per bottom-half run before yielding to the main loop, so a large
- * batch never stalls vCPUs, QMP or qtest: at most this many commands and
- * this many data bytes, then the BH reschedules itself.
+ * batch never stalls vCPUs, QMP or qtest: at most this many command fetches
+ * and this many data bytes, then the BH reschedules itself.
  */
 #define HMM_GPU_BH_CMDS         16
 #define HMM_GPU_BH_BYTES        (1 * MiB)
 
 #define HMM_GPU_CMD_SIZE        sizeof(struct hmm_gpu_cmd)
 #define HMM_GPU_CPL_SIZE        sizeof(struct hmm_gpu_cpl)
+#define HMM_GPU_FAULT_SIZE      sizeof(struct hmm_gpu_fault_rec)
+#define HMM_GPU_CTX_SIZE        sizeof(struct hmm_gpu_ctx_desc)
 #define HMM_GPU_RING_ALIGN      64
+
+#define HMM_GPU_PAGE_SHIFT      12
+#define HMM_GPU_HUGE_SHIFT      21
+#define HMM_GPU_PAGE_MASK       (~((1ull << HMM_GPU_PAGE_SHIFT) - 1))
+#define HMM_GPU_VA_LIMIT        (1ull << HMM_GPU_VA_BITS)
+#define HMM_GPU_PTE_PERMS       (HMM_GPU_PTE_READ | HMM_GPU_PTE_WRITE | \
+                                 HMM_GPU_PTE_ATOMIC)
+#define HMM_GPU_PTE_RSVD        (~(HMM_GPU_PTE_ADDR_MASK | HMM_GPU_PTE_VALID | \
+                                   HMM_GPU_PTE_PERMS | HMM_GPU_PTE_LEAF | \
+                                   HMM_GPU_PTE_VRAM))
+#define HMM_GPU_ATOMIC_SIZE     8
+
+typedef enum HmmGpuJobState {
+    JOB_RUNNABLE,
+    JOB_STALLED,            /* waiting for FAULT_REPLAY / FAULT_CANCEL */
+    JOB_DONE,               /* finished, completion not yet posted */
+} HmmGpuJobState;
+
+/*
+ * One fetched command. Jobs live until their completion is written; each
+ * holds a completion ring slot from fetch on (see hmm_gpu_can_fetch).
+ */
+typedef struct HmmGpuJob {
+    QTAILQ_ENTRY(HmmGpuJob) link;
+    HmmGpuJobState state;
+    struct hmm_gpu_cmd cmd;
+    uint64_t bytes;         /* bytes transferred so far */
+    uint32_t status;        /* enum hmm_gpu_err */
+    bool ctx_loaded;
+    uint64_t pt_root;
+    /* the fault that stalled the job */
+    bool rec_pending;       /* record not yet written to the fault ring */
+    uint16_t token;
+    uint8_t fault_access;
+    uint8_t fault_reason;
+    uint64_t fault_va;
+} HmmGpuJob;
+
+typedef QTAILQ_HEAD(, HmmGpuJob) HmmGpuJobList;
+
+typedef struct HmmGpuTlbEntry {
+    bool valid;
+    uint8_t shift;          /* HMM_GPU_PAGE_SHIFT or HMM_GPU_HUGE_SHIFT */
+    uint32_t ctx;
+    uint64_t va;            /* page base */
+    uint64_t pa;
+    uint64_t perms;         /* HMM_GPU_PTE_READ/WRITE/ATOMIC */
+} HmmGpuTlbEntry;
 
 struct HmmGpuState {
     PCIDevice parent_obj;
@@ -70,6 +129,7 @@ struct HmmGpuState {
     uint32_t intr_mask;
     uint32_t vec_cpl;
     uint32_t vec_err;
+    uint32_t vec_fault;
     uint32_t scratch;
 
     uint64_t cmdq_base;
@@ -85,15 +145,25 @@ struct HmmGpuState {
     uint32_t cplq_ctrl;
     uint16_t cpl_phase;
 
-    /*
-     * The command being executed. A COPY/FILL may span several BH runs, so
-     * its progress lives here rather than on the stack.
-     */
-    bool cur_valid;
-    bool cur_done;          /* executed, completion not yet posted */
-    struct hmm_gpu_cmd cur;
-    uint64_t cur_bytes;     /* bytes transferred so far */
-    uint32_t cur_status;    /* enum hmm_gpu_err */
+    uint64_t ctx_base;
+    uint32_t ctx_count;
+    uint32_t mmu_ctrl;
+
+    uint64_t faultq_base;
+    uint32_t faultq_size;
+    uint32_t faultq_head;
+    uint32_t faultq_tail;
+    uint32_t faultq_ctrl;
+
+    /* in-flight jobs, each on exactly one list */
+    HmmGpuJobList runnable;
+    HmmGpuJobList stalled;
+    HmmGpuJobList done;
+    uint32_t njobs;
+    uint32_t nstalled;
+    uint16_t next_token;
+
+    HmmGpuTlbEntry tlb[HMM_GPU_TLB_SIZE];
 
     /* read-only QOM counters, cumulative over resets */
     uint64_t cnt_cmds_completed;
@@ -103,6 +173,14 @@ struct HmmGpuState {
     uint64_t cnt_dma_errors;
     uint64_t cnt_irqs_raised;
     uint64_t cnt_guest_errors;
+    uint64_t cnt_faults_raised;
+    uint64_t cnt_faults_replayed;
+    uint64_t cnt_faults_cancelled;
+    uint64_t cnt_tlb_hits;
+    uint64_t cnt_tlb_misses;
+    uint64_t cnt_tlb_invalidations;
+    uint64_t cnt_ptw_reads;
+    uint64_t cnt_va_jobs_completed;
 };
 
 static const char *hmm_gpu_err_name(uint32_t err)
@@ -115,12 +193,19 @@ static const char *hmm_gpu_err_name(uint32_t err)
     case HMM_GPU_ERR_DMA_READ:      return "dma-read";
     case HMM_GPU_ERR_DMA_WRITE:     return "dma-write";
     case HMM_GPU_ERR_OVERLAP:       return "overlap";
+    case HMM_GPU_ERR_FAULT:         return "fault";
+    case HMM_GPU_ERR_BAD_CTX:       return "bad-ctx";
+    case HMM_GPU_ERR_BAD_PTE:       return "bad-pte";
+    case HMM_GPU_ERR_PTW:           return "ptw";
+    case HMM_GPU_ERR_ALIGN:         return "align";
     case HMM_GPU_ERR_CMDQ_FETCH:    return "cmdq-fetch";
     case HMM_GPU_ERR_CPLQ_WRITE:    return "cplq-write";
     case HMM_GPU_ERR_QUEUE_CONFIG:  return "queue-config";
     case HMM_GPU_ERR_DOORBELL:      return "doorbell";
     case HMM_GPU_ERR_BAD_VECTOR:    return "bad-vector";
     case HMM_GPU_ERR_BAD_REGISTER:  return "bad-register";
+    case HMM_GPU_ERR_FAULTQ_WRITE:  return "faultq-write";
+    case HMM_GPU_ERR_BAD_TOKEN:     return "bad-token";
     default:                        return "?";
     }
 }
@@ -130,8 +215,16 @@ static const char *hmm_gpu_kind_name(uint8_t kind)
     switch (kind) {
     case HMM_GPU_TRACE_CMD_FETCH:   return "cmd-fetch";
     case HMM_GPU_TRACE_CPL_WRITE:   return "cpl-write";
+    case HMM_GPU_TRACE_CTX_FETCH:   return "ctx-fetch";
+    case HMM_GPU_TRACE_PTW:         return "ptw";
+    case HMM_GPU_TRACE_FAULT_WRITE: return "fault-write";
     default:                        return "data";
     }
+}
+
+static bool hmm_gpu_is_va_op(uint8_t op)
+{
+    return op >= HMM_GPU_OP_READ_VA && op <= HMM_GPU_OP_ATOMIC_CMPXCHG;
 }
 
 /* ---- interrupts ------------------------------------------------------- */
@@ -191,13 +284,29 @@ static void hmm_gpu_set_error(HmmGpuState *s, uint32_t err, uint64_t addr,
     hmm_gpu_raise(s, HMM_GPU_INTR_ERROR, s->vec_err, true);
 }
 
+static void hmm_gpu_free_jobs(HmmGpuState *s)
+{
+    HmmGpuJobList *lists[] = { &s->runnable, &s->stalled, &s->done };
+    HmmGpuJob *j, *next;
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(lists); i++) {
+        QTAILQ_FOREACH_SAFE(j, lists[i], link, next) {
+            QTAILQ_REMOVE(lists[i], j, link);
+            g_free(j);
+        }
+    }
+    s->njobs = 0;
+    s->nstalled = 0;
+}
+
 /* Queue-level error: the rings cannot be trusted, halt until RESET. */
 static void hmm_gpu_fatal(HmmGpuState *s, uint32_t err, uint64_t addr,
                           const char *what)
 {
     s->status |= HMM_GPU_STATUS_FATAL;
     s->status &= ~HMM_GPU_STATUS_BUSY;
-    s->cur_valid = false;
+    hmm_gpu_free_jobs(s);
     qemu_bh_cancel(s->bh);
     trace_hmm_gpu_fatal(hmm_gpu_err_name(err), addr);
     hmm_gpu_set_error(s, err, addr, what);
@@ -205,20 +314,23 @@ static void hmm_gpu_fatal(HmmGpuState *s, uint32_t err, uint64_t addr,
 
 /* ---- DMA with accounting and the host-side trace stream --------------- */
 
-static void hmm_gpu_trace_dma(HmmGpuState *s, uint8_t engine, uint8_t kind,
+static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
                               uint8_t dir, uint64_t addr, uint64_t len,
-                              MemTxResult res, uint64_t cmd_id, uint32_t ctx)
+                              MemTxResult res, const struct hmm_gpu_cmd *c,
+                              uint64_t va, uint64_t aux, uint8_t level)
 {
     struct hmm_gpu_trace_rec rec;
 
-    trace_hmm_gpu_dma(hmm_gpu_kind_name(kind), dir ? "write" : "read", addr,
-                      len, cmd_id, res);
-    if (res != MEMTX_OK) {
-        s->cnt_dma_errors++;
-    } else if (dir == HMM_GPU_DIR_READ) {
-        s->cnt_dma_read_bytes += len;
-    } else {
-        s->cnt_dma_write_bytes += len;
+    if (dir != HMM_GPU_DIR_NONE) {
+        trace_hmm_gpu_dma(hmm_gpu_kind_name(kind),
+                          dir ? "write" : "read", addr, len, c->cmd_id, res);
+        if (res != MEMTX_OK) {
+            s->cnt_dma_errors++;
+        } else if (dir == HMM_GPU_DIR_READ) {
+            s->cnt_dma_read_bytes += len;
+        } else {
+            s->cnt_dma_write_bytes += len;
+        }
     }
 
     if (!qemu_chr_fe_backend_connected(&s->dmatrace)) {
@@ -228,14 +340,25 @@ static void hmm_gpu_trace_dma(HmmGpuState *s, uint8_t engine, uint8_t kind,
     rec.timestamp_ns = cpu_to_le64(qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL));
     rec.addr = cpu_to_le64(addr);
     rec.len = cpu_to_le64(len);
-    rec.cmd_id = cpu_to_le64(cmd_id);
-    rec.ctx = cpu_to_le32(ctx);
+    rec.cmd_id = cpu_to_le64(c->cmd_id);
+    rec.va = cpu_to_le64(va);
+    rec.aux = cpu_to_le64(aux);
+    rec.ctx = cpu_to_le32(c->ctx);
     rec.engine = engine;
     rec.kind = kind;
     rec.dir = dir;
     rec.result = res;
+    rec.level = level;
     /* A slow or closed consumer must not stop the device: ignore errors. */
     qemu_chr_fe_write_all(&s->dmatrace, (const uint8_t *)&rec, sizeof(rec));
+}
+
+static void hmm_gpu_trace_event(HmmGpuState *s, uint8_t kind,
+                                const struct hmm_gpu_cmd *c, uint64_t va,
+                                uint64_t aux)
+{
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MMU, kind, HMM_GPU_DIR_NONE, 0, 0,
+                      MEMTX_OK, c, va, aux, 0);
 }
 
 static void hmm_gpu_trace_header(HmmGpuState *s)
@@ -253,26 +376,64 @@ static void hmm_gpu_trace_header(HmmGpuState *s)
     qemu_chr_fe_write_all(&s->dmatrace, (const uint8_t *)&hdr, sizeof(hdr));
 }
 
-static MemTxResult hmm_gpu_data_read(HmmGpuState *s, uint64_t addr,
-                                     void *buf, uint64_t len)
+/* Data DMA of job @j; @va is the virtual address the chunk belongs to. */
+static MemTxResult hmm_gpu_data_read(HmmGpuState *s, HmmGpuJob *j,
+                                     uint64_t addr, void *buf, uint64_t len,
+                                     uint64_t va)
 {
     MemTxResult res = pci_dma_read(PCI_DEVICE(s), addr, buf, len);
 
-    hmm_gpu_trace_dma(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
-                      HMM_GPU_DIR_READ, addr, len, res, s->cur.cmd_id,
-                      s->cur.ctx);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
+                      HMM_GPU_DIR_READ, addr, len, res, &j->cmd, va, 0, 0);
     return res;
 }
 
-static MemTxResult hmm_gpu_data_write(HmmGpuState *s, uint64_t addr,
-                                      const void *buf, uint64_t len)
+static MemTxResult hmm_gpu_data_write(HmmGpuState *s, HmmGpuJob *j,
+                                      uint64_t addr, const void *buf,
+                                      uint64_t len, uint64_t va)
 {
     MemTxResult res = pci_dma_write(PCI_DEVICE(s), addr, buf, len);
 
-    hmm_gpu_trace_dma(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
-                      HMM_GPU_DIR_WRITE, addr, len, res, s->cur.cmd_id,
-                      s->cur.ctx);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
+                      HMM_GPU_DIR_WRITE, addr, len, res, &j->cmd, va, 0, 0);
     return res;
+}
+
+/* ---- job bookkeeping --------------------------------------------------- */
+
+static HmmGpuJobList *hmm_gpu_job_list(HmmGpuState *s, HmmGpuJob *j)
+{
+    switch (j->state) {
+    case JOB_STALLED:
+        return &s->stalled;
+    case JOB_DONE:
+        return &s->done;
+    default:
+        return &s->runnable;
+    }
+}
+
+static void hmm_gpu_job_move(HmmGpuState *s, HmmGpuJob *j,
+                             HmmGpuJobState state)
+{
+    QTAILQ_REMOVE(hmm_gpu_job_list(s, j), j, link);
+    if (j->state == JOB_STALLED) {
+        s->nstalled--;
+    }
+    j->state = state;
+    if (state == JOB_STALLED) {
+        s->nstalled++;
+    }
+    QTAILQ_INSERT_TAIL(hmm_gpu_job_list(s, j), j, link);
+}
+
+/* Finish @j with @err (reported through REG_ERROR unless NONE). */
+static void hmm_gpu_job_fail(HmmGpuState *s, HmmGpuJob *j, uint32_t err,
+                             uint64_t addr, const char *what)
+{
+    j->status = err;
+    hmm_gpu_set_error(s, err, addr, what);
+    hmm_gpu_job_move(s, j, JOB_DONE);
 }
 
 /* ---- engine ------------------------------------------------------------ */
@@ -288,11 +449,24 @@ static bool hmm_gpu_cplq_full(HmmGpuState *s)
     return ((s->cplq_tail + 1) & (s->cplq_size - 1)) == s->cplq_head;
 }
 
+/*
+ * Every fetched command must have a completion slot, so in-flight jobs count
+ * against the free space of the completion ring: stalled jobs can never make
+ * the device overrun it.
+ */
+static bool hmm_gpu_can_fetch(HmmGpuState *s)
+{
+    uint32_t used = (s->cplq_tail - s->cplq_head) & (s->cplq_size - 1);
+
+    return s->cmdq_head != s->cmdq_tail &&
+           used + s->njobs < s->cplq_size - 1;
+}
+
 static void hmm_gpu_update_busy(HmmGpuState *s)
 {
     if (!(s->status & HMM_GPU_STATUS_FATAL) &&
-        (s->cur_valid || ((s->cmdq_ctrl & HMM_GPU_QCTRL_ENABLE) &&
-                          s->cmdq_head != s->cmdq_tail))) {
+        (s->njobs || ((s->cmdq_ctrl & HMM_GPU_QCTRL_ENABLE) &&
+                      s->cmdq_head != s->cmdq_tail))) {
         s->status |= HMM_GPU_STATUS_BUSY;
     } else {
         s->status &= ~HMM_GPU_STATUS_BUSY;
@@ -307,35 +481,422 @@ static void hmm_gpu_kick(HmmGpuState *s)
     }
 }
 
-/* Checks that need no DMA; returns the completion status. */
-static uint32_t hmm_gpu_validate(HmmGpuState *s, uint64_t *bad_addr)
-{
-    const struct hmm_gpu_cmd *c = &s->cur;
+/* ---- MMU: TLB ------------------------------------------------------------ */
 
-    if (c->opcode != HMM_GPU_OP_NOP && c->opcode != HMM_GPU_OP_COPY &&
-        c->opcode != HMM_GPU_OP_FILL) {
+static HmmGpuTlbEntry *hmm_gpu_tlb_slot(HmmGpuState *s, uint32_t ctx,
+                                        uint64_t va, unsigned shift)
+{
+    uint64_t h = (va >> shift) * 0x9e3779b97f4a7c15ull ^ ctx ^ shift;
+
+    return &s->tlb[(h ^ (h >> 29)) % HMM_GPU_TLB_SIZE];
+}
+
+static HmmGpuTlbEntry *hmm_gpu_tlb_lookup(HmmGpuState *s, uint32_t ctx,
+                                          uint64_t va)
+{
+    static const unsigned shifts[] = { HMM_GPU_PAGE_SHIFT,
+                                       HMM_GPU_HUGE_SHIFT };
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(shifts); i++) {
+        HmmGpuTlbEntry *e = hmm_gpu_tlb_slot(s, ctx, va, shifts[i]);
+
+        if (e->valid && e->ctx == ctx && e->shift == shifts[i] &&
+            e->va == (va & ~((1ull << shifts[i]) - 1))) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static void hmm_gpu_tlb_insert(HmmGpuState *s, uint32_t ctx, uint64_t va,
+                               unsigned shift, uint64_t pa, uint64_t perms)
+{
+    unsigned other = shift == HMM_GPU_PAGE_SHIFT ? HMM_GPU_HUGE_SHIFT :
+                                                   HMM_GPU_PAGE_SHIFT;
+    HmmGpuTlbEntry *e = hmm_gpu_tlb_slot(s, ctx, va, other);
+
+    /* the page size changed: drop the other-sized entry for this address */
+    if (e->valid && e->ctx == ctx && e->shift == other &&
+        e->va == (va & ~((1ull << other) - 1))) {
+        e->valid = false;
+    }
+    e = hmm_gpu_tlb_slot(s, ctx, va, shift);
+    e->valid = true;
+    e->ctx = ctx;
+    e->shift = shift;
+    e->va = va & ~((1ull << shift) - 1);
+    e->pa = pa;
+    e->perms = perms;
+}
+
+/* Drop entries of @ctx overlapping [va, va + len); len ~0: all of @ctx. */
+static unsigned hmm_gpu_tlb_invalidate(HmmGpuState *s, uint32_t ctx,
+                                       uint64_t va, uint64_t len)
+{
+    uint64_t last = (len == UINT64_MAX || va + len - 1 < va) ?
+                    UINT64_MAX : va + len - 1;
+    unsigned i, n = 0;
+
+    for (i = 0; i < HMM_GPU_TLB_SIZE; i++) {
+        HmmGpuTlbEntry *e = &s->tlb[i];
+        uint64_t e_last = e->va + (1ull << e->shift) - 1;
+
+        if (e->valid && e->ctx == ctx &&
+            (len == UINT64_MAX || (e->va <= last && va <= e_last))) {
+            e->valid = false;
+            n++;
+        }
+    }
+    return n;
+}
+
+static void hmm_gpu_tlb_flush(HmmGpuState *s)
+{
+    memset(s->tlb, 0, sizeof(s->tlb));
+}
+
+/* ---- MMU: context fetch, walk, faults ---------------------------------- */
+
+typedef enum HmmGpuXlate {
+    XLATE_OK,
+    XLATE_STALL,            /* the job stalled on a fault */
+    XLATE_FAILED,           /* the job failed (j->status set) */
+} HmmGpuXlate;
+
+static void hmm_gpu_post_faults(HmmGpuState *s);
+
+static uint16_t hmm_gpu_alloc_token(HmmGpuState *s)
+{
+    HmmGpuJob *j;
+    bool busy;
+
+    /* tokens are never 0; skip one still held by a stalled job */
+    do {
+        s->next_token++;
+        if (s->next_token == 0) {
+            s->next_token = 1;
+        }
+        busy = false;
+        QTAILQ_FOREACH(j, &s->stalled, link) {
+            if (j->token == s->next_token) {
+                busy = true;
+                break;
+            }
+        }
+    } while (busy);
+    return s->next_token;
+}
+
+static HmmGpuXlate hmm_gpu_fault(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
+                                 uint8_t access, uint8_t reason)
+{
+    trace_hmm_gpu_fault(j->cmd.cmd_id, j->cmd.ctx, va, access, reason);
+    if (!(s->faultq_ctrl & HMM_GPU_QCTRL_ENABLE)) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_FAULT, va,
+                         "translation fault with the fault queue disabled");
+        return XLATE_FAILED;
+    }
+    j->fault_va = va & HMM_GPU_PAGE_MASK;
+    j->fault_access = access;
+    j->fault_reason = reason;
+    j->token = hmm_gpu_alloc_token(s);
+    j->rec_pending = true;
+    hmm_gpu_job_move(s, j, JOB_STALLED);
+    hmm_gpu_post_faults(s);
+    return XLATE_STALL;
+}
+
+static bool hmm_gpu_faultq_full(HmmGpuState *s)
+{
+    return ((s->faultq_tail + 1) & (s->faultq_size - 1)) == s->faultq_head;
+}
+
+/*
+ * Write the records of stalled jobs that have none in the ring yet, oldest
+ * first, as far as the ring has room; the rest wait for FAULTQ_HEAD.
+ */
+static void hmm_gpu_post_faults(HmmGpuState *s)
+{
+    HmmGpuJob *j;
+    bool posted = false;
+
+    if (!(s->faultq_ctrl & HMM_GPU_QCTRL_ENABLE) ||
+        (s->status & HMM_GPU_STATUS_FATAL)) {
+        return;
+    }
+    QTAILQ_FOREACH(j, &s->stalled, link) {
+        uint64_t addr = s->faultq_base +
+                        (uint64_t)s->faultq_tail * HMM_GPU_FAULT_SIZE;
+        struct hmm_gpu_fault_rec rec;
+        MemTxResult res;
+
+        if (!j->rec_pending) {
+            continue;
+        }
+        if (hmm_gpu_faultq_full(s)) {
+            trace_hmm_gpu_faultq_full(s->faultq_head, s->faultq_tail);
+            break;
+        }
+        memset(&rec, 0, sizeof(rec));
+        rec.va = cpu_to_le64(j->fault_va);
+        rec.cmd_id = cpu_to_le64(j->cmd.cmd_id);
+        rec.timestamp_ns = cpu_to_le64(qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL));
+        rec.ctx = cpu_to_le32(j->cmd.ctx);
+        rec.token = cpu_to_le16(j->token);
+        rec.access = j->fault_access;
+        rec.reason = j->fault_reason;
+        rec.engine = HMM_GPU_ENGINE_MMU;
+        res = pci_dma_write(PCI_DEVICE(s), addr, &rec, sizeof(rec));
+        hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MMU, HMM_GPU_TRACE_FAULT_WRITE,
+                          HMM_GPU_DIR_WRITE, addr, sizeof(rec), res, &j->cmd,
+                          j->fault_va, j->token, 0);
+        if (res != MEMTX_OK) {
+            hmm_gpu_fatal(s, HMM_GPU_ERR_FAULTQ_WRITE, addr,
+                          "fault record write failed");
+            return;
+        }
+        trace_hmm_gpu_fault_post(j->token, j->cmd.cmd_id, j->fault_va,
+                                 s->faultq_tail);
+        j->rec_pending = false;
+        s->faultq_tail = (s->faultq_tail + 1) & (s->faultq_size - 1);
+        s->cnt_faults_raised++;
+        posted = true;
+    }
+    if (posted) {
+        hmm_gpu_raise(s, HMM_GPU_INTR_FAULT, s->vec_fault, true);
+    }
+}
+
+/* Load the job's context descriptor (once per job). */
+static HmmGpuXlate hmm_gpu_load_ctx(HmmGpuState *s, HmmGpuJob *j)
+{
+    uint32_t ctx = j->cmd.ctx;
+    struct hmm_gpu_ctx_desc d;
+    uint64_t addr;
+    MemTxResult res;
+
+    if (!(s->mmu_ctrl & HMM_GPU_MMU_ENABLE) || ctx >= s->ctx_count) {
+        trace_hmm_gpu_bad_ctx(j->cmd.cmd_id, ctx, s->mmu_ctrl, 0);
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_BAD_CTX, ctx,
+                         "VA job with the MMU disabled or ctx out of range");
+        return XLATE_FAILED;
+    }
+    addr = s->ctx_base + (uint64_t)ctx * HMM_GPU_CTX_SIZE;
+    res = pci_dma_read(PCI_DEVICE(s), addr, &d, sizeof(d));
+    d.pt_root = le64_to_cpu(d.pt_root);
+    d.flags = le32_to_cpu(d.flags);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MMU, HMM_GPU_TRACE_CTX_FETCH,
+                      HMM_GPU_DIR_READ, addr, sizeof(d), res, &j->cmd, 0,
+                      res == MEMTX_OK ? d.pt_root : 0, 0);
+    if (res != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_PTW, addr,
+                         "context descriptor read failed");
+        return XLATE_FAILED;
+    }
+    if (!(d.flags & HMM_GPU_CTX_VALID) || (d.flags & ~HMM_GPU_CTX_VALID) ||
+        (d.pt_root & ~HMM_GPU_PTE_ADDR_MASK)) {
+        trace_hmm_gpu_bad_ctx(j->cmd.cmd_id, ctx, d.flags, d.pt_root);
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_BAD_CTX, ctx,
+                         "context invalid, reserved flags or unaligned root");
+        return XLATE_FAILED;
+    }
+    j->pt_root = d.pt_root;
+    j->ctx_loaded = true;
+    return XLATE_OK;
+}
+
+static bool hmm_gpu_perm_ok(uint64_t perms, uint8_t access)
+{
+    switch (access) {
+    case HMM_GPU_ACCESS_READ:
+        return perms & HMM_GPU_PTE_READ;
+    case HMM_GPU_ACCESS_WRITE:
+        return perms & HMM_GPU_PTE_WRITE;
+    default:
+        return (perms & (HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC)) ==
+               (HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC);
+    }
+}
+
+static HmmGpuXlate hmm_gpu_bad_pte(HmmGpuState *s, HmmGpuJob *j,
+                                   uint64_t addr, uint64_t va, int level,
+                                   uint64_t pte, const char *why)
+{
+    trace_hmm_gpu_bad_pte(j->cmd.cmd_id, va, level, addr, pte, why);
+    hmm_gpu_job_fail(s, j, HMM_GPU_ERR_BAD_PTE, addr, why);
+    return XLATE_FAILED;
+}
+
+/*
+ * Walk the 4-level table for @va. At most four entry reads, so tables that
+ * loop back on themselves just yield a (probably malformed) leaf.
+ */
+static HmmGpuXlate hmm_gpu_walk(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
+                                uint8_t access, HmmGpuTlbEntry *out)
+{
+    uint64_t table = j->pt_root;
+    int level;
+
+    for (level = HMM_GPU_PT_LEVELS - 1; level >= 0; level--) {
+        unsigned idx = (va >> HMM_GPU_PT_SHIFT(level)) &
+                       (HMM_GPU_PT_ENTRIES - 1);
+        uint64_t addr = table + idx * sizeof(uint64_t);
+        uint64_t pte = 0;
+        MemTxResult res;
+
+        res = pci_dma_read(PCI_DEVICE(s), addr, &pte, sizeof(pte));
+        pte = le64_to_cpu(pte);
+        s->cnt_ptw_reads++;
+        hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MMU, HMM_GPU_TRACE_PTW,
+                          HMM_GPU_DIR_READ, addr, sizeof(pte), res, &j->cmd,
+                          va, res == MEMTX_OK ? pte : 0, level);
+        trace_hmm_gpu_ptw(j->cmd.cmd_id, va, level, addr, pte);
+        if (res != MEMTX_OK) {
+            trace_hmm_gpu_ptw_error(j->cmd.cmd_id, va, level, addr);
+            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_PTW, addr,
+                             "page-table entry read failed");
+            return XLATE_FAILED;
+        }
+        if (!(pte & HMM_GPU_PTE_VALID)) {
+            return hmm_gpu_fault(s, j, va, access, HMM_GPU_FAULT_NOT_PRESENT);
+        }
+        if (pte & HMM_GPU_PTE_RSVD) {
+            return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                   "page-table entry with reserved bits");
+        }
+        if (pte & HMM_GPU_PTE_VRAM) {
+            return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                   "PTE_VRAM is not supported");
+        }
+        if ((pte & HMM_GPU_PTE_LEAF) && level > 1) {
+            return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                   "PTE_LEAF above level 1");
+        }
+        if (level == 0 || (pte & HMM_GPU_PTE_LEAF)) {
+            unsigned shift = level ? HMM_GPU_HUGE_SHIFT : HMM_GPU_PAGE_SHIFT;
+            uint64_t pa = pte & HMM_GPU_PTE_ADDR_MASK;
+
+            if (pa & ((1ull << shift) - 1)) {
+                return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                       "2 MiB leaf address not aligned");
+            }
+            hmm_gpu_tlb_insert(s, j->cmd.ctx, va, shift, pa,
+                               pte & HMM_GPU_PTE_PERMS);
+            out->shift = shift;
+            out->pa = pa;
+            out->perms = pte & HMM_GPU_PTE_PERMS;
+            return XLATE_OK;
+        }
+        table = pte & HMM_GPU_PTE_ADDR_MASK;
+    }
+    g_assert_not_reached();
+}
+
+/*
+ * Translate @va for @access. On success *pa is the bus address and *avail
+ * the bytes from @va to the end of its page. A TLB hit without the needed
+ * permission re-walks: the driver may have upgraded the PTE (faults are
+ * never cached, so only downgrades need TLB_INVALIDATE).
+ */
+static HmmGpuXlate hmm_gpu_translate(HmmGpuState *s, HmmGpuJob *j,
+                                     uint64_t va, uint8_t access,
+                                     uint64_t *pa, uint64_t *avail)
+{
+    HmmGpuTlbEntry *e, walked;
+    HmmGpuXlate r;
+
+    if (!(s->mmu_ctrl & HMM_GPU_MMU_ENABLE)) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_BAD_CTX, j->cmd.ctx,
+                         "VA job with the MMU disabled");
+        return XLATE_FAILED;
+    }
+    if (va >= HMM_GPU_VA_LIMIT) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_FAULT, va,
+                         "virtual address beyond VA_BITS");
+        return XLATE_FAILED;
+    }
+    if (!j->ctx_loaded) {
+        r = hmm_gpu_load_ctx(s, j);
+        if (r != XLATE_OK) {
+            return r;
+        }
+    }
+    e = hmm_gpu_tlb_lookup(s, j->cmd.ctx, va);
+    if (e && hmm_gpu_perm_ok(e->perms, access)) {
+        s->cnt_tlb_hits++;
+    } else {
+        s->cnt_tlb_misses++;
+        trace_hmm_gpu_tlb_miss(j->cmd.cmd_id, j->cmd.ctx, va);
+        r = hmm_gpu_walk(s, j, va, access, &walked);
+        if (r != XLATE_OK) {
+            return r;
+        }
+        e = &walked;
+        if (!hmm_gpu_perm_ok(e->perms, access)) {
+            return hmm_gpu_fault(s, j, va, access, HMM_GPU_FAULT_PERMISSION);
+        }
+    }
+    *pa = e->pa + (va & ((1ull << e->shift) - 1));
+    *avail = (1ull << e->shift) - (va & ((1ull << e->shift) - 1));
+    return XLATE_OK;
+}
+
+/* ---- engine: command steps --------------------------------------------- */
+
+/* Checks that need no DMA; returns the completion status. */
+static uint32_t hmm_gpu_validate(const struct hmm_gpu_cmd *c,
+                                 uint64_t *bad_addr)
+{
+    bool va_src = c->opcode == HMM_GPU_OP_READ_VA ||
+                  c->opcode == HMM_GPU_OP_COPY_VA;
+    bool has_src = c->opcode == HMM_GPU_OP_COPY ||
+                   c->opcode == HMM_GPU_OP_READ_VA ||
+                   c->opcode == HMM_GPU_OP_WRITE_VA ||
+                   c->opcode == HMM_GPU_OP_COPY_VA;
+
+    if (c->opcode > HMM_GPU_OP_TLB_INVALIDATE) {
         return HMM_GPU_ERR_BAD_OPCODE;
     }
     if (c->flags & ~HMM_GPU_CMD_F_MASK) {
         return HMM_GPU_ERR_BAD_FLAGS;
     }
-    if (c->opcode == HMM_GPU_OP_NOP) {
+    switch (c->opcode) {
+    case HMM_GPU_OP_NOP:
+        return HMM_GPU_ERR_NONE;
+    case HMM_GPU_OP_TLB_INVALIDATE:
+        if (c->ctx >= HMM_GPU_MAX_CTX) {
+            *bad_addr = c->ctx;
+            return HMM_GPU_ERR_BAD_CTX;
+        }
+        return c->len ? HMM_GPU_ERR_NONE : HMM_GPU_ERR_BAD_LENGTH;
+    case HMM_GPU_OP_ATOMIC_ADD:
+    case HMM_GPU_OP_ATOMIC_CMPXCHG:
+        if (c->len != 0 && c->len != HMM_GPU_ATOMIC_SIZE) {
+            return HMM_GPU_ERR_BAD_LENGTH;
+        }
+        if (c->dst & (HMM_GPU_ATOMIC_SIZE - 1)) {
+            *bad_addr = c->dst;
+            return HMM_GPU_ERR_ALIGN;
+        }
         return HMM_GPU_ERR_NONE;
     }
     if (c->len == 0 || c->len > HMM_GPU_MAX_XFER) {
         return HMM_GPU_ERR_BAD_LENGTH;
     }
-    /* a range that wraps the 64-bit bus address space cannot be reached */
-    if (c->opcode == HMM_GPU_OP_COPY && c->src + c->len < c->src) {
+    /* a range that wraps the 64-bit address space cannot be reached */
+    if (has_src && c->src + c->len < c->src) {
         *bad_addr = c->src;
-        return HMM_GPU_ERR_DMA_READ;
+        return va_src ? HMM_GPU_ERR_FAULT : HMM_GPU_ERR_DMA_READ;
     }
     if (c->dst + c->len < c->dst) {
         *bad_addr = c->dst;
-        return HMM_GPU_ERR_DMA_WRITE;
+        return c->opcode == HMM_GPU_OP_READ_VA ||
+               !hmm_gpu_is_va_op(c->opcode) ?
+               HMM_GPU_ERR_DMA_WRITE : HMM_GPU_ERR_FAULT;
     }
     /* chunked copying would read bytes it already overwrote */
-    if (c->opcode == HMM_GPU_OP_COPY &&
+    if ((c->opcode == HMM_GPU_OP_COPY || c->opcode == HMM_GPU_OP_COPY_VA) &&
         c->src < c->dst + c->len && c->dst < c->src + c->len) {
         *bad_addr = c->dst;
         return HMM_GPU_ERR_OVERLAP;
@@ -343,49 +904,180 @@ static uint32_t hmm_gpu_validate(HmmGpuState *s, uint64_t *bad_addr)
     return HMM_GPU_ERR_NONE;
 }
 
-/*
- * Move up to @budget bytes of the current command. Returns the bytes moved;
- * sets s->cur_done when the command finished (successfully or not).
- */
-static uint64_t hmm_gpu_run_data(HmmGpuState *s, uint64_t budget)
+static void hmm_gpu_fill_bounce(HmmGpuState *s, uint64_t pattern, uint64_t n)
 {
-    struct hmm_gpu_cmd *c = &s->cur;
-    uint64_t moved = 0;
+    uint64_t pat = cpu_to_le64(pattern);
+    uint64_t i;
 
-    while (s->cur_bytes < c->len && moved < budget) {
-        uint64_t n = MIN(HMM_GPU_CHUNK, c->len - s->cur_bytes);
-        uint64_t dst = c->dst + s->cur_bytes;
-
-        if (c->opcode == HMM_GPU_OP_COPY) {
-            uint64_t src = c->src + s->cur_bytes;
-
-            if (hmm_gpu_data_read(s, src, s->bounce, n) != MEMTX_OK) {
-                s->cur_status = HMM_GPU_ERR_DMA_READ;
-                hmm_gpu_set_error(s, s->cur_status, src, "COPY source read");
-                break;
-            }
-        }
-        /* FILL: the bounce buffer holds the pattern, see hmm_gpu_fetch */
-        if (hmm_gpu_data_write(s, dst, s->bounce, n) != MEMTX_OK) {
-            s->cur_status = HMM_GPU_ERR_DMA_WRITE;
-            hmm_gpu_set_error(s, s->cur_status, dst, "data write");
-            break;
-        }
-        s->cur_bytes += n;
-        moved += n;
+    /* chunks start at multiples of 8 bytes of the job, see the callers */
+    for (i = 0; i < n; i += sizeof(pat)) {
+        memcpy(s->bounce + i, &pat, MIN(sizeof(pat), n - i));
     }
-    if (s->cur_status != HMM_GPU_ERR_NONE || s->cur_bytes >= c->len) {
-        s->cur_done = true;
+}
+
+/* COPY / FILL: one chunk between bus addresses. */
+static uint64_t hmm_gpu_step_bus(HmmGpuState *s, HmmGpuJob *j)
+{
+    struct hmm_gpu_cmd *c = &j->cmd;
+    uint64_t n = MIN(HMM_GPU_CHUNK, c->len - j->bytes);
+    uint64_t dst = c->dst + j->bytes;
+
+    if (c->opcode == HMM_GPU_OP_COPY) {
+        uint64_t src = c->src + j->bytes;
+
+        if (hmm_gpu_data_read(s, j, src, s->bounce, n, 0) != MEMTX_OK) {
+            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, src,
+                             "COPY source read");
+            return n;
+        }
+    } else {
+        hmm_gpu_fill_bounce(s, c->pattern, n);
+    }
+    if (hmm_gpu_data_write(s, j, dst, s->bounce, n, 0) != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, dst, "data write");
+        return n;
+    }
+    j->bytes += n;
+    return n;
+}
+
+/*
+ * READ_VA / WRITE_VA / FILL_VA / COPY_VA: translate, then move the part of
+ * the next chunk that stays inside the translated page(s). Translation and
+ * DMA happen in the same step, so a TLB_INVALIDATE (which runs between
+ * steps) is a fence for every later DMA.
+ */
+static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
+{
+    struct hmm_gpu_cmd *c = &j->cmd;
+    uint64_t n = MIN(HMM_GPU_CHUNK, c->len - j->bytes);
+    uint64_t src = c->src + j->bytes, dst = c->dst + j->bytes;
+    uint64_t src_va = 0, dst_va = 0, avail;
+
+    if (c->opcode == HMM_GPU_OP_READ_VA || c->opcode == HMM_GPU_OP_COPY_VA) {
+        src_va = src;
+        if (hmm_gpu_translate(s, j, src_va, HMM_GPU_ACCESS_READ, &src,
+                              &avail) != XLATE_OK) {
+            return 0;
+        }
+        n = MIN(n, avail);
+    }
+    if (c->opcode != HMM_GPU_OP_READ_VA) {
+        dst_va = dst;
+        if (hmm_gpu_translate(s, j, dst_va, HMM_GPU_ACCESS_WRITE, &dst,
+                              &avail) != XLATE_OK) {
+            return 0;
+        }
+        n = MIN(n, avail);
+    }
+    if (c->opcode == HMM_GPU_OP_FILL_VA) {
+        /* a chunk may start at any byte of the job: rotate the pattern */
+        uint64_t pat = ror64(c->pattern, 8 * (j->bytes & 7));
+
+        hmm_gpu_fill_bounce(s, pat, n);
+    } else if (hmm_gpu_data_read(s, j, src, s->bounce, n,
+                                 src_va ? src_va : dst_va) != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, src, "VA job read");
+        return n;
+    }
+    if (hmm_gpu_data_write(s, j, dst, s->bounce, n,
+                           dst_va ? dst_va : src_va) != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, dst, "VA job write");
+        return n;
+    }
+    j->bytes += n;
+    return n;
+}
+
+/*
+ * ATOMIC_ADD / ATOMIC_CMPXCHG: read-modify-write of 8 bytes in one engine
+ * step, so no other device job runs in between.
+ */
+static uint64_t hmm_gpu_step_atomic(HmmGpuState *s, HmmGpuJob *j)
+{
+    struct hmm_gpu_cmd *c = &j->cmd;
+    uint64_t pa, avail, old = 0, new;
+
+    if (hmm_gpu_translate(s, j, c->dst, HMM_GPU_ACCESS_ATOMIC, &pa,
+                          &avail) != XLATE_OK) {
+        return 0;
+    }
+    if (hmm_gpu_data_read(s, j, pa, &old, sizeof(old), c->dst) != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, pa, "atomic read");
+        return 0;
+    }
+    old = le64_to_cpu(old);
+    if (c->opcode == HMM_GPU_OP_ATOMIC_ADD) {
+        new = cpu_to_le64(old + c->pattern);
+    } else {
+        new = cpu_to_le64(c->pattern);
+    }
+    if ((c->opcode == HMM_GPU_OP_ATOMIC_ADD || old == c->arg2) &&
+        hmm_gpu_data_write(s, j, pa, &new, sizeof(new), c->dst) != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, pa, "atomic write");
+        return 0;
+    }
+    trace_hmm_gpu_atomic(c->cmd_id, c->dst, pa, old);
+    if (c->src) {
+        uint64_t le_old = cpu_to_le64(old);
+
+        if (hmm_gpu_data_write(s, j, c->src, &le_old, sizeof(le_old), 0)
+            != MEMTX_OK) {
+            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, c->src,
+                             "atomic old-value write");
+            return 0;
+        }
+    }
+    j->bytes = HMM_GPU_ATOMIC_SIZE;
+    return HMM_GPU_ATOMIC_SIZE;
+}
+
+/* Advance runnable job @j by one step; returns the data bytes moved. */
+static uint64_t hmm_gpu_step(HmmGpuState *s, HmmGpuJob *j)
+{
+    uint64_t moved;
+
+    switch (j->cmd.opcode) {
+    case HMM_GPU_OP_COPY:
+    case HMM_GPU_OP_FILL:
+        moved = hmm_gpu_step_bus(s, j);
+        break;
+    case HMM_GPU_OP_ATOMIC_ADD:
+    case HMM_GPU_OP_ATOMIC_CMPXCHG:
+        moved = hmm_gpu_step_atomic(s, j);
+        break;
+    default:
+        moved = hmm_gpu_step_va(s, j);
+        break;
+    }
+    if (j->state == JOB_RUNNABLE) {
+        if (j->bytes >= j->cmd.len) {
+            hmm_gpu_job_move(s, j, JOB_DONE);
+        } else {
+            /* round robin: to the back of the line */
+            hmm_gpu_job_move(s, j, JOB_RUNNABLE);
+        }
     }
     return moved;
 }
 
-/* Fetch the command at CMDQ_HEAD. Returns false on a fatal error. */
+static void hmm_gpu_tlb_inv_cmd(HmmGpuState *s, HmmGpuJob *j)
+{
+    const struct hmm_gpu_cmd *c = &j->cmd;
+    unsigned n = hmm_gpu_tlb_invalidate(s, c->ctx, c->dst, c->len);
+
+    s->cnt_tlb_invalidations++;
+    trace_hmm_gpu_tlb_inv(c->cmd_id, c->ctx, c->dst, c->len, n);
+    hmm_gpu_trace_event(s, HMM_GPU_TRACE_EV_TLB_INV, c, c->dst, c->len);
+}
+
+/* Fetch the command at CMDQ_HEAD into a new job. False on a fatal error. */
 static bool hmm_gpu_fetch(HmmGpuState *s)
 {
     uint64_t addr = s->cmdq_base + (uint64_t)s->cmdq_head * HMM_GPU_CMD_SIZE;
     uint64_t bad_addr = addr;
-    struct hmm_gpu_cmd *c = &s->cur;
+    HmmGpuJob *j = g_new0(HmmGpuJob, 1);
+    struct hmm_gpu_cmd *c = &j->cmd;
     MemTxResult res;
 
     res = pci_dma_read(PCI_DEVICE(s), addr, c, sizeof(*c));
@@ -399,69 +1091,70 @@ static bool hmm_gpu_fetch(HmmGpuState *s)
     c->dst = le64_to_cpu(c->dst);
     c->len = le64_to_cpu(c->len);
     c->pattern = le64_to_cpu(c->pattern);
-    hmm_gpu_trace_dma(s, HMM_GPU_ENGINE_QUEUE, HMM_GPU_TRACE_CMD_FETCH,
-                      HMM_GPU_DIR_READ, addr, sizeof(*c), res, c->cmd_id,
-                      c->ctx);
+    c->arg2 = le64_to_cpu(c->arg2);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_QUEUE, HMM_GPU_TRACE_CMD_FETCH,
+                      HMM_GPU_DIR_READ, addr, sizeof(*c), res, c, 0, 0, 0);
     if (res != MEMTX_OK) {
+        g_free(j);
         hmm_gpu_fatal(s, HMM_GPU_ERR_CMDQ_FETCH, addr, "command fetch failed");
         return false;
     }
     /* The slot is consumed: the driver may reuse it once HEAD moves on. */
     s->cmdq_head = (s->cmdq_head + 1) & (s->cmdq_size - 1);
 
-    s->cur_valid = true;
-    s->cur_done = false;
-    s->cur_bytes = 0;
-    trace_hmm_gpu_cmd_start(c->cmd_id, c->opcode, c->flags, c->src, c->dst,
-                            c->len);
-    s->cur_status = hmm_gpu_validate(s, &bad_addr);
-    if (s->cur_status != HMM_GPU_ERR_NONE) {
-        hmm_gpu_set_error(s, s->cur_status, bad_addr, "invalid command");
-        s->cur_done = true;
+    j->state = JOB_RUNNABLE;
+    QTAILQ_INSERT_TAIL(&s->runnable, j, link);
+    s->njobs++;
+    trace_hmm_gpu_cmd_start(c->cmd_id, c->opcode, c->flags, c->ctx, c->src,
+                            c->dst, c->len);
+    j->status = hmm_gpu_validate(c, &bad_addr);
+    if (j->status != HMM_GPU_ERR_NONE) {
+        hmm_gpu_job_fail(s, j, j->status, bad_addr, "invalid command");
     } else if (c->opcode == HMM_GPU_OP_NOP) {
-        s->cur_done = true;
-    } else if (c->opcode == HMM_GPU_OP_FILL) {
-        uint64_t pat = cpu_to_le64(c->pattern);
-        size_t i;
-
-        /* chunks are multiples of 8 bytes, so one buffer serves them all */
-        for (i = 0; i < HMM_GPU_CHUNK; i += sizeof(pat)) {
-            memcpy(s->bounce + i, &pat, sizeof(pat));
-        }
+        hmm_gpu_job_move(s, j, JOB_DONE);
+    } else if (c->opcode == HMM_GPU_OP_TLB_INVALIDATE) {
+        /* runs at once, never queued behind (possibly stalled) jobs */
+        hmm_gpu_tlb_inv_cmd(s, j);
+        hmm_gpu_job_move(s, j, JOB_DONE);
     }
     return true;
 }
 
-/* Post the completion for the current command. Returns false if fatal. */
-static bool hmm_gpu_complete(HmmGpuState *s)
+/* Post the completion of done job @j and free it. False if fatal. */
+static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
 {
     uint64_t addr = s->cplq_base + (uint64_t)s->cplq_tail * HMM_GPU_CPL_SIZE;
     struct hmm_gpu_cpl cpl;
     MemTxResult res;
 
     memset(&cpl, 0, sizeof(cpl));
-    cpl.cmd_id = cpu_to_le64(s->cur.cmd_id);
-    cpl.status = cpu_to_le32(s->cur_status);
-    cpl.opcode = cpu_to_le16(s->cur.opcode);
+    cpl.cmd_id = cpu_to_le64(j->cmd.cmd_id);
+    cpl.status = cpu_to_le32(j->status);
+    cpl.opcode = cpu_to_le16(j->cmd.opcode);
     cpl.phase = cpu_to_le16(s->cpl_phase);
-    cpl.bytes = cpu_to_le64(s->cur_bytes);
+    cpl.bytes = cpu_to_le64(j->bytes);
     cpl.timestamp_ns = cpu_to_le64(qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL));
 
     res = pci_dma_write(PCI_DEVICE(s), addr, &cpl, sizeof(cpl));
-    hmm_gpu_trace_dma(s, HMM_GPU_ENGINE_QUEUE, HMM_GPU_TRACE_CPL_WRITE,
-                      HMM_GPU_DIR_WRITE, addr, sizeof(cpl), res,
-                      s->cur.cmd_id, s->cur.ctx);
-    s->cur_valid = false;
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_QUEUE, HMM_GPU_TRACE_CPL_WRITE,
+                      HMM_GPU_DIR_WRITE, addr, sizeof(cpl), res, &j->cmd,
+                      0, 0, 0);
+    QTAILQ_REMOVE(&s->done, j, link);
+    s->njobs--;
     if (res != MEMTX_OK) {
         s->cnt_cmds_failed++;
+        g_free(j);
         hmm_gpu_fatal(s, HMM_GPU_ERR_CPLQ_WRITE, addr,
                       "completion write failed");
         return false;
     }
-    trace_hmm_gpu_cmd_done(s->cur.cmd_id, s->cur_status, s->cur_bytes,
+    trace_hmm_gpu_cmd_done(j->cmd.cmd_id, j->status, j->bytes,
                            s->cplq_tail, s->cpl_phase);
-    if (s->cur_status == HMM_GPU_ERR_NONE) {
+    if (j->status == HMM_GPU_ERR_NONE) {
         s->cnt_cmds_completed++;
+        if (hmm_gpu_is_va_op(j->cmd.opcode)) {
+            s->cnt_va_jobs_completed++;
+        }
     } else {
         s->cnt_cmds_failed++;
     }
@@ -470,55 +1163,116 @@ static bool hmm_gpu_complete(HmmGpuState *s)
         s->cpl_phase ^= 1;
     }
     hmm_gpu_raise(s, HMM_GPU_INTR_CPL, s->vec_cpl,
-                  s->cur.flags & HMM_GPU_CMD_F_IRQ);
+                  j->cmd.flags & HMM_GPU_CMD_F_IRQ);
+    g_free(j);
     return true;
 }
 
+#define HMM_GPU_ALIVE(s) \
+    (!((s)->status & HMM_GPU_STATUS_FATAL) && hmm_gpu_queues_enabled(s))
+
 /*
- * The engine. Runs in a bottom half, never inside the doorbell write, and
- * does a bounded amount of work per run (see HMM_GPU_BH_*).
+ * The engine. Runs in a bottom half, never inside an MMIO write, and does a
+ * bounded amount of work per run (see HMM_GPU_BH_*): fetch what the
+ * completion ring has room for, give every runnable job one step in turn
+ * until the byte budget is used, then post completions. Stalled jobs sit on
+ * their own list, so they hold up neither fetching nor other jobs.
  */
 static void hmm_gpu_bh(void *opaque)
 {
     HmmGpuState *s = opaque;
     uint64_t bytes = 0;
     int cmds = 0;
+    HmmGpuJob *j;
 
-    while (!(s->status & HMM_GPU_STATUS_FATAL) && hmm_gpu_queues_enabled(s)) {
-        if (cmds >= HMM_GPU_BH_CMDS || bytes >= HMM_GPU_BH_BYTES) {
-            qemu_bh_schedule(s->bh);
+    hmm_gpu_post_faults(s);
+    while (HMM_GPU_ALIVE(s) && cmds < HMM_GPU_BH_CMDS && hmm_gpu_can_fetch(s)) {
+        if (!hmm_gpu_fetch(s)) {
             break;
         }
-        if (!s->cur_valid) {
-            if (s->cmdq_head == s->cmdq_tail) {
-                break;                          /* idle */
-            }
-            /* every fetched command must have a completion slot */
-            if (hmm_gpu_cplq_full(s)) {
-                trace_hmm_gpu_cplq_full(s->cplq_head, s->cplq_tail);
-                break;                          /* CPLQ_HEAD write kicks us */
-            }
-            if (!hmm_gpu_fetch(s)) {
-                break;
-            }
-            cmds++;
-        }
-        if (!s->cur_done) {
-            bytes += hmm_gpu_run_data(s, HMM_GPU_BH_BYTES - bytes);
-            if (!s->cur_done) {
-                continue;                       /* budget check above */
-            }
-        }
+        cmds++;
+    }
+    while (HMM_GPU_ALIVE(s) && bytes < HMM_GPU_BH_BYTES &&
+           !QTAILQ_EMPTY(&s->runnable)) {
+        /* a step that stalls or fails moves no data: still count it */
+        bytes += MAX(hmm_gpu_step(s, QTAILQ_FIRST(&s->runnable)), 64);
+    }
+    while (HMM_GPU_ALIVE(s) && (j = QTAILQ_FIRST(&s->done))) {
         /* the driver may have moved CPLQ_HEAD backwards meanwhile */
         if (hmm_gpu_cplq_full(s)) {
             trace_hmm_gpu_cplq_full(s->cplq_head, s->cplq_tail);
             break;
         }
-        if (!hmm_gpu_complete(s)) {
+        if (!hmm_gpu_complete(s, j)) {
             break;
         }
     }
+    if (HMM_GPU_ALIVE(s) &&
+        (!QTAILQ_EMPTY(&s->runnable) || hmm_gpu_can_fetch(s) ||
+         (!QTAILQ_EMPTY(&s->done) && !hmm_gpu_cplq_full(s)))) {
+        qemu_bh_schedule(s->bh);
+    }
     hmm_gpu_update_busy(s);
+}
+
+/* ---- faults: replay and cancel (register side) --------------------------- */
+
+static void hmm_gpu_fault_replay(HmmGpuState *s)
+{
+    static const struct hmm_gpu_cmd none;
+    HmmGpuJob *j;
+    unsigned n = 0;
+
+    while ((j = QTAILQ_FIRST(&s->stalled))) {
+        /* an unposted record is dropped: a re-walk that faults makes anew */
+        j->rec_pending = false;
+        j->token = 0;
+        hmm_gpu_job_move(s, j, JOB_RUNNABLE);
+        n++;
+    }
+    s->cnt_faults_replayed += n;
+    trace_hmm_gpu_replay(n);
+    hmm_gpu_trace_event(s, HMM_GPU_TRACE_EV_REPLAY, &none, 0, n);
+    hmm_gpu_kick(s);
+}
+
+static void hmm_gpu_fault_cancel(HmmGpuState *s, uint32_t token)
+{
+    HmmGpuJob *j;
+
+    QTAILQ_FOREACH(j, &s->stalled, link) {
+        if (!j->rec_pending && j->token && j->token == token) {
+            trace_hmm_gpu_cancel(token, j->cmd.cmd_id, j->fault_va);
+            hmm_gpu_trace_event(s, HMM_GPU_TRACE_EV_CANCEL, &j->cmd,
+                                j->fault_va, token);
+            s->cnt_faults_cancelled++;
+            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_FAULT, j->fault_va,
+                             "faulting job cancelled");
+            hmm_gpu_kick(s);
+            return;
+        }
+    }
+    trace_hmm_gpu_bad_token(token);
+    hmm_gpu_set_error(s, HMM_GPU_ERR_BAD_TOKEN, token,
+                      "FAULT_CANCEL token names no stalled job");
+}
+
+/*
+ * Disabling the fault queue: records not yet written can no longer be, so
+ * those jobs fail; jobs whose record the driver has stay stalled.
+ */
+static void hmm_gpu_fail_unposted(HmmGpuState *s)
+{
+    HmmGpuJob *j, *next;
+
+    QTAILQ_FOREACH_SAFE(j, &s->stalled, link, next) {
+        if (j->rec_pending) {
+            j->rec_pending = false;
+            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_FAULT, j->fault_va,
+                             "fault queue disabled with a fault pending");
+        }
+    }
+    hmm_gpu_kick(s);
 }
 
 /* ---- reset ------------------------------------------------------------- */
@@ -527,6 +1281,9 @@ static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
 {
     trace_hmm_gpu_reset(why);
     qemu_bh_cancel(s->bh);
+    /* stalled and in-flight jobs vanish without completions */
+    hmm_gpu_free_jobs(s);
+    hmm_gpu_tlb_flush(s);
     s->status = HMM_GPU_STATUS_READY;
     s->error = HMM_GPU_ERR_NONE;
     s->error_addr = 0;
@@ -534,6 +1291,7 @@ static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
     s->intr_mask = 0;
     s->vec_cpl = HMM_GPU_VEC_CPL_DEFAULT;
     s->vec_err = HMM_GPU_VEC_ERR_DEFAULT;
+    s->vec_fault = HMM_GPU_VEC_FAULT_DEFAULT;
     s->scratch = 0;
     s->cmdq_base = 0;
     s->cmdq_size = 0;
@@ -546,11 +1304,15 @@ static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
     s->cplq_tail = 0;
     s->cplq_ctrl = 0;
     s->cpl_phase = 1;
-    s->cur_valid = false;
-    s->cur_done = false;
-    s->cur_bytes = 0;
-    s->cur_status = HMM_GPU_ERR_NONE;
-    memset(&s->cur, 0, sizeof(s->cur));
+    s->ctx_base = 0;
+    s->ctx_count = 0;
+    s->mmu_ctrl = 0;
+    s->faultq_base = 0;
+    s->faultq_size = 0;
+    s->faultq_head = 0;
+    s->faultq_tail = 0;
+    s->faultq_ctrl = 0;
+    s->next_token = 0;
     hmm_gpu_update_intx(s);
 }
 
@@ -586,7 +1348,7 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
         val = (HMM_GPU_VERSION_MAJOR << 16) | HMM_GPU_VERSION_MINOR;
         break;
     case HMM_GPU_REG_CAPS:
-        val = HMM_GPU_CAP_DMA_ENGINE;
+        val = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU;
         break;
     case HMM_GPU_REG_RESET:
         val = 0;                                /* write-only */
@@ -660,6 +1422,49 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
     case HMM_GPU_REG_CPLQ_CTRL:
         val = s->cplq_ctrl;
         break;
+    case HMM_GPU_REG_CTX_BASE_LO:
+        val = (uint32_t)s->ctx_base;
+        break;
+    case HMM_GPU_REG_CTX_BASE_HI:
+        val = s->ctx_base >> 32;
+        break;
+    case HMM_GPU_REG_CTX_COUNT:
+        val = s->ctx_count;
+        break;
+    case HMM_GPU_REG_MMU_CTRL:
+        val = s->mmu_ctrl;
+        break;
+    case HMM_GPU_REG_TLB_ENTRIES:
+        val = HMM_GPU_TLB_SIZE;
+        break;
+    case HMM_GPU_REG_FAULTQ_BASE_LO:
+        val = (uint32_t)s->faultq_base;
+        break;
+    case HMM_GPU_REG_FAULTQ_BASE_HI:
+        val = s->faultq_base >> 32;
+        break;
+    case HMM_GPU_REG_FAULTQ_SIZE:
+        val = s->faultq_size;
+        break;
+    case HMM_GPU_REG_FAULTQ_HEAD:
+        val = s->faultq_head;
+        break;
+    case HMM_GPU_REG_FAULTQ_TAIL:
+        val = s->faultq_tail;
+        break;
+    case HMM_GPU_REG_FAULTQ_CTRL:
+        val = s->faultq_ctrl;
+        break;
+    case HMM_GPU_REG_FAULT_REPLAY:
+    case HMM_GPU_REG_FAULT_CANCEL:
+        val = 0;                                /* write-only */
+        break;
+    case HMM_GPU_REG_VEC_FAULT:
+        val = s->vec_fault;
+        break;
+    case HMM_GPU_REG_STALLED:
+        val = s->nstalled;
+        break;
     default:
         hmm_gpu_reg_error(s, addr, 0, size, "read of undefined register");
         return 0;
@@ -689,11 +1494,11 @@ static void hmm_gpu_write_cmdq_ctrl(HmmGpuState *s, uint32_t val)
         }
         trace_hmm_gpu_queue_enable("cmdq", s->cmdq_base, s->cmdq_size);
     }
-    /* enabling or disabling starts the ring over */
+    /* enabling or disabling starts the ring over, dropping in-flight jobs */
     s->cmdq_head = 0;
     s->cmdq_tail = 0;
     s->cmdq_ctrl = val;
-    s->cur_valid = false;
+    hmm_gpu_free_jobs(s);
     hmm_gpu_update_busy(s);
 }
 
@@ -718,6 +1523,46 @@ static void hmm_gpu_write_cplq_ctrl(HmmGpuState *s, uint32_t val)
     hmm_gpu_kick(s);
 }
 
+static void hmm_gpu_write_faultq_ctrl(HmmGpuState *s, uint32_t val)
+{
+    val &= HMM_GPU_QCTRL_ENABLE;
+    if (val == (s->faultq_ctrl & HMM_GPU_QCTRL_ENABLE)) {
+        return;
+    }
+    if (val) {
+        if (!hmm_gpu_ring_ok(s->faultq_base, s->faultq_size)) {
+            hmm_gpu_fatal(s, HMM_GPU_ERR_QUEUE_CONFIG, s->faultq_base,
+                          "fault queue enabled with bad base/size");
+            return;
+        }
+        trace_hmm_gpu_queue_enable("faultq", s->faultq_base, s->faultq_size);
+    }
+    s->faultq_head = 0;
+    s->faultq_tail = 0;
+    s->faultq_ctrl = val;
+    if (!val) {
+        hmm_gpu_fail_unposted(s);
+    }
+}
+
+static void hmm_gpu_write_mmu_ctrl(HmmGpuState *s, uint32_t val)
+{
+    val &= HMM_GPU_MMU_ENABLE;
+    if (val == (s->mmu_ctrl & HMM_GPU_MMU_ENABLE)) {
+        return;
+    }
+    if (val && ((s->ctx_base & (HMM_GPU_RING_ALIGN - 1)) ||
+                s->ctx_count == 0 || s->ctx_count > HMM_GPU_MAX_CTX)) {
+        hmm_gpu_fatal(s, HMM_GPU_ERR_QUEUE_CONFIG, s->ctx_base,
+                      "MMU enabled with bad context table base/count");
+        return;
+    }
+    trace_hmm_gpu_mmu_enable(val, s->ctx_base, s->ctx_count);
+    /* the context table may differ next time: start from an empty TLB */
+    hmm_gpu_tlb_flush(s);
+    s->mmu_ctrl = val;
+}
+
 static void hmm_gpu_write_vector(HmmGpuState *s, hwaddr addr, uint32_t *vec,
                                  uint32_t val)
 {
@@ -740,6 +1585,8 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
     HmmGpuState *s = opaque;
     bool cmdq_on = s->cmdq_ctrl & HMM_GPU_QCTRL_ENABLE;
     bool cplq_on = s->cplq_ctrl & HMM_GPU_QCTRL_ENABLE;
+    bool faultq_on = s->faultq_ctrl & HMM_GPU_QCTRL_ENABLE;
+    bool mmu_on = s->mmu_ctrl & HMM_GPU_MMU_ENABLE;
 
     if (size != 4 || (addr & 3)) {
         hmm_gpu_reg_error(s, addr, val, size,
@@ -760,6 +1607,9 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
     case HMM_GPU_REG_NUM_VECTORS:
     case HMM_GPU_REG_CMDQ_HEAD:
     case HMM_GPU_REG_CPLQ_TAIL:
+    case HMM_GPU_REG_TLB_ENTRIES:
+    case HMM_GPU_REG_FAULTQ_TAIL:
+    case HMM_GPU_REG_STALLED:
         hmm_gpu_reg_error(s, addr, val, size, "write to read-only register");
         break;
     case HMM_GPU_REG_RESET:
@@ -774,7 +1624,8 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
         hmm_gpu_update_intx(s);
         break;
     case HMM_GPU_REG_INTR_MASK:
-        s->intr_mask = val & (HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR);
+        s->intr_mask = val & (HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR |
+                              HMM_GPU_INTR_FAULT);
         hmm_gpu_update_intx(s);
         break;
     case HMM_GPU_REG_VEC_CPL:
@@ -782,6 +1633,64 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
         break;
     case HMM_GPU_REG_VEC_ERR:
         hmm_gpu_write_vector(s, addr, &s->vec_err, val);
+        break;
+    case HMM_GPU_REG_VEC_FAULT:
+        hmm_gpu_write_vector(s, addr, &s->vec_fault, val);
+        break;
+    case HMM_GPU_REG_CTX_BASE_LO:
+    case HMM_GPU_REG_CTX_BASE_HI:
+    case HMM_GPU_REG_CTX_COUNT:
+        if (mmu_on) {
+            hmm_gpu_reg_error(s, addr, val, size,
+                              "context table reconfigured while MMU enabled");
+        } else if (addr == HMM_GPU_REG_CTX_BASE_LO) {
+            s->ctx_base = deposit64(s->ctx_base, 0, 32, val);
+        } else if (addr == HMM_GPU_REG_CTX_BASE_HI) {
+            s->ctx_base = deposit64(s->ctx_base, 32, 32, val);
+        } else {
+            s->ctx_count = val;
+        }
+        break;
+    case HMM_GPU_REG_MMU_CTRL:
+        hmm_gpu_write_mmu_ctrl(s, val);
+        break;
+    case HMM_GPU_REG_FAULTQ_BASE_LO:
+    case HMM_GPU_REG_FAULTQ_BASE_HI:
+    case HMM_GPU_REG_FAULTQ_SIZE:
+        if (faultq_on) {
+            hmm_gpu_reg_error(s, addr, val, size,
+                              "fault queue reconfigured while enabled");
+        } else if (addr == HMM_GPU_REG_FAULTQ_BASE_LO) {
+            s->faultq_base = deposit64(s->faultq_base, 0, 32, val);
+        } else if (addr == HMM_GPU_REG_FAULTQ_BASE_HI) {
+            s->faultq_base = deposit64(s->faultq_base, 32, 32, val);
+        } else {
+            s->faultq_size = val;
+        }
+        break;
+    case HMM_GPU_REG_FAULTQ_CTRL:
+        hmm_gpu_write_faultq_ctrl(s, val);
+        break;
+    case HMM_GPU_REG_FAULTQ_HEAD:
+        if (!faultq_on) {
+            hmm_gpu_reg_error(s, addr, val, size,
+                              "FAULTQ_HEAD write while fault queue disabled");
+        } else if (val >= s->faultq_size ||
+                   ((val - s->faultq_head) & (s->faultq_size - 1)) >
+                   ((s->faultq_tail - s->faultq_head) &
+                    (s->faultq_size - 1))) {
+            hmm_gpu_fatal(s, HMM_GPU_ERR_DOORBELL, val,
+                          "FAULTQ_HEAD out of range");
+        } else {
+            s->faultq_head = val;
+            hmm_gpu_kick(s);                    /* held records may fit now */
+        }
+        break;
+    case HMM_GPU_REG_FAULT_REPLAY:
+        hmm_gpu_fault_replay(s);
+        break;
+    case HMM_GPU_REG_FAULT_CANCEL:
+        hmm_gpu_fault_cancel(s, val);
         break;
     case HMM_GPU_REG_SCRATCH:
         s->scratch = val;
@@ -922,6 +1831,7 @@ static void hmm_gpu_exit(PCIDevice *pdev)
     /* deleting a BH also cancels it; nothing else runs device code */
     qemu_bh_delete(s->bh);
     s->bh = NULL;
+    hmm_gpu_free_jobs(s);
     g_free(s->bounce);
     s->bounce = NULL;
     msix_unuse_all_vectors(pdev);
@@ -931,6 +1841,10 @@ static void hmm_gpu_exit(PCIDevice *pdev)
 static void hmm_gpu_instance_init(Object *obj)
 {
     HmmGpuState *s = HMM_GPU(obj);
+
+    QTAILQ_INIT(&s->runnable);
+    QTAILQ_INIT(&s->stalled);
+    QTAILQ_INIT(&s->done);
 
     /*
      * Hybrid PCI/PCIe device: the PCI core leaves QEMU_PCI_CAP_EXPRESS to us
@@ -954,6 +1868,26 @@ static void hmm_gpu_instance_init(Object *obj)
                                    &s->cnt_irqs_raised, OBJ_PROP_FLAG_READ);
     object_property_add_uint64_ptr(obj, "guest-errors",
                                    &s->cnt_guest_errors, OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "faults-raised",
+                                   &s->cnt_faults_raised, OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "faults-replayed",
+                                   &s->cnt_faults_replayed,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "faults-cancelled",
+                                   &s->cnt_faults_cancelled,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "tlb-hits",
+                                   &s->cnt_tlb_hits, OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "tlb-misses",
+                                   &s->cnt_tlb_misses, OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "tlb-invalidations",
+                                   &s->cnt_tlb_invalidations,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "ptw-reads",
+                                   &s->cnt_ptw_reads, OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "va-jobs-completed",
+                                   &s->cnt_va_jobs_completed,
+                                   OBJ_PROP_FLAG_READ);
 }
 
 /* Ring state lives in guest memory and in-flight DMA; not worth migrating. */
