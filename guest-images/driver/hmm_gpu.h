@@ -8,6 +8,7 @@
 #include <linux/bitmap.h>
 #include <linux/completion.h>
 #include <linux/device.h>
+#include <linux/idr.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/kref.h>
@@ -36,7 +37,19 @@
 #define HMM_GPU_TAG_BITS	16
 #define HMM_GPU_TAG_MASK	((1u << HMM_GPU_TAG_BITS) - 1)
 
+/*
+ * Tags only urgent commands (TLB invalidations) may use: jobs stalled on
+ * faults must never keep the fence that unblocks a notifier out of the ring.
+ */
+#define HMM_GPU_URGENT_TAGS	8
+
+/* Device contexts the driver uses (the device allows HMM_GPU_MAX_CTX). */
+#define HMM_GPU_NUM_CTX		256
+/* Fault queue entries (power of two). */
+#define HMM_GPU_FAULTQ_ENTRIES	256
+
 struct hmm_gpu_batch;
+struct hmm_gpu_svm;
 
 /* One command the device has been given and not yet completed. */
 struct hmm_gpu_slot {
@@ -59,6 +72,8 @@ struct hmm_gpu_batch {
 	u32			first_fail;	/* its index, U32_MAX if none */
 	int			err;		/* errno for a batch-wide failure */
 	u64			bytes;		/* bytes the completions reported */
+	unsigned int		progress;	/* faults serviced for the batch */
+	void			*priv;		/* submitter's (struct hmm_gpu_op) */
 };
 
 struct hmm_gpu_stats {
@@ -73,6 +88,11 @@ struct hmm_gpu_stats {
 	u64	timeouts;
 	u64	resets;
 	u64	spurious_cpl;
+	u64	irq_fault;
+	u64	fault_recs;
+	u64	fault_rounds;
+	u64	replays;
+	u64	cancels;
 };
 
 struct hmm_gpu_dev {
@@ -81,7 +101,7 @@ struct hmm_gpu_dev {
 	struct kref		ref;		/* the PCI binding and each open file */
 	int			id;		/* N in /dev/hmm_gpuN */
 	char			name[20];
-	char			irq_name[HMM_GPU_NUM_VECTORS][24];
+	char			irq_name[HMM_GPU_NUM_VECTORS][32];
 	struct miscdevice	misc;
 	struct dentry		*debugfs;
 
@@ -122,6 +142,25 @@ struct hmm_gpu_dev {
 
 	/* Held for read by every ioctl; remove() takes it for write. */
 	struct rw_semaphore	remove_sem;
+
+	/* Device MMU (hmm_gpu_mmu.c): context table and fault queue. */
+	struct hmm_gpu_ctx_desc	*ctx_table;
+	dma_addr_t		ctx_table_dma;
+	u32			nctx;
+	struct ida		ctx_ida;
+	struct hmm_gpu_fault_rec *fq;
+	dma_addr_t		fq_dma;
+	u32			fq_head;	/* under lock */
+	struct workqueue_struct	*fault_wq;
+	struct work_struct	fault_work;
+	/* Fault worker private: drained records and a pfn window. */
+	struct hmm_gpu_fault	*faults;
+	unsigned long		*fault_pfns;
+
+	/* /dev/hmm_dmirrorN (hmm_gpu_dmirror.c), first two devices only. */
+	struct miscdevice	dmirror;
+	char			dmirror_name[24];
+	bool			dmirror_registered;
 };
 
 static inline u32 hmm_gpu_read(struct hmm_gpu_dev *gdev, u32 reg)
@@ -148,7 +187,12 @@ struct hmm_gpu_cmd_desc {
 	u64	dst;
 	u64	len;
 	u64	pattern;
+	u64	arg2;
+	bool	urgent;		/* may use the reserved tags */
 };
+
+/* hmm_gpu_main.c */
+void hmm_gpu_put(struct hmm_gpu_dev *gdev);
 
 /* hmm_gpu_queue.c */
 int hmm_gpu_queue_alloc(struct hmm_gpu_dev *gdev);
@@ -163,6 +207,50 @@ int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 		   const struct hmm_gpu_cmd_desc *desc);
 void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch);
 void hmm_gpu_shutdown(struct hmm_gpu_dev *gdev);
+
+/* A fault record as the fault worker sees it (CPU byte order). */
+struct hmm_gpu_fault {
+	u64			va;
+	u64			cmd_id;
+	u32			ctx;
+	u16			token;
+	u8			access;		/* enum hmm_gpu_access */
+	u8			reason;
+	/* Filled by the worker. */
+	struct hmm_gpu_svm	*svm;		/* referenced; NULL: unknown job */
+	u64			ahead_end;	/* fault ahead up to here */
+	int			err;
+	bool			gone;		/* the job is not stalled any more */
+};
+
+/* hmm_gpu_mmu.c */
+int hmm_gpu_mmu_alloc(struct hmm_gpu_dev *gdev);
+void hmm_gpu_mmu_free(struct hmm_gpu_dev *gdev);
+void hmm_gpu_mmu_hw_init(struct hmm_gpu_dev *gdev);
+irqreturn_t hmm_gpu_fault_irq(int irq, void *data);
+int hmm_gpu_tlb_invalidate(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len);
+void hmm_gpu_ctx_set(struct hmm_gpu_dev *gdev, u32 ctx, dma_addr_t root);
+
+/* hmm_gpu_svm.c */
+struct hmm_gpu_svm_bind;
+struct hmm_gpu_svm_job;
+struct hmm_gpu_svm_stats;
+struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struct *mm);
+void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm);
+u32 hmm_gpu_svm_ctx(struct hmm_gpu_svm *svm);
+struct mm_struct *hmm_gpu_svm_mm(struct hmm_gpu_svm *svm);
+int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job);
+void hmm_gpu_svm_stats(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_stats *st);
+void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n);
+int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubuf,
+		   u64 len, u64 *faults, u64 *pages);
+int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
+			 u64 npages, u64 *done);
+
+/* hmm_gpu_dmirror.c */
+extern bool hmm_gpu_dmirror_enable;
+void hmm_gpu_dmirror_register(struct hmm_gpu_dev *gdev);
+void hmm_gpu_dmirror_unregister(struct hmm_gpu_dev *gdev);
 
 /* hmm_gpu_xfer.c */
 struct hmm_gpu_xfer;

@@ -4,8 +4,10 @@
  * by QEMU (see qemu-devices/include/hmm_gpu_regs.h for the device ABI).
  *
  * This file holds the PCI glue: probe/remove, interrupts, the /dev/hmm_gpuN
- * character device and debugfs. hmm_gpu_queue.c drives the rings and
- * hmm_gpu_xfer.c implements HMM_GPU_IOC_XFER.
+ * character device and debugfs. hmm_gpu_queue.c drives the rings,
+ * hmm_gpu_xfer.c implements HMM_GPU_IOC_XFER, hmm_gpu_mmu.c the device MMU,
+ * hmm_gpu_svm.c shared virtual memory (HMM_GPU_IOC_SVM_*) and
+ * hmm_gpu_dmirror.c test_hmm's /dev/hmm_dmirrorN interface.
  */
 #include <linux/debugfs.h>
 #include <linux/dma-mapping.h>
@@ -29,11 +31,22 @@ static struct dentry *hmm_gpu_debugfs_root;
 struct hmm_gpu_file {
 	struct hmm_gpu_dev	*gdev;
 	u32			ctx;
+	struct mutex		bind_lock;	/* protects svm */
+	struct hmm_gpu_svm	*svm;		/* after SVM_BIND */
 };
 
 static void hmm_gpu_release_dev(struct kref *ref)
 {
-	kfree(container_of(ref, struct hmm_gpu_dev, ref));
+	struct hmm_gpu_dev *gdev = container_of(ref, struct hmm_gpu_dev, ref);
+
+	ida_destroy(&gdev->ctx_ida);
+	pci_dev_put(gdev->pdev);
+	kfree(gdev);
+}
+
+void hmm_gpu_put(struct hmm_gpu_dev *gdev)
+{
+	kref_put(&gdev->ref, hmm_gpu_release_dev);
 }
 
 static int hmm_gpu_open(struct inode *inode, struct file *file)
@@ -49,6 +62,7 @@ static int hmm_gpu_open(struct inode *inode, struct file *file)
 	kref_get(&gdev->ref);
 	hf->gdev = gdev;
 	hf->ctx = atomic_inc_return(&gdev->next_ctx);
+	mutex_init(&hf->bind_lock);
 	file->private_data = hf;
 	return nonseekable_open(inode, file);
 }
@@ -57,7 +71,9 @@ static int hmm_gpu_release(struct inode *inode, struct file *file)
 {
 	struct hmm_gpu_file *hf = file->private_data;
 
-	kref_put(&hf->gdev->ref, hmm_gpu_release_dev);
+	if (hf->svm)
+		hmm_gpu_svm_destroy(hf->svm);
+	hmm_gpu_put(hf->gdev);
 	kfree(hf);
 	return 0;
 }
@@ -75,7 +91,9 @@ static int hmm_gpu_ioctl_info(struct hmm_gpu_file *hf, void __user *uarg)
 	info.max_xfer = gdev->max_xfer;
 	info.max_len = HMM_GPU_XFER_MAX_LEN;
 	info.queue_entries = HMM_GPU_QUEUE_ENTRIES;
-	info.ctx = hf->ctx;
+	mutex_lock(&hf->bind_lock);
+	info.ctx = hf->svm ? hmm_gpu_svm_ctx(hf->svm) : hf->ctx;
+	mutex_unlock(&hf->bind_lock);
 	info.domain = pci_domain_nr(pdev->bus);
 	info.bus = pdev->bus->number;
 	info.dev = PCI_SLOT(pdev->devfn);
@@ -121,6 +139,94 @@ static int hmm_gpu_ioctl_xfer(struct hmm_gpu_file *hf, void __user *uarg)
 	return ret;
 }
 
+static int hmm_gpu_ioctl_svm_bind(struct hmm_gpu_file *hf, void __user *uarg)
+{
+	struct hmm_gpu_svm_bind bind;
+	struct hmm_gpu_svm *svm;
+	int ret = 0;
+
+	if (copy_from_user(&bind, uarg, sizeof(bind)))
+		return -EFAULT;
+	if (bind.flags || bind.rsvd[0] || bind.rsvd[1])
+		return -EINVAL;
+
+	mutex_lock(&hf->bind_lock);
+	if (hf->svm) {
+		ret = -EBUSY;
+		goto out;
+	}
+	svm = hmm_gpu_svm_create(hf->gdev, current->mm);
+	if (IS_ERR(svm)) {
+		ret = PTR_ERR(svm);
+		goto out;
+	}
+	bind.ctx = hmm_gpu_svm_ctx(svm);
+	if (copy_to_user(uarg, &bind, sizeof(bind))) {
+		hmm_gpu_svm_destroy(svm);
+		ret = -EFAULT;
+		goto out;
+	}
+	hf->svm = svm;
+out:
+	mutex_unlock(&hf->bind_lock);
+	return ret;
+}
+
+/* The bound context, if the caller's mm is the one it mirrors. */
+static int hmm_gpu_file_svm(struct hmm_gpu_file *hf, struct hmm_gpu_svm **svmp)
+{
+	struct hmm_gpu_svm *svm;
+
+	mutex_lock(&hf->bind_lock);
+	svm = hf->svm;
+	mutex_unlock(&hf->bind_lock);
+	if (!svm)
+		return -ENOTCONN;
+	if (hmm_gpu_svm_mm(svm) != current->mm)
+		return -EINVAL;
+	*svmp = svm;
+	return 0;
+}
+
+static int hmm_gpu_ioctl_svm_job(struct hmm_gpu_file *hf, void __user *uarg)
+{
+	struct hmm_gpu_svm_job job;
+	struct hmm_gpu_svm *svm;
+	int ret;
+
+	ret = hmm_gpu_file_svm(hf, &svm);
+	if (ret)
+		return ret;
+	if (copy_from_user(&job, uarg, sizeof(job)))
+		return -EFAULT;
+	job.result = 0;
+	job.faults = 0;
+	job.pages = 0;
+	job.status = 0;
+
+	ret = hmm_gpu_svm_job(svm, &job);
+
+	if (copy_to_user(uarg, &job, sizeof(job)) && !ret)
+		ret = -EFAULT;
+	return ret;
+}
+
+static int hmm_gpu_ioctl_svm_stats(struct hmm_gpu_file *hf, void __user *uarg)
+{
+	struct hmm_gpu_svm_stats st;
+	struct hmm_gpu_svm *svm;
+
+	mutex_lock(&hf->bind_lock);
+	svm = hf->svm;
+	mutex_unlock(&hf->bind_lock);
+	if (!svm)
+		return -ENOTCONN;
+	hmm_gpu_svm_stats(svm, &st);
+	if (copy_to_user(uarg, &st, sizeof(st)))
+		return -EFAULT;
+	return 0;
+}
+
 static long hmm_gpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct hmm_gpu_file *hf = file->private_data;
@@ -140,6 +246,15 @@ static long hmm_gpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 		break;
 	case HMM_GPU_IOC_XFER:
 		ret = hmm_gpu_ioctl_xfer(hf, uarg);
+		break;
+	case HMM_GPU_IOC_SVM_BIND:
+		ret = hmm_gpu_ioctl_svm_bind(hf, uarg);
+		break;
+	case HMM_GPU_IOC_SVM_JOB:
+		ret = hmm_gpu_ioctl_svm_job(hf, uarg);
+		break;
+	case HMM_GPU_IOC_SVM_STATS:
+		ret = hmm_gpu_ioctl_svm_stats(hf, uarg);
 		break;
 	default:
 		ret = -ENOTTY;
@@ -188,6 +303,11 @@ static int hmm_gpu_stats_show(struct seq_file *s, void *unused)
 	seq_printf(s, "timeouts: %llu\n", st.timeouts);
 	seq_printf(s, "resets: %llu\n", st.resets);
 	seq_printf(s, "spurious_cpl: %llu\n", st.spurious_cpl);
+	seq_printf(s, "irq_fault: %llu\n", st.irq_fault);
+	seq_printf(s, "fault_recs: %llu\n", st.fault_recs);
+	seq_printf(s, "fault_rounds: %llu\n", st.fault_rounds);
+	seq_printf(s, "replays: %llu\n", st.replays);
+	seq_printf(s, "cancels: %llu\n", st.cancels);
 	seq_printf(s, "last_error: %u\n", last_err);
 	seq_printf(s, "last_error_addr: %#llx\n", last_addr);
 	seq_printf(s, "sq_tail: %u\n", sq_tail);
@@ -195,6 +315,8 @@ static int hmm_gpu_stats_show(struct seq_file *s, void *unused)
 	seq_printf(s, "hw_status: %#x\n", hmm_gpu_read(gdev, HMM_GPU_REG_STATUS));
 	seq_printf(s, "hw_cmdq_head: %u\n", hmm_gpu_read(gdev, HMM_GPU_REG_CMDQ_HEAD));
 	seq_printf(s, "hw_cplq_tail: %u\n", hmm_gpu_read(gdev, HMM_GPU_REG_CPLQ_TAIL));
+	seq_printf(s, "hw_faultq_tail: %u\n", hmm_gpu_read(gdev, HMM_GPU_REG_FAULTQ_TAIL));
+	seq_printf(s, "hw_stalled: %u\n", hmm_gpu_read(gdev, HMM_GPU_REG_STALLED));
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(hmm_gpu_stats);
@@ -255,6 +377,8 @@ static int hmm_gpu_setup_irqs(struct hmm_gpu_dev *gdev)
 		 "%s-cpl", gdev->name);
 	snprintf(gdev->irq_name[HMM_GPU_VEC_ERR_DEFAULT], sizeof(gdev->irq_name[0]),
 		 "%s-err", gdev->name);
+	snprintf(gdev->irq_name[HMM_GPU_VEC_FAULT_DEFAULT], sizeof(gdev->irq_name[0]),
+		 "%s-fault", gdev->name);
 
 	ret = request_irq(pci_irq_vector(pdev, HMM_GPU_VEC_CPL_DEFAULT), hmm_gpu_cpl_irq, 0,
 			  gdev->irq_name[HMM_GPU_VEC_CPL_DEFAULT], gdev);
@@ -264,8 +388,14 @@ static int hmm_gpu_setup_irqs(struct hmm_gpu_dev *gdev)
 			  gdev->irq_name[HMM_GPU_VEC_ERR_DEFAULT], gdev);
 	if (ret)
 		goto err_cpl;
+	ret = request_irq(pci_irq_vector(pdev, HMM_GPU_VEC_FAULT_DEFAULT), hmm_gpu_fault_irq, 0,
+			  gdev->irq_name[HMM_GPU_VEC_FAULT_DEFAULT], gdev);
+	if (ret)
+		goto err_err;
 	return 0;
 
+err_err:
+	free_irq(pci_irq_vector(pdev, HMM_GPU_VEC_ERR_DEFAULT), gdev);
 err_cpl:
 	free_irq(pci_irq_vector(pdev, HMM_GPU_VEC_CPL_DEFAULT), gdev);
 err_vectors:
@@ -277,6 +407,7 @@ static void hmm_gpu_free_irqs(struct hmm_gpu_dev *gdev)
 {
 	struct pci_dev *pdev = gdev->pdev;
 
+	free_irq(pci_irq_vector(pdev, HMM_GPU_VEC_FAULT_DEFAULT), gdev);
 	free_irq(pci_irq_vector(pdev, HMM_GPU_VEC_ERR_DEFAULT), gdev);
 	free_irq(pci_irq_vector(pdev, HMM_GPU_VEC_CPL_DEFAULT), gdev);
 	pci_free_irq_vectors(pdev);
@@ -303,6 +434,11 @@ static int hmm_gpu_check_hw(struct hmm_gpu_dev *gdev)
 	gdev->caps = hmm_gpu_read(gdev, HMM_GPU_REG_CAPS);
 	if (!(gdev->caps & HMM_GPU_CAP_DMA_ENGINE)) {
 		dev_err(dev, "no DMA engine (caps %#x)\n", gdev->caps);
+		return -ENODEV;
+	}
+	if (!(gdev->caps & HMM_GPU_CAP_MMU)) {
+		dev_err(dev, "device %u.%u has no MMU (caps %#x): shared virtual memory needs ABI 1.1\n",
+			gdev->hw_version >> 16, gdev->hw_version & 0xffff, gdev->caps);
 		return -ENODEV;
 	}
 	nvec = hmm_gpu_read(gdev, HMM_GPU_REG_NUM_VECTORS);
@@ -333,8 +469,9 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	gdev = kzalloc(sizeof(*gdev), GFP_KERNEL);
 	if (!gdev)
 		return -ENOMEM;
-	gdev->pdev = pdev;
+	gdev->pdev = pci_dev_get(pdev);
 	kref_init(&gdev->ref);
+	ida_init(&gdev->ctx_ida);
 	spin_lock_init(&gdev->lock);
 	init_waitqueue_head(&gdev->tag_wq);
 	mutex_init(&gdev->reset_lock);
@@ -380,10 +517,13 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = hmm_gpu_queue_alloc(gdev);
 	if (ret)
 		goto err_ida;
+	ret = hmm_gpu_mmu_alloc(gdev);
+	if (ret)
+		goto err_ida;
 
 	ret = hmm_gpu_setup_irqs(gdev);
 	if (ret)
-		goto err_ida;
+		goto err_mmu;
 
 	spin_lock_irq(&gdev->lock);
 	ret = hmm_gpu_hw_init(gdev);
@@ -407,9 +547,13 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_debugfs;
 	}
 
-	dev_info(dev, "hmm-gpu %u.%u, max_xfer %u, %d-bit DMA, /dev/%s\n",
+	hmm_gpu_dmirror_register(gdev);
+
+	dev_info(dev, "hmm-gpu %u.%u, max_xfer %u, %d-bit DMA, %u contexts, /dev/%s%s%s\n",
 		 gdev->hw_version >> 16, gdev->hw_version & 0xffff, gdev->max_xfer,
-		 dma_get_mask(dev) == DMA_BIT_MASK(64) ? 64 : 32, gdev->name);
+		 dma_get_mask(dev) == DMA_BIT_MASK(64) ? 64 : 32, gdev->nctx, gdev->name,
+		 gdev->dmirror_registered ? ", /dev/" : "",
+		 gdev->dmirror_registered ? gdev->dmirror_name : "");
 	return 0;
 
 err_debugfs:
@@ -417,9 +561,13 @@ err_debugfs:
 err_reset:
 	hmm_gpu_hw_reset(gdev);
 	hmm_gpu_free_irqs(gdev);
+err_mmu:
+	hmm_gpu_mmu_free(gdev);
 err_ida:
 	ida_free(&hmm_gpu_ida, gdev->id);
 err_free:
+	ida_destroy(&gdev->ctx_ida);
+	pci_dev_put(pdev);
 	kfree(gdev);
 	return ret;
 }
@@ -429,6 +577,7 @@ static void hmm_gpu_remove(struct pci_dev *pdev)
 	struct hmm_gpu_dev *gdev = pci_get_drvdata(pdev);
 
 	/* No new opens; open files see -ENODEV once the running ioctls end. */
+	hmm_gpu_dmirror_unregister(gdev);
 	misc_deregister(&gdev->misc);
 	down_write(&gdev->remove_sem);
 	spin_lock_irq(&gdev->lock);
@@ -440,9 +589,11 @@ static void hmm_gpu_remove(struct pci_dev *pdev)
 	hmm_gpu_free_irqs(gdev);
 	cancel_work_sync(&gdev->reset_work);
 	hmm_gpu_shutdown(gdev);
+	/* Stalled jobs failed: the fault worker ends. */
+	hmm_gpu_mmu_free(gdev);
 	ida_free(&hmm_gpu_ida, gdev->id);
 	/* The rings and BAR mapping are managed and go away after this. */
-	kref_put(&gdev->ref, hmm_gpu_release_dev);
+	hmm_gpu_put(gdev);
 }
 
 static const struct pci_device_id hmm_gpu_ids[] = {

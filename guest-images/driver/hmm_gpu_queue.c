@@ -24,12 +24,19 @@ static const char *const hmm_gpu_err_names[] = {
 	[HMM_GPU_ERR_DMA_READ]		= "DMA read",
 	[HMM_GPU_ERR_DMA_WRITE]		= "DMA write",
 	[HMM_GPU_ERR_OVERLAP]		= "overlap",
+	[HMM_GPU_ERR_FAULT]		= "fault cancelled",
+	[HMM_GPU_ERR_BAD_CTX]		= "bad context",
+	[HMM_GPU_ERR_BAD_PTE]		= "bad PTE",
+	[HMM_GPU_ERR_PTW]		= "page walk",
+	[HMM_GPU_ERR_ALIGN]		= "alignment",
 	[HMM_GPU_ERR_CMDQ_FETCH]	= "command fetch",
 	[HMM_GPU_ERR_CPLQ_WRITE]	= "completion write",
 	[HMM_GPU_ERR_QUEUE_CONFIG]	= "queue config",
 	[HMM_GPU_ERR_DOORBELL]		= "doorbell",
 	[HMM_GPU_ERR_BAD_VECTOR]	= "bad vector",
 	[HMM_GPU_ERR_BAD_REGISTER]	= "bad register",
+	[HMM_GPU_ERR_FAULTQ_WRITE]	= "fault record write",
+	[HMM_GPU_ERR_BAD_TOKEN]		= "bad fault token",
 };
 
 static const char *hmm_gpu_err_name(u32 err)
@@ -111,9 +118,12 @@ int hmm_gpu_hw_init(struct hmm_gpu_dev *gdev)
 	hmm_gpu_write(gdev, HMM_GPU_REG_VEC_CPL, HMM_GPU_VEC_CPL_DEFAULT);
 	hmm_gpu_write(gdev, HMM_GPU_REG_VEC_ERR, HMM_GPU_VEC_ERR_DEFAULT);
 	hmm_gpu_write(gdev, HMM_GPU_REG_INTR_STATUS,
-		      HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR);
+		      HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR | HMM_GPU_INTR_FAULT);
 	hmm_gpu_write(gdev, HMM_GPU_REG_INTR_MASK,
-		      HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR);
+		      HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR | HMM_GPU_INTR_FAULT);
+
+	/* Context table and fault queue before any command can run. */
+	hmm_gpu_mmu_hw_init(gdev);
 
 	/*
 	 * Completions first, so the engine never runs without a place to post.
@@ -356,18 +366,20 @@ void hmm_gpu_batch_init(struct hmm_gpu_batch *batch, u32 ctx)
 	batch->ctx = ctx;
 }
 
-static bool hmm_gpu_can_submit(struct hmm_gpu_dev *gdev)
+static bool hmm_gpu_can_submit(struct hmm_gpu_dev *gdev, bool urgent)
 {
-	return !gdev->resetting && !gdev->broken &&
-	       gdev->inflight < HMM_GPU_QUEUE_DEPTH;
+	unsigned int depth = HMM_GPU_QUEUE_DEPTH - (urgent ? 0 : HMM_GPU_URGENT_TAGS);
+
+	return !gdev->resetting && !gdev->broken && gdev->inflight < depth;
 }
 
-static bool hmm_gpu_submit_wake(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
+static bool hmm_gpu_submit_wake(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
+				bool urgent)
 {
 	bool wake;
 
 	spin_lock_irq(&gdev->lock);
-	wake = gdev->dead || batch->err || hmm_gpu_can_submit(gdev);
+	wake = gdev->dead || batch->err || hmm_gpu_can_submit(gdev, urgent);
 	spin_unlock_irq(&gdev->lock);
 	return wake;
 }
@@ -399,12 +411,13 @@ int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 			ret = -EIO;
 			goto unlock;
 		}
-		if (hmm_gpu_can_submit(gdev))
+		if (hmm_gpu_can_submit(gdev, desc->urgent))
 			break;
 		spin_unlock_irq(&gdev->lock);
-		left = wait_event_timeout(gdev->tag_wq, hmm_gpu_submit_wake(gdev, batch),
+		left = wait_event_timeout(gdev->tag_wq,
+					  hmm_gpu_submit_wake(gdev, batch, desc->urgent),
 					  HMM_GPU_CMD_TIMEOUT);
-		if (!left && !hmm_gpu_submit_wake(gdev, batch)) {
+		if (!left && !hmm_gpu_submit_wake(gdev, batch, desc->urgent)) {
 			hmm_gpu_timeout(gdev, batch);
 			return -ETIMEDOUT;
 		}
@@ -432,6 +445,7 @@ int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 	cmd->dst = (__force u64)cpu_to_le64(desc->dst);
 	cmd->len = (__force u64)cpu_to_le64(desc->len);
 	cmd->pattern = (__force u64)cpu_to_le64(desc->pattern);
+	cmd->arg2 = (__force u64)cpu_to_le64(desc->arg2);
 	gdev->sq_tail = (gdev->sq_tail + 1) % HMM_GPU_QUEUE_ENTRIES;
 
 	batch->pending++;
@@ -463,7 +477,8 @@ void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
 	spin_unlock_irq(&gdev->lock);
 
 	for (;;) {
-		seen = READ_ONCE(batch->completed);
+		/* Faults serviced for a stalled job count as progress too. */
+		seen = READ_ONCE(batch->completed) + READ_ONCE(batch->progress);
 		if (wait_for_completion_timeout(&batch->done, HMM_GPU_CMD_TIMEOUT))
 			return;
 
@@ -477,7 +492,7 @@ void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
 					     found);
 		if (completion_done(&batch->done))
 			return;
-		if (READ_ONCE(batch->completed) != seen)
+		if (READ_ONCE(batch->completed) + READ_ONCE(batch->progress) != seen)
 			continue;
 		hmm_gpu_timeout(gdev, batch);
 	}

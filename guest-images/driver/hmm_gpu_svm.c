@@ -1,0 +1,1003 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * hmm_gpu: shared virtual memory. A struct hmm_gpu_svm is one device context
+ * mirroring one mm: its page table is filled on device faults with
+ * hmm_range_fault() and kept coherent with the CPU by an
+ * mmu_interval_notifier over the whole user address space.
+ *
+ * Locking, outermost first:
+ *   mmap_lock (read, around hmm_range_fault(); the notifier may be called
+ *   with it held) -> svm->lock (page table, dead, stats; held across the
+ *   TLB_INVALIDATE fence in the notifier) -> gdev->lock (rings, slots, ops).
+ * Nothing allocates memory with svm->lock held: page tables are allocated
+ * before it is taken and are only freed when the context is destroyed.
+ *
+ * Every PTE of a level-0 table has a shadow entry: the page it maps and its
+ * DMA mapping. Zapping clears the PTE and the page but keeps the mapping
+ * until the TLB fence completed; then it is unmapped, exactly once.
+ */
+#include <linux/dma-mapping.h>
+#include <linux/hmm.h>
+#include <linux/memremap.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/pgtable.h>
+#include <linux/sched/mm.h>
+#include <linux/sizes.h>
+#include <linux/slab.h>
+#include <linux/sort.h>
+#include <linux/uaccess.h>
+
+#include "hmm_gpu.h"
+#include "hmm_gpu_dmirror_abi.h"
+#include "hmm_gpu_uapi.h"
+
+/* Fault ahead at most this far past the faulting page, per fault round. */
+#define HMM_GPU_FAULT_AHEAD_MAX	(64ull << 20)
+/* Largest READ/WRITE bounce buffer. */
+#define HMM_GPU_BOUNCE_MAX	(4ul << 20)
+#define HMM_GPU_PT_SPAN(level)	(1ull << HMM_GPU_PT_SHIFT(level))
+
+struct hmm_gpu_pt {
+	__le64			*cpu;
+	dma_addr_t		dma;
+	unsigned int		level;
+	struct hmm_gpu_pt	**child;	/* level > 0 */
+	struct page		**page;		/* level 0: page each PTE maps */
+	dma_addr_t		*map;		/* level 0: its mapping, 0: none */
+};
+
+struct hmm_gpu_svm {
+	struct hmm_gpu_dev		*gdev;
+	struct kref			ref;	/* the owner, fault worker users */
+	struct mmu_interval_notifier	notifier;
+	struct mm_struct		*mm;	/* grabbed */
+	u32				ctx;
+	u64				va_end;	/* mirrored: [0, va_end) */
+	struct mutex			lock;
+	bool				dead;
+	struct hmm_gpu_pt		*root;
+	struct hmm_gpu_svm_stats	stats;
+};
+
+struct hmm_gpu_range {
+	u64	start;
+	u64	end;
+};
+
+/* One SVM operation (one or more device jobs), found from a fault's cmd_id. */
+struct hmm_gpu_op {
+	struct hmm_gpu_svm	*svm;
+	struct hmm_gpu_range	rng[2];
+	unsigned int		nrng;
+	/* Under gdev->lock. */
+	u64			faults;
+	u64			pages;
+	u64			round;
+	int			err;
+};
+
+u32 hmm_gpu_svm_ctx(struct hmm_gpu_svm *svm)
+{
+	return svm->ctx;
+}
+
+struct mm_struct *hmm_gpu_svm_mm(struct hmm_gpu_svm *svm)
+{
+	return svm->mm;
+}
+
+static unsigned int hmm_gpu_pt_index(u64 va, unsigned int level)
+{
+	return (va >> HMM_GPU_PT_SHIFT(level)) & (HMM_GPU_PT_ENTRIES - 1);
+}
+
+static void hmm_gpu_pt_free(struct hmm_gpu_dev *gdev, struct hmm_gpu_pt *pt)
+{
+	unsigned int i;
+
+	if (!pt)
+		return;
+	if (pt->child)
+		for (i = 0; i < HMM_GPU_PT_ENTRIES; i++)
+			hmm_gpu_pt_free(gdev, pt->child[i]);
+	if (pt->cpu)
+		dma_free_coherent(&gdev->pdev->dev, PAGE_SIZE, pt->cpu, pt->dma);
+	kfree(pt->child);
+	kfree(pt->page);
+	kfree(pt->map);
+	kfree(pt);
+}
+
+static struct hmm_gpu_pt *hmm_gpu_pt_alloc(struct hmm_gpu_dev *gdev, unsigned int level)
+{
+	struct hmm_gpu_pt *pt;
+
+	pt = kzalloc(sizeof(*pt), GFP_KERNEL);
+	if (!pt)
+		return NULL;
+	pt->level = level;
+	pt->cpu = dma_alloc_coherent(&gdev->pdev->dev, PAGE_SIZE, &pt->dma, GFP_KERNEL);
+	if (level) {
+		pt->child = kcalloc(HMM_GPU_PT_ENTRIES, sizeof(*pt->child), GFP_KERNEL);
+	} else {
+		pt->page = kcalloc(HMM_GPU_PT_ENTRIES, sizeof(*pt->page), GFP_KERNEL);
+		pt->map = kcalloc(HMM_GPU_PT_ENTRIES, sizeof(*pt->map), GFP_KERNEL);
+	}
+	if (!pt->cpu || (level && !pt->child) || (!level && (!pt->page || !pt->map))) {
+		hmm_gpu_pt_free(gdev, pt);
+		return NULL;
+	}
+	return pt;
+}
+
+/*
+ * The level-0 table covering @va, allocating the missing tables with
+ * svm->lock dropped. The table stays valid until the context is destroyed.
+ */
+static struct hmm_gpu_pt *hmm_gpu_pt_get(struct hmm_gpu_svm *svm, u64 va)
+{
+	struct hmm_gpu_pt *pt, *new = NULL;
+	unsigned int level, idx;
+
+	mutex_lock(&svm->lock);
+	for (;;) {
+		if (svm->dead) {
+			pt = ERR_PTR(-ENODEV);
+			break;
+		}
+		pt = svm->root;
+		for (level = HMM_GPU_PT_LEVELS - 1; level > 0; level--) {
+			idx = hmm_gpu_pt_index(va, level);
+			if (!pt->child[idx])
+				break;
+			pt = pt->child[idx];
+		}
+		if (!level)
+			break;
+		if (new && new->level == level - 1) {
+			pt->child[idx] = new;
+			WRITE_ONCE(pt->cpu[idx], cpu_to_le64(new->dma | HMM_GPU_PTE_VALID));
+			new = NULL;
+			continue;
+		}
+		mutex_unlock(&svm->lock);
+		hmm_gpu_pt_free(svm->gdev, new);
+		new = hmm_gpu_pt_alloc(svm->gdev, level - 1);
+		mutex_lock(&svm->lock);
+		if (!new) {
+			pt = ERR_PTR(-ENOMEM);
+			break;
+		}
+	}
+	mutex_unlock(&svm->lock);
+	hmm_gpu_pt_free(svm->gdev, new);
+	return pt;
+}
+
+enum hmm_gpu_pt_op {
+	HMM_GPU_PT_COUNT,	/* count mapped PTEs */
+	HMM_GPU_PT_ZAP,		/* clear PTEs, keep their DMA mappings */
+	HMM_GPU_PT_UNMAP,	/* unmap the mappings of cleared PTEs */
+};
+
+/* Apply @op to the level-0 entries of [start, end). svm->lock held. */
+static unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
+				     u64 base, u64 start, u64 end, enum hmm_gpu_pt_op op)
+{
+	u64 span = HMM_GPU_PT_SPAN(pt->level);
+	u64 lo = max(start, base);
+	u64 hi = min(end, base + span * HMM_GPU_PT_ENTRIES);
+	unsigned long n = 0;
+	unsigned int i, first, last;
+
+	if (lo >= hi)
+		return 0;
+	first = (lo - base) >> HMM_GPU_PT_SHIFT(pt->level);
+	last = (hi - 1 - base) >> HMM_GPU_PT_SHIFT(pt->level);
+	for (i = first; i <= last; i++) {
+		if (pt->level) {
+			if (pt->child[i])
+				n += hmm_gpu_pt_walk(svm, pt->child[i], base + i * span,
+						     start, end, op);
+			continue;
+		}
+		switch (op) {
+		case HMM_GPU_PT_COUNT:
+			n += !!pt->page[i];
+			break;
+		case HMM_GPU_PT_ZAP:
+			if (pt->page[i]) {
+				WRITE_ONCE(pt->cpu[i], 0);
+				pt->page[i] = NULL;
+				n++;
+			}
+			break;
+		case HMM_GPU_PT_UNMAP:
+			if (pt->map[i] && !pt->page[i]) {
+				dma_unmap_page(&svm->gdev->pdev->dev, pt->map[i], PAGE_SIZE,
+					       DMA_BIDIRECTIONAL);
+				pt->map[i] = 0;
+				n++;
+			}
+			break;
+		}
+	}
+	return n;
+}
+
+/*
+ * Remove the device's translations of [start, end): clear the PTEs, fence
+ * with TLB_INVALIDATE, then unmap the pages. svm->lock held.
+ */
+static unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end)
+{
+	unsigned long n;
+
+	n = hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_ZAP);
+	if (!n)
+		return 0;
+	/* Whatever the outcome, the device no longer uses the old TLB. */
+	if (!hmm_gpu_tlb_invalidate(svm->gdev, svm->ctx, start, end - start))
+		svm->stats.tlb_invalidates++;
+	hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_UNMAP);
+	return n;
+}
+
+static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
+				   const struct mmu_notifier_range *range,
+				   unsigned long cur_seq)
+{
+	struct hmm_gpu_svm *svm = container_of(mni, struct hmm_gpu_svm, notifier);
+	u64 start = range->start & PAGE_MASK;
+	u64 end = min_t(u64, PAGE_ALIGN(range->end), svm->va_end);
+
+	/* Our own migrations and exclusive grabs update the table themselves. */
+	if ((range->event == MMU_NOTIFY_MIGRATE || range->event == MMU_NOTIFY_EXCLUSIVE) &&
+	    range->owner == svm->gdev)
+		return true;
+
+	if (mmu_notifier_range_blockable(range)) {
+		mutex_lock(&svm->lock);
+	} else if (!mutex_trylock(&svm->lock)) {
+		return false;
+	} else if (start < end &&
+		   hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_COUNT)) {
+		/* The fence needs a sleep: let the caller retry blocking. */
+		mutex_unlock(&svm->lock);
+		return false;
+	}
+
+	mmu_interval_set_seq(mni, cur_seq);
+	if (start < end && !svm->dead && hmm_gpu_svm_zap(svm, start, end))
+		svm->stats.invalidations++;
+	mutex_unlock(&svm->lock);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops hmm_gpu_svm_mni_ops = {
+	.invalidate = hmm_gpu_svm_invalidate,
+};
+
+static void hmm_gpu_svm_free(struct kref *ref)
+{
+	struct hmm_gpu_svm *svm = container_of(ref, struct hmm_gpu_svm, ref);
+
+	mmdrop(svm->mm);
+	kfree(svm);
+}
+
+static void hmm_gpu_svm_put(struct hmm_gpu_svm *svm)
+{
+	kref_put(&svm->ref, hmm_gpu_svm_free);
+}
+
+struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struct *mm)
+{
+	struct hmm_gpu_svm *svm;
+	int ret;
+
+	if (!mm)
+		return ERR_PTR(-EINVAL);
+	svm = kzalloc(sizeof(*svm), GFP_KERNEL);
+	if (!svm)
+		return ERR_PTR(-ENOMEM);
+	kref_init(&svm->ref);
+	mutex_init(&svm->lock);
+	svm->gdev = gdev;
+	svm->va_end = min_t(u64, TASK_SIZE, 1ull << HMM_GPU_VA_BITS) & PAGE_MASK;
+
+	ret = ida_alloc_range(&gdev->ctx_ida, 1, gdev->nctx - 1, GFP_KERNEL);
+	if (ret < 0)
+		goto err_free;
+	svm->ctx = ret;
+
+	svm->root = hmm_gpu_pt_alloc(gdev, HMM_GPU_PT_LEVELS - 1);
+	if (!svm->root) {
+		ret = -ENOMEM;
+		goto err_ida;
+	}
+
+	mmgrab(mm);
+	svm->mm = mm;
+	ret = mmu_interval_notifier_insert(&svm->notifier, mm, 0, svm->va_end,
+					   &hmm_gpu_svm_mni_ops);
+	if (ret)
+		goto err_mm;
+
+	hmm_gpu_ctx_set(gdev, svm->ctx, svm->root->dma);
+	return svm;
+
+err_mm:
+	mmdrop(mm);
+	hmm_gpu_pt_free(gdev, svm->root);
+err_ida:
+	ida_free(&gdev->ctx_ida, svm->ctx);
+err_free:
+	kfree(svm);
+	return ERR_PTR(ret);
+}
+
+/* Unbind: tear the context down. No job of it may be running. */
+void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+
+	mmu_interval_notifier_remove(&svm->notifier);
+
+	down_read(&gdev->remove_sem);
+	mutex_lock(&svm->lock);
+	svm->dead = true;
+	hmm_gpu_pt_walk(svm, svm->root, 0, 0, svm->va_end, HMM_GPU_PT_ZAP);
+	if (!gdev->dead) {
+		hmm_gpu_ctx_set(gdev, svm->ctx, 0);
+		hmm_gpu_tlb_invalidate(gdev, svm->ctx, 0, ~0ull);
+	}
+	hmm_gpu_pt_walk(svm, svm->root, 0, 0, svm->va_end, HMM_GPU_PT_UNMAP);
+	hmm_gpu_pt_free(gdev, svm->root);
+	svm->root = NULL;
+	mutex_unlock(&svm->lock);
+	up_read(&gdev->remove_sem);
+
+	ida_free(&gdev->ctx_ida, svm->ctx);
+	hmm_gpu_svm_put(svm);
+}
+
+void hmm_gpu_svm_stats(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_stats *st)
+{
+	mutex_lock(&svm->lock);
+	*st = svm->stats;
+	mutex_unlock(&svm->lock);
+}
+
+/*
+ * Write the PTEs of [start, end) from @pfns (hmm_range_fault() output).
+ * svm->lock held, the range is within table @pt. Returns the PTEs written.
+ */
+static long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
+				   u64 start, u64 end, const unsigned long *pfns)
+{
+	struct device *dev = &svm->gdev->pdev->dev;
+	long n = 0;
+	u64 va;
+
+	for (va = start; va < end; va += PAGE_SIZE, pfns++) {
+		unsigned int idx = hmm_gpu_pt_index(va, 0);
+		struct page *page;
+		dma_addr_t dma;
+		u64 pte;
+
+		if (!(*pfns & HMM_PFN_VALID))
+			break;
+		page = hmm_pfn_to_page(*pfns);
+		if (is_device_private_page(page))
+			break;	/* device memory: next issue */
+
+		if (pt->page[idx] && pt->page[idx] != page) {
+			/* Cannot happen without an invalidation; be safe anyway. */
+			WARN_ONCE(1, "hmm_gpu: ctx %u: PTE %#llx changed without invalidation\n",
+				  svm->ctx, va);
+			hmm_gpu_pt_walk(svm, pt, va & ~(HMM_GPU_PT_SPAN(1) - 1), va,
+					va + PAGE_SIZE, HMM_GPU_PT_ZAP);
+			hmm_gpu_tlb_invalidate(svm->gdev, svm->ctx, va, PAGE_SIZE);
+			hmm_gpu_pt_walk(svm, pt, va & ~(HMM_GPU_PT_SPAN(1) - 1), va,
+					va + PAGE_SIZE, HMM_GPU_PT_UNMAP);
+		}
+		if (pt->page[idx]) {
+			dma = pt->map[idx];
+		} else {
+			dma = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+			if (dma_mapping_error(dev, dma))
+				break;
+			pt->page[idx] = page;
+			pt->map[idx] = dma;
+		}
+
+		pte = (dma & HMM_GPU_PTE_ADDR_MASK) | HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ;
+		/* Policy: system memory the CPU may write, the device may update atomically. */
+		if (*pfns & HMM_PFN_WRITE)
+			pte |= HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC;
+		WRITE_ONCE(pt->cpu[idx], cpu_to_le64(pte));
+		n++;
+	}
+	return n;
+}
+
+/*
+ * Fault in and map [start, end), which lies within one level-0 table.
+ * Returns the pages mapped or an error of hmm_range_fault().
+ */
+static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
+				   bool write, unsigned long *pfns)
+{
+	struct hmm_range range = {
+		.notifier	= &svm->notifier,
+		.start		= start,
+		.end		= end,
+		.hmm_pfns	= pfns,
+		.default_flags	= HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0),
+		.dev_private_owner = svm->gdev,
+	};
+	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+	struct hmm_gpu_pt *pt;
+	long ret;
+
+	pt = hmm_gpu_pt_get(svm, start);
+	if (IS_ERR(pt))
+		return PTR_ERR(pt);
+	if (!mmget_not_zero(svm->mm))
+		return -EFAULT;
+
+	for (;;) {
+		if (time_after(jiffies, timeout)) {
+			ret = -EBUSY;
+			goto out;
+		}
+		range.notifier_seq = mmu_interval_read_begin(range.notifier);
+		mmap_read_lock(svm->mm);
+		ret = hmm_range_fault(&range);
+		mmap_read_unlock(svm->mm);
+		if (ret == -EBUSY)
+			continue;
+		if (ret)
+			goto out;
+
+		mutex_lock(&svm->lock);
+		if (svm->dead) {
+			mutex_unlock(&svm->lock);
+			ret = -ENODEV;
+			goto out;
+		}
+		if (!mmu_interval_read_retry(range.notifier, range.notifier_seq))
+			break;
+		mutex_unlock(&svm->lock);
+	}
+	ret = hmm_gpu_svm_write_ptes(svm, pt, start, end, pfns);
+	svm->stats.pages_mapped += ret;
+	mutex_unlock(&svm->lock);
+	if (!ret)
+		ret = -EFAULT;
+out:
+	mmput(svm->mm);
+	return ret;
+}
+
+/*
+ * Service one fault: map the faulting page, then fault ahead up to
+ * f->ahead_end in windows that end on 2 MiB boundaries, stopping quietly at
+ * the first window that fails. *@end is where the mapped range ends.
+ */
+static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
+			       unsigned long *pfns, u64 *pages, u64 *end)
+{
+	bool write = f->access != HMM_GPU_ACCESS_READ;
+	u64 va = f->va & PAGE_MASK;
+	long n;
+
+	*end = va;
+	while (va < f->ahead_end) {
+		u64 wend = min(f->ahead_end, ALIGN(va + 1, HMM_GPU_PT_SPAN(1)));
+
+		n = hmm_gpu_svm_map_window(svm, va, wend, write, pfns);
+		if (n < 0 && va == *end && *end == (f->va & PAGE_MASK) &&
+		    wend - va > PAGE_SIZE)
+			n = hmm_gpu_svm_map_window(svm, va, va + PAGE_SIZE, write, pfns);
+		if (n < 0) {
+			if (va == (f->va & PAGE_MASK))
+				return n;
+			break;
+		}
+		*pages += n;
+		va += n * PAGE_SIZE;
+		*end = va;
+		if (va < wend)
+			break;
+	}
+	return 0;
+}
+
+/* The op of a job in flight, from its cmd_id. gdev->lock held. */
+static struct hmm_gpu_op *hmm_gpu_fault_op(struct hmm_gpu_dev *gdev, u64 cmd_id,
+					   struct hmm_gpu_batch **batchp)
+{
+	unsigned int tag = cmd_id & HMM_GPU_TAG_MASK;
+	struct hmm_gpu_slot *slot;
+
+	if (batchp)
+		*batchp = NULL;
+	if (tag >= HMM_GPU_QUEUE_DEPTH)
+		return NULL;
+	slot = &gdev->slots[tag];
+	if (!slot->batch || slot->cmd_id != cmd_id)
+		return NULL;
+	if (batchp)
+		*batchp = slot->batch;
+	return slot->batch->priv;
+}
+
+static int hmm_gpu_fault_cmp(const void *a, const void *b)
+{
+	const struct hmm_gpu_fault *x = a, *y = b;
+
+	if (x->ctx != y->ctx)
+		return x->ctx < y->ctx ? -1 : 1;
+	if (x->va != y->va)
+		return x->va < y->va ? -1 : 1;
+	return (int)x->access - (int)y->access;
+}
+
+static int hmm_gpu_fault_errno(int err)
+{
+	return err == -EPERM || err == -ENOMEM ? err : -EFAULT;
+}
+
+/* Handle @n drained fault records in gdev->faults. Fault worker only. */
+void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
+{
+	struct hmm_gpu_fault *faults = gdev->faults;
+	struct hmm_gpu_svm *done_svm = NULL;
+	u64 done_start = 0, done_end = 0;
+	bool done_write = false, replay = false;
+	unsigned int i, j;
+	u64 round;
+
+	/* Find each record's job, context and fault-ahead range. */
+	spin_lock_irq(&gdev->lock);
+	round = gdev->stats.fault_rounds;
+	for (i = 0; i < n; i++) {
+		struct hmm_gpu_fault *f = &faults[i];
+		struct hmm_gpu_batch *batch;
+		struct hmm_gpu_op *op;
+
+		op = hmm_gpu_fault_op(gdev, f->cmd_id, &batch);
+		if (!op) {
+			/* Completed meanwhile (cancelled, reset): nothing to do. */
+			f->gone = !batch;
+			continue;
+		}
+		batch->progress++;
+		if (op->svm->ctx != f->ctx)
+			continue;
+		f->svm = op->svm;
+		kref_get(&f->svm->ref);
+		f->ahead_end = (f->va & PAGE_MASK) + PAGE_SIZE;
+		for (j = 0; j < op->nrng; j++) {
+			if (f->va >= (op->rng[j].start & PAGE_MASK) && f->va < op->rng[j].end) {
+				f->ahead_end = min(PAGE_ALIGN(op->rng[j].end),
+						   (f->va & PAGE_MASK) + HMM_GPU_FAULT_AHEAD_MAX);
+				break;
+			}
+		}
+		if (op->round != round) {
+			op->round = round;
+			op->faults++;
+		}
+	}
+	spin_unlock_irq(&gdev->lock);
+
+	sort(faults, n, sizeof(*faults), hmm_gpu_fault_cmp, NULL);
+
+	for (i = 0; i < n; i++) {
+		struct hmm_gpu_fault *f = &faults[i];
+		bool write = f->access != HMM_GPU_ACCESS_READ;
+		struct hmm_gpu_op *op;
+		u64 pages = 0, end;
+
+		if (f->gone)
+			continue;
+		if (!f->svm) {
+			f->err = -EFAULT;
+			continue;
+		}
+		mutex_lock(&f->svm->lock);
+		f->svm->stats.faults++;
+		if (f->svm != done_svm)
+			f->svm->stats.fault_batches++;
+		mutex_unlock(&f->svm->lock);
+
+		/* Covered by the fault ahead of an earlier record? */
+		if (f->svm == done_svm && f->va >= done_start && f->va < done_end &&
+		    (done_write || !write))
+			continue;
+
+		f->err = hmm_gpu_svm_service(f->svm, f, gdev->fault_pfns, &pages, &end);
+		if (f->err) {
+			f->err = hmm_gpu_fault_errno(f->err);
+			done_svm = NULL;
+		} else {
+			done_svm = f->svm;
+			done_start = f->va & PAGE_MASK;
+			done_end = end;
+			done_write = write;
+		}
+		spin_lock_irq(&gdev->lock);
+		op = hmm_gpu_fault_op(gdev, f->cmd_id, NULL);
+		if (op)
+			op->pages += pages;
+		spin_unlock_irq(&gdev->lock);
+	}
+
+	/* Fail the jobs whose faults cannot be resolved, then let the rest retry. */
+	for (i = 0; i < n; i++) {
+		struct hmm_gpu_fault *f = &faults[i];
+		struct hmm_gpu_op *op;
+
+		if (f->gone)
+			continue;
+		if (!f->err) {
+			replay = true;
+			continue;
+		}
+		spin_lock_irq(&gdev->lock);
+		op = hmm_gpu_fault_op(gdev, f->cmd_id, NULL);
+		if (op && !op->err)
+			op->err = f->err;
+		if (op || !f->svm) {
+			gdev->stats.cancels++;
+			hmm_gpu_write(gdev, HMM_GPU_REG_FAULT_CANCEL, f->token);
+		}
+		spin_unlock_irq(&gdev->lock);
+		if (f->svm) {
+			mutex_lock(&f->svm->lock);
+			f->svm->stats.cancels++;
+			mutex_unlock(&f->svm->lock);
+		}
+	}
+	if (replay) {
+		spin_lock_irq(&gdev->lock);
+		gdev->stats.replays++;
+		hmm_gpu_write(gdev, HMM_GPU_REG_FAULT_REPLAY, 1);
+		spin_unlock_irq(&gdev->lock);
+	}
+
+	for (i = 0; i < n; i++) {
+		struct hmm_gpu_svm *svm = faults[i].svm;
+
+		if (!svm)
+			continue;
+		if (replay && (i == 0 || faults[i - 1].svm != svm)) {
+			mutex_lock(&svm->lock);
+			svm->stats.replays++;
+			mutex_unlock(&svm->lock);
+		}
+		faults[i].svm = NULL;
+		hmm_gpu_svm_put(svm);
+	}
+}
+
+static int hmm_gpu_svm_status_errno(u32 status)
+{
+	switch (status) {
+	case HMM_GPU_ERR_BAD_LENGTH:
+	case HMM_GPU_ERR_BAD_FLAGS:
+	case HMM_GPU_ERR_OVERLAP:
+	case HMM_GPU_ERR_ALIGN:
+		return -EINVAL;
+	default:
+		return -EIO;
+	}
+}
+
+/*
+ * Run the device jobs for @op: @desc split into max_xfer pieces (FILL and
+ * COPY may be split; the others must fit). Waits for them; faults are
+ * serviced meanwhile. Returns 0 or an errno, *status the device status.
+ */
+static int hmm_gpu_svm_exec(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
+			    const struct hmm_gpu_cmd_desc *desc, u32 *status)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	struct hmm_gpu_cmd_desc d = *desc;
+	struct hmm_gpu_batch batch;
+	u64 off = 0;
+	int ret = 0;
+
+	hmm_gpu_batch_init(&batch, svm->ctx);
+	batch.priv = op;
+	while (off < desc->len) {
+		d.len = min_t(u64, desc->len - off, gdev->max_xfer);
+		d.dst = desc->dst + off;
+		if (desc->opcode == HMM_GPU_OP_COPY_VA)
+			d.src = desc->src + off;
+		else if (desc->opcode == HMM_GPU_OP_FILL_VA)
+			d.pattern = ror64(desc->pattern, 8 * (off & 7));
+		ret = hmm_gpu_submit(gdev, &batch, &d);
+		if (ret)
+			break;
+		off += d.len;
+	}
+	hmm_gpu_batch_wait(gdev, &batch);
+
+	*status = batch.status;
+	if (batch.err)
+		return batch.err;
+	if (ret)
+		return ret;
+	if (batch.status == HMM_GPU_ERR_FAULT) {
+		spin_lock_irq(&gdev->lock);
+		ret = op->err ? op->err : -EFAULT;
+		spin_unlock_irq(&gdev->lock);
+		return ret;
+	}
+	if (batch.status)
+		return hmm_gpu_svm_status_errno(batch.status);
+	return 0;
+}
+
+static void *hmm_gpu_bounce_alloc(struct hmm_gpu_dev *gdev, u64 len, size_t *size,
+				  dma_addr_t *dma)
+{
+	size_t sz = min_t(u64, PAGE_ALIGN(len), HMM_GPU_BOUNCE_MAX);
+	void *buf;
+
+	sz = min_t(size_t, sz, gdev->max_xfer & PAGE_MASK);
+	for (; sz >= PAGE_SIZE; sz = PAGE_ALIGN(sz / 2)) {
+		buf = dma_alloc_coherent(&gdev->pdev->dev, sz, dma, GFP_KERNEL | __GFP_NOWARN);
+		if (buf) {
+			*size = sz;
+			return buf;
+		}
+		if (sz == PAGE_SIZE)
+			break;
+	}
+	return NULL;
+}
+
+/*
+ * The device reads [va, va + len) into @ubuf (or writes @ubuf's bytes there),
+ * through a DMA bounce buffer. Shared by SVM_JOB and the dmirror interface.
+ */
+int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubuf,
+		   u64 len, u64 *faults, u64 *pages)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	struct hmm_gpu_op op = {
+		.svm = svm,
+		.rng = { { va, va + len } },
+		.nrng = 1,
+	};
+	u64 off = 0;
+	size_t size;
+	dma_addr_t dma;
+	u32 status;
+	void *buf;
+	int ret = 0;
+
+	buf = hmm_gpu_bounce_alloc(gdev, len, &size, &dma);
+	if (!buf)
+		return -ENOMEM;
+	while (off < len) {
+		struct hmm_gpu_cmd_desc desc = {};
+		u64 n = min_t(u64, len - off, size);
+
+		if (write) {
+			if (copy_from_user(buf, ubuf + off, n)) {
+				ret = -EFAULT;
+				break;
+			}
+			desc.opcode = HMM_GPU_OP_WRITE_VA;
+			desc.src = dma;
+			desc.dst = va + off;
+		} else {
+			desc.opcode = HMM_GPU_OP_READ_VA;
+			desc.src = va + off;
+			desc.dst = dma;
+		}
+		desc.len = n;
+		ret = hmm_gpu_svm_exec(svm, &op, &desc, &status);
+		if (ret)
+			break;
+		if (!write && copy_to_user(ubuf + off, buf, n)) {
+			ret = -EFAULT;
+			break;
+		}
+		off += n;
+	}
+	dma_free_coherent(&gdev->pdev->dev, size, buf, dma);
+	*faults = op.faults;
+	*pages = op.pages;
+	return ret;
+}
+
+static bool hmm_gpu_range_bad(struct hmm_gpu_svm *svm, u64 va, u64 len)
+{
+	return va + len < va || va + len > svm->va_end;
+}
+
+int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	struct hmm_gpu_op op = { .svm = svm, .nrng = 1 };
+	struct hmm_gpu_cmd_desc desc = {};
+	dma_addr_t res_dma;
+	u64 *res;
+	int ret;
+
+	if (job->flags || job->rsvd0 || job->rsvd[0] || job->rsvd[1])
+		return -EINVAL;
+	if (!job->len || job->len > HMM_GPU_XFER_MAX_LEN)
+		return -EINVAL;
+	if (hmm_gpu_range_bad(svm, job->va, job->len))
+		return -EFAULT;
+
+	switch (job->op) {
+	case HMM_GPU_SVM_READ:
+	case HMM_GPU_SVM_WRITE:
+		return hmm_gpu_svm_rw(svm, job->op == HMM_GPU_SVM_WRITE, job->va,
+				      u64_to_user_ptr(job->ptr), job->len,
+				      &job->faults, &job->pages);
+	case HMM_GPU_SVM_FILL:
+		desc.opcode = HMM_GPU_OP_FILL_VA;
+		desc.dst = job->va;
+		desc.len = job->len;
+		desc.pattern = job->value;
+		op.rng[0] = (struct hmm_gpu_range){ job->va, job->va + job->len };
+		break;
+	case HMM_GPU_SVM_COPY:
+		if (hmm_gpu_range_bad(svm, job->va2, job->len))
+			return -EFAULT;
+		if (job->va < job->va2 + job->len && job->va2 < job->va + job->len)
+			return -EINVAL;
+		desc.opcode = HMM_GPU_OP_COPY_VA;
+		desc.src = job->va2;
+		desc.dst = job->va;
+		desc.len = job->len;
+		op.rng[0] = (struct hmm_gpu_range){ job->va, job->va + job->len };
+		op.rng[1] = (struct hmm_gpu_range){ job->va2, job->va2 + job->len };
+		op.nrng = 2;
+		break;
+	case HMM_GPU_SVM_ATOMIC_ADD:
+	case HMM_GPU_SVM_CMPXCHG:
+		if (job->len != 8 || !IS_ALIGNED(job->va, 8))
+			return -EINVAL;
+		res = dma_alloc_coherent(&gdev->pdev->dev, PAGE_SIZE, &res_dma, GFP_KERNEL);
+		if (!res)
+			return -ENOMEM;
+		desc.opcode = job->op == HMM_GPU_SVM_ATOMIC_ADD ?
+			      HMM_GPU_OP_ATOMIC_ADD : HMM_GPU_OP_ATOMIC_CMPXCHG;
+		desc.dst = job->va;
+		desc.src = res_dma;
+		desc.len = 8;
+		desc.pattern = job->value;
+		desc.arg2 = job->op == HMM_GPU_SVM_CMPXCHG ? job->compare : 0;
+		op.rng[0] = (struct hmm_gpu_range){ job->va, job->va + 8 };
+		ret = hmm_gpu_svm_exec(svm, &op, &desc, &job->status);
+		job->result = le64_to_cpu((__force __le64)READ_ONCE(*res));
+		dma_free_coherent(&gdev->pdev->dev, PAGE_SIZE, res, res_dma);
+		goto out;
+	default:
+		return -EINVAL;
+	}
+	ret = hmm_gpu_svm_exec(svm, &op, &desc, &job->status);
+out:
+	job->faults = op.faults;
+	job->pages = op.pages;
+	return ret;
+}
+
+/* The snapshot byte of one hmm_range_fault() entry. */
+static u8 hmm_gpu_snapshot_prot(struct hmm_gpu_svm *svm, unsigned long hpfn)
+{
+	unsigned int shift;
+	struct page *page;
+	u8 prot;
+
+	if (hpfn & HMM_PFN_ERROR)
+		return HMM_GPU_DMIRROR_PROT_ERROR;
+	if (!(hpfn & HMM_PFN_VALID))
+		return HMM_GPU_DMIRROR_PROT_NONE;
+
+	page = hmm_pfn_to_page(hpfn);
+	if (is_device_private_page(page))
+		prot = page->pgmap->owner == svm->gdev ?
+		       HMM_GPU_DMIRROR_PROT_DEV_PRIVATE_LOCAL :
+		       HMM_GPU_DMIRROR_PROT_DEV_PRIVATE_REMOTE;
+	else if (is_zero_pfn(page_to_pfn(page)))
+		prot = HMM_GPU_DMIRROR_PROT_ZERO;
+	else
+		prot = HMM_GPU_DMIRROR_PROT_NONE;
+	prot |= hpfn & HMM_PFN_WRITE ? HMM_GPU_DMIRROR_PROT_WRITE : HMM_GPU_DMIRROR_PROT_READ;
+
+	shift = hmm_pfn_to_map_order(hpfn) + PAGE_SHIFT;
+	if (shift == PMD_SHIFT)
+		prot |= HMM_GPU_DMIRROR_PROT_PMD;
+	else if (shift == PUD_SHIFT)
+		prot |= HMM_GPU_DMIRROR_PROT_PUD;
+	return prot;
+}
+
+/*
+ * Report what the CPU page table holds for [va, va + npages pages) without
+ * faulting anything in: one HMM_GPU_DMIRROR_PROT_* byte per page.
+ */
+int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
+			 u64 npages, u64 *done)
+{
+	const unsigned long chunk = PAGE_SIZE / sizeof(unsigned long);
+	unsigned long *pfns;
+	u8 *prot;
+	int ret = 0;
+	u64 off;
+
+	*done = 0;
+	if (hmm_gpu_range_bad(svm, va, npages << PAGE_SHIFT))
+		return -EINVAL;
+	pfns = kmalloc_array(chunk, sizeof(*pfns), GFP_KERNEL);
+	prot = kmalloc(chunk, GFP_KERNEL);
+	if (!pfns || !prot) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	if (!mmget_not_zero(svm->mm)) {
+		ret = -EINVAL;
+		goto out_free;
+	}
+
+	for (off = 0; off < npages; ) {
+		u64 n = min_t(u64, npages - off, chunk);
+		unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+		struct hmm_range range = {
+			.notifier	= &svm->notifier,
+			.start		= va + (off << PAGE_SHIFT),
+			.end		= va + ((off + n) << PAGE_SHIFT),
+			.hmm_pfns	= pfns,
+			.dev_private_owner = svm->gdev,
+		};
+		u64 i;
+
+		for (;;) {
+			if (time_after(jiffies, timeout)) {
+				ret = -EBUSY;
+				goto out_mm;
+			}
+			range.notifier_seq = mmu_interval_read_begin(range.notifier);
+			mmap_read_lock(svm->mm);
+			ret = hmm_range_fault(&range);
+			mmap_read_unlock(svm->mm);
+			if (ret == -EBUSY)
+				continue;
+			if (ret)
+				goto out_mm;
+			mutex_lock(&svm->lock);
+			if (!mmu_interval_read_retry(range.notifier, range.notifier_seq))
+				break;
+			mutex_unlock(&svm->lock);
+		}
+		for (i = 0; i < n; i++)
+			prot[i] = hmm_gpu_snapshot_prot(svm, pfns[i]);
+		mutex_unlock(&svm->lock);
+
+		if (copy_to_user(uprot + off, prot, n)) {
+			ret = -EFAULT;
+			goto out_mm;
+		}
+		off += n;
+		*done = off;
+	}
+out_mm:
+	mmput(svm->mm);
+out_free:
+	kfree(prot);
+	kfree(pfns);
+	return ret;
+}
