@@ -162,9 +162,7 @@ def parse_trace(raw: bytes) -> list[TraceRec]:
     assert (magic, version, rec_size) == (H.TRACE_MAGIC, H.TRACE_VERSION, TRACE_REC.size)
     body = raw[TRACE_HDR.size :]
     assert len(body) % TRACE_REC.size == 0
-    return [
-        TraceRec(*TRACE_REC.unpack_from(body, i)) for i in range(0, len(body), TRACE_REC.size)
-    ]
+    return [TraceRec(*TRACE_REC.unpack_from(body, i)) for i in range(0, len(body), TRACE_REC.size)]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hmmgpu import (
+    CTX_TABLE,
     DST,
     SRC,
     Gpu,
@@ -129,7 +130,7 @@ def test_atomics(gpu: Gpu) -> None:
     (c,) = gpu.run(cmpxchg(VA + 16, 2**64 - 8, 7, old_to=DST + 16, ctx=1))  # match
     assert c.status == H.ERR_NONE
     assert gpu.qt.readq(DATA_PA + 16) == 7 and gpu.qt.readq(DST + 16) == 2**64 - 8
-    # 64 concurrent adds from one batch: each read-modify-write is one step
+    # 14 concurrent adds in flight: each read-modify-write is one engine step
     gpu.qt.writeq(DATA_PA + 24, 0)
     gpu.push(*(atomic_add(VA + 24, 1, ctx=1, cmd_id=i) for i in range(12)))
     gpu.push(*(atomic_add(VA + 24, 1, ctx=1, cmd_id=i) for i in range(2)))
@@ -282,8 +283,7 @@ def test_faultq_disabled_midway(gpu: Gpu) -> None:
     gpu.setup_faultq(size=2)
     gpu.push(read_va(VA, DST, 8, ctx=1, cmd_id=1), read_va(VA + 4096, DST, 8, ctx=1, cmd_id=2))
     gpu.wait(lambda: gpu.reg("STALLED") == 2, "2 stalled jobs")
-    rec = FAULT = gpu.qt.read(gpu.faultq, 64)
-    del FAULT
+    rec = gpu.qt.read(gpu.faultq, 64)
     posted = struct.unpack_from("<Q", rec, 8)[0]
     gpu.set_reg("FAULTQ_CTRL", 0)  # the unposted record's job fails
     (c,) = gpu.reap(1)
@@ -331,3 +331,143 @@ def test_qom_counters_mmu(launch: Launch) -> None:
         "ptw-reads": 4 + 4 + 4,  # fault walks stop at the missing level-0 entry
         "va-jobs-completed": 3,
     }
+
+
+# ---- TLB -----------------------------------------------------------------------
+
+
+def trace_launch(launch: Launch, tmp_path: Path) -> tuple[Gpu, Path]:
+    path = tmp_path / "dmatrace.bin"
+    return launch("dmatrace=t0", extra=("-chardev", f"file,id=t0,path={path}")), path
+
+
+def test_tlb_hits_avoid_walks(launch: Launch, tmp_path: Path) -> None:
+    gpu, path = trace_launch(launch, tmp_path)
+    pt = mmu(gpu)
+    pt.map(1, VA, DATA_PA, RW)
+    pt.map(1, VA + (4 << 20), HUGE_PA, RW, huge=True)
+    gpu.run(fill_va(VA, 8, 1, ctx=1, cmd_id=1))
+    gpu.run(fill_va(VA + 8, 8, 2, ctx=1, cmd_id=2), read_va(VA, DST, 16, ctx=1, cmd_id=3))
+    gpu.run(fill_va(VA + (4 << 20), 8, 3, ctx=1, cmd_id=4))
+    gpu.run(fill_va(VA + (5 << 20) + 8, 8, 4, ctx=1, cmd_id=5))  # same 2 MiB page: hit
+    ptw = [r for r in parse_trace(path.read_bytes()) if r.kind == H.TRACE_PTW]
+    want = [(1, 3), (1, 2), (1, 1), (1, 0), (4, 3), (4, 2), (4, 1)]  # 4K, then 2M walk
+    assert [(r.cmd_id, r.level) for r in ptw] == want
+    assert gpu.qt.readq(DATA_PA) == 1 and gpu.qt.readq(DATA_PA + 8) == 2
+    assert gpu.qt.readq(DST) == 1 and gpu.qt.readq(HUGE_PA + (1 << 20) + 8) == 4
+
+
+@pytest.mark.parametrize("invalidate", ["range", "all", "none", "other-range", "other-ctx"])
+def test_tlb_invalidate_makes_pte_change_visible(gpu: Gpu, invalidate: str) -> None:
+    pt = mmu(gpu)
+    pt.set_ctx(2)
+    pt.map(1, VA + 0x3000, DATA_PA, RW)
+    gpu.qt.writeq(DATA_PA, 0x01D)
+    gpu.qt.writeq(DATA_PA + 0x7000, 0x2E3)
+    (c,) = gpu.run(read_va(VA + 0x3000, DST, 8, ctx=1))  # caches the translation
+    assert c.status == 0 and gpu.qt.readq(DST) == 0x01D
+    pt.map(1, VA + 0x3000, DATA_PA + 0x7000, RW)  # the driver moves the page
+    inv = {
+        "range": tlb_inv(VA + 0x2FFF, 2, ctx=1),  # overlaps the page by one byte
+        "all": tlb_inv(0, 2**64 - 1, ctx=1),
+        "none": None,
+        "other-range": tlb_inv(VA + 0x4000, 0x1000, ctx=1),  # adjacent, no overlap
+        "other-ctx": tlb_inv(0, 2**64 - 1, ctx=2),
+    }[invalidate]
+    if inv is not None:
+        (c,) = gpu.run(inv)
+        assert c.status == H.ERR_NONE and c.opcode == H.OP_TLB_INVALIDATE
+    (c,) = gpu.run(read_va(VA + 0x3000, DST, 8, ctx=1))
+    assert c.status == 0
+    fresh = invalidate in ("range", "all")
+    assert gpu.qt.readq(DST) == (0x2E3 if fresh else 0x01D), "stale translation semantics"
+
+
+def test_unmap_needs_invalidate_to_fault(gpu: Gpu) -> None:
+    pt = mmu(gpu)
+    a = pt.map(1, VA, DATA_PA, RW)
+    gpu.run(read_va(VA, DST, 8, ctx=1))
+    gpu.qt.writeq(a, 0)  # unmapped, but still cached
+    (c,) = gpu.run(read_va(VA, DST, 8, ctx=1))
+    assert c.status == 0 and gpu.pending_faults() == 0
+    gpu.run(tlb_inv(VA, 4096, ctx=1))
+    gpu.push(read_va(VA, DST, 8, ctx=1, cmd_id=77))
+    (rec,) = gpu.faults(1)
+    assert rec.cmd_id == 77 and rec.reason == H.FAULT_NOT_PRESENT
+
+
+# ---- trace records v2 ----------------------------------------------------------
+
+
+def test_trace_v2_records(launch: Launch, tmp_path: Path) -> None:
+    gpu, path = trace_launch(launch, tmp_path)
+    pt = mmu(gpu)
+    leaf = pt.map(1, VA, DATA_PA, RW)
+    gpu.qt.write(SRC, b"v" * 16)
+    gpu.run(write_va(SRC, VA + 8, 16, ctx=1, cmd_id=1))
+    gpu.push(read_va(VA + 0x5000, DST, 8, ctx=1, cmd_id=2))
+    (rec,) = gpu.faults(1)
+    gpu.set_reg("FAULT_REPLAY", 1)
+    (rec,) = gpu.faults(1)
+    gpu.set_reg("FAULT_CANCEL", rec.token)
+    gpu.reap(1)
+    gpu.run(tlb_inv(VA, 0x2000, ctx=1, cmd_id=3))
+    recs = parse_trace(path.read_bytes())
+    mmu_e, cp = H.ENGINE_MMU, H.ENGINE_COPY
+    j1 = [r for r in recs if r.cmd_id == 1]
+    # CMD_FETCH, CTX_FETCH, 4 x PTW, DATA read (bus), DATA write (VA), CPL_WRITE
+    assert [r.kind for r in j1] == [
+        H.TRACE_CMD_FETCH,
+        H.TRACE_CTX_FETCH,
+        *[H.TRACE_PTW] * 4,
+        H.TRACE_DATA,
+        H.TRACE_DATA,
+        H.TRACE_CPL_WRITE,
+    ]
+    ctxf = j1[1]
+    assert (ctxf.engine, ctxf.addr, ctxf.length, ctxf.aux, ctxf.ctx) == (
+        mmu_e,
+        CTX_TABLE + 16,
+        16,
+        pt.roots[1],
+        1,
+    )
+    walk = j1[2:6]
+    assert [r.level for r in walk] == [3, 2, 1, 0]
+    assert all(r.engine == mmu_e and r.va == VA + 8 and r.length == 8 for r in walk)
+    assert all(r.dir == H.DIR_READ and r.result == 0 for r in walk)
+    assert walk[0].addr == pt.roots[1] + 8 * ((VA >> 39) & 511)
+    assert walk[3].addr == leaf and walk[3].aux == DATA_PA | RW | H.PTE_VALID
+    for lvl in (0, 1, 2):  # each entry read points at the next one
+        assert walk[lvl + 1].addr & ~0xFFF == walk[lvl].aux & H.PTE_ADDR_MASK
+    rd, wr = j1[6], j1[7]
+    assert (rd.engine, rd.addr, rd.length, rd.va, rd.dir) == (cp, SRC, 16, VA + 8, H.DIR_READ)
+    assert (wr.engine, wr.addr, wr.length, wr.va, wr.dir) == (
+        cp,
+        DATA_PA + 8,
+        16,
+        VA + 8,
+        H.DIR_WRITE,
+    )
+    # the failing walk stops at the missing level-0 entry; then the record
+    j2 = [r for r in recs if r.cmd_id == 2]
+    fw = [r for r in j2 if r.kind == H.TRACE_FAULT_WRITE]
+    assert len(fw) == 2
+    assert (fw[0].engine, fw[0].addr, fw[0].length, fw[0].va, fw[0].dir) == (
+        mmu_e,
+        gpu.faultq,
+        64,
+        VA + 0x5000,
+        H.DIR_WRITE,
+    )
+    assert fw[1].addr == gpu.faultq + 64 and fw[1].aux == rec.token
+    assert [r.aux for r in j2 if r.kind == H.TRACE_PTW][3] == 0  # not-present entry
+    ev = [r for r in recs if r.dir == H.DIR_NONE]
+    assert [(r.kind, r.cmd_id, r.va, r.aux, r.length, r.addr) for r in ev] == [
+        (H.TRACE_EV_REPLAY, 0, 0, 1, 0, 0),
+        (H.TRACE_EV_CANCEL, 2, VA + 0x5000, rec.token, 0, 0),
+        (H.TRACE_EV_TLB_INV, 3, VA, 0x2000, 0, 0),
+    ]
+    # the invalidate's event precedes its completion
+    i_ev = recs.index(ev[2])
+    assert recs[i_ev + 1].kind == H.TRACE_CPL_WRITE and recs[i_ev + 1].cmd_id == 3
