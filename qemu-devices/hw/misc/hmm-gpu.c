@@ -564,8 +564,6 @@ typedef enum HmmGpuXlate {
     XLATE_FAILED,           /* the job failed (j->status set) */
 } HmmGpuXlate;
 
-static void hmm_gpu_post_faults(HmmGpuState *s);
-
 static uint16_t hmm_gpu_alloc_token(HmmGpuState *s)
 {
     HmmGpuJob *j;
@@ -601,9 +599,12 @@ static HmmGpuXlate hmm_gpu_fault(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
     j->fault_access = access;
     j->fault_reason = reason;
     j->token = hmm_gpu_alloc_token(s);
+    /*
+     * Posted by the BH after the step: a failing record write is fatal and
+     * frees every job, this one included, which the caller still uses.
+     */
     j->rec_pending = true;
     hmm_gpu_job_move(s, j, JOB_STALLED);
-    hmm_gpu_post_faults(s);
     return XLATE_STALL;
 }
 
@@ -1197,6 +1198,7 @@ static void hmm_gpu_bh(void *opaque)
         /* a step that stalls or fails moves no data: still count it */
         bytes += MAX(hmm_gpu_step(s, QTAILQ_FIRST(&s->runnable)), 64);
     }
+    hmm_gpu_post_faults(s);
     while (HMM_GPU_ALIVE(s) && (j = QTAILQ_FIRST(&s->done))) {
         /* the driver may have moved CPLQ_HEAD backwards meanwhile */
         if (hmm_gpu_cplq_full(s)) {
