@@ -276,6 +276,9 @@ irqreturn_t hmm_gpu_err_irq(int irq, void *data)
 				    "fatal device error %u (%s) at %#llx, resetting\n",
 				    err, hmm_gpu_err_name(err), addr);
 		schedule_work(&gdev->reset_work);
+	} else if (err == HMM_GPU_ERR_FAULT) {
+		/* A fault the driver cancelled: the job's caller gets the errno. */
+		dev_dbg(&gdev->pdev->dev, "job failed: fault at %#llx cancelled\n", addr);
 	} else {
 		dev_err_ratelimited(&gdev->pdev->dev,
 				    "device error %u (%s) at %#llx\n",
