@@ -24,6 +24,16 @@ TRACE_EVENTS = (
     "hmm_gpu_reset",
     "hmm_gpu_queue_enable",
     "hmm_gpu_irq",
+    "hmm_gpu_bad_ctx",
+    "hmm_gpu_bad_pte",
+    "hmm_gpu_ptw_error",
+    "hmm_gpu_fault",
+    "hmm_gpu_fault_post",
+    "hmm_gpu_faultq_full",
+    "hmm_gpu_replay",
+    "hmm_gpu_cancel",
+    "hmm_gpu_bad_token",
+    "hmm_gpu_tlb_inv",
 )
 
 

@@ -313,3 +313,55 @@ def test_huge_unmapped_job_faults_once(gpu: Gpu) -> None:
     gpu.set_reg("FAULT_CANCEL", rec.token)
     (c,) = gpu.reap(1)
     assert (c.status, c.nbytes) == (H.ERR_FAULT, 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_garbage_survives(gpu: Gpu, seed: int) -> None:
+    """Random commands over random page tables (loops, MMIO, junk bits): the
+    device never dies, every job completes or stalls, RESET recovers."""
+    import random
+
+    rnd = random.Random(seed)
+    pt = mmu(gpu, ctx_count=2)
+    addrs = [BAR0, NOT_RAM, RAM_END - 8, pt.roots[1], CTX_TABLE, DATA_PA, HUGE_PA, 0]
+    for _ in range(40):  # scribble over the tables reachable from ctx 1
+        lvl = rnd.randrange(4)
+        va = VA + rnd.randrange(8) * (4096 << (9 * rnd.randrange(3)))
+        val = rnd.choice(addrs) & H.PTE_ADDR_MASK | rnd.getrandbits(6)
+        if rnd.random() < 0.1:
+            val = rnd.getrandbits(64)
+        pt.set_pte(1, va, lvl, val)
+    gpu.qt.write(CTX_TABLE, rnd.randbytes(16) if seed == 2 else gpu.qt.read(CTX_TABLE, 16))
+    cmds = []
+    for i in range(60):
+        op = rnd.randrange(3, 11)
+        va = VA + rnd.randrange(8) * (4096 << (9 * rnd.randrange(3))) + rnd.randrange(16)
+        cmds.append(
+            Cmd(
+                op,
+                ctx=rnd.choice([0, 1, 1, 1, 2, 0xFFFFFFFF]),
+                cmd_id=i,
+                src=rnd.choice([va, DST, NOT_RAM, 0]),
+                dst=rnd.choice([va, va + 8, DST + 64, 2**64 - 8]),
+                length=rnd.choice([0, 1, 8, 4096, 70000, H.MAX_XFER, 2**64 - 1]),
+                pattern=rnd.getrandbits(64),
+                arg2=rnd.getrandbits(64),
+            )
+        )
+    done = 0
+    for k in range(0, len(cmds), 10):
+        gpu.push(*cmds[k : k + 10])
+        for _ in range(200):
+            if gpu.pending_cpls() + done + gpu.reg("STALLED") >= k + 10:
+                break
+        n = gpu.pending_cpls()
+        done += len(gpu.reap(n)) if n else 0
+        while gpu.pending_faults():
+            (r,) = gpu.faults(1)
+            if rnd.random() < 0.5:
+                gpu.set_reg("FAULT_CANCEL", r.token)
+            else:
+                gpu.set_reg("FAULT_REPLAY", 1)
+        assert gpu.qt.alive()
+    assert gpu.qt.alive()
+    expect_recovers(gpu)
