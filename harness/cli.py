@@ -29,6 +29,7 @@ examples:
   hmmlab run                    boot the default configuration and run the smoke scenario
   hmmlab run my.yaml --results out/
   hmmlab trace results/<time>/dmatrace-0.bin --records
+  hmmlab bench svm              fault rate, bandwidth, fault latency: hmm_gpu.ko vs test_hmm.ko
 
 exit status of `run`: 0 every test passed, 1 a test failed,
 2 an infrastructure problem (build failed, guest hung, QEMU died) got in the way.
@@ -107,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-going", action="store_true",
                    help="run every scenario even after one fails")
 
+    bn = sub.add_parser(
+        "bench", help="measure (not a test): hmm_gpu.ko next to the kernel's test_hmm.ko",
+        description="Boot a guest and run a benchmark against hmm_gpu.ko and test_hmm.ko in "
+                    "the same guest; print the figures side by side and write bench.json to "
+                    "the results directory. `svm`: pages faulted+mapped per second, READ/WRITE "
+                    "bandwidth on mirrored memory, one fault's round trip (median).")
+    bn.add_argument("which", choices=["svm"], help="the benchmark")
+    bn.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
+                    help="run file for the guest (default: the packaged default; its "
+                         "scenarios are replaced by the benchmark)")
+    bn.add_argument("--results", type=Path, metavar="DIR",
+                    help="results directory (default: ./results/<UTC time>/)")
+
     t = sub.add_parser("trace", help="decode a DMA trace file (dmatrace-N.bin)",
                        description="Print a summary of a hmm-gpu DMA trace, or every record.")
     t.add_argument("file", type=Path, metavar="FILE")
@@ -159,6 +173,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return res.exit_code()
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness import bench, config
+    from harness.results import default_results_dir
+
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as e:
+        print(f"hmmlab: {e}", file=sys.stderr)
+        return EXIT_INFRA
+
+    def build(logdir: Path):
+        from harness.build import build_all
+        from harness.cache import Cache
+
+        return build_all(Cache.default(), logdir, kernel=cfg.kernel)
+
+    results_dir = (args.results or default_results_dir()).resolve()
+    res, fig = bench.run_bench(cfg, args.which, results_dir, build=build)
+    text, code = bench.report(res, fig)
+    print(text)
+    print(f"results: {results_dir}" + (" (bench.json)" if fig else ""))
+    return code
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from harness import dmatrace
 
@@ -186,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = setup_logging(args.verbose)
     try:
-        return {"build": cmd_build, "run": cmd_run, "trace": cmd_trace}[args.command](args)
+        return {"build": cmd_build, "run": cmd_run, "trace": cmd_trace,
+                "bench": cmd_bench}[args.command](args)
     except KeyboardInterrupt:
         print("hmmlab: interrupted", file=sys.stderr)
         return 130

@@ -417,7 +417,8 @@ def check_records(exp: Expectation, records: Sequence[TraceRecord]) -> list[str]
     return problems
 
 
-def check_trace(expectations: Sequence[Expectation], trace: Trace) -> list[str]:
+def check_trace(expectations: Sequence[Expectation], trace: Trace,
+                only_first: bool = False) -> list[str]:
     """Match the trace's DATA records to the workload's requests, in order.
 
     Requests that report their context id (``ctx``) are matched only against
@@ -426,9 +427,13 @@ def check_trace(expectations: Sequence[Expectation], trace: Trace) -> list[str]:
     records are grouped by command id in order of appearance and each request
     takes its share. Otherwise all requests are checked together: every DMA
     within some mapping of its role, total bytes equal to the requests'.
+
+    ``only_first``: the device did more work after these requests (later
+    scenarios), so only the first commands are matched; DATA of VA jobs
+    (``va`` set) is never the workload's.
     """
     problems = [f"trace: {p}" for p in trace.problems if not p.startswith("truncated")]
-    data = trace.data()
+    data = [r for r in trace.data() if r.va == 0]
     if expectations and all(e.ctx is not None for e in expectations):
         # Only the workload's own contexts (the driver may DMA for itself too).
         ctxs = {e.ctx for e in expectations}
@@ -443,6 +448,8 @@ def check_trace(expectations: Sequence[Expectation], trace: Trace) -> list[str]:
             else:
                 ordered.append([r])
         want = sum(e.ncmds or 0 for e in expectations)
+        if only_first and len(ordered) > want:
+            ordered = ordered[:want]
         if len(ordered) != want:
             problems.append(
                 f"trace has DATA records for {len(ordered)} commands, the workload reported {want}"
@@ -552,8 +559,8 @@ def check_invalidations(records: Sequence[TraceRecord], limit: int = 50) -> Inva
     # ctx -> {va >> 12: Translation} and {va >> 21: Translation}
     small: dict[int, dict[int, Translation]] = {}
     huge: dict[int, dict[int, Translation]] = {}
-    page = 1 << PAGE_SHIFT
     hshift = pt_shift(1)
+    paired: set[int] = set()  # WRITE records already checked with their READ
 
     def problem(text: str) -> None:
         out.problem_count += 1
@@ -586,25 +593,57 @@ def check_invalidations(records: Sequence[TraceRecord], limit: int = 50) -> Inva
             else:
                 _drop(small.get(r.ctx), huge.get(r.ctx), r.va, r.aux)
         elif r.kind == Kind.DATA and r.va:
+            if i in paired:
+                continue
+            nxt = records[i + 1] if i + 1 < len(records) else None
+            if (nxt is not None and nxt.kind == Kind.DATA and r.dir == Dir.READ
+                    and nxt.dir == Dir.WRITE and nxt.va == r.va and nxt.cmd_id == r.cmd_id
+                    and nxt.ctx == r.ctx and nxt.len == r.len and nxt.addr != r.addr):
+                # READ_VA / WRITE_VA: one side is the VA, the other a bus address
+                # (tagged with the same va). One of them must be the translation.
+                paired.add(i + 1)
+                out.data_checked += 2
+                side_r = _translated(i, r, small, huge)
+                side_w = _translated(i + 1, nxt, small, huge)
+                out.pages_checked += max(len(side_r), 1)
+                if any(side_r) and any(side_w):  # neither side is the translated one
+                    problems = [p for p in (*side_r, *side_w) if p]
+                    stale = [p for p in problems if "no translation" in p]
+                    problem((stale or problems)[0])
+                continue
             out.data_checked += 1
-            va, addr, left = r.va, r.addr, r.len
-            while left > 0:
-                chunk = min(left, page - (va & (page - 1)))
-                out.pages_checked += 1
-                cands = [t for t in (small.get(r.ctx, {}).get(va >> PAGE_SHIFT),
-                                     huge.get(r.ctx, {}).get(va >> hshift)) if t is not None]
-                where = (f"record {i} (t={r.timestamp_ns}): DATA {_name(r.dir)} cmd={r.cmd_id} "
-                         f"ctx={r.ctx} va=0x{va:x} addr=0x{addr:x}")
-                if not cands:
-                    problem(f"{where}: no translation of this page since the last TLB "
-                            "invalidation covering it (a stale TLB entry was used)")
-                else:
-                    t = max(cands, key=lambda t: t.index)
-                    want = t.pa + (va - t.va)
-                    if want != addr:
-                        problem(f"{where}: the current translation (PTW record {t.index}) maps "
-                                f"it to 0x{want:x}")
-                va, addr, left = va + chunk, addr + chunk, left - chunk
+            found = _translated(i, r, small, huge)
+            out.pages_checked += len(found)
+            for p in found:
+                if p:
+                    problem(p)
+    return out
+
+
+def _translated(i: int, r: TraceRecord, small: dict[int, dict[int, Translation]],
+                huge: dict[int, dict[int, Translation]]) -> list[str | None]:
+    """Per 4 KiB page of DATA record ``r``: None if its bus address is what the
+    current translation of its va gives, else the problem."""
+    page = 1 << PAGE_SHIFT
+    hshift = pt_shift(1)
+    out: list[str | None] = []
+    va, addr, left = r.va, r.addr, r.len
+    while left > 0:
+        chunk = min(left, page - (va & (page - 1)))
+        cands = [t for t in (small.get(r.ctx, {}).get(va >> PAGE_SHIFT),
+                             huge.get(r.ctx, {}).get(va >> hshift)) if t is not None]
+        where = (f"record {i} (t={r.timestamp_ns}): DATA {_name(r.dir)} cmd={r.cmd_id} "
+                 f"ctx={r.ctx} va=0x{va:x} addr=0x{addr:x}")
+        if not cands:
+            out.append(f"{where}: no translation of this page since the last TLB "
+                       "invalidation covering it (a stale TLB entry was used)")
+        else:
+            t = max(cands, key=lambda t: t.index)
+            want = t.pa + (va - t.va)
+            out.append(None if want == addr else
+                       f"{where}: the current translation (PTW record {t.index}) maps it "
+                       f"to 0x{want:x}")
+        va, addr, left = va + chunk, addr + chunk, left - chunk
     return out
 
 

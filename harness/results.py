@@ -93,6 +93,8 @@ class Results:
     environment: dict[str, Any] = field(default_factory=dict)
     devices: dict[str, Any] = field(default_factory=dict)
     tests: list[TestResult] = field(default_factory=list)
+    # Side-by-side reports scenarios add (e.g. "hmm-tests": test x driver).
+    tables: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +137,7 @@ class Results:
             "environment": self.environment,
             "devices": self.devices,
             "tests": [t.to_dict() for t in self.tests],
+            "tables": self.tables,
             "summary": self.summary(),
         }
 

@@ -7,7 +7,13 @@ Makefile. Both are packed into ``payload.cpio.gz`` (newc, owned by root),
 which the launcher appends to the rootfs initramfs:
 
     /opt/hmmlab/hmm_gpu.ko
-    /opt/hmmlab/bin/hmm-gpu-smoke
+    /opt/hmmlab/test_hmm.ko            the kernel's own lib/test_hmm.ko (the baseline)
+    /opt/hmmlab/bin/hmm-gpu-smoke, svm-mirror, svm-invalidate, hmm-bench
+    /opt/hmmlab/bin/hmm-tests          tools/testing/selftests/mm/hmm-tests.c, unmodified
+
+hmm-tests is built statically from the source of the kernel tree (its
+``source`` symlink), so it always matches the kernel and test_hmm.ko it runs
+against.
 
 The artifact directory also keeps the unstripped module and binaries next to
 the archive, for symbolising oopses.
@@ -31,8 +37,22 @@ WORKLOADS_DIR = REPO_ROOT / "guest-images" / "workloads"
 ABI_HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_gpu_regs.h"
 
 MODULE = "hmm_gpu.ko"
-WORKLOADS = ("hmm-gpu-smoke",)
+WORKLOADS = ("hmm-gpu-smoke", "svm-mirror", "svm-invalidate", "hmm-bench")
 GUEST_DIR = "opt/hmmlab"
+
+# The kernel's own HMM selftest and baseline module, from the kernel tree.
+TEST_HMM_KO = "lib/test_hmm.ko"
+SELFTEST_DIR = "tools/testing/selftests/mm"
+HMM_TESTS = "hmm-tests"
+HMM_TESTS_SOURCES = ("hmm-tests.c", "vm_util.c")
+# Everything hmm-tests.c and vm_util.c include from the kernel source (for the cache key).
+HMM_TESTS_HEADERS = (
+    "tools/testing/selftests/mm/vm_util.h",
+    "tools/testing/selftests/kselftest_harness.h",
+    "tools/testing/selftests/kselftest.h",
+    "lib/test_hmm_uapi.h",
+    "mm/gup_test.h",
+)
 
 # Files of a kernel tree that identify what a module built against it must match.
 KERNEL_IDENTITY = (".config", "Module.symvers", "include/config/kernel.release")
@@ -77,12 +97,24 @@ def _check_tools(kernel_tree: Path) -> None:
             "payload: static libc (libc.a) not found; the workloads link statically: "
             "apt-get install libc6-dev"
         )
-    absent = [n for n in ("Makefile", *KERNEL_IDENTITY) if not (kernel_tree / n).exists()]
+    absent = [n for n in ("Makefile", *KERNEL_IDENTITY, TEST_HMM_KO)
+              if not (kernel_tree / n).exists()]
     if absent:
         raise PayloadError(
             f"payload: {kernel_tree} is not a built kernel tree (missing {', '.join(absent)}); "
             "build the kernel first"
         )
+
+
+def kernel_source(kernel_tree: Path) -> Path:
+    """The unpacked source a kernel tree was built from (kbuild's ``source`` link)."""
+    src = (kernel_tree / "source").resolve()
+    if not (src / SELFTEST_DIR / "hmm-tests.c").exists():
+        raise PayloadError(
+            f"payload: {kernel_tree}/source does not lead to a kernel source with "
+            f"{SELFTEST_DIR}/hmm-tests.c"
+        )
+    return src
 
 
 def payload_key(kernel_tree: Path) -> str:
@@ -93,6 +125,12 @@ def payload_key(kernel_tree: Path) -> str:
     h.file(ABI_HEADER, label="abi/hmm_gpu_regs.h")
     for name in KERNEL_IDENTITY:
         h.file(kernel_tree / name, label=f"kernel/{name}")
+    h.file(kernel_tree / TEST_HMM_KO, label=f"kernel/{TEST_HMM_KO}")
+    src = kernel_source(kernel_tree)
+    for name in HMM_TESTS_SOURCES:
+        h.file(src / SELFTEST_DIR / name, label=f"src/{SELFTEST_DIR}/{name}")
+    for rel in HMM_TESTS_HEADERS:
+        h.file(src / rel, label=f"src/{rel}")
     cc = run(["gcc", "--version"], timeout=60).stdout.decode(errors="replace")
     h.text("gcc", cc.splitlines()[0] if cc else "")
     h.file(Path(__file__), label="payload.py")
@@ -113,18 +151,30 @@ def _build_module(kernel_tree: Path, scratch: Path, logfile: Path) -> Path:
     return ko
 
 
-def _build_workloads(driver_scratch: Path, scratch: Path, logfile: Path) -> list[Path]:
+def _build_workloads(driver_scratch: Path, scratch: Path, ksrc: Path,
+                     logfile: Path) -> list[Path]:
     scratch.mkdir(parents=True)
     for src in _sources(WORKLOADS_DIR):
         shutil.copy2(src, scratch / src.name)
-    run(["make", "-C", scratch, f"HMM_GPU_UAPI_DIR={driver_scratch}", f"O={scratch}"],
-        timeout=WORKLOAD_TIMEOUT, logfile=logfile)
+    run(["make", "-C", scratch, f"HMM_GPU_UAPI_DIR={driver_scratch}", f"KSRC={ksrc}",
+         f"O={scratch}"], timeout=WORKLOAD_TIMEOUT, logfile=logfile)
     bins = [scratch / name for name in WORKLOADS]
     absent = [b.name for b in bins if not b.exists()]
     if absent:
         raise PayloadError(f"payload: workload build produced no {', '.join(absent)} "
                            f"(see {logfile})")
     return bins
+
+
+def _build_hmm_tests(ksrc: Path, out: Path, logfile: Path) -> Path:
+    """The kernel's hmm-tests, unmodified, linked statically (the guest has no libc)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run(["gcc", "-static", "-O2", "-Wall", f"-I{ksrc}", f"-I{ksrc}/tools/testing/selftests",
+         f"-I{ksrc}/tools/include/uapi", *HMM_TESTS_SOURCES, "-lpthread", "-o", out],
+        cwd=ksrc / SELFTEST_DIR, timeout=WORKLOAD_TIMEOUT, logfile=logfile)
+    if not out.exists():
+        raise PayloadError(f"payload: the hmm-tests build produced nothing (see {logfile})")
+    return out
 
 
 def _install(src: Path, dst: Path, mode: int) -> None:
@@ -170,11 +220,17 @@ def build_payload(cache: Cache, logdir: Path, kernel_tree: Path) -> Path:
              kernel_tree)
     with cache.building(final) as tmp:
         scratch = tmp / "build"
+        ksrc = kernel_source(kernel_tree)
+        test_hmm = kernel_tree / TEST_HMM_KO
+        if not test_hmm.exists():
+            raise PayloadError(f"payload: {test_hmm} is missing (CONFIG_TEST_HMM=m?)")
         ko = _build_module(kernel_tree, scratch / "driver", logfile)
-        bins = _build_workloads(scratch / "driver", scratch / "workloads", logfile)
+        bins = _build_workloads(scratch / "driver", scratch / "workloads", ksrc, logfile)
+        bins.append(_build_hmm_tests(ksrc, scratch / "selftests" / HMM_TESTS, logfile))
 
         root = tmp / "root"
         _install(ko, root / GUEST_DIR / MODULE, 0o644)
+        _install(test_hmm, root / GUEST_DIR / "test_hmm.ko", 0o644)
         for b in bins:
             _install(b, root / GUEST_DIR / "bin" / b.name, 0o755)
         _pack(root, tmp / "payload.cpio.gz", logfile)

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 # name -> module with a make() returning the Scenario (imported only when used)
 _REGISTRY: dict[str, str] = {
     "smoke": "harness.scenarios.smoke",
+    "hmm-tests": "harness.scenarios.hmm_tests",
+    "svm-mirror": "harness.scenarios.svm",
+    "svm-invalidate": "harness.scenarios.svm",
+    "bench-svm": "harness.scenarios.bench",
 }
 
 
@@ -52,4 +56,10 @@ def create(name: str) -> Scenario:
         module = importlib.import_module(_REGISTRY[name])
     except KeyError:
         raise ValueError(f"unknown scenario {name!r} (known: {', '.join(_REGISTRY)})") from None
-    return module.make()
+    return module.make(name) if _takes_name(module) else module.make()
+
+
+def _takes_name(module: object) -> bool:
+    import inspect
+
+    return bool(inspect.signature(module.make).parameters)  # type: ignore[attr-defined]

@@ -9,8 +9,9 @@ import pytest
 
 from harness import config
 from harness.config import ConfigError, DeviceConfig, Timeouts
+from harness.scenarios import names as scenario_names
 
-SCENARIOS = ("smoke",)
+SCENARIOS = scenario_names()
 
 
 def load(text: str, name: str = "run.yaml"):
@@ -27,11 +28,12 @@ def test_packaged_default() -> None:
     cfg = config.load(None)
     assert cfg.kernel == "6.12"
     assert cfg.machine == "q35"
-    assert cfg.memory == 1024
+    assert cfg.memory == 2048  # hmm-tests + svm scenarios
     assert cfg.cpus == 2
     assert cfg.accel == "auto"
-    assert cfg.devices == (DeviceConfig("hmm-gpu", {}),)
-    assert cfg.scenarios == ("smoke",)
+    # hmm-tests' hmm2 fixtures need /dev/hmm_dmirror0 and 1: two devices
+    assert cfg.devices == (DeviceConfig("hmm-gpu", {}), DeviceConfig("hmm-gpu", {}))
+    assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate")
     assert cfg.timeouts == Timeouts(boot=120, no_output=60, scenario=300)
 
 
@@ -110,7 +112,8 @@ def test_accel_choice() -> None:
     ("kernel: latest\n", 'kernel: expected a version like "6.12", got "latest"'),
     ("timeouts: {boot: -1}\n", "timeouts.boot: expected a positive number of seconds"),
     ("timeouts: 5\n", "timeouts: expected a mapping of keys"),
-    ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke", got "smok"'),
+    ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke" or "hmm-tests" or '
+     '"svm-mirror" or "svm-invalidate" or "bench-svm", got "smok"; did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),
@@ -153,3 +156,16 @@ def test_to_dict_is_json_ready() -> None:
 
     d = load("devices: [{type: hmm-gpu, props: {a: 1}}]\n").to_dict()
     assert json.loads(json.dumps(d))["devices"] == [{"type": "hmm-gpu", "props": {"a": "1"}}]
+
+
+def test_every_registered_scenario_can_be_named_and_created() -> None:
+    from harness import scenarios
+
+    cfg = load("scenarios: [smoke, hmm-tests, svm-mirror, svm-invalidate, bench-svm]\n")
+    for name in cfg.scenarios:
+        assert scenarios.create(name).name == name
+
+
+def test_unknown_scenario_lists_the_new_ones() -> None:
+    msg = error("scenarios: [svm-mirorr]\n")
+    assert "svm-mirorr" in msg and "svm-mirror" in msg and "hmm-tests" in msg

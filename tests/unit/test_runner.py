@@ -146,6 +146,8 @@ def go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: Script,
        yaml: str = "", keep_going: bool = False) -> tuple[Any, dict[str, Any]]:
     seen: dict[str, Any] = {}
     monkeypatch.setattr(runner, "Guest", fake_guest_class(script, seen))
+    if "scenarios:" not in yaml:  # these tests script the smoke scenario's guest side
+        yaml += "\nscenarios: [smoke]\n"
     cfg = config.load_text(yaml, "t.yaml")
     res = runner.run(cfg, tmp_path / "res", artifacts=FakeArtifacts(),  # type: ignore[arg-type]
                      probe=FakeProbe(), keep_going=keep_going)  # type: ignore[arg-type]
@@ -282,7 +284,7 @@ def test_guest_gone_mid_run_skips_counters(tmp_path: Path, monkeypatch: pytest.M
             raise AssertionError("QMP is gone: counters must not be read")
 
     monkeypatch.setattr(runner, "Guest", Dying)
-    res = runner.run(config.load_text("", "t.yaml"), tmp_path / "res",
+    res = runner.run(config.load_text("scenarios: [smoke]", "t.yaml"), tmp_path / "res",
                      artifacts=FakeArtifacts(), probe=FakeProbe())  # type: ignore[arg-type]
     st = statuses(res)
     assert st["smoke.counters"] == "SKIP"

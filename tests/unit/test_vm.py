@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import config
+from harness.scenarios import names as scenario_names
 from harness.splat import SplatScanner
 from harness.vm import (
     AccelChoice,
@@ -27,7 +28,7 @@ def opt(argv: list[str], flag: str) -> list[str]:
 
 
 def cmdline(yaml: str = "", accel: str = "tcg", run: Path = Path("/r")) -> list[str]:
-    cfg = config.load_text(yaml, "t.yaml", known_scenarios=("smoke",))
+    cfg = config.load_text(yaml, "t.yaml", known_scenarios=scenario_names())
     files = LaunchFiles(run, run / "qmp.sock")
     return build_command_line(cfg, Path("/q/qemu-system-x86_64"), (Path("/fw1"), Path("/fw2")),
                               Path("/k/bzImage"), files, AccelChoice(accel, "test"), 2222)
@@ -40,7 +41,7 @@ def test_default_command_line() -> None:
     assert opt(argv, "-M") == ["q35"]
     assert opt(argv, "-accel") == ["tcg"]
     assert opt(argv, "-cpu") == ["max"]
-    assert opt(argv, "-smp") == ["2"] and opt(argv, "-m") == ["1024"]
+    assert opt(argv, "-smp") == ["2"] and opt(argv, "-m") == ["2048"]
     for flag in ("-nodefaults", "-no-reboot", "-S"):
         assert flag in argv
     assert opt(argv, "-display") == ["none"]

@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * hmm-bench: HMM mirror figures through the kernel's test_hmm ("dmirror")
+ * uAPI only, so the same binary measures hmm_gpu.ko and lib/test_hmm.ko.
+ *
+ * Usage: hmm-bench [-d /dev/hmm_dmirror0] [-s MiB] [-n LATENCY_SAMPLES] [-r REPEATS]
+ *
+ * Prints one JSON line:
+ *   fault_pages_per_s  pages faulted + mapped per second: a fresh mapping
+ *                      (CPU-populated), HMM_DMIRROR_READ over it in 2 MiB steps
+ *   read_MBps          HMM_DMIRROR_READ bandwidth on memory already mirrored
+ *   write_MBps         HMM_DMIRROR_WRITE bandwidth on memory already mirrored
+ *   fault_latency_us   median (and p10/p90) of one 1-page READ of a fresh page
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lib/test_hmm_uapi.h>
+
+#define PAGE 4096ul
+#define STEP (2ul << 20)
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int dmirror(int fd, unsigned long req, void *addr, void *ptr, unsigned long npages,
+		   uint64_t *faults)
+{
+	struct hmm_dmirror_cmd cmd;
+
+	memset(&cmd, 0, sizeof(cmd));
+	cmd.addr = (uintptr_t)addr;
+	cmd.ptr = (uintptr_t)ptr;
+	cmd.npages = npages;
+	for (;;) {
+		if (ioctl(fd, req, &cmd) == 0)
+			break;
+		if (errno != EINTR)
+			return -errno;
+	}
+	if (faults)
+		*faults += cmd.faults;
+	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Whole range in STEP pieces; returns ns or 0 on error (errno in *err). */
+static uint64_t sweep(int fd, unsigned long req, char *mem, char *buf, size_t size,
+		      uint64_t *faults, int *err)
+{
+	uint64_t t0 = now_ns();
+	size_t off;
+
+	for (off = 0; off < size; off += STEP) {
+		int rc = dmirror(fd, req, mem + off, buf + off, STEP / PAGE, faults);
+
+		if (rc) {
+			*err = rc;
+			return 0;
+		}
+	}
+	return now_ns() - t0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *dev = "/dev/hmm_dmirror0";
+	size_t size = 64ul << 20;
+	int samples = 200, repeats = 4, opt, i, err = 0;
+	uint64_t faults = 0, t, tr = 0, tw = 0, *lat;
+	char *mem, *buf;
+	int fd;
+
+	while ((opt = getopt(argc, argv, "d:s:n:r:")) != -1) {
+		switch (opt) {
+		case 'd': dev = optarg; break;
+		case 's': size = strtoul(optarg, NULL, 0) << 20; break;
+		case 'n': samples = atoi(optarg); break;
+		case 'r': repeats = atoi(optarg); break;
+		default:
+			fprintf(stderr, "usage: %s [-d DEV] [-s MiB] [-n N] [-r R]\n", argv[0]);
+			return 2;
+		}
+	}
+	size = (size + STEP - 1) & ~(STEP - 1);
+	if (samples < 1 || repeats < 1 || !size)
+		return 2;
+	fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		printf("{\"test\": \"bench\", \"ok\": false, \"device\": \"%s\", \"error\": \"open: %s\"}\n",
+		       dev, strerror(errno));
+		return 1;
+	}
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED || buf == MAP_FAILED)
+		return 2;
+	/* no THP: one 4 KiB page per device mapping, like the kernel's own tests */
+	madvise(mem, size, MADV_NOHUGEPAGE);
+	memset(mem, 0x5a, size);
+	memset(buf, 0, size);
+
+	/* 1. fault + map: the first device access to every page */
+	t = sweep(fd, HMM_DMIRROR_READ, mem, buf, size, &faults, &err);
+	if (!t)
+		goto fail;
+	double fault_rate = (size / PAGE) / (t / 1e9);
+	uint64_t first_faults = faults;
+
+	/* 2. bandwidth on the mirrored range (no faults expected) */
+	faults = 0;
+	for (i = 0; i < repeats; i++) {
+		uint64_t x = sweep(fd, HMM_DMIRROR_READ, mem, buf, size, &faults, &err);
+
+		if (!x)
+			goto fail;
+		tr += x;
+		x = sweep(fd, HMM_DMIRROR_WRITE, mem, buf, size, &faults, &err);
+		if (!x)
+			goto fail;
+		tw += x;
+	}
+	double rd = (double)size * repeats / (tr / 1e3); /* bytes/us = MB/s */
+	double wr = (double)size * repeats / (tw / 1e3);
+	uint64_t steady_faults = faults;
+
+	/* 3. one fault round trip: 1-page READ of a fresh page */
+	lat = calloc(samples, sizeof(*lat));
+	for (i = 0; i < samples; i++) {
+		char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			       -1, 0);
+		uint64_t t0;
+		int rc;
+
+		p[0] = 1;
+		t0 = now_ns();
+		rc = dmirror(fd, HMM_DMIRROR_READ, p, buf, 1, NULL);
+		lat[i] = now_ns() - t0;
+		munmap(p, PAGE);
+		if (rc) {
+			err = rc;
+			goto fail;
+		}
+	}
+	qsort(lat, samples, sizeof(*lat), cmp_u64);
+	printf("{\"test\": \"bench\", \"ok\": true, \"device\": \"%s\", \"size_bytes\": %zu, "
+	       "\"pages\": %zu, \"first_pass_faults\": %llu, \"steady_faults\": %llu, "
+	       "\"fault_pages_per_s\": %.0f, \"read_MBps\": %.1f, \"write_MBps\": %.1f, "
+	       "\"fault_latency_us\": %.2f, \"fault_latency_p10_us\": %.2f, "
+	       "\"fault_latency_p90_us\": %.2f, \"latency_samples\": %d, \"repeats\": %d}\n",
+	       dev, size, size / PAGE, (unsigned long long)first_faults,
+	       (unsigned long long)steady_faults, fault_rate, rd, wr, lat[samples / 2] / 1e3,
+	       lat[samples / 10] / 1e3, lat[samples * 9 / 10] / 1e3, samples, repeats);
+	return 0;
+fail:
+	printf("{\"test\": \"bench\", \"ok\": false, \"device\": \"%s\", \"error\": \"ioctl: %s\"}\n",
+	       dev, strerror(-err));
+	return 1;
+}

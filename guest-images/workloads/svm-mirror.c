@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * svm-mirror: device jobs on the process's own virtual memory through
+ * HMM_GPU_IOC_SVM_BIND/SVM_JOB (/dev/hmm_gpuN, uAPI 2).
+ *
+ * Usage: svm-mirror [-d /dev/hmm_gpu0]
+ *
+ * For each kind of memory (malloc, anonymous mmap, tmpfs file MAP_SHARED,
+ * THP with MADV_HUGEPAGE): READ (twice: the first job must fault, the second
+ * on the same range must not), WRITE, FILL, COPY, ATOMIC_ADD, CMPXCHG, each
+ * verified against what the CPU sees. Then never-touched memory (reads as
+ * zeros), a read-only mapping (device write refused with EPERM) and an
+ * unmapped range (EFAULT). One JSON object per line on stdout:
+ *   {"test": "anon.read", "ok": true, "ctx": 3, "len": 262144, "faults": 2, ...}
+ * Exit status 0 only if every line said "ok": true.
+ */
+#include "svm-common.h"
+
+#define SMALL (256u << 10)
+#define HUGE_SZ (4u << 20)
+#define HPAGE (2u << 20)
+
+static int fd = -1;
+static uint32_t ctx;
+static int failures;
+static char *bounce;
+
+static void result(const char *kind, const char *test, bool ok, size_t len,
+		   const struct hmm_gpu_svm_job *j, int rc, const char *fmt, ...)
+{
+	char extra[1024] = "";
+	va_list ap;
+
+	if (fmt) {
+		va_start(ap, fmt);
+		vsnprintf(extra, sizeof(extra), fmt, ap);
+		va_end(ap);
+	}
+	if (!ok)
+		failures++;
+	jprintf("{\"test\": \"%s.%s\", \"ok\": %s, \"ctx\": %u, \"len\": %zu, "
+		"\"faults\": %" PRIu64 ", \"pages\": %" PRIu64 ", \"status\": %u, "
+		"\"errno\": %d%s%s}",
+		kind, test, ok ? "true" : "false", ctx, len, j ? (uint64_t)j->faults : 0,
+		j ? (uint64_t)j->pages : 0, j ? j->status : 0, -rc, *extra ? ", " : "", extra);
+}
+
+static void pattern(void *p, size_t len, uint64_t seed)
+{
+	uint64_t *q = p;
+	size_t i;
+
+	for (i = 0; i < len / 8; i++)
+		q[i] = seed ^ (i * 0x9e3779b97f4a7c15ull);
+}
+
+/* Index of the first u64 that differs from pattern(seed), or -1. */
+static long check_pattern(const void *p, size_t len, uint64_t seed)
+{
+	const uint64_t *q = p;
+	size_t i;
+
+	for (i = 0; i < len / 8; i++)
+		if (q[i] != (seed ^ (i * 0x9e3779b97f4a7c15ull)))
+			return (long)i;
+	return -1;
+}
+
+static void run_kind(const char *kind, char *mem, size_t len)
+{
+	struct hmm_gpu_svm_job j1, j2;
+	size_t half = len / 2;
+	uint64_t *p = (uint64_t *)mem;
+	long bad;
+	int rc;
+
+	/* READ: the CPU wrote it, the device must see it; the first job faults. */
+	pattern(mem, len, 0x1111);
+	memset(bounce, 0, len);
+	rc = svm_simple(fd, HMM_GPU_SVM_READ, mem, NULL, bounce, len, 0, &j1);
+	bad = rc ? -2 : check_pattern(bounce, len, 0x1111);
+	result(kind, "read", rc == 0 && bad < 0, len, &j1, rc, "\"bad_index\": %ld", bad);
+	memset(bounce, 0, len);
+	rc = svm_simple(fd, HMM_GPU_SVM_READ, mem, NULL, bounce, len, 0, &j2);
+	bad = rc ? -2 : check_pattern(bounce, len, 0x1111);
+	result(kind, "read_again", rc == 0 && bad < 0, len, &j2, rc, "\"bad_index\": %ld", bad);
+	result(kind, "refault", j1.faults > 0 && j2.faults == 0, len, &j2, 0,
+	       "\"first_faults\": %" PRIu64 ", \"second_faults\": %" PRIu64,
+	       (uint64_t)j1.faults, (uint64_t)j2.faults);
+
+	/* WRITE: the device writes, the CPU must see it. */
+	pattern(bounce, len, 0x2222);
+	rc = svm_simple(fd, HMM_GPU_SVM_WRITE, mem, NULL, bounce, len, 0, &j1);
+	bad = rc ? -2 : check_pattern(mem, len, 0x2222);
+	result(kind, "write", rc == 0 && bad < 0, len, &j1, rc, "\"bad_index\": %ld", bad);
+
+	/* FILL the second half, then COPY it over the first. */
+	rc = svm_simple(fd, HMM_GPU_SVM_FILL, mem + half, NULL, NULL, half,
+			0xfeedface12345678ull, &j1);
+	bad = rc ? -2 : check_u64(mem + half, half, 0xfeedface12345678ull);
+	if (bad < 0 && !rc && check_pattern(mem, half, 0x2222) >= 0)
+		bad = -3; /* the fill spilled into the first half */
+	result(kind, "fill", rc == 0 && bad == -1, half, &j1, rc, "\"bad_index\": %ld", bad);
+	rc = svm_simple(fd, HMM_GPU_SVM_COPY, mem, mem + half, NULL, half, 0, &j1);
+	bad = rc ? -2 : check_u64(mem, half, 0xfeedface12345678ull);
+	result(kind, "copy", rc == 0 && bad < 0, half, &j1, rc, "\"bad_index\": %ld", bad);
+
+	/* Atomics on the CPU's values. */
+	p[1] = 100;
+	memset(&j1, 0, sizeof(j1));
+	j1.op = HMM_GPU_SVM_ATOMIC_ADD;
+	j1.va = (uintptr_t)&p[1];
+	j1.len = 8;
+	j1.value = 5;
+	rc = svm_job(fd, &j1);
+	result(kind, "atomic_add", rc == 0 && j1.result == 100 && p[1] == 105, 8, &j1, rc,
+	       "\"old\": %" PRIu64 ", \"now\": %" PRIu64, (uint64_t)j1.result, p[1]);
+	memset(&j2, 0, sizeof(j2));
+	j2.op = HMM_GPU_SVM_CMPXCHG;
+	j2.va = (uintptr_t)&p[1];
+	j2.len = 8;
+	j2.compare = 105;
+	j2.value = 7;
+	rc = svm_job(fd, &j2);
+	bool ok = rc == 0 && j2.result == 105 && p[1] == 7;
+	j2.compare = 1; /* does not match: no store */
+	j2.value = 9;
+	rc = rc ? rc : svm_job(fd, &j2);
+	ok = ok && rc == 0 && j2.result == 7 && p[1] == 7;
+	result(kind, "cmpxchg", ok, 8, &j2, rc, "\"now\": %" PRIu64, p[1]);
+}
+
+int main(int argc, char **argv)
+{
+	const char *dev = "/dev/hmm_gpu0";
+	struct hmm_gpu_svm_job j;
+	struct hmm_gpu_svm_stats st;
+	char path[] = "/tmp/svm-mirror-XXXXXX";
+	char *m, *anon, *file, *thp, *ro, *gone;
+	int opt, rc, tfd;
+	long bad;
+
+	while ((opt = getopt(argc, argv, "d:")) != -1) {
+		if (opt == 'd')
+			dev = optarg;
+		else {
+			fprintf(stderr, "usage: %s [-d DEV]\n", argv[0]);
+			return 2;
+		}
+	}
+	fd = svm_open_bind(dev, &ctx);
+	if (fd < 0) {
+		jprintf("{\"test\": \"bind\", \"ok\": false, \"errno\": %d, \"error\": \"%s\"}",
+			-fd, strerror(-fd));
+		return 1;
+	}
+	jprintf("{\"test\": \"bind\", \"ok\": true, \"ctx\": %u}", ctx);
+	bounce = aligned_alloc(4096, HUGE_SZ);
+	if (!bounce)
+		return 2;
+
+	m = malloc(SMALL + 64);
+	run_kind("malloc", m + 16, SMALL); /* not page aligned on purpose */
+
+	anon = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	run_kind("anon", anon, SMALL);
+
+	tfd = mkstemp(path);
+	if (tfd < 0 || ftruncate(tfd, SMALL)) {
+		perror("tmpfs file");
+		return 2;
+	}
+	unlink(path);
+	file = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_SHARED, tfd, 0);
+	run_kind("file", file, SMALL);
+	/* what the device wrote is in the page cache: read(2) sees it */
+	{
+		uint64_t v = 0;
+
+		rc = pread(tfd, &v, 8, 8) == 8 ? 0 : -errno;
+		result("file", "pread_sees_device", rc == 0 && v == 7, 8, NULL, rc,
+		       "\"value\": %" PRIu64, v);
+	}
+
+	m = mmap(NULL, HUGE_SZ + HPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	thp = (char *)(((uintptr_t)m + HPAGE - 1) & ~(uintptr_t)(HPAGE - 1));
+	if (madvise(thp, HUGE_SZ, MADV_HUGEPAGE))
+		perror("madvise(MADV_HUGEPAGE)");
+	run_kind("thp", thp, HUGE_SZ);
+
+	/* never touched by the CPU: the device reads zeros */
+	anon = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	memset(bounce, 0xa5, SMALL);
+	rc = svm_simple(fd, HMM_GPU_SVM_READ, anon, NULL, bounce, SMALL, 0, &j);
+	bad = rc ? -2 : check_u64(bounce, SMALL, 0);
+	result("untouched", "read_zero", rc == 0 && bad < 0, SMALL, &j, rc,
+	       "\"bad_index\": %ld", bad);
+	rc = svm_simple(fd, HMM_GPU_SVM_FILL, anon, NULL, NULL, SMALL, 0x77, &j);
+	bad = rc ? -2 : check_u64(anon, SMALL, 0x77);
+	result("untouched", "fill", rc == 0 && bad < 0, SMALL, &j, rc, "\"bad_index\": %ld", bad);
+
+	/* read-only: the device may read, not write */
+	ro = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	fill_u64(ro, SMALL, 0x5151);
+	mprotect(ro, SMALL, PROT_READ);
+	rc = svm_simple(fd, HMM_GPU_SVM_READ, ro, NULL, bounce, SMALL, 0, &j);
+	bad = rc ? -2 : check_u64(bounce, SMALL, 0x5151);
+	result("readonly", "read", rc == 0 && bad < 0, SMALL, &j, rc, "\"bad_index\": %ld", bad);
+	rc = svm_simple(fd, HMM_GPU_SVM_FILL, ro, NULL, NULL, SMALL, 0x99, &j);
+	bad = check_u64(ro, SMALL, 0x5151);
+	result("readonly", "fill_refused", rc == -EPERM && bad < 0, SMALL, &j, rc,
+	       "\"bad_index\": %ld", bad);
+
+	/* unmapped: EFAULT */
+	gone = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(gone, SMALL);
+	rc = svm_simple(fd, HMM_GPU_SVM_READ, gone, NULL, bounce, 4096, 0, &j);
+	result("unmapped", "read_refused", rc == -EFAULT, 4096, &j, rc, NULL);
+
+	memset(&st, 0, sizeof(st));
+	rc = ioctl(fd, HMM_GPU_IOC_SVM_STATS, &st) ? -errno : 0;
+	result("svm", "stats", rc == 0 && st.faults > 0 && st.pages_mapped > 0, 0, NULL, rc,
+	       "\"faults_total\": %" PRIu64 ", \"fault_batches\": %" PRIu64
+	       ", \"pages_mapped\": %" PRIu64 ", \"invalidations\": %" PRIu64
+	       ", \"tlb_invalidates\": %" PRIu64 ", \"replays\": %" PRIu64
+	       ", \"cancels\": %" PRIu64,
+	       (uint64_t)st.faults, (uint64_t)st.fault_batches, (uint64_t)st.pages_mapped,
+	       (uint64_t)st.invalidations, (uint64_t)st.tlb_invalidates,
+	       (uint64_t)st.replays, (uint64_t)st.cancels);
+	close(fd);
+	return failures ? 1 : 0;
+}

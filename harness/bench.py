@@ -1,0 +1,50 @@
+"""``hmmlab bench svm``: HMM mirror figures, hmm_gpu.ko next to test_hmm.ko.
+
+Boots the configuration (the default one unless given) with only the
+``bench-svm`` scenario, which runs hmm-bench against both drivers in the
+same guest, and prints the side-by-side table from ``bench.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.config import RunConfig
+from harness.results import EXIT_FAIL, Results
+from harness.scenarios.bench import format_figures
+
+if TYPE_CHECKING:
+    from harness.build import Artifacts
+
+BENCHES = {"svm": "bench-svm"}
+
+
+def bench_config(cfg: RunConfig, which: str) -> RunConfig:
+    """``cfg`` with its scenarios replaced by the benchmark's."""
+    return dataclasses.replace(cfg, scenarios=(BENCHES[which],))
+
+
+def run_bench(cfg: RunConfig, which: str, results_dir: Path, *,
+              build: Callable[[Path], Artifacts] | None = None,
+              artifacts: Artifacts | None = None) -> tuple[Results, dict[str, Any] | None]:
+    from harness import runner
+
+    res = runner.run(bench_config(cfg, which), results_dir, build=build, artifacts=artifacts,
+                     keep_going=True)
+    path = results_dir / "bench.json"
+    fig = json.loads(path.read_text()) if path.exists() else None
+    return res, fig
+
+
+def report(res: Results, fig: dict[str, Any] | None) -> tuple[str, int]:
+    """The text to print and the exit status (1 unless both drivers were measured)."""
+    if fig is None:
+        return res.table() + "\nno figures: the benchmark did not run", max(res.exit_code(),
+                                                                             EXIT_FAIL)
+    complete = all(r[c] is not None for r in fig["rows"] for c in fig["columns"])
+    code = res.exit_code() or (0 if complete else EXIT_FAIL)
+    return format_figures(fig), code

@@ -1,0 +1,100 @@
+"""Helpers shared by scenarios: guest commands, kernel modules, device nodes."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+
+from harness.results import Status, TestResult
+from harness.scenarios import Session
+from harness.ssh import SSHAborted, SSHError, SSHTimeout
+
+BIN = "/opt/hmmlab/bin"
+HMM_GPU_KO = "/opt/hmmlab/hmm_gpu.ko"
+TEST_HMM_KO = "/opt/hmmlab/test_hmm.ko"
+MODULE_TIMEOUT = 60.0
+
+
+@dataclass
+class Cmd:
+    """One command's outcome in the guest (``error`` set when it could not finish)."""
+
+    cmd: str
+    rc: int = -1
+    out: str = ""
+    err: str = ""
+    error: str = ""  # timeout, QEMU gone, SSH failure
+    status_if_error: Status = Status.ERROR
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.rc == 0
+
+    def text(self, limit: int = 3000) -> str:
+        body = f"$ {self.cmd}\n{self.out}{self.err}".rstrip()
+        if self.error:
+            body += f"\n({self.error})"
+        elif self.rc != 0:
+            body += f"\n(exit status {self.rc})"
+        return body[-limit:]
+
+
+def guest_run(s: Session, cmd: str, timeout: float) -> Cmd:
+    """Run ``cmd`` in the guest; never raises for timeouts, QEMU exits or SSH errors."""
+    t0 = time.monotonic()
+    c = Cmd(cmd)
+    try:
+        c.rc, c.out, c.err = s.ssh.run(cmd, timeout, abort=s.guest.exit_reason)
+    except (SSHTimeout, SSHAborted) as e:
+        c.out, c.err = e.stdout.decode(errors="replace"), e.stderr.decode(errors="replace")
+        c.error = str(e)
+        splat = bool(s.guest.console and s.guest.console.splats())
+        # A kernel that died under the test is the test's failure, not infrastructure.
+        c.status_if_error = Status.FAIL if (isinstance(e, SSHAborted) or splat) else Status.ERROR
+    except SSHError as e:
+        c.error = str(e)
+    c.seconds = time.monotonic() - t0
+    return c
+
+
+def module_loaded(s: Session, name: str) -> bool:
+    c = guest_run(s, f"grep -q '^{name} ' /proc/modules", MODULE_TIMEOUT)
+    return c.ok
+
+
+def load_module(s: Session, ko: str, name: str, nodes: tuple[str, ...],
+                wait: float = 10.0) -> Cmd:
+    """insmod ``ko`` unless ``name`` is loaded; then wait for ``nodes`` to appear.
+
+    The returned command is ok only if the module is loaded and every node exists.
+    """
+    checks = " && ".join(f"[ -c {shlex.quote(n)} ]" for n in nodes) or "true"
+    script = (
+        f"grep -q '^{name} ' /proc/modules || insmod {shlex.quote(ko)} || exit 10; "
+        f"i=0; while ! ( {checks} ); do i=$((i+1)); [ $i -gt {int(wait * 10)} ] && break; "
+        "sleep 0.1; done; "
+        f"ls -l {' '.join(shlex.quote(n) for n in nodes)} 2>&1; {checks} || exit 11"
+    )
+    c = guest_run(s, script, MODULE_TIMEOUT)
+    c.cmd = f"insmod {ko} (and wait for {', '.join(nodes)})"
+    return c
+
+
+def unload_module(s: Session, name: str) -> Cmd:
+    return guest_run(s, f"! grep -q '^{name} ' /proc/modules || rmmod {name}", MODULE_TIMEOUT)
+
+
+def add_cmd_result(s: Session, path: str, c: Cmd, files: list[str] | None = None,
+                   extra_problem: str = "") -> bool:
+    """A PASS/FAIL/ERROR entry for one guest command; returns whether it passed."""
+    if c.error:
+        status = c.status_if_error
+    elif c.rc != 0 or extra_problem:
+        status = Status.FAIL
+    else:
+        status = Status.PASS
+    text = "\n".join(x for x in (extra_problem, c.text()) if x)
+    s.results.add(TestResult(path, status, c.seconds, text, files or []))
+    return status == Status.PASS

@@ -1,0 +1,218 @@
+"""The kernel's own hmm-tests selftest, against hmm_gpu.ko and against test_hmm.ko.
+
+The unmodified ``tools/testing/selftests/mm/hmm-tests`` of the kernel we
+boot runs twice in the same guest: first against our driver (hmm_gpu.ko
+exposes the test_hmm "dmirror" uAPI on /dev/hmm_dmirror0/1), then, after
+``rmmod hmm_gpu``, against the kernel's software baseline lib/test_hmm.ko.
+
+Entries: ``hmm-tests.setup`` (hugetlb pages, debugfs),
+``hmm-tests.<driver>.load``, ``hmm-tests.<driver>.<fixture>.<variant>.<test>``
+for driver ``hmm-gpu`` and ``test_hmm``, ``hmm-tests.<driver>.unload``.
+``results.json`` gets ``tables["hmm-tests"]``: every test with its status on
+both drivers.
+
+Tests that need device-private memory are expected to fail on hmm-gpu (the
+driver has no device memory yet): when they fail they are reported SKIP
+with the reason :data:`XFAIL_REASON`; when they pass, PASS.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from harness import ktap
+from harness.ktap import Outcome
+from harness.results import Status, TestResult
+from harness.scenarios import Session
+from harness.scenarios.common import (
+    BIN,
+    HMM_GPU_KO,
+    TEST_HMM_KO,
+    add_cmd_result,
+    guest_run,
+    load_module,
+    unload_module,
+)
+
+log = logging.getLogger(__name__)
+
+HMM_TESTS = f"{BIN}/hmm-tests"
+NODES = ("/dev/hmm_dmirror0", "/dev/hmm_dmirror1")
+HUGEPAGES = 4
+XFAIL_REASON = "xfail: needs device-private memory (next issue)"
+# Test names (the last component) that need device memory: migrate*, exclusive*, ...
+_XFAIL = re.compile(r"^(migrate.*|exclusive.*|hmm_gup_test|hmm_cow_in_device)$")
+
+
+@dataclass(frozen=True)
+class Driver:
+    label: str  # in result paths
+    module: str  # in /proc/modules
+    ko: str
+
+
+DRIVERS = (Driver("hmm-gpu", "hmm_gpu", HMM_GPU_KO), Driver("test_hmm", "test_hmm", TEST_HMM_KO))
+
+
+def expected_failure(driver: str, name: str) -> bool:
+    """Whether ``name`` (fixture.variant.test) is an expected failure on ``driver``."""
+    if driver != "hmm-gpu":
+        return False
+    parts = name.split(".")
+    return bool(parts) and bool(_XFAIL.match(parts[-1]))
+
+
+def status_of(driver: str, name: str, r: ktap.KtapResult) -> tuple[Status, str]:
+    """The results.json status of one hmm-tests result, and the reason to show."""
+    if r.outcome in (Outcome.PASS, Outcome.XFAIL):
+        return Status.PASS, r.reason
+    if r.outcome == Outcome.SKIP:
+        return Status.SKIP, r.reason
+    if expected_failure(driver, name):
+        return Status.SKIP, XFAIL_REASON
+    return Status.FAIL, r.reason or str(r.outcome)
+
+
+def _missing_names(doc: ktap.KtapDocument, results: list[tuple[str, ktap.KtapResult]]
+                   ) -> dict[int, str]:
+    """Names of tests the plan announced but that never reported, from "#  RUN" lines."""
+    seen = {name for name, _ in results}
+    runs: list[str] = []
+    for r in doc.results:
+        runs.extend(_runs(r.diagnostics))
+    runs.extend(_runs(doc.other))
+    missing = [r.number for _, r in results if r.outcome == Outcome.MISSING]
+    names = [n for n in dict.fromkeys(runs) if n not in seen]
+    return dict(zip(missing, names, strict=False))
+
+
+def _runs(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        m = re.match(r"^#\s+RUN\s+(\S+)\s*\.\.\.", line)
+        if m:
+            out.append(m.group(1))
+    return out
+
+
+def parse_run(driver: str, output: str, seconds: float) -> tuple[list[TestResult], list[str]]:
+    """hmm-tests output → result entries for ``driver``; also problems with the stream."""
+    doc = ktap.parse(output)
+    flat = doc.flatten()
+    problems = list(doc.problems)
+    if not flat:
+        problems.append("hmm-tests printed no test results")
+    renamed = _missing_names(doc, flat)
+    each = seconds / max(1, len(flat))
+    entries = []
+    for name, r in flat:
+        if r.outcome == Outcome.MISSING:
+            name = renamed.get(r.number, f"test{r.number}")
+            status, reason = Status.FAIL, "never reported: hmm-tests stopped before it ran"
+        else:
+            status, reason = status_of(driver, name, r)
+        text = "\n".join([reason, *r.diagnostics[-40:], f"{'ok' if r.ok else 'not ok'} "
+                          f"{r.number} {name}"]).strip()
+        entries.append(TestResult(f"hmm-tests.{driver}.{name}", status, each, text,
+                                  [f"hmm-tests-{driver}.log"],
+                                  {"ktap": str(r.outcome), "reason": reason}))
+    return entries, problems
+
+
+def side_by_side(entries: list[TestResult]) -> dict[str, Any]:
+    """``{"columns": [...], "rows": [{"test": name, "hmm-gpu": st, "test_hmm": st}]}``."""
+    cols = [d.label for d in DRIVERS]
+    rows: dict[str, dict[str, str]] = {}
+    for e in entries:
+        parts = e.path.split(".", 2)
+        if len(parts) != 3 or parts[1] not in cols:
+            continue
+        _, driver, name = parts
+        if name in ("load", "unload", "run"):
+            continue
+        row = rows.setdefault(name, {"test": name, **{c: "-" for c in cols}})
+        st = str(e.status)
+        if e.extra.get("reason") == XFAIL_REASON:
+            st = "XFAIL"
+        row[driver] = st
+    totals = {c: {s: sum(1 for r in rows.values() if r[c] == s)
+                  for s in ("PASS", "FAIL", "SKIP", "XFAIL", "ERROR", "-")} for c in cols}
+    return {"columns": cols, "rows": list(rows.values()), "totals": totals}
+
+
+def format_table(table: dict[str, Any]) -> str:
+    cols = table["columns"]
+    rows = table["rows"]
+    w = max([len("test"), *(len(r["test"]) for r in rows)])
+    lines = [f"{'test':<{w}}  " + "  ".join(f"{c:<8}" for c in cols)]
+    lines += [f"{r['test']:<{w}}  " + "  ".join(f"{r[c]:<8}" for c in cols) for r in rows]
+    for c in cols:
+        t = table["totals"][c]
+        lines.append(f"{c}: " + ", ".join(f"{n} {k}" for k, n in t.items() if n))
+    return "\n".join(lines)
+
+
+class HmmTests:
+    name = "hmm-tests"
+
+    def run(self, s: Session) -> None:
+        timeout = s.cfg.timeouts.scenario
+        prep = guest_run(s, (
+            f"echo {HUGEPAGES} > /proc/sys/vm/nr_hugepages; "
+            "grep -q ' /sys/kernel/debug ' /proc/mounts "
+            "|| mount -t debugfs none /sys/kernel/debug; "
+            "echo nr_hugepages=$(cat /proc/sys/vm/nr_hugepages); "
+            "echo thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled); "
+            f"grep -q ' /sys/kernel/debug ' /proc/mounts && [ -x {HMM_TESTS} ] && "
+            f"[ $(cat /proc/sys/vm/nr_hugepages) -ge {HUGEPAGES} ]"), 60)
+        if not add_cmd_result(s, "hmm-tests.setup", prep):
+            return
+        entries: list[TestResult] = []
+        for driver in DRIVERS:
+            entries.extend(self._one(s, driver, timeout))
+        # Leave the guest as the next scenario expects it: our driver loaded.
+        load_module(s, HMM_GPU_KO, "hmm_gpu", ("/dev/hmm_gpu0",))
+        table = side_by_side(entries)
+        s.results.tables["hmm-tests"] = table
+        text = format_table(table)
+        (s.run_dir / "hmm-tests-table.txt").write_text(text + "\n")
+        log.info("hmm-tests:\n%s", text)
+
+    def _one(self, s: Session, d: Driver, timeout: float) -> list[TestResult]:
+        other = [x for x in DRIVERS if x is not d]
+        for x in other:  # both expose /dev/hmm_dmirror*: only one may be loaded
+            c = unload_module(s, x.module)
+            if not c.ok:
+                add_cmd_result(s, f"hmm-tests.{d.label}.load", c,
+                               extra_problem=f"could not unload {x.module} first")
+                return []
+        c = load_module(s, d.ko, d.module, NODES)
+        if not add_cmd_result(s, f"hmm-tests.{d.label}.load", c):
+            s.results.add_status(f"hmm-tests.{d.label}", Status.SKIP,
+                                 f"not run: hmm-tests.{d.label}.load did not pass")
+            return []
+        run = guest_run(s, f"cd /tmp && {HMM_TESTS} 2>&1", timeout)
+        log_file = s.run_dir / f"hmm-tests-{d.label}.log"
+        log_file.write_text(run.text(limit=10_000_000) + "\n")
+        entries, problems = parse_run(d.label, run.out + run.err, run.seconds)
+        for e in entries:
+            s.results.add(e)
+        if run.error or problems or (run.rc not in (0, 1, 4)):
+            # The stream itself: timeout, crash, malformed or incomplete output.
+            status = run.status_if_error if run.error else Status.FAIL
+            s.results.add(TestResult(f"hmm-tests.{d.label}.run", status, run.seconds,
+                                     "\n".join([*problems, run.text()]), [log_file.name]))
+        c = unload_module(s, d.module)
+        add_cmd_result(s, f"hmm-tests.{d.label}.unload", c)
+        return entries
+
+    def finish(self, s: Session) -> None:
+        return None
+
+
+def make() -> HmmTests:
+    return HmmTests()
+

@@ -1,0 +1,120 @@
+"""Shared virtual memory scenarios on the native uAPI (HMM_GPU_IOC_SVM_*).
+
+``svm-mirror``: ``/opt/hmmlab/bin/svm-mirror`` runs device jobs (READ,
+WRITE, FILL, COPY, atomics) on malloc'd, anonymous, tmpfs-file and THP
+memory and checks the data and the fault counts (the first job on a range
+faults, a second one does not). Entries ``svm-mirror.<kind>.<op>``.
+
+``svm-invalidate``: ``/opt/hmmlab/bin/svm-invalidate -t 3`` runs device
+jobs while other threads munmap/mmap, mprotect, madvise(DONTNEED) and fork
+(the child writes: COW); every defined outcome is checked (e.g. after
+DONTNEED the device reads zeros). Entries ``svm-invalidate.<op>``, and,
+after QEMU has exited, ``svm-invalidate.dmatrace``: over every device's
+trace, each data DMA of a VA job used a translation the device walked after
+the last TLB invalidation covering that address in that context
+(:func:`harness.dmatrace.check_invalidations`).
+
+Both load hmm_gpu.ko if it is not loaded yet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from harness import dmatrace
+from harness.results import Status, TestResult
+from harness.scenarios import Session
+from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
+from harness.scenarios.smoke import parse_workload_output
+
+INVALIDATE_SECONDS = 3
+
+
+def _brief(obj: dict[str, Any]) -> str:
+    return json.dumps(obj)
+
+
+class SvmWorkload:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.binary = f"{BIN}/{name}"
+        self.args = f"-t {INVALIDATE_SECONDS}" if name == "svm-invalidate" else ""
+
+    def run(self, s: Session) -> None:
+        c = load_module(s, HMM_GPU_KO, "hmm_gpu", ("/dev/hmm_gpu0",))
+        if not c.ok:
+            add_cmd_result(s, f"{self.name}.driver", c)
+            s.results.add_status(self.name, Status.SKIP, "not run: hmm_gpu.ko did not load")
+            return
+        out_file = s.run_dir / f"{self.name}.stdout"
+        # 2>&1 would interleave with the JSON lines: keep stderr apart.
+        cmd = f"{self.binary} -d /dev/hmm_gpu0 {self.args} 2>/tmp/{self.name}.err; rc=$?; " \
+              f"cat /tmp/{self.name}.err >&2; exit $rc"
+        run = guest_run(s, cmd, s.cfg.timeouts.scenario)
+        out_file.write_text(run.out)
+        (s.run_dir / f"{self.name}.stderr").write_text(run.err)
+        files = [out_file.name, f"{self.name}.stderr"]
+        objs, other = parse_workload_output(run.out)
+        s.state[f"{self.name}.objs"] = objs
+        if run.error:
+            s.results.add(TestResult(f"{self.name}.run", run.status_if_error, run.seconds,
+                                     run.text(), files))
+        if not objs:
+            if not run.error:
+                s.results.add(TestResult(f"{self.name}.run", Status.FAIL, run.seconds,
+                                         "the workload reported no sub-test\n" + run.text(),
+                                         files))
+            return
+        each = run.seconds / len(objs)
+        for obj in objs:
+            ok = obj.get("ok") is True
+            msg = _brief(obj)
+            if not ok and run.err.strip():
+                msg += "\nstderr:\n" + run.err[-1500:]
+            s.results.add(TestResult(f"{self.name}.{obj['test']}",
+                                     Status.PASS if ok else Status.FAIL, each, msg, files,
+                                     {"data": obj}))
+        if run.rc != 0 and not run.error and all(o.get("ok") is True for o in objs):
+            s.results.add(TestResult(f"{self.name}.exit", Status.FAIL, 0.0,
+                                     f"exit status {run.rc} although every sub-test passed\n"
+                                     + "\n".join(other[-20:]), files))
+
+    def finish(self, s: Session) -> None:
+        if self.name != "svm-invalidate" or not s.state.get(f"{self.name}.objs"):
+            return
+        t0 = time.monotonic()
+        traces = sorted(s.run_dir.glob("dmatrace-*.bin"))
+        if not traces:
+            s.results.add_status(f"{self.name}.dmatrace", Status.ERROR, "no DMA trace written")
+            return
+        problems: list[str] = []
+        texts: list[str] = []
+        stats: dict[str, Any] = {}
+        checked = 0
+        for path in traces:
+            try:
+                trace = dmatrace.read_trace(path)
+            except dmatrace.TraceError as e:
+                problems.append(f"{path.name}: {e}")
+                continue
+            if trace.header.version < 2:
+                problems.append(f"{path.name}: trace version {trace.header.version} has no "
+                                "VA/PTW records (the device predates ABI 1.1)")
+                continue
+            out = dmatrace.check_invalidations(trace.records)
+            checked += out.data_checked
+            stats[path.name] = out.to_dict()
+            texts.append(f"{path.name}: {out.format()}")
+            problems.extend(f"{path.name}: {p}" for p in out.problems)
+        if not problems and checked == 0:
+            problems.append("no DATA record of a VA job in any trace: nothing was checked")
+        s.results.add(TestResult(
+            f"{self.name}.dmatrace", Status.FAIL if problems else Status.PASS,
+            time.monotonic() - t0, "\n".join([*problems[:50], *texts]),
+            [p.name for p in traces], {"invalidate_check": stats}))
+
+
+def make(name: str) -> SvmWorkload:
+    return SvmWorkload(name)

@@ -1,0 +1,126 @@
+"""hmm-tests results: expected failures on hmm-gpu, missing tests, the side-by-side table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.results import Status
+from harness.scenarios import bench
+from harness.scenarios.hmm_tests import (
+    XFAIL_REASON,
+    expected_failure,
+    format_table,
+    parse_run,
+    side_by_side,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def statuses(entries) -> dict[str, str]:
+    return {e.path: str(e.status) for e in entries}
+
+
+def test_expected_failures_are_the_device_memory_tests() -> None:
+    for name in ("hmm.hmm_device_private.migrate", "hmm.hmm_device_private.migrate_fault",
+                 "hmm.hmm_device_private.exclusive_cow", "hmm.hmm_device_private.hmm_gup_test",
+                 "hmm.hmm_device_private.hmm_cow_in_device",
+                 "hmm2.hmm2_device_private.migrate_mixed"):
+        assert expected_failure("hmm-gpu", name), name
+        assert not expected_failure("test_hmm", name), name
+    for name in ("hmm.hmm_device_private.anon_read", "hmm.hmm_device_private.open_close",
+                 "hmm2.hmm2_device_private.snapshot", "hmm.hmm_device_private.compound"):
+        assert not expected_failure("hmm-gpu", name), name
+
+
+def test_real_output_without_a_device_on_hmm_gpu() -> None:
+    out = (DATA / "ktap_hmm_tests_nodevice.txt").read_text()
+    entries, problems = parse_run("hmm-gpu", out, 5.8)
+    assert problems == [] and len(entries) == 58
+    st = statuses(entries)
+    # device-memory tests: expected failures -> SKIP with the xfail reason
+    e = next(e for e in entries if e.path == "hmm-tests.hmm-gpu.hmm.hmm_device_private.migrate")
+    assert e.status == Status.SKIP and e.extra["reason"] == XFAIL_REASON
+    # everything else that failed is a FAIL
+    assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read"] == "FAIL"
+    assert st["hmm-tests.hmm-gpu.hmm2.hmm2_device_private.snapshot"] == "FAIL"
+    # coherent variants skip on their own
+    assert st["hmm-tests.hmm-gpu.hmm.hmm_device_coherent.anon_read"] == "SKIP"
+    fails = [p for p, s in st.items() if s == "FAIL"]
+    assert len(fails) == 29 - 12  # 12 device-memory tests in 6.12 are xfail
+    assert "could not open hmm dmirror driver" in e.log_excerpt
+
+
+def test_the_same_output_on_test_hmm_has_no_expected_failures() -> None:
+    out = (DATA / "ktap_hmm_tests_nodevice.txt").read_text()
+    entries, _ = parse_run("test_hmm", out, 1.0)
+    assert sum(1 for e in entries if e.status == Status.FAIL) == 29
+
+
+def test_an_expected_failure_that_passes_is_a_pass() -> None:
+    out = "TAP version 13\n1..2\nok 1 hmm.hmm_device_private.migrate\n" \
+          "not ok 2 hmm.hmm_device_private.anon_read\n"
+    entries, problems = parse_run("hmm-gpu", out, 1.0)
+    assert problems == []
+    assert statuses(entries) == {"hmm-tests.hmm-gpu.hmm.hmm_device_private.migrate": "PASS",
+                                 "hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read": "FAIL"}
+
+
+def test_a_crash_names_the_tests_that_never_reported() -> None:
+    out = """TAP version 13
+1..3
+# Starting 3 tests from 1 test cases.
+#  RUN           hmm.hmm_device_private.open_close ...
+#            OK  hmm.hmm_device_private.open_close
+ok 1 hmm.hmm_device_private.open_close
+#  RUN           hmm.hmm_device_private.anon_read ...
+"""
+    entries, _ = parse_run("hmm-gpu", out, 1.0)
+    st = statuses(entries)
+    assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.open_close"] == "PASS"
+    assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read"] == "FAIL"
+    assert st["hmm-tests.hmm-gpu.test3"] == "FAIL"
+
+
+def test_no_output_is_a_problem() -> None:
+    entries, problems = parse_run("hmm-gpu", "Segmentation fault\n", 0.1)
+    assert entries == [] and problems == ["hmm-tests printed no test results"]
+
+
+def test_side_by_side_table() -> None:
+    out_gpu = "TAP version 13\n1..3\nok 1 hmm.p.anon_read\nnot ok 2 hmm.p.migrate\n" \
+              "ok 3 hmm.c.anon_read # SKIP DEVICE_COHERENT not available\n"
+    out_ref = "TAP version 13\n1..3\nok 1 hmm.p.anon_read\nok 2 hmm.p.migrate\n" \
+              "ok 3 hmm.c.anon_read # SKIP DEVICE_COHERENT not available\n"
+    entries = parse_run("hmm-gpu", out_gpu, 1)[0] + parse_run("test_hmm", out_ref, 1)[0]
+    t = side_by_side(entries)
+    assert t["columns"] == ["hmm-gpu", "test_hmm"]
+    assert t["rows"] == [
+        {"test": "hmm.p.anon_read", "hmm-gpu": "PASS", "test_hmm": "PASS"},
+        {"test": "hmm.p.migrate", "hmm-gpu": "XFAIL", "test_hmm": "PASS"},
+        {"test": "hmm.c.anon_read", "hmm-gpu": "SKIP", "test_hmm": "SKIP"}]
+    assert t["totals"]["hmm-gpu"]["XFAIL"] == 1 and t["totals"]["test_hmm"]["PASS"] == 2
+    text = format_table(t)
+    assert "hmm.p.migrate" in text and "XFAIL" in text
+
+
+def test_bench_figures_and_ratio() -> None:
+    fig = bench.figures({
+        "hmm-gpu": {"fault_pages_per_s": 50000, "read_MBps": 800.0, "write_MBps": 600.0,
+                    "fault_latency_us": 40.0},
+        "test_hmm": {"fault_pages_per_s": 200000, "read_MBps": 4000.0, "write_MBps": 3000.0,
+                     "fault_latency_us": 10.0},
+    })
+    rows = {r["metric"]: r for r in fig["rows"]}
+    assert rows["fault_pages_per_s"]["ratio"] == 0.25
+    assert rows["fault_latency_us"]["ratio"] == 4.0
+    assert fig["ratio"] == "hmm-gpu / test_hmm"
+    text = bench.format_figures(fig)
+    assert "pages faulted+mapped" in text and "0.25x" in text and "4.00x" in text
+
+
+def test_bench_figures_with_a_driver_missing() -> None:
+    fig = bench.figures({"test_hmm": {"read_MBps": 10.0}})
+    rows = {r["metric"]: r for r in fig["rows"]}
+    assert rows["read_MBps"]["hmm-gpu"] is None and rows["read_MBps"]["ratio"] is None
+    assert " - " in bench.format_figures(fig) or "-" in bench.format_figures(fig)
