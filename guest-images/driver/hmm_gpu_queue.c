@@ -279,6 +279,9 @@ irqreturn_t hmm_gpu_err_irq(int irq, void *data)
 	} else if (err == HMM_GPU_ERR_FAULT) {
 		/* A fault the driver cancelled: the job's caller gets the errno. */
 		dev_dbg(&gdev->pdev->dev, "job failed: fault at %#llx cancelled\n", addr);
+	} else if (err == HMM_GPU_ERR_BAD_TOKEN) {
+		/* A stale record: its job was replayed and faulted anew meanwhile. */
+		dev_dbg(&gdev->pdev->dev, "cancel of stale fault token %#llx\n", addr);
 	} else {
 		dev_err_ratelimited(&gdev->pdev->dev,
 				    "device error %u (%s) at %#llx\n",

@@ -561,6 +561,17 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 	unsigned int i, j;
 	u64 round;
 
+	/*
+	 * A job replayed by an earlier round may have faulted again before
+	 * that round's record was drained: only its latest token is live.
+	 */
+	for (i = 0; i < n; i++)
+		for (j = i + 1; j < n; j++)
+			if (faults[j].cmd_id == faults[i].cmd_id) {
+				faults[i].gone = true;
+				break;
+			}
+
 	/* Find each record's job, context and fault-ahead range. */
 	spin_lock_irq(&gdev->lock);
 	round = gdev->stats.fault_rounds;
@@ -569,6 +580,8 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		struct hmm_gpu_batch *batch;
 		struct hmm_gpu_op *op;
 
+		if (f->gone)
+			continue;
 		op = hmm_gpu_fault_op(gdev, f->cmd_id, &batch);
 		if (!op) {
 			/* Completed meanwhile (cancelled, reset): nothing to do. */
