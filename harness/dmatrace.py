@@ -429,27 +429,41 @@ def check_trace(expectations: Sequence[Expectation], trace: Trace,
     within some mapping of its role, total bytes equal to the requests'.
 
     ``only_first``: the device did more work after these requests (later
-    scenarios), so only the first commands are matched; DATA of VA jobs
-    (``va`` set) is never the workload's.
+    scenarios using the MMU), so only the records before the first MMU
+    activity (a walk, an event, a DMA of a VA job) are the workload's.
     """
     problems = [f"trace: {p}" for p in trace.problems if not p.startswith("truncated")]
-    data = [r for r in trace.data() if r.va == 0]
+    records = trace.records
+    if only_first:
+        cut = next((i for i, r in enumerate(records)
+                    if r.va or r.engine == Engine.MMU
+                    or r.kind not in (Kind.CMD_FETCH, Kind.CPL_WRITE, Kind.DATA)), len(records))
+        records = records[:cut]
+    data = [r for r in records if r.kind == Kind.DATA and r.va == 0]
     if expectations and all(e.ctx is not None for e in expectations):
         # Only the workload's own contexts (the driver may DMA for itself too).
         ctxs = {e.ctx for e in expectations}
         data = [r for r in data if r.ctx in ctxs]
     if expectations and all(e.ncmds is not None for e in expectations):
-        # The engine runs one command at a time, so a command's DATA records
-        # are consecutive; ids may repeat (the driver may reuse them).
+        # A command's DATA records run from its first one to its completion
+        # (CPL_WRITE with its id); jobs may interleave (the engine works in
+        # chunks) and ids may repeat once a command has completed.
+        ctx_ok = {e.ctx for e in expectations} if all(
+            e.ctx is not None for e in expectations) else None
         ordered: list[list[TraceRecord]] = []
-        for r in data:
-            if ordered and ordered[-1][-1].cmd_id == r.cmd_id:
-                ordered[-1].append(r)
-            else:
-                ordered.append([r])
+        open_: dict[int, list[TraceRecord]] = {}
+        for r in records:
+            if ctx_ok is not None and r.ctx not in ctx_ok:
+                continue
+            if r.kind == Kind.DATA and r.va == 0:
+                group = open_.get(r.cmd_id)
+                if group is None:
+                    group = open_[r.cmd_id] = []
+                    ordered.append(group)
+                group.append(r)
+            elif r.kind == Kind.CPL_WRITE:
+                open_.pop(r.cmd_id, None)
         want = sum(e.ncmds or 0 for e in expectations)
-        if only_first and len(ordered) > want:
-            ordered = ordered[:want]
         if len(ordered) != want:
             problems.append(
                 f"trace has DATA records for {len(ordered)} commands, the workload reported {want}"

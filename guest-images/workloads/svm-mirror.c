@@ -185,8 +185,10 @@ int main(int argc, char **argv)
 	m = mmap(NULL, HUGE_SZ + HPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		 -1, 0);
 	thp = (char *)(((uintptr_t)m + HPAGE - 1) & ~(uintptr_t)(HPAGE - 1));
-	if (madvise(thp, HUGE_SZ, MADV_HUGEPAGE))
-		perror("madvise(MADV_HUGEPAGE)");
+	rc = madvise(thp, HUGE_SZ, MADV_HUGEPAGE) ? -errno : 0;
+	result("thp", "madvise", rc == 0, HUGE_SZ, NULL, rc, "\"error\": \"%s%s\"",
+	       rc ? strerror(-rc) : "",
+	       rc == -ENOSYS ? " (kernel without CONFIG_ADVISE_SYSCALLS)" : "");
 	run_kind("thp", thp, HUGE_SZ);
 
 	/* never touched by the CPU: the device reads zeros */

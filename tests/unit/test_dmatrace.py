@@ -380,3 +380,28 @@ def test_invalidate_check_on_decoded_bytes() -> None:
             + rec2(Kind.DATA, PA, PAGE, Dir.WRITE, va=VA))
     out = dmatrace.check_invalidations(dmatrace.decode(hdr2() + body).records)
     assert out.data_checked == 2 and out.problem_count == 1
+
+
+def test_interleaved_commands_are_grouped_by_completion() -> None:
+    # the 1.1 engine works in chunks: two copies' DATA records interleave
+    body = (rec(0x10000, PAGE, Kind.DATA, Dir.READ, 1) + rec(0x50000, PAGE, Kind.DATA, Dir.READ, 2)
+            + rec(0x20000, PAGE, Kind.DATA, Dir.WRITE, 1)
+            + rec(0x2000, 32, Kind.CPL_WRITE, Dir.WRITE, 1, engine=Engine.QUEUE)
+            + rec(0x60000, PAGE, Kind.DATA, Dir.WRITE, 2)
+            + rec(0x2000, 32, Kind.CPL_WRITE, Dir.WRITE, 2, engine=Engine.QUEUE)
+            # the id is reused for a later command
+            + rec(0x70000, PAGE, Kind.DATA, Dir.WRITE, 1)
+            + rec(0x2000, 32, Kind.CPL_WRITE, Dir.WRITE, 1, engine=Engine.QUEUE))
+    t = dmatrace.decode(hdr() + body)
+    a = dmatrace.Expectation("a", PAGE, (dmatrace.MapRange("src", 0x10000, PAGE),
+                                         dmatrace.MapRange("dst", 0x20000, PAGE)), ncmds=1)
+    b = dmatrace.Expectation("b", PAGE, (dmatrace.MapRange("src", 0x50000, PAGE),
+                                         dmatrace.MapRange("dst", 0x60000, PAGE)), ncmds=1)
+    c = dmatrace.Expectation("c", PAGE, (dmatrace.MapRange("dst", 0x70000, PAGE),), ncmds=1)
+    assert dmatrace.check_trace([a, b, c], t) == []
+    # later MMU work is not the workload's when only_first is set
+    later = rec(0x9000, 8, Kind.PTW, Dir.READ, 9, engine=Engine.MMU) + rec(0x80000, PAGE,
+                                                                           Kind.DATA, Dir.WRITE, 9)
+    t2 = dmatrace.decode(hdr() + body + later)
+    assert dmatrace.check_trace([a, b, c], t2, only_first=True) == []
+    assert dmatrace.check_trace([a, b, c], t2) != []

@@ -1,0 +1,97 @@
+"""End to end: the default run with hmm-tests and the SVM scenarios, and `hmmlab bench svm`.
+
+Boots the packaged default configuration (two hmm-gpu devices, 2 GiB) once
+per module; a build failure makes these tests ERROR rather than skip.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import bench, config, runner
+from harness.build import Artifacts
+from harness.results import Results, Status
+from harness.scenarios.hmm_tests import XFAIL_REASON
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def default_run(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> Results:
+    results_dir = tmp_path_factory.mktemp("e2e") / "default"
+    res = runner.run(config.load(None), results_dir, artifacts=artifacts, keep_going=True)
+    print(f"results: {results_dir}")
+    print(res.table())
+    return res
+
+
+def _why(res: Results) -> str:
+    bad = [t for t in res.tests if t.status not in (Status.PASS, Status.SKIP)]
+    return "\n\n".join(f"{t.path}: {t.status}\n{t.log_excerpt[-1500:]}" for t in bad) + (
+        f"\n(results in {res.dir})")
+
+
+def test_default_run_passes(default_run: Results) -> None:
+    assert default_run.exit_code() == 0, _why(default_run)
+
+
+def test_hmm_tests_table_in_results_json(default_run: Results) -> None:
+    data = json.loads((default_run.dir / "results.json").read_text())
+    table = data["tables"]["hmm-tests"]
+    assert table["columns"] == ["hmm-gpu", "test_hmm"]
+    rows = {r["test"]: r for r in table["rows"]}
+    # 6.12's hmm-tests: 29 tests x {device_private, device_coherent}
+    assert len(rows) == 58, sorted(rows)
+    for name, r in rows.items():
+        if ".hmm_device_coherent." in name or ".hmm2_device_coherent." in name:
+            assert r["hmm-gpu"] == r["test_hmm"] == "SKIP", name  # no devices 2/3
+    assert rows["hmm.hmm_device_private.anon_read"] == {
+        "test": "hmm.hmm_device_private.anon_read", "hmm-gpu": "PASS", "test_hmm": "PASS"}
+    assert rows["hmm.hmm_device_private.migrate"]["test_hmm"] == "PASS"
+    assert rows["hmm.hmm_device_private.migrate"]["hmm-gpu"] in ("XFAIL", "PASS")
+    assert (default_run.dir / "hmm-tests-table.txt").exists()
+
+
+def test_every_non_device_memory_hmm_test_passes_on_hmm_gpu(default_run: Results) -> None:
+    entries = [t for t in default_run.tests if t.path.startswith("hmm-tests.hmm-gpu.hmm")]
+    assert len(entries) == 58
+    for t in entries:
+        if t.status == Status.SKIP:
+            assert (".hmm_device_coherent." in t.path or ".hmm2_device_coherent." in t.path
+                    or t.extra.get("reason") == XFAIL_REASON), t.path
+        else:
+            assert t.status == Status.PASS, f"{t.path}\n{t.log_excerpt}"
+
+
+@pytest.mark.parametrize("path", [
+    "svm-mirror.anon.read", "svm-mirror.anon.refault", "svm-mirror.thp.madvise",
+    "svm-mirror.thp.read", "svm-mirror.file.write", "svm-mirror.malloc.cmpxchg",
+    "svm-mirror.untouched.read_zero", "svm-mirror.readonly.fill_refused",
+    "svm-invalidate.remap", "svm-invalidate.dontneed", "svm-invalidate.mprotect",
+    "svm-invalidate.fork", "svm-invalidate.chaos", "svm-invalidate.dmatrace",
+    "smoke.dmatrace", "smoke.counters", "console.splat",
+])
+def test_entry_passes(default_run: Results, path: str) -> None:
+    assert default_run.status_of(path) == Status.PASS, _why(default_run)
+
+
+def test_invalidate_check_looked_at_real_va_dma(default_run: Results) -> None:
+    e = next(t for t in default_run.tests if t.path == "svm-invalidate.dmatrace")
+    stats = e.extra["invalidate_check"]
+    assert sum(s["data_checked"] for s in stats.values()) > 100
+    assert sum(s["invalidations"] for s in stats.values()) > 10
+
+
+def test_bench_svm(artifacts: Artifacts, tmp_path: Path) -> None:
+    res, fig = bench.run_bench(config.load(None), "svm", tmp_path / "bench",
+                               artifacts=artifacts)
+    text, code = bench.report(res, fig)
+    print(text)
+    assert fig is not None, res.table()
+    assert code == 0, text + "\n" + _why(res)
+    assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == fig
+    for row in fig["rows"]:
+        assert row["hmm-gpu"] > 0 and row["test_hmm"] > 0 and row["ratio"] > 0, row
