@@ -228,7 +228,7 @@ int hmm_gpu_mmu_alloc(struct hmm_gpu_dev *gdev);
 void hmm_gpu_mmu_free(struct hmm_gpu_dev *gdev);
 void hmm_gpu_mmu_hw_init(struct hmm_gpu_dev *gdev);
 irqreturn_t hmm_gpu_fault_irq(int irq, void *data);
-int hmm_gpu_tlb_invalidate(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len);
+int hmm_gpu_tlb_fence(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len);
 void hmm_gpu_ctx_set(struct hmm_gpu_dev *gdev, u32 ctx, dma_addr_t root);
 
 /* hmm_gpu_svm.c */

@@ -145,10 +145,14 @@ static void hmm_gpu_fault_work(struct work_struct *work)
 /*
  * Drop the device's cached translations of [va, va + len) in @ctx and wait
  * for the command's completion, the fence after which no DMA uses them.
- * Returns 0, or an error when the device was reset or removed meanwhile
- * (which drops the TLB as well).
+ * The caller has already removed or downgraded the entries in the page
+ * table and may dma_unmap what they mapped once this returns, whatever the
+ * outcome: timeouts and fatal errors reset the device (which empties its
+ * TLB and stops its DMA), a removed device was reset for good, and if the
+ * device refuses the command it is reset here. Returns 0 if the fence
+ * completed, else an error.
  */
-int hmm_gpu_tlb_invalidate(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len)
+int hmm_gpu_tlb_fence(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len)
 {
 	struct hmm_gpu_cmd_desc desc = {
 		.opcode = HMM_GPU_OP_TLB_INVALIDATE,
@@ -164,13 +168,22 @@ int hmm_gpu_tlb_invalidate(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len)
 		desc.len = ~0ull;
 	}
 	hmm_gpu_batch_init(&batch, ctx);
+	/*
+	 * The cleared entries (coherent memory) must be visible to the device
+	 * before it can execute the invalidate, or a walk after the fence could
+	 * still find them. dma_wmb() orders them before the command entry; the
+	 * doorbell's writel() orders both before the device is told.
+	 */
+	dma_wmb();
 	ret = hmm_gpu_submit(gdev, &batch, &desc);
 	hmm_gpu_batch_wait(gdev, &batch);
 	if (!ret)
 		ret = batch.err;
 	if (!ret && batch.status) {
-		dev_err_ratelimited(&gdev->pdev->dev, "ctx %u: TLB invalidate failed: %u\n",
+		dev_err_ratelimited(&gdev->pdev->dev,
+				    "ctx %u: TLB invalidate failed: %u, resetting\n",
 				    ctx, batch.status);
+		hmm_gpu_reset(gdev, "TLB invalidate failed");
 		ret = -EIO;
 	}
 	return ret;

@@ -157,6 +157,8 @@ static struct hmm_gpu_pt *hmm_gpu_pt_get(struct hmm_gpu_svm *svm, u64 va)
 			break;
 		if (new && new->level == level - 1) {
 			pt->child[idx] = new;
+			/* The zeroed table before the entry a device walk follows to it. */
+			dma_wmb();
 			WRITE_ONCE(pt->cpu[idx], cpu_to_le64(new->dma | HMM_GPU_PTE_VALID));
 			new = NULL;
 			continue;
@@ -227,8 +229,18 @@ static unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt 
 }
 
 /*
- * Remove the device's translations of [start, end): clear the PTEs, fence
- * with TLB_INVALIDATE, then unmap the pages. svm->lock held.
+ * Remove the device's translations of [start, end). svm->lock held. The
+ * order is what makes it safe:
+ *
+ *  1. clear the PTEs, so a walk from now on faults;
+ *  2. TLB_INVALIDATE the range and wait for its completion: a walk the
+ *     device did before step 1 may have cached the old translation, and only
+ *     the completed fence guarantees no later DMA uses it (fenced in the
+ *     other order, such a walk could re-cache it after the fence);
+ *  3. only then dma_unmap the pages.
+ *
+ * hmm_gpu_tlb_fence() resets the device if the fence cannot be had, so step
+ * 3 never runs while a stale translation may be in use.
  */
 static unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end)
 {
@@ -237,8 +249,7 @@ static unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end
 	n = hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_ZAP);
 	if (!n)
 		return 0;
-	/* Whatever the outcome, the device no longer uses the old TLB. */
-	if (!hmm_gpu_tlb_invalidate(svm->gdev, svm->ctx, start, end - start))
+	if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, start, end - start))
 		svm->stats.tlb_invalidates++;
 	hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_UNMAP);
 	return n;
@@ -261,7 +272,7 @@ static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
 		mutex_lock(&svm->lock);
 	} else if (!mutex_trylock(&svm->lock)) {
 		return false;
-	} else if (start < end &&
+	} else if (start < end && !svm->dead &&
 		   hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_COUNT)) {
 		/* The fence needs a sleep: let the caller retry blocking. */
 		mutex_unlock(&svm->lock);
@@ -338,27 +349,34 @@ err_free:
 	return ERR_PTR(ret);
 }
 
-/* Unbind: tear the context down. No job of it may be running. */
+/*
+ * Unbind: tear the context down. No job of it may be running. The
+ * translations go (PTEs cleared, context invalid, whole-context fence, then
+ * dma_unmap) and the tables are freed while the notifier is still
+ * registered, so no page is freed by the CPU while it is still mapped for
+ * the device; "dead" keeps the fault worker from mapping anything anew.
+ */
 void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
-
-	mmu_interval_notifier_remove(&svm->notifier);
 
 	down_read(&gdev->remove_sem);
 	mutex_lock(&svm->lock);
 	svm->dead = true;
 	hmm_gpu_pt_walk(svm, svm->root, 0, 0, svm->va_end, HMM_GPU_PT_ZAP);
+	/* remove() reset the device for good: it no longer walks or caches. */
 	if (!gdev->dead) {
 		hmm_gpu_ctx_set(gdev, svm->ctx, 0);
-		hmm_gpu_tlb_invalidate(gdev, svm->ctx, 0, ~0ull);
+		hmm_gpu_tlb_fence(gdev, svm->ctx, 0, ~0ull);
 	}
 	hmm_gpu_pt_walk(svm, svm->root, 0, 0, svm->va_end, HMM_GPU_PT_UNMAP);
+	/* After the fence: no walk can reach the tables any more. */
 	hmm_gpu_pt_free(gdev, svm->root);
 	svm->root = NULL;
 	mutex_unlock(&svm->lock);
 	up_read(&gdev->remove_sem);
 
+	mmu_interval_notifier_remove(&svm->notifier);
 	ida_free(&gdev->ctx_ida, svm->ctx);
 	hmm_gpu_svm_put(svm);
 }
@@ -393,15 +411,19 @@ static long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 		if (is_device_private_page(page))
 			break;	/* device memory: next issue */
 
-		if (pt->page[idx] && pt->page[idx] != page) {
-			/* Cannot happen without an invalidation; be safe anyway. */
-			WARN_ONCE(1, "hmm_gpu: ctx %u: PTE %#llx changed without invalidation\n",
+		/*
+		 * A different page, or fewer permissions, cannot happen without
+		 * an invalidation; be safe anyway: a remap or a downgrade needs
+		 * the same clear -> fence -> unmap as any other removal.
+		 */
+		if (pt->page[idx] &&
+		    (pt->page[idx] != page ||
+		     ((le64_to_cpu(pt->cpu[idx]) & HMM_GPU_PTE_WRITE) &&
+		      !(*pfns & HMM_PFN_WRITE)))) {
+			WARN_ONCE(pt->page[idx] != page,
+				  "hmm_gpu: ctx %u: PTE %#llx changed without invalidation\n",
 				  svm->ctx, va);
-			hmm_gpu_pt_walk(svm, pt, va & ~(HMM_GPU_PT_SPAN(1) - 1), va,
-					va + PAGE_SIZE, HMM_GPU_PT_ZAP);
-			hmm_gpu_tlb_invalidate(svm->gdev, svm->ctx, va, PAGE_SIZE);
-			hmm_gpu_pt_walk(svm, pt, va & ~(HMM_GPU_PT_SPAN(1) - 1), va,
-					va + PAGE_SIZE, HMM_GPU_PT_UNMAP);
+			hmm_gpu_svm_zap(svm, va, va + PAGE_SIZE);
 		}
 		if (pt->page[idx]) {
 			dma = pt->map[idx];
