@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 # Called while waiting; returns a reason to give up (e.g. "QEMU exited") or None.
 AbortCheck = Callable[[], str | None]
 
+# After the connection drops under a command, how long to wait for the abort
+# check to say why (QEMU closes its sockets before it can be reaped).
+ABORT_GRACE = 5.0
+
 
 class SSHError(RuntimeError):
     """Could not connect, or a command could not be carried out."""
@@ -193,7 +197,28 @@ class SSHClient:
                 time.sleep(0.02)
         rc = chan.recv_exit_status()
         chan.close()
+        if rc == -1 and not self._connected():
+            # No exit status and the connection is gone: the guest (or sshd)
+            # went away under the command, which did not finish.
+            why = self._await_abort(abort, ABORT_GRACE)
+            if why:
+                raise SSHAborted(cmd, why, bytes(out), bytes(err))
+            raise SSHError(f"`{cmd}`: the SSH connection was lost before the command finished")
         return rc, bytes(out), bytes(err)
+
+    def _connected(self) -> bool:
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is not None and transport.is_active()
+
+    @staticmethod
+    def _await_abort(abort: AbortCheck | None, grace: float) -> str | None:
+        """``abort``'s reason, waiting up to ``grace`` seconds for one (QEMU exiting)."""
+        if abort is None:
+            return None
+        deadline = time.monotonic() + grace
+        while not (why := abort()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return why
 
     def run(
         self, cmd: str, timeout: float, abort: AbortCheck | None = None,
@@ -202,7 +227,10 @@ class SSHClient:
         """Run ``cmd`` in the guest's shell; returns (rc, stdout, stderr).
 
         Raises :class:`SSHTimeout` after ``timeout`` seconds and
-        :class:`SSHAborted` when ``abort`` gives a reason (QEMU died).
+        :class:`SSHAborted` when ``abort`` gives a reason (QEMU died); a
+        connection lost under the command is :class:`SSHAborted` when
+        ``abort`` then gives a reason, else :class:`SSHError`. A command
+        that ends without an exit status (killed by a signal) has rc -1.
         """
         log.debug("ssh: %s", cmd)
         chan = self._channel(min(timeout, 30.0))

@@ -255,10 +255,11 @@ class Smoke:
         dmesg_file = s.run_dir / "driver-load.dmesg"
         try:
             rc, out, err = self._ssh(s, f"insmod {self.driver}", LOAD_TIMEOUT)
-            # devtmpfs creates the node during probe; allow a moment anyway.
-            _, node, _ = self._ssh(
-                s, f"for i in 1 2 3 4 5; do [ -c {DEVNODE} ] && break; sleep 1; done; "
-                   f"ls -l /dev/hmm_gpu* 2>&1", LOAD_TIMEOUT)
+            # devtmpfs creates the node during probe; allow a moment anyway
+            # (not when insmod failed: no node is coming then).
+            wait = (f"for i in 1 2 3 4 5; do [ -c {DEVNODE} ] && break; sleep 1; done; "
+                    if rc == 0 else "")
+            _, node, _ = self._ssh(s, f"{wait}ls -l /dev/hmm_gpu* 2>&1", LOAD_TIMEOUT)
             _, dmesg, _ = self._ssh(s, "dmesg", LOAD_TIMEOUT)
         except SSHError as e:
             s.results.add(TestResult("driver.load", step_interrupted_status(self._splat(s)),
