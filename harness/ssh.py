@@ -59,9 +59,21 @@ def host_key_from_line(line: str) -> paramiko.PKey:
     if len(parts) < 2:
         raise SSHError(f"not an OpenSSH public key line: {line!r}")
     try:
-        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+        blob = base64.b64decode(parts[1], validate=True)
+        key = paramiko.PKey.from_type_string(parts[0], blob)
     except Exception as e:  # paramiko raises several types here
         raise SSHError(f"cannot parse host key {parts[0]} {parts[1][:16]}...: {e}") from e
+    if key.asbytes() != blob:  # paramiko reads past a truncated blob without complaint
+        raise SSHError(f"truncated or malformed host key {parts[0]} {parts[1][:16]}...")
+    return key
+
+
+def load_client_key(path: Path) -> paramiko.PKey:
+    """The private key in ``path`` (OpenSSH or PEM format, unencrypted)."""
+    try:
+        return paramiko.PKey.from_path(path)
+    except (OSError, paramiko.SSHException, ValueError) as e:
+        raise SSHError(f"cannot load the client key {path}: {e}") from e
 
 
 class SSHClient:
@@ -96,10 +108,7 @@ class SSHClient:
         early attempts fail in the banner exchange; those are retried. A host
         key mismatch is never retried.
         """
-        try:
-            pkey = paramiko.PKey.from_path(self.key_file)
-        except (OSError, paramiko.SSHException) as e:
-            raise SSHError(f"cannot load the client key {self.key_file}: {e}") from e
+        pkey = load_client_key(self.key_file)
         delay = 0.5
         attempt = 0
         last: Exception | None = None
