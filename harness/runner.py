@@ -3,16 +3,22 @@
 Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails) and
 ``console.splat`` (FAIL with the first report's title when the kernel
 printed a BUG/WARNING/Oops/panic at any point, else PASS).
+
+The decisions (which status an entry gets, which scenarios are skipped) are
+pure functions of what was observed: :func:`boot_failure`,
+:func:`splat_result` and :func:`not_run_reason`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
+import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ from harness import scenarios as scenario_registry
 from harness.config import RunConfig
 from harness.results import Results, Status, TestResult, excerpt
 from harness.scenarios import Scenario, Session
+from harness.splat import Splat
 from harness.ssh import SSHClient, SSHError
 from harness.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
 
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SSH_CONNECT_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 30.0
+QMP_EXIT_GRACE = 5.0
 
 
 @contextmanager
@@ -56,6 +64,60 @@ def run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
+# ---- decisions (pure) ----------------------------------------------------------------
+
+def boot_failure(error: GuestError, splats: Sequence[Splat], duration: float) -> TestResult:
+    """The ``boot`` entry when the guest did not come up.
+
+    A kernel that panicked while booting (QEMU gone, a splat on the console)
+    is a test failure; QEMU dying without one, a hang or a boot timeout is an
+    infrastructure error.
+    """
+    if isinstance(error, GuestDied):
+        status = Status.FAIL if splats else Status.ERROR
+        files = ["console.log", "qemu.stderr"]
+    else:
+        status = Status.ERROR
+        files = ["console.log", "qemu.stderr", "qemu.log"]
+    return TestResult("boot", status, duration, f"{error}\n{error.detail}", files)
+
+
+def splat_result(splats: Sequence[Splat]) -> TestResult:
+    """The ``console.splat`` entry: FAIL titled after the first report, else PASS."""
+    if not splats:
+        return TestResult("console.splat", Status.PASS, 0.0, "no kernel splat on the console",
+                          ["console.log"])
+    first = splats[0]
+    text = "\n\n".join(f"{s.title}\n{s.report}" for s in splats)
+    return TestResult(
+        "console.splat", Status.FAIL, 0.0, excerpt(text), ["console.log"],
+        {"title": first.title, "splats": [s.to_dict() for s in splats]},
+    )
+
+
+def not_run_reason(
+    name: str, entries: Sequence[TestResult], guest_gone: str | None, keep_going: bool
+) -> str | None:
+    """Why the scenarios after ``name`` are skipped, or None to go on.
+
+    ``entries`` are the ones scenario ``name`` added. A guest that is gone
+    stops the run; a FAIL or ERROR stops it unless ``keep_going``.
+    """
+    if guest_gone:
+        return f"not run: {guest_gone}"
+    failed = any(t.status in (Status.FAIL, Status.ERROR) for t in entries)
+    if failed and not keep_going:
+        return f"not run: {name} failed (use --keep-going to run it anyway)"
+    return None
+
+
+def counters_unread(counters: Mapping[str, Mapping[str, int | str]]) -> bool:
+    """Whether any device counter could not be read (qom-get gave an error text)."""
+    return any(isinstance(v, str) for dev in counters.values() for v in dev.values())
+
+
+# ---- the run ---------------------------------------------------------------------------
+
 @dataclass
 class Runner:
     cfg: RunConfig
@@ -63,11 +125,16 @@ class Runner:
     results: Results
     keep_going: bool = False
     probe: AccelProbe | None = None
+    # Scenario objects to run instead of creating cfg.scenarios by name (for
+    # programmatic use, e.g. a Smoke with another workload command).
+    scenarios: Sequence[Scenario] | None = None
 
     def execute(self) -> Results:
         """Run everything and write results.json; never raises for guest problems."""
         r = self.results
         r.config = self.cfg.to_dict()
+        if self.scenarios is not None:
+            r.config["scenarios"] = [sc.name for sc in self.scenarios]
         r.environment.update(self._host_environment())
         try:
             self._boot_and_run()
@@ -125,10 +192,14 @@ class Runner:
                 session = Session(cfg, r.dir, guest, ssh, r)
                 ran = self._scenarios(session)
                 gone = guest.exit_reason()
+                counters = {} if gone else guest.counters()
+                if not gone and counters_unread(counters):
+                    # QMP broke off: QEMU may be on its way out after a panic.
+                    gone = self._exited(guest, QMP_EXIT_GRACE)
                 if gone:  # a panic ended QEMU: nothing left to read or shut down
                     session.state["guest_gone"] = gone
                 else:
-                    r.devices.update(guest.counters())
+                    r.devices.update(counters)
                     guest.shutdown(ssh, SHUTDOWN_TIMEOUT)
             finally:
                 if ssh is not None:
@@ -148,21 +219,22 @@ class Runner:
         try:
             guest.start()
             took = guest.wait_ready()
-        except GuestDied as e:
-            # A kernel that panics while booting is a test failure, not infrastructure.
-            splats = guest.console.splats() if guest.console else []
-            status = Status.FAIL if splats else Status.ERROR
-            r.add(TestResult("boot", status, time.monotonic() - t0, f"{e}\n{e.detail}",
-                             ["console.log", "qemu.stderr"]))
-            return False
         except GuestError as e:
-            r.add(TestResult("boot", Status.ERROR, time.monotonic() - t0, f"{e}\n{e.detail}",
-                             ["console.log", "qemu.stderr", "qemu.log"]))
+            splats = guest.console.splats() if guest.console else []
+            r.add(boot_failure(e, splats, time.monotonic() - t0))
             return False
         r.environment["boot_seconds"] = round(took, 2)
         r.add(TestResult("boot", Status.PASS, time.monotonic() - t0,
                          guest.console.tail(5) if guest.console else "", ["console.log"]))
         return True
+
+    @staticmethod
+    def _exited(guest: Guest, timeout: float) -> str | None:
+        """Wait up to ``timeout`` for QEMU to exit; why it is gone, or None."""
+        if guest.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guest.proc.wait(timeout)
+        return guest.exit_reason()
 
     def _uname(self, ssh: SSHClient, guest: Guest) -> str:
         try:
@@ -174,23 +246,20 @@ class Runner:
     def _scenarios(self, session: Session) -> list[Scenario]:
         r = self.results
         ran: list[Scenario] = []
-        names = list(self.cfg.scenarios)
-        for i, name in enumerate(names):
-            sc = scenario_registry.create(name)
+        plan: list[str | Scenario] = (
+            list(self.scenarios) if self.scenarios is not None else list(self.cfg.scenarios))
+        for i, item in enumerate(plan):
+            sc = scenario_registry.create(item) if isinstance(item, str) else item
+            name = sc.name
             before = len(r.tests)
             ran.append(sc)
             log.info("scenario %s", name)
             self._guarded(name, lambda sc=sc: sc.run(session))
-            failed = any(t.status in (Status.FAIL, Status.ERROR) for t in r.tests[before:])
-            gone = session.guest.exit_reason()
-            if gone:
-                for rest in names[i + 1:]:
-                    r.add_status(rest, Status.SKIP, f"not run: {gone}")
-                break
-            if failed and not self.keep_going:
-                for rest in names[i + 1:]:
-                    r.add_status(rest, Status.SKIP,
-                                 f"not run: {name} failed (use --keep-going to run it anyway)")
+            why = not_run_reason(name, r.tests[before:], session.guest.exit_reason(),
+                                 self.keep_going)
+            if why:
+                for rest in plan[i + 1:]:
+                    r.add_status(rest if isinstance(rest, str) else rest.name, Status.SKIP, why)
                 break
         return ran
 
@@ -207,20 +276,8 @@ class Runner:
                                         f"internal error: {e}\n{traceback.format_exc()}"))
 
     def _splats(self, guest: Guest) -> None:
-        r = self.results
-        if guest.console is None:
-            return
-        splats = guest.console.splats()
-        if not splats:
-            r.add_status("console.splat", Status.PASS, "no kernel splat on the console",
-                         output_files=["console.log"])
-            return
-        first = splats[0]
-        text = "\n\n".join(f"{s.title}\n{s.report}" for s in splats)
-        r.add(TestResult(
-            "console.splat", Status.FAIL, 0.0, excerpt(text), ["console.log"],
-            {"title": first.title, "splats": [s.to_dict() for s in splats]},
-        ))
+        if guest.console is not None:
+            self.results.add(splat_result(guest.console.splats()))
 
 
 def run(
@@ -231,11 +288,13 @@ def run(
     build: Callable[[Path], Artifacts] | None = None,
     keep_going: bool = False,
     probe: AccelProbe | None = None,
+    scenarios: Sequence[Scenario] | None = None,
 ) -> Results:
     """Boot ``cfg`` and run its scenarios; writes ``results_dir/results.json``.
 
     Give the build ``artifacts``, or ``build(logdir)`` to make them first (a
-    build failure becomes a ``build`` ERROR entry).
+    build failure becomes a ``build`` ERROR entry). ``scenarios`` runs these
+    scenario objects instead of the ones ``cfg`` names.
     """
     results = Results(results_dir)
     with run_log(results_dir / "run.log"):
@@ -254,4 +313,4 @@ def run(
                                        ["run.log"]))
                 results.write()
                 return results
-        return Runner(cfg, artifacts, results, keep_going, probe).execute()
+        return Runner(cfg, artifacts, results, keep_going, probe, scenarios).execute()

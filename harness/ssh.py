@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 # Called while waiting; returns a reason to give up (e.g. "QEMU exited") or None.
 AbortCheck = Callable[[], str | None]
 
+# After the connection drops under a command, how long to wait for the abort
+# check to say why (QEMU closes its sockets before it can be reaped).
+ABORT_GRACE = 5.0
+
 
 class SSHError(RuntimeError):
     """Could not connect, or a command could not be carried out."""
@@ -55,9 +59,21 @@ def host_key_from_line(line: str) -> paramiko.PKey:
     if len(parts) < 2:
         raise SSHError(f"not an OpenSSH public key line: {line!r}")
     try:
-        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+        blob = base64.b64decode(parts[1], validate=True)
+        key = paramiko.PKey.from_type_string(parts[0], blob)
     except Exception as e:  # paramiko raises several types here
         raise SSHError(f"cannot parse host key {parts[0]} {parts[1][:16]}...: {e}") from e
+    if key.asbytes() != blob:  # paramiko reads past a truncated blob without complaint
+        raise SSHError(f"truncated or malformed host key {parts[0]} {parts[1][:16]}...")
+    return key
+
+
+def load_client_key(path: Path) -> paramiko.PKey:
+    """The private key in ``path`` (OpenSSH or PEM format, unencrypted)."""
+    try:
+        return paramiko.PKey.from_path(path)
+    except (OSError, paramiko.SSHException, ValueError) as e:
+        raise SSHError(f"cannot load the client key {path}: {e}") from e
 
 
 class SSHClient:
@@ -92,10 +108,7 @@ class SSHClient:
         early attempts fail in the banner exchange; those are retried. A host
         key mismatch is never retried.
         """
-        try:
-            pkey = paramiko.PKey.from_path(self.key_file)
-        except (OSError, paramiko.SSHException) as e:
-            raise SSHError(f"cannot load the client key {self.key_file}: {e}") from e
+        pkey = load_client_key(self.key_file)
         delay = 0.5
         attempt = 0
         last: Exception | None = None
@@ -193,7 +206,28 @@ class SSHClient:
                 time.sleep(0.02)
         rc = chan.recv_exit_status()
         chan.close()
+        if rc == -1 and not self._connected():
+            # No exit status and the connection is gone: the guest (or sshd)
+            # went away under the command, which did not finish.
+            why = self._await_abort(abort, ABORT_GRACE)
+            if why:
+                raise SSHAborted(cmd, why, bytes(out), bytes(err))
+            raise SSHError(f"`{cmd}`: the SSH connection was lost before the command finished")
         return rc, bytes(out), bytes(err)
+
+    def _connected(self) -> bool:
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is not None and transport.is_active()
+
+    @staticmethod
+    def _await_abort(abort: AbortCheck | None, grace: float) -> str | None:
+        """``abort``'s reason, waiting up to ``grace`` seconds for one (QEMU exiting)."""
+        if abort is None:
+            return None
+        deadline = time.monotonic() + grace
+        while not (why := abort()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return why
 
     def run(
         self, cmd: str, timeout: float, abort: AbortCheck | None = None,
@@ -202,7 +236,10 @@ class SSHClient:
         """Run ``cmd`` in the guest's shell; returns (rc, stdout, stderr).
 
         Raises :class:`SSHTimeout` after ``timeout`` seconds and
-        :class:`SSHAborted` when ``abort`` gives a reason (QEMU died).
+        :class:`SSHAborted` when ``abort`` gives a reason (QEMU died); a
+        connection lost under the command is :class:`SSHAborted` when
+        ``abort`` then gives a reason, else :class:`SSHError`. A command
+        that ends without an exit status (killed by a signal) has rc -1.
         """
         log.debug("ssh: %s", cmd)
         chan = self._channel(min(timeout, 30.0))

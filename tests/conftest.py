@@ -15,6 +15,7 @@ import pytest
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
+    from harness.vm import AccelChoice, AccelProbe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,3 +44,29 @@ def results_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         return d
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="session")
+def accel_probe() -> AccelProbe:
+    """One KVM probe for the whole session (pass as ``runner.run(probe=...)``)."""
+    from harness.vm import AccelProbe
+
+    return AccelProbe()
+
+
+@pytest.fixture(scope="session")
+def accel(artifacts: Artifacts, accel_probe: AccelProbe) -> AccelChoice:
+    """KVM where it works, else TCG: what ``accel: auto`` would boot with."""
+    a = artifacts
+    return accel_probe.choose("auto", a.qemu, a.qemu_datadirs, a.kernel_image)
+
+
+@pytest.fixture(scope="session")
+def other_ed25519_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh ed25519 key pair made by ssh-keygen (``.pub`` next to it): not the guest's."""
+    import subprocess
+
+    path = tmp_path_factory.mktemp("other-key") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "other", "-f",
+                    str(path)], check=True, timeout=30)
+    return path

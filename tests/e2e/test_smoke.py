@@ -59,6 +59,16 @@ def test_results_files(smoke_run: Results) -> None:
     assert "hmmlab: ready" in (d / "console.log").read_text(errors="replace")
     assert (d / "run.log").stat().st_size > 0
     assert (d / "dmatrace-0.bin").stat().st_size > 24
+    assert (d / "smoke.stdout").read_text().count('"ok": true') == 11
+    assert "hmm-gpu 1.0" in (d / "driver-load.dmesg").read_text()
+    assert not (d / "initrd.img").exists()  # a passing run drops it (rebuilt at will)
+
+
+def test_sub_test_duration_is_the_workloads_own(smoke_run: Results) -> None:
+    stdout = (smoke_run.dir / "smoke.stdout").read_text()
+    copy = next(json.loads(ln) for ln in stdout.splitlines() if '"test": "copy"' in ln)
+    entry = next(t for t in smoke_run.tests if t.path == "smoke.copy")
+    assert entry.duration == copy["elapsed_ns"] / 1e9
 
 
 def test_device_counters_were_read(smoke_run: Results) -> None:

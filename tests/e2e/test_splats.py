@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from harness import config, runner
-from harness import scenarios as registry
 from harness.build import Artifacts
 from harness.results import Results, Status
 from harness.scenarios import Session
+from harness.scenarios.smoke import Smoke
 from harness.ssh import SSHClient, SSHError
 from harness.vm import AccelChoice, Guest, GuestImage
 
@@ -103,19 +103,14 @@ class Provoke:
         pass
 
 
-def run_with_provoke(what: str, artifacts: Artifacts, tmp_path: Path,
-                     monkeypatch: pytest.MonkeyPatch) -> Results:
-    real_create = registry.create
-    monkeypatch.setattr(registry, "names", lambda: ("smoke", "provoke"))
-    monkeypatch.setattr(registry, "create",
-                        lambda name: Provoke(what) if name == "provoke" else real_create(name))
-    cfg = config.load_text("scenarios: [smoke, provoke]\n", "test.yaml")
-    return runner.run(cfg, tmp_path / "res", artifacts=artifacts)
+def run_with_provoke(what: str, artifacts: Artifacts, tmp_path: Path) -> Results:
+    cfg = config.load_text("", "test.yaml")
+    return runner.run(cfg, tmp_path / "res", artifacts=artifacts,
+                      scenarios=[Smoke(), Provoke(what)])
 
 
-def test_warning_fails_an_otherwise_passing_run(artifacts: Artifacts, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    res = run_with_provoke("WARNING", artifacts, tmp_path, monkeypatch)
+def test_warning_fails_an_otherwise_passing_run(artifacts: Artifacts, tmp_path: Path) -> None:
+    res = run_with_provoke("WARNING", artifacts, tmp_path)
     status = {t.path: t.status for t in res.tests}
     assert status["smoke.copy"] == Status.PASS
     assert status["smoke.dmatrace"] == Status.PASS
@@ -128,9 +123,9 @@ def test_warning_fails_an_otherwise_passing_run(artifacts: Artifacts, tmp_path: 
 
 
 def test_panic_mid_run_is_a_failure_not_an_infrastructure_error(
-    artifacts: Artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    artifacts: Artifacts, tmp_path: Path
 ) -> None:
-    res = run_with_provoke("PANIC", artifacts, tmp_path, monkeypatch)
+    res = run_with_provoke("PANIC", artifacts, tmp_path)
     status = {t.path: t.status for t in res.tests}
     assert status["smoke.copy"] == Status.PASS
     assert status["smoke.counters"] == Status.SKIP  # QMP died with QEMU

@@ -1,260 +1,189 @@
-"""The runner and the smoke scenario against a fake guest (no QEMU)."""
+"""The runner's and the smoke scenario's decisions, on data from real guests.
+
+Everything here is a pure function of what a guest printed or QEMU wrote;
+the data are real: the workload's output and the device's DMA trace of
+``hmm-gpu-smoke -s 4K`` in a 6.12 guest, its output under injected faults,
+consoles of kernels made to crash with LKDTM (tests/unit/data). How the
+runner gathers that data from a booted guest is tested end to end in
+tests/e2e/test_runner_e2e.py.
+"""
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import config, runner
-from harness.splat import Splat
-from harness.ssh import CommandResult, SSHTimeout
-from harness.vm import AccelChoice, GuestDied, GuestHung
+from harness import config, dmatrace, runner
+from harness.results import Status, TestResult
+from harness.scenarios import smoke
+from harness.splat import scan_text
+from harness.ssh import SSHAborted, SSHTimeout
+from harness.vm import BootTimeout, GuestDied, GuestHung
 
-PAGE = 4096
-COPY = {"test": "copy", "ok": True, "len": PAGE, "ncmds": 1, "ctx": 1, "elapsed_ns": 2_000_000,
-        "maps": [{"role": "src", "uaddr": "0x7f0000000000", "dma": "0x100000", "len": PAGE},
-                 {"role": "dst", "uaddr": "0x7f0000010000", "dma": "0x200000", "len": PAGE}]}
-FILL = {"test": "fill", "ok": True, "len": PAGE, "ncmds": 1, "ctx": 1,
-        "maps": [{"role": "dst", "uaddr": "0x7f0000020000", "dma": "0x300000", "len": PAGE}]}
-ERR = {"test": "einval_len0", "ok": True, "len": 0, "ncmds": 0, "ctx": 1, "maps": []}
+DATA = Path(__file__).parent / "data"
+WORKLOAD = smoke.WORKLOAD + " -s 4K"
 
+# stdout of `hmm-gpu-smoke -s 4K` (exit status 0) in a 6.12 guest
+SMOKE_4K = "".join(line + "\n" for line in [
+    ('{"test": "info", "uapi_version": 1, "hw_version": "0x10000", "caps": "0x1", '
+     '"max_xfer": 67108864, "max_len": 67108864, "queue_entries": 256, "ctx": 1, '
+     '"bdf": "0000:00:02.0", "ok": true}'),
+    ('{"test": "copy", "len": 4096, "ncmds": 1, "bytes": 4096, "status": 0, "ctx": 1, '
+     '"elapsed_ns": 6833899, "maps_out": 2, "maps": [{"role": "src", '
+     '"uaddr": "0x7f42dd669000", "dma": "0x19cb000", "len": 4096}, {"role": "dst", '
+     '"uaddr": "0x7f42dd66a000", "dma": "0x19bd000", "len": 4096}], "ok": true}'),
+    ('{"test": "fill", "len": 4096, "ncmds": 1, "bytes": 4096, "status": 0, "ctx": 1, '
+     '"elapsed_ns": 601020, "maps_out": 1, "maps": [{"role": "dst", '
+     '"uaddr": "0x7f42dd66a000", "dma": "0x19cb000", "len": 4096}], "ok": true}'),
+    ('{"test": "copy_unaligned", "len": 4085, "ncmds": 1, "bytes": 4085, "status": 0, '
+     '"ctx": 1, "elapsed_ns": 473544, "maps_out": 2, "maps": [{"role": "src", '
+     '"uaddr": "0x7f42dd669003", "dma": "0x19bd003", "len": 4085}, {"role": "dst", '
+     '"uaddr": "0x7f42dd66a005", "dma": "0x19d1005", "len": 4085}], "ok": true}'),
+    ('{"test": "fill_unaligned", "len": 4083, "ncmds": 1, "bytes": 4083, "status": 0, '
+     '"ctx": 1, "elapsed_ns": 1356984, "maps_out": 1, "maps": [{"role": "dst", '
+     '"uaddr": "0x7f42dd66a007", "dma": "0x19bd007", "len": 4083}], "ok": true}'),
+    ('{"test": "einval_len0", "len": 0, "ncmds": 0, "bytes": 0, "status": 0, "ctx": 0, '
+     '"elapsed_ns": 33921, "maps_out": 0, "maps": [], "expected_errno": 22, "ok": true}'),
+    ('{"test": "einval_too_long", "len": 67108865, "ncmds": 0, "bytes": 0, "status": 0, '
+     '"ctx": 0, "elapsed_ns": 7752, "maps_out": 0, "maps": [], "expected_errno": 22, '
+     '"ok": true}'),
+    ('{"test": "einval_overlap", "len": 4096, "ncmds": 0, "bytes": 0, "status": 0, "ctx": 0, '
+     '"elapsed_ns": 7361, "maps_out": 0, "maps": [], "expected_errno": 22, "ok": true}'),
+    ('{"test": "efault_bad_src", "len": 4096, "ncmds": 0, "bytes": 0, "status": 0, "ctx": 1, '
+     '"elapsed_ns": 241884, "maps_out": 0, "maps": [], "expected_errno": 14, "ok": true}'),
+    ('{"test": "efault_bad_dst", "len": 4096, "ncmds": 0, "bytes": 0, "status": 0, "ctx": 1, '
+     '"elapsed_ns": 65648, "maps_out": 0, "maps": [], "expected_errno": 14, "ok": true}'),
+    ('{"test": "efault_readonly_dst", "len": 4096, "ncmds": 0, "bytes": 0, "status": 0, '
+     '"ctx": 1, "elapsed_ns": 77056, "maps_out": 0, "maps": [], "expected_errno": 14, '
+     '"ok": true}'),
+])
 
-def trace_bytes(dst_for_copy: int = 0x200000) -> bytes:
-    def rec(addr: int, n: int, kind: int, d: int, cmd: int) -> bytes:
-        return struct.pack("<QQQQIBBBB", 1, addr, n, cmd, 1, 1, kind, d, 0)
-    hdr = struct.pack("<QIIII", 0x31435254474D4D48, 1, 40, 0x18, 0)
-    return (hdr + rec(0x1000, 64, 0, 0, 1) + rec(0x100000, PAGE, 2, 0, 1)
-            + rec(dst_for_copy, PAGE, 2, 1, 1) + rec(0x300000, PAGE, 2, 1, 2))
+# dmatrace-0.bin QEMU wrote during that run (header + 14 records)
+TRACE_4K = bytes.fromhex(
+    "484d4d475452433101000000280000001000000000000000e8fae580000000000000d8000000000040000000"
+    "0000000000000100000000000100000000000000db50e6800000000000b09c01000000000010000000000000"
+    "000001000000000001000000010200007759e6800000000000d09b0100000000001000000000000000000100"
+    "0000000001000000010201003c5ee680000000000000cf000000000020000000000000000000010000000000"
+    "01000000000101003d750c81000000004000d800000000004000000000000000000002000000000001000000"
+    "00000000bd990c810000000000b09c0100000000001000000000000000000200000000000100000001020100"
+    "f19e0c81000000002000cf0000000000200000000000000000000200000000000100000000010100cd2a1e81"
+    "000000008000d800000000004000000000000000000003000000000001000000000000008a4d1e8100000000"
+    "03d09b0100000000f50f0000000000000000030000000000010000000102000012541e810000000005109d01"
+    "00000000f50f00000000000000000300000000000100000001020100ec581e81000000004000cf0000000000"
+    "20000000000000000000030000000000010000000001010053ea368100000000c000d8000000000040000000"
+    "0000000000000400000000000100000000000000fe0837810000000007d09b0100000000f30f000000000000"
+    "00000400000000000100000001020100320e3781000000006000cf0000000000200000000000000000000400"
+    "000000000100000000010100"
+)
 
+# The copy under `echo hang > .../inject` (the driver's 10 s timeout), then
+# the fill after the reset; and the first line of the workload on a wrong
+# device (`-d /dev/null`).
+COPY_TIMED_OUT = (
+    '{"test": "copy", "len": 4096, "ncmds": 1, "bytes": 0, "status": 0, "ctx": 1, '
+    '"elapsed_ns": 10311860819, "maps_out": 2, "maps": [{"role": "src", "uaddr": '
+    '"0x7f229233b000", "dma": "0x19d8000", "len": 4096}, {"role": "dst", "uaddr": '
+    '"0x7f229233c000", "dma": "0x19d0000", "len": 4096}], "ok": false, "errno": 110, '
+    '"error": "HMM_GPU_IOC_XFER: Connection timed out (device status 0)"}'
+)
+FILL_AFTER_RESET = (
+    '{"test": "fill", "len": 4096, "ncmds": 1, "bytes": 4096, "status": 0, "ctx": 1, '
+    '"elapsed_ns": 430378, "maps_out": 1, "maps": [{"role": "dst", "uaddr": '
+    '"0x7f229233c000", "dma": "0x19d8000", "len": 4096}], "ok": true}'
+)
+WRONG_DEVICE = (
+    '{"test": "einval_len0", "len": 0, "ncmds": 0, "bytes": 0, "status": 0, "ctx": 0, '
+    '"elapsed_ns": 5047, "maps_out": 0, "maps": [], "expected_errno": 22, "ok": false, '
+    '"errno": 25, "error": "Inappropriate ioctl for device, expected Invalid argument"}'
+)
 
-@dataclass
-class Script:
-    """What the fake guest does."""
-
-    boot_error: Exception | None = None
-    workload: list[dict[str, Any]] = field(default_factory=lambda: [COPY, FILL, ERR])
-    workload_rc: int = 0
-    workload_hangs: bool = False
-    insmod_rc: int = 0
-    splats: list[Splat] = field(default_factory=list)
-    trace: bytes = field(default_factory=trace_bytes)
-    counters: dict[str, int] = field(default_factory=lambda: {
-        "cmds-completed": 2, "cmds-failed": 0, "dma-read-bytes": PAGE, "dma-write-bytes": 2 * PAGE,
-        "dma-errors": 0, "irqs-raised": 2, "guest-errors": 0})
-
-
-class FakeSSH:
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.commands: list[str] = []
-
-    def run(self, cmd: str, timeout: float, abort: Any = None, stdin: Any = None) -> CommandResult:
-        self.commands.append(cmd)
-        s = self.script
-        if cmd == "uname -r":
-            return CommandResult(0, "6.12.107\n", "")
-        if cmd.startswith("insmod"):
-            return CommandResult(s.insmod_rc, "", "" if s.insmod_rc == 0 else "insmod: EINVAL\n")
-        if cmd.startswith("for i in"):
-            node = "crw------- 1 root root 240, 0 /dev/hmm_gpu0" if s.insmod_rc == 0 else (
-                "ls: /dev/hmm_gpu*: No such file or directory")
-            return CommandResult(0, node + "\n", "")
-        if cmd == "dmesg":
-            return CommandResult(0, "[ 1.0] hmm_gpu 0000:00:03.0: 2 MSI-X vectors\n", "")
-        if cmd.endswith("hmm-gpu-smoke"):
-            if s.workload_hangs:
-                raise SSHTimeout(cmd, timeout, b"", b"")
-            out = "".join(json.dumps(o) + "\n" for o in s.workload)
-            return CommandResult(s.workload_rc, out, "")
-        return CommandResult(0, "", "")
-
-    def close(self) -> None:
-        pass
-
-
-class FakeConsole:
-    def __init__(self, splats: list[Splat]) -> None:
-        self._splats = splats
-
-    def splats(self) -> list[Splat]:
-        return list(self._splats)
-
-    def tail(self, n: int = 40) -> str:
-        return "hmmlab: ready"
-
-
-def fake_guest_class(script: Script, seen: dict[str, Any]) -> type:
-    class FakeGuest:
-        def __init__(self, cfg: Any, image: Any, run_dir: Path, accel: AccelChoice) -> None:
-            self.run_dir = run_dir
-            self.console = FakeConsole(script.splats)
-            self.closed = False
-            self.returncode: int | None = None
-            seen["guest"] = self
-
-        def start(self) -> None:
-            pass
-
-        def wait_ready(self) -> float:
-            if script.boot_error:
-                raise script.boot_error
-            return 3.0
-
-        def ssh(self, key: Path, pub: str, timeout: float) -> FakeSSH:
-            seen["ssh"] = FakeSSH(script)
-            return seen["ssh"]
-
-        def exit_reason(self) -> str | None:
-            return None
-
-        def counters(self) -> dict[str, dict[str, int]]:
-            return {"gpu0": dict(script.counters)}
-
-        def shutdown(self, ssh: Any, timeout: float) -> None:
-            (self.run_dir / "dmatrace-0.bin").write_bytes(script.trace)
-            self.returncode = 0
-
-        def close(self) -> None:
-            self.closed = True
-
-    return FakeGuest
+# qom-get of gpu0 after that run, and after `echo fatal > .../inject`
+COUNTERS_4K = {"cmds-completed": 4, "cmds-failed": 0, "dma-read-bytes": 8437,
+               "dma-write-bytes": 16488, "dma-errors": 0, "irqs-raised": 4, "guest-errors": 0}
+COUNTERS_AFTER_FATAL = dict(COUNTERS_4K, **{"irqs-raised": 5, "guest-errors": 1})
 
 
-@dataclass(frozen=True)
-class FakeArtifacts:
-    qemu: Path = Path("/nonexistent/qemu-system-x86_64")
-    qemu_datadirs: tuple[Path, ...] = ()
-    kernel_image: Path = Path("/nonexistent/bzImage")
-    kernel_tree: Path = Path("/nonexistent")
-    kernel_version: str = "6.12.107-1"
-    initrds: tuple[Path, ...] = ()
-    ssh_key: Path = Path("/nonexistent/id")
-    ssh_host_pubkey: str = "ssh-ed25519 AAAA"
+def statuses(entries: list[TestResult]) -> dict[str, str]:
+    return {t.path: str(t.status) for t in entries}
 
 
-class FakeProbe:
-    def choose(self, *a: Any) -> AccelChoice:
-        return AccelChoice("tcg", "test")
+def _trace_with(rec: int, addr: int) -> bytes:
+    """TRACE_4K (a version 1 trace) with record ``rec``'s address changed."""
+    data = bytearray(TRACE_4K)
+    struct.pack_into("<Q", data, dmatrace.HDR_SIZE + rec * dmatrace.REC_V1_SIZE + 8, addr)
+    return bytes(data)
 
 
-def go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: Script,
-       yaml: str = "", keep_going: bool = False) -> tuple[Any, dict[str, Any]]:
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(runner, "Guest", fake_guest_class(script, seen))
-    if "scenarios:" not in yaml:  # these tests script the smoke scenario's guest side
-        yaml += "\nscenarios: [smoke]\n"
-    cfg = config.load_text(yaml, "t.yaml")
-    res = runner.run(cfg, tmp_path / "res", artifacts=FakeArtifacts(),  # type: ignore[arg-type]
-                     probe=FakeProbe(), keep_going=keep_going)  # type: ignore[arg-type]
-    return res, seen
+def _splats(sample: str) -> list[Any]:
+    return scan_text((DATA / sample).read_text(errors="replace"))
 
 
-def statuses(res: Any) -> dict[str, str]:
-    return {t.path: str(t.status) for t in res.tests}
+# ---- runner: boot, console, scenario order -------------------------------------------
+
+def test_panic_while_booting_is_a_failure() -> None:
+    died = GuestDied("QEMU exited (status 0) before the guest was ready", "console tail")
+    entry = runner.boot_failure(died, _splats("lkdtm_panic.console"), 1.5)
+    assert (entry.path, entry.status) == ("boot", Status.FAIL)
+    assert "console tail" in entry.log_excerpt
+    assert entry.output_files == ["console.log", "qemu.stderr"]
 
 
-def test_all_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    res, seen = go(tmp_path, monkeypatch, Script())
-    assert statuses(res) == {
-        "boot": "PASS", "driver.load": "PASS", "smoke.copy": "PASS", "smoke.fill": "PASS",
-        "smoke.einval_len0": "PASS", "smoke.counters": "PASS", "smoke.dmatrace": "PASS",
-        "console.splat": "PASS",
-    }
-    assert res.exit_code() == 0
-    assert seen["guest"].closed
-    data = json.loads((tmp_path / "res" / "results.json").read_text())
-    assert data["environment"]["accel"] == "tcg"
-    assert data["environment"]["kernel_release"] == "6.12.107"
-    assert data["devices"]["gpu0"]["cmds-completed"] == 2
-    copy = next(t for t in data["tests"] if t["path"] == "smoke.copy")
-    assert copy["duration"] == 0.002 and "maps" in copy["log_excerpt"]
-    assert (tmp_path / "res" / "run.log").exists()
-    assert (tmp_path / "res" / "smoke.stdout").exists()
-    assert (tmp_path / "res" / "driver-load.dmesg").exists()
+def test_qemu_dying_without_a_splat_is_an_infrastructure_error() -> None:
+    entry = runner.boot_failure(GuestDied("QEMU exited with status 1"), [], 0.2)
+    assert entry.status == Status.ERROR
 
 
-def test_hung_boot_is_an_infrastructure_error(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    res, seen = go(tmp_path, monkeypatch, Script(boot_error=GuestHung("no console output")))
-    assert statuses(res) == {"boot": "ERROR", "console.splat": "PASS"}
-    assert res.exit_code() == 2
-    assert seen["guest"].closed
-    assert (tmp_path / "res" / "results.json").exists()
+@pytest.mark.parametrize("error", [GuestHung("no console output for 60s"),
+                                   BootTimeout('no "hmmlab: ready" within 120s')])
+def test_hung_or_slow_boot_is_an_infrastructure_error(error: Exception) -> None:
+    # even when the console shows a splat: the guest did not die of it
+    entry = runner.boot_failure(error, _splats("lkdtm_warning.console"), 120)  # type: ignore[arg-type]
+    assert entry.status == Status.ERROR
+    assert "qemu.log" in entry.output_files and str(error) in entry.log_excerpt
 
 
-def test_panic_at_boot_is_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    panic = Splat("Kernel panic - not syncing: VFS: Unable to mount root fs", "Kernel panic", 9)
-    res, _ = go(tmp_path, monkeypatch, Script(boot_error=GuestDied("QEMU exited"),
-                                              splats=[panic]))
-    assert statuses(res) == {"boot": "FAIL", "console.splat": "FAIL"}
-    assert res.exit_code() == 1
-    splat = next(t for t in res.tests if t.path == "console.splat")
-    assert splat.extra["title"].startswith("Kernel panic")
+def test_clean_console_passes() -> None:
+    entry = runner.splat_result(scan_text((DATA / "benign.txt").read_text()))
+    assert (entry.path, entry.status) == ("console.splat", Status.PASS)
 
 
-def test_warning_during_run_fails_the_run(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    warn = Splat("WARNING in hmm_gpu_queue_submit", "WARNING: CPU: 0 ...", 100)
-    res, _ = go(tmp_path, monkeypatch, Script(splats=[warn]))
-    assert statuses(res)["smoke.copy"] == "PASS"
-    assert statuses(res)["console.splat"] == "FAIL"
-    assert res.exit_code() == 1
+def test_splat_fails_the_console_check_titled_after_the_first() -> None:
+    splats = _splats("lkdtm_warning.console") + _splats("lkdtm_bug.console")
+    entry = runner.splat_result(splats)
+    assert entry.status == Status.FAIL
+    assert entry.extra["title"] == "WARNING in lkdtm_WARNING"
+    assert [s["title"] for s in entry.extra["splats"]] == [
+        "WARNING in lkdtm_WARNING", "kernel BUG in lkdtm_BUG"]
+    assert "Call Trace:" in entry.log_excerpt
 
 
-def test_failed_sub_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = dict(COPY, ok=False, error="data mismatch at destination offset 12")
-    res, _ = go(tmp_path, monkeypatch, Script(workload=[bad, FILL], workload_rc=1))
-    assert statuses(res)["smoke.copy"] == "FAIL"
-    assert "data mismatch" in next(t for t in res.tests if t.path == "smoke.copy").log_excerpt
-    assert "smoke.exit" not in statuses(res)
-    assert res.exit_code() == 1
+def _entry(status: Status) -> TestResult:
+    return TestResult("x", status)
 
 
-def test_nonzero_exit_with_all_ok_is_a_failure(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    res, _ = go(tmp_path, monkeypatch, Script(workload_rc=2))
-    assert statuses(res)["smoke.exit"] == "FAIL"
+@pytest.mark.parametrize(("entries", "gone", "keep_going", "why"), [
+    ([_entry(Status.PASS), _entry(Status.SKIP)], None, False, None),
+    ([_entry(Status.PASS), _entry(Status.FAIL)], None, False,
+     "not run: smoke failed (use --keep-going to run it anyway)"),
+    ([_entry(Status.ERROR)], None, False,
+     "not run: smoke failed (use --keep-going to run it anyway)"),
+    ([_entry(Status.FAIL)], None, True, None),
+    ([_entry(Status.PASS)], "QEMU exited", True, "not run: QEMU exited"),
+    ([], "QEMU exited", False, "not run: QEMU exited"),
+])
+def test_which_scenarios_still_run(entries: list[TestResult], gone: str | None,
+                                   keep_going: bool, why: str | None) -> None:
+    assert runner.not_run_reason("smoke", entries, gone, keep_going) == why
 
 
-def test_no_json_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    res, _ = go(tmp_path, monkeypatch, Script(workload=[], workload_rc=127))
-    assert statuses(res)["smoke.run"] == "FAIL"
-    assert "smoke.dmatrace" not in statuses(res)
-
-
-def test_workload_timeout_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    res, _ = go(tmp_path, monkeypatch, Script(workload_hangs=True))
-    assert statuses(res)["smoke.run"] == "ERROR"
-    assert res.exit_code() == 2
-
-
-def test_insmod_failure_skips_the_workload(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    res, seen = go(tmp_path, monkeypatch, Script(insmod_rc=1))
-    assert statuses(res)["driver.load"] == "FAIL"
-    assert statuses(res)["smoke"] == "SKIP"
-    assert not any(c.endswith("hmm-gpu-smoke") for c in seen["ssh"].commands)
-    assert res.exit_code() == 1
-
-
-def test_dma_outside_the_maps_fails_dmatrace(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    res, _ = go(tmp_path, monkeypatch, Script(trace=trace_bytes(dst_for_copy=0x900000)))
-    assert statuses(res)["smoke.dmatrace"] == "FAIL"
-    t = next(t for t in res.tests if t.path == "smoke.dmatrace")
-    assert "0x900000" in t.log_excerpt and t.extra["trace"]["records"] == 4
-
-
-def test_device_errors_fail_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    script = Script()
-    script.counters["guest-errors"] = 3
-    res, _ = go(tmp_path, monkeypatch, script)
-    assert statuses(res)["smoke.counters"] == "FAIL"
+def test_counters_unread() -> None:
+    assert not runner.counters_unread({"gpu0": COUNTERS_4K})
+    assert not runner.counters_unread({})
+    assert runner.counters_unread({"gpu0": dict(COUNTERS_4K, **{"dma-errors": "error: gone"})})
 
 
 def test_build_failure_is_an_error(tmp_path: Path) -> None:
@@ -262,31 +191,215 @@ def test_build_failure_is_an_error(tmp_path: Path) -> None:
         raise RuntimeError("kernel build failed (full log: x.log)")
 
     res = runner.run(config.load_text("", "t.yaml"), tmp_path / "res", build=build)
-    assert statuses(res) == {"build": "ERROR"}
+    assert statuses(res.tests) == {"build": "ERROR"}
     assert res.exit_code() == 2
     data = json.loads((tmp_path / "res" / "results.json").read_text())
     assert "kernel build failed" in data["tests"][0]["log_excerpt"]
 
 
-def test_guest_gone_mid_run_skips_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    panic = Splat("Kernel panic - not syncing: dumptest", "Kernel panic - not syncing: dumptest", 5)
-    seen: dict[str, Any] = {}
-    cls = fake_guest_class(Script(splats=[panic]), seen)
+# ---- smoke: driver.load, prepare ---------------------------------------------------------
 
-    class Dying(cls):  # type: ignore[misc, valid-type]
-        def start(self) -> None:
-            (self.run_dir / "dmatrace-0.bin").write_bytes(trace_bytes())
+NODE = "crw-------    1 0        root       10, 258 Nov 21 18:27 /dev/hmm_gpu0\n"
+DMESG = ("[    1.7] clocksource: Switched to clocksource tsc\n"
+         "[    1.8] hmm_gpu: loading out-of-tree module taints kernel.\n"
+         "[    1.8] hmm_gpu 0000:00:02.0: hmm-gpu 1.0, max_xfer 67108864, 64-bit DMA, "
+         "/dev/hmm_gpu0\n")
 
-        def exit_reason(self) -> str | None:
-            return "QEMU exited (status 0) after a kernel splat: Kernel panic"
 
-        def counters(self) -> dict[str, dict[str, int]]:
-            raise AssertionError("QMP is gone: counters must not be read")
+def test_driver_loads() -> None:
+    entry = smoke.driver_load_result(smoke.DRIVER, 0, "", "", NODE, DMESG, 0.1,
+                                     ["driver-load.dmesg"])
+    assert (entry.path, entry.status) == ("driver.load", Status.PASS)
+    assert "max_xfer" in entry.log_excerpt and "clocksource" not in entry.log_excerpt
+    assert entry.output_files == ["driver-load.dmesg"]
 
-    monkeypatch.setattr(runner, "Guest", Dying)
-    res = runner.run(config.load_text("scenarios: [smoke]", "t.yaml"), tmp_path / "res",
-                     artifacts=FakeArtifacts(), probe=FakeProbe())  # type: ignore[arg-type]
-    st = statuses(res)
-    assert st["smoke.counters"] == "SKIP"
-    assert st["console.splat"] == "FAIL"
-    assert res.exit_code() == 1
+
+def test_insmod_failure() -> None:
+    entry = smoke.driver_load_result(
+        "/opt/hmmlab/nope.ko", 254, "",
+        "insmod: can't insert '/opt/hmmlab/nope.ko': No such file or directory\n",
+        "ls: /dev/hmm_gpu*: No such file or directory\n", "", 0.1)
+    assert entry.status == Status.FAIL
+    assert entry.log_excerpt.splitlines()[:2] == [
+        "insmod exited with status 254", "/dev/hmm_gpu0 does not exist after insmod"]
+    assert "can't insert" in entry.log_excerpt
+
+
+def test_module_loads_but_no_device_node() -> None:
+    entry = smoke.driver_load_result(smoke.DRIVER, 0, "", "",
+                                     "ls: /dev/hmm_gpu*: No such file or directory\n", DMESG, 5)
+    assert entry.status == Status.FAIL
+    assert entry.log_excerpt.startswith("/dev/hmm_gpu0 does not exist after insmod")
+
+
+def test_setup_step_cut_off() -> None:
+    assert smoke.step_interrupted_status(splat=True) == Status.FAIL
+    assert smoke.step_interrupted_status(splat=False) == Status.ERROR
+
+
+def test_prepare() -> None:
+    ok = smoke.prepare_result([("echo hang > x", 0, ""), ("true", 0, "")], 0.1)
+    assert (ok.path, ok.status) == ("smoke.prepare", Status.PASS)
+    assert "$ echo hang > x" in ok.log_excerpt
+    bad = smoke.prepare_result([("true", 0, ""), ("echo x > /nope", 1, "sh: can't create\n")], 0)
+    assert bad.status == Status.ERROR
+    assert bad.log_excerpt.startswith("`echo x > /nope` exited with status 1")
+    assert "can't create" in bad.log_excerpt
+
+
+# ---- smoke: the workload's output ---------------------------------------------------------
+
+FILES = ["smoke.stdout", "smoke.stderr"]
+
+
+def test_every_sub_test_passes() -> None:
+    objs, entries = smoke.workload_results(WORKLOAD, 0, SMOKE_4K, "", 0.5, FILES)
+    assert len(objs) == 11
+    assert set(statuses(entries).values()) == {"PASS"}
+    assert list(statuses(entries))[:3] == ["smoke.info", "smoke.copy", "smoke.fill"]
+    copy = entries[1]
+    assert copy.duration == pytest.approx(0.006833899)  # the workload's own elapsed_ns
+    assert copy.to_dict()["duration"] == 0.007
+    assert '"maps": "2 entries"' in copy.log_excerpt and "0x19cb000" not in copy.log_excerpt
+    assert copy.output_files == FILES
+
+
+def test_failed_sub_test() -> None:
+    out = SMOKE_4K.splitlines()
+    out[1:3] = [COPY_TIMED_OUT, FILL_AFTER_RESET]
+    _, entries = smoke.workload_results(WORKLOAD, 1, "\n".join(out), "", 11.0)
+    st = statuses(entries)
+    assert st["smoke.copy"] == "FAIL" and st["smoke.fill"] == "PASS"
+    assert "Connection timed out" in entries[1].log_excerpt
+    assert "smoke.exit" not in st  # a non-zero exit is expected with a failed sub-test
+
+
+def test_stderr_goes_with_a_failed_sub_test() -> None:
+    _, entries = smoke.workload_results(WORKLOAD, 1, WRONG_DEVICE, "a message on stderr\n", 0.1)
+    assert entries[0].status == Status.FAIL
+    assert entries[0].log_excerpt.endswith("stderr:\na message on stderr\n")
+    _, entries = smoke.workload_results(WORKLOAD, 0, SMOKE_4K, "a message on stderr\n", 0.1)
+    assert "stderr" not in entries[0].log_excerpt
+
+
+def test_nonzero_exit_with_all_ok_is_a_failure() -> None:
+    _, entries = smoke.workload_results(WORKLOAD, 2, SMOKE_4K + "Segmentation fault\n", "", 1)
+    assert statuses(entries)["smoke.exit"] == "FAIL"
+    assert entries[-1].log_excerpt.startswith(f"{WORKLOAD} exited with status 2 although")
+    assert "Segmentation fault" in entries[-1].log_excerpt
+
+
+def test_no_sub_test_reported() -> None:
+    objs, entries = smoke.workload_results(
+        "/opt/hmmlab/bin/nope", 127, "", "sh: /opt/hmmlab/bin/nope: not found\n", 0.1, FILES)
+    assert objs == []
+    assert statuses(entries) == {"smoke.run": "FAIL"}
+    assert "exited with status 127 and reported no sub-test" in entries[0].log_excerpt
+    assert "not found" in entries[0].log_excerpt
+
+
+def test_non_json_lines_are_not_sub_tests() -> None:
+    out = "starting\n" + SMOKE_4K.replace("\n", "\nprogress...\n", 1) + '{"no": "test key"}\n{bad\n'
+    objs, entries = smoke.workload_results(WORKLOAD, 0, out, "", 2.2)
+    assert len(objs) == len(entries) == 11
+
+
+def test_duration_without_elapsed_ns_is_shared() -> None:
+    lines = '{"test": "a", "ok": true}\n{"test": "b", "ok": true}\n'
+    _, entries = smoke.workload_results(WORKLOAD, 0, lines, "", 3.0)
+    assert [e.duration for e in entries] == [1.5, 1.5]
+
+
+def test_workload_timeout_is_an_error_and_keeps_what_was_reported() -> None:
+    partial = "\n".join(SMOKE_4K.splitlines()[:2]) + "\n"
+    e = SSHTimeout(WORKLOAD, 300, partial.encode(), b"")
+    objs, entry = smoke.workload_interrupted(e, splat=False, duration=300, output_files=FILES)
+    assert (entry.path, entry.status) == ("smoke.run", Status.ERROR)
+    assert [o["test"] for o in objs] == ["info", "copy"]
+    assert entry.log_excerpt.startswith(f"`{WORKLOAD}` did not finish within 300s")
+    # a splat during a timeout does not make it the kernel's fault
+    assert smoke.workload_interrupted(e, splat=True, duration=1)[1].status == Status.ERROR
+
+
+def test_guest_dying_under_the_workload() -> None:
+    e = SSHAborted(WORKLOAD, "QEMU exited (status 0) after a kernel splat: Kernel panic",
+                   b"", b"")
+    assert smoke.workload_interrupted(e, splat=True, duration=1)[1].status == Status.FAIL
+    assert smoke.workload_interrupted(e, splat=False, duration=1)[1].status == Status.ERROR
+
+
+# ---- smoke: device counters -------------------------------------------------------------------
+
+def _objs() -> list[dict[str, Any]]:
+    return smoke.parse_workload_output(SMOKE_4K)[0]
+
+
+def test_counters_pass() -> None:
+    entry = smoke.counters_result(COUNTERS_4K, _objs())
+    assert (entry.path, entry.status) == ("smoke.counters", Status.PASS)
+    assert json.loads(entry.log_excerpt) == COUNTERS_4K
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"guest-errors": 1}, "guest-errors = 1, expected 0"),
+    ({"dma-errors": 3}, "dma-errors = 3, expected 0"),
+    ({"cmds-completed": 3}, "cmds-completed = 3, the workload reported 4 commands"),
+])
+def test_counters_fail(change: dict[str, int], problem: str) -> None:
+    entry = smoke.counters_result(dict(COUNTERS_4K, **change), _objs())
+    assert entry.status == Status.FAIL
+    assert entry.log_excerpt.splitlines()[0] == problem
+
+
+def test_counters_after_an_injected_fatal_error() -> None:
+    assert smoke.counters_result(COUNTERS_AFTER_FATAL, _objs()).status == Status.FAIL
+
+
+def test_counters_not_read() -> None:
+    gone = "QEMU exited (status 0) after a kernel splat: Kernel panic - not syncing: dumptest"
+    skipped = smoke.counters_result(None, _objs(), gone)
+    assert skipped.status == Status.SKIP and gone in skipped.log_excerpt
+    assert smoke.counters_result(None, _objs()).status == Status.ERROR
+    broken = dict(COUNTERS_4K, **{"dma-errors": "error: Disconnected"})
+    entry = smoke.counters_result(broken, _objs())
+    assert entry.status == Status.ERROR and "qom-get failed" in entry.log_excerpt
+
+
+# ---- smoke: the DMA trace -----------------------------------------------------------------------
+
+def test_trace_matches_the_maps() -> None:
+    entry = smoke.dmatrace_result(dmatrace.decode(TRACE_4K), _objs(), 0.01, ["dmatrace-0.bin"])
+    assert (entry.path, entry.status) == ("smoke.dmatrace", Status.PASS), entry.log_excerpt
+    assert entry.extra["trace"]["records"] == 14
+    assert entry.extra["trace"]["commands"] == 4
+
+
+def test_dma_outside_the_maps_fails() -> None:
+    # record 2 is the copy's write to its destination at 0x19bd000
+    trace = dmatrace.decode(_trace_with(2, 0x900000))
+    entry = smoke.dmatrace_result(trace, _objs(), 0.01)
+    assert entry.status == Status.FAIL
+    assert "0x900000" in entry.log_excerpt
+
+
+def test_trace_missing_a_transfer_fails() -> None:
+    # the fill's write is dropped: it moved 0 of its 4096 bytes
+    cut = TRACE_4K[:dmatrace.HDR_SIZE + 5 * dmatrace.REC_V1_SIZE] + \
+        TRACE_4K[dmatrace.HDR_SIZE + 6 * dmatrace.REC_V1_SIZE:]
+    entry = smoke.dmatrace_result(dmatrace.decode(cut), _objs(), 0.01)
+    assert entry.status == Status.FAIL
+
+
+def test_nothing_to_check_the_trace_against() -> None:
+    errors_only = [o for o in _objs() if o.get("ncmds") == 0]
+    entry = smoke.dmatrace_result(dmatrace.decode(TRACE_4K), errors_only, 0.01)
+    assert entry.status == Status.FAIL
+    assert "reported no DMA maps" in entry.log_excerpt
+
+
+def test_malformed_maps_fail() -> None:
+    objs = _objs()
+    objs[1]["maps"][0]["dma"] = "not a number"
+    entry = smoke.dmatrace_result(dmatrace.decode(TRACE_4K), objs, 0.01)
+    assert entry.status == Status.FAIL
+    assert "malformed" in entry.log_excerpt
