@@ -272,16 +272,23 @@ static void hmm_gpu_raise(HmmGpuState *s, uint32_t cause, uint32_t vector,
  * ring entry, an address the driver handed us), so each one is also logged
  * as a guest error and counted.
  */
-static void hmm_gpu_set_error(HmmGpuState *s, uint32_t err, uint64_t addr,
-                              const char *what)
+/* What the guest sees of an error: ERROR, ERROR_ADDR and the interrupt. */
+static void hmm_gpu_signal_error(HmmGpuState *s, uint32_t err, uint64_t addr,
+                                 const char *what)
 {
     s->error = err;
     s->error_addr = addr;
-    s->cnt_guest_errors++;
     trace_hmm_gpu_error(hmm_gpu_err_name(err), addr, what);
+    hmm_gpu_raise(s, HMM_GPU_INTR_ERROR, s->vec_err, true);
+}
+
+static void hmm_gpu_set_error(HmmGpuState *s, uint32_t err, uint64_t addr,
+                              const char *what)
+{
+    s->cnt_guest_errors++;
     qemu_log_mask(LOG_GUEST_ERROR, "hmm-gpu: %s (error %u %s, addr 0x%" PRIx64
                   ")\n", what, err, hmm_gpu_err_name(err), addr);
-    hmm_gpu_raise(s, HMM_GPU_INTR_ERROR, s->vec_err, true);
+    hmm_gpu_signal_error(s, err, addr, what);
 }
 
 static void hmm_gpu_free_jobs(HmmGpuState *s)
@@ -1248,8 +1255,15 @@ static void hmm_gpu_fault_cancel(HmmGpuState *s, uint32_t token)
             hmm_gpu_trace_event(s, HMM_GPU_TRACE_EV_CANCEL, &j->cmd,
                                 j->fault_va, token);
             s->cnt_faults_cancelled++;
-            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_FAULT, j->fault_va,
-                             "faulting job cancelled");
+            /*
+             * The driver asked for this outcome: the guest sees ERR_FAULT
+             * like any failed command, but it is no driver mistake, so it
+             * is neither logged nor counted as a guest error.
+             */
+            j->status = HMM_GPU_ERR_FAULT;
+            hmm_gpu_signal_error(s, HMM_GPU_ERR_FAULT, j->fault_va,
+                                 "faulting job cancelled");
+            hmm_gpu_job_move(s, j, JOB_DONE);
             hmm_gpu_kick(s);
             return;
         }
