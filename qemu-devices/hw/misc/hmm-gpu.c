@@ -162,6 +162,7 @@ struct HmmGpuState {
     uint32_t njobs;
     uint32_t nstalled;
     uint16_t next_token;
+    bool tokens_wrapped;    /* every non-zero token has been issued */
 
     HmmGpuTlbEntry tlb[HMM_GPU_TLB_SIZE];
 
@@ -176,6 +177,7 @@ struct HmmGpuState {
     uint64_t cnt_faults_raised;
     uint64_t cnt_faults_replayed;
     uint64_t cnt_faults_cancelled;
+    uint64_t cnt_stale_cancels;
     uint64_t cnt_tlb_hits;
     uint64_t cnt_tlb_misses;
     uint64_t cnt_tlb_invalidations;
@@ -581,6 +583,7 @@ static uint16_t hmm_gpu_alloc_token(HmmGpuState *s)
         s->next_token++;
         if (s->next_token == 0) {
             s->next_token = 1;
+            s->tokens_wrapped = true;
         }
         busy = false;
         QTAILQ_FOREACH(j, &s->stalled, link) {
@@ -1268,9 +1271,21 @@ static void hmm_gpu_fault_cancel(HmmGpuState *s, uint32_t token)
             return;
         }
     }
+    /*
+     * A token the device issued whose job is no longer stalled is a stale
+     * cancel, not a driver mistake: a record can reach the fault queue after
+     * the driver drained it but before its FAULT_REPLAY, which then released
+     * that job too. No driver can tell, so the cancel is just dropped.
+     */
+    if (token && token <= UINT16_MAX &&
+        (s->tokens_wrapped || token <= s->next_token)) {
+        s->cnt_stale_cancels++;
+        trace_hmm_gpu_stale_cancel(token);
+        return;
+    }
     trace_hmm_gpu_bad_token(token);
     hmm_gpu_set_error(s, HMM_GPU_ERR_BAD_TOKEN, token,
-                      "FAULT_CANCEL token names no stalled job");
+                      "FAULT_CANCEL token was never issued");
 }
 
 /*
@@ -1329,6 +1344,7 @@ static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
     s->faultq_tail = 0;
     s->faultq_ctrl = 0;
     s->next_token = 0;
+    s->tokens_wrapped = false;
     hmm_gpu_update_intx(s);
 }
 
@@ -1891,6 +1907,9 @@ static void hmm_gpu_instance_init(Object *obj)
                                    OBJ_PROP_FLAG_READ);
     object_property_add_uint64_ptr(obj, "faults-cancelled",
                                    &s->cnt_faults_cancelled,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "stale-cancels",
+                                   &s->cnt_stale_cancels,
                                    OBJ_PROP_FLAG_READ);
     object_property_add_uint64_ptr(obj, "tlb-hits",
                                    &s->cnt_tlb_hits, OBJ_PROP_FLAG_READ);
