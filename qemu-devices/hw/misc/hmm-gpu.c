@@ -49,15 +49,27 @@
 #define TYPE_HMM_GPU "hmm-gpu"
 OBJECT_DECLARE_SIMPLE_TYPE(HmmGpuState, HMM_GPU)
 
-/* Data moves through a bounce buffer of this size, one DMA per chunk. */
+/*
+ * Data moves through a bounce buffer of this size, one DMA per chunk; a VA
+ * job's step covers up to this many bytes (one DMA pair per page).
+ */
 #define HMM_GPU_CHUNK           (64 * KiB)
 /*
  * Work done per bottom-half run before yielding to the main loop, so a large
- * batch never stalls vCPUs, QMP or qtest: at most this many command fetches
- * and this many data bytes, then the BH reschedules itself.
+ * batch never stalls vCPUs, QMP or qtest: at most this many command fetches,
+ * then job steps for at most HMM_GPU_BH_NS of host time (and at most
+ * HMM_GPU_BH_BYTES), then the BH reschedules itself. Long enough to amortise
+ * the main-loop round trip, short enough to keep the loop responsive.
  */
-#define HMM_GPU_BH_CMDS         16
-#define HMM_GPU_BH_BYTES        (1 * MiB)
+#define HMM_GPU_BH_CMDS         64
+#define HMM_GPU_BH_NS           (1 * SCALE_MS)
+#define HMM_GPU_BH_BYTES        (64 * MiB)
+/*
+ * dmatrace records are collected here and written in large pieces: when the
+ * buffer fills, at the end of every BH run and MMIO write, and on reset and
+ * unrealize. So the stream is complete whenever device code is not running.
+ */
+#define HMM_GPU_TRACE_BUF       (64 * KiB)
 
 #define HMM_GPU_CMD_SIZE        sizeof(struct hmm_gpu_cmd)
 #define HMM_GPU_CPL_SIZE        sizeof(struct hmm_gpu_cpl)
@@ -120,6 +132,8 @@ struct HmmGpuState {
     QEMUBH *bh;
     CharBackend dmatrace;
     uint8_t *bounce;
+    uint8_t *tbuf;          /* pending dmatrace bytes, HMM_GPU_TRACE_BUF */
+    size_t tbuf_len;
 
     /* registers */
     uint32_t status;
@@ -314,6 +328,25 @@ static void hmm_gpu_fatal(HmmGpuState *s, uint32_t err, uint64_t addr,
 
 /* ---- DMA with accounting and the host-side trace stream --------------- */
 
+/* Write out the buffered dmatrace bytes, in order. */
+static void hmm_gpu_trace_flush(HmmGpuState *s)
+{
+    if (s->tbuf_len) {
+        /* A slow or closed consumer must not stop the device: ignore errors. */
+        qemu_chr_fe_write_all(&s->dmatrace, s->tbuf, s->tbuf_len);
+        s->tbuf_len = 0;
+    }
+}
+
+static void hmm_gpu_trace_put(HmmGpuState *s, const void *data, size_t len)
+{
+    if (s->tbuf_len + len > HMM_GPU_TRACE_BUF) {
+        hmm_gpu_trace_flush(s);
+    }
+    memcpy(s->tbuf + s->tbuf_len, data, len);
+    s->tbuf_len += len;
+}
+
 static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
                               uint8_t dir, uint64_t addr, uint64_t len,
                               MemTxResult res, const struct hmm_gpu_cmd *c,
@@ -333,7 +366,7 @@ static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
         }
     }
 
-    if (!qemu_chr_fe_backend_connected(&s->dmatrace)) {
+    if (!s->tbuf || !qemu_chr_fe_backend_connected(&s->dmatrace)) {
         return;
     }
     memset(&rec, 0, sizeof(rec));
@@ -349,8 +382,7 @@ static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
     rec.dir = dir;
     rec.result = res;
     rec.level = level;
-    /* A slow or closed consumer must not stop the device: ignore errors. */
-    qemu_chr_fe_write_all(&s->dmatrace, (const uint8_t *)&rec, sizeof(rec));
+    hmm_gpu_trace_put(s, &rec, sizeof(rec));
 }
 
 static void hmm_gpu_trace_event(HmmGpuState *s, uint8_t kind,
@@ -373,7 +405,8 @@ static void hmm_gpu_trace_header(HmmGpuState *s)
     hdr.version = cpu_to_le32(HMM_GPU_TRACE_VERSION);
     hdr.rec_size = cpu_to_le32(sizeof(struct hmm_gpu_trace_rec));
     hdr.devfn = cpu_to_le32(PCI_DEVICE(s)->devfn);
-    qemu_chr_fe_write_all(&s->dmatrace, (const uint8_t *)&hdr, sizeof(hdr));
+    hmm_gpu_trace_put(s, &hdr, sizeof(hdr));
+    hmm_gpu_trace_flush(s);
 }
 
 /* Data DMA of job @j; @va is the virtual address the chunk belongs to. */
@@ -944,14 +977,15 @@ static uint64_t hmm_gpu_step_bus(HmmGpuState *s, HmmGpuJob *j)
 
 /*
  * READ_VA / WRITE_VA / FILL_VA / COPY_VA: translate, then move the part of
- * the next chunk that stays inside the translated page(s). Translation and
- * DMA happen in the same step, so a TLB_INVALIDATE (which runs between
- * steps) is a fence for every later DMA.
+ * the rest of the job (at most @max bytes) that stays inside the translated
+ * page(s). Translation and DMA happen in the same step, so a TLB_INVALIDATE
+ * (which runs between steps) is a fence for every later DMA.
  */
-static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
+static uint64_t hmm_gpu_step_va_page(HmmGpuState *s, HmmGpuJob *j,
+                                     uint64_t max)
 {
     struct hmm_gpu_cmd *c = &j->cmd;
-    uint64_t n = MIN(HMM_GPU_CHUNK, c->len - j->bytes);
+    uint64_t n = MIN(max, c->len - j->bytes);
     uint64_t src = c->src + j->bytes, dst = c->dst + j->bytes;
     uint64_t src_va = 0, dst_va = 0, avail;
 
@@ -988,6 +1022,26 @@ static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
     }
     j->bytes += n;
     return n;
+}
+
+/*
+ * One step of a VA job: page after page (each translated, then moved) until
+ * HMM_GPU_CHUNK bytes are done, the job is done, or it stalls or fails.
+ */
+static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
+{
+    uint64_t moved = 0;
+
+    while (moved < HMM_GPU_CHUNK && j->state == JOB_RUNNABLE &&
+           j->bytes < j->cmd.len) {
+        uint64_t n = hmm_gpu_step_va_page(s, j, HMM_GPU_CHUNK - moved);
+
+        if (!n) {
+            break;
+        }
+        moved += n;
+    }
+    return moved;
 }
 
 /*
@@ -1182,6 +1236,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
 static void hmm_gpu_bh(void *opaque)
 {
     HmmGpuState *s = opaque;
+    int64_t deadline = get_clock() + HMM_GPU_BH_NS;
     uint64_t bytes = 0;
     int cmds = 0;
     HmmGpuJob *j;
@@ -1197,6 +1252,9 @@ static void hmm_gpu_bh(void *opaque)
            !QTAILQ_EMPTY(&s->runnable)) {
         /* a step that stalls or fails moves no data: still count it */
         bytes += MAX(hmm_gpu_step(s, QTAILQ_FIRST(&s->runnable)), 64);
+        if (get_clock() >= deadline) {
+            break;
+        }
     }
     hmm_gpu_post_faults(s);
     while (HMM_GPU_ALIVE(s) && (j = QTAILQ_FIRST(&s->done))) {
@@ -1215,6 +1273,7 @@ static void hmm_gpu_bh(void *opaque)
         qemu_bh_schedule(s->bh);
     }
     hmm_gpu_update_busy(s);
+    hmm_gpu_trace_flush(s);
 }
 
 /* ---- faults: replay and cancel (register side) --------------------------- */
@@ -1282,6 +1341,7 @@ static void hmm_gpu_fail_unposted(HmmGpuState *s)
 static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
 {
     trace_hmm_gpu_reset(why);
+    hmm_gpu_trace_flush(s);
     qemu_bh_cancel(s->bh);
     /* stalled and in-flight jobs vanish without completions */
     hmm_gpu_free_jobs(s);
@@ -1581,10 +1641,9 @@ static void hmm_gpu_write_vector(HmmGpuState *s, hwaddr addr, uint32_t *vec,
     *vec = val;
 }
 
-static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
-                               unsigned size)
+static void hmm_gpu_mmio_write_reg(HmmGpuState *s, hwaddr addr, uint64_t val,
+                                   unsigned size)
 {
-    HmmGpuState *s = opaque;
     bool cmdq_on = s->cmdq_ctrl & HMM_GPU_QCTRL_ENABLE;
     bool cplq_on = s->cplq_ctrl & HMM_GPU_QCTRL_ENABLE;
     bool faultq_on = s->faultq_ctrl & HMM_GPU_QCTRL_ENABLE;
@@ -1764,6 +1823,16 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
     }
 }
 
+static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
+                               unsigned size)
+{
+    HmmGpuState *s = opaque;
+
+    hmm_gpu_mmio_write_reg(s, addr, val, size);
+    /* events (replay, cancel) recorded by the write */
+    hmm_gpu_trace_flush(s);
+}
+
 static const MemoryRegionOps hmm_gpu_mmio_ops = {
     .read = hmm_gpu_mmio_read,
     .write = hmm_gpu_mmio_write,
@@ -1819,6 +1888,8 @@ static void hmm_gpu_realize(PCIDevice *pdev, Error **errp)
     }
 
     s->bounce = g_malloc0(HMM_GPU_CHUNK);
+    s->tbuf = g_malloc(HMM_GPU_TRACE_BUF);
+    s->tbuf_len = 0;
     /* guarded: DMA that lands on our own BAR fails instead of re-entering */
     s->bh = qemu_bh_new_guarded(hmm_gpu_bh, s,
                                 &DEVICE(pdev)->mem_reentrancy_guard);
@@ -1834,6 +1905,9 @@ static void hmm_gpu_exit(PCIDevice *pdev)
     qemu_bh_delete(s->bh);
     s->bh = NULL;
     hmm_gpu_free_jobs(s);
+    hmm_gpu_trace_flush(s);
+    g_free(s->tbuf);
+    s->tbuf = NULL;
     g_free(s->bounce);
     s->bounce = NULL;
     msix_unuse_all_vectors(pdev);
