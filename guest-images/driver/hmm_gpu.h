@@ -12,6 +12,7 @@
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/kref.h>
+#include <linux/ktime.h>
 #include <linux/miscdevice.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
@@ -93,6 +94,10 @@ struct hmm_gpu_stats {
 	u64	fault_rounds;
 	u64	replays;
 	u64	cancels;
+	/* Fault path timing: sums over fault_rounds (ns). */
+	u64	fault_wait_ns;		/* fault interrupt -> worker drains */
+	u64	fault_service_ns;	/* drained -> REPLAY/CANCEL written */
+	u64	fault_service_max_ns;
 };
 
 struct hmm_gpu_dev {
@@ -153,6 +158,7 @@ struct hmm_gpu_dev {
 	u32			fq_head;	/* under lock */
 	struct workqueue_struct	*fault_wq;
 	struct work_struct	fault_work;
+	ktime_t			fault_irq_time;	/* under lock; 0: none pending */
 	/* Fault worker private: drained records and a pfn window. */
 	struct hmm_gpu_fault	*faults;
 	unsigned long		*fault_pfns;

@@ -308,6 +308,9 @@ static int hmm_gpu_stats_show(struct seq_file *s, void *unused)
 	seq_printf(s, "fault_rounds: %llu\n", st.fault_rounds);
 	seq_printf(s, "replays: %llu\n", st.replays);
 	seq_printf(s, "cancels: %llu\n", st.cancels);
+	seq_printf(s, "fault_wait_ns: %llu\n", st.fault_wait_ns);
+	seq_printf(s, "fault_service_ns: %llu\n", st.fault_service_ns);
+	seq_printf(s, "fault_service_max_ns: %llu\n", st.fault_service_max_ns);
 	seq_printf(s, "last_error: %u\n", last_err);
 	seq_printf(s, "last_error_addr: %#llx\n", last_addr);
 	seq_printf(s, "sq_tail: %u\n", sq_tail);

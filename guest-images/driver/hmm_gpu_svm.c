@@ -58,6 +58,11 @@ struct hmm_gpu_svm {
 	bool				dead;
 	struct hmm_gpu_pt		*root;
 	struct hmm_gpu_svm_stats	stats;
+	/* READ/WRITE bounce buffer kept between calls (coherent DMA memory). */
+	struct mutex			bounce_lock;
+	void				*bounce;
+	dma_addr_t			bounce_dma;
+	size_t				bounce_size;
 };
 
 struct hmm_gpu_range {
@@ -315,6 +320,7 @@ struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struc
 		return ERR_PTR(-ENOMEM);
 	kref_init(&svm->ref);
 	mutex_init(&svm->lock);
+	mutex_init(&svm->bounce_lock);
 	svm->gdev = gdev;
 	svm->va_end = min_t(u64, TASK_SIZE, 1ull << HMM_GPU_VA_BITS) & PAGE_MASK;
 
@@ -377,6 +383,10 @@ void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 	up_read(&gdev->remove_sem);
 
 	mmu_interval_notifier_remove(&svm->notifier);
+	if (svm->bounce)
+		dma_free_coherent(&gdev->pdev->dev, svm->bounce_size, svm->bounce,
+				  svm->bounce_dma);
+	svm->bounce = NULL;
 	ida_free(&gdev->ctx_ida, svm->ctx);
 	hmm_gpu_svm_put(svm);
 }
@@ -811,6 +821,9 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		.rng = { { va, va + len } },
 		.nrng = 1,
 	};
+	size_t want = min3(PAGE_ALIGN(len), (u64)HMM_GPU_BOUNCE_MAX,
+			   (u64)(gdev->max_xfer & PAGE_MASK));
+	bool cached;
 	u64 off = 0;
 	size_t size;
 	dma_addr_t dma;
@@ -818,9 +831,34 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 	void *buf;
 	int ret = 0;
 
-	buf = hmm_gpu_bounce_alloc(gdev, len, &size, &dma);
-	if (!buf)
-		return -ENOMEM;
+	/*
+	 * Reuse the context's bounce buffer: allocating (and zeroing) up to
+	 * HMM_GPU_BOUNCE_MAX of coherent memory per call costs more than the
+	 * fault round it serves. A concurrent caller gets its own.
+	 */
+	cached = mutex_trylock(&svm->bounce_lock);
+	if (cached && svm->bounce && svm->bounce_size < want) {
+		dma_free_coherent(&gdev->pdev->dev, svm->bounce_size, svm->bounce,
+				  svm->bounce_dma);
+		svm->bounce = NULL;
+	}
+	if (cached && svm->bounce) {
+		buf = svm->bounce;
+		size = svm->bounce_size;
+		dma = svm->bounce_dma;
+	} else {
+		buf = hmm_gpu_bounce_alloc(gdev, len, &size, &dma);
+		if (!buf) {
+			if (cached)
+				mutex_unlock(&svm->bounce_lock);
+			return -ENOMEM;
+		}
+		if (cached) {
+			svm->bounce = buf;
+			svm->bounce_size = size;
+			svm->bounce_dma = dma;
+		}
+	}
 	while (off < len) {
 		struct hmm_gpu_cmd_desc desc = {};
 		u64 n = min_t(u64, len - off, size);
@@ -848,7 +886,10 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		}
 		off += n;
 	}
-	dma_free_coherent(&gdev->pdev->dev, size, buf, dma);
+	if (cached)
+		mutex_unlock(&svm->bounce_lock);
+	else
+		dma_free_coherent(&gdev->pdev->dev, size, buf, dma);
 	*faults = op.faults;
 	*pages = op.pages;
 	return ret;
