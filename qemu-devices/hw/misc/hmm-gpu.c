@@ -13,6 +13,13 @@
  * So jobs run concurrently: the engine keeps a set of in-flight jobs and
  * advances them round-robin, one page-sized step at a time.
  *
+ * ABI 1.2 adds VRAM: device memory of property vram-size bytes that no BAR
+ * exposes (host memory allocated lazily, so untouched VRAM costs nothing).
+ * Only the device moves data in and out of it: the MIGRATE copy engine
+ * copies lists of 4 KiB pages between system memory (DMA) and VRAM
+ * (memcpy), and page-table leaves with PTE_VRAM point VA jobs at VRAM
+ * offsets, which they access directly without system-memory DMA.
+ *
  * The register and ring layout is in include/hw/misc/hmm_gpu_regs.h; the
  * prose version is docs/device-abi.md in the hmmlab repository.
  *
@@ -88,6 +95,11 @@ OBJECT_DECLARE_SIMPLE_TYPE(HmmGpuState, HMM_GPU)
                                    HMM_GPU_PTE_VRAM))
 #define HMM_GPU_ATOMIC_SIZE     8
 
+#define HMM_GPU_VRAM_DEFAULT    (256 * MiB)
+#define HMM_GPU_VRAM_ALIGN      (2 * MiB)
+#define HMM_GPU_VRAM_MAX        (4 * GiB)
+#define HMM_GPU_COPY_ENT_SIZE   sizeof(struct hmm_gpu_copy_ent)
+
 typedef enum HmmGpuJobState {
     JOB_RUNNABLE,
     JOB_STALLED,            /* waiting for FAULT_REPLAY / FAULT_CANCEL */
@@ -112,6 +124,8 @@ typedef struct HmmGpuJob {
     uint8_t fault_access;
     uint8_t fault_reason;
     uint64_t fault_va;
+    /* MIGRATE: the copy list, fetched and checked by the first step */
+    struct hmm_gpu_copy_ent *list;
 } HmmGpuJob;
 
 typedef QTAILQ_HEAD(, HmmGpuJob) HmmGpuJobList;
@@ -123,6 +137,7 @@ typedef struct HmmGpuTlbEntry {
     uint64_t va;            /* page base */
     uint64_t pa;
     uint64_t perms;         /* HMM_GPU_PTE_READ/WRITE/ATOMIC */
+    bool vram;              /* pa is a VRAM offset (PTE_VRAM) */
 } HmmGpuTlbEntry;
 
 struct HmmGpuState {
@@ -132,6 +147,8 @@ struct HmmGpuState {
     QEMUBH *bh;
     CharBackend dmatrace;
     uint8_t *bounce;
+    uint8_t *vram;          /* vram_size bytes, anonymous mmap */
+    uint64_t vram_size;     /* property vram-size */
     uint8_t *tbuf;          /* pending dmatrace bytes, HMM_GPU_TRACE_BUF */
     size_t tbuf_len;
 
@@ -195,6 +212,10 @@ struct HmmGpuState {
     uint64_t cnt_tlb_invalidations;
     uint64_t cnt_ptw_reads;
     uint64_t cnt_va_jobs_completed;
+    uint64_t cnt_migrate_to_vram;   /* pages */
+    uint64_t cnt_migrate_from_vram; /* pages */
+    uint64_t cnt_vram_read_bytes;
+    uint64_t cnt_vram_write_bytes;
 };
 
 static const char *hmm_gpu_err_name(uint32_t err)
@@ -212,6 +233,7 @@ static const char *hmm_gpu_err_name(uint32_t err)
     case HMM_GPU_ERR_BAD_PTE:       return "bad-pte";
     case HMM_GPU_ERR_PTW:           return "ptw";
     case HMM_GPU_ERR_ALIGN:         return "align";
+    case HMM_GPU_ERR_BAD_VRAM:      return "bad-vram";
     case HMM_GPU_ERR_CMDQ_FETCH:    return "cmdq-fetch";
     case HMM_GPU_ERR_CPLQ_WRITE:    return "cplq-write";
     case HMM_GPU_ERR_QUEUE_CONFIG:  return "queue-config";
@@ -232,6 +254,8 @@ static const char *hmm_gpu_kind_name(uint8_t kind)
     case HMM_GPU_TRACE_CTX_FETCH:   return "ctx-fetch";
     case HMM_GPU_TRACE_PTW:         return "ptw";
     case HMM_GPU_TRACE_FAULT_WRITE: return "fault-write";
+    case HMM_GPU_TRACE_COPY_LIST:   return "copy-list";
+    case HMM_GPU_TRACE_VRAM:        return "vram";
     default:                        return "data";
     }
 }
@@ -298,6 +322,12 @@ static void hmm_gpu_set_error(HmmGpuState *s, uint32_t err, uint64_t addr,
     hmm_gpu_raise(s, HMM_GPU_INTR_ERROR, s->vec_err, true);
 }
 
+static void hmm_gpu_job_free(HmmGpuJob *j)
+{
+    g_free(j->list);
+    g_free(j);
+}
+
 static void hmm_gpu_free_jobs(HmmGpuState *s)
 {
     HmmGpuJobList *lists[] = { &s->runnable, &s->stalled, &s->done };
@@ -307,7 +337,7 @@ static void hmm_gpu_free_jobs(HmmGpuState *s)
     for (i = 0; i < ARRAY_SIZE(lists); i++) {
         QTAILQ_FOREACH_SAFE(j, lists[i], link, next) {
             QTAILQ_REMOVE(lists[i], j, link);
-            g_free(j);
+            hmm_gpu_job_free(j);
         }
     }
     s->njobs = 0;
@@ -354,7 +384,15 @@ static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
 {
     struct hmm_gpu_trace_rec rec;
 
-    if (dir != HMM_GPU_DIR_NONE) {
+    if (kind == HMM_GPU_TRACE_VRAM) {
+        /* device-internal: not DMA, counted on its own */
+        trace_hmm_gpu_vram(dir ? "write" : "read", addr, len, c->cmd_id, va);
+        if (dir == HMM_GPU_DIR_READ) {
+            s->cnt_vram_read_bytes += len;
+        } else {
+            s->cnt_vram_write_bytes += len;
+        }
+    } else if (dir != HMM_GPU_DIR_NONE) {
         trace_hmm_gpu_dma(hmm_gpu_kind_name(kind),
                           dir ? "write" : "read", addr, len, c->cmd_id, res);
         if (res != MEMTX_OK) {
@@ -430,6 +468,38 @@ static MemTxResult hmm_gpu_data_write(HmmGpuState *s, HmmGpuJob *j,
     hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
                       HMM_GPU_DIR_WRITE, addr, len, res, &j->cmd, va, 0, 0);
     return res;
+}
+
+/*
+ * A VA job's access to a translated address: VRAM when the leaf had
+ * PTE_VRAM (a memcpy and a VRAM trace record; cannot fail, the walk checked
+ * the page lies inside VRAM), else system memory through DMA.
+ */
+static MemTxResult hmm_gpu_mem_read(HmmGpuState *s, HmmGpuJob *j, bool vram,
+                                    uint64_t addr, void *buf, uint64_t len,
+                                    uint64_t va)
+{
+    if (!vram) {
+        return hmm_gpu_data_read(s, j, addr, buf, len, va);
+    }
+    memcpy(buf, s->vram + addr, len);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_VRAM,
+                      HMM_GPU_DIR_READ, addr, len, MEMTX_OK, &j->cmd, va, 0, 0);
+    return MEMTX_OK;
+}
+
+static MemTxResult hmm_gpu_mem_write(HmmGpuState *s, HmmGpuJob *j, bool vram,
+                                     uint64_t addr, const void *buf,
+                                     uint64_t len, uint64_t va)
+{
+    if (!vram) {
+        return hmm_gpu_data_write(s, j, addr, buf, len, va);
+    }
+    memcpy(s->vram + addr, buf, len);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_VRAM,
+                      HMM_GPU_DIR_WRITE, addr, len, MEMTX_OK, &j->cmd, va, 0,
+                      0);
+    return MEMTX_OK;
 }
 
 /* ---- job bookkeeping --------------------------------------------------- */
@@ -543,7 +613,8 @@ static HmmGpuTlbEntry *hmm_gpu_tlb_lookup(HmmGpuState *s, uint32_t ctx,
 }
 
 static void hmm_gpu_tlb_insert(HmmGpuState *s, uint32_t ctx, uint64_t va,
-                               unsigned shift, uint64_t pa, uint64_t perms)
+                               unsigned shift, uint64_t pa, uint64_t perms,
+                               bool vram)
 {
     unsigned other = shift == HMM_GPU_PAGE_SHIFT ? HMM_GPU_HUGE_SHIFT :
                                                    HMM_GPU_PAGE_SHIFT;
@@ -561,6 +632,7 @@ static void hmm_gpu_tlb_insert(HmmGpuState *s, uint32_t ctx, uint64_t va,
     e->va = va & ~((1ull << shift) - 1);
     e->pa = pa;
     e->perms = perms;
+    e->vram = vram;
 }
 
 /* Drop entries of @ctx overlapping [va, va + len); len ~0: all of @ctx. */
@@ -799,10 +871,6 @@ static HmmGpuXlate hmm_gpu_walk(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
             return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
                                    "page-table entry with reserved bits");
         }
-        if (pte & HMM_GPU_PTE_VRAM) {
-            return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
-                                   "PTE_VRAM is not supported");
-        }
         if ((pte & HMM_GPU_PTE_LEAF) && level > 1) {
             return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
                                    "PTE_LEAF above level 1");
@@ -810,17 +878,29 @@ static HmmGpuXlate hmm_gpu_walk(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
         if (level == 0 || (pte & HMM_GPU_PTE_LEAF)) {
             unsigned shift = level ? HMM_GPU_HUGE_SHIFT : HMM_GPU_PAGE_SHIFT;
             uint64_t pa = pte & HMM_GPU_PTE_ADDR_MASK;
+            bool vram = pte & HMM_GPU_PTE_VRAM;
 
             if (pa & ((1ull << shift) - 1)) {
                 return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
                                        "2 MiB leaf address not aligned");
             }
+            /* vram_size is a multiple of 2 MiB: whole pages or none */
+            if (vram && pa >= s->vram_size) {
+                return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                       "PTE_VRAM leaf beyond vram-size");
+            }
             hmm_gpu_tlb_insert(s, j->cmd.ctx, va, shift, pa,
-                               pte & HMM_GPU_PTE_PERMS);
+                               pte & HMM_GPU_PTE_PERMS, vram);
             out->shift = shift;
             out->pa = pa;
             out->perms = pte & HMM_GPU_PTE_PERMS;
+            out->vram = vram;
             return XLATE_OK;
+        }
+        if (pte & HMM_GPU_PTE_VRAM) {
+            /* tables live in system memory */
+            return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                   "PTE_VRAM in a table entry");
         }
         table = pte & HMM_GPU_PTE_ADDR_MASK;
     }
@@ -828,14 +908,16 @@ static HmmGpuXlate hmm_gpu_walk(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
 }
 
 /*
- * Translate @va for @access. On success *pa is the bus address and *avail
- * the bytes from @va to the end of its page. A TLB hit without the needed
- * permission re-walks: the driver may have upgraded the PTE (faults are
- * never cached, so only downgrades need TLB_INVALIDATE).
+ * Translate @va for @access. On success *pa is the bus address (a VRAM
+ * offset if *vram) and *avail the bytes from @va to the end of its page.
+ * A TLB hit without the needed permission re-walks: the driver may have
+ * upgraded the PTE (faults are never cached, so only downgrades need
+ * TLB_INVALIDATE). VRAM translations are cached like the others.
  */
 static HmmGpuXlate hmm_gpu_translate(HmmGpuState *s, HmmGpuJob *j,
                                      uint64_t va, uint8_t access,
-                                     uint64_t *pa, uint64_t *avail)
+                                     uint64_t *pa, uint64_t *avail,
+                                     bool *vram)
 {
     HmmGpuTlbEntry *e, walked;
     HmmGpuXlate r;
@@ -873,6 +955,7 @@ static HmmGpuXlate hmm_gpu_translate(HmmGpuState *s, HmmGpuJob *j,
     }
     *pa = e->pa + (va & ((1ull << e->shift) - 1));
     *avail = (1ull << e->shift) - (va & ((1ull << e->shift) - 1));
+    *vram = e->vram;
     return XLATE_OK;
 }
 
@@ -889,7 +972,7 @@ static uint32_t hmm_gpu_validate(const struct hmm_gpu_cmd *c,
                    c->opcode == HMM_GPU_OP_WRITE_VA ||
                    c->opcode == HMM_GPU_OP_COPY_VA;
 
-    if (c->opcode > HMM_GPU_OP_TLB_INVALIDATE) {
+    if (c->opcode > HMM_GPU_OP_MIGRATE) {
         return HMM_GPU_ERR_BAD_OPCODE;
     }
     if (c->flags & ~HMM_GPU_CMD_F_MASK) {
@@ -904,6 +987,22 @@ static uint32_t hmm_gpu_validate(const struct hmm_gpu_cmd *c,
             return HMM_GPU_ERR_BAD_CTX;
         }
         return c->len ? HMM_GPU_ERR_NONE : HMM_GPU_ERR_BAD_LENGTH;
+    case HMM_GPU_OP_MIGRATE:
+        /* the direction is a mode field: other values are reserved */
+        if (c->pattern != HMM_GPU_MIGRATE_TO_VRAM &&
+            c->pattern != HMM_GPU_MIGRATE_FROM_VRAM) {
+            return HMM_GPU_ERR_BAD_FLAGS;
+        }
+        if (c->len == 0 || (c->len & (HMM_GPU_PAGE_SIZE - 1)) ||
+            c->len / HMM_GPU_PAGE_SIZE > HMM_GPU_MIGRATE_MAX_PAGES) {
+            return HMM_GPU_ERR_BAD_LENGTH;
+        }
+        if (c->src + c->len / HMM_GPU_PAGE_SIZE * HMM_GPU_COPY_ENT_SIZE <
+            c->src) {
+            *bad_addr = c->src;
+            return HMM_GPU_ERR_DMA_READ;
+        }
+        return HMM_GPU_ERR_NONE;
     case HMM_GPU_OP_ATOMIC_ADD:
     case HMM_GPU_OP_ATOMIC_CMPXCHG:
         if (c->len != 0 && c->len != HMM_GPU_ATOMIC_SIZE) {
@@ -988,11 +1087,12 @@ static uint64_t hmm_gpu_step_va_page(HmmGpuState *s, HmmGpuJob *j,
     uint64_t n = MIN(max, c->len - j->bytes);
     uint64_t src = c->src + j->bytes, dst = c->dst + j->bytes;
     uint64_t src_va = 0, dst_va = 0, avail;
+    bool src_vram = false, dst_vram = false;
 
     if (c->opcode == HMM_GPU_OP_READ_VA || c->opcode == HMM_GPU_OP_COPY_VA) {
         src_va = src;
         if (hmm_gpu_translate(s, j, src_va, HMM_GPU_ACCESS_READ, &src,
-                              &avail) != XLATE_OK) {
+                              &avail, &src_vram) != XLATE_OK) {
             return 0;
         }
         n = MIN(n, avail);
@@ -1000,7 +1100,7 @@ static uint64_t hmm_gpu_step_va_page(HmmGpuState *s, HmmGpuJob *j,
     if (c->opcode != HMM_GPU_OP_READ_VA) {
         dst_va = dst;
         if (hmm_gpu_translate(s, j, dst_va, HMM_GPU_ACCESS_WRITE, &dst,
-                              &avail) != XLATE_OK) {
+                              &avail, &dst_vram) != XLATE_OK) {
             return 0;
         }
         n = MIN(n, avail);
@@ -1010,13 +1110,13 @@ static uint64_t hmm_gpu_step_va_page(HmmGpuState *s, HmmGpuJob *j,
         uint64_t pat = ror64(c->pattern, 8 * (j->bytes & 7));
 
         hmm_gpu_fill_bounce(s, pat, n);
-    } else if (hmm_gpu_data_read(s, j, src, s->bounce, n,
-                                 src_va ? src_va : dst_va) != MEMTX_OK) {
+    } else if (hmm_gpu_mem_read(s, j, src_vram, src, s->bounce, n,
+                                src_va ? src_va : dst_va) != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, src, "VA job read");
         return n;
     }
-    if (hmm_gpu_data_write(s, j, dst, s->bounce, n,
-                           dst_va ? dst_va : src_va) != MEMTX_OK) {
+    if (hmm_gpu_mem_write(s, j, dst_vram, dst, s->bounce, n,
+                          dst_va ? dst_va : src_va) != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, dst, "VA job write");
         return n;
     }
@@ -1052,12 +1152,14 @@ static uint64_t hmm_gpu_step_atomic(HmmGpuState *s, HmmGpuJob *j)
 {
     struct hmm_gpu_cmd *c = &j->cmd;
     uint64_t pa, avail, old = 0, new;
+    bool vram;
 
     if (hmm_gpu_translate(s, j, c->dst, HMM_GPU_ACCESS_ATOMIC, &pa,
-                          &avail) != XLATE_OK) {
+                          &avail, &vram) != XLATE_OK) {
         return 0;
     }
-    if (hmm_gpu_data_read(s, j, pa, &old, sizeof(old), c->dst) != MEMTX_OK) {
+    if (hmm_gpu_mem_read(s, j, vram, pa, &old, sizeof(old), c->dst)
+        != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, pa, "atomic read");
         return 0;
     }
@@ -1068,7 +1170,8 @@ static uint64_t hmm_gpu_step_atomic(HmmGpuState *s, HmmGpuJob *j)
         new = cpu_to_le64(c->pattern);
     }
     if ((c->opcode == HMM_GPU_OP_ATOMIC_ADD || old == c->arg2) &&
-        hmm_gpu_data_write(s, j, pa, &new, sizeof(new), c->dst) != MEMTX_OK) {
+        hmm_gpu_mem_write(s, j, vram, pa, &new, sizeof(new), c->dst)
+        != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, pa, "atomic write");
         return 0;
     }
@@ -1087,6 +1190,103 @@ static uint64_t hmm_gpu_step_atomic(HmmGpuState *s, HmmGpuJob *j)
     return HMM_GPU_ATOMIC_SIZE;
 }
 
+/*
+ * MIGRATE, first step: fetch the whole copy list (one DMA, at most 8 KiB)
+ * and check every VRAM offset before any page moves, so a bad offset fails
+ * the command with nothing copied.
+ */
+static bool hmm_gpu_migrate_load(HmmGpuState *s, HmmGpuJob *j)
+{
+    const struct hmm_gpu_cmd *c = &j->cmd;
+    bool to_vram = c->pattern == HMM_GPU_MIGRATE_TO_VRAM;
+    uint64_t npages = c->len / HMM_GPU_PAGE_SIZE;
+    uint64_t size = npages * HMM_GPU_COPY_ENT_SIZE;
+    MemTxResult res;
+    uint64_t i;
+
+    j->list = g_new(struct hmm_gpu_copy_ent, npages);
+    res = pci_dma_read(PCI_DEVICE(s), c->src, j->list, size);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_COPY_LIST,
+                      HMM_GPU_DIR_READ, c->src, size, res, c, 0, 0, 0);
+    if (res != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, c->src,
+                         "MIGRATE copy list read failed");
+        return false;
+    }
+    for (i = 0; i < npages; i++) {
+        struct hmm_gpu_copy_ent *e = &j->list[i];
+        uint64_t off;
+
+        e->src = le64_to_cpu(e->src);
+        e->dst = le64_to_cpu(e->dst);
+        off = to_vram ? e->dst : e->src;
+        if ((off & (HMM_GPU_PAGE_SIZE - 1)) || off >= s->vram_size) {
+            trace_hmm_gpu_bad_vram(c->cmd_id, i, off, s->vram_size);
+            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_BAD_VRAM, off,
+                             "MIGRATE VRAM offset misaligned or beyond "
+                             "vram-size");
+            return false;
+        }
+    }
+    trace_hmm_gpu_migrate(c->cmd_id, to_vram, npages, c->src);
+    return true;
+}
+
+/*
+ * MIGRATE: up to HMM_GPU_CHUNK bytes of pages per step. The system-memory
+ * side of each page is one DMA (a DATA record with engine MIGRATE, aux =
+ * VRAM offset), the VRAM side a memcpy. A page whose DMA fails is not
+ * counted: the completion's bytes are the pages done before it.
+ */
+static uint64_t hmm_gpu_step_migrate(HmmGpuState *s, HmmGpuJob *j)
+{
+    const struct hmm_gpu_cmd *c = &j->cmd;
+    bool to_vram = c->pattern == HMM_GPU_MIGRATE_TO_VRAM;
+    uint64_t moved = 0;
+
+    if (!j->list && !hmm_gpu_migrate_load(s, j)) {
+        return 0;
+    }
+    while (moved < HMM_GPU_CHUNK && j->bytes < c->len) {
+        const struct hmm_gpu_copy_ent *e =
+            &j->list[j->bytes / HMM_GPU_PAGE_SIZE];
+        MemTxResult res;
+
+        if (to_vram) {
+            /* via the bounce buffer: a failed read leaves VRAM untouched */
+            res = pci_dma_read(PCI_DEVICE(s), e->src, s->bounce,
+                               HMM_GPU_PAGE_SIZE);
+            hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_DATA,
+                              HMM_GPU_DIR_READ, e->src, HMM_GPU_PAGE_SIZE,
+                              res, c, 0, e->dst, 0);
+            if (res != MEMTX_OK) {
+                hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, e->src,
+                                 "MIGRATE system-memory read failed");
+                break;
+            }
+            memcpy(s->vram + e->dst, s->bounce, HMM_GPU_PAGE_SIZE);
+            s->cnt_vram_write_bytes += HMM_GPU_PAGE_SIZE;
+            s->cnt_migrate_to_vram++;
+        } else {
+            res = pci_dma_write(PCI_DEVICE(s), e->dst, s->vram + e->src,
+                                HMM_GPU_PAGE_SIZE);
+            hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_DATA,
+                              HMM_GPU_DIR_WRITE, e->dst, HMM_GPU_PAGE_SIZE,
+                              res, c, 0, e->src, 0);
+            if (res != MEMTX_OK) {
+                hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, e->dst,
+                                 "MIGRATE system-memory write failed");
+                break;
+            }
+            s->cnt_vram_read_bytes += HMM_GPU_PAGE_SIZE;
+            s->cnt_migrate_from_vram++;
+        }
+        j->bytes += HMM_GPU_PAGE_SIZE;
+        moved += HMM_GPU_PAGE_SIZE;
+    }
+    return moved;
+}
+
 /* Advance runnable job @j by one step; returns the data bytes moved. */
 static uint64_t hmm_gpu_step(HmmGpuState *s, HmmGpuJob *j)
 {
@@ -1100,6 +1300,9 @@ static uint64_t hmm_gpu_step(HmmGpuState *s, HmmGpuJob *j)
     case HMM_GPU_OP_ATOMIC_ADD:
     case HMM_GPU_OP_ATOMIC_CMPXCHG:
         moved = hmm_gpu_step_atomic(s, j);
+        break;
+    case HMM_GPU_OP_MIGRATE:
+        moved = hmm_gpu_step_migrate(s, j);
         break;
     default:
         moved = hmm_gpu_step_va(s, j);
@@ -1198,7 +1401,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
     s->njobs--;
     if (res != MEMTX_OK) {
         s->cnt_cmds_failed++;
-        g_free(j);
+        hmm_gpu_job_free(j);
         hmm_gpu_fatal(s, HMM_GPU_ERR_CPLQ_WRITE, addr,
                       "completion write failed");
         return false;
@@ -1219,7 +1422,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
     }
     hmm_gpu_raise(s, HMM_GPU_INTR_CPL, s->vec_cpl,
                   j->cmd.flags & HMM_GPU_CMD_F_IRQ);
-    g_free(j);
+    hmm_gpu_job_free(j);
     return true;
 }
 
@@ -1410,7 +1613,7 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
         val = (HMM_GPU_VERSION_MAJOR << 16) | HMM_GPU_VERSION_MINOR;
         break;
     case HMM_GPU_REG_CAPS:
-        val = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU;
+        val = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU | HMM_GPU_CAP_VRAM;
         break;
     case HMM_GPU_REG_RESET:
         val = 0;                                /* write-only */
@@ -1526,6 +1729,12 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
         break;
     case HMM_GPU_REG_STALLED:
         val = s->nstalled;
+        break;
+    case HMM_GPU_REG_VRAM_SIZE_LO:
+        val = (uint32_t)s->vram_size;
+        break;
+    case HMM_GPU_REG_VRAM_SIZE_HI:
+        val = s->vram_size >> 32;
         break;
     default:
         hmm_gpu_reg_error(s, addr, 0, size, "read of undefined register");
@@ -1671,6 +1880,8 @@ static void hmm_gpu_mmio_write_reg(HmmGpuState *s, hwaddr addr, uint64_t val,
     case HMM_GPU_REG_TLB_ENTRIES:
     case HMM_GPU_REG_FAULTQ_TAIL:
     case HMM_GPU_REG_STALLED:
+    case HMM_GPU_REG_VRAM_SIZE_LO:
+    case HMM_GPU_REG_VRAM_SIZE_HI:
         hmm_gpu_reg_error(s, addr, val, size, "write to read-only register");
         break;
     case HMM_GPU_REG_RESET:
@@ -1861,13 +2072,31 @@ static void hmm_gpu_realize(PCIDevice *pdev, Error **errp)
     uint8_t *pci_conf = pdev->config;
     int i;
 
+    if (s->vram_size < HMM_GPU_VRAM_ALIGN || s->vram_size > HMM_GPU_VRAM_MAX ||
+        (s->vram_size & (HMM_GPU_VRAM_ALIGN - 1))) {
+        error_setg(errp, "hmm-gpu: vram-size %" PRIu64 " is invalid: it must "
+                   "be a multiple of 2 MiB between 2 MiB and 4 GiB",
+                   s->vram_size);
+        return;
+    }
+    /*
+     * VRAM is host memory no BAR maps. Anonymous mmap: pages cost nothing
+     * until the device first writes them. Reset keeps the contents.
+     */
+    s->vram = qemu_anon_ram_alloc(s->vram_size, NULL, false, false);
+    if (!s->vram) {
+        error_setg(errp, "hmm-gpu: cannot allocate %" PRIu64 " bytes of VRAM",
+                   s->vram_size);
+        return;
+    }
+
     pci_config_set_interrupt_pin(pci_conf, 1);
 
     /* a PCIe endpoint on q35, a conventional device on a pc machine's bus */
     if (pci_bus_is_express(pci_get_bus(pdev))) {
         if (pcie_endpoint_cap_init(pdev, 0x80) < 0) {
             error_setg(errp, "hmm-gpu: cannot add the PCIe capability");
-            return;
+            goto fail;
         }
     } else {
         pdev->cap_present &= ~QEMU_PCI_CAP_EXPRESS;
@@ -1880,7 +2109,7 @@ static void hmm_gpu_realize(PCIDevice *pdev, Error **errp)
 
     if (msix_init_exclusive_bar(pdev, HMM_GPU_NUM_VECTORS, HMM_GPU_BAR_MSIX,
                                 errp)) {
-        return;
+        goto fail;
     }
     /* without msix_vector_use, msix_notify silently drops the message */
     for (i = 0; i < HMM_GPU_NUM_VECTORS; i++) {
@@ -1895,6 +2124,11 @@ static void hmm_gpu_realize(PCIDevice *pdev, Error **errp)
                                 &DEVICE(pdev)->mem_reentrancy_guard);
     hmm_gpu_soft_reset(s, "realize");
     hmm_gpu_trace_header(s);
+    return;
+
+fail:
+    qemu_anon_ram_free(s->vram, s->vram_size);
+    s->vram = NULL;
 }
 
 static void hmm_gpu_exit(PCIDevice *pdev)
@@ -1910,6 +2144,8 @@ static void hmm_gpu_exit(PCIDevice *pdev)
     s->tbuf = NULL;
     g_free(s->bounce);
     s->bounce = NULL;
+    qemu_anon_ram_free(s->vram, s->vram_size);
+    s->vram = NULL;
     msix_unuse_all_vectors(pdev);
     msix_uninit_exclusive_bar(pdev);
 }
@@ -1964,6 +2200,18 @@ static void hmm_gpu_instance_init(Object *obj)
     object_property_add_uint64_ptr(obj, "va-jobs-completed",
                                    &s->cnt_va_jobs_completed,
                                    OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "migrate-pages-to-vram",
+                                   &s->cnt_migrate_to_vram,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "migrate-pages-from-vram",
+                                   &s->cnt_migrate_from_vram,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "vram-bytes-read",
+                                   &s->cnt_vram_read_bytes,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "vram-bytes-written",
+                                   &s->cnt_vram_write_bytes,
+                                   OBJ_PROP_FLAG_READ);
 }
 
 /* Ring state lives in guest memory and in-flight DMA; not worth migrating. */
@@ -1974,6 +2222,8 @@ static const VMStateDescription vmstate_hmm_gpu = {
 
 static const Property hmm_gpu_props[] = {
     DEFINE_PROP_CHR("dmatrace", HmmGpuState, dmatrace),
+    DEFINE_PROP_SIZE("vram-size", HmmGpuState, vram_size,
+                     HMM_GPU_VRAM_DEFAULT),
 };
 
 static void hmm_gpu_class_init(ObjectClass *oc, void *data)
