@@ -533,3 +533,71 @@ def test_vram_counters(launch: Launch) -> None:
     assert gpu.qom_get("vram-bytes-written") == 3 * P + 8
     assert gpu.qom_get("vram-bytes-read") == P + 100 + 8
     assert gpu.qom_get("cmds-failed") == 1
+
+
+# ---- host-side behaviour ---------------------------------------------------------
+
+
+def rss_kib(gpu: Gpu) -> int:
+    assert gpu.qt.proc is not None
+    status = Path(f"/proc/{gpu.qt.proc.pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
+
+
+def test_vram_is_allocated_lazily(launch: Launch) -> None:
+    gpu = launch("vram-size=4G")
+    gpu.setup()
+    before = rss_kib(gpu)
+    assert before < 1 << 20, f"QEMU with 4 GiB of VRAM already has {before} KiB resident"
+    # touching 4 pages at both ends costs about 16 KiB, not gigabytes
+    gpu.qt.write(SRC, os.urandom(4 * P))
+    ents = [(SRC + i * P, off) for i, off in enumerate((0, P, (4 << 30) - 2 * P, (4 << 30) - P))]
+    assert gpu.to_vram(ents).status == H.ERR_NONE
+    assert rss_kib(gpu) - before < 64 << 10
+
+
+def test_failed_list_fetch_in_trace(launch: Launch, tmp_path: Path) -> None:
+    gpu, path = dmatrace(launch, tmp_path)
+    gpu.setup()
+    (c,) = gpu.run(migrate(NOT_RAM, 3, TO, cmd_id=0x51))
+    assert (c.status, c.nbytes) == (H.ERR_DMA_READ, 0)
+    recs = [r for r in parse_trace(path.read_bytes()) if r.cmd_id == 0x51]
+    kinds = [(r.engine, r.kind) for r in recs]
+    assert kinds == [
+        (H.ENGINE_QUEUE, H.TRACE_CMD_FETCH),
+        (H.ENGINE_MIGRATE, H.TRACE_COPY_LIST),
+        (H.ENGINE_QUEUE, H.TRACE_CPL_WRITE),
+    ]
+    assert (recs[1].addr, recs[1].length) == (NOT_RAM, 48) and recs[1].result != 0
+
+
+def test_hot_unplug_with_migrate_in_flight(launch: Launch) -> None:
+    """Unrealize while MIGRATE jobs (holding copy lists) are in flight: no crash, no DMA after."""
+    qmp_mod = pytest.importorskip("qemu.qmp.legacy")
+    slot = 5
+    gpu = launch(f"addr={slot:#x}.0", machine="pc", qmp=True)
+    gpu.setup(cmdq_size=16, cplq_size=16)
+    n = H.MIGRATE_MAX_PAGES
+    gpu.qt.write(COPY_LIST, copy_list([(i * P, DST + i * P) for i in range(n)]))
+    # 15 jobs x 2 MiB: more than one engine run's budget, so most are in flight
+    gpu.push(*(migrate(COPY_LIST, n, FROM, cmd_id=i) for i in range(15)))
+    mon = qmp_mod.QEMUMonitorProtocol(str(gpu.qt.qmp_path))
+    mon.connect()
+    mon.settimeout(10)
+    try:
+        mon.cmd("device_del", id="gpu0")
+        gpu.qt.outl(0xAE00 + 0x8, 1 << slot)  # PIIX4 ACPI hotplug: eject the slot
+        ev = mon.pull_event(wait=10.0)
+        while ev is not None and ev["event"] != "DEVICE_DELETED":
+            ev = mon.pull_event(wait=10.0)
+        assert ev is not None and ev["data"].get("device") == "gpu0"
+    finally:
+        mon.close()
+    assert gpu.cfg_read(0x00) == 0xFFFFFFFF, "device still on the bus"
+    probe = [DST + i * P for i in range(0, n, 64)]
+    for a in probe:
+        gpu.qt.writeq(a, 0xDEAD)
+    for _ in range(20):  # the device is gone: nothing writes DST any more
+        gpu.qt.clock_step(1_000_000)
+        assert all(gpu.qt.readq(a) == 0xDEAD for a in probe)
+    assert gpu.qt.alive()
