@@ -975,6 +975,13 @@ int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job)
 		res = dma_alloc_coherent(&gdev->pdev->dev, PAGE_SIZE, &res_dma, GFP_KERNEL);
 		if (!res)
 			return -ENOMEM;
+		/*
+		 * Device atomics on system memory take the page exclusively
+		 * (best effort: a page that cannot be, e.g. read-only, faults
+		 * as usual); pages in this device's VRAM need nothing.
+		 */
+		if (hmm_gpu_svm_dev_check(svm, job->va & PAGE_MASK, 1) == -ENOENT)
+			hmm_gpu_svm_exclusive(svm, job->va & PAGE_MASK, 1);
 		desc.opcode = job->op == HMM_GPU_SVM_ATOMIC_ADD ?
 			      HMM_GPU_OP_ATOMIC_ADD : HMM_GPU_OP_ATOMIC_CMPXCHG;
 		desc.dst = job->va;
