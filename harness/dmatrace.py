@@ -68,6 +68,7 @@ class Engine(IntEnum):
     QUEUE = 0
     COPY = 1
     MMU = 2
+    MIGRATE = 3  # 1.2 copy engine (MIGRATE between system memory and VRAM)
 
 
 class Kind(IntEnum):
@@ -79,6 +80,8 @@ class Kind(IntEnum):
     CTX_FETCH = 3  # context descriptor read
     PTW = 4  # page-table entry read (va: the address walked, aux: the entry, level)
     FAULT_WRITE = 5  # fault record write
+    COPY_LIST = 6  # MIGRATE copy list read
+    VRAM = 7  # device-internal VRAM access, not DMA (addr: the VRAM offset)
     EV_TLB_INV = 16  # event: TLB_INVALIDATE completed (va, aux = len, ~0 = all)
     EV_REPLAY = 17  # event: FAULT_REPLAY
     EV_CANCEL = 18  # event: FAULT_CANCEL (aux = token)
@@ -439,7 +442,10 @@ def check_trace(expectations: Sequence[Expectation], trace: Trace,
                     if r.va or r.engine == Engine.MMU
                     or r.kind not in (Kind.CMD_FETCH, Kind.CPL_WRITE, Kind.DATA)), len(records))
         records = records[:cut]
-    data = [r for r in records if r.kind == Kind.DATA and r.va == 0]
+    # XFER jobs are the copy engine's bus-address (va 0) DMA; MIGRATE's is
+    # also va 0 but on the MIGRATE engine
+    data = [r for r in records
+            if r.kind == Kind.DATA and r.va == 0 and r.engine == Engine.COPY]
     if expectations and all(e.ctx is not None for e in expectations):
         # Only the workload's own contexts (the driver may DMA for itself too).
         ctxs = {e.ctx for e in expectations}
@@ -455,7 +461,7 @@ def check_trace(expectations: Sequence[Expectation], trace: Trace,
         for r in records:
             if ctx_ok is not None and r.ctx not in ctx_ok:
                 continue
-            if r.kind == Kind.DATA and r.va == 0:
+            if r.kind == Kind.DATA and r.va == 0 and r.engine == Engine.COPY:
                 group = open_.get(r.cmd_id)
                 if group is None:
                     group = open_[r.cmd_id] = []
@@ -510,6 +516,7 @@ class Translation:
     size: int
     pa: int
     index: int  # record index of the PTW that read it
+    vram: bool = False  # pa is a VRAM offset (PTE_VRAM), not a bus address
 
 
 @dataclass
@@ -551,7 +558,8 @@ def leaf_of(rec: TraceRecord) -> Translation | bool | None:
     if rec.level == 0 or (rec.level == 1 and pte & PTE_LEAF):
         size = 1 << pt_shift(rec.level)
         base = rec.va & ~(size - 1)
-        return Translation(va=base, size=size, pa=pte & PTE_ADDR_MASK & ~(size - 1), index=-1)
+        return Translation(va=base, size=size, pa=pte & PTE_ADDR_MASK & ~(size - 1), index=-1,
+                           vram=bool(pte & PTE_VRAM))
     return False
 
 
@@ -595,10 +603,10 @@ def check_invalidations(records: Sequence[TraceRecord], limit: int = 50) -> Inva
                 _drop(small.get(r.ctx), huge.get(r.ctx), r.va & ~(span - 1), span)
             elif r.level == 0:
                 small.setdefault(r.ctx, {})[r.va >> PAGE_SHIFT] = Translation(
-                    leaf.va, leaf.size, leaf.pa, i)
+                    leaf.va, leaf.size, leaf.pa, i, leaf.vram)
             else:
                 huge.setdefault(r.ctx, {})[r.va >> hshift] = Translation(
-                    leaf.va, leaf.size, leaf.pa, i)
+                    leaf.va, leaf.size, leaf.pa, i, leaf.vram)
         elif r.kind == Kind.EV_TLB_INV:
             out.invalidations += 1
             if r.aux == ALL or r.va + r.aux > ALL:
@@ -606,11 +614,13 @@ def check_invalidations(records: Sequence[TraceRecord], limit: int = 50) -> Inva
                 huge.pop(r.ctx, None)
             else:
                 _drop(small.get(r.ctx), huge.get(r.ctx), r.va, r.aux)
-        elif r.kind == Kind.DATA and r.va:
+        elif r.kind in (Kind.DATA, Kind.VRAM) and r.va:
+            # VRAM accesses of VA jobs (PTE_VRAM pages) are checked like DMA:
+            # reaching a VRAM page through a stale translation is the same bug.
             if i in paired:
                 continue
             nxt = records[i + 1] if i + 1 < len(records) else None
-            if (nxt is not None and nxt.kind == Kind.DATA and r.dir == Dir.READ
+            if (nxt is not None and nxt.kind in (Kind.DATA, Kind.VRAM) and r.dir == Dir.READ
                     and nxt.dir == Dir.WRITE and nxt.va == r.va and nxt.cmd_id == r.cmd_id
                     and nxt.ctx == r.ctx and nxt.len == r.len and nxt.addr != r.addr):
                 # READ_VA / WRITE_VA: one side is the VA, the other a bus address
@@ -646,7 +656,8 @@ def _translated(i: int, r: TraceRecord, small: dict[int, dict[int, Translation]]
         chunk = min(left, page - (va & (page - 1)))
         cands = [t for t in (small.get(r.ctx, {}).get(va >> PAGE_SHIFT),
                              huge.get(r.ctx, {}).get(va >> hshift)) if t is not None]
-        where = (f"record {i} (t={r.timestamp_ns}): DATA {_name(r.dir)} cmd={r.cmd_id} "
+        kind = r.kind.name if isinstance(r.kind, Kind) else r.kind
+        where = (f"record {i} (t={r.timestamp_ns}): {kind} {_name(r.dir)} cmd={r.cmd_id} "
                  f"ctx={r.ctx} va=0x{va:x} addr=0x{addr:x}")
         if not cands:
             out.append(f"{where}: no translation of this page since the last TLB "
@@ -654,9 +665,10 @@ def _translated(i: int, r: TraceRecord, small: dict[int, dict[int, Translation]]
         else:
             t = max(cands, key=lambda t: t.index)
             want = t.pa + (va - t.va)
-            out.append(None if want == addr else
+            space = "VRAM offset" if t.vram else "bus address"
+            out.append(None if want == addr and t.vram == (r.kind == Kind.VRAM) else
                        f"{where}: the current translation (PTW record {t.index}) maps it "
-                       f"to 0x{want:x}")
+                       f"to {space} 0x{want:x}")
         va, addr, left = va + chunk, addr + chunk, left - chunk
     return out
 

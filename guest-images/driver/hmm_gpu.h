@@ -12,6 +12,7 @@
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/kref.h>
+#include <linux/ktime.h>
 #include <linux/miscdevice.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
@@ -22,6 +23,7 @@
 #include <linux/workqueue.h>
 
 #include "hmm_gpu_regs.h"
+#include "hmm_gpu_uapi.h"
 
 #define HMM_GPU_DRV_NAME	"hmm_gpu"
 
@@ -48,8 +50,33 @@
 /* Fault queue entries (power of two). */
 #define HMM_GPU_FAULTQ_ENTRIES	256
 
+/* Most VRAM chunks (2 MiB each) the driver registers per device. */
+#define HMM_GPU_MAX_CHUNKS	4096
+
 struct hmm_gpu_batch;
 struct hmm_gpu_svm;
+struct hmm_gpu_chunk;
+
+/* Device memory (hmm_gpu_dmem.c). */
+struct hmm_gpu_dmem {
+	u64			vram_size;
+	unsigned int		max_chunks;	/* 0: no device memory */
+	/* lock (IRQ-safe, page_free) covers the fields below up to stats. */
+	spinlock_t		lock;
+	struct hmm_gpu_chunk	**chunks;
+	unsigned int		nchunks;
+	struct page		*free;		/* via page->zone_device_data */
+	unsigned long		nfree;
+	u64			lru_clock;
+	bool			closing;
+	struct hmm_gpu_vram_stats stats;
+	struct mutex		evict_lock;	/* chunk registration, eviction */
+	struct mutex		copy_lock;	/* the copy list */
+	struct hmm_gpu_copy_ent	*copy;		/* coherent */
+	dma_addr_t		copy_dma;
+	void			*zero;		/* coherent zero page */
+	dma_addr_t		zero_dma;
+};
 
 /* One command the device has been given and not yet completed. */
 struct hmm_gpu_slot {
@@ -93,6 +120,10 @@ struct hmm_gpu_stats {
 	u64	fault_rounds;
 	u64	replays;
 	u64	cancels;
+	/* Fault path timing: sums over fault_rounds (ns). */
+	u64	fault_wait_ns;		/* fault interrupt -> worker drains */
+	u64	fault_service_ns;	/* drained -> REPLAY/CANCEL written */
+	u64	fault_service_max_ns;
 };
 
 struct hmm_gpu_dev {
@@ -153,6 +184,7 @@ struct hmm_gpu_dev {
 	u32			fq_head;	/* under lock */
 	struct workqueue_struct	*fault_wq;
 	struct work_struct	fault_work;
+	ktime_t			fault_irq_time;	/* under lock; 0: none pending */
 	/* Fault worker private: drained records and a pfn window. */
 	struct hmm_gpu_fault	*faults;
 	unsigned long		*fault_pfns;
@@ -161,6 +193,11 @@ struct hmm_gpu_dev {
 	struct miscdevice	dmirror;
 	char			dmirror_name[24];
 	bool			dmirror_registered;
+
+	struct hmm_gpu_dmem	dmem;
+	/* Every SVM context of the device (hmm_gpu_svm_zap_mm()). */
+	struct mutex		svms_lock;
+	struct list_head	svms;
 };
 
 static inline u32 hmm_gpu_read(struct hmm_gpu_dev *gdev, u32 reg)
@@ -246,6 +283,32 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		   u64 len, u64 *faults, u64 *pages);
 int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
 			 u64 npages, u64 *done);
+
+int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev,
+			u64 *pages);
+int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages);
+void hmm_gpu_svm_zap_mm(struct hmm_gpu_dev *gdev, struct mm_struct *mm, u64 start, u64 end);
+int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
+int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
+
+/* hmm_gpu_dmem.c */
+struct vm_area_struct;
+int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev);
+void hmm_gpu_dmem_fini(struct hmm_gpu_dev *gdev);
+bool hmm_gpu_dmem_page_local(struct hmm_gpu_dev *gdev, struct page *page);
+u64 hmm_gpu_dmem_vram_offset(struct page *page);
+long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n);
+void hmm_gpu_dmem_unreserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n);
+long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
+			      const unsigned long *src, unsigned long *dst,
+			      unsigned long npages, struct page **res, unsigned long *nres);
+long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
+			      unsigned long addr, const unsigned long *src,
+			      unsigned long *dst, unsigned long npages);
+void hmm_gpu_dmem_touch(struct hmm_gpu_dev *gdev, const unsigned long *dst,
+			unsigned long npages);
+int hmm_gpu_dmem_evict_all(struct hmm_gpu_dev *gdev);
+void hmm_gpu_dmem_stats(struct hmm_gpu_dev *gdev, struct hmm_gpu_vram_stats *st);
 
 /* hmm_gpu_dmirror.c */
 extern bool hmm_gpu_dmirror_enable;

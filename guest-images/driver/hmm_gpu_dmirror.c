@@ -84,13 +84,12 @@ static long hmm_gpu_dmirror_ioctl(struct file *file, unsigned int cmd, unsigned 
 	case HMM_GPU_DMIRROR_READ:
 	case HMM_GPU_DMIRROR_WRITE:
 	case HMM_GPU_DMIRROR_SNAPSHOT:
-		break;
 	case HMM_GPU_DMIRROR_MIGRATE_TO_DEV:
 	case HMM_GPU_DMIRROR_MIGRATE_TO_SYS:
 	case HMM_GPU_DMIRROR_EXCLUSIVE:
 	case HMM_GPU_DMIRROR_CHECK_EXCLUSIVE:
 	case HMM_GPU_DMIRROR_RELEASE:
-		return -EOPNOTSUPP;	/* device memory: not yet */
+		break;
 	default:
 		return -EINVAL;
 	}
@@ -121,6 +120,41 @@ static long hmm_gpu_dmirror_ioctl(struct file *file, unsigned int cmd, unsigned 
 				     &c.faults, &pages);
 		if (!ret)
 			c.cpages = c.npages;
+		break;
+	case HMM_GPU_DMIRROR_MIGRATE_TO_DEV:
+		/*
+		 * test_hmm returns what its device then reads, and -ENOENT if
+		 * a page did not end up in its memory.
+		 */
+		ret = hmm_gpu_svm_migrate(df->svm, c.addr, c.npages << PAGE_SHIFT, true,
+					  &pages);
+		if (!ret)
+			ret = hmm_gpu_svm_dev_check(df->svm, c.addr, c.npages);
+		if (!ret)
+			ret = hmm_gpu_svm_rw(df->svm, false, c.addr, u64_to_user_ptr(c.ptr),
+					     c.npages << PAGE_SHIFT, &c.faults, &pages);
+		if (!ret)
+			c.cpages = c.npages;
+		c.faults = 0;
+		break;
+	case HMM_GPU_DMIRROR_MIGRATE_TO_SYS:
+		ret = hmm_gpu_svm_migrate(df->svm, c.addr, c.npages << PAGE_SHIFT, false,
+					  &c.cpages);
+		break;
+	case HMM_GPU_DMIRROR_EXCLUSIVE:
+		ret = hmm_gpu_svm_exclusive(df->svm, c.addr, c.npages);
+		if (!ret)
+			ret = hmm_gpu_svm_rw(df->svm, false, c.addr, u64_to_user_ptr(c.ptr),
+					     c.npages << PAGE_SHIFT, &c.faults, &pages);
+		if (!ret)
+			c.cpages = c.npages;
+		c.faults = 0;
+		break;
+	case HMM_GPU_DMIRROR_CHECK_EXCLUSIVE:
+		ret = hmm_gpu_svm_check_exclusive(df->svm, c.addr, c.npages);
+		break;
+	case HMM_GPU_DMIRROR_RELEASE:
+		ret = hmm_gpu_dmem_evict_all(gdev);
 		break;
 	default:
 		ret = hmm_gpu_svm_snapshot(df->svm, c.addr, u64_to_user_ptr(c.ptr),

@@ -227,6 +227,37 @@ static int hmm_gpu_ioctl_svm_stats(struct hmm_gpu_file *hf, void __user *uarg)
 	return 0;
 }
 
+static int hmm_gpu_ioctl_svm_migrate(struct hmm_gpu_file *hf, void __user *uarg)
+{
+	struct hmm_gpu_svm_migrate m;
+	struct hmm_gpu_svm *svm;
+	int ret;
+
+	ret = hmm_gpu_file_svm(hf, &svm);
+	if (ret)
+		return ret;
+	if (copy_from_user(&m, uarg, sizeof(m)))
+		return -EFAULT;
+	if (m.flags || m.rsvd[0] || m.rsvd[1] || !m.len)
+		return -EINVAL;
+	if (m.dir != HMM_GPU_MIGRATE_TO_DEV && m.dir != HMM_GPU_MIGRATE_TO_SYS)
+		return -EINVAL;
+	ret = hmm_gpu_svm_migrate(svm, m.va, m.len, m.dir == HMM_GPU_MIGRATE_TO_DEV, &m.pages);
+	if (copy_to_user(uarg, &m, sizeof(m)) && !ret)
+		ret = -EFAULT;
+	return ret;
+}
+
+static int hmm_gpu_ioctl_vram_stats(struct hmm_gpu_file *hf, void __user *uarg)
+{
+	struct hmm_gpu_vram_stats st;
+
+	hmm_gpu_dmem_stats(hf->gdev, &st);
+	if (copy_to_user(uarg, &st, sizeof(st)))
+		return -EFAULT;
+	return 0;
+}
+
 static long hmm_gpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct hmm_gpu_file *hf = file->private_data;
@@ -255,6 +286,12 @@ static long hmm_gpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 		break;
 	case HMM_GPU_IOC_SVM_STATS:
 		ret = hmm_gpu_ioctl_svm_stats(hf, uarg);
+		break;
+	case HMM_GPU_IOC_SVM_MIGRATE:
+		ret = hmm_gpu_ioctl_svm_migrate(hf, uarg);
+		break;
+	case HMM_GPU_IOC_VRAM_STATS:
+		ret = hmm_gpu_ioctl_vram_stats(hf, uarg);
 		break;
 	default:
 		ret = -ENOTTY;
@@ -308,6 +345,9 @@ static int hmm_gpu_stats_show(struct seq_file *s, void *unused)
 	seq_printf(s, "fault_rounds: %llu\n", st.fault_rounds);
 	seq_printf(s, "replays: %llu\n", st.replays);
 	seq_printf(s, "cancels: %llu\n", st.cancels);
+	seq_printf(s, "fault_wait_ns: %llu\n", st.fault_wait_ns);
+	seq_printf(s, "fault_service_ns: %llu\n", st.fault_service_ns);
+	seq_printf(s, "fault_service_max_ns: %llu\n", st.fault_service_max_ns);
 	seq_printf(s, "last_error: %u\n", last_err);
 	seq_printf(s, "last_error_addr: %#llx\n", last_addr);
 	seq_printf(s, "sq_tail: %u\n", sq_tail);
@@ -477,6 +517,8 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&gdev->reset_lock);
 	INIT_WORK(&gdev->reset_work, hmm_gpu_reset_work);
 	init_rwsem(&gdev->remove_sem);
+	mutex_init(&gdev->svms_lock);
+	INIT_LIST_HEAD(&gdev->svms);
 
 	gdev->id = ida_alloc(&hmm_gpu_ida, GFP_KERNEL);
 	if (gdev->id < 0) {
@@ -520,6 +562,9 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = hmm_gpu_mmu_alloc(gdev);
 	if (ret)
 		goto err_ida;
+	ret = hmm_gpu_dmem_init(gdev);
+	if (ret)
+		goto err_mmu;
 
 	ret = hmm_gpu_setup_irqs(gdev);
 	if (ret)
@@ -549,9 +594,10 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	hmm_gpu_dmirror_register(gdev);
 
-	dev_info(dev, "hmm-gpu %u.%u, max_xfer %u, %d-bit DMA, %u contexts, /dev/%s%s%s\n",
+	dev_info(dev, "hmm-gpu %u.%u, max_xfer %u, %d-bit DMA, %u contexts, VRAM %llu MiB, /dev/%s%s%s\n",
 		 gdev->hw_version >> 16, gdev->hw_version & 0xffff, gdev->max_xfer,
-		 dma_get_mask(dev) == DMA_BIT_MASK(64) ? 64 : 32, gdev->nctx, gdev->name,
+		 dma_get_mask(dev) == DMA_BIT_MASK(64) ? 64 : 32, gdev->nctx,
+		 gdev->dmem.max_chunks ? gdev->dmem.vram_size >> 20 : 0, gdev->name,
 		 gdev->dmirror_registered ? ", /dev/" : "",
 		 gdev->dmirror_registered ? gdev->dmirror_name : "");
 	return 0;
@@ -562,6 +608,7 @@ err_reset:
 	hmm_gpu_hw_reset(gdev);
 	hmm_gpu_free_irqs(gdev);
 err_mmu:
+	hmm_gpu_dmem_fini(gdev);
 	hmm_gpu_mmu_free(gdev);
 err_ida:
 	ida_free(&hmm_gpu_ida, gdev->id);
@@ -579,6 +626,8 @@ static void hmm_gpu_remove(struct pci_dev *pdev)
 	/* No new opens; open files see -ENODEV once the running ioctls end. */
 	hmm_gpu_dmirror_unregister(gdev);
 	misc_deregister(&gdev->misc);
+	/* VRAM back to system memory while the device still runs. */
+	hmm_gpu_dmem_fini(gdev);
 	down_write(&gdev->remove_sem);
 	spin_lock_irq(&gdev->lock);
 	gdev->dead = true;

@@ -91,6 +91,8 @@ irqreturn_t hmm_gpu_fault_irq(int irq, void *data)
 
 	spin_lock(&gdev->lock);
 	gdev->stats.irq_fault++;
+	if (!gdev->fault_irq_time)
+		gdev->fault_irq_time = ktime_get();
 	spin_unlock(&gdev->lock);
 	queue_work(gdev->fault_wq, &gdev->fault_work);
 	return IRQ_HANDLED;
@@ -103,6 +105,11 @@ static unsigned int hmm_gpu_fault_drain(struct hmm_gpu_dev *gdev)
 	u32 tail;
 
 	spin_lock_irq(&gdev->lock);
+	if (gdev->fault_irq_time) {
+		gdev->stats.fault_wait_ns += ktime_to_ns(ktime_sub(ktime_get(),
+								   gdev->fault_irq_time));
+		gdev->fault_irq_time = 0;
+	}
 	if (gdev->resetting || gdev->dead || gdev->broken)
 		goto out;
 	tail = hmm_gpu_read(gdev, HMM_GPU_REG_FAULTQ_TAIL);
@@ -138,8 +145,17 @@ static void hmm_gpu_fault_work(struct work_struct *work)
 	struct hmm_gpu_dev *gdev = container_of(work, struct hmm_gpu_dev, fault_work);
 	unsigned int n;
 
-	while ((n = hmm_gpu_fault_drain(gdev)))
+	while ((n = hmm_gpu_fault_drain(gdev))) {
+		ktime_t t0 = ktime_get();
+		u64 ns;
+
 		hmm_gpu_svm_handle_faults(gdev, n);
+		ns = ktime_to_ns(ktime_sub(ktime_get(), t0));
+		spin_lock_irq(&gdev->lock);
+		gdev->stats.fault_service_ns += ns;
+		gdev->stats.fault_service_max_ns = max(gdev->stats.fault_service_max_ns, ns);
+		spin_unlock_irq(&gdev->lock);
+	}
 }
 
 /*

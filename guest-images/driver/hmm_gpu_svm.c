@@ -19,9 +19,11 @@
 #include <linux/dma-mapping.h>
 #include <linux/hmm.h>
 #include <linux/memremap.h>
+#include <linux/migrate.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
 #include <linux/pgtable.h>
+#include <linux/rmap.h>
 #include <linux/sched/mm.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
@@ -45,10 +47,13 @@ struct hmm_gpu_pt {
 	struct hmm_gpu_pt	**child;	/* level > 0 */
 	struct page		**page;		/* level 0: page each PTE maps */
 	dma_addr_t		*map;		/* level 0: its mapping, 0: none */
+	/* level 0: mapped for exclusive (atomic) access, test_hmm's ATOMIC tag */
+	DECLARE_BITMAP(excl, HMM_GPU_PT_ENTRIES);
 };
 
 struct hmm_gpu_svm {
 	struct hmm_gpu_dev		*gdev;
+	struct list_head		node;	/* in gdev->svms */
 	struct kref			ref;	/* the owner, fault worker users */
 	struct mmu_interval_notifier	notifier;
 	struct mm_struct		*mm;	/* grabbed */
@@ -58,6 +63,11 @@ struct hmm_gpu_svm {
 	bool				dead;
 	struct hmm_gpu_pt		*root;
 	struct hmm_gpu_svm_stats	stats;
+	/* READ/WRITE bounce buffer kept between calls (coherent DMA memory). */
+	struct mutex			bounce_lock;
+	void				*bounce;
+	dma_addr_t			bounce_dma;
+	size_t				bounce_size;
 };
 
 struct hmm_gpu_range {
@@ -212,6 +222,7 @@ static unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt 
 			if (pt->page[i]) {
 				WRITE_ONCE(pt->cpu[i], 0);
 				pt->page[i] = NULL;
+				clear_bit(i, pt->excl);
 				n++;
 			}
 			break;
@@ -315,6 +326,7 @@ struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struc
 		return ERR_PTR(-ENOMEM);
 	kref_init(&svm->ref);
 	mutex_init(&svm->lock);
+	mutex_init(&svm->bounce_lock);
 	svm->gdev = gdev;
 	svm->va_end = min_t(u64, TASK_SIZE, 1ull << HMM_GPU_VA_BITS) & PAGE_MASK;
 
@@ -337,6 +349,9 @@ struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struc
 		goto err_mm;
 
 	hmm_gpu_ctx_set(gdev, svm->ctx, svm->root->dma);
+	mutex_lock(&gdev->svms_lock);
+	list_add_tail(&svm->node, &gdev->svms);
+	mutex_unlock(&gdev->svms_lock);
 	return svm;
 
 err_mm:
@@ -360,6 +375,10 @@ void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
 
+	mutex_lock(&gdev->svms_lock);
+	list_del(&svm->node);
+	mutex_unlock(&gdev->svms_lock);
+
 	down_read(&gdev->remove_sem);
 	mutex_lock(&svm->lock);
 	svm->dead = true;
@@ -377,6 +396,10 @@ void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 	up_read(&gdev->remove_sem);
 
 	mmu_interval_notifier_remove(&svm->notifier);
+	if (svm->bounce)
+		dma_free_coherent(&gdev->pdev->dev, svm->bounce_size, svm->bounce,
+				  svm->bounce_dma);
+	svm->bounce = NULL;
 	ida_free(&gdev->ctx_ida, svm->ctx);
 	hmm_gpu_svm_put(svm);
 }
@@ -408,8 +431,21 @@ static long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 		if (!(*pfns & HMM_PFN_VALID))
 			break;
 		page = hmm_pfn_to_page(*pfns);
-		if (is_device_private_page(page))
-			break;	/* device memory: next issue */
+		if (is_device_private_page(page)) {
+			/* Only ours come back from hmm_range_fault(). */
+			if (!hmm_gpu_dmem_page_local(svm->gdev, page))
+				break;
+			if (pt->page[idx] && pt->page[idx] != page)
+				hmm_gpu_svm_zap(svm, va, va + PAGE_SIZE);
+			pt->page[idx] = page;
+			pte = hmm_gpu_dmem_vram_offset(page) | HMM_GPU_PTE_VALID |
+			      HMM_GPU_PTE_READ | HMM_GPU_PTE_VRAM;
+			if (*pfns & HMM_PFN_WRITE)
+				pte |= HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC;
+			WRITE_ONCE(pt->cpu[idx], cpu_to_le64(pte));
+			n++;
+			continue;
+		}
 
 		/*
 		 * A different page, or fewer permissions, cannot happen without
@@ -811,6 +847,9 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		.rng = { { va, va + len } },
 		.nrng = 1,
 	};
+	size_t want = min3(PAGE_ALIGN(len), (u64)HMM_GPU_BOUNCE_MAX,
+			   (u64)(gdev->max_xfer & PAGE_MASK));
+	bool cached;
 	u64 off = 0;
 	size_t size;
 	dma_addr_t dma;
@@ -818,9 +857,34 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 	void *buf;
 	int ret = 0;
 
-	buf = hmm_gpu_bounce_alloc(gdev, len, &size, &dma);
-	if (!buf)
-		return -ENOMEM;
+	/*
+	 * Reuse the context's bounce buffer: allocating (and zeroing) up to
+	 * HMM_GPU_BOUNCE_MAX of coherent memory per call costs more than the
+	 * fault round it serves. A concurrent caller gets its own.
+	 */
+	cached = mutex_trylock(&svm->bounce_lock);
+	if (cached && svm->bounce && svm->bounce_size < want) {
+		dma_free_coherent(&gdev->pdev->dev, svm->bounce_size, svm->bounce,
+				  svm->bounce_dma);
+		svm->bounce = NULL;
+	}
+	if (cached && svm->bounce) {
+		buf = svm->bounce;
+		size = svm->bounce_size;
+		dma = svm->bounce_dma;
+	} else {
+		buf = hmm_gpu_bounce_alloc(gdev, len, &size, &dma);
+		if (!buf) {
+			if (cached)
+				mutex_unlock(&svm->bounce_lock);
+			return -ENOMEM;
+		}
+		if (cached) {
+			svm->bounce = buf;
+			svm->bounce_size = size;
+			svm->bounce_dma = dma;
+		}
+	}
 	while (off < len) {
 		struct hmm_gpu_cmd_desc desc = {};
 		u64 n = min_t(u64, len - off, size);
@@ -848,7 +912,10 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		}
 		off += n;
 	}
-	dma_free_coherent(&gdev->pdev->dev, size, buf, dma);
+	if (cached)
+		mutex_unlock(&svm->bounce_lock);
+	else
+		dma_free_coherent(&gdev->pdev->dev, size, buf, dma);
 	*faults = op.faults;
 	*pages = op.pages;
 	return ret;
@@ -908,6 +975,13 @@ int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job)
 		res = dma_alloc_coherent(&gdev->pdev->dev, PAGE_SIZE, &res_dma, GFP_KERNEL);
 		if (!res)
 			return -ENOMEM;
+		/*
+		 * Device atomics on system memory take the page exclusively
+		 * (best effort: a page that cannot be, e.g. read-only, faults
+		 * as usual); pages in this device's VRAM need nothing.
+		 */
+		if (hmm_gpu_svm_dev_check(svm, job->va & PAGE_MASK, 1) == -ENOENT)
+			hmm_gpu_svm_exclusive(svm, job->va & PAGE_MASK, 1);
 		desc.opcode = job->op == HMM_GPU_SVM_ATOMIC_ADD ?
 			      HMM_GPU_OP_ATOMIC_ADD : HMM_GPU_OP_ATOMIC_CMPXCHG;
 		desc.dst = job->va;
@@ -1034,5 +1108,383 @@ out_mm:
 out_free:
 	kfree(prot);
 	kfree(pfns);
+	return ret;
+}
+
+/*
+ * Drop the translations of [start, end) of every context of @gdev that
+ * mirrors @mm. The migrations of this driver call it: the notifier skips
+ * their MMU_NOTIFY_MIGRATE events, so nothing else zaps the device's
+ * translations before the data moves.
+ */
+void hmm_gpu_svm_zap_mm(struct hmm_gpu_dev *gdev, struct mm_struct *mm, u64 start, u64 end)
+{
+	struct hmm_gpu_svm *svm;
+
+	mutex_lock(&gdev->svms_lock);
+	list_for_each_entry(svm, &gdev->svms, node) {
+		if (svm->mm != mm)
+			continue;
+		mutex_lock(&svm->lock);
+		if (!svm->dead && start < min(end, svm->va_end) &&
+		    hmm_gpu_svm_zap(svm, start, min(end, svm->va_end)))
+			svm->stats.invalidations++;
+		mutex_unlock(&svm->lock);
+	}
+	mutex_unlock(&gdev->svms_lock);
+}
+
+/*
+ * Map the device pages a migration to VRAM just filled: PTE_VRAM leaves,
+ * unless the range was invalidated since @seq (the device then faults).
+ */
+static void hmm_gpu_svm_map_migrated(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
+				     const struct migrate_vma *args, unsigned long seq)
+{
+	unsigned long i;
+
+	mutex_lock(&svm->lock);
+	if (svm->dead || mmu_interval_read_retry(&svm->notifier, seq))
+		goto out;
+	for (i = 0; i < args->npages; i++) {
+		u64 va = args->start + (i << PAGE_SHIFT);
+		unsigned int idx = hmm_gpu_pt_index(va, 0);
+		struct page *page = migrate_pfn_to_page(args->dst[i]);
+		u64 pte;
+
+		if (!page || !(args->src[i] & MIGRATE_PFN_MIGRATE))
+			continue;
+		if (pt->page[idx])
+			hmm_gpu_svm_zap(svm, va, va + PAGE_SIZE);
+		pte = hmm_gpu_dmem_vram_offset(page) | HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ |
+		      HMM_GPU_PTE_VRAM;
+		if (args->dst[i] & MIGRATE_PFN_WRITE)
+			pte |= HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC;
+		pt->page[idx] = page;
+		WRITE_ONCE(pt->cpu[idx], cpu_to_le64(pte));
+		svm->stats.pages_mapped++;
+	}
+out:
+	mutex_unlock(&svm->lock);
+}
+
+/*
+ * Migrate [start, end) (one VMA, one level-0 table, at most
+ * HMM_GPU_MIGRATE_MAX_PAGES) to VRAM. mmap_lock held for read. Returns the
+ * pages migrated or an error.
+ */
+static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_struct *vma,
+				      u64 start, u64 end, unsigned long *src,
+				      unsigned long *dst, struct page **res)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	unsigned long npages = (end - start) >> PAGE_SHIFT;
+	struct migrate_vma args = {
+		.vma		= vma,
+		.start		= start,
+		.end		= end,
+		.src		= src,
+		.dst		= dst,
+		.pgmap_owner	= gdev,
+		.flags		= MIGRATE_VMA_SELECT_SYSTEM,
+	};
+	unsigned long nres, i, seq;
+	struct hmm_gpu_pt *pt;
+	long ret;
+
+	pt = hmm_gpu_pt_get(svm, start);
+	if (IS_ERR(pt))
+		return PTR_ERR(pt);
+	ret = hmm_gpu_dmem_reserve(gdev, res, npages);
+	if (ret < 0)
+		return ret;
+	nres = ret;
+
+	seq = mmu_interval_read_begin(&svm->notifier);
+	ret = migrate_vma_setup(&args);
+	if (ret)
+		goto out;
+	if (!args.cpages) {
+		migrate_vma_finalize(&args);
+		goto out;
+	}
+	/* No device DMA to the old pages from now on (our event was skipped). */
+	hmm_gpu_svm_zap_mm(gdev, vma->vm_mm, start, end);
+	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, res, &nres);
+	if (ret < 0)
+		memset(dst, 0, npages * sizeof(*dst));
+	migrate_vma_pages(&args);
+	if (ret >= 0) {
+		hmm_gpu_svm_map_migrated(svm, pt, &args, seq);
+		hmm_gpu_dmem_touch(gdev, dst, npages);
+		ret = 0;
+		for (i = 0; i < npages; i++)
+			if ((src[i] & MIGRATE_PFN_MIGRATE) && dst[i])
+				ret++;
+	}
+	migrate_vma_finalize(&args);
+out:
+	hmm_gpu_dmem_unreserve(gdev, res, nres);
+	return ret;
+}
+
+/* Migrate [start, end) (one VMA, <= HMM_GPU_MIGRATE_MAX_PAGES) back to RAM. */
+static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_struct *vma,
+				      u64 start, u64 end, unsigned long *src,
+				      unsigned long *dst)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	unsigned long npages = (end - start) >> PAGE_SHIFT;
+	struct migrate_vma args = {
+		.vma		= vma,
+		.start		= start,
+		.end		= end,
+		.src		= src,
+		.dst		= dst,
+		.pgmap_owner	= gdev,
+		.flags		= MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+	};
+	unsigned long i;
+	long ret;
+
+	ret = migrate_vma_setup(&args);
+	if (ret)
+		return ret;
+	if (!args.cpages) {
+		migrate_vma_finalize(&args);
+		return 0;
+	}
+	hmm_gpu_svm_zap_mm(gdev, vma->vm_mm, start, end);
+	ret = hmm_gpu_dmem_copy_to_sys(gdev, vma, start, src, dst, npages);
+	if (ret < 0)
+		memset(dst, 0, npages * sizeof(*dst));
+	migrate_vma_pages(&args);
+	if (ret >= 0) {
+		ret = 0;
+		for (i = 0; i < npages; i++)
+			if ((src[i] & MIGRATE_PFN_VALID) && (src[i] & MIGRATE_PFN_MIGRATE))
+				ret++;
+	}
+	migrate_vma_finalize(&args);
+	return ret;
+}
+
+/*
+ * Migrate the pages of [va, va + len) to VRAM or back, VMA by VMA, in
+ * windows of at most HMM_GPU_MIGRATE_MAX_PAGES that do not cross a level-0
+ * table. Like test_hmm: -EINVAL if a page of the range has no readable VMA.
+ * *pages: the pages migrated.
+ */
+int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev, u64 *pages)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	struct mm_struct *mm = svm->mm;
+	unsigned long *src, *dst;
+	struct page **res;
+	u64 addr, end = va + len, next;
+	long n;
+	int ret = 0;
+
+	*pages = 0;
+	if (!PAGE_ALIGNED(va) || !PAGE_ALIGNED(len) || hmm_gpu_range_bad(svm, va, len))
+		return -EINVAL;
+	if (to_dev && !gdev->dmem.max_chunks)
+		return -EOPNOTSUPP;
+	src = kcalloc(HMM_GPU_MIGRATE_MAX_PAGES, sizeof(*src), GFP_KERNEL);
+	dst = kcalloc(HMM_GPU_MIGRATE_MAX_PAGES, sizeof(*dst), GFP_KERNEL);
+	res = kcalloc(HMM_GPU_MIGRATE_MAX_PAGES, sizeof(*res), GFP_KERNEL);
+	if (!src || !dst || !res) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	if (!mmget_not_zero(mm)) {
+		ret = -EINVAL;
+		goto out_free;
+	}
+	mmap_read_lock(mm);
+	for (addr = va; addr < end; addr = next) {
+		struct vm_area_struct *vma = vma_lookup(mm, addr);
+
+		if (!vma || !(vma->vm_flags & VM_READ)) {
+			ret = -EINVAL;
+			break;
+		}
+		next = min3(end, (u64)vma->vm_end,
+			    ALIGN(addr + 1, HMM_GPU_PT_SPAN(1)));
+		next = min_t(u64, next, addr + HMM_GPU_MIGRATE_MAX_PAGES * PAGE_SIZE);
+		if (!to_dev && !gdev->dmem.max_chunks)
+			break;
+		if (to_dev)
+			n = hmm_gpu_svm_window_to_dev(svm, vma, addr, next, src, dst, res);
+		else
+			n = hmm_gpu_svm_window_to_sys(svm, vma, addr, next, src, dst);
+		if (n < 0) {
+			ret = n;
+			break;
+		}
+		*pages += n;
+	}
+	mmap_read_unlock(mm);
+	mmput(mm);
+out_free:
+	kfree(res);
+	kfree(dst);
+	kfree(src);
+	return ret;
+}
+
+/*
+ * Whether every page of [va, va + npages pages) is in this device's VRAM
+ * (test_hmm's MIGRATE_TO_DEV reads back only pages in its device memory):
+ * 0, -ENOENT or an error.
+ */
+int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages)
+{
+	const unsigned long chunk = PAGE_SIZE / sizeof(unsigned long);
+	unsigned long *pfns;
+	int ret = 0;
+	u64 off;
+
+	if (hmm_gpu_range_bad(svm, va, npages << PAGE_SHIFT))
+		return -EINVAL;
+	pfns = kmalloc_array(chunk, sizeof(*pfns), GFP_KERNEL);
+	if (!pfns)
+		return -ENOMEM;
+	if (!mmget_not_zero(svm->mm)) {
+		kfree(pfns);
+		return -EINVAL;
+	}
+	for (off = 0; off < npages && !ret; ) {
+		u64 n = min_t(u64, npages - off, chunk);
+		unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+		struct hmm_range range = {
+			.notifier	= &svm->notifier,
+			.start		= va + (off << PAGE_SHIFT),
+			.end		= va + ((off + n) << PAGE_SHIFT),
+			.hmm_pfns	= pfns,
+			.dev_private_owner = svm->gdev,
+		};
+		u64 i;
+
+		do {
+			if (time_after(jiffies, timeout)) {
+				ret = -EBUSY;
+				break;
+			}
+			range.notifier_seq = mmu_interval_read_begin(range.notifier);
+			mmap_read_lock(svm->mm);
+			ret = hmm_range_fault(&range);
+			mmap_read_unlock(svm->mm);
+		} while (ret == -EBUSY);
+		if (ret)
+			break;
+		for (i = 0; i < n; i++)
+			if (!(pfns[i] & HMM_PFN_VALID) ||
+			    !hmm_gpu_dmem_page_local(svm->gdev, hmm_pfn_to_page(pfns[i])))
+				ret = -ENOENT;
+		off += n;
+	}
+	mmput(svm->mm);
+	kfree(pfns);
+	return ret;
+}
+
+/*
+ * Map [va, va + npages pages) for exclusive device access: the CPU PTEs
+ * become device-exclusive entries (make_device_exclusive_range(), owner:
+ * this device, so the notifier skips the event) and the device PTEs get
+ * PTE_ATOMIC. A CPU touch restores the PTE and the notifier zaps ours.
+ */
+int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
+{
+	struct device *dev = &svm->gdev->pdev->dev;
+	struct mm_struct *mm = svm->mm;
+	struct page *pages[64];
+	u64 addr, end = va + (npages << PAGE_SHIFT), next;
+	int ret = 0;
+
+	if (hmm_gpu_range_bad(svm, va, npages << PAGE_SHIFT))
+		return -EINVAL;
+	if (!mmget_not_zero(mm))
+		return -EINVAL;
+	mmap_read_lock(mm);
+	for (addr = va; addr < end && !ret; addr = next) {
+		unsigned long i, n;
+		struct hmm_gpu_pt *pt;
+		int got;
+
+		next = min3(end, (u64)(addr + ARRAY_SIZE(pages) * PAGE_SIZE),
+			    (u64)ALIGN(addr + 1, HMM_GPU_PT_SPAN(1)));
+		n = (next - addr) >> PAGE_SHIFT;
+		pt = hmm_gpu_pt_get(svm, addr);
+		if (IS_ERR(pt)) {
+			ret = PTR_ERR(pt);
+			break;
+		}
+		got = make_device_exclusive_range(mm, addr, next, pages, svm->gdev);
+		if (got != n)
+			ret = -EBUSY;
+		mutex_lock(&svm->lock);
+		for (i = 0; !ret && i < n; i++) {
+			u64 a = addr + (i << PAGE_SHIFT);
+			unsigned int idx = hmm_gpu_pt_index(a, 0);
+			dma_addr_t dma;
+
+			if (!pages[i] || svm->dead) {
+				ret = -EBUSY;
+				break;
+			}
+			if (pt->page[idx] && pt->page[idx] != pages[i])
+				hmm_gpu_svm_zap(svm, a, a + PAGE_SIZE);
+			if (!pt->page[idx]) {
+				dma = dma_map_page(dev, pages[i], 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+				if (dma_mapping_error(dev, dma)) {
+					ret = -ENOMEM;
+					break;
+				}
+				pt->page[idx] = pages[i];
+				pt->map[idx] = dma;
+			}
+			WRITE_ONCE(pt->cpu[idx],
+				   cpu_to_le64((pt->map[idx] & HMM_GPU_PTE_ADDR_MASK) |
+					       HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ |
+					       HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC));
+			set_bit(idx, pt->excl);
+		}
+		mutex_unlock(&svm->lock);
+		for (i = 0; i < max(got, 0); i++) {
+			if (pages[i]) {
+				unlock_page(pages[i]);
+				put_page(pages[i]);
+			}
+		}
+		if (got < 0)
+			ret = got;
+	}
+	mmap_read_unlock(mm);
+	mmput(mm);
+	return ret;
+}
+
+/* test_hmm's CHECK_EXCLUSIVE: -EPERM if a page is still mapped exclusively. */
+int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
+{
+	u64 a, end = va + (npages << PAGE_SHIFT);
+	int ret = 0;
+
+	if (hmm_gpu_range_bad(svm, va, npages << PAGE_SHIFT))
+		return -EINVAL;
+	mutex_lock(&svm->lock);
+	for (a = va; a < end && !ret && !svm->dead; a += PAGE_SIZE) {
+		struct hmm_gpu_pt *pt = svm->root;
+		unsigned int level;
+
+		for (level = HMM_GPU_PT_LEVELS - 1; level > 0 && pt; level--)
+			pt = pt->child[hmm_gpu_pt_index(a, level)];
+		if (pt && pt->page[hmm_gpu_pt_index(a, 0)] &&
+		    test_bit(hmm_gpu_pt_index(a, 0), pt->excl))
+			ret = -EPERM;
+	}
+	mutex_unlock(&svm->lock);
 	return ret;
 }

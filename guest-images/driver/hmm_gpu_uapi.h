@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define HMM_GPU_UAPI_VERSION		2	/* 2: shared virtual memory */
+#define HMM_GPU_UAPI_VERSION		3	/* 2: shared virtual memory; 3: VRAM */
 
 /* Per-ioctl transfer limit; the driver splits it into device commands. */
 #define HMM_GPU_XFER_MAX_LEN		(64ULL << 20)
@@ -154,11 +154,47 @@ struct hmm_gpu_svm_stats {
 	__u64	rsvd[9];
 };
 
+/*
+ * Device memory (uAPI 3). SVM_MIGRATE moves the pages of [va, va+len) of
+ * the bound process into the device's VRAM (MEMORY_DEVICE_PRIVATE pages,
+ * migrate_vma) or back to system memory. A CPU touch of a page in VRAM
+ * migrates it back on its own (migrate_to_ram). When VRAM is full, the least
+ * recently migrated chunk is evicted to system memory.
+ */
+enum hmm_gpu_migrate_dir {
+	HMM_GPU_MIGRATE_TO_DEV	= 1,
+	HMM_GPU_MIGRATE_TO_SYS	= 2,
+};
+
+struct hmm_gpu_svm_migrate {
+	__u64	va;		/* in: page aligned */
+	__u64	len;		/* in: bytes, page multiple */
+	__u32	dir;		/* in: enum hmm_gpu_migrate_dir */
+	__u32	flags;		/* in: must be 0 */
+	__u64	pages;		/* out: pages that moved */
+	__u64	rsvd[2];
+};
+
+/* Device-wide VRAM state and counters since the driver bound the device. */
+struct hmm_gpu_vram_stats {
+	__u64	vram_size;	/* bytes */
+	__u64	vram_used;	/* bytes holding migrated pages */
+	__u64	chunks;		/* device-private chunks registered */
+	__u64	pages_to_dev;	/* pages migrated to VRAM */
+	__u64	pages_to_sys;	/* pages migrated back (any reason) */
+	__u64	cpu_faults;	/* migrate_to_ram calls */
+	__u64	evictions;	/* chunks evicted under VRAM pressure */
+	__u64	pages_evicted;	/* pages those evictions moved */
+	__u64	rsvd[8];
+};
+
 #define HMM_GPU_IOC_MAGIC	'G'
 #define HMM_GPU_IOC_INFO	_IOWR(HMM_GPU_IOC_MAGIC, 0x00, struct hmm_gpu_info)
 #define HMM_GPU_IOC_XFER	_IOWR(HMM_GPU_IOC_MAGIC, 0x01, struct hmm_gpu_xfer)
 #define HMM_GPU_IOC_SVM_BIND	_IOWR(HMM_GPU_IOC_MAGIC, 0x10, struct hmm_gpu_svm_bind)
 #define HMM_GPU_IOC_SVM_JOB	_IOWR(HMM_GPU_IOC_MAGIC, 0x11, struct hmm_gpu_svm_job)
 #define HMM_GPU_IOC_SVM_STATS	_IOR(HMM_GPU_IOC_MAGIC, 0x12, struct hmm_gpu_svm_stats)
+#define HMM_GPU_IOC_SVM_MIGRATE	_IOWR(HMM_GPU_IOC_MAGIC, 0x13, struct hmm_gpu_svm_migrate)
+#define HMM_GPU_IOC_VRAM_STATS	_IOR(HMM_GPU_IOC_MAGIC, 0x14, struct hmm_gpu_vram_stats)
 
 #endif /* _UAPI_HMM_GPU_H */

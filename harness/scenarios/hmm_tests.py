@@ -11,9 +11,10 @@ for driver ``hmm-gpu`` and ``test_hmm``, ``hmm-tests.<driver>.unload``.
 ``results.json`` gets ``tables["hmm-tests"]``: every test with its status on
 both drivers.
 
-Tests that need device-private memory are expected to fail on hmm-gpu (the
-driver has no device memory yet): when they fail they are reported SKIP
-with the reason :data:`XFAIL_REASON`; when they pass, PASS.
+There are no expected failures: every test must pass on both drivers (the
+device-coherent variants SKIP on both, there are no devices 2 and 3), and
+``hmm-tests.parity`` fails if any test passing on test_hmm.ko does not pass
+on hmm-gpu.
 """
 
 from __future__ import annotations
@@ -42,14 +43,6 @@ log = logging.getLogger(__name__)
 HMM_TESTS = f"{BIN}/hmm-tests"
 NODES = ("/dev/hmm_dmirror0", "/dev/hmm_dmirror1")
 HUGEPAGES = 4
-XFAIL_REASON = "xfail: needs device-private memory (next issue)"
-# Test names (the last component) that need device-private memory: migrate*,
-# exclusive*, ... and the two hmm2 tests that migrate a page part-way through
-# (snapshot migrates pages 5 and 6 to each device; double_map migrates to
-# device 1 before reading from device 0).
-_XFAIL = re.compile(
-    r"^(migrate.*|exclusive.*|hmm_gup_test|hmm_cow_in_device|snapshot|double_map)$"
-)
 
 
 @dataclass(frozen=True)
@@ -62,22 +55,12 @@ class Driver:
 DRIVERS = (Driver("hmm-gpu", "hmm_gpu", HMM_GPU_KO), Driver("test_hmm", "test_hmm", TEST_HMM_KO))
 
 
-def expected_failure(driver: str, name: str) -> bool:
-    """Whether ``name`` (fixture.variant.test) is an expected failure on ``driver``."""
-    if driver != "hmm-gpu":
-        return False
-    parts = name.split(".")
-    return bool(parts) and bool(_XFAIL.match(parts[-1]))
-
-
 def status_of(driver: str, name: str, r: ktap.KtapResult) -> tuple[Status, str]:
     """The results.json status of one hmm-tests result, and the reason to show."""
     if r.outcome in (Outcome.PASS, Outcome.XFAIL):
         return Status.PASS, r.reason
     if r.outcome == Outcome.SKIP:
         return Status.SKIP, r.reason
-    if expected_failure(driver, name):
-        return Status.SKIP, XFAIL_REASON
     return Status.FAIL, r.reason or str(r.outcome)
 
 
@@ -139,13 +122,23 @@ def side_by_side(entries: list[TestResult]) -> dict[str, Any]:
         if name in ("load", "unload", "run"):
             continue
         row = rows.setdefault(name, {"test": name, **{c: "-" for c in cols}})
-        st = str(e.status)
-        if e.extra.get("reason") == XFAIL_REASON:
-            st = "XFAIL"
-        row[driver] = st
+        row[driver] = str(e.status)
     totals = {c: {s: sum(1 for r in rows.values() if r[c] == s)
-                  for s in ("PASS", "FAIL", "SKIP", "XFAIL", "ERROR", "-")} for c in cols}
+                  for s in ("PASS", "FAIL", "SKIP", "ERROR", "-")} for c in cols}
     return {"columns": cols, "rows": list(rows.values()), "totals": totals}
+
+
+def parity(table: dict[str, Any]) -> TestResult:
+    """``hmm-tests.parity``: every test that passes on test_hmm.ko passes on hmm-gpu."""
+    behind = [r["test"] for r in table["rows"]
+              if r.get("test_hmm") == "PASS" and r.get("hmm-gpu") != "PASS"]
+    both = sum(1 for r in table["rows"] if r.get("test_hmm") == r.get("hmm-gpu") == "PASS")
+    if behind:
+        return TestResult("hmm-tests.parity", Status.FAIL, log_excerpt=(
+            f"{len(behind)} tests pass on test_hmm.ko but not on hmm-gpu:\n"
+            + "\n".join(behind)))
+    return TestResult("hmm-tests.parity", Status.PASS,
+                      log_excerpt=f"{both} tests pass on both drivers")
 
 
 def format_table(table: dict[str, Any]) -> str:
@@ -182,6 +175,7 @@ class HmmTests:
         load_module(s, HMM_GPU_KO, "hmm_gpu", ("/dev/hmm_gpu0",))
         table = side_by_side(entries)
         s.results.tables["hmm-tests"] = table
+        s.results.add(parity(table))
         text = format_table(table)
         (s.run_dir / "hmm-tests-table.txt").write_text(text + "\n")
         log.info("hmm-tests:\n%s", text)

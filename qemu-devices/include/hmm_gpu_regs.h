@@ -31,7 +31,7 @@
 
 #define HMM_GPU_ID_MAGIC		0x484d4d47	/* "HMMG" */
 #define HMM_GPU_VERSION_MAJOR		1
-#define HMM_GPU_VERSION_MINOR		1	/* 1.1: MMU, faults, TLB */
+#define HMM_GPU_VERSION_MINOR		2	/* 1.1: MMU, faults, TLB; 1.2: VRAM */
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 #define HMM_GPU_REG_ID			0x000	/* RO: HMM_GPU_ID_MAGIC */
@@ -85,8 +85,13 @@
 #define HMM_GPU_REG_VEC_FAULT		0x0c0	/* RW: MSI-X vector, faults */
 #define HMM_GPU_REG_STALLED		0x0c4	/* RO: jobs waiting for REPLAY/CANCEL */
 
+/* Device memory (1.2): VRAM the CPU cannot reach; only the device moves it */
+#define HMM_GPU_REG_VRAM_SIZE_LO	0x0d0	/* RO: bytes (property vram-size) */
+#define HMM_GPU_REG_VRAM_SIZE_HI	0x0d4
+
 #define HMM_GPU_CAP_DMA_ENGINE		(1u << 0)	/* COPY/FILL on bus addrs */
 #define HMM_GPU_CAP_MMU			(1u << 1)	/* VA jobs, faults, TLB */
+#define HMM_GPU_CAP_VRAM		(1u << 2)	/* VRAM, MIGRATE, PTE_VRAM */
 
 #define HMM_GPU_RESET_MAGIC		0x52535421	/* "RST!" */
 
@@ -130,6 +135,7 @@ enum hmm_gpu_err {
 	HMM_GPU_ERR_BAD_PTE		= 9,	/* per command: malformed entry */
 	HMM_GPU_ERR_PTW			= 10,	/* per command: walk DMA failed */
 	HMM_GPU_ERR_ALIGN		= 11,	/* per command: atomic not 8B aligned */
+	HMM_GPU_ERR_BAD_VRAM		= 12,	/* per command: VRAM offset bad */
 	HMM_GPU_ERR_CMDQ_FETCH		= 16,	/* fatal: command fetch failed */
 	HMM_GPU_ERR_CPLQ_WRITE		= 17,	/* fatal: completion write failed */
 	HMM_GPU_ERR_QUEUE_CONFIG	= 18,	/* fatal: bad base/size/enable */
@@ -153,6 +159,25 @@ enum hmm_gpu_opcode {
 	HMM_GPU_OP_ATOMIC_ADD		= 7,	/* *dst += pattern; old -> src */
 	HMM_GPU_OP_ATOMIC_CMPXCHG	= 8,	/* *dst == arg2 ? pattern; old -> src */
 	HMM_GPU_OP_TLB_INVALIDATE	= 9,	/* ctx, VA dst, len (~0: all) */
+	/* 1.2 copy engine (CAP_VRAM): src = bus address of a copy list */
+	HMM_GPU_OP_MIGRATE		= 10,	/* len/4K pages; pattern = direction */
+};
+
+/*
+ * MIGRATE: the copy engine moves len / 4096 pages (at most
+ * HMM_GPU_MIGRATE_MAX_PAGES), one struct hmm_gpu_copy_ent per page, read
+ * from the list at bus address `src`. `pattern` gives the direction. The
+ * completion is the fence: every page has been copied when it is posted.
+ * VRAM offsets must be 4 KiB aligned and inside VRAM (else ERR_BAD_VRAM).
+ */
+#define HMM_GPU_MIGRATE_TO_VRAM		0	/* ent.src bus addr -> ent.dst VRAM */
+#define HMM_GPU_MIGRATE_FROM_VRAM	1	/* ent.src VRAM -> ent.dst bus addr */
+#define HMM_GPU_MIGRATE_MAX_PAGES	512
+#define HMM_GPU_PAGE_SIZE		4096
+
+struct hmm_gpu_copy_ent {
+	uint64_t	src;
+	uint64_t	dst;
 };
 
 #define HMM_GPU_CMD_F_IRQ		(1u << 0)	/* MSI-X on completion */
@@ -219,7 +244,7 @@ struct hmm_gpu_ctx_desc {
 #define HMM_GPU_PTE_WRITE		(1ull << 2)
 #define HMM_GPU_PTE_ATOMIC		(1ull << 3)
 #define HMM_GPU_PTE_LEAF		(1ull << 4)	/* level 1: 2 MiB page */
-#define HMM_GPU_PTE_VRAM		(1ull << 5)	/* reserved for VRAM */
+#define HMM_GPU_PTE_VRAM		(1ull << 5)	/* 1.2: address is a VRAM offset */
 #define HMM_GPU_PTE_ADDR_MASK		0x000ffffffffff000ull
 
 enum hmm_gpu_access {
@@ -264,6 +289,7 @@ enum hmm_gpu_trace_engine {
 	HMM_GPU_ENGINE_QUEUE		= 0,	/* command fetch, completion */
 	HMM_GPU_ENGINE_COPY		= 1,	/* COPY/FILL data movement */
 	HMM_GPU_ENGINE_MMU		= 2,	/* page-table walks, fault records */
+	HMM_GPU_ENGINE_MIGRATE		= 3,	/* 1.2 copy engine (MIGRATE) */
 };
 
 enum hmm_gpu_trace_kind {
@@ -273,6 +299,13 @@ enum hmm_gpu_trace_kind {
 	HMM_GPU_TRACE_CTX_FETCH		= 3,	/* context descriptor read */
 	HMM_GPU_TRACE_PTW		= 4,	/* page-table entry read */
 	HMM_GPU_TRACE_FAULT_WRITE	= 5,	/* fault record write */
+	HMM_GPU_TRACE_COPY_LIST		= 6,	/* MIGRATE copy list read */
+	/*
+	 * 1.2: a job touched VRAM (device-internal, not DMA): addr is the VRAM
+	 * offset, dir says read or write. MIGRATE's system-memory side is a
+	 * DATA record with engine MIGRATE and the VRAM offset in aux.
+	 */
+	HMM_GPU_TRACE_VRAM		= 7,
 	/* events, not DMA (len 0, dir NONE) */
 	HMM_GPU_TRACE_EV_TLB_INV	= 16,	/* va, aux = len; at completion */
 	HMM_GPU_TRACE_EV_REPLAY		= 17,
@@ -310,5 +343,6 @@ _Static_assert(sizeof(struct hmm_gpu_trace_hdr) == 24, "trace hdr size");
 _Static_assert(sizeof(struct hmm_gpu_trace_rec) == 64, "trace rec size");
 _Static_assert(sizeof(struct hmm_gpu_ctx_desc) == 16, "ctx desc size");
 _Static_assert(sizeof(struct hmm_gpu_fault_rec) == 64, "fault rec size");
+_Static_assert(sizeof(struct hmm_gpu_copy_ent) == 16, "copy ent size");
 
 #endif /* HMM_GPU_REGS_H */

@@ -34,6 +34,8 @@ TRACE_EVENTS = (
     "hmm_gpu_cancel",
     "hmm_gpu_bad_token",
     "hmm_gpu_tlb_inv",
+    "hmm_gpu_migrate",
+    "hmm_gpu_bad_vram",
 )
 
 

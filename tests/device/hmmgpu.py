@@ -63,8 +63,10 @@ TRACE_REC = struct.Struct("<QQQQQQIBBBBB7x")
 CTX_DESC = struct.Struct("<QII")
 FAULT_REC = struct.Struct("<QQQIHBBB7x24x")
 assert (CMD.size, CPL.size, TRACE_HDR.size, TRACE_REC.size) == (64, 32, 24, 64)
-assert (CTX_DESC.size, FAULT_REC.size) == (16, 64)
+COPY_ENT = struct.Struct("<QQ")  # struct hmm_gpu_copy_ent: src, dst
+assert (CTX_DESC.size, FAULT_REC.size, COPY_ENT.size) == (16, 64, 16)
 for _n, _s in (
+    ("hmm_gpu_copy_ent", COPY_ENT),
     ("hmm_gpu_cmd", CMD),
     ("hmm_gpu_cpl", CPL),
     ("hmm_gpu_trace_rec", TRACE_REC),
@@ -212,6 +214,21 @@ def cmpxchg(va: int, expect: int, new: int, old_to: int = 0, ctx: int = 0, cmd_i
 
 def tlb_inv(va: int, length: int, ctx: int = 0, cmd_id: int = 0) -> Cmd:
     return Cmd(H.OP_TLB_INVALIDATE, 0, ctx, cmd_id, dst=va, length=length)
+
+
+# -- VRAM (ABI 1.2) ------------------------------------------------------------
+
+COPY_LIST = 0x0090_0000  # default place for MIGRATE copy lists (up to 8 KiB)
+
+
+def migrate(list_addr: int, npages: int, direction: int, cmd_id: int = 0, flags: int = 0) -> Cmd:
+    return Cmd(
+        H.OP_MIGRATE, flags, 0, cmd_id, src=list_addr, length=npages * 4096, pattern=direction
+    )
+
+
+def copy_list(entries: list[tuple[int, int]]) -> bytes:
+    return b"".join(COPY_ENT.pack(src, dst) for src, dst in entries)
 
 
 # Guest-physical areas for the MMU tests (below 256 MiB of RAM).
@@ -480,6 +497,29 @@ class Gpu:
             return mon.cmd("qom-get", path="/machine/peripheral/gpu0", property=prop)
         finally:
             mon.close()
+
+    def vram_size(self) -> int:
+        return self.reg("VRAM_SIZE_LO") | (self.reg("VRAM_SIZE_HI") << 32)
+
+    def migrate(
+        self,
+        entries: list[tuple[int, int]],
+        direction: int,
+        list_addr: int = COPY_LIST,
+        cmd_id: int = 0,
+    ) -> Cpl:
+        """Write a copy list, run one MIGRATE over it, return its completion."""
+        self.qt.write(list_addr, copy_list(entries))
+        (cpl,) = self.run(migrate(list_addr, len(entries), direction, cmd_id=cmd_id))
+        return cpl
+
+    def to_vram(self, pairs: list[tuple[int, int]]) -> Cpl:
+        """(bus address, VRAM offset) pairs into VRAM."""
+        return self.migrate(pairs, H.MIGRATE_TO_VRAM)
+
+    def from_vram(self, pairs: list[tuple[int, int]]) -> Cpl:
+        """(VRAM offset, bus address) pairs out of VRAM."""
+        return self.migrate(pairs, H.MIGRATE_FROM_VRAM)
 
     def wait_fatal(self) -> None:
         self.wait(lambda: self.reg("STATUS") & H.STATUS_FATAL, "STATUS_FATAL")

@@ -65,7 +65,7 @@ ENTRY = -1  # ERROR_ADDR is the command's ring entry
 
 PER_COMMAND = {
     "bad-opcode": (Cmd(0x7F), H.ERR_BAD_OPCODE, ENTRY, 0),
-    "bad-opcode-10": (Cmd(10, dst=DST, length=8), H.ERR_BAD_OPCODE, ENTRY, 0),
+    "bad-opcode-11": (Cmd(11, dst=DST, length=8), H.ERR_BAD_OPCODE, ENTRY, 0),
     "bad-opcode-255": (Cmd(255, dst=DST, length=8), H.ERR_BAD_OPCODE, ENTRY, 0),
     "zero-length-copy": (copy(SRC, DST, 0), H.ERR_BAD_LENGTH, ENTRY, 0),
     "zero-length-fill": (fill(DST, 0, 1), H.ERR_BAD_LENGTH, ENTRY, 0),

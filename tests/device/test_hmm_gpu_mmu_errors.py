@@ -101,8 +101,8 @@ CASES: dict[str, tuple[Tamper, Cmd, int, int | None]] = {
         H.ERR_BAD_PTE,
         ENTRY_OF,
     ),
-    "pte-vram": (
-        pte(0, DATA_PA | V | RW | H.PTE_VRAM),
+    "pte-vram-beyond-vram-size": (
+        pte(0, (256 << 20) | V | RW | H.PTE_VRAM),
         write_va(SRC, VA, 8, ctx=1),
         H.ERR_BAD_PTE,
         ENTRY_OF,

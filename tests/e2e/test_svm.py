@@ -14,7 +14,6 @@ import pytest
 from harness import bench, config, runner
 from harness.build import Artifacts
 from harness.results import Results, Status
-from harness.scenarios.hmm_tests import XFAIL_REASON
 
 pytestmark = pytest.mark.e2e
 
@@ -51,19 +50,19 @@ def test_hmm_tests_table_in_results_json(default_run: Results) -> None:
     assert rows["hmm.hmm_device_private.anon_read"] == {
         "test": "hmm.hmm_device_private.anon_read", "hmm-gpu": "PASS", "test_hmm": "PASS"}
     assert rows["hmm.hmm_device_private.migrate"]["test_hmm"] == "PASS"
-    assert rows["hmm.hmm_device_private.migrate"]["hmm-gpu"] in ("XFAIL", "PASS")
+    assert rows["hmm.hmm_device_private.migrate"]["hmm-gpu"] == "PASS"
     assert (default_run.dir / "hmm-tests-table.txt").exists()
 
 
-def test_every_non_device_memory_hmm_test_passes_on_hmm_gpu(default_run: Results) -> None:
+def test_every_device_private_hmm_test_passes_on_hmm_gpu(default_run: Results) -> None:
     entries = [t for t in default_run.tests if t.path.startswith("hmm-tests.hmm-gpu.hmm")]
     assert len(entries) == 58
     for t in entries:
-        if t.status == Status.SKIP:
-            assert (".hmm_device_coherent." in t.path or ".hmm2_device_coherent." in t.path
-                    or t.extra.get("reason") == XFAIL_REASON), t.path
+        if ".hmm_device_coherent." in t.path or ".hmm2_device_coherent." in t.path:
+            assert t.status == Status.SKIP, t.path  # no devices 2 and 3
         else:
             assert t.status == Status.PASS, f"{t.path}\n{t.log_excerpt}"
+    assert default_run.status_of("hmm-tests.parity") == Status.PASS
 
 
 @pytest.mark.parametrize("path", [

@@ -139,7 +139,7 @@ def test_pte_bits_in_header() -> None:
 
 
 def test_enum_classes_match_constants() -> None:
-    assert {e.name for e in dmatrace.Engine} == {"QUEUE", "COPY", "MMU"}
+    assert {e.name for e in dmatrace.Engine} == {"QUEUE", "COPY", "MMU", "MIGRATE"}
     assert {k.name for k in dmatrace.Kind if k.is_event} == {"EV_TLB_INV", "EV_REPLAY",
                                                               "EV_CANCEL"}
     assert {f"HMM_GPU_ENGINE_{e.name}" for e in dmatrace.Engine} | {

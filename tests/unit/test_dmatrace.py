@@ -82,9 +82,9 @@ def test_random_garbage_after_a_good_header_does_not_crash() -> None:
 
 
 def test_unknown_enum_values_are_kept() -> None:
-    t = dmatrace.decode(hdr() + rec(0, 8, kind=9, direction=4, engine=3))
+    t = dmatrace.decode(hdr() + rec(0, 8, kind=9, direction=4, engine=9))
     r = t.records[0]
-    assert (r.kind, r.dir, r.engine) == (9, 4, 3)
+    assert (r.kind, r.dir, r.engine) == (9, 4, 9)
     assert len(t.problems) == 3
     assert "?9" in r.describe()
 
@@ -314,7 +314,49 @@ def test_dma_to_the_old_address_after_a_rewalk_fails() -> None:
     # re-walked after the invalidation, but the DMA went to the page it had before
     recs = [*walk(VA, PA), inv(VA, PAGE), *walk(VA, PA + 0x10000), data(VA, PA)]
     out = dmatrace.check_invalidations(recs)
-    assert out.problem_count == 1 and f"maps it to 0x{PA + 0x10000:x}" in out.problems[0]
+    assert out.problem_count == 1
+    assert f"maps it to bus address 0x{PA + 0x10000:x}" in out.problems[0]
+
+
+def vram(va: int, offset: int, length: int = PAGE, ctx: int = 1,
+         direction: Dir = Dir.READ) -> dmatrace.TraceRecord:
+    """A VA job's access to a PTE_VRAM page: device-internal, addr = VRAM offset."""
+    return dmatrace.TraceRecord(0, offset, length, 2, ctx, Engine.COPY, Kind.VRAM, direction, 0,
+                                va=va)
+
+
+def vwalk(va: int, offset: int, ctx: int = 1) -> list[dmatrace.TraceRecord]:
+    """A walk ending on a 4 KiB PTE_VRAM leaf."""
+    return [*walk(va, 0, ctx)[:3], ptw(va, offset | V | dmatrace.PTE_VRAM, 0, ctx)]
+
+
+def test_vram_access_through_a_vram_translation_passes() -> None:
+    # READ_VA of a page in VRAM: the VRAM read, then the bus-side write
+    recs = [*vwalk(VA, 0x200000), vram(VA, 0x200000),
+            data(VA, PA, direction=Dir.WRITE)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problems == [] and out.data_checked == 2
+
+
+def test_stale_vram_access_after_invalidation_fails() -> None:
+    # the page went back to system memory: the VRAM page may be reused
+    recs = [*vwalk(VA, 0x200000), inv(VA, PAGE), vram(VA, 0x200000)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problem_count == 1 and "no translation" in out.problems[0]
+
+
+def test_dma_where_the_translation_is_vram_fails() -> None:
+    # same number, other address space: a bus access to a page that lives in VRAM
+    recs = [*vwalk(VA, PA), data(VA, PA)]
+    out = dmatrace.check_invalidations(recs)
+    assert out.problem_count == 1 and "VRAM offset" in out.problems[0]
+
+
+def test_migrate_dma_is_not_an_xfer() -> None:
+    # MIGRATE's system-memory side is va 0 like an XFER, but on its own engine
+    mig = dmatrace.TraceRecord(0, PA, PAGE, 5, 1, Engine.MIGRATE, Kind.DATA, Dir.READ, 0,
+                               aux=0x200000)
+    assert dmatrace.check_invalidations([mig]).data_checked == 0
 
 
 def test_invalidation_of_another_range_or_context_does_not_count() -> None:

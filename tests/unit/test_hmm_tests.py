@@ -7,9 +7,8 @@ from pathlib import Path
 from harness.results import Status
 from harness.scenarios import bench
 from harness.scenarios.hmm_tests import (
-    XFAIL_REASON,
-    expected_failure,
     format_table,
+    parity,
     parse_run,
     side_by_side,
 )
@@ -21,34 +20,19 @@ def statuses(entries) -> dict[str, str]:
     return {e.path: str(e.status) for e in entries}
 
 
-def test_expected_failures_are_the_device_memory_tests() -> None:
-    for name in ("hmm.hmm_device_private.migrate", "hmm.hmm_device_private.migrate_fault",
-                 "hmm.hmm_device_private.exclusive_cow", "hmm.hmm_device_private.hmm_gup_test",
-                 "hmm.hmm_device_private.hmm_cow_in_device",
-                 "hmm2.hmm2_device_private.migrate_mixed",
-                 "hmm2.hmm2_device_private.snapshot", "hmm2.hmm2_device_private.double_map"):
-        assert expected_failure("hmm-gpu", name), name
-        assert not expected_failure("test_hmm", name), name
-    for name in ("hmm.hmm_device_private.anon_read", "hmm.hmm_device_private.open_close",
-                 "hmm.hmm_device_private.mixedmap", "hmm.hmm_device_private.compound"):
-        assert not expected_failure("hmm-gpu", name), name
-
-
 def test_real_output_without_a_device_on_hmm_gpu() -> None:
     out = (DATA / "ktap_hmm_tests_nodevice.txt").read_text()
     entries, problems = parse_run("hmm-gpu", out, 5.8)
     assert problems == [] and len(entries) == 58
     st = statuses(entries)
-    # device-memory tests: expected failures -> SKIP with the xfail reason
+    # no expected failures: every device-private test that failed is a FAIL
     e = next(e for e in entries if e.path == "hmm-tests.hmm-gpu.hmm.hmm_device_private.migrate")
-    assert e.status == Status.SKIP and e.extra["reason"] == XFAIL_REASON
-    # everything else that failed is a FAIL
-    assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read"] == "FAIL"
-    assert st["hmm-tests.hmm-gpu.hmm2.hmm2_device_private.snapshot"] == "SKIP"
+    assert e.status == Status.FAIL
+    assert st["hmm-tests.hmm-gpu.hmm2.hmm2_device_private.snapshot"] == "FAIL"
     # coherent variants skip on their own
     assert st["hmm-tests.hmm-gpu.hmm.hmm_device_coherent.anon_read"] == "SKIP"
     fails = [p for p, s in st.items() if s == "FAIL"]
-    assert len(fails) == 29 - 14  # 14 device-memory tests in 6.12 are xfail
+    assert len(fails) == 29
     assert "could not open hmm dmirror driver" in e.log_excerpt
 
 
@@ -58,13 +42,17 @@ def test_the_same_output_on_test_hmm_has_no_expected_failures() -> None:
     assert sum(1 for e in entries if e.status == Status.FAIL) == 29
 
 
-def test_an_expected_failure_that_passes_is_a_pass() -> None:
+def test_parity_names_the_tests_hmm_gpu_is_behind_on() -> None:
     out = "TAP version 13\n1..2\nok 1 hmm.hmm_device_private.migrate\n" \
-          "not ok 2 hmm.hmm_device_private.anon_read\n"
-    entries, problems = parse_run("hmm-gpu", out, 1.0)
-    assert problems == []
-    assert statuses(entries) == {"hmm-tests.hmm-gpu.hmm.hmm_device_private.migrate": "PASS",
-                                 "hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read": "FAIL"}
+          "ok 2 hmm.hmm_device_private.anon_read\n"
+    gpu = out.replace("ok 1 hmm.hmm_device_private.migrate",
+                      "not ok 1 hmm.hmm_device_private.migrate")
+    entries = parse_run("hmm-gpu", gpu, 1.0)[0] + parse_run("test_hmm", out, 1.0)[0]
+    r = parity(side_by_side(entries))
+    assert r.status == Status.FAIL and "hmm.hmm_device_private.migrate" in r.log_excerpt
+    assert "anon_read" not in r.log_excerpt
+    same = parse_run("hmm-gpu", out, 1.0)[0] + parse_run("test_hmm", out, 1.0)[0]
+    assert parity(side_by_side(same)).status == Status.PASS
 
 
 def test_a_crash_names_the_tests_that_never_reported() -> None:
@@ -98,11 +86,11 @@ def test_side_by_side_table() -> None:
     assert t["columns"] == ["hmm-gpu", "test_hmm"]
     assert t["rows"] == [
         {"test": "hmm.p.anon_read", "hmm-gpu": "PASS", "test_hmm": "PASS"},
-        {"test": "hmm.p.migrate", "hmm-gpu": "XFAIL", "test_hmm": "PASS"},
+        {"test": "hmm.p.migrate", "hmm-gpu": "FAIL", "test_hmm": "PASS"},
         {"test": "hmm.c.anon_read", "hmm-gpu": "SKIP", "test_hmm": "SKIP"}]
-    assert t["totals"]["hmm-gpu"]["XFAIL"] == 1 and t["totals"]["test_hmm"]["PASS"] == 2
+    assert t["totals"]["hmm-gpu"]["FAIL"] == 1 and t["totals"]["test_hmm"]["PASS"] == 2
     text = format_table(t)
-    assert "hmm.p.migrate" in text and "XFAIL" in text
+    assert "hmm.p.migrate" in text and "FAIL" in text
 
 
 def test_bench_figures_and_ratio() -> None:

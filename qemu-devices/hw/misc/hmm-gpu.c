@@ -13,6 +13,13 @@
  * So jobs run concurrently: the engine keeps a set of in-flight jobs and
  * advances them round-robin, one page-sized step at a time.
  *
+ * ABI 1.2 adds VRAM: device memory of property vram-size bytes that no BAR
+ * exposes (host memory allocated lazily, so untouched VRAM costs nothing).
+ * Only the device moves data in and out of it: the MIGRATE copy engine
+ * copies lists of 4 KiB pages between system memory (DMA) and VRAM
+ * (memcpy), and page-table leaves with PTE_VRAM point VA jobs at VRAM
+ * offsets, which they access directly without system-memory DMA.
+ *
  * The register and ring layout is in include/hw/misc/hmm_gpu_regs.h; the
  * prose version is docs/device-abi.md in the hmmlab repository.
  *
@@ -49,15 +56,27 @@
 #define TYPE_HMM_GPU "hmm-gpu"
 OBJECT_DECLARE_SIMPLE_TYPE(HmmGpuState, HMM_GPU)
 
-/* Data moves through a bounce buffer of this size, one DMA per chunk. */
+/*
+ * Data moves through a bounce buffer of this size, one DMA per chunk; a VA
+ * job's step covers up to this many bytes (one DMA pair per page).
+ */
 #define HMM_GPU_CHUNK           (64 * KiB)
 /*
  * Work done per bottom-half run before yielding to the main loop, so a large
- * batch never stalls vCPUs, QMP or qtest: at most this many command fetches
- * and this many data bytes, then the BH reschedules itself.
+ * batch never stalls vCPUs, QMP or qtest: at most this many command fetches,
+ * then job steps for at most HMM_GPU_BH_NS of host time (and at most
+ * HMM_GPU_BH_BYTES), then the BH reschedules itself. Long enough to amortise
+ * the main-loop round trip, short enough to keep the loop responsive.
  */
-#define HMM_GPU_BH_CMDS         16
-#define HMM_GPU_BH_BYTES        (1 * MiB)
+#define HMM_GPU_BH_CMDS         64
+#define HMM_GPU_BH_NS           (1 * SCALE_MS)
+#define HMM_GPU_BH_BYTES        (64 * MiB)
+/*
+ * dmatrace records are collected here and written in large pieces: when the
+ * buffer fills, at the end of every BH run and MMIO write, and on reset and
+ * unrealize. So the stream is complete whenever device code is not running.
+ */
+#define HMM_GPU_TRACE_BUF       (64 * KiB)
 
 #define HMM_GPU_CMD_SIZE        sizeof(struct hmm_gpu_cmd)
 #define HMM_GPU_CPL_SIZE        sizeof(struct hmm_gpu_cpl)
@@ -75,6 +94,11 @@ OBJECT_DECLARE_SIMPLE_TYPE(HmmGpuState, HMM_GPU)
                                    HMM_GPU_PTE_PERMS | HMM_GPU_PTE_LEAF | \
                                    HMM_GPU_PTE_VRAM))
 #define HMM_GPU_ATOMIC_SIZE     8
+
+#define HMM_GPU_VRAM_DEFAULT    (256 * MiB)
+#define HMM_GPU_VRAM_ALIGN      (2 * MiB)
+#define HMM_GPU_VRAM_MAX        (4 * GiB)
+#define HMM_GPU_COPY_ENT_SIZE   sizeof(struct hmm_gpu_copy_ent)
 
 typedef enum HmmGpuJobState {
     JOB_RUNNABLE,
@@ -100,6 +124,8 @@ typedef struct HmmGpuJob {
     uint8_t fault_access;
     uint8_t fault_reason;
     uint64_t fault_va;
+    /* MIGRATE: the copy list, fetched and checked by the first step */
+    struct hmm_gpu_copy_ent *list;
 } HmmGpuJob;
 
 typedef QTAILQ_HEAD(, HmmGpuJob) HmmGpuJobList;
@@ -111,6 +137,7 @@ typedef struct HmmGpuTlbEntry {
     uint64_t va;            /* page base */
     uint64_t pa;
     uint64_t perms;         /* HMM_GPU_PTE_READ/WRITE/ATOMIC */
+    bool vram;              /* pa is a VRAM offset (PTE_VRAM) */
 } HmmGpuTlbEntry;
 
 struct HmmGpuState {
@@ -120,6 +147,10 @@ struct HmmGpuState {
     QEMUBH *bh;
     CharBackend dmatrace;
     uint8_t *bounce;
+    uint8_t *vram;          /* vram_size bytes, anonymous mmap */
+    uint64_t vram_size;     /* property vram-size */
+    uint8_t *tbuf;          /* pending dmatrace bytes, HMM_GPU_TRACE_BUF */
+    size_t tbuf_len;
 
     /* registers */
     uint32_t status;
@@ -183,6 +214,10 @@ struct HmmGpuState {
     uint64_t cnt_tlb_invalidations;
     uint64_t cnt_ptw_reads;
     uint64_t cnt_va_jobs_completed;
+    uint64_t cnt_migrate_to_vram;   /* pages */
+    uint64_t cnt_migrate_from_vram; /* pages */
+    uint64_t cnt_vram_read_bytes;
+    uint64_t cnt_vram_write_bytes;
 };
 
 static const char *hmm_gpu_err_name(uint32_t err)
@@ -200,6 +235,7 @@ static const char *hmm_gpu_err_name(uint32_t err)
     case HMM_GPU_ERR_BAD_PTE:       return "bad-pte";
     case HMM_GPU_ERR_PTW:           return "ptw";
     case HMM_GPU_ERR_ALIGN:         return "align";
+    case HMM_GPU_ERR_BAD_VRAM:      return "bad-vram";
     case HMM_GPU_ERR_CMDQ_FETCH:    return "cmdq-fetch";
     case HMM_GPU_ERR_CPLQ_WRITE:    return "cplq-write";
     case HMM_GPU_ERR_QUEUE_CONFIG:  return "queue-config";
@@ -220,6 +256,8 @@ static const char *hmm_gpu_kind_name(uint8_t kind)
     case HMM_GPU_TRACE_CTX_FETCH:   return "ctx-fetch";
     case HMM_GPU_TRACE_PTW:         return "ptw";
     case HMM_GPU_TRACE_FAULT_WRITE: return "fault-write";
+    case HMM_GPU_TRACE_COPY_LIST:   return "copy-list";
+    case HMM_GPU_TRACE_VRAM:        return "vram";
     default:                        return "data";
     }
 }
@@ -293,6 +331,12 @@ static void hmm_gpu_set_error(HmmGpuState *s, uint32_t err, uint64_t addr,
     hmm_gpu_signal_error(s, err, addr, what);
 }
 
+static void hmm_gpu_job_free(HmmGpuJob *j)
+{
+    g_free(j->list);
+    g_free(j);
+}
+
 static void hmm_gpu_free_jobs(HmmGpuState *s)
 {
     HmmGpuJobList *lists[] = { &s->runnable, &s->stalled, &s->done };
@@ -302,7 +346,7 @@ static void hmm_gpu_free_jobs(HmmGpuState *s)
     for (i = 0; i < ARRAY_SIZE(lists); i++) {
         QTAILQ_FOREACH_SAFE(j, lists[i], link, next) {
             QTAILQ_REMOVE(lists[i], j, link);
-            g_free(j);
+            hmm_gpu_job_free(j);
         }
     }
     s->njobs = 0;
@@ -323,6 +367,25 @@ static void hmm_gpu_fatal(HmmGpuState *s, uint32_t err, uint64_t addr,
 
 /* ---- DMA with accounting and the host-side trace stream --------------- */
 
+/* Write out the buffered dmatrace bytes, in order. */
+static void hmm_gpu_trace_flush(HmmGpuState *s)
+{
+    if (s->tbuf_len) {
+        /* A slow or closed consumer must not stop the device: ignore errors. */
+        qemu_chr_fe_write_all(&s->dmatrace, s->tbuf, s->tbuf_len);
+        s->tbuf_len = 0;
+    }
+}
+
+static void hmm_gpu_trace_put(HmmGpuState *s, const void *data, size_t len)
+{
+    if (s->tbuf_len + len > HMM_GPU_TRACE_BUF) {
+        hmm_gpu_trace_flush(s);
+    }
+    memcpy(s->tbuf + s->tbuf_len, data, len);
+    s->tbuf_len += len;
+}
+
 static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
                               uint8_t dir, uint64_t addr, uint64_t len,
                               MemTxResult res, const struct hmm_gpu_cmd *c,
@@ -330,7 +393,15 @@ static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
 {
     struct hmm_gpu_trace_rec rec;
 
-    if (dir != HMM_GPU_DIR_NONE) {
+    if (kind == HMM_GPU_TRACE_VRAM) {
+        /* device-internal: not DMA, counted on its own */
+        trace_hmm_gpu_vram(dir ? "write" : "read", addr, len, c->cmd_id, va);
+        if (dir == HMM_GPU_DIR_READ) {
+            s->cnt_vram_read_bytes += len;
+        } else {
+            s->cnt_vram_write_bytes += len;
+        }
+    } else if (dir != HMM_GPU_DIR_NONE) {
         trace_hmm_gpu_dma(hmm_gpu_kind_name(kind),
                           dir ? "write" : "read", addr, len, c->cmd_id, res);
         if (res != MEMTX_OK) {
@@ -342,7 +413,7 @@ static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
         }
     }
 
-    if (!qemu_chr_fe_backend_connected(&s->dmatrace)) {
+    if (!s->tbuf || !qemu_chr_fe_backend_connected(&s->dmatrace)) {
         return;
     }
     memset(&rec, 0, sizeof(rec));
@@ -358,8 +429,7 @@ static void hmm_gpu_trace_rec(HmmGpuState *s, uint8_t engine, uint8_t kind,
     rec.dir = dir;
     rec.result = res;
     rec.level = level;
-    /* A slow or closed consumer must not stop the device: ignore errors. */
-    qemu_chr_fe_write_all(&s->dmatrace, (const uint8_t *)&rec, sizeof(rec));
+    hmm_gpu_trace_put(s, &rec, sizeof(rec));
 }
 
 static void hmm_gpu_trace_event(HmmGpuState *s, uint8_t kind,
@@ -382,7 +452,8 @@ static void hmm_gpu_trace_header(HmmGpuState *s)
     hdr.version = cpu_to_le32(HMM_GPU_TRACE_VERSION);
     hdr.rec_size = cpu_to_le32(sizeof(struct hmm_gpu_trace_rec));
     hdr.devfn = cpu_to_le32(PCI_DEVICE(s)->devfn);
-    qemu_chr_fe_write_all(&s->dmatrace, (const uint8_t *)&hdr, sizeof(hdr));
+    hmm_gpu_trace_put(s, &hdr, sizeof(hdr));
+    hmm_gpu_trace_flush(s);
 }
 
 /* Data DMA of job @j; @va is the virtual address the chunk belongs to. */
@@ -406,6 +477,38 @@ static MemTxResult hmm_gpu_data_write(HmmGpuState *s, HmmGpuJob *j,
     hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
                       HMM_GPU_DIR_WRITE, addr, len, res, &j->cmd, va, 0, 0);
     return res;
+}
+
+/*
+ * A VA job's access to a translated address: VRAM when the leaf had
+ * PTE_VRAM (a memcpy and a VRAM trace record; cannot fail, the walk checked
+ * the page lies inside VRAM), else system memory through DMA.
+ */
+static MemTxResult hmm_gpu_mem_read(HmmGpuState *s, HmmGpuJob *j, bool vram,
+                                    uint64_t addr, void *buf, uint64_t len,
+                                    uint64_t va)
+{
+    if (!vram) {
+        return hmm_gpu_data_read(s, j, addr, buf, len, va);
+    }
+    memcpy(buf, s->vram + addr, len);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_VRAM,
+                      HMM_GPU_DIR_READ, addr, len, MEMTX_OK, &j->cmd, va, 0, 0);
+    return MEMTX_OK;
+}
+
+static MemTxResult hmm_gpu_mem_write(HmmGpuState *s, HmmGpuJob *j, bool vram,
+                                     uint64_t addr, const void *buf,
+                                     uint64_t len, uint64_t va)
+{
+    if (!vram) {
+        return hmm_gpu_data_write(s, j, addr, buf, len, va);
+    }
+    memcpy(s->vram + addr, buf, len);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_VRAM,
+                      HMM_GPU_DIR_WRITE, addr, len, MEMTX_OK, &j->cmd, va, 0,
+                      0);
+    return MEMTX_OK;
 }
 
 /* ---- job bookkeeping --------------------------------------------------- */
@@ -519,7 +622,8 @@ static HmmGpuTlbEntry *hmm_gpu_tlb_lookup(HmmGpuState *s, uint32_t ctx,
 }
 
 static void hmm_gpu_tlb_insert(HmmGpuState *s, uint32_t ctx, uint64_t va,
-                               unsigned shift, uint64_t pa, uint64_t perms)
+                               unsigned shift, uint64_t pa, uint64_t perms,
+                               bool vram)
 {
     unsigned other = shift == HMM_GPU_PAGE_SHIFT ? HMM_GPU_HUGE_SHIFT :
                                                    HMM_GPU_PAGE_SHIFT;
@@ -537,6 +641,7 @@ static void hmm_gpu_tlb_insert(HmmGpuState *s, uint32_t ctx, uint64_t va,
     e->va = va & ~((1ull << shift) - 1);
     e->pa = pa;
     e->perms = perms;
+    e->vram = vram;
 }
 
 /* Drop entries of @ctx overlapping [va, va + len); len ~0: all of @ctx. */
@@ -776,10 +881,6 @@ static HmmGpuXlate hmm_gpu_walk(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
             return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
                                    "page-table entry with reserved bits");
         }
-        if (pte & HMM_GPU_PTE_VRAM) {
-            return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
-                                   "PTE_VRAM is not supported");
-        }
         if ((pte & HMM_GPU_PTE_LEAF) && level > 1) {
             return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
                                    "PTE_LEAF above level 1");
@@ -787,17 +888,29 @@ static HmmGpuXlate hmm_gpu_walk(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
         if (level == 0 || (pte & HMM_GPU_PTE_LEAF)) {
             unsigned shift = level ? HMM_GPU_HUGE_SHIFT : HMM_GPU_PAGE_SHIFT;
             uint64_t pa = pte & HMM_GPU_PTE_ADDR_MASK;
+            bool vram = pte & HMM_GPU_PTE_VRAM;
 
             if (pa & ((1ull << shift) - 1)) {
                 return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
                                        "2 MiB leaf address not aligned");
             }
+            /* vram_size is a multiple of 2 MiB: whole pages or none */
+            if (vram && pa >= s->vram_size) {
+                return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                       "PTE_VRAM leaf beyond vram-size");
+            }
             hmm_gpu_tlb_insert(s, j->cmd.ctx, va, shift, pa,
-                               pte & HMM_GPU_PTE_PERMS);
+                               pte & HMM_GPU_PTE_PERMS, vram);
             out->shift = shift;
             out->pa = pa;
             out->perms = pte & HMM_GPU_PTE_PERMS;
+            out->vram = vram;
             return XLATE_OK;
+        }
+        if (pte & HMM_GPU_PTE_VRAM) {
+            /* tables live in system memory */
+            return hmm_gpu_bad_pte(s, j, addr, va, level, pte,
+                                   "PTE_VRAM in a table entry");
         }
         table = pte & HMM_GPU_PTE_ADDR_MASK;
     }
@@ -805,14 +918,16 @@ static HmmGpuXlate hmm_gpu_walk(HmmGpuState *s, HmmGpuJob *j, uint64_t va,
 }
 
 /*
- * Translate @va for @access. On success *pa is the bus address and *avail
- * the bytes from @va to the end of its page. A TLB hit without the needed
- * permission re-walks: the driver may have upgraded the PTE (faults are
- * never cached, so only downgrades need TLB_INVALIDATE).
+ * Translate @va for @access. On success *pa is the bus address (a VRAM
+ * offset if *vram) and *avail the bytes from @va to the end of its page.
+ * A TLB hit without the needed permission re-walks: the driver may have
+ * upgraded the PTE (faults are never cached, so only downgrades need
+ * TLB_INVALIDATE). VRAM translations are cached like the others.
  */
 static HmmGpuXlate hmm_gpu_translate(HmmGpuState *s, HmmGpuJob *j,
                                      uint64_t va, uint8_t access,
-                                     uint64_t *pa, uint64_t *avail)
+                                     uint64_t *pa, uint64_t *avail,
+                                     bool *vram)
 {
     HmmGpuTlbEntry *e, walked;
     HmmGpuXlate r;
@@ -850,6 +965,7 @@ static HmmGpuXlate hmm_gpu_translate(HmmGpuState *s, HmmGpuJob *j,
     }
     *pa = e->pa + (va & ((1ull << e->shift) - 1));
     *avail = (1ull << e->shift) - (va & ((1ull << e->shift) - 1));
+    *vram = e->vram;
     return XLATE_OK;
 }
 
@@ -866,7 +982,7 @@ static uint32_t hmm_gpu_validate(const struct hmm_gpu_cmd *c,
                    c->opcode == HMM_GPU_OP_WRITE_VA ||
                    c->opcode == HMM_GPU_OP_COPY_VA;
 
-    if (c->opcode > HMM_GPU_OP_TLB_INVALIDATE) {
+    if (c->opcode > HMM_GPU_OP_MIGRATE) {
         return HMM_GPU_ERR_BAD_OPCODE;
     }
     if (c->flags & ~HMM_GPU_CMD_F_MASK) {
@@ -881,6 +997,22 @@ static uint32_t hmm_gpu_validate(const struct hmm_gpu_cmd *c,
             return HMM_GPU_ERR_BAD_CTX;
         }
         return c->len ? HMM_GPU_ERR_NONE : HMM_GPU_ERR_BAD_LENGTH;
+    case HMM_GPU_OP_MIGRATE:
+        /* the direction is a mode field: other values are reserved */
+        if (c->pattern != HMM_GPU_MIGRATE_TO_VRAM &&
+            c->pattern != HMM_GPU_MIGRATE_FROM_VRAM) {
+            return HMM_GPU_ERR_BAD_FLAGS;
+        }
+        if (c->len == 0 || (c->len & (HMM_GPU_PAGE_SIZE - 1)) ||
+            c->len / HMM_GPU_PAGE_SIZE > HMM_GPU_MIGRATE_MAX_PAGES) {
+            return HMM_GPU_ERR_BAD_LENGTH;
+        }
+        if (c->src + c->len / HMM_GPU_PAGE_SIZE * HMM_GPU_COPY_ENT_SIZE <
+            c->src) {
+            *bad_addr = c->src;
+            return HMM_GPU_ERR_DMA_READ;
+        }
+        return HMM_GPU_ERR_NONE;
     case HMM_GPU_OP_ATOMIC_ADD:
     case HMM_GPU_OP_ATOMIC_CMPXCHG:
         if (c->len != 0 && c->len != HMM_GPU_ATOMIC_SIZE) {
@@ -954,21 +1086,23 @@ static uint64_t hmm_gpu_step_bus(HmmGpuState *s, HmmGpuJob *j)
 
 /*
  * READ_VA / WRITE_VA / FILL_VA / COPY_VA: translate, then move the part of
- * the next chunk that stays inside the translated page(s). Translation and
- * DMA happen in the same step, so a TLB_INVALIDATE (which runs between
- * steps) is a fence for every later DMA.
+ * the rest of the job (at most @max bytes) that stays inside the translated
+ * page(s). Translation and DMA happen in the same step, so a TLB_INVALIDATE
+ * (which runs between steps) is a fence for every later DMA.
  */
-static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
+static uint64_t hmm_gpu_step_va_page(HmmGpuState *s, HmmGpuJob *j,
+                                     uint64_t max)
 {
     struct hmm_gpu_cmd *c = &j->cmd;
-    uint64_t n = MIN(HMM_GPU_CHUNK, c->len - j->bytes);
+    uint64_t n = MIN(max, c->len - j->bytes);
     uint64_t src = c->src + j->bytes, dst = c->dst + j->bytes;
     uint64_t src_va = 0, dst_va = 0, avail;
+    bool src_vram = false, dst_vram = false;
 
     if (c->opcode == HMM_GPU_OP_READ_VA || c->opcode == HMM_GPU_OP_COPY_VA) {
         src_va = src;
         if (hmm_gpu_translate(s, j, src_va, HMM_GPU_ACCESS_READ, &src,
-                              &avail) != XLATE_OK) {
+                              &avail, &src_vram) != XLATE_OK) {
             return 0;
         }
         n = MIN(n, avail);
@@ -976,7 +1110,7 @@ static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
     if (c->opcode != HMM_GPU_OP_READ_VA) {
         dst_va = dst;
         if (hmm_gpu_translate(s, j, dst_va, HMM_GPU_ACCESS_WRITE, &dst,
-                              &avail) != XLATE_OK) {
+                              &avail, &dst_vram) != XLATE_OK) {
             return 0;
         }
         n = MIN(n, avail);
@@ -986,18 +1120,38 @@ static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
         uint64_t pat = ror64(c->pattern, 8 * (j->bytes & 7));
 
         hmm_gpu_fill_bounce(s, pat, n);
-    } else if (hmm_gpu_data_read(s, j, src, s->bounce, n,
-                                 src_va ? src_va : dst_va) != MEMTX_OK) {
+    } else if (hmm_gpu_mem_read(s, j, src_vram, src, s->bounce, n,
+                                src_va ? src_va : dst_va) != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, src, "VA job read");
         return n;
     }
-    if (hmm_gpu_data_write(s, j, dst, s->bounce, n,
-                           dst_va ? dst_va : src_va) != MEMTX_OK) {
+    if (hmm_gpu_mem_write(s, j, dst_vram, dst, s->bounce, n,
+                          dst_va ? dst_va : src_va) != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, dst, "VA job write");
         return n;
     }
     j->bytes += n;
     return n;
+}
+
+/*
+ * One step of a VA job: page after page (each translated, then moved) until
+ * HMM_GPU_CHUNK bytes are done, the job is done, or it stalls or fails.
+ */
+static uint64_t hmm_gpu_step_va(HmmGpuState *s, HmmGpuJob *j)
+{
+    uint64_t moved = 0;
+
+    while (moved < HMM_GPU_CHUNK && j->state == JOB_RUNNABLE &&
+           j->bytes < j->cmd.len) {
+        uint64_t n = hmm_gpu_step_va_page(s, j, HMM_GPU_CHUNK - moved);
+
+        if (!n) {
+            break;
+        }
+        moved += n;
+    }
+    return moved;
 }
 
 /*
@@ -1008,12 +1162,14 @@ static uint64_t hmm_gpu_step_atomic(HmmGpuState *s, HmmGpuJob *j)
 {
     struct hmm_gpu_cmd *c = &j->cmd;
     uint64_t pa, avail, old = 0, new;
+    bool vram;
 
     if (hmm_gpu_translate(s, j, c->dst, HMM_GPU_ACCESS_ATOMIC, &pa,
-                          &avail) != XLATE_OK) {
+                          &avail, &vram) != XLATE_OK) {
         return 0;
     }
-    if (hmm_gpu_data_read(s, j, pa, &old, sizeof(old), c->dst) != MEMTX_OK) {
+    if (hmm_gpu_mem_read(s, j, vram, pa, &old, sizeof(old), c->dst)
+        != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, pa, "atomic read");
         return 0;
     }
@@ -1024,7 +1180,8 @@ static uint64_t hmm_gpu_step_atomic(HmmGpuState *s, HmmGpuJob *j)
         new = cpu_to_le64(c->pattern);
     }
     if ((c->opcode == HMM_GPU_OP_ATOMIC_ADD || old == c->arg2) &&
-        hmm_gpu_data_write(s, j, pa, &new, sizeof(new), c->dst) != MEMTX_OK) {
+        hmm_gpu_mem_write(s, j, vram, pa, &new, sizeof(new), c->dst)
+        != MEMTX_OK) {
         hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, pa, "atomic write");
         return 0;
     }
@@ -1043,6 +1200,103 @@ static uint64_t hmm_gpu_step_atomic(HmmGpuState *s, HmmGpuJob *j)
     return HMM_GPU_ATOMIC_SIZE;
 }
 
+/*
+ * MIGRATE, first step: fetch the whole copy list (one DMA, at most 8 KiB)
+ * and check every VRAM offset before any page moves, so a bad offset fails
+ * the command with nothing copied.
+ */
+static bool hmm_gpu_migrate_load(HmmGpuState *s, HmmGpuJob *j)
+{
+    const struct hmm_gpu_cmd *c = &j->cmd;
+    bool to_vram = c->pattern == HMM_GPU_MIGRATE_TO_VRAM;
+    uint64_t npages = c->len / HMM_GPU_PAGE_SIZE;
+    uint64_t size = npages * HMM_GPU_COPY_ENT_SIZE;
+    MemTxResult res;
+    uint64_t i;
+
+    j->list = g_new(struct hmm_gpu_copy_ent, npages);
+    res = pci_dma_read(PCI_DEVICE(s), c->src, j->list, size);
+    hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_COPY_LIST,
+                      HMM_GPU_DIR_READ, c->src, size, res, c, 0, 0, 0);
+    if (res != MEMTX_OK) {
+        hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, c->src,
+                         "MIGRATE copy list read failed");
+        return false;
+    }
+    for (i = 0; i < npages; i++) {
+        struct hmm_gpu_copy_ent *e = &j->list[i];
+        uint64_t off;
+
+        e->src = le64_to_cpu(e->src);
+        e->dst = le64_to_cpu(e->dst);
+        off = to_vram ? e->dst : e->src;
+        if ((off & (HMM_GPU_PAGE_SIZE - 1)) || off >= s->vram_size) {
+            trace_hmm_gpu_bad_vram(c->cmd_id, i, off, s->vram_size);
+            hmm_gpu_job_fail(s, j, HMM_GPU_ERR_BAD_VRAM, off,
+                             "MIGRATE VRAM offset misaligned or beyond "
+                             "vram-size");
+            return false;
+        }
+    }
+    trace_hmm_gpu_migrate(c->cmd_id, to_vram, npages, c->src);
+    return true;
+}
+
+/*
+ * MIGRATE: up to HMM_GPU_CHUNK bytes of pages per step. The system-memory
+ * side of each page is one DMA (a DATA record with engine MIGRATE, aux =
+ * VRAM offset), the VRAM side a memcpy. A page whose DMA fails is not
+ * counted: the completion's bytes are the pages done before it.
+ */
+static uint64_t hmm_gpu_step_migrate(HmmGpuState *s, HmmGpuJob *j)
+{
+    const struct hmm_gpu_cmd *c = &j->cmd;
+    bool to_vram = c->pattern == HMM_GPU_MIGRATE_TO_VRAM;
+    uint64_t moved = 0;
+
+    if (!j->list && !hmm_gpu_migrate_load(s, j)) {
+        return 0;
+    }
+    while (moved < HMM_GPU_CHUNK && j->bytes < c->len) {
+        const struct hmm_gpu_copy_ent *e =
+            &j->list[j->bytes / HMM_GPU_PAGE_SIZE];
+        MemTxResult res;
+
+        if (to_vram) {
+            /* via the bounce buffer: a failed read leaves VRAM untouched */
+            res = pci_dma_read(PCI_DEVICE(s), e->src, s->bounce,
+                               HMM_GPU_PAGE_SIZE);
+            hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_DATA,
+                              HMM_GPU_DIR_READ, e->src, HMM_GPU_PAGE_SIZE,
+                              res, c, 0, e->dst, 0);
+            if (res != MEMTX_OK) {
+                hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, e->src,
+                                 "MIGRATE system-memory read failed");
+                break;
+            }
+            memcpy(s->vram + e->dst, s->bounce, HMM_GPU_PAGE_SIZE);
+            s->cnt_vram_write_bytes += HMM_GPU_PAGE_SIZE;
+            s->cnt_migrate_to_vram++;
+        } else {
+            res = pci_dma_write(PCI_DEVICE(s), e->dst, s->vram + e->src,
+                                HMM_GPU_PAGE_SIZE);
+            hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_DATA,
+                              HMM_GPU_DIR_WRITE, e->dst, HMM_GPU_PAGE_SIZE,
+                              res, c, 0, e->src, 0);
+            if (res != MEMTX_OK) {
+                hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, e->dst,
+                                 "MIGRATE system-memory write failed");
+                break;
+            }
+            s->cnt_vram_read_bytes += HMM_GPU_PAGE_SIZE;
+            s->cnt_migrate_from_vram++;
+        }
+        j->bytes += HMM_GPU_PAGE_SIZE;
+        moved += HMM_GPU_PAGE_SIZE;
+    }
+    return moved;
+}
+
 /* Advance runnable job @j by one step; returns the data bytes moved. */
 static uint64_t hmm_gpu_step(HmmGpuState *s, HmmGpuJob *j)
 {
@@ -1056,6 +1310,9 @@ static uint64_t hmm_gpu_step(HmmGpuState *s, HmmGpuJob *j)
     case HMM_GPU_OP_ATOMIC_ADD:
     case HMM_GPU_OP_ATOMIC_CMPXCHG:
         moved = hmm_gpu_step_atomic(s, j);
+        break;
+    case HMM_GPU_OP_MIGRATE:
+        moved = hmm_gpu_step_migrate(s, j);
         break;
     default:
         moved = hmm_gpu_step_va(s, j);
@@ -1154,7 +1411,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
     s->njobs--;
     if (res != MEMTX_OK) {
         s->cnt_cmds_failed++;
-        g_free(j);
+        hmm_gpu_job_free(j);
         hmm_gpu_fatal(s, HMM_GPU_ERR_CPLQ_WRITE, addr,
                       "completion write failed");
         return false;
@@ -1175,7 +1432,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
     }
     hmm_gpu_raise(s, HMM_GPU_INTR_CPL, s->vec_cpl,
                   j->cmd.flags & HMM_GPU_CMD_F_IRQ);
-    g_free(j);
+    hmm_gpu_job_free(j);
     return true;
 }
 
@@ -1192,6 +1449,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
 static void hmm_gpu_bh(void *opaque)
 {
     HmmGpuState *s = opaque;
+    int64_t deadline = get_clock() + HMM_GPU_BH_NS;
     uint64_t bytes = 0;
     int cmds = 0;
     HmmGpuJob *j;
@@ -1207,6 +1465,9 @@ static void hmm_gpu_bh(void *opaque)
            !QTAILQ_EMPTY(&s->runnable)) {
         /* a step that stalls or fails moves no data: still count it */
         bytes += MAX(hmm_gpu_step(s, QTAILQ_FIRST(&s->runnable)), 64);
+        if (get_clock() >= deadline) {
+            break;
+        }
     }
     hmm_gpu_post_faults(s);
     while (HMM_GPU_ALIVE(s) && (j = QTAILQ_FIRST(&s->done))) {
@@ -1225,6 +1486,7 @@ static void hmm_gpu_bh(void *opaque)
         qemu_bh_schedule(s->bh);
     }
     hmm_gpu_update_busy(s);
+    hmm_gpu_trace_flush(s);
 }
 
 /* ---- faults: replay and cancel (register side) --------------------------- */
@@ -1311,6 +1573,7 @@ static void hmm_gpu_fail_unposted(HmmGpuState *s)
 static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
 {
     trace_hmm_gpu_reset(why);
+    hmm_gpu_trace_flush(s);
     qemu_bh_cancel(s->bh);
     /* stalled and in-flight jobs vanish without completions */
     hmm_gpu_free_jobs(s);
@@ -1380,7 +1643,7 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
         val = (HMM_GPU_VERSION_MAJOR << 16) | HMM_GPU_VERSION_MINOR;
         break;
     case HMM_GPU_REG_CAPS:
-        val = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU;
+        val = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU | HMM_GPU_CAP_VRAM;
         break;
     case HMM_GPU_REG_RESET:
         val = 0;                                /* write-only */
@@ -1497,6 +1760,12 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
     case HMM_GPU_REG_STALLED:
         val = s->nstalled;
         break;
+    case HMM_GPU_REG_VRAM_SIZE_LO:
+        val = (uint32_t)s->vram_size;
+        break;
+    case HMM_GPU_REG_VRAM_SIZE_HI:
+        val = s->vram_size >> 32;
+        break;
     default:
         hmm_gpu_reg_error(s, addr, 0, size, "read of undefined register");
         return 0;
@@ -1611,10 +1880,9 @@ static void hmm_gpu_write_vector(HmmGpuState *s, hwaddr addr, uint32_t *vec,
     *vec = val;
 }
 
-static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
-                               unsigned size)
+static void hmm_gpu_mmio_write_reg(HmmGpuState *s, hwaddr addr, uint64_t val,
+                                   unsigned size)
 {
-    HmmGpuState *s = opaque;
     bool cmdq_on = s->cmdq_ctrl & HMM_GPU_QCTRL_ENABLE;
     bool cplq_on = s->cplq_ctrl & HMM_GPU_QCTRL_ENABLE;
     bool faultq_on = s->faultq_ctrl & HMM_GPU_QCTRL_ENABLE;
@@ -1642,6 +1910,8 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
     case HMM_GPU_REG_TLB_ENTRIES:
     case HMM_GPU_REG_FAULTQ_TAIL:
     case HMM_GPU_REG_STALLED:
+    case HMM_GPU_REG_VRAM_SIZE_LO:
+    case HMM_GPU_REG_VRAM_SIZE_HI:
         hmm_gpu_reg_error(s, addr, val, size, "write to read-only register");
         break;
     case HMM_GPU_REG_RESET:
@@ -1794,6 +2064,16 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
     }
 }
 
+static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
+                               unsigned size)
+{
+    HmmGpuState *s = opaque;
+
+    hmm_gpu_mmio_write_reg(s, addr, val, size);
+    /* events (replay, cancel) recorded by the write */
+    hmm_gpu_trace_flush(s);
+}
+
 static const MemoryRegionOps hmm_gpu_mmio_ops = {
     .read = hmm_gpu_mmio_read,
     .write = hmm_gpu_mmio_write,
@@ -1822,13 +2102,31 @@ static void hmm_gpu_realize(PCIDevice *pdev, Error **errp)
     uint8_t *pci_conf = pdev->config;
     int i;
 
+    if (s->vram_size < HMM_GPU_VRAM_ALIGN || s->vram_size > HMM_GPU_VRAM_MAX ||
+        (s->vram_size & (HMM_GPU_VRAM_ALIGN - 1))) {
+        error_setg(errp, "hmm-gpu: vram-size %" PRIu64 " is invalid: it must "
+                   "be a multiple of 2 MiB between 2 MiB and 4 GiB",
+                   s->vram_size);
+        return;
+    }
+    /*
+     * VRAM is host memory no BAR maps. Anonymous mmap: pages cost nothing
+     * until the device first writes them. Reset keeps the contents.
+     */
+    s->vram = qemu_anon_ram_alloc(s->vram_size, NULL, false, false);
+    if (!s->vram) {
+        error_setg(errp, "hmm-gpu: cannot allocate %" PRIu64 " bytes of VRAM",
+                   s->vram_size);
+        return;
+    }
+
     pci_config_set_interrupt_pin(pci_conf, 1);
 
     /* a PCIe endpoint on q35, a conventional device on a pc machine's bus */
     if (pci_bus_is_express(pci_get_bus(pdev))) {
         if (pcie_endpoint_cap_init(pdev, 0x80) < 0) {
             error_setg(errp, "hmm-gpu: cannot add the PCIe capability");
-            return;
+            goto fail;
         }
     } else {
         pdev->cap_present &= ~QEMU_PCI_CAP_EXPRESS;
@@ -1841,7 +2139,7 @@ static void hmm_gpu_realize(PCIDevice *pdev, Error **errp)
 
     if (msix_init_exclusive_bar(pdev, HMM_GPU_NUM_VECTORS, HMM_GPU_BAR_MSIX,
                                 errp)) {
-        return;
+        goto fail;
     }
     /* without msix_vector_use, msix_notify silently drops the message */
     for (i = 0; i < HMM_GPU_NUM_VECTORS; i++) {
@@ -1849,11 +2147,18 @@ static void hmm_gpu_realize(PCIDevice *pdev, Error **errp)
     }
 
     s->bounce = g_malloc0(HMM_GPU_CHUNK);
+    s->tbuf = g_malloc(HMM_GPU_TRACE_BUF);
+    s->tbuf_len = 0;
     /* guarded: DMA that lands on our own BAR fails instead of re-entering */
     s->bh = qemu_bh_new_guarded(hmm_gpu_bh, s,
                                 &DEVICE(pdev)->mem_reentrancy_guard);
     hmm_gpu_soft_reset(s, "realize");
     hmm_gpu_trace_header(s);
+    return;
+
+fail:
+    qemu_anon_ram_free(s->vram, s->vram_size);
+    s->vram = NULL;
 }
 
 static void hmm_gpu_exit(PCIDevice *pdev)
@@ -1864,8 +2169,13 @@ static void hmm_gpu_exit(PCIDevice *pdev)
     qemu_bh_delete(s->bh);
     s->bh = NULL;
     hmm_gpu_free_jobs(s);
+    hmm_gpu_trace_flush(s);
+    g_free(s->tbuf);
+    s->tbuf = NULL;
     g_free(s->bounce);
     s->bounce = NULL;
+    qemu_anon_ram_free(s->vram, s->vram_size);
+    s->vram = NULL;
     msix_unuse_all_vectors(pdev);
     msix_uninit_exclusive_bar(pdev);
 }
@@ -1923,6 +2233,18 @@ static void hmm_gpu_instance_init(Object *obj)
     object_property_add_uint64_ptr(obj, "va-jobs-completed",
                                    &s->cnt_va_jobs_completed,
                                    OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "migrate-pages-to-vram",
+                                   &s->cnt_migrate_to_vram,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "migrate-pages-from-vram",
+                                   &s->cnt_migrate_from_vram,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "vram-bytes-read",
+                                   &s->cnt_vram_read_bytes,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "vram-bytes-written",
+                                   &s->cnt_vram_write_bytes,
+                                   OBJ_PROP_FLAG_READ);
 }
 
 /* Ring state lives in guest memory and in-flight DMA; not worth migrating. */
@@ -1933,6 +2255,8 @@ static const VMStateDescription vmstate_hmm_gpu = {
 
 static const Property hmm_gpu_props[] = {
     DEFINE_PROP_CHR("dmatrace", HmmGpuState, dmatrace),
+    DEFINE_PROP_SIZE("vram-size", HmmGpuState, vram_size,
+                     HMM_GPU_VRAM_DEFAULT),
 };
 
 static void hmm_gpu_class_init(ObjectClass *oc, void *data)
