@@ -878,7 +878,7 @@ static int hmm_gpu_svm_prefault(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 
 	pfns = kmalloc_array(HMM_GPU_PT_ENTRIES, sizeof(*pfns), GFP_KERNEL);
 	if (!pfns)
-		return -ENOMEM;
+		return 0;	/* the device faults instead */
 	err = hmm_gpu_svm_service(svm, &f, pfns, &pages, &mapped_end);
 	kfree(pfns);
 
@@ -1039,11 +1039,14 @@ static int hmm_gpu_svm_rw_sgt(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op, bo
 
 /*
  * One piece of a zero-copy READ/WRITE: pin the user pages of
- * [@uaddr, @uaddr + @len), map them for DMA and run the jobs. Returns
- * -EAGAIN if the pages cannot be pinned or mapped (nothing was done).
+ * [@uaddr, @uaddr + @len), fault [@va, @va + @len) in (ahead up to @end)
+ * unless the device maps it already, map the pages for DMA and run the jobs.
+ * Returns -EAGAIN if the pages cannot be pinned or mapped (nothing was done
+ * on the device).
  */
 static int hmm_gpu_svm_rw_pinned(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op, bool write,
-				 u64 va, unsigned long uaddr, u64 len, struct page **pages)
+				 u64 va, u64 end, unsigned long uaddr, u64 len,
+				 struct page **pages)
 {
 	struct device *dev = &svm->gdev->pdev->dev;
 	enum dma_data_direction dir = write ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
@@ -1060,21 +1063,23 @@ static int hmm_gpu_svm_rw_pinned(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 			unpin_user_pages(pages, pinned);
 		return -EAGAIN;
 	}
-	ret = sg_alloc_table_from_pages_segment(&sgt, pages, npages, offset, len, max_seg,
-						GFP_KERNEL);
-	if (ret)
-		goto unpin;
-	if (dma_map_sgtable(dev, &sgt, dir, 0)) {
-		ret = -EAGAIN;
-		goto free;
+	if (!hmm_gpu_svm_mapped(svm, va, va + len, write)) {
+		ret = hmm_gpu_svm_prefault(svm, op, va, end, write);
+		if (ret)
+			goto unpin;
 	}
+	ret = -EAGAIN;
+	if (sg_alloc_table_from_pages_segment(&sgt, pages, npages, offset, len, max_seg,
+					      GFP_KERNEL))
+		goto unpin;
+	if (dma_map_sgtable(dev, &sgt, dir, 0))
+		goto free;
 	ret = hmm_gpu_svm_rw_sgt(svm, op, write, va, &sgt);
 	dma_unmap_sgtable(dev, &sgt, dir, 0);
 free:
 	sg_free_table(&sgt);
 unpin:
-	if (ret == -ENOMEM)
-		ret = -EAGAIN;
+	/* A READ's pages were written by the device. */
 	unpin_user_pages_dirty_lock(pages, npages, !write);
 	return ret;
 }
@@ -1103,13 +1108,8 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		u64 n = min_t(u64, len - off,
 			      HMM_GPU_PIN_MAX * PAGE_SIZE - offset_in_page(uaddr + off));
 
-		if (!hmm_gpu_svm_mapped(svm, va + off, va + off + n, write)) {
-			ret = hmm_gpu_svm_prefault(svm, &op, va + off, va + len, write);
-			if (ret)
-				break;
-		}
-		ret = upages ? hmm_gpu_svm_rw_pinned(svm, &op, write, va + off, uaddr + off,
-						     n, upages) : -EAGAIN;
+		ret = upages ? hmm_gpu_svm_rw_pinned(svm, &op, write, va + off, va + len,
+						     uaddr + off, n, upages) : -EAGAIN;
 		if (ret == -EAGAIN) {
 			ret = hmm_gpu_svm_rw_bounce(svm, &op, write, va + off,
 						    ubuf + off, len - off);
