@@ -24,6 +24,7 @@
 #include <linux/mmu_notifier.h>
 #include <linux/pgtable.h>
 #include <linux/rmap.h>
+#include <linux/scatterlist.h>
 #include <linux/sched/mm.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
@@ -36,8 +37,10 @@
 
 /* Fault ahead at most this far past the faulting page, per fault round. */
 #define HMM_GPU_FAULT_AHEAD_MAX	(64ull << 20)
-/* Largest READ/WRITE bounce buffer. */
+/* Largest READ/WRITE bounce buffer (fallback when the user buffer cannot be pinned). */
 #define HMM_GPU_BOUNCE_MAX	(4ul << 20)
+/* Most user buffer pages a READ/WRITE pins at once. */
+#define HMM_GPU_PIN_MAX		1024
 #define HMM_GPU_PT_SPAN(level)	(1ull << HMM_GPU_PT_SHIFT(level))
 
 struct hmm_gpu_pt {
@@ -769,6 +772,28 @@ static int hmm_gpu_svm_status_errno(u32 status)
 	}
 }
 
+/* The errno of a finished batch of @op; @ret: what submitting returned. */
+static int hmm_gpu_svm_batch_result(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
+				    struct hmm_gpu_batch *batch, int ret, u32 *status)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+
+	*status = batch->status;
+	if (batch->err)
+		return batch->err;
+	if (ret)
+		return ret;
+	if (batch->status == HMM_GPU_ERR_FAULT) {
+		spin_lock_irq(&gdev->lock);
+		ret = op->err ? op->err : -EFAULT;
+		spin_unlock_irq(&gdev->lock);
+		return ret;
+	}
+	if (batch->status)
+		return hmm_gpu_svm_status_errno(batch->status);
+	return 0;
+}
+
 /*
  * Run the device jobs for @op: @desc split into max_xfer pieces (FILL and
  * COPY may be split; the others must fit). Waits for them; faults are
@@ -798,21 +823,78 @@ static int hmm_gpu_svm_exec(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 		off += d.len;
 	}
 	hmm_gpu_batch_wait(gdev, &batch);
+	return hmm_gpu_svm_batch_result(svm, op, &batch, ret, status);
+}
 
-	*status = batch.status;
-	if (batch.err)
-		return batch.err;
-	if (ret)
-		return ret;
-	if (batch.status == HMM_GPU_ERR_FAULT) {
-		spin_lock_irq(&gdev->lock);
-		ret = op->err ? op->err : -EFAULT;
-		spin_unlock_irq(&gdev->lock);
-		return ret;
+/*
+ * Does the device page table map every page of [start, end) for @write
+ * (else read) access? A hint only: an invalidation may clear it any time.
+ */
+static bool hmm_gpu_svm_mapped(struct hmm_gpu_svm *svm, u64 start, u64 end, bool write)
+{
+	u64 need = HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ | (write ? HMM_GPU_PTE_WRITE : 0);
+	struct hmm_gpu_pt *pt = NULL;
+	bool ok = true;
+	unsigned int level;
+	u64 va;
+
+	mutex_lock(&svm->lock);
+	for (va = start & PAGE_MASK; ok && va < end; va += PAGE_SIZE) {
+		if (!pt || !hmm_gpu_pt_index(va, 0)) {
+			pt = svm->root;
+			for (level = HMM_GPU_PT_LEVELS - 1; pt && level > 0; level--)
+				pt = pt->child[hmm_gpu_pt_index(va, level)];
+			if (!pt || svm->dead) {
+				ok = false;
+				break;
+			}
+		}
+		ok = (le64_to_cpu(READ_ONCE(pt->cpu[hmm_gpu_pt_index(va, 0)])) & need) == need;
 	}
-	if (batch.status)
-		return hmm_gpu_svm_status_errno(batch.status);
-	return 0;
+	mutex_unlock(&svm->lock);
+	return ok;
+}
+
+/*
+ * Fault [va, end) in for the device from the submitting thread, before the
+ * job runs: what the fault worker would do for the job's first fault, minus
+ * the fault interrupt, the worker wakeup and the replay. Counts as one fault
+ * round of @op. Returns 0 (even if the fault ahead stopped early: the device
+ * faults on the rest as usual) or the errno the job would have failed with.
+ */
+static int hmm_gpu_svm_prefault(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
+				u64 va, u64 end, bool write)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	struct hmm_gpu_fault f = {
+		.va = va,
+		.ctx = svm->ctx,
+		.access = write ? HMM_GPU_ACCESS_WRITE : HMM_GPU_ACCESS_READ,
+		.ahead_end = min(PAGE_ALIGN(end), (va & PAGE_MASK) + HMM_GPU_FAULT_AHEAD_MAX),
+	};
+	unsigned long *pfns;
+	u64 pages = 0, mapped_end;
+	int err;
+
+	pfns = kmalloc_array(HMM_GPU_PT_ENTRIES, sizeof(*pfns), GFP_KERNEL);
+	if (!pfns)
+		return 0;	/* the device faults instead */
+	err = hmm_gpu_svm_service(svm, &f, pfns, &pages, &mapped_end);
+	kfree(pfns);
+
+	mutex_lock(&svm->lock);
+	svm->stats.faults++;
+	svm->stats.fault_batches++;
+	if (err)
+		svm->stats.cancels++;
+	mutex_unlock(&svm->lock);
+
+	spin_lock_irq(&gdev->lock);
+	op->faults++;
+	op->round = U64_MAX;	/* a device fault after this is another round */
+	op->pages += pages;
+	spin_unlock_irq(&gdev->lock);
+	return err ? hmm_gpu_fault_errno(err) : 0;
 }
 
 static void *hmm_gpu_bounce_alloc(struct hmm_gpu_dev *gdev, u64 len, size_t *size,
@@ -835,18 +917,13 @@ static void *hmm_gpu_bounce_alloc(struct hmm_gpu_dev *gdev, u64 len, size_t *siz
 }
 
 /*
- * The device reads [va, va + len) into @ubuf (or writes @ubuf's bytes there),
- * through a DMA bounce buffer. Shared by SVM_JOB and the dmirror interface.
+ * READ/WRITE through a DMA bounce buffer: the fallback when the user buffer
+ * cannot be pinned (the copy to or from user space then reports EFAULT).
  */
-int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubuf,
-		   u64 len, u64 *faults, u64 *pages)
+static int hmm_gpu_svm_rw_bounce(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op, bool write,
+				 u64 va, void __user *ubuf, u64 len)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
-	struct hmm_gpu_op op = {
-		.svm = svm,
-		.rng = { { va, va + len } },
-		.nrng = 1,
-	};
 	size_t want = min3(PAGE_ALIGN(len), (u64)HMM_GPU_BOUNCE_MAX,
 			   (u64)(gdev->max_xfer & PAGE_MASK));
 	bool cached;
@@ -903,7 +980,7 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 			desc.dst = dma;
 		}
 		desc.len = n;
-		ret = hmm_gpu_svm_exec(svm, &op, &desc, &status);
+		ret = hmm_gpu_svm_exec(svm, op, &desc, &status);
 		if (ret)
 			break;
 		if (!write && copy_to_user(ubuf + off, buf, n)) {
@@ -916,6 +993,133 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		mutex_unlock(&svm->bounce_lock);
 	else
 		dma_free_coherent(&gdev->pdev->dev, size, buf, dma);
+	return ret;
+}
+
+/*
+ * READ/WRITE of [va, va + len) to or from the user pages of @ubuf, which
+ * @sgt maps for DMA: one job per mapped segment (split at max_xfer), all in
+ * one batch, the device moving the data straight between the two.
+ */
+static int hmm_gpu_svm_rw_sgt(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op, bool write,
+			      u64 va, struct sg_table *sgt)
+{
+	struct hmm_gpu_dev *gdev = svm->gdev;
+	struct hmm_gpu_batch batch;
+	struct scatterlist *sg;
+	unsigned int i;
+	u32 status;
+	int ret = 0;
+
+	hmm_gpu_batch_init(&batch, svm->ctx);
+	batch.priv = op;
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		u64 bus = sg_dma_address(sg);
+		u64 left = sg_dma_len(sg);
+
+		while (left && !ret) {
+			struct hmm_gpu_cmd_desc desc = {
+				.opcode = write ? HMM_GPU_OP_WRITE_VA : HMM_GPU_OP_READ_VA,
+				.len = min_t(u64, left, gdev->max_xfer),
+			};
+
+			desc.src = write ? bus : va;
+			desc.dst = write ? va : bus;
+			ret = hmm_gpu_submit(gdev, &batch, &desc);
+			bus += desc.len;
+			va += desc.len;
+			left -= desc.len;
+		}
+		if (ret)
+			break;
+	}
+	hmm_gpu_batch_wait(gdev, &batch);
+	return hmm_gpu_svm_batch_result(svm, op, &batch, ret, &status);
+}
+
+/*
+ * One piece of a zero-copy READ/WRITE: pin the user pages of
+ * [@uaddr, @uaddr + @len), fault [@va, @va + @len) in (ahead up to @end)
+ * unless the device maps it already, map the pages for DMA and run the jobs.
+ * Returns -EAGAIN if the pages cannot be pinned or mapped (nothing was done
+ * on the device).
+ */
+static int hmm_gpu_svm_rw_pinned(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op, bool write,
+				 u64 va, u64 end, unsigned long uaddr, u64 len,
+				 struct page **pages)
+{
+	struct device *dev = &svm->gdev->pdev->dev;
+	enum dma_data_direction dir = write ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
+	unsigned int offset = offset_in_page(uaddr);
+	unsigned int npages = DIV_ROUND_UP(offset + len, PAGE_SIZE);
+	unsigned int max_seg = min_t(u64, svm->gdev->max_xfer, SZ_1G) & PAGE_MASK;
+	struct sg_table sgt;
+	int ret, pinned;
+
+	/* The device writes the user pages for a READ. */
+	pinned = pin_user_pages_fast(uaddr & PAGE_MASK, npages, write ? 0 : FOLL_WRITE, pages);
+	if (pinned != npages) {
+		if (pinned > 0)
+			unpin_user_pages(pages, pinned);
+		return -EAGAIN;
+	}
+	if (!hmm_gpu_svm_mapped(svm, va, va + len, write)) {
+		ret = hmm_gpu_svm_prefault(svm, op, va, end, write);
+		if (ret)
+			goto unpin;
+	}
+	ret = -EAGAIN;
+	if (sg_alloc_table_from_pages_segment(&sgt, pages, npages, offset, len, max_seg,
+					      GFP_KERNEL))
+		goto unpin;
+	if (dma_map_sgtable(dev, &sgt, dir, 0))
+		goto free;
+	ret = hmm_gpu_svm_rw_sgt(svm, op, write, va, &sgt);
+	dma_unmap_sgtable(dev, &sgt, dir, 0);
+free:
+	sg_free_table(&sgt);
+unpin:
+	/* A READ's pages were written by the device. */
+	unpin_user_pages_dirty_lock(pages, npages, !write);
+	return ret;
+}
+
+/*
+ * The device reads [va, va + len) into @ubuf (or writes @ubuf's bytes there).
+ * Shared by SVM_JOB and the dmirror interface. Only [va, va + len) is
+ * mirrored; @ubuf's pages are pinned and the device DMAs to or from them
+ * directly (a bounce buffer if they cannot be pinned).
+ */
+int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubuf,
+		   u64 len, u64 *faults, u64 *pages)
+{
+	struct hmm_gpu_op op = {
+		.svm = svm,
+		.rng = { { va, va + len } },
+		.nrng = 1,
+	};
+	unsigned long uaddr = (unsigned long)ubuf;
+	struct page **upages;
+	u64 off = 0;
+	int ret = 0;
+
+	upages = kvmalloc_array(HMM_GPU_PIN_MAX, sizeof(*upages), GFP_KERNEL);
+	while (off < len) {
+		u64 n = min_t(u64, len - off,
+			      HMM_GPU_PIN_MAX * PAGE_SIZE - offset_in_page(uaddr + off));
+
+		ret = upages ? hmm_gpu_svm_rw_pinned(svm, &op, write, va + off, va + len,
+						     uaddr + off, n, upages) : -EAGAIN;
+		if (ret == -EAGAIN) {
+			ret = hmm_gpu_svm_rw_bounce(svm, &op, write, va + off,
+						    ubuf + off, len - off);
+			break;
+		}
+		if (ret)
+			break;
+		off += n;
+	}
+	kvfree(upages);
 	*faults = op.faults;
 	*pages = op.pages;
 	return ret;
