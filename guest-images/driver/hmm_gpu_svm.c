@@ -1187,41 +1187,6 @@ static bool hmm_gpu_range_bad(struct hmm_gpu_svm *svm, u64 va, u64 len)
 	return va + len < va || va + len > svm->va_end;
 }
 
-/*
- * ATOMIC_ADD/CMPXCHG on memory the device cannot take exclusive (shared
- * mappings): a device read-modify-write there would race the CPU, so the
- * driver does the operation with a CPU atomic on the device's behalf.
- */
-static int hmm_gpu_svm_cpu_atomic(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job)
-{
-	struct page *page;
-	atomic64_t *p;
-	void *kaddr;
-	long got;
-
-	if (!mmget_not_zero(svm->mm))
-		return -EFAULT;
-	mmap_read_lock(svm->mm);
-	got = get_user_pages_remote(svm->mm, job->va, 1, FOLL_WRITE, &page, NULL);
-	mmap_read_unlock(svm->mm);
-	mmput(svm->mm);
-	if (got != 1)
-		return got < 0 ? got : -EFAULT;
-	kaddr = kmap_local_page(page);
-	p = kaddr + offset_in_page(job->va);
-	if (job->op == HMM_GPU_SVM_ATOMIC_ADD)
-		job->result = atomic64_fetch_add(job->value, p);
-	else
-		job->result = atomic64_cmpxchg(p, job->compare, job->value);
-	kunmap_local(kaddr);
-	set_page_dirty_lock(page);
-	put_page(page);
-	job->status = 0;
-	job->faults = 0;
-	job->pages = 0;
-	return 0;
-}
-
 int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
@@ -1272,13 +1237,14 @@ int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job)
 		 * Device atomics on system memory take the page exclusively
 		 * (best effort: if that fails here, e.g. read-only, the atomic
 		 * fault tries again or fails the job); pages in this device's
-		 * VRAM need nothing. Memory that can never be exclusive gets a
-		 * CPU atomic instead.
+		 * VRAM need nothing. Memory that can never be exclusive (6.12:
+		 * anything but private anonymous pages) cannot take a device
+		 * atomic without racing the CPU: refuse, as nouveau does.
 		 */
 		if (!hmm_gpu_svm_atomic_mapped(svm, job->va & PAGE_MASK) &&
 		    hmm_gpu_svm_dev_check(svm, job->va & PAGE_MASK, 1) == -ENOENT &&
 		    hmm_gpu_svm_exclusive(svm, job->va & PAGE_MASK, 1) == -EOPNOTSUPP)
-			return hmm_gpu_svm_cpu_atomic(svm, job);
+			return -EOPNOTSUPP;
 		res = dma_alloc_coherent(&gdev->pdev->dev, PAGE_SIZE, &res_dma, GFP_KERNEL);
 		if (!res)
 			return -ENOMEM;
