@@ -6,10 +6,15 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.config import ConfigError
+from harness.config import ConfigError, RunConfig
 from harness.results import EXIT_FAIL, EXIT_INFRA
+
+if TYPE_CHECKING:
+    from harness.build import Artifacts
 
 log = logging.getLogger(__name__)
 
@@ -150,47 +155,52 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from harness import config, runner
-    from harness.results import default_results_dir
+def _load_config(args: argparse.Namespace) -> RunConfig | None:
+    """The run configuration, or None after printing what is wrong with it."""
+    from harness import config
 
     try:
-        cfg = config.load(args.config)
+        return config.load(args.config)
     except ConfigError as e:
         print(f"hmmlab: {e}", file=sys.stderr)
-        return EXIT_INFRA
+        return None
 
-    def build(logdir: Path):
+
+def _builder(kernel: str) -> Callable[[Path], Artifacts]:
+    """Builds (or finds cached) everything a run of ``kernel`` needs."""
+
+    def build(logdir: Path) -> Artifacts:
         from harness.build import build_all
         from harness.cache import Cache
 
-        return build_all(Cache.default(), logdir, kernel=cfg.kernel)
+        return build_all(Cache.default(), logdir, kernel=kernel)
 
+    return build
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import runner
+    from harness.results import default_results_dir
+
+    cfg = _load_config(args)
+    if cfg is None:
+        return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
-    res = runner.run(cfg, results_dir, build=build, keep_going=args.keep_going)
+    res = runner.run(cfg, results_dir, build=_builder(cfg.kernel), keep_going=args.keep_going)
     print(res.table())
     print(f"results: {results_dir}")
     return res.exit_code()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness import bench, config
+    from harness import bench
     from harness.results import default_results_dir
 
-    try:
-        cfg = config.load(args.config)
-    except ConfigError as e:
-        print(f"hmmlab: {e}", file=sys.stderr)
+    cfg = _load_config(args)
+    if cfg is None:
         return EXIT_INFRA
-
-    def build(logdir: Path):
-        from harness.build import build_all
-        from harness.cache import Cache
-
-        return build_all(Cache.default(), logdir, kernel=cfg.kernel)
-
     results_dir = (args.results or default_results_dir()).resolve()
-    res, fig = bench.run_bench(cfg, args.which, results_dir, build=build)
+    res, fig = bench.run_bench(cfg, args.which, results_dir, build=_builder(cfg.kernel))
     text, code = bench.report(res, fig)
     print(text)
     print(f"results: {results_dir}" + (" (bench.json)" if fig else ""))

@@ -17,6 +17,7 @@
  * until the TLB fence completed; then it is unmapped, exactly once.
  */
 #include <linux/dma-mapping.h>
+#include <linux/highmem.h>
 #include <linux/hmm.h>
 #include <linux/memremap.h>
 #include <linux/migrate.h>
@@ -188,6 +189,35 @@ static struct hmm_gpu_pt *hmm_gpu_pt_get(struct hmm_gpu_svm *svm, u64 va)
 	mutex_unlock(&svm->lock);
 	hmm_gpu_pt_free(svm->gdev, new);
 	return pt;
+}
+
+/* The level-0 table covering @va, NULL if there is none. svm->lock held. */
+static struct hmm_gpu_pt *hmm_gpu_pt_find(struct hmm_gpu_svm *svm, u64 va)
+{
+	struct hmm_gpu_pt *pt = svm->root;
+	unsigned int level;
+
+	for (level = HMM_GPU_PT_LEVELS - 1; level > 0 && pt; level--)
+		pt = pt->child[hmm_gpu_pt_index(va, level)];
+	return pt;
+}
+
+/*
+ * Whether the device may update the page at @va atomically now: mapped with
+ * PTE_ATOMIC (held exclusively, or in this device's VRAM).
+ */
+static bool hmm_gpu_svm_atomic_mapped(struct hmm_gpu_svm *svm, u64 va)
+{
+	struct hmm_gpu_pt *pt;
+	bool ret = false;
+
+	mutex_lock(&svm->lock);
+	pt = svm->dead ? NULL : hmm_gpu_pt_find(svm, va);
+	if (pt && pt->page[hmm_gpu_pt_index(va, 0)])
+		ret = le64_to_cpu(READ_ONCE(pt->cpu[hmm_gpu_pt_index(va, 0)])) &
+		      HMM_GPU_PTE_ATOMIC;
+	mutex_unlock(&svm->lock);
+	return ret;
 }
 
 enum hmm_gpu_pt_op {
@@ -457,6 +487,7 @@ static long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 		 */
 		if (pt->page[idx] &&
 		    (pt->page[idx] != page ||
+		     (le64_to_cpu(pt->cpu[idx]) & HMM_GPU_PTE_ATOMIC) ||
 		     ((le64_to_cpu(pt->cpu[idx]) & HMM_GPU_PTE_WRITE) &&
 		      !(*pfns & HMM_PFN_WRITE)))) {
 			WARN_ONCE(pt->page[idx] != page,
@@ -475,9 +506,15 @@ static long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 		}
 
 		pte = (dma & HMM_GPU_PTE_ADDR_MASK) | HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ;
-		/* Policy: system memory the CPU may write, the device may update atomically. */
+		/*
+		 * Policy: never PTE_ATOMIC on system memory the CPU can still
+		 * access, or the device's read-modify-write races the CPU's
+		 * atomics. Only pages this device holds exclusively
+		 * (hmm_gpu_svm_exclusive()) and pages in its VRAM get it; an
+		 * atomic access here faults and takes the page exclusive.
+		 */
 		if (*pfns & HMM_PFN_WRITE)
-			pte |= HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC;
+			pte |= HMM_GPU_PTE_WRITE;
 		WRITE_ONCE(pt->cpu[idx], cpu_to_le64(pte));
 		n++;
 	}
@@ -552,10 +589,17 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 			       unsigned long *pfns, u64 *pages, u64 *end)
 {
 	bool write = f->access != HMM_GPU_ACCESS_READ;
+	bool atomic = f->access == HMM_GPU_ACCESS_ATOMIC;
 	u64 va = f->va & PAGE_MASK;
+	unsigned long first = 0;
 	long n;
 
 	*end = va;
+	/* Already exclusive or in VRAM (mapped by another record): replay. */
+	if (atomic && hmm_gpu_svm_atomic_mapped(svm, va)) {
+		*end = va + PAGE_SIZE;
+		return 0;
+	}
 	while (va < f->ahead_end) {
 		u64 wend = min(f->ahead_end, ALIGN(va + 1, HMM_GPU_PT_SPAN(1)));
 
@@ -568,12 +612,21 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 				return n;
 			break;
 		}
+		if (va == (f->va & PAGE_MASK))
+			first = pfns[0];
 		*pages += n;
 		va += n * PAGE_SIZE;
 		*end = va;
 		if (va < wend)
 			break;
 	}
+	/*
+	 * An atomic access to system memory: the page is mapped without
+	 * PTE_ATOMIC; take it exclusive (the CPU entry becomes a device
+	 * exclusive one, ours gets PTE_ATOMIC) and let the replay retry.
+	 */
+	if (atomic && !is_device_private_page(hmm_pfn_to_page(first)))
+		return hmm_gpu_svm_exclusive(svm, f->va & PAGE_MASK, 1);
 	return 0;
 }
 
@@ -689,9 +742,13 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 			f->svm->stats.fault_batches++;
 		mutex_unlock(&f->svm->lock);
 
-		/* Covered by the fault ahead of an earlier record? */
+		/*
+		 * Covered by the fault ahead of an earlier record? Atomic
+		 * accesses are not: fault ahead never grants PTE_ATOMIC on
+		 * system memory.
+		 */
 		if (f->svm == done_svm && f->va >= done_start && f->va < done_end &&
-		    (done_write || !write))
+		    (done_write || !write) && f->access != HMM_GPU_ACCESS_ATOMIC)
 			continue;
 
 		f->err = hmm_gpu_svm_service(f->svm, f, gdev->fault_pfns, &pages, &end);
@@ -1176,16 +1233,21 @@ int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job)
 	case HMM_GPU_SVM_CMPXCHG:
 		if (job->len != 8 || !IS_ALIGNED(job->va, 8))
 			return -EINVAL;
+		/*
+		 * Device atomics on system memory take the page exclusively
+		 * (best effort: if that fails here, e.g. read-only, the atomic
+		 * fault tries again or fails the job); pages in this device's
+		 * VRAM need nothing. Memory that can never be exclusive (6.12:
+		 * anything but private anonymous pages) cannot take a device
+		 * atomic without racing the CPU: refuse, as nouveau does.
+		 */
+		if (!hmm_gpu_svm_atomic_mapped(svm, job->va & PAGE_MASK) &&
+		    hmm_gpu_svm_dev_check(svm, job->va & PAGE_MASK, 1) == -ENOENT &&
+		    hmm_gpu_svm_exclusive(svm, job->va & PAGE_MASK, 1) == -EOPNOTSUPP)
+			return -EOPNOTSUPP;
 		res = dma_alloc_coherent(&gdev->pdev->dev, PAGE_SIZE, &res_dma, GFP_KERNEL);
 		if (!res)
 			return -ENOMEM;
-		/*
-		 * Device atomics on system memory take the page exclusively
-		 * (best effort: a page that cannot be, e.g. read-only, faults
-		 * as usual); pages in this device's VRAM need nothing.
-		 */
-		if (hmm_gpu_svm_dev_check(svm, job->va & PAGE_MASK, 1) == -ENOENT)
-			hmm_gpu_svm_exclusive(svm, job->va & PAGE_MASK, 1);
 		desc.opcode = job->op == HMM_GPU_SVM_ATOMIC_ADD ?
 			      HMM_GPU_OP_ATOMIC_ADD : HMM_GPU_OP_ATOMIC_CMPXCHG;
 		desc.dst = job->va;
@@ -1594,50 +1656,79 @@ int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 }
 
 /*
- * Map [va, va + npages pages) for exclusive device access: the CPU PTEs
- * become device-exclusive entries (make_device_exclusive_range(), owner:
- * this device, so the notifier skips the event) and the device PTEs get
- * PTE_ATOMIC. A CPU touch restores the PTE and the notifier zaps ours.
+ * Whether [start, end) can be made device-exclusive at all: only anonymous
+ * folios can (not shared or hugetlb mappings). mmap_lock held.
  */
-int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
+static bool hmm_gpu_svm_excl_vma_ok(struct mm_struct *mm, u64 start, u64 end)
 {
+	struct vm_area_struct *vma;
+
+	for (; start < end; start = vma->vm_end) {
+		vma = vma_lookup(mm, start);
+		if (!vma || (vma->vm_flags & (VM_SHARED | VM_HUGETLB | VM_IO | VM_PFNMAP)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Take [addr, next) (within table @pt, at most 64 pages) exclusive and map
+ * it with PTE_ATOMIC, under the notifier's read_begin/read_retry protocol:
+ * an invalidation between make_device_exclusive_range() and svm->lock (the
+ * entries may already be back to normal PTEs) means another round.
+ */
+static int hmm_gpu_svm_exclusive_chunk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
+				       u64 addr, u64 next)
+{
+	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+	unsigned long i, n = (next - addr) >> PAGE_SHIFT, seq;
 	struct device *dev = &svm->gdev->pdev->dev;
 	struct mm_struct *mm = svm->mm;
 	struct page *pages[64];
-	u64 addr, end = va + (npages << PAGE_SHIFT), next;
-	int ret = 0;
+	bool again;
+	int got, ret;
 
-	if (hmm_gpu_range_bad(svm, va, npages << PAGE_SHIFT))
-		return -EINVAL;
-	if (!mmget_not_zero(mm))
-		return -EINVAL;
-	mmap_read_lock(mm);
-	for (addr = va; addr < end && !ret; addr = next) {
-		unsigned long i, n;
-		struct hmm_gpu_pt *pt;
-		int got;
-
-		next = min3(end, (u64)(addr + ARRAY_SIZE(pages) * PAGE_SIZE),
-			    (u64)ALIGN(addr + 1, HMM_GPU_PT_SPAN(1)));
-		n = (next - addr) >> PAGE_SHIFT;
-		pt = hmm_gpu_pt_get(svm, addr);
-		if (IS_ERR(pt)) {
-			ret = PTR_ERR(pt);
-			break;
+	for (;;) {
+		if (time_after(jiffies, timeout))
+			return -EBUSY;
+		/*
+		 * Fault the range in first: a stale exclusive entry (ours, from
+		 * a round that had to retry) restored by the GUP of
+		 * make_device_exclusive_range() would invalidate the read
+		 * section every round.
+		 */
+		mmap_read_lock(mm);
+		got = hmm_gpu_svm_excl_vma_ok(mm, addr, next) ?
+		      get_user_pages_remote(mm, addr, n, FOLL_WRITE, NULL, NULL) : -EOPNOTSUPP;
+		mmap_read_unlock(mm);
+		if (got < 0)
+			return got;
+		seq = mmu_interval_read_begin(&svm->notifier);
+		mmap_read_lock(mm);
+		if (!hmm_gpu_svm_excl_vma_ok(mm, addr, next)) {
+			mmap_read_unlock(mm);
+			return -EOPNOTSUPP;
 		}
 		got = make_device_exclusive_range(mm, addr, next, pages, svm->gdev);
-		if (got != n)
-			ret = -EBUSY;
+		mmap_read_unlock(mm);
+		if (got < 0)
+			return got;
+		ret = (unsigned long)got == n ? 0 : -EBUSY;
+		/* A page that could not be locked or made exclusive: retry. */
+		again = false;
+		for (i = 0; !ret && i < n; i++)
+			again |= !pages[i];
+
 		mutex_lock(&svm->lock);
-		for (i = 0; !ret && i < n; i++) {
+		if (svm->dead)
+			ret = -ENODEV;
+		else if (!ret && !again && mmu_interval_read_retry(&svm->notifier, seq))
+			again = true;
+		for (i = 0; !ret && !again && i < n; i++) {
 			u64 a = addr + (i << PAGE_SHIFT);
 			unsigned int idx = hmm_gpu_pt_index(a, 0);
 			dma_addr_t dma;
 
-			if (!pages[i] || svm->dead) {
-				ret = -EBUSY;
-				break;
-			}
 			if (pt->page[idx] && pt->page[idx] != pages[i])
 				hmm_gpu_svm_zap(svm, a, a + PAGE_SIZE);
 			if (!pt->page[idx]) {
@@ -1656,17 +1747,48 @@ int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 			set_bit(idx, pt->excl);
 		}
 		mutex_unlock(&svm->lock);
-		for (i = 0; i < max(got, 0); i++) {
+
+		/* Unlocked, a CPU touch may restore the entries: the notifier zaps ours. */
+		for (i = 0; i < (unsigned long)got; i++) {
 			if (pages[i]) {
 				unlock_page(pages[i]);
 				put_page(pages[i]);
 			}
 		}
-		if (got < 0)
-			ret = got;
+		if (ret || !again)
+			return ret;
+		cond_resched();
 	}
-	mmap_read_unlock(mm);
-	mmput(mm);
+}
+
+/*
+ * Map [va, va + npages pages) for exclusive device access: the CPU PTEs
+ * become device-exclusive entries (make_device_exclusive_range(), owner:
+ * this device, so the notifier skips the event) and the device PTEs get
+ * PTE_ATOMIC. A CPU touch restores the PTE and the notifier zaps ours
+ * (clear, TLB fence) before the CPU goes on.
+ */
+int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
+{
+	u64 addr, end = va + (npages << PAGE_SHIFT), next;
+	int ret = 0;
+
+	if (hmm_gpu_range_bad(svm, va, npages << PAGE_SHIFT))
+		return -EINVAL;
+	if (!mmget_not_zero(svm->mm))
+		return -EINVAL;
+	for (addr = va; addr < end && !ret; addr = next) {
+		struct hmm_gpu_pt *pt;
+
+		next = min3(end, (u64)(addr + 64 * PAGE_SIZE),
+			    (u64)ALIGN(addr + 1, HMM_GPU_PT_SPAN(1)));
+		pt = hmm_gpu_pt_get(svm, addr);
+		if (IS_ERR(pt))
+			ret = PTR_ERR(pt);
+		else
+			ret = hmm_gpu_svm_exclusive_chunk(svm, pt, addr, next);
+	}
+	mmput(svm->mm);
 	return ret;
 }
 
@@ -1680,11 +1802,8 @@ int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 		return -EINVAL;
 	mutex_lock(&svm->lock);
 	for (a = va; a < end && !ret && !svm->dead; a += PAGE_SIZE) {
-		struct hmm_gpu_pt *pt = svm->root;
-		unsigned int level;
+		struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, a);
 
-		for (level = HMM_GPU_PT_LEVELS - 1; level > 0 && pt; level--)
-			pt = pt->child[hmm_gpu_pt_index(a, level)];
 		if (pt && pt->page[hmm_gpu_pt_index(a, 0)] &&
 		    test_bit(hmm_gpu_pt_index(a, 0), pt->excl))
 			ret = -EPERM;

@@ -123,7 +123,9 @@ enum hmm_gpu_svm_op {
  * va/va2 are reached only by the device, through its MMU. Errors: EFAULT
  * (address not mapped or a fault the kernel could not resolve), EPERM (write
  * or atomic to a read-only mapping), EINVAL (bad op/flags/len/alignment),
- * EIO (device error; status says which), ETIMEDOUT, ENOTCONN (not bound).
+ * EIO (device error; status says which), ETIMEDOUT, ENOTCONN (not bound),
+ * EOPNOTSUPP (an atomic on memory the device cannot hold exclusively: on
+ * 6.12 anything but private anonymous memory, e.g. a shared file mapping).
  */
 struct hmm_gpu_svm_job {
 	__u32	op;		/* in: enum hmm_gpu_svm_op */

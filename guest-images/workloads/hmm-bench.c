@@ -11,6 +11,13 @@
  *   read_MBps          HMM_DMIRROR_READ bandwidth on memory already mirrored
  *   write_MBps         HMM_DMIRROR_WRITE bandwidth on memory already mirrored
  *   fault_latency_us   median (and p10/p90) of one 1-page READ of a fresh page
+ *   migrate_to_dev_MBps  HMM_DMIRROR_MIGRATE_TO_DEV of a CPU-populated range in
+ *                      2 MiB steps (system memory -> device memory)
+ *   migrate_to_sys_MBps  HMM_DMIRROR_MIGRATE_TO_SYS of the same range back
+ *   migrate_MBps       both directions together (bytes moved / time); the data
+ *                      is verified by the CPU after each round trip
+ *   cpu_fault_us       median (and p10/p90) of a CPU read of one page that was
+ *                      just migrated to device memory (migrate_to_ram)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -163,14 +170,79 @@ int main(int argc, char **argv)
 		}
 	}
 	qsort(lat, samples, sizeof(*lat), cmp_u64);
+
+	/* 4. migration bandwidth: system -> device -> system, data verified */
+	uint64_t tdev = 0, tsys = 0;
+	char *mig = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (mig == MAP_FAILED)
+		return 2;
+	madvise(mig, size, MADV_NOHUGEPAGE);
+	for (i = 0; i < repeats; i++) {
+		size_t k;
+		uint64_t x;
+
+		memset(mig, 0x30 + i, size);
+		x = sweep(fd, HMM_DMIRROR_MIGRATE_TO_DEV, mig, buf, size, NULL, &err);
+		if (!x)
+			goto fail;
+		tdev += x;
+		x = sweep(fd, HMM_DMIRROR_MIGRATE_TO_SYS, mig, buf, size, NULL, &err);
+		if (!x)
+			goto fail;
+		tsys += x;
+		for (k = 0; k < size; k++)
+			if (mig[k] != (char)(0x30 + i)) {
+				printf("{\"test\": \"bench\", \"ok\": false, \"device\": \"%s\", "
+				       "\"error\": \"migrated data differs at byte %zu\"}\n", dev, k);
+				return 1;
+			}
+	}
+	munmap(mig, size);
+	double mdev = (double)size * repeats / (tdev / 1e3);
+	double msys = (double)size * repeats / (tsys / 1e3);
+	double mboth = 2.0 * size * repeats / ((tdev + tsys) / 1e3);
+
+	/* 5. CPU fault-back: read one page that sits in device memory */
+	uint64_t *clat = calloc(samples, sizeof(*clat));
+
+	for (i = 0; i < samples; i++) {
+		volatile char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+					MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		uint64_t t0;
+		char c;
+		int rc;
+
+		p[0] = 0x77;
+		rc = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, (void *)p, buf, 1, NULL);
+		if (rc) {
+			err = rc;
+			goto fail;
+		}
+		t0 = now_ns();
+		c = p[0];
+		clat[i] = now_ns() - t0;
+		munmap((void *)p, PAGE);
+		if (c != 0x77) {
+			printf("{\"test\": \"bench\", \"ok\": false, \"device\": \"%s\", "
+			       "\"error\": \"page read back 0x%x after migration\"}\n", dev, c);
+			return 1;
+		}
+	}
+	qsort(clat, samples, sizeof(*clat), cmp_u64);
 	printf("{\"test\": \"bench\", \"ok\": true, \"device\": \"%s\", \"size_bytes\": %zu, "
 	       "\"pages\": %zu, \"first_pass_faults\": %llu, \"steady_faults\": %llu, "
 	       "\"fault_pages_per_s\": %.0f, \"read_MBps\": %.1f, \"write_MBps\": %.1f, "
 	       "\"fault_latency_us\": %.2f, \"fault_latency_p10_us\": %.2f, "
-	       "\"fault_latency_p90_us\": %.2f, \"latency_samples\": %d, \"repeats\": %d}\n",
+	       "\"fault_latency_p90_us\": %.2f, \"latency_samples\": %d, \"repeats\": %d, "
+	       "\"migrate_to_dev_MBps\": %.1f, \"migrate_to_sys_MBps\": %.1f, "
+	       "\"migrate_MBps\": %.1f, \"cpu_fault_us\": %.2f, \"cpu_fault_p10_us\": %.2f, "
+	       "\"cpu_fault_p90_us\": %.2f}\n",
 	       dev, size, size / PAGE, (unsigned long long)first_faults,
 	       (unsigned long long)steady_faults, fault_rate, rd, wr, lat[samples / 2] / 1e3,
-	       lat[samples / 10] / 1e3, lat[samples * 9 / 10] / 1e3, samples, repeats);
+	       lat[samples / 10] / 1e3, lat[samples * 9 / 10] / 1e3, samples, repeats, mdev, msys,
+	       mboth, clat[samples / 2] / 1e3, clat[samples / 10] / 1e3,
+	       clat[samples * 9 / 10] / 1e3);
 	return 0;
 fail:
 	printf("{\"test\": \"bench\", \"ok\": false, \"device\": \"%s\", \"error\": \"ioctl: %s\"}\n",

@@ -66,7 +66,13 @@ static long check_pattern(const void *p, size_t len, uint64_t seed)
 	return -1;
 }
 
-static void run_kind(const char *kind, char *mem, size_t len)
+/*
+ * @atomics: whether device atomics can work on this memory. They need the
+ * page held device-exclusive, which 6.12 offers only for private anonymous
+ * memory; elsewhere the driver refuses them (EOPNOTSUPP) rather than race
+ * the CPU.
+ */
+static void run_kind(const char *kind, char *mem, size_t len, bool atomics)
 {
 	struct hmm_gpu_svm_job j1, j2;
 	size_t half = len / 2;
@@ -104,6 +110,22 @@ static void run_kind(const char *kind, char *mem, size_t len)
 	rc = svm_simple(fd, HMM_GPU_SVM_COPY, mem, mem + half, NULL, half, 0, &j1);
 	bad = rc ? -2 : check_u64(mem, half, 0xfeedface12345678ull);
 	result(kind, "copy", rc == 0 && bad < 0, half, &j1, rc, "\"bad_index\": %ld", bad);
+
+	if (!atomics) {
+		memset(&j1, 0, sizeof(j1));
+		j1.op = HMM_GPU_SVM_ATOMIC_ADD;
+		j1.va = (uintptr_t)&p[1];
+		j1.len = 8;
+		j1.value = 5;
+		rc = svm_job(fd, &j1);
+		result(kind, "atomic_refused", rc == -EOPNOTSUPP, 8, &j1, rc, "\"errno\": %d",
+		       -rc);
+		/* a plain device write of the value the atomics would leave */
+		rc = svm_simple(fd, HMM_GPU_SVM_FILL, &p[1], NULL, NULL, 8, 7, &j1);
+		result(kind, "fill_word", rc == 0 && p[1] == 7, 8, &j1, rc,
+		       "\"now\": %" PRIu64, p[1]);
+		return;
+	}
 
 	/* Atomics on the CPU's values. */
 	p[1] = 100;
@@ -160,10 +182,10 @@ int main(int argc, char **argv)
 		return 2;
 
 	m = malloc(SMALL + 64);
-	run_kind("malloc", m + 16, SMALL); /* not page aligned on purpose */
+	run_kind("malloc", m + 16, SMALL, true); /* not page aligned on purpose */
 
 	anon = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	run_kind("anon", anon, SMALL);
+	run_kind("anon", anon, SMALL, true);
 
 	tfd = mkstemp(path);
 	if (tfd < 0 || ftruncate(tfd, SMALL)) {
@@ -172,7 +194,7 @@ int main(int argc, char **argv)
 	}
 	unlink(path);
 	file = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_SHARED, tfd, 0);
-	run_kind("file", file, SMALL);
+	run_kind("file", file, SMALL, false);
 	/* what the device wrote is in the page cache: read(2) sees it */
 	{
 		uint64_t v = 0;
@@ -189,7 +211,7 @@ int main(int argc, char **argv)
 	result("thp", "madvise", rc == 0, HUGE_SZ, NULL, rc, "\"error\": \"%s%s\"",
 	       rc ? strerror(-rc) : "",
 	       rc == -ENOSYS ? " (kernel without CONFIG_ADVISE_SYSCALLS)" : "");
-	run_kind("thp", thp, HUGE_SZ);
+	run_kind("thp", thp, HUGE_SZ, true);
 
 	/* never touched by the CPU: the device reads zeros */
 	anon = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

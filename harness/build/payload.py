@@ -37,7 +37,8 @@ WORKLOADS_DIR = REPO_ROOT / "guest-images" / "workloads"
 ABI_HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_gpu_regs.h"
 
 MODULE = "hmm_gpu.ko"
-WORKLOADS = ("hmm-gpu-smoke", "svm-mirror", "svm-invalidate", "hmm-bench")
+WORKLOADS = ("hmm-gpu-smoke", "svm-mirror", "svm-invalidate", "svm-migrate", "vram-pressure",
+             "atomics", "hmm-bench")
 GUEST_DIR = "opt/hmmlab"
 
 # The kernel's own HMM selftest and baseline module, from the kernel tree.

@@ -24,6 +24,9 @@ _REGISTRY: dict[str, str] = {
     "hmm-tests": "harness.scenarios.hmm_tests",
     "svm-mirror": "harness.scenarios.svm",
     "svm-invalidate": "harness.scenarios.svm",
+    "svm-migrate": "harness.scenarios.dmem",
+    "vram-pressure": "harness.scenarios.dmem",
+    "atomics": "harness.scenarios.dmem",
     "bench-svm": "harness.scenarios.bench",
 }
 

@@ -1,8 +1,10 @@
 """``bench-svm``: hmm-bench against hmm_gpu.ko and test_hmm.ko in one guest.
 
-Not a test: it measures. The same static binary (the test_hmm "dmirror"
-uAPI only) runs against our driver, then, after ``rmmod hmm_gpu``, against
-the kernel's lib/test_hmm.ko. Entries ``bench.<driver>`` say whether a
+Not a test: it measures (mirror faults and bandwidth, migration bandwidth
+system -> device memory -> system, the CPU fault-back of a migrated page).
+The same static binary (the test_hmm "dmirror" uAPI only) runs against
+our driver, then, after ``rmmod hmm_gpu``, against the kernel's
+lib/test_hmm.ko. Entries ``bench.<driver>`` say whether a
 measurement was taken; the figures go to ``bench.json`` in the results
 directory and to ``results.json`` (``tables["bench-svm"]``).
 """
@@ -35,6 +37,10 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "read_MBps": ("READ, mirrored", "MB/s", True),
     "write_MBps": ("WRITE, mirrored", "MB/s", True),
     "fault_latency_us": ("fault round trip (median)", "us", False),
+    "migrate_to_dev_MBps": ("migrate system->device", "MB/s", True),
+    "migrate_to_sys_MBps": ("migrate device->system", "MB/s", True),
+    "migrate_MBps": ("migrate, both directions", "MB/s", True),
+    "cpu_fault_us": ("CPU fault-back (median)", "us", False),
 }
 
 

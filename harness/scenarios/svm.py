@@ -40,7 +40,8 @@ class SvmWorkload:
     def __init__(self, name: str) -> None:
         self.name = name
         self.binary = f"{BIN}/{name}"
-        self.args = f"-t {INVALIDATE_SECONDS}" if name == "svm-invalidate" else ""
+        self.args = f"-d /dev/hmm_gpu0 -t {INVALIDATE_SECONDS}" if name == "svm-invalidate" \
+            else "-d /dev/hmm_gpu0"
 
     def run(self, s: Session) -> None:
         c = load_module(s, HMM_GPU_KO, "hmm_gpu", ("/dev/hmm_gpu0",))
@@ -50,7 +51,7 @@ class SvmWorkload:
             return
         out_file = s.run_dir / f"{self.name}.stdout"
         # 2>&1 would interleave with the JSON lines: keep stderr apart.
-        cmd = f"{self.binary} -d /dev/hmm_gpu0 {self.args} 2>/tmp/{self.name}.err; rc=$?; " \
+        cmd = f"{self.binary} {self.args} 2>/tmp/{self.name}.err; rc=$?; " \
               f"cat /tmp/{self.name}.err >&2; exit $rc"
         run = guest_run(s, cmd, s.cfg.timeouts.scenario)
         out_file.write_text(run.out)

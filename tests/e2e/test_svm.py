@@ -1,13 +1,15 @@
 """End to end: the default run with hmm-tests and the SVM scenarios, and `hmmlab bench svm`.
 
-Boots the packaged default configuration (two hmm-gpu devices, 2 GiB) once
-per module; a build failure makes these tests ERROR rather than skip.
+Boots the packaged default configuration (three hmm-gpu devices, the third
+with 8 MiB of VRAM; 2 GiB) once per module; a build failure makes these
+tests ERROR rather than skip.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +74,12 @@ def test_every_device_private_hmm_test_passes_on_hmm_gpu(default_run: Results) -
     "svm-invalidate.remap", "svm-invalidate.dontneed", "svm-invalidate.mprotect",
     "svm-invalidate.fork", "svm-invalidate.chaos", "svm-invalidate.dmatrace",
     "smoke.dmatrace", "smoke.counters", "console.splat",
+    "svm-migrate.to_dev", "svm-migrate.device_jobs", "svm-migrate.cpu_touch_half",
+    "svm-migrate.device_read_all", "svm-migrate.migrate_again", "svm-migrate.to_sys",
+    "svm-migrate.vram_stats",
+    "vram-pressure.migrate", "vram-pressure.device_read", "vram-pressure.device_fill",
+    "vram-pressure.cpu_verify", "vram-pressure.summary",
+    "atomics.device_only", "atomics.shared", "atomics.cpu_own", "atomics.reader",
 ])
 def test_entry_passes(default_run: Results, path: str) -> None:
     assert default_run.status_of(path) == Status.PASS, _why(default_run)
@@ -84,6 +92,39 @@ def test_invalidate_check_looked_at_real_va_dma(default_run: Results) -> None:
     assert sum(s["invalidations"] for s in stats.values()) > 10
 
 
+def _data(res: Results, path: str) -> dict[str, Any]:
+    e = next(t for t in res.tests if t.path == path)
+    return e.extra["data"]
+
+
+def test_svm_migrate_figures(default_run: Results) -> None:
+    jobs = _data(default_run, "svm-migrate.device_jobs")
+    assert jobs["faults"] == 0, jobs  # jobs on VRAM need no device fault
+    touch = _data(default_run, "svm-migrate.cpu_touch_half")
+    assert touch["cpu_faults"] >= touch["touched_pages"] > 0, touch
+    st = _data(default_run, "svm-migrate.vram_stats")
+    assert st["pages_to_dev"] > 0 and st["pages_to_sys"] > 0 and st["cpu_faults"] > 0, st
+
+
+def test_vram_pressure_evicts(default_run: Results) -> None:
+    summary = _data(default_run, "vram-pressure.summary")
+    assert summary["device"] == "/dev/hmm_gpu2" and summary["vram_size"] == 8 << 20, summary
+    assert summary["working_set"] >= 2 * summary["vram_size"], summary
+    assert summary["chunks_evicted"] > 0 and summary["pages_evicted"] > 0, summary
+    assert summary["max_vram_used"] <= summary["vram_size"], summary
+    data = json.loads((default_run.dir / "results.json").read_text())
+    assert data["tables"]["vram-pressure"]["bytes_moved"] == summary["bytes_moved"] > 0
+
+
+def test_atomics_exact_counts(default_run: Results) -> None:
+    shared = _data(default_run, "atomics.shared")
+    assert shared["final"] == shared["device_adds"] + shared["cpu_adds"], shared
+    assert shared["device_adds"] > 0 and shared["cpu_adds"] > 0, shared
+    assert shared["duplicate_olds"] == shared["missing_olds"] == 0, shared
+    dev = _data(default_run, "atomics.device_only")
+    assert dev["final"] == dev["device_adds"] > 0, dev
+
+
 def test_bench_svm(artifacts: Artifacts, tmp_path: Path) -> None:
     res, fig = bench.run_bench(config.load(None), "svm", tmp_path / "bench",
                                artifacts=artifacts)
@@ -94,3 +135,6 @@ def test_bench_svm(artifacts: Artifacts, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == fig
     for row in fig["rows"]:
         assert row["hmm-gpu"] > 0 and row["test_hmm"] > 0 and row["ratio"] > 0, row
+    metrics = {r["metric"] for r in fig["rows"]}
+    assert {"migrate_to_dev_MBps", "migrate_to_sys_MBps", "migrate_MBps",
+            "cpu_fault_us"} <= metrics

@@ -31,9 +31,12 @@ def test_packaged_default() -> None:
     assert cfg.memory == 2048  # hmm-tests + svm scenarios
     assert cfg.cpus == 2
     assert cfg.accel == "auto"
-    # hmm-tests' hmm2 fixtures need /dev/hmm_dmirror0 and 1: two devices
-    assert cfg.devices == (DeviceConfig("hmm-gpu", {}), DeviceConfig("hmm-gpu", {}))
-    assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate")
+    # hmm-tests' hmm2 fixtures need /dev/hmm_dmirror0 and 1; gpu2 (small VRAM) is
+    # vram-pressure's
+    assert cfg.devices == (DeviceConfig("hmm-gpu", {}), DeviceConfig("hmm-gpu", {}),
+                           DeviceConfig("hmm-gpu", {"vram-size": "8M"}))
+    assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate",
+                             "svm-migrate", "vram-pressure", "atomics")
     assert cfg.timeouts == Timeouts(boot=120, no_output=60, scenario=300)
 
 
@@ -113,7 +116,8 @@ def test_accel_choice() -> None:
     ("timeouts: {boot: -1}\n", "timeouts.boot: expected a positive number of seconds"),
     ("timeouts: 5\n", "timeouts: expected a mapping of keys"),
     ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke" or "hmm-tests" or '
-     '"svm-mirror" or "svm-invalidate" or "bench-svm", got "smok"; did you mean "smoke"?'),
+     '"svm-mirror" or "svm-invalidate" or "svm-migrate" or "vram-pressure" or "atomics" or '
+     '"bench-svm", got "smok"; did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),

@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * svm-migrate: device-private memory through the native uAPI (SVM_MIGRATE).
+ *
+ * Usage: svm-migrate [-d /dev/hmm_gpu0] [-s MiB]
+ *
+ * On an anonymous buffer (default 8 MiB, no THP) filled by the CPU:
+ *   to_dev:         SVM_MIGRATE TO_DEV moves every page into VRAM
+ *   device_jobs:    device READ (data verified), FILL, WRITE, ATOMIC_ADD on
+ *                   the migrated range run without a single fault
+ *   cpu_touch_half: the CPU reads every other page (each one migrates back:
+ *                   VRAM_STATS cpu_faults grows by at least that many) and
+ *                   sees the device's data
+ *   device_read_all: the device reads the whole range and sees the same data
+ *   migrate_again:  TO_DEV again brings the touched half back to VRAM; the
+ *                   device reads it all (its faults are reported)
+ *   to_sys:         TO_SYS moves everything back; the CPU verifies it all
+ *                   without a CPU fault
+ *   vram_stats:     the VRAM_STATS figures
+ * One JSON line each; exit status 0 only if all were ok.
+ */
+#include "svm-common.h"
+
+#define PAGE 4096ul
+
+static int fd = -1;
+static int failures;
+
+static int vram_stats(struct hmm_gpu_vram_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	return ioctl(fd, HMM_GPU_IOC_VRAM_STATS, st) ? -errno : 0;
+}
+
+static int migrate(void *va, size_t len, uint32_t dir, uint64_t *pages)
+{
+	struct hmm_gpu_svm_migrate m;
+
+	memset(&m, 0, sizeof(m));
+	m.va = (uintptr_t)va;
+	m.len = len;
+	m.dir = dir;
+	if (ioctl(fd, HMM_GPU_IOC_SVM_MIGRATE, &m))
+		return -errno;
+	*pages = m.pages;
+	return 0;
+}
+
+/* Pattern of u64 i of the buffer in generation g. */
+static inline uint64_t pat(uint64_t g, size_t i)
+{
+	return (g << 48) ^ (i * 0x9e3779b97f4a7c15ull);
+}
+
+static void fill_pat(uint64_t *p, size_t n, uint64_t g, size_t base)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		p[i] = pat(g, base + i);
+}
+
+static long check_pat(const uint64_t *p, size_t n, uint64_t g, size_t base)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (p[i] != pat(g, base + i))
+			return (long)i;
+	return -1;
+}
+
+static void report(const char *test, bool ok, const char *fmt, ...)
+{
+	char extra[1500] = "";
+	va_list ap;
+
+	if (fmt) {
+		va_start(ap, fmt);
+		vsnprintf(extra, sizeof(extra), fmt, ap);
+		va_end(ap);
+	}
+	failures += !ok;
+	jprintf("{\"test\": \"%s\", \"ok\": %s%s%s}", test, ok ? "true" : "false",
+		extra[0] ? ", " : "", extra);
+}
+
+#define D(a, b) ((uint64_t)((b) - (a)))
+
+int main(int argc, char **argv)
+{
+	const char *dev = "/dev/hmm_gpu0";
+	size_t size = 8ul << 20, npages, n64, i;
+	struct hmm_gpu_vram_stats s0, s1, s2;
+	struct hmm_gpu_svm_job j;
+	uint64_t pages = 0, faults, t0;
+	uint64_t *mem, *buf;
+	uint32_t ctx = 0;
+	long bad;
+	int opt, rc;
+
+	while ((opt = getopt(argc, argv, "d:s:")) != -1) {
+		switch (opt) {
+		case 'd': dev = optarg; break;
+		case 's': size = strtoul(optarg, NULL, 0) << 20; break;
+		default:
+			fprintf(stderr, "usage: %s [-d DEV] [-s MiB]\n", argv[0]);
+			return 2;
+		}
+	}
+	if (!size)
+		return 2;
+	npages = size / PAGE;
+	n64 = size / 8;
+	fd = svm_open_bind(dev, &ctx);
+	if (fd < 0) {
+		report("bind", false, "\"errno\": %d, \"error\": \"%s\"", -fd, strerror(-fd));
+		return 1;
+	}
+	report("bind", true, "\"ctx\": %u", ctx);
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED || buf == MAP_FAILED)
+		return 2;
+	madvise(mem, size, MADV_NOHUGEPAGE);
+	fill_pat(mem, n64, 1, 0);
+	memset(buf, 0, size);
+	if (vram_stats(&s0)) {
+		report("vram_stats", false, "\"errno\": %d", errno);
+		return 1;
+	}
+
+	/* 1. everything to VRAM */
+	t0 = now_ns();
+	rc = migrate(mem, size, HMM_GPU_MIGRATE_TO_DEV, &pages);
+	t0 = now_ns() - t0;
+	vram_stats(&s1);
+	report("to_dev", !rc && pages == npages && D(s0.pages_to_dev, s1.pages_to_dev) >= npages,
+	       "\"errno\": %d, \"pages\": %" PRIu64 ", \"want\": %zu, \"pages_to_dev\": %" PRIu64
+	       ", \"vram_used\": %" PRIu64 ", \"MBps\": %.1f", -rc, pages, npages,
+	       D(s0.pages_to_dev, s1.pages_to_dev), (uint64_t)s1.vram_used,
+	       t0 ? size / (t0 / 1e3) : 0.0);
+	if (rc)
+		return 1;
+
+	/* 2. device jobs on VRAM: no faults */
+	faults = 0;
+	rc = svm_simple(fd, HMM_GPU_SVM_READ, mem, NULL, buf, size, 0, &j);
+	faults += j.faults;
+	bad = rc ? -2 : check_pat(buf, n64, 1, 0);
+	if (!rc && bad < 0) {
+		rc = svm_simple(fd, HMM_GPU_SVM_FILL, mem, NULL, NULL, size / 2, 0x1111, &j);
+		faults += j.faults;
+	}
+	if (!rc && bad < 0) {
+		fill_pat(buf, n64 / 2, 2, n64 / 2);
+		rc = svm_simple(fd, HMM_GPU_SVM_WRITE, (char *)mem + size / 2, NULL, buf, size / 2,
+				0, &j);
+		faults += j.faults;
+	}
+	if (!rc && bad < 0) {
+		/* one atomic per page of the first half: 0x1111 + page index */
+		for (i = 0; i < npages / 2 && !rc; i++) {
+			rc = svm_simple(fd, HMM_GPU_SVM_ATOMIC_ADD, (char *)mem + i * PAGE, NULL, NULL,
+					8, i, &j);
+			faults += j.faults;
+			if (!rc && j.result != 0x1111)
+				bad = (long)(i * PAGE / 8);
+		}
+	}
+	vram_stats(&s2);
+	report("device_jobs", !rc && bad < 0 && faults == 0 && s2.cpu_faults == s1.cpu_faults &&
+	       s2.pages_to_sys == s1.pages_to_sys,
+	       "\"errno\": %d, \"bad_u64\": %ld, \"faults\": %" PRIu64 ", \"cpu_faults\": %" PRIu64
+	       ", \"pages_to_sys\": %" PRIu64, -rc, bad, faults, D(s1.cpu_faults, s2.cpu_faults),
+	       D(s1.pages_to_sys, s2.pages_to_sys));
+	if (rc)
+		return 1;
+
+	/* expected content now: first half 0x1111 (+page index in u64 0), second half gen 2 */
+#define EXPECT(idx) ((idx) < n64 / 2 ? ((idx) % (PAGE / 8) ? 0x1111ull : \
+		     0x1111ull + (idx) / (PAGE / 8)) : pat(2, (idx)))
+
+	/* 3. the CPU touches every other page: each migrates back on its own */
+	s1 = s2;
+	bad = -1;
+	t0 = now_ns();
+	for (i = 0; i < npages; i += 2) {
+		size_t k, base = i * PAGE / 8;
+
+		for (k = 0; k < PAGE / 8; k++)
+			if (mem[base + k] != EXPECT(base + k) && bad < 0)
+				bad = (long)(base + k);
+	}
+	t0 = now_ns() - t0;
+	vram_stats(&s2);
+	report("cpu_touch_half", bad < 0 && D(s1.cpu_faults, s2.cpu_faults) >= npages / 2,
+	       "\"bad_u64\": %ld, \"touched_pages\": %zu, \"cpu_faults\": %" PRIu64
+	       ", \"pages_to_sys\": %" PRIu64 ", \"us_per_page\": %.2f", bad, (npages + 1) / 2,
+	       D(s1.cpu_faults, s2.cpu_faults), D(s1.pages_to_sys, s2.pages_to_sys),
+	       (t0 / 1e3) / ((npages + 1) / 2));
+
+	/* 4. the device reads it all (half VRAM, half system memory) */
+	memset(buf, 0, size);
+	rc = svm_simple(fd, HMM_GPU_SVM_READ, mem, NULL, buf, size, 0, &j);
+	bad = -1;
+	for (i = 0; !rc && i < n64; i++)
+		if (buf[i] != EXPECT(i)) {
+			bad = (long)i;
+			break;
+		}
+	report("device_read_all", !rc && bad < 0,
+	       "\"errno\": %d, \"bad_u64\": %ld, \"faults\": %" PRIu64 ", \"pages\": %" PRIu64,
+	       -rc, bad, (uint64_t)j.faults, (uint64_t)j.pages);
+
+	/* 5. migrate again: the touched half goes back; jobs fault-free again */
+	s1 = s2;
+	rc = migrate(mem, size, HMM_GPU_MIGRATE_TO_DEV, &pages);
+	vram_stats(&s2);
+	faults = 0;
+	bad = -1;
+	if (!rc) {
+		int r2;
+
+		memset(buf, 0, size);
+		r2 = svm_simple(fd, HMM_GPU_SVM_READ, mem, NULL, buf, size, 0, &j);
+		faults = j.faults;
+		for (i = 0; !r2 && i < n64; i++)
+			if (buf[i] != EXPECT(i)) {
+				bad = (long)i;
+				break;
+			}
+		if (r2)
+			rc = r2;
+	}
+	/*
+	 * faults is reported, not required to be 0: a migration zaps the device
+	 * translations of its whole window, also of pages that were in VRAM
+	 * already and did not move, so the device may fault those back in.
+	 */
+	report("migrate_again", !rc && bad < 0 && pages >= npages / 2 &&
+	       s2.vram_used >= s0.vram_used + size,
+	       "\"errno\": %d, \"pages\": %" PRIu64 ", \"bad_u64\": %ld, \"faults\": %" PRIu64
+	       ", \"vram_used\": %" PRIu64, -rc, pages, bad, faults, (uint64_t)s2.vram_used);
+
+	/* 6. back to system memory; the CPU reads it all without a CPU fault */
+	s1 = s2;
+	t0 = now_ns();
+	rc = migrate(mem, size, HMM_GPU_MIGRATE_TO_SYS, &pages);
+	t0 = now_ns() - t0;
+	bad = -1;
+	for (i = 0; !rc && i < n64; i++)
+		if (mem[i] != EXPECT(i)) {
+			bad = (long)i;
+			break;
+		}
+	vram_stats(&s2);
+	report("to_sys", !rc && bad < 0 && pages == npages &&
+	       s2.cpu_faults == s1.cpu_faults && D(s1.pages_to_sys, s2.pages_to_sys) >= npages,
+	       "\"errno\": %d, \"pages\": %" PRIu64 ", \"bad_u64\": %ld, \"cpu_faults\": %" PRIu64
+	       ", \"pages_to_sys\": %" PRIu64 ", \"MBps\": %.1f", -rc, pages, bad,
+	       D(s1.cpu_faults, s2.cpu_faults), D(s1.pages_to_sys, s2.pages_to_sys),
+	       t0 ? size / (t0 / 1e3) : 0.0);
+
+	report("vram_stats", s2.pages_to_dev > s0.pages_to_dev,
+	       "\"vram_size\": %" PRIu64 ", \"vram_used\": %" PRIu64 ", \"chunks\": %" PRIu64
+	       ", \"pages_to_dev\": %" PRIu64 ", \"pages_to_sys\": %" PRIu64
+	       ", \"cpu_faults\": %" PRIu64 ", \"evictions\": %" PRIu64
+	       ", \"pages_evicted\": %" PRIu64, (uint64_t)s2.vram_size, (uint64_t)s2.vram_used,
+	       (uint64_t)s2.chunks, D(s0.pages_to_dev, s2.pages_to_dev),
+	       D(s0.pages_to_sys, s2.pages_to_sys), D(s0.cpu_faults, s2.cpu_faults),
+	       D(s0.evictions, s2.evictions), D(s0.pages_evicted, s2.pages_evicted));
+	close(fd);
+	return failures ? 1 : 0;
+}
