@@ -147,21 +147,6 @@ static void *cpu_reader(void *arg)
 	return NULL;
 }
 
-static void report(const char *test, bool ok, const char *fmt, ...)
-{
-	char extra[1500] = "";
-	va_list ap;
-
-	if (fmt) {
-		va_start(ap, fmt);
-		vsnprintf(extra, sizeof(extra), fmt, ap);
-		va_end(ap);
-	}
-	failures += !ok;
-	jprintf("{\"test\": \"%s\", \"ok\": %s%s%s}", test, ok ? "true" : "false",
-		extra[0] ? ", " : "", extra);
-}
-
 int main(int argc, char **argv)
 {
 	const char *dev = "/dev/hmm_gpu0";
@@ -191,10 +176,10 @@ int main(int argc, char **argv)
 		return 2;
 	fd = svm_open_bind(dev, &ctx);
 	if (fd < 0) {
-		report("bind", false, "\"errno\": %d, \"error\": \"%s\"", -fd, strerror(-fd));
+		svm_report(&failures, "bind", false, "\"errno\": %d, \"error\": \"%s\"", -fd, strerror(-fd));
 		return 1;
 	}
-	report("bind", true, "\"ctx\": %u", ctx);
+	svm_report(&failures, "bind", true, "\"ctx\": %u", ctx);
 	cnt = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (cnt == MAP_FAILED)
 		return 2;
@@ -231,7 +216,7 @@ int main(int argc, char **argv)
 	}
 
 	miss = bm_missing(&bm_dev, dsum);
-	report("device_only", !err && dsum > 0 && cnt->dev == dsum && !bm_dev.dups && !miss &&
+	svm_report(&failures, "device_only", !err && dsum > 0 && cnt->dev == dsum && !bm_dev.dups && !miss &&
 	       !bm_dev.out_of_range,
 	       "\"errno\": %d, \"final\": %" PRIu64 ", \"device_adds\": %" PRIu64
 	       ", \"device_threads\": %d, \"duplicate_olds\": %" PRIu64 ", \"missing_olds\": %"
@@ -239,24 +224,24 @@ int main(int argc, char **argv)
 	       err, (uint64_t)cnt->dev, dsum, ndev, bm_dev.dups, miss, bm_dev.out_of_range,
 	       t0 / 1e9, dsum / (t0 / 1e9));
 	miss = bm_missing(&bm_shared, dssum + csum);
-	report("shared", !err && dssum > 0 && csum > 0 && cnt->shared == dssum + csum &&
+	svm_report(&failures, "shared", !err && dssum > 0 && csum > 0 && cnt->shared == dssum + csum &&
 	       !bm_shared.dups && !miss && !bm_shared.out_of_range,
 	       "\"final\": %" PRIu64 ", \"expected\": %" PRIu64 ", \"device_adds\": %" PRIu64
 	       ", \"cpu_adds\": %" PRIu64 ", \"cpu_threads\": %d, \"duplicate_olds\": %" PRIu64
 	       ", \"first_duplicate\": %" PRIu64 ", \"missing_olds\": %" PRIu64
 	       ", \"out_of_range\": %" PRIu64, (uint64_t)cnt->shared, dssum + csum, dssum, csum,
 	       ncpu, bm_shared.dups, bm_shared.first_dup, miss, bm_shared.out_of_range);
-	report("cpu_own", own_ok && csum > 0, "\"counters_and_adds\": [%s]", own);
-	report("reader", reads > 0 && !backwards, "\"reads\": %" PRIu64 ", \"backwards\": %"
+	svm_report(&failures, "cpu_own", own_ok && csum > 0, "\"counters_and_adds\": [%s]", own);
+	svm_report(&failures, "reader", reads > 0 && !backwards, "\"reads\": %" PRIu64 ", \"backwards\": %"
 	       PRIu64, reads, backwards);
 	memset(&st, 0, sizeof(st));
 	if (ioctl(fd, HMM_GPU_IOC_SVM_STATS, &st) == 0)
-		report("stats", true, "\"faults\": %" PRIu64 ", \"invalidations\": %" PRIu64
+		svm_report(&failures, "stats", true, "\"faults\": %" PRIu64 ", \"invalidations\": %" PRIu64
 		       ", \"tlb_invalidates\": %" PRIu64 ", \"pages_mapped\": %" PRIu64,
 		       (uint64_t)st.faults, (uint64_t)st.invalidations,
 		       (uint64_t)st.tlb_invalidates, (uint64_t)st.pages_mapped);
 	else
-		report("stats", false, "\"errno\": %d", errno);
+		svm_report(&failures, "stats", false, "\"errno\": %d", errno);
 	close(fd);
 	return failures ? 1 : 0;
 }

@@ -111,4 +111,46 @@ static inline long check_u64(const void *p, size_t len, uint64_t v)
 	return -1;
 }
 
+/* HMM_GPU_IOC_VRAM_STATS: 0 or -errno. */
+static inline int svm_vram_stats(int fd, struct hmm_gpu_vram_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	return ioctl(fd, HMM_GPU_IOC_VRAM_STATS, st) ? -errno : 0;
+}
+
+/* HMM_GPU_IOC_SVM_MIGRATE of [va, va + len): 0 or -errno; *pages moved. */
+static inline int svm_migrate(int fd, void *va, size_t len, uint32_t dir, uint64_t *pages)
+{
+	struct hmm_gpu_svm_migrate m;
+
+	memset(&m, 0, sizeof(m));
+	m.va = (uintptr_t)va;
+	m.len = len;
+	m.dir = dir;
+	if (ioctl(fd, HMM_GPU_IOC_SVM_MIGRATE, &m))
+		return -errno;
+	*pages = m.pages;
+	return 0;
+}
+
+/*
+ * One result line: {"test": TEST, "ok": OK, <fmt...>}; a failure counts in
+ * *failures (the program's exit status).
+ */
+static inline void __attribute__((format(printf, 4, 5)))
+svm_report(int *failures, const char *test, bool ok, const char *fmt, ...)
+{
+	char extra[1500] = "";
+	va_list ap;
+
+	if (fmt) {
+		va_start(ap, fmt);
+		vsnprintf(extra, sizeof(extra), fmt, ap);
+		va_end(ap);
+	}
+	*failures += !ok;
+	jprintf("{\"test\": \"%s\", \"ok\": %s%s%s}", test, ok ? "true" : "false",
+		extra[0] ? ", " : "", extra);
+}
+
 #endif

@@ -26,26 +26,6 @@
 static int fd = -1;
 static int failures;
 
-static int vram_stats(struct hmm_gpu_vram_stats *st)
-{
-	memset(st, 0, sizeof(*st));
-	return ioctl(fd, HMM_GPU_IOC_VRAM_STATS, st) ? -errno : 0;
-}
-
-static int migrate(void *va, size_t len, uint32_t dir, uint64_t *pages)
-{
-	struct hmm_gpu_svm_migrate m;
-
-	memset(&m, 0, sizeof(m));
-	m.va = (uintptr_t)va;
-	m.len = len;
-	m.dir = dir;
-	if (ioctl(fd, HMM_GPU_IOC_SVM_MIGRATE, &m))
-		return -errno;
-	*pages = m.pages;
-	return 0;
-}
-
 /* Pattern of u64 i of the buffer in generation g. */
 static inline uint64_t pat(uint64_t g, size_t i)
 {
@@ -68,21 +48,6 @@ static long check_pat(const uint64_t *p, size_t n, uint64_t g, size_t base)
 		if (p[i] != pat(g, base + i))
 			return (long)i;
 	return -1;
-}
-
-static void report(const char *test, bool ok, const char *fmt, ...)
-{
-	char extra[1500] = "";
-	va_list ap;
-
-	if (fmt) {
-		va_start(ap, fmt);
-		vsnprintf(extra, sizeof(extra), fmt, ap);
-		va_end(ap);
-	}
-	failures += !ok;
-	jprintf("{\"test\": \"%s\", \"ok\": %s%s%s}", test, ok ? "true" : "false",
-		extra[0] ? ", " : "", extra);
 }
 
 #define D(a, b) ((uint64_t)((b) - (a)))
@@ -114,10 +79,10 @@ int main(int argc, char **argv)
 	n64 = size / 8;
 	fd = svm_open_bind(dev, &ctx);
 	if (fd < 0) {
-		report("bind", false, "\"errno\": %d, \"error\": \"%s\"", -fd, strerror(-fd));
+		svm_report(&failures, "bind", false, "\"errno\": %d, \"error\": \"%s\"", -fd, strerror(-fd));
 		return 1;
 	}
-	report("bind", true, "\"ctx\": %u", ctx);
+	svm_report(&failures, "bind", true, "\"ctx\": %u", ctx);
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (mem == MAP_FAILED || buf == MAP_FAILED)
@@ -125,17 +90,17 @@ int main(int argc, char **argv)
 	madvise(mem, size, MADV_NOHUGEPAGE);
 	fill_pat(mem, n64, 1, 0);
 	memset(buf, 0, size);
-	if (vram_stats(&s0)) {
-		report("vram_stats", false, "\"errno\": %d", errno);
+	if (svm_vram_stats(fd, &s0)) {
+		svm_report(&failures, "vram_stats", false, "\"errno\": %d", errno);
 		return 1;
 	}
 
 	/* 1. everything to VRAM */
 	t0 = now_ns();
-	rc = migrate(mem, size, HMM_GPU_MIGRATE_TO_DEV, &pages);
+	rc = svm_migrate(fd, mem, size, HMM_GPU_MIGRATE_TO_DEV, &pages);
 	t0 = now_ns() - t0;
-	vram_stats(&s1);
-	report("to_dev", !rc && pages == npages && D(s0.pages_to_dev, s1.pages_to_dev) >= npages,
+	svm_vram_stats(fd, &s1);
+	svm_report(&failures, "to_dev", !rc && pages == npages && D(s0.pages_to_dev, s1.pages_to_dev) >= npages,
 	       "\"errno\": %d, \"pages\": %" PRIu64 ", \"want\": %zu, \"pages_to_dev\": %" PRIu64
 	       ", \"vram_used\": %" PRIu64 ", \"MBps\": %.1f", -rc, pages, npages,
 	       D(s0.pages_to_dev, s1.pages_to_dev), (uint64_t)s1.vram_used,
@@ -168,8 +133,8 @@ int main(int argc, char **argv)
 				bad = (long)(i * PAGE / 8);
 		}
 	}
-	vram_stats(&s2);
-	report("device_jobs", !rc && bad < 0 && faults == 0 && s2.cpu_faults == s1.cpu_faults &&
+	svm_vram_stats(fd, &s2);
+	svm_report(&failures, "device_jobs", !rc && bad < 0 && faults == 0 && s2.cpu_faults == s1.cpu_faults &&
 	       s2.pages_to_sys == s1.pages_to_sys,
 	       "\"errno\": %d, \"bad_u64\": %ld, \"faults\": %" PRIu64 ", \"cpu_faults\": %" PRIu64
 	       ", \"pages_to_sys\": %" PRIu64, -rc, bad, faults, D(s1.cpu_faults, s2.cpu_faults),
@@ -193,8 +158,8 @@ int main(int argc, char **argv)
 				bad = (long)(base + k);
 	}
 	t0 = now_ns() - t0;
-	vram_stats(&s2);
-	report("cpu_touch_half", bad < 0 && D(s1.cpu_faults, s2.cpu_faults) >= npages / 2,
+	svm_vram_stats(fd, &s2);
+	svm_report(&failures, "cpu_touch_half", bad < 0 && D(s1.cpu_faults, s2.cpu_faults) >= npages / 2,
 	       "\"bad_u64\": %ld, \"touched_pages\": %zu, \"cpu_faults\": %" PRIu64
 	       ", \"pages_to_sys\": %" PRIu64 ", \"us_per_page\": %.2f", bad, (npages + 1) / 2,
 	       D(s1.cpu_faults, s2.cpu_faults), D(s1.pages_to_sys, s2.pages_to_sys),
@@ -209,14 +174,14 @@ int main(int argc, char **argv)
 			bad = (long)i;
 			break;
 		}
-	report("device_read_all", !rc && bad < 0,
+	svm_report(&failures, "device_read_all", !rc && bad < 0,
 	       "\"errno\": %d, \"bad_u64\": %ld, \"faults\": %" PRIu64 ", \"pages\": %" PRIu64,
 	       -rc, bad, (uint64_t)j.faults, (uint64_t)j.pages);
 
 	/* 5. migrate again: the touched half goes back; jobs fault-free again */
 	s1 = s2;
-	rc = migrate(mem, size, HMM_GPU_MIGRATE_TO_DEV, &pages);
-	vram_stats(&s2);
+	rc = svm_migrate(fd, mem, size, HMM_GPU_MIGRATE_TO_DEV, &pages);
+	svm_vram_stats(fd, &s2);
 	faults = 0;
 	bad = -1;
 	if (!rc) {
@@ -238,7 +203,7 @@ int main(int argc, char **argv)
 	 * translations of its whole window, also of pages that were in VRAM
 	 * already and did not move, so the device may fault those back in.
 	 */
-	report("migrate_again", !rc && bad < 0 && pages >= npages / 2 &&
+	svm_report(&failures, "migrate_again", !rc && bad < 0 && pages >= npages / 2 &&
 	       s2.vram_used >= s0.vram_used + size,
 	       "\"errno\": %d, \"pages\": %" PRIu64 ", \"bad_u64\": %ld, \"faults\": %" PRIu64
 	       ", \"vram_used\": %" PRIu64, -rc, pages, bad, faults, (uint64_t)s2.vram_used);
@@ -246,7 +211,7 @@ int main(int argc, char **argv)
 	/* 6. back to system memory; the CPU reads it all without a CPU fault */
 	s1 = s2;
 	t0 = now_ns();
-	rc = migrate(mem, size, HMM_GPU_MIGRATE_TO_SYS, &pages);
+	rc = svm_migrate(fd, mem, size, HMM_GPU_MIGRATE_TO_SYS, &pages);
 	t0 = now_ns() - t0;
 	bad = -1;
 	for (i = 0; !rc && i < n64; i++)
@@ -254,15 +219,15 @@ int main(int argc, char **argv)
 			bad = (long)i;
 			break;
 		}
-	vram_stats(&s2);
-	report("to_sys", !rc && bad < 0 && pages == npages &&
+	svm_vram_stats(fd, &s2);
+	svm_report(&failures, "to_sys", !rc && bad < 0 && pages == npages &&
 	       s2.cpu_faults == s1.cpu_faults && D(s1.pages_to_sys, s2.pages_to_sys) >= npages,
 	       "\"errno\": %d, \"pages\": %" PRIu64 ", \"bad_u64\": %ld, \"cpu_faults\": %" PRIu64
 	       ", \"pages_to_sys\": %" PRIu64 ", \"MBps\": %.1f", -rc, pages, bad,
 	       D(s1.cpu_faults, s2.cpu_faults), D(s1.pages_to_sys, s2.pages_to_sys),
 	       t0 ? size / (t0 / 1e3) : 0.0);
 
-	report("vram_stats", s2.pages_to_dev > s0.pages_to_dev,
+	svm_report(&failures, "vram_stats", s2.pages_to_dev > s0.pages_to_dev,
 	       "\"vram_size\": %" PRIu64 ", \"vram_used\": %" PRIu64 ", \"chunks\": %" PRIu64
 	       ", \"pages_to_dev\": %" PRIu64 ", \"pages_to_sys\": %" PRIu64
 	       ", \"cpu_faults\": %" PRIu64 ", \"evictions\": %" PRIu64

@@ -27,44 +27,9 @@
 static int fd = -1;
 static int failures;
 
-static int vram_stats(struct hmm_gpu_vram_stats *st)
-{
-	memset(st, 0, sizeof(*st));
-	return ioctl(fd, HMM_GPU_IOC_VRAM_STATS, st) ? -errno : 0;
-}
-
-static int migrate(void *va, size_t len, uint32_t dir, uint64_t *pages)
-{
-	struct hmm_gpu_svm_migrate m;
-
-	memset(&m, 0, sizeof(m));
-	m.va = (uintptr_t)va;
-	m.len = len;
-	m.dir = dir;
-	if (ioctl(fd, HMM_GPU_IOC_SVM_MIGRATE, &m))
-		return -errno;
-	*pages = m.pages;
-	return 0;
-}
-
 static inline uint64_t pat(uint64_t g, size_t i)
 {
 	return (g << 56) ^ (i * 0x9e3779b97f4a7c15ull);
-}
-
-static void report(const char *test, bool ok, const char *fmt, ...)
-{
-	char extra[1500] = "";
-	va_list ap;
-
-	if (fmt) {
-		va_start(ap, fmt);
-		vsnprintf(extra, sizeof(extra), fmt, ap);
-		va_end(ap);
-	}
-	failures += !ok;
-	jprintf("{\"test\": \"%s\", \"ok\": %s%s%s}", test, ok ? "true" : "false",
-		extra[0] ? ", " : "", extra);
 }
 
 /* The hmm-gpu device with the smallest VRAM. */
@@ -120,24 +85,24 @@ int main(int argc, char **argv)
 	if (!piece || piece % PAGE || factor < 2)
 		return 2;
 	if (!dev[0] && pick_device(dev, sizeof(dev))) {
-		report("bind", false, "\"error\": \"no hmm-gpu device with VRAM\"");
+		svm_report(&failures, "bind", false, "\"error\": \"no hmm-gpu device with VRAM\"");
 		return 1;
 	}
 	fd = svm_open_bind(dev, &ctx);
-	if (fd < 0 || vram_stats(&s0)) {
-		report("bind", false, "\"device\": \"%s\", \"errno\": %d", dev, fd < 0 ? -fd : errno);
+	if (fd < 0 || svm_vram_stats(fd, &s0)) {
+		svm_report(&failures, "bind", false, "\"device\": \"%s\", \"errno\": %d", dev, fd < 0 ? -fd : errno);
 		return 1;
 	}
 	size = s0.vram_size * factor;
 	if (size > (1ul << 30)) {
-		report("bind", false, "\"device\": \"%s\", \"vram_size\": %" PRIu64 ", \"error\": "
+		svm_report(&failures, "bind", false, "\"device\": \"%s\", \"vram_size\": %" PRIu64 ", \"error\": "
 		       "\"VRAM too large for a working set of %dx: configure a small vram-size\"",
 		       dev, (uint64_t)s0.vram_size, factor);
 		return 1;
 	}
 	size = (size + piece - 1) / piece * piece;
 	n64 = size / 8;
-	report("bind", true, "\"device\": \"%s\", \"ctx\": %u, \"vram_size\": %" PRIu64
+	svm_report(&failures, "bind", true, "\"device\": \"%s\", \"ctx\": %u, \"vram_size\": %" PRIu64
 	       ", \"working_set\": %zu, \"piece\": %zu", dev, ctx, (uint64_t)s0.vram_size, size,
 	       piece);
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -151,15 +116,15 @@ int main(int argc, char **argv)
 	/* 1. migrate piece by piece: the second half of the set evicts the first */
 	t0 = now_ns();
 	for (off = 0; off < size && !rc; off += piece) {
-		rc = migrate((char *)mem + off, piece, HMM_GPU_MIGRATE_TO_DEV, &pages);
+		rc = svm_migrate(fd, (char *)mem + off, piece, HMM_GPU_MIGRATE_TO_DEV, &pages);
 		moved += pages;
-		vram_stats(&st);
+		svm_vram_stats(fd, &st);
 		if (st.vram_used > max_used)
 			max_used = st.vram_used;
 	}
 	tmig = now_ns() - t0;
-	vram_stats(&s1);
-	report("migrate", !rc && moved == size / PAGE && max_used <= s1.vram_size &&
+	svm_vram_stats(fd, &s1);
+	svm_report(&failures, "migrate", !rc && moved == size / PAGE && max_used <= s1.vram_size &&
 	       s1.evictions > s0.evictions && s1.pages_evicted > s0.pages_evicted,
 	       "\"errno\": %d, \"pages\": %" PRIu64 ", \"want\": %zu, \"max_vram_used\": %" PRIu64
 	       ", \"vram_size\": %" PRIu64 ", \"evictions\": %" PRIu64 ", \"pages_evicted\": %"
@@ -182,26 +147,26 @@ int main(int argc, char **argv)
 				break;
 			}
 	}
-	report("device_read", !rc && bad < 0, "\"errno\": %d, \"bad_u64\": %ld, \"faults\": %"
+	svm_report(&failures, "device_read", !rc && bad < 0, "\"errno\": %d, \"bad_u64\": %ld, \"faults\": %"
 	       PRIu64, -rc, bad, faults);
 
 	/* 3. migrate again and let the device overwrite each piece in VRAM */
 	for (off = 0; off < size && !rc; off += piece) {
 		struct hmm_gpu_svm_job j;
 
-		rc = migrate((char *)mem + off, piece, HMM_GPU_MIGRATE_TO_DEV, &pages);
+		rc = svm_migrate(fd, (char *)mem + off, piece, HMM_GPU_MIGRATE_TO_DEV, &pages);
 		moved += pages;
 		for (i = 0; !rc && i < piece / 8; i++)
 			buf[i] = pat(2, off / 8 + i);
 		if (!rc)
 			rc = svm_simple(fd, HMM_GPU_SVM_WRITE, (char *)mem + off, NULL, buf, piece, 0,
 					&j);
-		vram_stats(&st);
+		svm_vram_stats(fd, &st);
 		if (st.vram_used > max_used)
 			max_used = st.vram_used;
 	}
-	vram_stats(&st);
-	report("device_fill", !rc && max_used <= st.vram_size && st.evictions > s1.evictions,
+	svm_vram_stats(fd, &st);
+	svm_report(&failures, "device_fill", !rc && max_used <= st.vram_size && st.evictions > s1.evictions,
 	       "\"errno\": %d, \"max_vram_used\": %" PRIu64 ", \"evictions\": %" PRIu64, -rc,
 	       max_used, D(s1.evictions, st.evictions));
 
@@ -213,12 +178,12 @@ int main(int argc, char **argv)
 			bad = (long)i;
 			break;
 		}
-	vram_stats(&st);
-	report("cpu_verify", bad < 0, "\"bad_u64\": %ld, \"got\": \"0x%" PRIx64 "\", "
+	svm_vram_stats(fd, &st);
+	svm_report(&failures, "cpu_verify", bad < 0, "\"bad_u64\": %ld, \"got\": \"0x%" PRIx64 "\", "
 	       "\"cpu_faults\": %" PRIu64, bad, bad >= 0 ? mem[bad] : 0,
 	       D(s1.cpu_faults, st.cpu_faults));
 
-	report("summary", st.evictions > s0.evictions && st.pages_evicted > s0.pages_evicted,
+	svm_report(&failures, "summary", st.evictions > s0.evictions && st.pages_evicted > s0.pages_evicted,
 	       "\"device\": \"%s\", \"vram_size\": %" PRIu64 ", \"working_set\": %zu, "
 	       "\"chunks_evicted\": %" PRIu64 ", \"pages_evicted\": %" PRIu64
 	       ", \"bytes_evicted\": %" PRIu64 ", \"pages_to_dev\": %" PRIu64
