@@ -522,6 +522,36 @@ static long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 }
 
 /*
+ * The mirroring protocol: hmm_range_fault() under mmu_interval_read_begin(),
+ * then svm->lock and mmu_interval_read_retry(), again while the range was
+ * invalidated meanwhile, for at most HMM_RANGE_DEFAULT_TIMEOUT. On success
+ * svm->lock is held and range->hmm_pfns stay valid until it is dropped.
+ * The caller holds a reference on svm->mm.
+ */
+static int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range)
+{
+	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+	int ret;
+
+	for (;;) {
+		if (time_after(jiffies, timeout))
+			return -EBUSY;
+		range->notifier_seq = mmu_interval_read_begin(range->notifier);
+		mmap_read_lock(svm->mm);
+		ret = hmm_range_fault(range);
+		mmap_read_unlock(svm->mm);
+		if (ret == -EBUSY)
+			continue;
+		if (ret)
+			return ret;
+		mutex_lock(&svm->lock);
+		if (!mmu_interval_read_retry(range->notifier, range->notifier_seq))
+			return 0;
+		mutex_unlock(&svm->lock);
+	}
+}
+
+/*
  * Fault in and map [start, end), which lies within one level-0 table.
  * Returns the pages mapped or an error of hmm_range_fault().
  */
@@ -536,7 +566,6 @@ static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 		.default_flags	= HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0),
 		.dev_private_owner = svm->gdev,
 	};
-	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	struct hmm_gpu_pt *pt;
 	long ret;
 
@@ -546,29 +575,13 @@ static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 	if (!mmget_not_zero(svm->mm))
 		return -EFAULT;
 
-	for (;;) {
-		if (time_after(jiffies, timeout)) {
-			ret = -EBUSY;
-			goto out;
-		}
-		range.notifier_seq = mmu_interval_read_begin(range.notifier);
-		mmap_read_lock(svm->mm);
-		ret = hmm_range_fault(&range);
-		mmap_read_unlock(svm->mm);
-		if (ret == -EBUSY)
-			continue;
-		if (ret)
-			goto out;
-
-		mutex_lock(&svm->lock);
-		if (svm->dead) {
-			mutex_unlock(&svm->lock);
-			ret = -ENODEV;
-			goto out;
-		}
-		if (!mmu_interval_read_retry(range.notifier, range.notifier_seq))
-			break;
+	ret = hmm_gpu_svm_range_fault(svm, &range);
+	if (ret)
+		goto out;
+	if (svm->dead) {
 		mutex_unlock(&svm->lock);
+		ret = -ENODEV;
+		goto out;
 	}
 	ret = hmm_gpu_svm_write_ptes(svm, pt, start, end, pfns);
 	svm->stats.pages_mapped += ret;
@@ -1330,7 +1343,6 @@ int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
 
 	for (off = 0; off < npages; ) {
 		u64 n = min_t(u64, npages - off, chunk);
-		unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 		struct hmm_range range = {
 			.notifier	= &svm->notifier,
 			.start		= va + (off << PAGE_SHIFT),
@@ -1340,24 +1352,9 @@ int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
 		};
 		u64 i;
 
-		for (;;) {
-			if (time_after(jiffies, timeout)) {
-				ret = -EBUSY;
-				goto out_mm;
-			}
-			range.notifier_seq = mmu_interval_read_begin(range.notifier);
-			mmap_read_lock(svm->mm);
-			ret = hmm_range_fault(&range);
-			mmap_read_unlock(svm->mm);
-			if (ret == -EBUSY)
-				continue;
-			if (ret)
-				goto out_mm;
-			mutex_lock(&svm->lock);
-			if (!mmu_interval_read_retry(range.notifier, range.notifier_seq))
-				break;
-			mutex_unlock(&svm->lock);
-		}
+		ret = hmm_gpu_svm_range_fault(svm, &range);
+		if (ret)
+			goto out_mm;
 		for (i = 0; i < n; i++)
 			prot[i] = hmm_gpu_snapshot_prot(svm, pfns[i]);
 		mutex_unlock(&svm->lock);
@@ -1622,7 +1619,6 @@ int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 	}
 	for (off = 0; off < npages && !ret; ) {
 		u64 n = min_t(u64, npages - off, chunk);
-		unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 		struct hmm_range range = {
 			.notifier	= &svm->notifier,
 			.start		= va + (off << PAGE_SHIFT),
@@ -1632,22 +1628,14 @@ int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 		};
 		u64 i;
 
-		do {
-			if (time_after(jiffies, timeout)) {
-				ret = -EBUSY;
-				break;
-			}
-			range.notifier_seq = mmu_interval_read_begin(range.notifier);
-			mmap_read_lock(svm->mm);
-			ret = hmm_range_fault(&range);
-			mmap_read_unlock(svm->mm);
-		} while (ret == -EBUSY);
+		ret = hmm_gpu_svm_range_fault(svm, &range);
 		if (ret)
 			break;
 		for (i = 0; i < n; i++)
 			if (!(pfns[i] & HMM_PFN_VALID) ||
 			    !hmm_gpu_dmem_page_local(svm->gdev, hmm_pfn_to_page(pfns[i])))
 				ret = -ENOENT;
+		mutex_unlock(&svm->lock);
 		off += n;
 	}
 	mmput(svm->mm);
