@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import shlex
 import subprocess
 import time
@@ -118,18 +119,30 @@ def run_with_progress(
             stdin=subprocess.DEVNULL,
         )
         assert proc.stdout is not None
+        # Poll rather than iterate: a step that hangs silently must still hit
+        # its timeout, and a quiet one (a long link) still gets heartbeats.
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        pending = b""
         try:
-            for raw in proc.stdout:
-                fh.write(raw)
-                line = raw.decode(errors="replace").strip()
-                if line:
-                    last_line = line
+            while True:
                 now = time.monotonic()
                 if now - start > timeout:
                     raise subprocess.TimeoutExpired(args, timeout)
                 if now - last_beat >= interval:
                     last_beat = now
                     log.info("%s: %ds, %s", label, now - start, last_line[:100])
+                if not sel.select(timeout=1.0):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                fh.write(chunk)
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in reversed(lines):
+                    if raw.strip():
+                        last_line = raw.decode(errors="replace").strip()
+                        break
             rc = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
         except subprocess.TimeoutExpired as e:
             proc.kill()
@@ -139,6 +152,8 @@ def run_with_progress(
             proc.kill()
             proc.wait()
             raise
+        finally:
+            sel.close()
     if rc != 0:
         raise CommandError(args, rc, logfile, _tail(logfile))
     log.info("%s: done in %ds", label, time.monotonic() - start)
