@@ -485,6 +485,27 @@ class Gpu:
         self.set_reg("FAULTQ_HEAD", self.fault_head)
         return out
 
+    def hot_unplug(self, slot: int) -> None:
+        """Unplug gpu0 from slot ``slot`` of the ``pc`` machine (needs qmp=True):
+        device_del, then the guest's part of PIIX4 ACPI hotplug (eject the
+        slot), then wait for DEVICE_DELETED."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        assert self.qt.qmp_path is not None, "launch with qmp=True"
+        mon = QEMUMonitorProtocol(str(self.qt.qmp_path))
+        mon.connect()
+        mon.settimeout(10)
+        try:
+            mon.cmd("device_del", id="gpu0")
+            self.qt.outl(0xAE00 + 0x8, 1 << slot)
+            ev = mon.pull_event(wait=10.0)
+            while ev is not None and ev["event"] != "DEVICE_DELETED":
+                ev = mon.pull_event(wait=10.0)
+            assert ev is not None and ev["data"].get("device") == "gpu0"
+        finally:
+            mon.close()
+        assert self.cfg_read(0x00) == 0xFFFFFFFF, "device still on the bus"
+
     def qom_get(self, prop: str) -> int:
         """Read a QOM counter of gpu0 (needs launch(qmp=True))."""
         from qemu.qmp.legacy import QEMUMonitorProtocol

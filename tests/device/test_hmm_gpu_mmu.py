@@ -298,7 +298,6 @@ def test_faultq_disabled_midway(gpu: Gpu) -> None:
 
 
 def test_qom_counters_mmu(launch: Launch) -> None:
-    pytest.importorskip("qemu.qmp.legacy")
     gpu = launch(qmp=True)
     pt = mmu(gpu)
     pt.map(1, VA, DATA_PA, RW)
