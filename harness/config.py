@@ -21,6 +21,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 DEFAULT_NAME = "default.yaml"
 
 MACHINES = ("q35", "pc")
+# Kernels hmmlab builds (Debian's linux-source-X.Y with our fragment), and
+# Debian's own 6.1 image with linux-headers-6.1 (no DEVICE_PRIVATE there).
+# A user's tree comes from --kernel-tree (kernel_tree), not from this list.
+KERNELS = ("6.1", "6.12", "7.2", "stock-6.1")
+FLAVORS = ("default", "debug")
+IOMMUS = ("off", "intel-iommu")
 ACCELS = ("auto", "kvm", "tcg")
 DEVICE_TYPES = ("hmm-gpu",)
 # Properties the launcher sets itself for each device.
@@ -56,7 +62,9 @@ class Timeouts:
 @dataclass(frozen=True)
 class RunConfig:
     kernel: str
+    flavor: str
     machine: str
+    iommu: str
     memory: int  # MiB
     cpus: int
     accel: str
@@ -64,6 +72,8 @@ class RunConfig:
     scenarios: tuple[str, ...]
     timeouts: Timeouts
     source: str = "<default>"
+    # A developer's own kernel source tree (--kernel-tree); overrides kernel.
+    kernel_tree: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -161,7 +171,6 @@ class _Reader:
 
 # ---- field parsers ----------------------------------------------------------------
 
-_KERNEL_RE = re.compile(r"^\d+\.\d+(\.\d+)?$")
 _MEM_RE = re.compile(r"^\s*(\d+)\s*([MG])(?:i?B)?\s*$", re.IGNORECASE)
 _PROP_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
@@ -185,8 +194,10 @@ def parse_memory(value: Any) -> int | None:
 
 def _kernel(r: _Reader, node: Node) -> str:
     # Take the text as written: an unquoted 6.10 must not become the float 6.1.
-    if not isinstance(node, ScalarNode) or not _KERNEL_RE.match(str(node.value)):
-        raise r.error(node, "kernel", f'expected a version like "6.12", got {_show(node)}')
+    if not isinstance(node, ScalarNode) or str(node.value) not in KERNELS:
+        raise r.error(node, "kernel",
+                      f"expected one of {', '.join(KERNELS)} (or run with --kernel-tree PATH), "
+                      f"got {_show(node)}")
     return str(node.value)
 
 
@@ -278,7 +289,9 @@ def _apply(
     r = _Reader(source)
     parsers: dict[str, Callable[[Node], Any]] = {
         "kernel": lambda n: _kernel(r, n),
+        "flavor": lambda n: r.choice(n, "flavor", FLAVORS),
         "machine": lambda n: r.choice(n, "machine", MACHINES),
+        "iommu": lambda n: r.choice(n, "iommu", IOMMUS),
         "memory": lambda n: _memory(r, n),
         "cpus": lambda n: r.integer(n, "cpus", 1, 64),
         "accel": lambda n: r.choice(n, "accel", ACCELS),
@@ -302,12 +315,31 @@ def load_text(
     """Parse a run file's text over the packaged defaults."""
     known = known_scenarios if known_scenarios is not None else _known_scenarios()
     fields = _apply({}, default_text(), DEFAULT_NAME, known)
-    missing = {f for f in RunConfig.__dataclass_fields__ if f != "source"} - fields.keys()
+    missing = ({f for f in RunConfig.__dataclass_fields__ if f not in ("source", "kernel_tree")}
+               - fields.keys())
     if missing:  # a broken package, not a user error
         raise ConfigError(DEFAULT_NAME, None, "", f"missing keys {sorted(missing)}")
     if source != DEFAULT_NAME:
         fields = _apply(fields, text, source, known)
+    check(fields, text, source)
     return RunConfig(source=source, **fields)
+
+
+def check(fields: dict[str, Any], text: str, source: str) -> None:
+    """Rules across keys, reported at the line of the key that breaks them."""
+    if fields["iommu"] == "intel-iommu" and fields["machine"] != "q35":
+        raise ConfigError(source, _key_line(text, "iommu"), "iommu",
+                          f"intel-iommu needs machine q35, got machine {fields['machine']}")
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """The line of top-level ``key`` in ``text`` (None when it is not there)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
+    if isinstance(root, MappingNode):
+        for knode, _v in root.value:
+            if knode.value == key:
+                return _line(knode)
+    return None
 
 
 def load(path: Path | None, known_scenarios: tuple[str, ...] | None = None) -> RunConfig:

@@ -73,7 +73,20 @@ def test_memory_forms(text: str, mib: int) -> None:
 
 
 def test_unquoted_kernel_keeps_its_text() -> None:
-    assert load("kernel: 6.10\n").kernel == "6.10"  # not the float 6.1
+    assert load("kernel: 6.1\n").kernel == "6.1"
+    # an unquoted 6.10 is not read as the float 6.1
+    assert 'got "6.10"' in error("kernel: 6.10\n")
+
+
+def test_flavor_and_iommu() -> None:
+    cfg = load("flavor: debug\niommu: intel-iommu\n")
+    assert (cfg.flavor, cfg.iommu, cfg.machine) == ("debug", "intel-iommu", "q35")
+    assert config.load(None).iommu == "off"  # YAML's bare off would be a boolean
+
+
+def test_intel_iommu_needs_q35_and_names_the_line() -> None:
+    msg = error("machine: pc\ncpus: 2\niommu: intel-iommu\n")
+    assert msg == "run.yaml:3: iommu: intel-iommu needs machine q35, got machine pc"
 
 
 def test_memory_error_names_file_line_key_and_fix() -> None:
@@ -112,7 +125,10 @@ def test_accel_choice() -> None:
     ("cpus: true\n", "cpus: expected an integer"),
     ("memory: 64\n", "memory: expected 128 MiB to 64G, got 64 MiB"),
     ("memory:\n", "memory: expected MiB as an integer or like \"1G\", got nothing"),
-    ("kernel: latest\n", 'kernel: expected a version like "6.12", got "latest"'),
+    ("kernel: latest\n", 'run.yaml:1: kernel: expected one of 6.1, 6.12, 7.2, stock-6.1 (or run '
+                          'with --kernel-tree PATH), got "latest"'),
+    ("flavor: kasan\n", "run.yaml:1: flavor:"),
+    ("iommu: on\n", "run.yaml:1: iommu:"),
     ("timeouts: {boot: -1}\n", "timeouts.boot: expected a positive number of seconds"),
     ("timeouts: 5\n", "timeouts: expected a mapping of keys"),
     ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke" or "hmm-tests" or '
