@@ -1,8 +1,9 @@
 """Runs one configuration: boot a guest, run its scenarios, collect results.
 
-Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails) and
+Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails),
 ``console.splat`` (FAIL with the first report's title when the kernel
-printed a BUG/WARNING/Oops/panic at any point, else PASS).
+printed a BUG/WARNING/Oops/panic at any point, else PASS) and, with a
+vIOMMU, ``iommu.enabled`` and ``iommu.dmar-faults`` (see harness.iommu).
 
 The decisions (which status an entry gets, which scenarios are skipped) are
 pure functions of what was observed: :func:`boot_failure`,
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import harness
+from harness import iommu
 from harness import scenarios as scenario_registry
 from harness.config import RunConfig
 from harness.results import Results, Status, TestResult, excerpt
@@ -189,6 +191,8 @@ class Runner:
                     r.add_status("ssh.connect", Status.ERROR, str(e))
                     return
                 r.environment["kernel_release"] = self._uname(ssh, guest)
+                if cfg.iommu != "off":
+                    self._iommu_enabled(ssh, guest)
                 session = Session(cfg, r.dir, guest, ssh, r)
                 ran = self._scenarios(session)
                 gone = guest.exit_reason()
@@ -210,6 +214,8 @@ class Runner:
         finally:
             r.environment["qemu_exit_status"] = guest.returncode
             self._splats(guest)
+            if cfg.iommu != "off":
+                self._dmar_faults(guest)
         if session is not None:
             for sc in ran:
                 self._guarded(f"{sc.name}.finish", lambda sc=sc: sc.finish(session))
@@ -242,6 +248,32 @@ class Runner:
             return out.strip() if rc == 0 else ""
         except SSHError:
             return ""
+
+    def _iommu_enabled(self, ssh: SSHClient, guest: Guest) -> None:
+        t0 = time.monotonic()
+        try:
+            _rc, out, err = ssh.run(iommu.GUEST_LISTING_CMD, 60, abort=guest.exit_reason)
+        except SSHError as e:
+            self.results.add(TestResult("iommu.enabled", Status.ERROR, time.monotonic() - t0,
+                                        f"could not list the guest's IOMMU groups: {e}"))
+            return
+        (self.results.dir / "iommu-groups.txt").write_text(out + err)
+        entry = iommu.enabled_result(out, time.monotonic() - t0)
+        entry.output_files.append("iommu-groups.txt")
+        self.results.add(entry)
+
+    def _dmar_faults(self, guest: Guest) -> None:
+        files = guest.files
+        try:
+            console = files.console.read_text(errors="replace").splitlines()
+        except OSError:
+            console = []
+        try:
+            stderr = files.qemu_stderr.read_text(errors="replace").splitlines()
+        except OSError:
+            stderr = []
+        self.results.add(iommu.faults_result(iommu.dmar_fault_lines(console),
+                                             iommu.vtd_error_lines(stderr)))
 
     def _scenarios(self, session: Session) -> list[Scenario]:
         r = self.results

@@ -76,6 +76,29 @@ def test_two_gpus_with_props_each_get_a_trace() -> None:
     assert "file,id=dmatrace1,path=/r/dmatrace-1.bin" in chardevs
 
 
+def test_intel_iommu_comes_before_the_pci_devices() -> None:
+    argv = cmdline('iommu: intel-iommu\n')
+    devices = opt(argv, "-device")
+    assert devices[0] == "intel-iommu,intremap=on"
+    assert devices[1].startswith("virtio-net-pci") and devices[2].startswith("hmm-gpu")
+    # TCG's irqchip is in userspace: interrupt remapping needs nothing more
+    assert opt(argv, "-accel") == ["tcg"] and opt(argv, "-M") == ["q35"]
+    append = opt(argv, "-append")[0].split()
+    assert append[-3:] == ["intel_iommu=on", "iommu.passthrough=0", "iommu.strict=1"]
+
+
+def test_intel_iommu_under_kvm_splits_the_irqchip() -> None:
+    argv = cmdline('iommu: intel-iommu\n', accel="kvm")
+    assert opt(argv, "-accel") == ["kvm,kernel-irqchip=split"]
+    assert opt(argv, "-device")[0] == "intel-iommu,intremap=on"
+
+
+def test_no_viommu_by_default() -> None:
+    argv = cmdline()
+    assert "intel_iommu" not in opt(argv, "-append")[0]
+    assert not any(d.startswith("intel-iommu") for d in opt(argv, "-device"))
+
+
 def test_commas_in_paths_are_escaped() -> None:
     argv = cmdline(run=Path("/a,b"))
     assert "file,id=dmatrace0,path=/a,,b/dmatrace-0.bin" in opt(argv, "-chardev")
