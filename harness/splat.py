@@ -2,9 +2,12 @@
 
 Feed console lines to :class:`SplatScanner` as they arrive; it recognises
 the start of a kernel report (``BUG:``, ``WARNING:``, ``Oops``, ``Kernel
-panic``...), collects the report up to the end of its trace and gives it a
-short stable title such as ``BUG: KASAN: slab-use-after-free in dmirror_fops``
-or ``WARNING in hmm_gpu_probe``.
+panic``, lockdep's ``WARNING: possible circular locking dependency``, hung
+tasks, RCU stalls, soft and hard lockups...), collects the report up to the
+end of its trace and gives it a short title that stays the same when the
+same bug fires again (no addresses, PIDs or durations), such as
+``BUG: KASAN: slab-use-after-free in dmirror_fops``, ``WARNING in
+hmm_gpu_probe`` or ``INFO: task hung in hmm_gpu_wait``.
 """
 
 from __future__ import annotations
@@ -33,10 +36,16 @@ _PRIMARY = re.compile(
     r"|Unable to handle kernel"
     r"|PANIC: double fault"
     r"|(?:Oops: )?general protection fault"
+    r"|(?:CPU\d+: )?Watchdog detected hard LOCKUP"
     r")"
 )
+# Lines that continue a report: the oops after "BUG: kernel NULL pointer
+# dereference", the panic after an oops, the hung-task detector's note on
+# who holds the lock (7.2: "INFO: task X:1 is blocked on a mutex likely
+# owned by task Y:2.").
 _SECONDARY = re.compile(
-    r"^(?:Oops(?::|\b)|Kernel panic|(?:Oops: )?(?:divide error:|invalid opcode:))"
+    r"^(?:Oops(?::|\b)|Kernel panic|(?:Oops: )?(?:divide error:|invalid opcode:)"
+    r"|INFO: task \S+ (?:is )?blocked on a)"
 )
 _IGNORE = re.compile(
     r"^" + _SUBSYS + r"(?:INFO: lockdep is turned off"
@@ -46,6 +55,9 @@ _IGNORE = re.compile(
 # Lines that end a report and belong to it.
 _END_RE = re.compile(r"^---\[ end (?:trace|Kernel panic)")
 _RULE_RE = re.compile(r"^={20,}$")  # KASAN/UBSAN/KCSAN reports are framed by these
+# Reports a rule line closes again. Lockdep's reports also open with a rule
+# but end with their stack trace, like a WARNING.
+_FRAMED_START = re.compile(r"^(?:BUG: (?:KASAN|KCSAN|KFENCE|KMSAN):|UBSAN:)")
 # After the call trace closed ("</TASK>"), lines that still belong to the report.
 _TAIL_RE = re.compile(
     r"^(?:\s|Modules linked in|CR2:|RIP:|RSP:|R[A-Z0-9]{2}:|FS:|CS:|CR0:|DR[0-9]:|Code:"
@@ -55,6 +67,26 @@ _TAIL_RE = re.compile(
 
 _FUNC = r"([A-Za-z_.$][\w.$]*)"
 _RIP_RE = re.compile(r"^RIP: [0-9a-f]{4}:" + _FUNC + r"\+0x")
+# A call-trace frame: " func+0x1a/0x40", " ? func+0x1a/0x40 [module]"
+_FRAME_RE = re.compile(r"^\s+(?:\? )?" + _FUNC + r"\+0x[0-9a-f]+/0x[0-9a-f]+")
+# The first lock of a lockdep report: "ffff888003a1c0a8 (&a->lock){+.+.}-{3:3}, at: f+0x1/0x2"
+_LOCK_AT_RE = re.compile(r"\}(?:-\{\d+:\d+\})?, at: " + _FUNC + r"\+0x")
+# Frames a blocked task always sits in; the title names the first one that is not.
+_SCHED_FRAMES = re.compile(
+    r"^(?:__schedule|schedule\w*|io_schedule\w*|preempt_schedule\w*|__switch_to\w*"
+    r"|context_switch|rwsem_down_\w+|__?down\w*|__?mutex_lock\w*|mutex_lock\w*"
+    r"|__?rt_mutex\w*|__?wait_for_common|wait_for_completion\w*|do_wait_for_common"
+    r"|__wait_rcu_gp|synchronize_rcu\w*|__flush_work|flush_work|msleep\w*|usleep_range\w*"
+    r"|percpu_rwsem_wait|__percpu_down_read|folio_wait_\w+|__folio_lock\w*|wait_on_\w+"
+    r"|bit_wait\w*|__wait_on_bit\w*|out_of_line_wait_on_bit\w*|ret_from_fork\w*|kthread)$"
+)
+# WARNING lines: 7.2 "WARNING: drivers/x.c:164 at f+0xa/0x10, CPU#1: sh/60"
+# (or without the file), up to 6.x "WARNING: CPU: 1 PID: 60 at drivers/x.c:164 f+0xa/0x10"
+_WARN_RES = (
+    re.compile(r"^WARNING: (?:\S+:\d+ )?at " + _FUNC + r"\+0x[0-9a-f]+/0x[0-9a-f]+, CPU#"),
+    re.compile(r"^WARNING: CPU: \d+ PID: \d+ at \S+ " + _FUNC),
+    re.compile(r"^WARNING: at \S+ " + _FUNC),
+)
 _STRIP_ADDR_RE = re.compile(r",?(?: for)? (?:address|addr):? ?(?:0x)?[0-9a-fA-F]+.*$")
 
 
@@ -91,25 +123,50 @@ def _rip_func(lines: list[str]) -> str | None:
     return None
 
 
+def _frames(lines: list[str]) -> list[str]:
+    """The functions of the report's call trace(s), in order."""
+    return [m.group(1) for msg in lines if (m := _FRAME_RE.match(msg))]
+
+
+def _lock_func(lines: list[str]) -> str | None:
+    """Where lockdep's report says the first lock was taken ("..., at: FUNC+0x")."""
+    for msg in lines:
+        if m := _LOCK_AT_RE.search(msg):
+            return m.group(1)
+    return None
+
+
 def title_of(lines: list[str]) -> str:
     """A short title for a report (``lines``: messages without prefixes)."""
     first = re.sub(r"^" + _SUBSYS, "", lines[0].strip())
+    if _RULE_RE.match(first) and len(lines) > 1:  # a framed report: the rule opens it
+        return title_of(lines[1:])
     func = _rip_func(lines)
     in_func = f" in {func}" if func else ""
 
     if m := re.match(r"^BUG: KASAN: ([\w-]+) in " + _FUNC, first):
         return f"BUG: KASAN: {m.group(1)} in {m.group(2)}"
-    if m := re.match(r"^WARNING: CPU: \d+ PID: \d+ at \S+ " + _FUNC, first):
-        return f"WARNING in {m.group(1)}"
-    if m := re.match(r"^WARNING: at \S+ " + _FUNC, first):
-        return f"WARNING in {m.group(1)}"
-    if m := re.match(r"^INFO: task (.+?):\d+ blocked for more than (\d+) seconds", first):
-        return f"INFO: task {m.group(1)} blocked for more than {m.group(2)} seconds"
+    for warn in _WARN_RES:
+        if m := warn.match(first):
+            return f"WARNING in {m.group(1)}"
+    # lockdep: "WARNING: possible circular locking dependency detected",
+    # "WARNING: inconsistent lock state", "WARNING: possible recursive locking
+    # detected", "WARNING: bad unlock balance detected!"...
+    if first.startswith("WARNING: ") and (lock := _lock_func(lines[1:])):
+        return f"{first.rstrip('!. ')} in {lock}"
+    if m := re.match(r"^INFO: task (.+?):\d+ blocked\b.* for more than \d+ seconds", first):
+        waiter = next((f for f in _frames(lines) if not _SCHED_FRAMES.match(f)), None)
+        return f"INFO: task hung in {waiter}" if waiter else f"INFO: task {m.group(1)} hung"
     if m := re.match(r"^INFO: (rcu_\w+) (self-)?detected stall", first):
         what = "self-detected stall on CPU" if m.group(2) else "detected stalls"
-        return f"INFO: {m.group(1)} {what}"
+        return f"INFO: {m.group(1)} {what}{in_func}"
     if first.startswith("BUG: soft lockup"):
         return "BUG: soft lockup" + in_func
+    if re.match(r"^(?:CPU\d+: )?Watchdog detected hard LOCKUP", first):
+        return "Watchdog detected hard LOCKUP" + in_func
+    if m := re.match(r"^BUG: (Bad page state|Bad page map|Bad rss-counter state"
+                     r"|scheduling while atomic|workqueue lockup)", first):
+        return f"BUG: {m.group(1)}{in_func}"
     if first.startswith("BUG: sleeping function called from invalid context"):
         return "BUG: sleeping function called from invalid context"
     if m := re.match(r"^(?:Oops: )?(general protection fault|divide error|invalid opcode)", first):
@@ -176,7 +233,7 @@ class SplatScanner:
         kind = _kind(msg)
         if kind is not None:
             self._raw, self._msgs, self._start = [], [], self._lineno
-            self._framed = self._pending_rule is not None
+            self._framed = self._pending_rule is not None and bool(_FRAMED_START.match(msg))
             self._trace_closed = False
             if self._pending_rule is not None:
                 self._raw.append(self._pending_rule)
