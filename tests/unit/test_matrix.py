@@ -4,13 +4,17 @@ names, the embedded default, and errors that say file:line:key."""
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness import config, matrix
+from harness.cli import main
 from harness.config import ConfigError, DeviceConfig
 from harness.matrix import AXES
 from harness.scenarios import names as scenario_names
@@ -282,3 +286,68 @@ def test_errors_say_where(text: str, message: str) -> None:
 def test_load_reports_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         matrix.load(tmp_path / "missing.yaml")
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+@pytest.fixture
+def _restore_logging() -> Any:
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_cli_matrix_list(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["matrix", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "matrix: <default matrix>"
+    assert "6.12-debug  6.12    debug    q35      off" in out
+    assert out.splitlines()[-1] == "7 cells (6 of 6 combinations of the axes, 1 included), " \
+                                   "0 dropped"
+    assert main(["matrix", "list", "--kernel-tree", str(tmp_path / "linux")]) == 0
+    assert f"tree:{tmp_path}/linux" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_cli_matrix_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text("axes:\n  iommu: ['off', intel-iommu]\n  memory: [1G, lots]\n")
+    assert main(["matrix", "list", str(f)]) == 2
+    assert f'{f}:3: axes.memory[1]: expected MiB' in capsys.readouterr().err
+    r = tmp_path / "r"
+    assert main(["run", str(f), "--results", str(r)]) == 2
+    assert f'{f}:3: axes.memory[1]' in capsys.readouterr().err
+    assert not r.exists()
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_cli_matrix_options_need_a_matrix(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    f = tmp_path / "run.yaml"
+    f.write_text("cpus: 1\n")
+    assert main(["run", str(f), "-j", "2"]) == 2
+    assert "-j is for matrix files" in capsys.readouterr().err
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    (prev / "results.json").write_text(json.dumps({"version": 1, "tests": []}))
+    assert main(["run", "--rerun-failed", str(prev)]) == 2
+    assert "not the results of a matrix run" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_cli_rerun_failed_with_nothing_to_rerun(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    (prev / "matrix.yaml").write_text("axes:\n  kernel: ['6.12']\n")
+    (prev / "results.json").write_text(json.dumps({"kind": "matrix", "matrix": {
+        "kernel_tree": None, "cells": [{"name": "6.12", "status": "PASS"},
+                                       {"name": "gone", "status": "FAIL"}]}}))
+    assert main(["run", "--rerun-failed", str(prev), "--results", str(tmp_path / "r")]) == 0
+    io = capsys.readouterr()
+    assert "not in " in io.err and "gone" in io.err
+    assert "nothing to rerun" in io.out
+    assert not (tmp_path / "r").exists()
