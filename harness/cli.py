@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build (or find in the cache) every artifact a run needs "
                                    "and print where they are.")
     b.add_argument("--kernel", default="6.12", metavar="VERSION",
-                   help="kernel series to build (default: %(default)s)")
+                   help="kernel to build: 6.1, 6.12, 7.2 or stock-6.1 (default: %(default)s)")
+    b.add_argument("--flavor", default="default", choices=["default", "debug"],
+                   help="debug: KASAN, lockdep, DEBUG_VM, hang detectors (default: %(default)s)")
+    b.add_argument("--kernel-tree", type=Path, metavar="PATH",
+                   help="build your own kernel source tree instead")
     b.add_argument("--logs", type=Path, metavar="DIR",
                    help="where build logs go (default: the cache's logs/ directory)")
 
@@ -174,7 +178,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     cache = Cache.default()
     logdir = args.logs or cache.path("logs")
     try:
-        a = build_all(cache, logdir, kernel=args.kernel)
+        tree = _kernel_tree(args)
+        a = build_all(cache, logdir, kernel=args.kernel, flavor=args.flavor,
+                      kernel_tree=Path(tree) if tree else None)
     except Exception as e:
         log.error("build failed: %s", e)
         log.debug("build failure", exc_info=True)

@@ -174,6 +174,7 @@ class CellOutcome:
     environment: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0
     exit_status: int | None = None  # of the cell's process; None if it never ran
+    kernel_build: str = ""  # what the build made: "6.12.107-1+debug", "tree:v6.13-rc1-5-g..."
 
     @property
     def status(self) -> Status:
@@ -219,6 +220,7 @@ def merge(m: Matrix, outcomes: Sequence[CellOutcome], environment: dict[str, Any
         "duration": round(o.duration, 3),
         "summary": o.counts(),
         "kernel": o.cell.kernel_label,
+        "kernel_build": o.kernel_build,
         "kernel_release": o.environment.get("kernel_release", ""),
         "origin": o.cell.origin,
         "exit_status": o.exit_status,
@@ -269,13 +271,8 @@ def build_with_harness(key: BuildKey, logdir: Path) -> Artifacts:
     from harness.build import build_all
     from harness.cache import Cache
 
-    kw: dict[str, Any] = {}
-    # Until every builder takes them, pass flavor/kernel_tree only when they matter.
-    if key.flavor != "default":
-        kw["flavor"] = key.flavor
-    if key.kernel_tree:
-        kw["kernel_tree"] = Path(key.kernel_tree)
-    return build_all(Cache.default(), logdir, kernel=key.kernel, **kw)
+    return build_all(Cache.default(), logdir, kernel=key.kernel, flavor=key.flavor,
+                     kernel_tree=Path(key.kernel_tree) if key.kernel_tree else None)
 
 
 @dataclass
@@ -296,7 +293,8 @@ class Built:
                 "kernel_tree": self.key.kernel_tree,
                 "status": "PASS" if a is not None else "ERROR",
                 "seconds": round(self.seconds, 1), "error": self.error,
-                "kernel_version": getattr(a, "kernel_version", "") if a else "",
+                "kernel_version": a.kernel_version if a else "",
+                "kernel_label": a.kernel_label if a else "",
                 "logs": str(self.dir.relative_to(top))}
 
 
@@ -410,6 +408,7 @@ class Scheduler:
         queue: deque[Cell] = deque()
         for c in self.cells:
             b = builds[BuildKey.of(c)]
+            outcomes[c.name].kernel_build = b.artifacts.kernel_label if b.artifacts else ""
             if b.artifacts is None:
                 o = outcomes[c.name]
                 o.tests = [_entry(c.name, "build", Status.ERROR,

@@ -122,7 +122,8 @@ def test_merge() -> None:
     assert ca == {"name": "6.1", "axes": a.axes, "dir": "cells/6.1", "status": "PASS",
                   "duration": 10.0, "summary": {"PASS": 2, "FAIL": 0, "ERROR": 0, "MISS": 0,
                                                 "SKIP": 1},
-                  "kernel": "6.1", "kernel_release": "6.12.107", "origin": "axes",
+                  "kernel": "6.1", "kernel_build": "", "kernel_release": "6.12.107",
+                  "origin": "axes",
                   "exit_status": 0}
     assert cb["status"] == "FAIL"
     assert [t["path"] for t in doc["tests"]] == [
