@@ -354,7 +354,7 @@ def test_missing_results_json_names_the_file(tmp_path: Path) -> None:
     (lambda d: d["tests"][1].pop("path"), r"tests\[1\]\.path: missing"),
     (lambda d: d["tests"][1].update(duration="slow"), r"tests\[1\]\.duration: is str 'slow'"),
     (lambda d: d.update(version=3), r"version: 3 .* is not a results\.json this hmmlab reads"),
-])
+], ids=["status", "cell", "path", "duration", "version"])
 def test_bad_matrix_input_names_file_and_key(matrix: Path, change, message: str) -> None:
     path = matrix / "results.json"
     doc = json.loads(path.read_text())
