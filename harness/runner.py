@@ -314,8 +314,11 @@ class Runner:
         """``guest.panic`` and ``guest.hang`` from what the guest object saw."""
         splats = guest.console.splats() if guest.console else []
         if guest.panic_event is not None:
-            self.results.add(panic_result(guest.panic_event, splats))
-        if guest.killed_because is not None:
+            entry = panic_result(guest.panic_event, splats)
+            if guest.killed_because is not None:  # it panicked, then would not end
+                entry.log_excerpt = f"{entry.log_excerpt}\nQEMU was killed: {guest.killed_because}"
+            self.results.add(entry)
+        elif guest.killed_because is not None:
             files = ["console.log", "qemu.log", "qmp-events.jsonl"]
             if guest.files.hang_registers.exists():
                 files.insert(1, guest.files.hang_registers.name)

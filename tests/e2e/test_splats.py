@@ -255,3 +255,27 @@ def test_lockups_the_kernel_reports_fail_the_run(artifacts: Artifacts, tmp_path:
     assert "guest.hang" not in {t.path for t in res.tests}  # it still answered
     assert res.exit_code() == 1
     assert no_qemu_for(results)
+
+
+def test_panicked_guest_that_does_not_end_is_killed(artifacts: Artifacts, tmp_path: Path) -> None:
+    """panic=0 (set at run time): the kernel panics and then waits forever.
+    pvpanic tells the harness, which gives it PANIC_GRACE to end itself,
+    then dumps the vCPUs and kills QEMU: a failure, not a hang."""
+    cfg = config.load_text("devices: []\ntimeouts: {scenario: 600}\n", "test.yaml")
+    results = tmp_path / "res"
+    t0 = time.monotonic()
+    res = runner.run(cfg, results, artifacts=artifacts, scenarios=[
+        Background("PANIC", "Kernel panic - not syncing: dumptest", 600,
+                   setup="echo 0 > /proc/sys/kernel/panic")])
+    took = time.monotonic() - t0
+    print(res.table())
+    assert took < 60, f"the run took {took:.0f}s"
+    status = {t.path: t.status for t in res.tests}
+    assert status["guest.panic"] == Status.FAIL
+    assert "guest.hang" not in status
+    panic = next(t for t in res.tests if t.path == "guest.panic")
+    assert "QEMU was killed: the guest panicked and QEMU had not ended 10s later" in \
+        panic.log_excerpt
+    assert (results / "hang-registers.txt").read_text().count("RIP=") == 2  # both vCPUs
+    assert res.exit_code() == 1
+    assert no_qemu_for(results)
