@@ -67,8 +67,8 @@ _TAIL_RE = re.compile(
 
 _FUNC = r"([A-Za-z_.$][\w.$]*)"
 _RIP_RE = re.compile(r"^RIP: [0-9a-f]{4}:" + _FUNC + r"\+0x")
-# A call-trace frame: " func+0x1a/0x40", " ? func+0x1a/0x40 [module]"
-_FRAME_RE = re.compile(r"^\s+(?:\? )?" + _FUNC + r"\+0x[0-9a-f]+/0x[0-9a-f]+")
+# A call-trace frame: " func+0x1a/0x40", " ? func+0x1a/0x40 [module]" ("?": unreliable)
+_FRAME_RE = re.compile(r"^\s+(\? )?" + _FUNC + r"\+0x[0-9a-f]+/0x[0-9a-f]+")
 # The first lock of a lockdep report: "ffff888003a1c0a8 (&a->lock){+.+.}-{3:3}, at: f+0x1/0x2"
 _LOCK_AT_RE = re.compile(r"\}(?:-\{\d+:\d+\})?, at: " + _FUNC + r"\+0x")
 # Frames a blocked task always sits in; the title names the first one that is not.
@@ -78,8 +78,13 @@ _SCHED_FRAMES = re.compile(
     r"|__?rt_mutex\w*|__?wait_for_common|wait_for_completion\w*|do_wait_for_common"
     r"|__wait_rcu_gp|synchronize_rcu\w*|__flush_work|flush_work|msleep\w*|usleep_range\w*"
     r"|percpu_rwsem_wait|__percpu_down_read|folio_wait_\w+|__folio_lock\w*|wait_on_\w+"
-    r"|bit_wait\w*|__wait_on_bit\w*|out_of_line_wait_on_bit\w*|ret_from_fork\w*|kthread)$"
+    r"|bit_wait\w*|__wait_on_bit\w*|out_of_line_wait_on_bit\w*|ret_from_fork\w*|kthread"
+    # the reporting machinery itself
+    r"|dump_stack\w*|show_stack|__schedule_bug|_*might_sleep|_*might_resched|__might_fault)$"
 )
+# lockdep's held-lock list: "1 lock held by sh/64:" then " #0: ffff... (name){+.+.}-{2:2}, at: f"
+_HELD_RE = re.compile(r"^(\d+) locks? held by \S+:$")
+_HELD_ENTRY_RE = re.compile(r"^ #\d+: ")
 # WARNING lines: 7.2 "WARNING: drivers/x.c:164 at f+0xa/0x10, CPU#1: sh/60"
 # (or without the file), up to 6.x "WARNING: CPU: 1 PID: 60 at drivers/x.c:164 f+0xa/0x10"
 _WARN_RES = (
@@ -124,8 +129,16 @@ def _rip_func(lines: list[str]) -> str | None:
 
 
 def _frames(lines: list[str]) -> list[str]:
-    """The functions of the report's call trace(s), in order."""
-    return [m.group(1) for msg in lines if (m := _FRAME_RE.match(msg))]
+    """The functions of the report's call trace(s), in order; only the
+    reliable ones when the unwinder marked some frames unreliable ("? ")."""
+    frames = [(m.group(2), bool(m.group(1))) for msg in lines if (m := _FRAME_RE.match(msg))]
+    reliable = [f for f, guess in frames if not guess]
+    return reliable or [f for f, _ in frames]
+
+
+def _culprit(lines: list[str]) -> str | None:
+    """The first frame of the trace that is not scheduling, waiting or reporting."""
+    return next((f for f in _frames(lines) if not _SCHED_FRAMES.match(f)), None)
 
 
 def _lock_func(lines: list[str]) -> str | None:
@@ -155,7 +168,7 @@ def title_of(lines: list[str]) -> str:
     if first.startswith("WARNING: ") and (lock := _lock_func(lines[1:])):
         return f"{first.rstrip('!. ')} in {lock}"
     if m := re.match(r"^INFO: task (.+?):\d+ blocked\b.* for more than \d+ seconds", first):
-        waiter = next((f for f in _frames(lines) if not _SCHED_FRAMES.match(f)), None)
+        waiter = _culprit(lines)
         return f"INFO: task hung in {waiter}" if waiter else f"INFO: task {m.group(1)} hung"
     if m := re.match(r"^INFO: (rcu_\w+) (self-)?detected stall", first):
         what = "self-detected stall on CPU" if m.group(2) else "detected stalls"
@@ -164,11 +177,13 @@ def title_of(lines: list[str]) -> str:
         return "BUG: soft lockup" + in_func
     if re.match(r"^(?:CPU\d+: )?Watchdog detected hard LOCKUP", first):
         return "Watchdog detected hard LOCKUP" + in_func
+    if m := re.match(r"^BUG: (scheduling while atomic|sleeping function called from "
+                     r"invalid context)", first):
+        where = func or _culprit(lines)
+        return f"BUG: {m.group(1)}" + (f" in {where}" if where else "")
     if m := re.match(r"^BUG: (Bad page state|Bad page map|Bad rss-counter state"
-                     r"|scheduling while atomic|workqueue lockup)", first):
+                     r"|workqueue lockup)", first):
         return f"BUG: {m.group(1)}{in_func}"
-    if first.startswith("BUG: sleeping function called from invalid context"):
-        return "BUG: sleeping function called from invalid context"
     if m := re.match(r"^(?:Oops: )?(general protection fault|divide error|invalid opcode)", first):
         return m.group(1) + in_func
     if first.startswith("kernel BUG at"):
@@ -200,6 +215,9 @@ class SplatScanner:
         self._framed = False  # opened inside a ===== frame
         self._trace_closed = False  # saw </TASK> (or </IRQ> without a TASK part)
         self._pending_rule: str | None = None  # a ===== line that may open a report
+        # lockdep's "lock held when returning to user space" has no trace: it
+        # ends with its held-lock list, of this many entries still to come
+        self._locks_left: int | None = None
 
     @property
     def open(self) -> bool:
@@ -228,6 +246,7 @@ class SplatScanner:
                     return self._close()
                 if msg.strip() == "</TASK>":
                     self._trace_closed = True
+                self._count_held_locks(msg)
                 return None
 
         kind = _kind(msg)
@@ -242,6 +261,17 @@ class SplatScanner:
         self._pending_rule = raw if _RULE_RE.match(msg.strip()) else None
         return done
 
+    def _count_held_locks(self, msg: str) -> None:
+        if not self._msgs[0 if not _RULE_RE.match(self._msgs[0].strip()) else 1].startswith(
+                "WARNING: lock held when returning to user space"):
+            return
+        if m := _HELD_RE.match(msg.strip()):
+            self._locks_left = int(m.group(1))
+        elif self._locks_left and _HELD_ENTRY_RE.match(msg):
+            self._locks_left -= 1
+            if self._locks_left == 0:
+                self._trace_closed = True  # the list was the end of it
+
     def _append(self, raw: str, msg: str) -> None:
         self._raw.append(raw)
         self._msgs.append(msg)
@@ -252,7 +282,17 @@ class SplatScanner:
         self._raw, self._msgs = [], []
         self._trace_closed = False
         self._framed = False
+        self._locks_left = None
         return splat
+
+    def current(self) -> list[Splat]:
+        """The reports so far, including an open one whose call trace has
+        ended: lockdep, hung-task and lockup reports end with their trace,
+        but only the next line proves it, and the console may stay quiet."""
+        out = list(self.splats)
+        if self._raw and self._trace_closed and not self._framed:
+            out.append(Splat(title_of(self._msgs), "\n".join(self._raw), self._start))
+        return out
 
     def flush(self) -> Splat | None:
         """Close a report still open at the end of the console."""

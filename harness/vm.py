@@ -330,8 +330,9 @@ class Console:
             return "\n".join(list(self.lines)[-n:])
 
     def splats(self) -> list[Splat]:
+        """The kernel reports so far (one whose trace just ended included)."""
         with self._lock:
-            return list(self._scanner.splats)
+            return self._scanner.current()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)

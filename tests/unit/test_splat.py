@@ -1,10 +1,12 @@
 """Console splat detection on kernel output.
 
 Real consoles of hmmlab guests (6.12 and 7.2, made to misbehave with LKDTM):
-lkdtm_*.console. The KASAN report is the example in the kernel's own
-Documentation/dev-tools/kasan.rst (kasan_doc_example.txt; the 6.12 default
-kernel has no KASAN). splat_*.txt are hand-made reports in the kernel's
-formats around hmm_gpu functions.
+lkdtm_*.console; of the 6.12 debug flavor (KASAN, lockdep, DEBUG_ATOMIC_SLEEP):
+debug_*.console, from LKDTM (READ_AFTER_FREE, SLAB_LINEAR_OVERFLOW,
+SPINLOCKUP) and from debug_splat_demo.c, a throwaway module built against
+that kernel (insmod splat_demo.ko mode=circular|inconsistent|sleep). The
+kernel docs' own KASAN example is kasan_doc_example.txt. splat_*.txt are
+hand-made reports in the kernel's formats around hmm_gpu functions.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ DATA = Path(__file__).parent / "data"
         ("splat_panic.txt",
          "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100",
          "Kernel panic - not syncing", "---[ end Kernel panic"),
-        ("splat_sleeping.txt", "BUG: sleeping function called from invalid context",
+        ("splat_sleeping.txt",
+         "BUG: sleeping function called from invalid context in hmm_gpu_queue_submit",
          "BUG: sleeping function called", "</TASK>"),
     ],
 )
@@ -282,3 +285,60 @@ def test_lockdep_report_ends_with_its_trace() -> None:
     assert [s.title for s in splats] == [
         "WARNING: possible circular locking dependency detected in hmm_gpu_svm_fault"]
     assert splats[0].report.splitlines() == report
+
+
+def test_a_report_whose_trace_ended_counts_before_the_next_line() -> None:
+    scanner = SplatScanner()
+    for line in (DATA / "lkdtm_hung_task.console").read_text().splitlines():
+        scanner.feed(line)
+    # the last report ended with "</TASK>" and nothing came after it yet
+    assert len(scanner.splats) == 5
+    assert [s.title for s in scanner.current()] == ["INFO: task hung in lkdtm_HUNG_TASK"] * 6
+    scanner.feed("[   40.0] next line")
+    assert len(scanner.splats) == 6 and len(scanner.current()) == 6
+
+
+@pytest.mark.parametrize(("sample", "titles", "first", "last"), [
+    ("debug_kasan_uaf.console",
+     ["BUG: KASAN: slab-use-after-free in lkdtm_READ_AFTER_FREE"], "=====", "====="),
+    ("debug_kasan_oob.console",
+     ["BUG: KASAN: slab-out-of-bounds in lkdtm_SLAB_LINEAR_OVERFLOW"], "=====", "====="),
+    # mutexes a then b, then b then a
+    ("debug_lockdep_circular.console",
+     ["WARNING: possible circular locking dependency detected in demo_take_ba"],
+     "=====", "</TASK>"),
+    # a spinlock taken in a timer (softirq) and in process context with softirqs on
+    ("debug_lockdep_inconsistent.console",
+     ["WARNING: inconsistent lock state in demo_process_lock"], "=====", "</TASK>"),
+    # LKDTM SPINLOCKUP returns to user space holding a spinlock: lockdep's
+    # report has no trace and ends with the held-lock list; the scheduler's
+    # complaint about the leaked preempt count follows as its own report
+    ("debug_lockdep_user_return.console",
+     ["WARNING: lock held when returning to user space in lkdtm_do_action",
+      "BUG: scheduling while atomic in irqentry_exit_to_user_mode"],
+     "=====", "(lock_me_up){+.+.}-{2:2}, at: lkdtm_do_action+0x2f/0x50"),
+    # msleep() under a spinlock; the initcall then returns with preemption off
+    ("debug_sleep_atomic.console",
+     ["BUG: scheduling while atomic in demo_sleep_locked", "WARNING in do_one_initcall"],
+     "BUG: scheduling while atomic: insmod/66/0x00000002", "</TASK>"),
+])
+def test_debug_kernel_reports(sample: str, titles: list[str], first: str, last: str) -> None:
+    splats = scan_text((DATA / sample).read_text(errors="replace"))
+    assert [s.title for s in splats] == titles
+    lines = splats[0].report.splitlines()
+    assert first in lines[0] and lines[-1].endswith(last), (lines[0], lines[-1])
+    assert "hmmlab: ready" not in splats[0].report
+
+
+def test_lockdep_report_keeps_both_chains_and_the_scenario() -> None:
+    (splat,) = scan_text((DATA / "debug_lockdep_circular.console").read_text())
+    assert "the existing dependency chain (in reverse order) is:" in splat.report
+    assert "Possible unsafe locking scenario:" in splat.report
+    assert "*** DEADLOCK ***" in splat.report
+    assert "demo_take_ab+0x1c/0x40 [splat_demo]" in splat.report
+
+
+def test_user_return_report_does_not_swallow_what_follows() -> None:
+    splat = scan_text((DATA / "debug_lockdep_user_return.console").read_text())[0]
+    assert "segfault" not in splat.report
+    assert len(splat.report.splitlines()) == 7
