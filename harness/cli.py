@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -314,11 +315,21 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             return 0
     results_dir = (args.results or default_results_dir()).resolve()
     timeout = (lambda _c: args.cell_timeout) if args.cell_timeout else None
-    doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
-                               keep_going=args.keep_going, timeout=timeout, rerun_of=rerun_of)
+    # A SIGTERM (a CI job's timeout) stops the cells and writes results.json like Ctrl-C.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
+                                   keep_going=args.keep_going, timeout=timeout,
+                                   rerun_of=rerun_of)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(scheduler.table(doc))
     print(f"results: {results_dir}")
     return int(doc["summary"]["exit_status"])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

@@ -361,7 +361,7 @@ class Scheduler:
                 self._run_cells(outcomes, builds)
             except KeyboardInterrupt:
                 self.interrupted = True
-                log.warning("interrupted: cells not finished are MISS")
+                log.warning("interrupted: the cells not finished are MISS")
             for o in outcomes.values():
                 if not o.tests:  # never started (interrupted before its turn)
                     why = "the matrix run was interrupted before this cell started"
@@ -443,7 +443,7 @@ class Scheduler:
                     time.sleep(POLL)
         except KeyboardInterrupt:
             for name, r in running.items():
-                r.killed = "interrupted (Ctrl-C) while it ran"
+                r.killed = "the matrix run was interrupted (Ctrl-C, SIGTERM) while it ran"
                 _stop(r.proc, TERM_GRACE)
                 self._finish(r, Status.MISS)
                 progress.finished(name, str(r.outcome.status), r.outcome.counts(),

@@ -159,3 +159,44 @@ def test_a_cell_past_its_timeout_is_killed_with_its_qemu(artifacts: Artifacts,
     assert doc["matrix"]["cells"][0]["status"] == "ERROR"
     assert qemus_under(out_dir) == []
     assert took < 120
+
+
+def test_an_interrupted_matrix_still_writes_its_results(artifacts: Artifacts,
+                                                        tmp_path: Path) -> None:
+    m = write(tmp_path / "two.yaml", """
+        axes:
+          kernel: ["6.12"]
+          iommu: ["off", intel-iommu]
+        base:
+          scenarios: [smoke, hmm-tests]
+    """)
+    out_dir = tmp_path / "results"
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(m), "--results",
+                          str(out_dir), "-j", "1"], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.stdout is not None
+    seen = []
+    for line in p.stdout:  # wait for the first cell's guest to be up
+        seen.append(line)
+        if "cell 6.12: started" in line:
+            break
+    deadline = time.monotonic() + 60
+    while not (out_dir / "cells/6.12/console.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    p.terminate()  # what a CI job's timeout does
+    rest, _ = p.communicate(timeout=120)
+    print("".join(seen) + rest)
+    assert p.returncode == 2
+    doc = results(out_dir)
+    assert doc["environment"]["interrupted"] is True
+    cells = {c["name"]: c for c in doc["matrix"]["cells"]}
+    assert cells["6.12"]["status"] in ("MISS", "FAIL", "ERROR")
+    assert cells["6.12-iommu"]["status"] == "MISS"
+    tests = {t["path"]: t for t in doc["tests"]}
+    assert tests["6.12.run"]["status"] == "MISS"
+    assert "interrupted" in tests["6.12.run"]["log_excerpt"]
+    assert "before this cell started" in tests["6.12-iommu.run"]["log_excerpt"]
+    assert tests["6.12-iommu.smoke"]["status"] == "MISS"
+    assert qemus_under(out_dir) == []
