@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import harness
 from harness.matrix import Cell, Matrix, safe
-from harness.progress import Progress, duration
+from harness.progress import Progress, count, duration
 from harness.results import Status, exit_code_of, rollup
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ def table(doc: dict[str, Any]) -> str:
                      f"{what}")
     s = doc["summary"]
     cs = s["cells"]
-    lines.append(f"{cs['total']} cells: " + ", ".join(
+    lines.append(f"{count(cs['total'], 'cell')}: " + ", ".join(
         f"{cs[k]} {k}" for k in ("PASS", "FAIL", "ERROR", "MISS", "SKIP") if cs[k]))
     lines.append(f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "
                  f"{s['ERROR']} errors, {s['SKIP']} skipped, {s['MISS']} missing")
@@ -350,8 +350,8 @@ class Scheduler:
         outcomes = {c.name: CellOutcome(c, f"cells/{c.name}") for c in self.cells}
         builds: dict[BuildKey, Built] = {}
         with run_log(self.dir / "run.log"):
-            log.info("matrix %s: %d cells, %d at a time (%s); results: %s", self.matrix.source,
-                     len(self.cells), self.jobs, self.jobs_reason, self.dir)
+            log.info("matrix %s: %s, %d at a time (%s); results: %s", self.matrix.source,
+                     count(len(self.cells), "cell"), self.jobs, self.jobs_reason, self.dir)
             for c in self.cells:
                 d = self.dir / "cells" / c.name
                 d.mkdir(parents=True, exist_ok=True)
@@ -383,7 +383,7 @@ class Scheduler:
             b = Built(key, self.dir / "build" / key.label)
             b.dir.mkdir(parents=True, exist_ok=True)
             n = sum(1 for c in self.cells if BuildKey.of(c) == key)
-            log.info("build %d/%d: kernel %s (%d cells)", i, len(keys), key.label, n)
+            log.info("build %d/%d: kernel %s (%s)", i, len(keys), key.label, count(n, "cell"))
             t0 = time.monotonic()
             try:
                 b.artifacts = self.build(key, b.dir)
