@@ -248,7 +248,7 @@ def _is_matrix(path: Path | None) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     if _is_matrix(args.config) or args.rerun_failed is not None:
         return cmd_run_matrix(args)
-    from harness import runner
+    from harness import runner, scheduler
     from harness.results import default_results_dir
 
     for flag, value in (("-j", args.jobs), ("--cell-timeout", args.cell_timeout)):
@@ -261,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
     res = runner.run(cfg, results_dir, build=_builder(cfg), keep_going=args.keep_going)
+    scheduler.write_reports(results_dir)
     print(res.table())
     print(f"results: {results_dir}")
     return res.exit_code()

@@ -370,7 +370,7 @@ class Scheduler:
             env = self._environment(builds, outcomes.values(), started, time.monotonic() - t0)
             doc = merge(self.matrix, list(outcomes.values()), env, self.rerun_of)
             _write_json(self.dir / "results.json", doc)
-            _reports(self.dir)
+            write_reports(self.dir)
             log.info("matrix done in %s: %s", duration(time.monotonic() - t0),
                      ", ".join(f"{n} {s}" for s, n in doc["summary"]["cells"].items()
                                if n and s != "total"))
@@ -538,17 +538,18 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-def _reports(results_dir: Path) -> None:
-    """JUnit XML and index.html from results.json (harness.report, once it exists)."""
+def write_reports(results_dir: Path) -> None:
+    """junit.xml and index.html from results.json; a problem there must not hide the
+    results, so it is logged, not raised."""
+    from harness import report
+
     try:
-        from harness import report
-    except ImportError:
-        return
-    try:
-        report.write_reports(results_dir)
-    except Exception as e:  # a report problem must not hide the results
+        paths = report.write_reports(results_dir)
+    except Exception as e:
         log.error("writing the reports failed: %s", e)
         log.debug("report failure", exc_info=True)
+        return
+    log.info("reports: %s", ", ".join(str(p) for p in paths))
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,

@@ -275,3 +275,7 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
     assert (tmp_path / "cells/6.1/cell.log").read_text().strip() == "cell passed"
     assert (tmp_path / "matrix.yaml").read_text() == m.text
     assert (tmp_path / "build/6.1/artifacts.json").exists()
+    # harness.report read the merged results: the MISS entries are JUnit errors.
+    junit = (tmp_path / "junit.xml").read_text()
+    assert 'name="6.1-iommu"' in junit and "not run" in junit
+    assert (tmp_path / "index.html").exists()
