@@ -203,3 +203,31 @@ def test_an_interrupted_matrix_still_writes_its_results(artifacts: Artifacts,
     assert "before this cell started" in tests["6.12-iommu.run"]["log_excerpt"]
     assert tests["6.12-iommu.smoke"]["status"] == "MISS"
     assert qemus_under(out_dir) == []
+
+
+def test_a_kernel_that_does_not_build_makes_its_cells_error(artifacts: Artifacts,
+                                                            tmp_path: Path) -> None:
+    m = write(tmp_path / "two.yaml", """
+        axes:
+          kernel: ["6.12"]
+          iommu: ["off", intel-iommu]
+        base:
+          scenarios: [smoke]
+    """)
+    out_dir = tmp_path / "results"
+    missing = tmp_path / "no-such-tree"
+    code, _out, _t = hmmlab("run", str(m), "--kernel-tree", str(missing), "--results",
+                            str(out_dir))
+    doc = results(out_dir)
+    assert code == 2
+    assert [c["name"] for c in doc["matrix"]["cells"]] == ["no-such-tree",
+                                                           "no-such-tree-iommu"]
+    assert all(c["status"] == "ERROR" and c["kernel"] == f"tree:{missing}"
+               for c in doc["matrix"]["cells"])
+    tests = {t["path"]: t for t in doc["tests"]}
+    build = tests["no-such-tree.build"]
+    assert build["status"] == "ERROR" and str(missing) in build["log_excerpt"]
+    assert "run.log" in build["output_files"]
+    assert tests["no-such-tree-iommu.smoke"]["status"] == "MISS"
+    assert doc["environment"]["builds"]["tree-no-such-tree"]["status"] == "ERROR"
+    assert not list((out_dir / "cells").glob("*/console.log"))  # no guest was booted
