@@ -356,6 +356,8 @@ class Scheduler:
                 d = self.dir / "cells" / c.name
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "cell.yaml").write_text(c.text)
+                # A cell that dies early must not be judged by an earlier run's results.
+                (d / "results.json").unlink(missing_ok=True)
             try:
                 builds = self._builds()
                 self._run_cells(outcomes, builds)
