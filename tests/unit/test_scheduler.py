@@ -58,13 +58,17 @@ def cell_doc(*entries: tuple[str, str], files: tuple[str, ...] = ("console.log",
 
 def test_default_jobs() -> None:
     cells = list(load(TWO).cells)
-    assert default_jobs(2, 20000, cells) == (1, "2 cores / 2 vCPUs per cell")
-    assert default_jobs(8, 20000, cells) == (2, "8 cores / 2 vCPUs per cell")  # 2 cells
+    assert default_jobs(2, 20000, cells) == (2, "2 cores, 1 per cell of 2 vCPUs")
+    assert default_jobs(1, 20000, cells) == (1, "1 core, 1 per cell of 2 vCPUs")
+    assert default_jobs(8, 20000, cells)[0] == 2  # only 2 cells
     many = list(matrix.load(None).cells)
-    assert default_jobs(8, 20000, many)[0] == 4
+    assert default_jobs(2, 20000, many)[0] == 2
+    assert default_jobs(4, 20000, many)[0] == 4
     assert default_jobs(8, 5200, many) == (2, "5200 MiB available / 2560 MiB per cell")
     assert default_jobs(8, 100, many)[0] == 1
-    assert default_jobs(8, None, many)[0] == 4
+    assert default_jobs(8, None, many)[0] == 7  # 7 cells
+    big = list(load("axes: {cpus: [4, 8]}").cells)
+    assert default_jobs(8, 90000, big) == (2, "8 cores, 4 per cell of 8 vCPUs")
 
 
 def test_mem_available() -> None:
