@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import harness
 from harness.matrix import Cell, Matrix, safe
-from harness.progress import Progress, duration
+from harness.progress import Progress, count, duration
 from harness.results import Status, exit_code_of, rollup
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ MATRIX_RESULTS_VERSION = 2
 QEMU_OVERHEAD_MIB = 512
 # A cell's process beyond its scenarios: boot, SSH, shutdown, the trace checks.
 CELL_MARGIN = 300.0
+VCPUS_PER_CORE = 2  # TCG guests' vCPUs that one host core carries (see default_jobs)
 TERM_GRACE = 20.0  # after SIGTERM, time for a cell to stop QEMU and write its results
 POLL = 0.5
 RERUN_STATUSES = (Status.FAIL, Status.ERROR, Status.MISS)
@@ -86,19 +87,20 @@ def mem_available_mib(meminfo: str) -> int | None:
 def default_jobs(cpu_count: int, mem_mib: int | None, cells: Sequence[Cell]) -> tuple[int, str]:
     """How many cells run at once, and why.
 
-    Under TCG each vCPU is a host thread that computes most of the time, so
-    cores / vCPUs per cell guests fit (1 on 2 cores for 2-vCPU cells; on
-    this 2-core machine 2 parallel TCG guests of 2 vCPUs finished the
-    matrix no sooner than 1, see README "Matrix"), and each needs its RAM
-    plus QEMU's own.
+    A TCG guest keeps about one host core busy whatever its vCPUs (its
+    workloads mostly run one thread; 2-vCPU cells used about 0.75 core
+    here), so one guest per core for every two vCPUs: on this
+    2-core machine two 2-vCPU guests finished 4 cells in 166 s on average
+    against 256 s one at a time (README "Matrix"). Each needs its RAM plus
+    QEMU's own.
     """
     if not cells:
         return 1, "no cells"
     cpus = max(c.config.cpus for c in cells)
     mem = max(c.config.memory for c in cells) + QEMU_OVERHEAD_MIB
-    by_cpu = max(1, cpu_count // cpus)
-    why = f"{cpu_count} cores / {cpus} vCPUs per cell"
-    jobs = by_cpu
+    per_cell = max(1, cpus // VCPUS_PER_CORE)
+    jobs = max(1, cpu_count // per_cell)
+    why = f"{count(cpu_count, 'core')}, {per_cell} per cell of {cpus} vCPUs"
     if mem_mib is not None:
         by_mem = max(1, mem_mib // mem)
         if by_mem < jobs:
@@ -255,7 +257,7 @@ def table(doc: dict[str, Any]) -> str:
                      f"{what}")
     s = doc["summary"]
     cs = s["cells"]
-    lines.append(f"{cs['total']} cells: " + ", ".join(
+    lines.append(f"{count(cs['total'], 'cell')}: " + ", ".join(
         f"{cs[k]} {k}" for k in ("PASS", "FAIL", "ERROR", "MISS", "SKIP") if cs[k]))
     lines.append(f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "
                  f"{s['ERROR']} errors, {s['SKIP']} skipped, {s['MISS']} missing")
@@ -350,18 +352,20 @@ class Scheduler:
         outcomes = {c.name: CellOutcome(c, f"cells/{c.name}") for c in self.cells}
         builds: dict[BuildKey, Built] = {}
         with run_log(self.dir / "run.log"):
-            log.info("matrix %s: %d cells, %d at a time (%s); results: %s", self.matrix.source,
-                     len(self.cells), self.jobs, self.jobs_reason, self.dir)
+            log.info("matrix %s: %s, %d at a time (%s); results: %s", self.matrix.source,
+                     count(len(self.cells), "cell"), self.jobs, self.jobs_reason, self.dir)
             for c in self.cells:
                 d = self.dir / "cells" / c.name
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "cell.yaml").write_text(c.text)
+                # A cell that dies early must not be judged by an earlier run's results.
+                (d / "results.json").unlink(missing_ok=True)
             try:
                 builds = self._builds()
                 self._run_cells(outcomes, builds)
             except KeyboardInterrupt:
                 self.interrupted = True
-                log.warning("interrupted: cells not finished are MISS")
+                log.warning("interrupted: the cells not finished are MISS")
             for o in outcomes.values():
                 if not o.tests:  # never started (interrupted before its turn)
                     why = "the matrix run was interrupted before this cell started"
@@ -370,7 +374,7 @@ class Scheduler:
             env = self._environment(builds, outcomes.values(), started, time.monotonic() - t0)
             doc = merge(self.matrix, list(outcomes.values()), env, self.rerun_of)
             _write_json(self.dir / "results.json", doc)
-            _reports(self.dir)
+            write_reports(self.dir)
             log.info("matrix done in %s: %s", duration(time.monotonic() - t0),
                      ", ".join(f"{n} {s}" for s, n in doc["summary"]["cells"].items()
                                if n and s != "total"))
@@ -383,7 +387,7 @@ class Scheduler:
             b = Built(key, self.dir / "build" / key.label)
             b.dir.mkdir(parents=True, exist_ok=True)
             n = sum(1 for c in self.cells if BuildKey.of(c) == key)
-            log.info("build %d/%d: kernel %s (%d cells)", i, len(keys), key.label, n)
+            log.info("build %d/%d: kernel %s (%s)", i, len(keys), key.label, count(n, "cell"))
             t0 = time.monotonic()
             try:
                 b.artifacts = self.build(key, b.dir)
@@ -443,7 +447,7 @@ class Scheduler:
                     time.sleep(POLL)
         except KeyboardInterrupt:
             for name, r in running.items():
-                r.killed = "interrupted (Ctrl-C) while it ran"
+                r.killed = "the matrix run was interrupted (Ctrl-C, SIGTERM) while it ran"
                 _stop(r.proc, TERM_GRACE)
                 self._finish(r, Status.MISS)
                 progress.finished(name, str(r.outcome.status), r.outcome.counts(),
@@ -538,17 +542,18 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-def _reports(results_dir: Path) -> None:
-    """JUnit XML and index.html from results.json (harness.report, once it exists)."""
+def write_reports(results_dir: Path) -> None:
+    """junit.xml and index.html from results.json; a problem there must not hide the
+    results, so it is logged, not raised."""
+    from harness import report
+
     try:
-        from harness import report
-    except ImportError:
-        return
-    try:
-        report.write_reports(results_dir)
-    except Exception as e:  # a report problem must not hide the results
+        paths = report.write_reports(results_dir)
+    except Exception as e:
         log.error("writing the reports failed: %s", e)
         log.debug("report failure", exc_info=True)
+        return
+    log.info("reports: %s", ", ".join(str(p) for p in paths))
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,

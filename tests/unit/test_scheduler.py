@@ -58,13 +58,17 @@ def cell_doc(*entries: tuple[str, str], files: tuple[str, ...] = ("console.log",
 
 def test_default_jobs() -> None:
     cells = list(load(TWO).cells)
-    assert default_jobs(2, 20000, cells) == (1, "2 cores / 2 vCPUs per cell")
-    assert default_jobs(8, 20000, cells) == (2, "8 cores / 2 vCPUs per cell")  # 2 cells
+    assert default_jobs(2, 20000, cells) == (2, "2 cores, 1 per cell of 2 vCPUs")
+    assert default_jobs(1, 20000, cells) == (1, "1 core, 1 per cell of 2 vCPUs")
+    assert default_jobs(8, 20000, cells)[0] == 2  # only 2 cells
     many = list(matrix.load(None).cells)
-    assert default_jobs(8, 20000, many)[0] == 4
+    assert default_jobs(2, 20000, many)[0] == 2
+    assert default_jobs(4, 20000, many)[0] == 4
     assert default_jobs(8, 5200, many) == (2, "5200 MiB available / 2560 MiB per cell")
     assert default_jobs(8, 100, many)[0] == 1
-    assert default_jobs(8, None, many)[0] == 4
+    assert default_jobs(8, None, many)[0] == 7  # 7 cells
+    big = list(load("axes: {cpus: [4, 8]}").cells)
+    assert default_jobs(8, 90000, big) == (2, "8 cores, 4 per cell of 8 vCPUs")
 
 
 def test_mem_available() -> None:
@@ -239,6 +243,9 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
 
     s = Scheduler(m, m.cells, tmp_path, jobs=2, jobs_reason="test", build=fake_artifacts,
                   command=command, timeout=lambda c: 3.0)
+    # An earlier run's results in the same directory do not count for a cell that crashes.
+    (tmp_path / "cells/6.12").mkdir(parents=True)
+    (tmp_path / "cells/6.12/results.json").write_text(json.dumps(cell_doc(("boot", "PASS"))))
     t0 = time.monotonic()
     doc = s.run()
     assert time.monotonic() - t0 < 60
@@ -275,3 +282,7 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
     assert (tmp_path / "cells/6.1/cell.log").read_text().strip() == "cell passed"
     assert (tmp_path / "matrix.yaml").read_text() == m.text
     assert (tmp_path / "build/6.1/artifacts.json").exists()
+    # harness.report read the merged results: the MISS entries are JUnit errors.
+    junit = (tmp_path / "junit.xml").read_text()
+    assert 'name="6.1-iommu"' in junit and "not run" in junit
+    assert (tmp_path / "index.html").exists()
