@@ -33,7 +33,7 @@ from qemu.qmp import QMPClient
 
 from harness.config import RunConfig
 from harness.splat import Splat, SplatScanner
-from harness.watchdog import PANIC_GRACE, Watchdog, ssh_answers
+from harness.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
 
 if TYPE_CHECKING:
     from harness.ssh import SSHClient
@@ -820,6 +820,8 @@ class Guest:
                 left = PANIC_GRACE - (time.monotonic() - self.panicked_at)
                 if left > 0 and self.proc.poll() is None:
                     self._wait_exit(left)
+                if self.proc.poll() is None:  # what the watchdog would have done
+                    self._end_hung(panic_not_ended(PANIC_GRACE))
             self.kill()
         finally:
             self._reap()

@@ -63,6 +63,10 @@ class Probe:
         return cls(step, step)
 
 
+def panic_not_ended(grace: float) -> str:
+    return f"the guest panicked and QEMU had not ended {grace:.0f}s later"
+
+
 def hung(now: float, last_console: float, last_answer: float, failed_probes: int,
          no_output: float) -> bool:
     """The guest is hung: nothing on the console and no SSH answer for
@@ -124,8 +128,7 @@ class Watchdog:
             panicked = self._panicked_at()
             if panicked is not None:
                 if now - panicked >= self.panic_grace:
-                    self.fired = (f"the guest panicked and QEMU had not ended "
-                                  f"{self.panic_grace:.0f}s later")
+                    self.fired = panic_not_ended(self.panic_grace)
                     self._on_panic_timeout(self.fired)
                     return
                 continue

@@ -221,7 +221,10 @@ class Background:
         self.what, self.title, self.wait, self.setup = what, title, wait, setup
 
     def run(self, s: Session) -> None:
-        s.ssh.run(f"{self.setup}; (echo {self.what} > {LKDTM} &)", 30, abort=s.guest.exit_reason)
+        # a panic may end the guest before the command returns
+        with contextlib.suppress(SSHError):
+            s.ssh.run(f"{self.setup}; (echo {self.what} > {LKDTM} &)", 30,
+                      abort=s.guest.exit_reason)
         s.results.add_status("background", Status.PASS, f"LKDTM {self.what} started")
         assert s.guest.console is not None
         deadline = time.monotonic() + self.wait
