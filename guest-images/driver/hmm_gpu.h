@@ -56,6 +56,7 @@
 struct hmm_gpu_batch;
 struct hmm_gpu_svm;
 struct hmm_gpu_chunk;
+struct hmm_gpu_block;
 
 /* Device memory (hmm_gpu_dmem.c). */
 struct hmm_gpu_dmem {
@@ -63,14 +64,15 @@ struct hmm_gpu_dmem {
 	unsigned int		max_chunks;	/* 0: no device memory */
 	/* lock (IRQ-safe, page_free) covers the fields below up to stats. */
 	spinlock_t		lock;
-	struct hmm_gpu_chunk	**chunks;
-	unsigned int		nchunks;
+	struct hmm_gpu_chunk	*chunks;	/* max_chunks of them */
+	unsigned int		nchunks;	/* in use: pages on the free list */
 	struct page		*free;		/* via page->zone_device_data */
 	unsigned long		nfree;
 	u64			lru_clock;
 	bool			closing;
 	struct hmm_gpu_vram_stats stats;
-	struct mutex		evict_lock;	/* chunk registration, eviction */
+	struct hmm_gpu_block	**blocks;	/* registered on first use */
+	struct mutex		evict_lock;	/* chunk/block registration, eviction */
 	struct mutex		copy_lock;	/* the copy list */
 	struct hmm_gpu_copy_ent	*copy;		/* coherent */
 	dma_addr_t		copy_dma;
@@ -195,7 +197,7 @@ struct hmm_gpu_dev {
 	bool			dmirror_registered;
 
 	struct hmm_gpu_dmem	dmem;
-	/* Every SVM context of the device (hmm_gpu_svm_zap_mm()). */
+	/* Every SVM context of the device (hmm_gpu_svm_zap_migrating()). */
 	struct mutex		svms_lock;
 	struct list_head	svms;
 };
@@ -287,7 +289,9 @@ int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
 int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev,
 			u64 *pages);
 int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages);
-void hmm_gpu_svm_zap_mm(struct hmm_gpu_dev *gdev, struct mm_struct *mm, u64 start, u64 end);
+struct migrate_vma;
+void hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+			       const struct migrate_vma *args);
 int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 

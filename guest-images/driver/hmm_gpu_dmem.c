@@ -2,14 +2,19 @@
 /*
  * hmm_gpu: device memory (ABI 1.2, CAP_VRAM).
  *
- * VRAM is exposed to the kernel as MEMORY_DEVICE_PRIVATE pages: 2 MiB
- * chunks, each a request_free_mem_region() range registered with
- * memremap_pages() on first need, owned by the hmm_gpu device (so two
- * devices see each other's pages as remote). Device page n of chunk c holds
- * VRAM offset c * 2 MiB + n * 4 KiB. The CPU cannot reach VRAM: every byte
- * moves with the MIGRATE copy engine, one command per copy list of at most
- * HMM_GPU_MIGRATE_MAX_PAGES entries in coherent memory; its completion is
- * the fence.
+ * VRAM is exposed to the kernel as MEMORY_DEVICE_PRIVATE pages, owned by
+ * the hmm_gpu device (so two devices see each other's pages as remote).
+ * Two granularities:
+ *  - blocks of up to 64 MiB, each a request_free_mem_region() range
+ *    registered with memremap_pages() on first need. Registration is
+ *    expensive (memory hotplug takes a global lock and waits for RCU), so
+ *    it is done rarely, in big pieces, like amdgpu does for all of VRAM;
+ *  - chunks of 2 MiB, the unit of allocation bookkeeping and of eviction.
+ *    A chunk's pages go on the free list when the chunk is first needed.
+ * Device page n of chunk c holds VRAM offset c * 2 MiB + n * 4 KiB. The CPU
+ * cannot reach VRAM: every byte moves with the MIGRATE copy engine, one
+ * command per copy list of at most HMM_GPU_MIGRATE_MAX_PAGES entries in
+ * coherent memory; its completion is the fence.
  *
  * Allocator: one free list of device pages (linked through
  * page->zone_device_data) and per-chunk use counts, under dmem->lock (a
@@ -18,7 +23,7 @@
  * locks them) only once used, so eviction never meets a page the caller
  * holds locked.
  *
- * Eviction: when no page is free and every chunk is registered, the chunk
+ * Eviction: when no page is free and every chunk is in use, the chunk
  * whose pages were migrated to the device least recently is moved back to
  * system memory with migrate_device_range/pages/finalize, and allocation is
  * retried. evict_lock serialises evictions and the copy list (copy_lock).
@@ -36,19 +41,34 @@
 
 #define HMM_GPU_CHUNK_SIZE	(2ul << 20)
 #define HMM_GPU_CHUNK_PAGES	(HMM_GPU_CHUNK_SIZE >> PAGE_SHIFT)
+#define HMM_GPU_BLOCK_CHUNKS	32
+#define HMM_GPU_BLOCK_SIZE	(HMM_GPU_BLOCK_CHUNKS * HMM_GPU_CHUNK_SIZE)
 
-struct hmm_gpu_chunk {
+struct hmm_gpu_block {
 	struct dev_pagemap	pagemap;
 	struct hmm_gpu_dev	*gdev;
-	unsigned int		index;		/* VRAM offset / chunk size */
+	unsigned int		index;		/* VRAM offset / block size */
+	unsigned long		pfn_first;
+};
+
+struct hmm_gpu_chunk {
+	struct hmm_gpu_dev	*gdev;
 	unsigned long		pfn_first;
 	unsigned long		used;		/* under dmem->lock */
 	u64			lru;		/* last migration to the chunk */
 };
 
+static struct hmm_gpu_block *hmm_gpu_page_block(struct page *page)
+{
+	return container_of(page->pgmap, struct hmm_gpu_block, pagemap);
+}
+
 static struct hmm_gpu_chunk *hmm_gpu_page_chunk(struct page *page)
 {
-	return container_of(page->pgmap, struct hmm_gpu_chunk, pagemap);
+	struct hmm_gpu_block *block = hmm_gpu_page_block(page);
+	unsigned long n = (page_to_pfn(page) - block->pfn_first) / HMM_GPU_CHUNK_PAGES;
+
+	return &block->gdev->dmem.chunks[block->index * HMM_GPU_BLOCK_CHUNKS + n];
 }
 
 bool hmm_gpu_dmem_page_local(struct hmm_gpu_dev *gdev, struct page *page)
@@ -58,10 +78,10 @@ bool hmm_gpu_dmem_page_local(struct hmm_gpu_dev *gdev, struct page *page)
 
 u64 hmm_gpu_dmem_vram_offset(struct page *page)
 {
-	struct hmm_gpu_chunk *chunk = hmm_gpu_page_chunk(page);
+	struct hmm_gpu_block *block = hmm_gpu_page_block(page);
 
-	return (u64)chunk->index * HMM_GPU_CHUNK_SIZE +
-	       ((u64)(page_to_pfn(page) - chunk->pfn_first) << PAGE_SHIFT);
+	return (u64)block->index * HMM_GPU_BLOCK_SIZE +
+	       ((u64)(page_to_pfn(page) - block->pfn_first) << PAGE_SHIFT);
 }
 
 static void hmm_gpu_dmem_page_free(struct page *page)
@@ -294,42 +314,73 @@ void hmm_gpu_dmem_touch(struct hmm_gpu_dev *gdev, const unsigned long *dst,
 
 static const struct dev_pagemap_ops hmm_gpu_dmem_ops;
 
-/* Register the next chunk of VRAM and put its pages on the free list. */
-static int hmm_gpu_dmem_add_chunk(struct hmm_gpu_dev *gdev)
+/* Register VRAM block @index (memremap_pages) on its first use. */
+static int hmm_gpu_dmem_add_block(struct hmm_gpu_dev *gdev, unsigned int index)
 {
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
-	struct hmm_gpu_chunk *chunk;
+	u64 size = min_t(u64, HMM_GPU_BLOCK_SIZE,
+			 (u64)dmem->max_chunks * HMM_GPU_CHUNK_SIZE -
+			 (u64)index * HMM_GPU_BLOCK_SIZE);
+	struct hmm_gpu_block *block;
 	struct resource *res;
-	unsigned long pfn, i;
-	struct page *head = NULL, *tail = NULL;
 	void *ptr;
 	int ret;
 
-	if (dmem->nchunks >= dmem->max_chunks || dmem->closing)
-		return -ENOSPC;
-	chunk = kzalloc(sizeof(*chunk), GFP_KERNEL);
-	if (!chunk)
+	block = kzalloc(sizeof(*block), GFP_KERNEL);
+	if (!block)
 		return -ENOMEM;
-	res = request_free_mem_region(&iomem_resource, HMM_GPU_CHUNK_SIZE, gdev->name);
+	res = request_free_mem_region(&iomem_resource, size, gdev->name);
 	if (IS_ERR(res)) {
 		ret = PTR_ERR(res);
 		goto err_free;
 	}
-	chunk->gdev = gdev;
-	chunk->index = dmem->nchunks;
-	chunk->pagemap.type = MEMORY_DEVICE_PRIVATE;
-	chunk->pagemap.range.start = res->start;
-	chunk->pagemap.range.end = res->end;
-	chunk->pagemap.nr_range = 1;
-	chunk->pagemap.ops = &hmm_gpu_dmem_ops;
-	chunk->pagemap.owner = gdev;
-	ptr = memremap_pages(&chunk->pagemap, dev_to_node(&gdev->pdev->dev));
+	block->gdev = gdev;
+	block->index = index;
+	block->pagemap.type = MEMORY_DEVICE_PRIVATE;
+	block->pagemap.range.start = res->start;
+	block->pagemap.range.end = res->end;
+	block->pagemap.nr_range = 1;
+	block->pagemap.ops = &hmm_gpu_dmem_ops;
+	block->pagemap.owner = gdev;
+	ptr = memremap_pages(&block->pagemap, dev_to_node(&gdev->pdev->dev));
 	if (IS_ERR(ptr)) {
 		ret = PTR_ERR(ptr);
 		goto err_region;
 	}
-	chunk->pfn_first = res->start >> PAGE_SHIFT;
+	block->pfn_first = res->start >> PAGE_SHIFT;
+	dmem->blocks[index] = block;
+	dev_dbg(&gdev->pdev->dev, "VRAM block %u: %llu MiB at pfn %#lx\n", index, size >> 20,
+		block->pfn_first);
+	return 0;
 
+err_region:
+	release_mem_region(res->start, resource_size(res));
+err_free:
+	kfree(block);
+	return ret;
+}
+
+/* Put the pages of the next unused chunk of VRAM on the free list. */
+static int hmm_gpu_dmem_add_chunk(struct hmm_gpu_dev *gdev)
+{
+	struct hmm_gpu_dmem *dmem = &gdev->dmem;
+	unsigned int index = dmem->nchunks;
+	unsigned int bi = index / HMM_GPU_BLOCK_CHUNKS;
+	struct hmm_gpu_chunk *chunk = &dmem->chunks[index];
+	struct page *head = NULL, *tail = NULL;
+	unsigned long i;
+	int ret;
+
+	if (index >= dmem->max_chunks || dmem->closing)
+		return -ENOSPC;
+	if (!dmem->blocks[bi]) {
+		ret = hmm_gpu_dmem_add_block(gdev, bi);
+		if (ret)
+			return ret;
+	}
+	chunk->gdev = gdev;
+	chunk->pfn_first = dmem->blocks[bi]->pfn_first +
+			   (index % HMM_GPU_BLOCK_CHUNKS) * HMM_GPU_CHUNK_PAGES;
 	for (i = 0; i < HMM_GPU_CHUNK_PAGES; i++) {
 		struct page *page = pfn_to_page(chunk->pfn_first + i);
 
@@ -340,21 +391,13 @@ static int hmm_gpu_dmem_add_chunk(struct hmm_gpu_dev *gdev)
 			head = page;
 		tail = page;
 	}
-	pfn = chunk->pfn_first;
 	spin_lock_irq(&dmem->lock);
 	tail->zone_device_data = dmem->free;
 	dmem->free = head;
 	dmem->nfree += HMM_GPU_CHUNK_PAGES;
-	dmem->chunks[dmem->nchunks++] = chunk;
+	dmem->nchunks++;
 	spin_unlock_irq(&dmem->lock);
-	dev_dbg(&gdev->pdev->dev, "VRAM chunk %u: pfn %#lx\n", chunk->index, pfn);
 	return 0;
-
-err_region:
-	release_mem_region(res->start, resource_size(res));
-err_free:
-	kfree(chunk);
-	return ret;
 }
 
 /*
@@ -393,7 +436,7 @@ static struct hmm_gpu_chunk *hmm_gpu_dmem_victim(struct hmm_gpu_dmem *dmem)
 	unsigned int i;
 
 	for (i = 0; i < dmem->nchunks; i++) {
-		struct hmm_gpu_chunk *c = dmem->chunks[i];
+		struct hmm_gpu_chunk *c = &dmem->chunks[i];
 
 		if (c->used && (!victim || c->lru < victim->lru))
 			victim = c;
@@ -491,7 +534,7 @@ int hmm_gpu_dmem_evict_all(struct hmm_gpu_dev *gdev)
 	nchunks = dmem->nchunks;
 	spin_unlock_irq(&dmem->lock);
 	for (i = 0; i < nchunks; i++) {
-		ret = hmm_gpu_dmem_evict_chunk(dmem->chunks[i]);
+		ret = hmm_gpu_dmem_evict_chunk(&dmem->chunks[i]);
 		if (ret < 0 && !err)
 			err = ret;
 	}
@@ -533,8 +576,7 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 	if (migrate_vma_setup(&args))
 		return VM_FAULT_SIGBUS;
 	/* Our own MIGRATE event was skipped by the notifier: zap here. */
-	if (args.cpages)
-		hmm_gpu_svm_zap_mm(gdev, vmf->vma->vm_mm, args.start, args.end);
+	hmm_gpu_svm_zap_migrating(gdev, vmf->vma->vm_mm, &args);
 	ret = hmm_gpu_dmem_copy_to_sys(gdev, vmf->vma, args.start, &src, &dst, 1);
 	if (ret < 0 && (src & MIGRATE_PFN_MIGRATE))
 		vret = VM_FAULT_SIGBUS;
@@ -570,12 +612,16 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 	if (!dmem->max_chunks)
 		return 0;
 	dmem->chunks = kcalloc(dmem->max_chunks, sizeof(*dmem->chunks), GFP_KERNEL);
+	dmem->blocks = kcalloc(DIV_ROUND_UP(dmem->max_chunks, HMM_GPU_BLOCK_CHUNKS),
+			       sizeof(*dmem->blocks), GFP_KERNEL);
 	dmem->copy = dmam_alloc_coherent(dev, HMM_GPU_MIGRATE_MAX_PAGES * sizeof(*dmem->copy),
 					 &dmem->copy_dma, GFP_KERNEL);
 	dmem->zero = dmam_alloc_coherent(dev, PAGE_SIZE, &dmem->zero_dma, GFP_KERNEL);
-	if (!dmem->chunks || !dmem->copy || !dmem->zero) {
+	if (!dmem->chunks || !dmem->blocks || !dmem->copy || !dmem->zero) {
 		kfree(dmem->chunks);
+		kfree(dmem->blocks);
 		dmem->chunks = NULL;
+		dmem->blocks = NULL;
 		dmem->max_chunks = 0;
 		return -ENOMEM;
 	}
@@ -584,7 +630,7 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 
 /*
  * Removal, while the device still works: no new device pages, everything
- * back to system memory, then the chunks go (memunmap_pages() waits for
+ * back to system memory, then the blocks go (memunmap_pages() waits for
  * the last page reference).
  */
 void hmm_gpu_dmem_fini(struct hmm_gpu_dev *gdev)
@@ -598,15 +644,19 @@ void hmm_gpu_dmem_fini(struct hmm_gpu_dev *gdev)
 	dmem->closing = true;
 	spin_unlock_irq(&dmem->lock);
 	hmm_gpu_dmem_evict_all(gdev);
-	for (i = 0; i < dmem->nchunks; i++) {
-		struct hmm_gpu_chunk *chunk = dmem->chunks[i];
+	for (i = 0; i < DIV_ROUND_UP(dmem->max_chunks, HMM_GPU_BLOCK_CHUNKS); i++) {
+		struct hmm_gpu_block *block = dmem->blocks[i];
 
-		memunmap_pages(&chunk->pagemap);
-		release_mem_region(chunk->pagemap.range.start,
-				   range_len(&chunk->pagemap.range));
-		kfree(chunk);
+		if (!block)
+			continue;
+		memunmap_pages(&block->pagemap);
+		release_mem_region(block->pagemap.range.start,
+				   range_len(&block->pagemap.range));
+		kfree(block);
 	}
+	kfree(dmem->blocks);
 	kfree(dmem->chunks);
+	dmem->blocks = NULL;
 	dmem->chunks = NULL;
 	dmem->nchunks = 0;
 	dmem->max_chunks = 0;

@@ -1375,13 +1375,40 @@ out_free:
 	return ret;
 }
 
+/* Apply @op to the runs of pages @args selected for migration. svm->lock held. */
+static unsigned long hmm_gpu_svm_walk_migrating(struct hmm_gpu_svm *svm,
+						const struct migrate_vma *args,
+						enum hmm_gpu_pt_op op)
+{
+	unsigned long i = 0, j, n = 0;
+
+	while (i < args->npages) {
+		u64 start, end;
+
+		if (!(args->src[i] & MIGRATE_PFN_MIGRATE)) {
+			i++;
+			continue;
+		}
+		for (j = i + 1; j < args->npages && (args->src[j] & MIGRATE_PFN_MIGRATE); j++)
+			;
+		start = args->start + (i << PAGE_SHIFT);
+		end = min_t(u64, args->start + (j << PAGE_SHIFT), svm->va_end);
+		if (start < end)
+			n += hmm_gpu_pt_walk(svm, svm->root, 0, start, end, op);
+		i = j;
+	}
+	return n;
+}
+
 /*
- * Drop the translations of [start, end) of every context of @gdev that
- * mirrors @mm. The migrations of this driver call it: the notifier skips
- * their MMU_NOTIFY_MIGRATE events, so nothing else zaps the device's
- * translations before the data moves.
+ * Drop the translations of the pages a migration of this driver selected,
+ * in every context of @gdev that mirrors @mm: the notifier skips our own
+ * MMU_NOTIFY_MIGRATE events, so nothing else zaps them before the data
+ * moves. Pages that stay where they are (already in VRAM, or not
+ * collected) keep theirs. One TLB fence covers the window.
  */
-void hmm_gpu_svm_zap_mm(struct hmm_gpu_dev *gdev, struct mm_struct *mm, u64 start, u64 end)
+void hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+			       const struct migrate_vma *args)
 {
 	struct hmm_gpu_svm *svm;
 
@@ -1390,9 +1417,13 @@ void hmm_gpu_svm_zap_mm(struct hmm_gpu_dev *gdev, struct mm_struct *mm, u64 star
 		if (svm->mm != mm)
 			continue;
 		mutex_lock(&svm->lock);
-		if (!svm->dead && start < min(end, svm->va_end) &&
-		    hmm_gpu_svm_zap(svm, start, min(end, svm->va_end)))
+		if (!svm->dead && hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_ZAP)) {
+			if (!hmm_gpu_tlb_fence(gdev, svm->ctx, args->start,
+					       args->end - args->start))
+				svm->stats.tlb_invalidates++;
+			hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_UNMAP);
 			svm->stats.invalidations++;
+		}
 		mutex_unlock(&svm->lock);
 	}
 	mutex_unlock(&gdev->svms_lock);
@@ -1473,7 +1504,7 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 		goto out;
 	}
 	/* No device DMA to the old pages from now on (our event was skipped). */
-	hmm_gpu_svm_zap_mm(gdev, vma->vm_mm, start, end);
+	hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args);
 	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, res, &nres);
 	if (ret < 0)
 		memset(dst, 0, npages * sizeof(*dst));
@@ -1518,7 +1549,7 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 		migrate_vma_finalize(&args);
 		return 0;
 	}
-	hmm_gpu_svm_zap_mm(gdev, vma->vm_mm, start, end);
+	hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args);
 	ret = hmm_gpu_dmem_copy_to_sys(gdev, vma, start, src, dst, npages);
 	if (ret < 0)
 		memset(dst, 0, npages * sizeof(*dst));
