@@ -1,14 +1,19 @@
-"""A private apt state for trixie/sid sources and packages.
+"""A private apt state for bookworm/trixie/sid sources and packages.
 
 The host's own apt configuration is never touched: every call points apt at
 lists, archives and a sources file of our own under the cache directory.
+bookworm-security is listed too: Debian's 6.1 kernel updates (linux-source-6.1,
+the stock images and headers) land there first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +43,46 @@ def host_mirror() -> str:
     return DEFAULT_MIRROR
 
 
+def security_mirror(mirror: str) -> str:
+    """The security archive next to ``mirror`` (deb.debian.org serves both)."""
+    return re.sub(r"/debian$", "/debian-security", mirror)
+
+
 @dataclass(frozen=True)
 class PrivateApt:
     state: Path  # e.g. ~/.cache/hmmlab/apt
-    suites: tuple[str, ...] = ("trixie", "sid")
+    suites: tuple[str, ...] = ("bookworm", "trixie", "sid")
+    security_suites: tuple[str, ...] = ("bookworm-security",)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One apt invocation at a time on this state (several builders share it)."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        with open(self.state / ".hmmlab.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def sources_text(self) -> str:
+        mirror = host_mirror()
+        text = (
+            "Types: deb deb-src\n"
+            f"URIs: {mirror}\n"
+            f"Suites: {' '.join(self.suites)}\n"
+            "Components: main\n"
+            f"Signed-By: {KEYRING}\n"
+        )
+        if self.security_suites:
+            text += (
+                "\nTypes: deb deb-src\n"
+                f"URIs: {security_mirror(mirror)}\n"
+                f"Suites: {' '.join(self.security_suites)}\n"
+                "Components: main\n"
+                f"Signed-By: {KEYRING}\n"
+            )
+        return text
 
     def _opts(self) -> list[str]:
         return [
@@ -64,37 +105,62 @@ class PrivateApt:
         for sub in ("sources", "lists/partial", "archives/partial"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         src = self.state / "sources" / "hmmlab.sources"
-        want = (
-            "Types: deb deb-src\n"
-            f"URIs: {host_mirror()}\n"
-            f"Suites: {' '.join(self.suites)}\n"
-            "Components: main\n"
-            f"Signed-By: {KEYRING}\n"
-        )
+        want = self.sources_text()
         stamp = self.state / "lists" / ".hmmlab-updated"
-        fresh = stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE
-        if src.exists() and src.read_text() == want and fresh:
-            return
-        src.write_text(want)
-        log.info("apt: updating private package lists (%s)", ", ".join(self.suites))
-        run(["apt-get", *self._opts(), "update"], timeout=600, logfile=logfile)
-        stamp.touch()
+        with self.locked():
+            fresh = stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE
+            if src.exists() and src.read_text() == want and fresh:
+                return
+            src.write_text(want)
+            log.info("apt: updating private package lists (%s)",
+                     ", ".join((*self.suites, *self.security_suites)))
+            run(["apt-get", *self._opts(), "update"], timeout=600, logfile=logfile)
+            stamp.touch()
+
+    def versions(self, package: str) -> list[str]:
+        """Every version of ``package`` the lists offer (binary packages), unsorted."""
+        with self.locked():
+            out = run(["apt-cache", *self._opts(), "show", package], timeout=120,
+                      check=False).stdout.decode(errors="replace")
+        return sorted(set(re.findall(r"^Version:\s*(\S+)", out, re.M)))
+
+    def search_names(self, regex: str) -> list[str]:
+        """Binary package names matching ``regex`` (``apt-cache search --names-only``)."""
+        with self.locked():
+            out = run(["apt-cache", *self._opts(), "search", "--names-only", regex],
+                      timeout=120).stdout.decode(errors="replace")
+        return sorted({line.split(" - ")[0].strip() for line in out.splitlines() if line.strip()})
 
     def source(self, spec: str, dest: Path, logfile: Path) -> None:
         """``apt-get source --download-only SPEC`` into ``dest``."""
         dest.mkdir(parents=True, exist_ok=True)
-        run(["apt-get", *self._opts(), "source", "--download-only", spec],
-            cwd=dest, timeout=1800, logfile=logfile)
+        with self.locked():
+            run(["apt-get", *self._opts(), "source", "--download-only", spec],
+                cwd=dest, timeout=1800, logfile=logfile)
 
     def download(self, package: str, dest: Path, logfile: Path) -> Path:
         """``apt-get download PACKAGE`` into ``dest``; returns the .deb path."""
         dest.mkdir(parents=True, exist_ok=True)
         name = package.split("=")[0]
-        before = set(dest.glob(f"{name}_*.deb"))
-        run(["apt-get", *self._opts(), "download", package], cwd=dest, timeout=1800,
-            logfile=logfile)
-        debs = sorted(set(dest.glob(f"{name}_*.deb")) - before)
+        with self.locked():
+            before = set(dest.glob(f"{name}_*.deb"))
+            run(["apt-get", *self._opts(), "download", package], cwd=dest, timeout=1800,
+                logfile=logfile)
+            debs = sorted(set(dest.glob(f"{name}_*.deb")) - before)
+        if "=" in package:
+            # apt names the file with the version, the epoch's colon escaped
+            version = package.split("=", 1)[1].replace(":", "%3a")
+            exact = dest / f"{name}_{version}_{_deb_arch(dest, name, version)}.deb"
+            if exact.exists():
+                return exact
         debs = debs or sorted(dest.glob(f"{name}_*.deb"))
         if not debs:
             raise RuntimeError(f"apt-get download {package} produced no {name}_*.deb in {dest}")
         return debs[-1]
+
+
+def _deb_arch(dest: Path, name: str, version: str) -> str:
+    for arch in ("amd64", "all"):
+        if (dest / f"{name}_{version}_{arch}.deb").exists():
+            return arch
+    return "amd64"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -15,6 +16,7 @@ from harness.results import EXIT_FAIL, EXIT_INFRA
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
+    from harness.matrix import Matrix
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,11 @@ while its inputs do not change.
 EPILOG = """\
 examples:
   hmmlab build                  build (or find in the cache) everything a run needs
-  hmmlab run                    boot the default configuration and run the smoke scenario
-  hmmlab run my.yaml --results out/
+  hmmlab run                    run the default matrix (3 kernels x vIOMMU off/on, + 6.12 debug)
+  hmmlab run --kernel-tree ~/src/linux    the default matrix on your own kernel tree
+  hmmlab run my.yaml --results out/       a run file (one guest) or a matrix file
+  hmmlab matrix list            the default matrix's cells
+  hmmlab run --rerun-failed results/<time>   only the cells that did not pass there
   hmmlab trace results/<time>/dmatrace-0.bin --records
   hmmlab bench svm              fault rate, bandwidth, fault latency: hmm_gpu.ko vs test_hmm.ko
 
@@ -41,17 +46,24 @@ exit status of `run`: 0 every test passed, 1 a test failed,
 """
 
 RUN_HELP = """\
-Run a configuration: build what is missing, boot the guest, run the scenarios
-and write results.json, console.log, qemu.log, dmatrace-N.bin and run.log to
-the results directory. CONFIG is a YAML file whose keys override the defaults:
+Run a matrix of guests, or one guest: build what is missing, boot, run the
+scenarios and write results.json (and logs, traces) to the results directory.
 
-  kernel: "6.12"      machine: q35 | pc       memory: 1024 (MiB) or "1G"
-  cpus: 2             accel: auto | kvm | tcg
+FILE is a run file (one guest) whose keys override the defaults:
+
+  kernel: "6.12"      6.1 | 6.12 | 7.2 | stock-6.1      flavor: default | debug
+  machine: q35 | pc   iommu: "off" | intel-iommu (q35 only)
+  memory: 2048 (MiB) or "2G"   cpus: 2   accel: auto | kvm | tcg
   devices: [{type: hmm-gpu, props: {name: value}}]
-  scenarios: [smoke]
+  scenarios: [smoke, hmm-tests, ...]
   timeouts: {boot: 120, no_output: 60, scenario: 300}   (seconds)
 
-Without CONFIG the packaged default runs: one q35 guest with one hmm-gpu.
+or a matrix file (it has axes:): axes over kernel, flavor, machine, iommu,
+cpus, memory, devices, scenarios; base: run-file keys every cell shares;
+include:/exclude: cells; pairwise: true. `hmmlab matrix list FILE` shows the
+cells. Without FILE the embedded default matrix runs. A matrix runs each cell
+in its own process, in parallel (-j), into cells/<cell>/ of the results
+directory, with a merged results.json at its top.
 """
 
 
@@ -100,18 +112,42 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build (or find in the cache) every artifact a run needs "
                                    "and print where they are.")
     b.add_argument("--kernel", default="6.12", metavar="VERSION",
-                   help="kernel series to build (default: %(default)s)")
+                   help="kernel to build: 6.1, 6.12, 7.2 or stock-6.1 (default: %(default)s)")
+    b.add_argument("--flavor", default="default", choices=["default", "debug"],
+                   help="debug: KASAN, lockdep, DEBUG_VM, hang detectors (default: %(default)s)")
+    b.add_argument("--kernel-tree", type=Path, metavar="PATH",
+                   help="build your own kernel source tree instead")
     b.add_argument("--logs", type=Path, metavar="DIR",
                    help="where build logs go (default: the cache's logs/ directory)")
 
-    r = sub.add_parser("run", help="boot a configuration and run its scenarios",
+    r = sub.add_parser("run", help="run a matrix (default) or one configuration",
                        description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
-                   help="run file (default: the packaged default configuration)")
+    r.add_argument("config", nargs="?", type=Path, metavar="FILE.yaml",
+                   help="a matrix or a run file (default: the embedded default matrix)")
     r.add_argument("--results", type=Path, metavar="DIR",
                    help="results directory (default: ./results/<UTC time>/)")
     r.add_argument("--keep-going", action="store_true",
                    help="run every scenario even after one fails")
+    r.add_argument("--kernel-tree", type=Path, metavar="PATH",
+                   help="boot your own kernel source tree instead of the kernel(s) named")
+    r.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
+                   help="matrix: cells at once (default: from the cores and free memory)")
+    r.add_argument("--rerun-failed", type=Path, metavar="RESULTS_DIR",
+                   help="matrix: run only the cells that FAILed, ERRORed or were MISSing in "
+                        "that earlier matrix run (its matrix, unless FILE is given)")
+    r.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                   help="matrix: kill a cell after this long (default: from its timeouts)")
+
+    mx = sub.add_parser("matrix", help="show a matrix's cells",
+                        description="Matrix files: `hmmlab matrix list [FILE]` prints the "
+                                    "cells a matrix expands to (name and axis values), the "
+                                    "combinations dropped and the rule that dropped each.")
+    mxs = mx.add_subparsers(dest="matrix_command", metavar="ACTION", required=True)
+    ml = mxs.add_parser("list", help="print the expanded cells")
+    ml.add_argument("config", nargs="?", type=Path, metavar="MATRIX.yaml",
+                    help="matrix file (default: the embedded default matrix)")
+    ml.add_argument("--kernel-tree", type=Path, metavar="PATH",
+                    help="replace the kernel axis with your own kernel source tree")
 
     bn = sub.add_parser(
         "bench", help="measure (not a test): hmm_gpu.ko next to the kernel's test_hmm.ko",
@@ -142,7 +178,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     cache = Cache.default()
     logdir = args.logs or cache.path("logs")
     try:
-        a = build_all(cache, logdir, kernel=args.kernel)
+        tree = _kernel_tree(args)
+        a = build_all(cache, logdir, kernel=args.kernel, flavor=args.flavor,
+                      kernel_tree=Path(tree) if tree else None)
     except Exception as e:
         log.error("build failed: %s", e)
         log.debug("build failure", exc_info=True)
@@ -155,41 +193,142 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of cells from 1, got {text!r}")
+    return n
+
+
+def _kernel_tree(args: argparse.Namespace) -> str | None:
+    tree = getattr(args, "kernel_tree", None)
+    return str(tree.expanduser().resolve()) if tree is not None else None
+
+
 def _load_config(args: argparse.Namespace) -> RunConfig | None:
     """The run configuration, or None after printing what is wrong with it."""
     from harness import config
 
     try:
-        return config.load(args.config)
+        cfg = config.load(args.config)
+    except ConfigError as e:
+        print(f"hmmlab: {e}", file=sys.stderr)
+        return None
+    tree = _kernel_tree(args)
+    return dataclasses.replace(cfg, kernel_tree=tree) if tree else cfg
+
+
+def _builder(cfg: RunConfig) -> Callable[[Path], Artifacts]:
+    """Builds (or finds cached) everything a run of ``cfg`` needs."""
+
+    def build(logdir: Path) -> Artifacts:
+        from harness.scheduler import BuildKey, build_with_harness
+
+        return build_with_harness(BuildKey(cfg.kernel, cfg.flavor, cfg.kernel_tree), logdir)
+
+    return build
+
+
+def _is_matrix(path: Path | None) -> bool:
+    """Whether FILE is a matrix (no FILE: the default matrix)."""
+    from harness import matrix
+
+    if path is None:
+        return True
+    try:
+        return matrix.is_matrix_text(path.read_text())
+    except OSError:
+        return False  # the run-file loader says what is wrong
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if _is_matrix(args.config) or args.rerun_failed is not None:
+        return cmd_run_matrix(args)
+    from harness import runner
+    from harness.results import default_results_dir
+
+    for flag, value in (("-j", args.jobs), ("--cell-timeout", args.cell_timeout)):
+        if value is not None:
+            print(f"hmmlab: {flag} is for matrix files; {args.config} is a run file (one "
+                  "guest, no axes:)", file=sys.stderr)
+            return EXIT_INFRA
+    cfg = _load_config(args)
+    if cfg is None:
+        return EXIT_INFRA
+    results_dir = (args.results or default_results_dir()).resolve()
+    res = runner.run(cfg, results_dir, build=_builder(cfg), keep_going=args.keep_going)
+    print(res.table())
+    print(f"results: {results_dir}")
+    return res.exit_code()
+
+
+def _load_matrix(path: Path | None, tree: str | None) -> Matrix | None:
+    from harness import matrix
+
+    try:
+        return matrix.load(path, kernel_tree=tree)
     except ConfigError as e:
         print(f"hmmlab: {e}", file=sys.stderr)
         return None
 
 
-def _builder(kernel: str) -> Callable[[Path], Artifacts]:
-    """Builds (or finds cached) everything a run of ``kernel`` needs."""
-
-    def build(logdir: Path) -> Artifacts:
-        from harness.build import build_all
-        from harness.cache import Cache
-
-        return build_all(Cache.default(), logdir, kernel=kernel)
-
-    return build
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from harness import runner
+def cmd_run_matrix(args: argparse.Namespace) -> int:
+    from harness import scheduler
     from harness.results import default_results_dir
 
-    cfg = _load_config(args)
-    if cfg is None:
+    tree = _kernel_tree(args)
+    path = args.config
+    rerun_of = None
+    names: list[str] | None = None
+    if args.rerun_failed is not None:
+        rerun_of = str(args.rerun_failed.resolve())
+        try:
+            previous = scheduler.load_previous(args.rerun_failed)
+            names = scheduler.rerun_selection(previous)
+        except ValueError as e:
+            print(f"hmmlab: --rerun-failed {args.rerun_failed}: {e}", file=sys.stderr)
+            return EXIT_INFRA
+        if path is None:  # the matrix that ran there, as it was
+            path = args.rerun_failed / "matrix.yaml"
+            tree = tree or previous["matrix"].get("kernel_tree")
+        if path is not None and not _is_matrix(path):
+            print(f"hmmlab: --rerun-failed needs a matrix; {path} is a run file",
+                  file=sys.stderr)
+            return EXIT_INFRA
+    m = _load_matrix(path, tree)
+    if m is None:
         return EXIT_INFRA
+    cells = list(m.cells)
+    if names is not None:
+        unknown = [n for n in names if n not in {c.name for c in m.cells}]
+        if unknown:
+            print(f"hmmlab: not in {m.source}, not rerun: {', '.join(unknown)}",
+                  file=sys.stderr)
+        cells = [c for c in m.cells if c.name in names]
+        if not cells:
+            print(f"hmmlab: nothing to rerun: every cell of {rerun_of} passed"
+                  + (" or is unknown here" if unknown else ""))
+            return 0
     results_dir = (args.results or default_results_dir()).resolve()
-    res = runner.run(cfg, results_dir, build=_builder(cfg.kernel), keep_going=args.keep_going)
-    print(res.table())
+    timeout = (lambda _c: args.cell_timeout) if args.cell_timeout else None
+    doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
+                               keep_going=args.keep_going, timeout=timeout, rerun_of=rerun_of)
+    print(scheduler.table(doc))
     print(f"results: {results_dir}")
-    return res.exit_code()
+    return int(doc["summary"]["exit_status"])
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from harness import matrix
+
+    m = _load_matrix(args.config, _kernel_tree(args))
+    if m is None:
+        return EXIT_INFRA
+    print(matrix.describe(m))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -200,7 +339,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
-    res, fig = bench.run_bench(cfg, args.which, results_dir, build=_builder(cfg.kernel))
+    res, fig = bench.run_bench(cfg, args.which, results_dir, build=_builder(cfg))
     text, code = bench.report(res, fig)
     print(text)
     print(f"results: {results_dir}" + (" (bench.json)" if fig else ""))
@@ -235,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = setup_logging(args.verbose)
     try:
         return {"build": cmd_build, "run": cmd_run, "trace": cmd_trace,
-                "bench": cmd_bench}[args.command](args)
+                "bench": cmd_bench, "matrix": cmd_matrix}[args.command](args)
     except KeyboardInterrupt:
         print("hmmlab: interrupted", file=sys.stderr)
         return 130

@@ -305,6 +305,15 @@ def _apply(
     return out
 
 
+def parse_keys(
+    text: str, source: str, known_scenarios: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """The keys one YAML text sets, each checked as in a run file (no defaults,
+    no rules across keys): a matrix checks its axis values with it."""
+    known = known_scenarios if known_scenarios is not None else _known_scenarios()
+    return _apply({}, text, source, known)
+
+
 def default_text() -> str:
     return resources.files("harness").joinpath(DEFAULT_NAME).read_text()
 

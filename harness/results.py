@@ -3,7 +3,7 @@
 Test entries follow KCIDB: a dotted ``path`` (``boot``, ``driver.load``,
 ``smoke.copy``...), a ``status``, ``duration``, ``log_excerpt`` and
 ``output_files``. Exit status follows tuxrun: 2 when an infrastructure error
-(an ERROR entry) got in the way, else 1 when a test failed, else 0.
+(an ERROR or MISS entry) got in the way, else 1 when a test failed, else 0.
 """
 
 from __future__ import annotations
@@ -31,7 +31,18 @@ class Status(StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"
     ERROR = "ERROR"  # infrastructure: the test could not be carried out
+    MISS = "MISS"  # never ran: its matrix cell was not built, was killed or aborted
     SKIP = "SKIP"
+
+
+# KCIDB's roll-up order: a group of entries has the status of its first here.
+ROLLUP_ORDER = (Status.FAIL, Status.ERROR, Status.MISS, Status.PASS, Status.SKIP)
+
+
+def rollup(statuses: list[Status] | set[Status]) -> Status:
+    """The status of a group of entries (a matrix cell); MISS when there are none."""
+    present = set(statuses)
+    return next((s for s in ROLLUP_ORDER if s in present), Status.MISS)
 
 
 @dataclass
@@ -76,8 +87,11 @@ def default_results_dir(base: Path | None = None) -> Path:
 
 
 def exit_code(tests: list[TestResult]) -> int:
-    statuses = {t.status for t in tests}
-    if Status.ERROR in statuses:
+    return exit_code_of({t.status for t in tests})
+
+
+def exit_code_of(statuses: set[Status]) -> int:
+    if statuses & {Status.ERROR, Status.MISS}:
         return EXIT_INFRA
     if Status.FAIL in statuses:
         return EXIT_FAIL
@@ -157,5 +171,6 @@ class Results:
         lines.append(
             f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "
             f"{s['ERROR']} errors, {s['SKIP']} skipped"
+            + (f", {s['MISS']} missing" if s["MISS"] else "")
         )
         return "\n".join(lines)

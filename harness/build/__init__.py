@@ -11,8 +11,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cache import Cache
+
+if TYPE_CHECKING:
+    from harness.build.kernel import KernelArtifact
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,11 @@ class Artifacts:
     initrds: tuple[Path, ...]  # concatenated in order into one initrd
     ssh_key: Path  # client private key (OpenSSH format)
     ssh_host_pubkey: str  # "ssh-ed25519 AAAA..." to pin for the guest
+    # What the kernel offers ("device_private", "test_hmm", "kasan", "lockdep", ...:
+    # harness.build.kernel.CONFIG_FEATURES), so scenarios can SKIP with a reason.
+    kernel_features: frozenset[str] = frozenset()
+    kernel_label: str = ""  # "6.12.107-1", "6.12.107-1+debug", "stock 6.1.0-56", "tree:<describe>"
+    kernel: KernelArtifact | None = None  # everything about the kernel (source, config, ...)
 
 
 @dataclass(frozen=True)
@@ -39,16 +48,20 @@ class BuildTimes:
     payload: float
 
 
-def build_all(cache: Cache, logdir: Path, kernel: str = "6.12") -> Artifacts:
-    arts, _ = build_all_timed(cache, logdir, kernel)
+def build_all(cache: Cache, logdir: Path, kernel: str = "6.12", flavor: str = "default",
+              kernel_tree: Path | None = None) -> Artifacts:
+    """Everything a run needs for ``kernel`` (a series, "stock-6.1") in ``flavor``,
+    or for the developer's own source ``kernel_tree`` (which overrides ``kernel``)."""
+    arts, _ = build_all_timed(cache, logdir, kernel, flavor, kernel_tree)
     return arts
 
 
 def build_all_timed(
-    cache: Cache, logdir: Path, kernel: str = "6.12"
+    cache: Cache, logdir: Path, kernel: str = "6.12", flavor: str = "default",
+    kernel_tree: Path | None = None,
 ) -> tuple[Artifacts, BuildTimes]:
     # Imported here so `hmmlab --help` and the unit tests do not pay for them.
-    from harness.build.kernel import build_kernel
+    from harness.build.kernel import get_kernel
     from harness.build.payload import build_payload
     from harness.build.qemu import build_qemu
     from harness.build.rootfs import build_rootfs
@@ -58,8 +71,7 @@ def build_all_timed(
     with cache.lock("qemu"):
         qemu = build_qemu(cache, logdir)
     t1 = time.monotonic()
-    with cache.lock(f"kernel-{kernel}"):
-        kern = build_kernel(cache, logdir, kernel)
+    kern = get_kernel(cache, logdir, kernel, flavor, kernel_tree)  # locks per (kernel, flavor)
     t2 = time.monotonic()
     with cache.lock("rootfs"):
         rootfs = build_rootfs(cache, logdir)
@@ -76,8 +88,11 @@ def build_all_timed(
         kernel_image=kern.image,
         kernel_tree=kern.tree,
         kernel_version=kern.version,
-        initrds=(rootfs.initrd, payload),
+        initrds=(rootfs.initrd, *kern.initrds, payload),
         ssh_key=rootfs.ssh_key,
         ssh_host_pubkey=rootfs.ssh_host_pubkey,
+        kernel_features=kern.features,
+        kernel_label=kern.label,
+        kernel=kern,
     )
     return arts, times

@@ -17,6 +17,7 @@ from harness.results import (
     default_results_dir,
     excerpt,
     exit_code,
+    rollup,
 )
 
 
@@ -31,6 +32,8 @@ def t(status: Status, path: str = "x") -> TestResult:
     ([Status.PASS, Status.ERROR], EXIT_INFRA),
     ([Status.FAIL, Status.ERROR], EXIT_INFRA),
     ([Status.SKIP], EXIT_PASS),
+    ([Status.PASS, Status.MISS], EXIT_INFRA),
+    ([Status.FAIL, Status.MISS], EXIT_INFRA),
 ])
 def test_exit_code(statuses: list[Status], code: int) -> None:
     assert exit_code([t(s) for s in statuses]) == code
@@ -51,8 +54,8 @@ def test_results_json(tmp_path: Path) -> None:
     assert d["tests"][0] == {"path": "boot", "status": "PASS", "duration": 9.877,
                              "log_excerpt": "hmmlab: ready", "output_files": ["console.log"]}
     assert d["tests"][1]["len"] == 4096
-    assert d["summary"] == {"total": 3, "PASS": 1, "FAIL": 1, "ERROR": 0, "SKIP": 1,
-                            "exit_status": 1}
+    assert d["summary"] == {"total": 3, "PASS": 1, "FAIL": 1, "ERROR": 0, "MISS": 0,
+                            "SKIP": 1, "exit_status": 1}
     assert not (tmp_path / "run" / "results.json.tmp").exists()
     assert r.status_of("smoke.copy") == Status.FAIL and r.has("boot") and not r.has("nope")
 
@@ -80,3 +83,15 @@ def test_default_results_dir_is_unique(tmp_path: Path) -> None:
     b = default_results_dir(tmp_path)
     assert a.parent == tmp_path / "results" and a != b
     assert a.name.endswith("Z")
+
+
+@pytest.mark.parametrize(("statuses", "status"), [
+    ([], Status.MISS),
+    ([Status.SKIP], Status.SKIP),
+    ([Status.PASS, Status.SKIP], Status.PASS),
+    ([Status.PASS, Status.MISS], Status.MISS),
+    ([Status.MISS, Status.ERROR], Status.ERROR),
+    ([Status.ERROR, Status.FAIL, Status.PASS], Status.FAIL),
+])
+def test_rollup_is_kcidbs_order(statuses: list[Status], status: Status) -> None:
+    assert rollup(statuses) == status

@@ -1,0 +1,161 @@
+"""End to end: `hmmlab run MATRIX.yaml` boots real guests, one process per cell.
+
+Small matrices of the 6.12 kernel with the smoke scenario: both cells pass
+and the merged results.json joins them; a cell whose QEMU cannot start
+ERRORs while the other passes, and --rerun-failed runs only that one; a cell
+past its timeout is killed, QEMU included, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.build import Artifacts
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+HMMLAB_TIMEOUT = 900
+
+
+def hmmlab(*args: str) -> tuple[int, str, float]:
+    """Run the real CLI; (exit status, its output, seconds)."""
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=HMMLAB_TIMEOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    took = time.monotonic() - t0
+    print(p.stdout)
+    print(f"hmmlab {' '.join(args)}: exit {p.returncode} in {took:.1f}s")
+    return p.returncode, p.stdout, took
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def results(d: Path) -> dict[str, Any]:
+    return json.loads((d / "results.json").read_text())
+
+
+def why(doc: dict[str, Any]) -> str:
+    bad = [t for t in doc["tests"] if t["status"] not in ("PASS", "SKIP")]
+    return "\n".join(f"{t['path']}: {t['status']}: {t['log_excerpt'][-800:]}" for t in bad)
+
+
+def qemus_under(d: Path) -> list[str]:
+    """Command lines of live processes that mention ``d`` (a cell's QEMU does)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(d) in cmd and "qemu" in cmd:
+            out.append(cmd)
+    return out
+
+
+def test_two_cells_pass_and_merge(artifacts: Artifacts, tmp_path: Path) -> None:
+    m = write(tmp_path / "two.yaml", """
+        axes:
+          kernel: ["6.12"]
+          iommu: ["off", intel-iommu]
+        base:
+          scenarios: [smoke]
+    """)
+    out_dir = tmp_path / "results"
+    code, out, took = hmmlab("run", str(m), "--results", str(out_dir))
+    doc = results(out_dir)
+    assert code == 0, why(doc)
+    assert "cell 6.12: started" in out and "cell 6.12-iommu: PASS in" in out
+    assert doc["version"] == 2 and doc["kind"] == "matrix"
+    assert doc["matrix"]["source"] == str(m)
+    assert doc["matrix"]["varying"] == ["iommu"]
+    cells = {c["name"]: c for c in doc["matrix"]["cells"]}
+    assert list(cells) == ["6.12", "6.12-iommu"]
+    for name, cell in cells.items():
+        d = out_dir / cell["dir"]
+        assert cell["dir"] == f"cells/{name}"
+        assert cell["status"] == "PASS" and cell["kernel"] == "6.12"
+        assert cell["kernel_release"].startswith("6.12")
+        assert cell["summary"]["PASS"] > 5 and cell["exit_status"] == 0
+        own = results(d)
+        assert own["config"]["iommu"] == cell["axes"]["iommu"]
+        assert "hmmlab: ready" in (d / "console.log").read_text(errors="replace")
+        assert (d / "cell.yaml").exists() and (d / "cell.log").exists()
+        paths = [t["path"] for t in doc["tests"] if t["cell"] == name]
+        assert paths == [f"{name}.{t['path']}" for t in own["tests"]]
+    boot = next(t for t in doc["tests"] if t["path"] == "6.12-iommu.boot")
+    assert boot["output_files"] == ["cells/6.12-iommu/console.log"]
+    assert all((out_dir / f).exists() for t in doc["tests"] for f in t["output_files"])
+    assert doc["summary"]["cells"]["PASS"] == 2 and doc["summary"]["exit_status"] == 0
+    assert doc["environment"]["builds"]["6.12"]["status"] == "PASS"
+    assert (out_dir / "run.log").stat().st_size > 0
+    print(f"two-cell matrix: {took:.1f}s wall, cells "
+          + ", ".join(f"{n} {c['duration']:.1f}s" for n, c in cells.items()))
+
+
+def test_a_failing_cell_does_not_stop_the_other(artifacts: Artifacts, tmp_path: Path) -> None:
+    m = write(tmp_path / "broken.yaml", """
+        axes:
+          kernel: ["6.12"]
+          devices:
+            good: [{type: hmm-gpu}]
+            broken: [{type: hmm-gpu, props: {vram-size: lots}}]   # QEMU refuses it
+        base:
+          scenarios: [smoke]
+    """)
+    first = tmp_path / "first"
+    code, _out, _t = hmmlab("run", str(m), "--results", str(first), "-j", "2")
+    doc = results(first)
+    status = {c["name"]: c["status"] for c in doc["matrix"]["cells"]}
+    assert status == {"6.12": "PASS", "6.12-broken": "ERROR"}, why(doc)
+    assert code == 2
+    tests = {t["path"]: t for t in doc["tests"]}
+    assert tests["6.12-broken.boot"]["status"] == "ERROR"
+    assert "vram-size" in tests["6.12-broken.boot"]["log_excerpt"]
+    assert tests["6.12.smoke.copy"]["status"] == "PASS"
+
+    again = tmp_path / "again"
+    code, _out, _t = hmmlab("run", "--rerun-failed", str(first), "--results", str(again))
+    doc = results(again)
+    assert code == 2
+    assert [c["name"] for c in doc["matrix"]["cells"]] == ["6.12-broken"]
+    assert doc["matrix"]["rerun_of"] == str(first)
+    assert not (again / "cells" / "6.12").exists()
+
+
+def test_a_cell_past_its_timeout_is_killed_with_its_qemu(artifacts: Artifacts,
+                                                        tmp_path: Path) -> None:
+    m = write(tmp_path / "slow.yaml", """
+        axes:
+          kernel: ["6.12"]
+        base:
+          scenarios: [smoke, hmm-tests]
+    """)
+    out_dir = tmp_path / "results"
+    code, _out, took = hmmlab("run", str(m), "--results", str(out_dir), "--cell-timeout", "5")
+    doc = results(out_dir)
+    assert code == 2
+    tests = {t["path"]: t for t in doc["tests"]}
+    run = tests["6.12.run"]
+    assert run["status"] == "ERROR" and "killed after" in run["log_excerpt"], why(doc)
+    # hmm-tests was cut short (what it had done is kept) or never started (MISS).
+    assert (tests.get("6.12.hmm-tests", {}).get("status") == "MISS"
+            or any(p.startswith("6.12.hmm-tests.") for p in tests))
+    assert doc["matrix"]["cells"][0]["status"] == "ERROR"
+    assert qemus_under(out_dir) == []
+    assert took < 120
