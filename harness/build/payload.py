@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.build.kernel import features_of
 from harness.cache import REPO_ROOT, Cache, InputHash
 from harness.proc import run
 
@@ -65,15 +66,6 @@ HMM_TESTS_MAIN = "hmm-tests.c"
 # Files of a kernel tree that identify what a module built against it must match.
 KERNEL_IDENTITY = (".config", "Module.symvers", "include/config/kernel.release")
 
-# feature -> the option that must be =y (the kernel builder's table says the same).
-CONFIG_FEATURES = {
-    "device_private": "CONFIG_DEVICE_PRIVATE",
-    "hmm_mirror": "CONFIG_HMM_MIRROR",
-    "thp": "CONFIG_TRANSPARENT_HUGEPAGE",
-    "hugetlbfs": "CONFIG_HUGETLBFS",
-    "gup_test": "CONFIG_GUP_TEST",
-}
-
 MODULE_TIMEOUT = 900
 WORKLOAD_TIMEOUT = 600
 PACK_TIMEOUT = 300
@@ -97,6 +89,7 @@ class PayloadKernel:
     name: str  # in SKIP reasons: "6.12.107-1", "Debian stock 6.1", "tree:v7.0-rc1"
     features: frozenset[str]
     test_hmm: Path | None  # lib/test_hmm.ko, None when the kernel has no TEST_HMM
+    release: str = ""  # uname -r of the kernel it boots
 
     @classmethod
     def of(cls, kernel: Any) -> PayloadKernel:
@@ -108,6 +101,7 @@ class PayloadKernel:
         if isinstance(kernel, (str, os.PathLike)):
             tree = Path(kernel).resolve()
             source, config, name, feats = (tree / "source").resolve(), tree / ".config", "", None
+            release = ""
         else:
             tree = Path(kernel.tree).resolve()
             source = Path(kernel.source or tree / "source").resolve()
@@ -116,26 +110,22 @@ class PayloadKernel:
             name = (f"Debian stock {series.removeprefix('stock-')}" if series.startswith("stock-")
                     else getattr(kernel, "label", "") or kernel.version)
             feats = getattr(kernel, "features", None) or None
+            release = getattr(kernel, "release", "") or ""
         if not config.exists():
             raise PayloadError(f"payload: {config} is missing: {tree} is not a configured kernel")
         if feats is None:
-            feats = config_features(config)
+            feats = features_of(config, tree)
         name = name or _release(tree) or tree.name
         ko = tree / TEST_HMM_KO
         test_hmm = ko if ko.exists() else None
         feats = frozenset(feats) | ({"test_hmm"} if test_hmm else set())
-        return cls(tree, source, config, name, frozenset(feats), test_hmm)
+        return cls(tree, source, config, name, frozenset(feats), test_hmm,
+                   release or _release(tree))
 
 
 def _release(tree: Path) -> str:
     f = tree / "include" / "config" / "kernel.release"
     return f.read_text().strip() if f.exists() else ""
-
-
-def config_features(config: Path) -> frozenset[str]:
-    """The features (:data:`CONFIG_FEATURES`) a .config turns on."""
-    on = set(re.findall(r"^(CONFIG_[A-Za-z0-9_]+)=y$", config.read_text(), re.M))
-    return frozenset(f for f, opt in CONFIG_FEATURES.items() if opt in on)
 
 
 def _sources(directory: Path) -> list[Path]:
@@ -285,7 +275,7 @@ def manifest(k: PayloadKernel, warnings: Iterable[str] = ()) -> dict[str, Any]:
     text = (selftest_dir(k.source) / HMM_TESTS_MAIN).read_text(errors="replace")
     return {
         "name": k.name,
-        "release": _release(k.tree),
+        "release": k.release,
         "features": sorted(k.features),
         "driver_warnings": list(warnings),
         "hmm_tests": hmm_tests_needs(text),
@@ -318,6 +308,15 @@ def payload_key(kernel: Any) -> str:
 _WARNING = re.compile(r"^(\S+\.[ch]):\d+:\d+: warning: .*$|^WARNING: modpost: .*$", re.M)
 
 
+def driver_warnings(build_output: str, ours: Iterable[str], scratch: Path) -> list[str]:
+    """The compiler warnings about files named in ``ours`` and modpost's about the
+    module, from a kbuild log; paths shown relative to ``scratch``."""
+    names = set(ours)
+    out = [m.group(0).replace(f"{scratch}/", "") for m in _WARNING.finditer(build_output)
+           if (Path(m.group(1)).name in names if m.group(1) else MODULE in m.group(0))]
+    return list(dict.fromkeys(out))
+
+
 def _build_module(k: PayloadKernel, scratch: Path, logfile: Path) -> tuple[Path, list[str]]:
     """``hmm_gpu.ko`` and the compiler warnings (W=1) about our own sources."""
     scratch.mkdir(parents=True)
@@ -336,10 +335,7 @@ def _build_module(k: PayloadKernel, scratch: Path, logfile: Path) -> tuple[Path,
     ko = scratch / MODULE
     if not ko.exists():
         raise PayloadError(f"payload: the module build produced no {MODULE} (see {logfile})")
-    ours = {p.name for p in scratch.iterdir()}
-    warnings = [m.group(0).replace(f"{scratch}/", "") for m in _WARNING.finditer(text)
-                if (Path(m.group(1)).name in ours if m.group(1) else MODULE in m.group(0))]
-    return ko, list(dict.fromkeys(warnings))
+    return ko, driver_warnings(text, (p.name for p in scratch.iterdir()), scratch)
 
 
 def _build_workloads(driver_scratch: Path, scratch: Path, ksrc: Path,
