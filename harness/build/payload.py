@@ -251,7 +251,8 @@ def hmm_tests_needs(text: str) -> dict[str, list[str]]:
 
     A test needs it when its body, or a function of the file it calls
     (transitively), issues a migration or device-exclusive ioctl. Returns
-    ``{"tests": [every "fixture.test"], "device_private": [those that need it]}``.
+    ``{"tests": [every "fixture.test"], "device_private": [those that need it],
+    "variants": {fixture: [variant, ...]}}``.
     """
     bodies = _bodies(text)
     funcs = {n for n in bodies if "." not in n}
@@ -267,18 +268,36 @@ def hmm_tests_needs(text: str) -> dict[str, list[str]]:
                 needs.add(n)
                 changed = True
     tests = [n for n in bodies if "." in n]
-    return {"tests": tests, "device_private": [t for t in tests if t in needs]}
+    variants: dict[str, list[str]] = {}
+    for fixture, variant in re.findall(r"^FIXTURE_VARIANT_ADD\(\s*(\w+)\s*,\s*(\w+)\s*\)",
+                                       text, re.M):
+        variants.setdefault(fixture, []).append(variant)
+    return {"tests": tests, "device_private": [t for t in tests if t in needs],
+            "variants": variants}
+
+
+def harness_selects_tests(harness_text: str) -> bool:
+    """Whether a kselftest_harness.h can run a subset of the tests (-t/-T/-r, 6.3+).
+
+    6.1's cannot, and a failing ASSERT in a fixture test there loops in the
+    fixture's teardown until the test's timeout: a run in which tests must fail
+    (no device-private memory) cannot be made of it.
+    """
+    m = re.search(r'getopt\([^,]+,[^,]+,\s*"([^"]*)"', harness_text)
+    return bool(m) and "T:" in m.group(1)
 
 
 def manifest(k: PayloadKernel, warnings: Iterable[str] = ()) -> dict[str, Any]:
     """``/opt/hmmlab/kernel.json``: what the scenarios need to know about the kernel."""
     text = (selftest_dir(k.source) / HMM_TESTS_MAIN).read_text(errors="replace")
+    harness = k.source / "tools" / "testing" / "selftests" / "kselftest_harness.h"
     return {
         "name": k.name,
         "release": k.release,
         "features": sorted(k.features),
         "driver_warnings": list(warnings),
-        "hmm_tests": hmm_tests_needs(text),
+        "hmm_tests": {**hmm_tests_needs(text),
+                      "selectable": harness_selects_tests(harness.read_text(errors="replace"))},
     }
 
 
@@ -299,6 +318,8 @@ def payload_key(kernel: Any) -> str:
     for f in files:
         h.file(f, label=f"src/{f.relative_to(k.source.resolve()).as_posix()}")
     h.file(k.source / "lib" / "test_hmm_uapi.h", label="src/lib/test_hmm_uapi.h")
+    sdir = selftest_dir(k.source)
+    h.file(sdir / "Makefile", label=f"src/{sdir.relative_to(k.source).as_posix()}/Makefile")
     cc = run(["gcc", "--version"], timeout=60).stdout.decode(errors="replace")
     h.text("gcc", cc.splitlines()[0] if cc else "")
     h.file(Path(__file__), label="payload.py")
@@ -353,13 +374,25 @@ def _build_workloads(driver_scratch: Path, scratch: Path, ksrc: Path,
     return bins
 
 
+def selftest_optimization(makefile_text: str) -> list[str]:
+    """The -O flag of the selftest Makefile's ``CFLAGS =`` line ([] when it has none).
+
+    It matters: 6.1's kselftest_harness keeps the fixture in a local across
+    setjmp(), and at -O2 a failing ASSERT then loops in the teardown forever.
+    """
+    m = re.search(r"^CFLAGS\s*:?=(.*)$", makefile_text, re.M)
+    return re.findall(r"(?<!\S)-O[0-3s]\b", m.group(1))[:1] if m else []
+
+
 def _build_hmm_tests(ksrc: Path, out: Path, logfile: Path) -> Path:
-    """The kernel's hmm-tests, unmodified, linked statically (the guest has no libc)."""
+    """The kernel's hmm-tests, unmodified, linked statically (the guest has no libc),
+    optimised as the kernel's own selftest Makefile does it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     sdir = selftest_dir(ksrc)
     units, _ = hmm_tests_files(ksrc)
     incs = [f"-I{d}" for d in _include_dirs(ksrc)]
-    run(["gcc", "-static", "-O2", "-Wall", *incs, *units, "-lpthread", "-o", out],
+    opt = selftest_optimization((sdir / "Makefile").read_text(errors="replace"))
+    run(["gcc", "-static", *opt, "-Wall", *incs, *units, "-lpthread", "-o", out],
         cwd=sdir, timeout=WORKLOAD_TIMEOUT, logfile=logfile)
     if not out.exists():
         raise PayloadError(f"payload: the hmm-tests build produced nothing (see {logfile})")

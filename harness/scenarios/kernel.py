@@ -45,6 +45,17 @@ class GuestKernel:
     driver_warnings: tuple[str, ...] = ()
     hmm_tests: tuple[str, ...] = ()  # "fixture.test"
     hmm_tests_device_private: frozenset[str] = field(default_factory=frozenset)
+    hmm_tests_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # its kselftest harness can leave tests out (-T), and survives a failing one
+    hmm_tests_selectable: bool = True
+
+    def hmm_test_names(self) -> list[str]:
+        """Every hmm-tests result name ("fixture.variant.test"), as a run prints them."""
+        out = []
+        for t in self.hmm_tests:
+            fixture, _, test = t.partition(".")
+            out += [f"{fixture}.{v}.{test}" for v in self.hmm_tests_variants.get(fixture, ())]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GuestKernel:
@@ -56,6 +67,8 @@ class GuestKernel:
             driver_warnings=tuple(data.get("driver_warnings", ())),
             hmm_tests=tuple(ht.get("tests", ())),
             hmm_tests_device_private=frozenset(ht.get("device_private", ())),
+            hmm_tests_variants={f: tuple(v) for f, v in (ht.get("variants") or {}).items()},
+            hmm_tests_selectable=bool(ht.get("selectable", True)),
         )
 
 

@@ -14,7 +14,9 @@ trace, each data DMA of a VA job used a translation the device walked after
 the last TLB invalidation covering that address in that context
 (:func:`harness.dmatrace.check_invalidations`).
 
-Both load hmm_gpu.ko if it is not loaded yet.
+Both load hmm_gpu.ko if it is not loaded yet. A workload line ``{"test": ...,
+"skip": "why"}`` (what this kernel cannot do: device atomics without
+device-exclusive entries) is a SKIP entry with that reason.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from harness import dmatrace
 from harness.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
-from harness.scenarios.kernel import skip_unsupported
+from harness.scenarios.kernel import guest_kernel, skip_unsupported
 from harness.scenarios.smoke import parse_workload_output
 
 INVALIDATE_SECONDS = 3
@@ -82,9 +84,12 @@ class SvmWorkload:
                                          files))
             return
         each = run.seconds / len(objs)
+        kernel = guest_kernel(s)
         for obj in objs:
             status = sub_test_status(obj)
-            msg = str(obj["skip"]) if status == Status.SKIP else _brief(obj)
+            msg = _brief(obj)
+            if status == Status.SKIP:
+                msg = f"{obj['skip']} ({kernel.name})" if kernel else str(obj["skip"])
             if status == Status.FAIL and run.err.strip():
                 msg += "\nstderr:\n" + run.err[-1500:]
             s.results.add(TestResult(f"{self.name}.{obj['test']}", status, each, msg, files,
