@@ -119,10 +119,23 @@ class PrivateApt:
 
     def versions(self, package: str) -> list[str]:
         """Every version of ``package`` the lists offer (binary packages), unsorted."""
+        return self.versions_of([package])[package]
+
+    def versions_of(self, packages: list[str]) -> dict[str, list[str]]:
+        """Every version of each package the lists offer, in one apt-cache call."""
+        found: dict[str, set[str]] = {p: set() for p in packages}
+        if not packages:
+            return {}
         with self.locked():
-            out = run(["apt-cache", *self._opts(), "show", package], timeout=120,
+            # exit status 100 when one of them is unknown; the others still print
+            out = run(["apt-cache", *self._opts(), "show", *packages], timeout=300,
                       check=False).stdout.decode(errors="replace")
-        return sorted(set(re.findall(r"^Version:\s*(\S+)", out, re.M)))
+        for stanza in out.split("\n\n"):
+            name = re.search(r"^Package:\s*(\S+)", stanza, re.M)
+            version = re.search(r"^Version:\s*(\S+)", stanza, re.M)
+            if name and version and name.group(1) in found:
+                found[name.group(1)].add(version.group(1))
+        return {p: sorted(v) for p, v in found.items()}
 
     def search_names(self, regex: str) -> list[str]:
         """Binary package names matching ``regex`` (``apt-cache search --names-only``)."""
@@ -157,6 +170,14 @@ class PrivateApt:
         if not debs:
             raise RuntimeError(f"apt-get download {package} produced no {name}_*.deb in {dest}")
         return debs[-1]
+
+
+    def download_many(self, specs: list[str], dest: Path, logfile: Path) -> None:
+        """``apt-get download`` several ``name=version`` specs in one call (one list load)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            run(["apt-get", *self._opts(), "download", *specs], cwd=dest, timeout=1800,
+                logfile=logfile)
 
 
 def _deb_arch(dest: Path, name: str, version: str) -> str:

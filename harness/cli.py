@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -247,7 +248,7 @@ def _is_matrix(path: Path | None) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     if _is_matrix(args.config) or args.rerun_failed is not None:
         return cmd_run_matrix(args)
-    from harness import runner
+    from harness import runner, scheduler
     from harness.results import default_results_dir
 
     for flag, value in (("-j", args.jobs), ("--cell-timeout", args.cell_timeout)):
@@ -260,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
     res = runner.run(cfg, results_dir, build=_builder(cfg), keep_going=args.keep_going)
+    scheduler.write_reports(results_dir)
     print(res.table())
     print(f"results: {results_dir}")
     return res.exit_code()
@@ -314,11 +316,21 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
             return 0
     results_dir = (args.results or default_results_dir()).resolve()
     timeout = (lambda _c: args.cell_timeout) if args.cell_timeout else None
-    doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
-                               keep_going=args.keep_going, timeout=timeout, rerun_of=rerun_of)
+    # A SIGTERM (a CI job's timeout) stops the cells and writes results.json like Ctrl-C.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
+                                   keep_going=args.keep_going, timeout=timeout,
+                                   rerun_of=rerun_of)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(scheduler.table(doc))
     print(f"results: {results_dir}")
     return int(doc["summary"]["exit_status"])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

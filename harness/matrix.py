@@ -34,6 +34,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from harness import config
 from harness.config import ConfigError, DeviceConfig, RunConfig, _compose, _line, _Reader, _show
+from harness.progress import count
 
 DEFAULT_NAME = "matrix-default.yaml"
 DEFAULT_SOURCE = "<default matrix>"
@@ -44,6 +45,7 @@ SCALAR_AXES = AXES[:6]
 TOP_KEYS = ("axes", "base", "include", "exclude", "pairwise")
 _SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._+-]+")
+DROPPED_SHOWN = 8  # per rule, in `matrix list`
 
 
 @dataclass(frozen=True)
@@ -586,13 +588,19 @@ def describe(m: Matrix) -> str:
     lines += [fmt.format(*r).rstrip() for r in rows]
     if m.dropped:
         lines.append("dropped:")
+        by_rule: dict[str, list[Dropped]] = {}
         for d in m.dropped:
-            what = " ".join(f"{a}={v}" for a, v in d.axes.items())
-            lines.append(f"  {what}: {d.rule}")
+            by_rule.setdefault(d.rule, []).append(d)
+        for rule, drops in by_rule.items():
+            for d in drops[:DROPPED_SHOWN]:
+                what = " ".join(f"{a}={v}" for a, v in d.axes.items())
+                lines.append(f"  {what}: {rule}")
+            if len(drops) > DROPPED_SHOWN:
+                lines.append(f"  ... and {len(drops) - DROPPED_SHOWN} more: {rule}")
     if m.pairwise_dropped:
         lines.append(f"pairwise: {m.pairwise_dropped} combinations not needed to cover "
                      "every pair of values")
     included = sum(1 for c in m.cells if c.origin != "axes")
-    lines.append(f"{len(m.cells)} cells ({len(m.cells) - included} of {m.combinations} "
+    lines.append(f"{count(len(m.cells), 'cell')} ({len(m.cells) - included} of {m.combinations} "
                  f"combinations of the axes, {included} included), {len(m.dropped)} dropped")
     return "\n".join(lines)

@@ -29,6 +29,11 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def count(n: int, noun: str) -> str:
+    """``1 cell``, ``2 cells``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def eta(now: float, running: Mapping[str, float], queued: int, durations: Sequence[float],
         jobs: int) -> float | None:
     """Seconds until the last cell ends, from the mean time of those done so far.

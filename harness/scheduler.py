@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import harness
 from harness.matrix import Cell, Matrix, safe
-from harness.progress import Progress, duration
+from harness.progress import Progress, count, duration
 from harness.results import Status, exit_code_of, rollup
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ def table(doc: dict[str, Any]) -> str:
                      f"{what}")
     s = doc["summary"]
     cs = s["cells"]
-    lines.append(f"{cs['total']} cells: " + ", ".join(
+    lines.append(f"{count(cs['total'], 'cell')}: " + ", ".join(
         f"{cs[k]} {k}" for k in ("PASS", "FAIL", "ERROR", "MISS", "SKIP") if cs[k]))
     lines.append(f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "
                  f"{s['ERROR']} errors, {s['SKIP']} skipped, {s['MISS']} missing")
@@ -350,18 +350,20 @@ class Scheduler:
         outcomes = {c.name: CellOutcome(c, f"cells/{c.name}") for c in self.cells}
         builds: dict[BuildKey, Built] = {}
         with run_log(self.dir / "run.log"):
-            log.info("matrix %s: %d cells, %d at a time (%s); results: %s", self.matrix.source,
-                     len(self.cells), self.jobs, self.jobs_reason, self.dir)
+            log.info("matrix %s: %s, %d at a time (%s); results: %s", self.matrix.source,
+                     count(len(self.cells), "cell"), self.jobs, self.jobs_reason, self.dir)
             for c in self.cells:
                 d = self.dir / "cells" / c.name
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "cell.yaml").write_text(c.text)
+                # A cell that dies early must not be judged by an earlier run's results.
+                (d / "results.json").unlink(missing_ok=True)
             try:
                 builds = self._builds()
                 self._run_cells(outcomes, builds)
             except KeyboardInterrupt:
                 self.interrupted = True
-                log.warning("interrupted: cells not finished are MISS")
+                log.warning("interrupted: the cells not finished are MISS")
             for o in outcomes.values():
                 if not o.tests:  # never started (interrupted before its turn)
                     why = "the matrix run was interrupted before this cell started"
@@ -370,7 +372,7 @@ class Scheduler:
             env = self._environment(builds, outcomes.values(), started, time.monotonic() - t0)
             doc = merge(self.matrix, list(outcomes.values()), env, self.rerun_of)
             _write_json(self.dir / "results.json", doc)
-            _reports(self.dir)
+            write_reports(self.dir)
             log.info("matrix done in %s: %s", duration(time.monotonic() - t0),
                      ", ".join(f"{n} {s}" for s, n in doc["summary"]["cells"].items()
                                if n and s != "total"))
@@ -383,7 +385,7 @@ class Scheduler:
             b = Built(key, self.dir / "build" / key.label)
             b.dir.mkdir(parents=True, exist_ok=True)
             n = sum(1 for c in self.cells if BuildKey.of(c) == key)
-            log.info("build %d/%d: kernel %s (%d cells)", i, len(keys), key.label, n)
+            log.info("build %d/%d: kernel %s (%s)", i, len(keys), key.label, count(n, "cell"))
             t0 = time.monotonic()
             try:
                 b.artifacts = self.build(key, b.dir)
@@ -443,7 +445,7 @@ class Scheduler:
                     time.sleep(POLL)
         except KeyboardInterrupt:
             for name, r in running.items():
-                r.killed = "interrupted (Ctrl-C) while it ran"
+                r.killed = "the matrix run was interrupted (Ctrl-C, SIGTERM) while it ran"
                 _stop(r.proc, TERM_GRACE)
                 self._finish(r, Status.MISS)
                 progress.finished(name, str(r.outcome.status), r.outcome.counts(),
@@ -538,17 +540,18 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-def _reports(results_dir: Path) -> None:
-    """JUnit XML and index.html from results.json (harness.report, once it exists)."""
+def write_reports(results_dir: Path) -> None:
+    """junit.xml and index.html from results.json; a problem there must not hide the
+    results, so it is logged, not raised."""
+    from harness import report
+
     try:
-        from harness import report
-    except ImportError:
-        return
-    try:
-        report.write_reports(results_dir)
-    except Exception as e:  # a report problem must not hide the results
+        paths = report.write_reports(results_dir)
+    except Exception as e:
         log.error("writing the reports failed: %s", e)
         log.debug("report failure", exc_info=True)
+        return
+    log.info("reports: %s", ", ".join(str(p) for p in paths))
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,

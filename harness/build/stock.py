@@ -148,21 +148,21 @@ def choose_stock(cache: Cache, series: str, logdir: Path) -> StockChoice:
     apt = PrivateApt(cache.path("apt"))
     apt.ensure_lists(logdir / "apt.log")
     names = apt.search_names(image_regex(series))
-    versions: dict[str, list[str]] = {}
-    for name in names:
-        versions[name] = apt.versions(name)
     # only the newest few ABIs need their companions looked up
     pat = re.compile(image_regex(series))
     abis = sorted((int(m.group(1)) for n in names if (m := pat.match(n))), reverse=True)[:3]
+    wanted = set(names)
     for abi in abis:
         probe = StockChoice(series, str(abi), "")
-        for pkg in (*probe.packages().values(), probe.source_package):
-            if pkg not in versions:
-                versions[pkg] = apt.versions(pkg)
-    choice = select_stock(series, versions)
+        wanted.update((*probe.packages().values(), probe.source_package))
+    choice = select_stock(series, apt.versions_of(sorted(wanted)))
     log.info("kernel: stock-%s is %s (%s)", series, choice.release, choice.version)
-    for pkg in choice.packages().values():
-        apt.download(f"{pkg}={choice.version}", downloads, logdir / "apt.log")
+    apt.download_many([f"{pkg}={choice.version}" for pkg in choice.packages().values()],
+                      downloads, logdir / "apt.log")
+    missing = [n for n in choice.deb_names().values() if not (downloads / n).exists()]
+    if missing:
+        raise KernelError(f"stock-{series}: apt-get download left no {', '.join(missing)} "
+                          f"in {downloads} (see {logdir / 'apt.log'})")
     return choice
 
 

@@ -104,6 +104,9 @@ def test_two_cells_pass_and_merge(artifacts: Artifacts, tmp_path: Path) -> None:
     assert doc["summary"]["cells"]["PASS"] == 2 and doc["summary"]["exit_status"] == 0
     assert doc["environment"]["builds"]["6.12"]["status"] == "PASS"
     assert (out_dir / "run.log").stat().st_size > 0
+    # The reports made from it (harness.report): JUnit for CI, a page for people.
+    assert "6.12-iommu" in (out_dir / "index.html").read_text()
+    assert 'name="6.12-iommu"' in (out_dir / "junit.xml").read_text()
     print(f"two-cell matrix: {took:.1f}s wall, cells "
           + ", ".join(f"{n} {c['duration']:.1f}s" for n, c in cells.items()))
 
@@ -159,3 +162,72 @@ def test_a_cell_past_its_timeout_is_killed_with_its_qemu(artifacts: Artifacts,
     assert doc["matrix"]["cells"][0]["status"] == "ERROR"
     assert qemus_under(out_dir) == []
     assert took < 120
+
+
+def test_an_interrupted_matrix_still_writes_its_results(artifacts: Artifacts,
+                                                        tmp_path: Path) -> None:
+    m = write(tmp_path / "two.yaml", """
+        axes:
+          kernel: ["6.12"]
+          iommu: ["off", intel-iommu]
+        base:
+          scenarios: [smoke, hmm-tests]
+    """)
+    out_dir = tmp_path / "results"
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(m), "--results",
+                          str(out_dir), "-j", "1"], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.stdout is not None
+    seen = []
+    for line in p.stdout:  # wait for the first cell's guest to be up
+        seen.append(line)
+        if "cell 6.12: started" in line:
+            break
+    deadline = time.monotonic() + 60
+    while not (out_dir / "cells/6.12/console.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    p.terminate()  # what a CI job's timeout does
+    rest, _ = p.communicate(timeout=120)
+    print("".join(seen) + rest)
+    assert p.returncode == 2
+    doc = results(out_dir)
+    assert doc["environment"]["interrupted"] is True
+    cells = {c["name"]: c for c in doc["matrix"]["cells"]}
+    assert cells["6.12"]["status"] in ("MISS", "FAIL", "ERROR")
+    assert cells["6.12-iommu"]["status"] == "MISS"
+    tests = {t["path"]: t for t in doc["tests"]}
+    assert tests["6.12.run"]["status"] == "MISS"
+    assert "interrupted" in tests["6.12.run"]["log_excerpt"]
+    assert "before this cell started" in tests["6.12-iommu.run"]["log_excerpt"]
+    assert tests["6.12-iommu.smoke"]["status"] == "MISS"
+    assert qemus_under(out_dir) == []
+
+
+def test_a_kernel_that_does_not_build_makes_its_cells_error(artifacts: Artifacts,
+                                                            tmp_path: Path) -> None:
+    m = write(tmp_path / "two.yaml", """
+        axes:
+          kernel: ["6.12"]
+          iommu: ["off", intel-iommu]
+        base:
+          scenarios: [smoke]
+    """)
+    out_dir = tmp_path / "results"
+    missing = tmp_path / "no-such-tree"
+    code, _out, _t = hmmlab("run", str(m), "--kernel-tree", str(missing), "--results",
+                            str(out_dir))
+    doc = results(out_dir)
+    assert code == 2
+    assert [c["name"] for c in doc["matrix"]["cells"]] == ["no-such-tree",
+                                                           "no-such-tree-iommu"]
+    assert all(c["status"] == "ERROR" and c["kernel"] == f"tree:{missing}"
+               for c in doc["matrix"]["cells"])
+    tests = {t["path"]: t for t in doc["tests"]}
+    build = tests["no-such-tree.build"]
+    assert build["status"] == "ERROR" and str(missing) in build["log_excerpt"]
+    assert "run.log" in build["output_files"]
+    assert tests["no-such-tree-iommu.smoke"]["status"] == "MISS"
+    assert doc["environment"]["builds"]["tree-no-such-tree"]["status"] == "ERROR"
+    assert not list((out_dir / "cells").glob("*/console.log"))  # no guest was booted

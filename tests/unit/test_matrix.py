@@ -351,3 +351,18 @@ def test_cli_rerun_failed_with_nothing_to_rerun(capsys: pytest.CaptureFixture[st
     assert "not in " in io.err and "gone" in io.err
     assert "nothing to rerun" in io.out
     assert not (tmp_path / "r").exists()
+
+
+def test_describe_keeps_long_drop_lists_short() -> None:
+    text = matrix.describe(load("""
+        axes:
+          machine: [pc]
+          iommu: [intel-iommu]
+          cpus: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        include:
+          - {machine: q35}
+    """))
+    assert text.count("intel-iommu needs machine q35 (automatic rule)") == 9
+    assert "  ... and 2 more: intel-iommu needs machine q35 (automatic rule)" in text
+    assert text.splitlines()[-1] == "1 cell (0 of 10 combinations of the axes, 1 included), " \
+                                    "10 dropped"

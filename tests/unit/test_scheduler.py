@@ -239,6 +239,9 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
 
     s = Scheduler(m, m.cells, tmp_path, jobs=2, jobs_reason="test", build=fake_artifacts,
                   command=command, timeout=lambda c: 3.0)
+    # An earlier run's results in the same directory do not count for a cell that crashes.
+    (tmp_path / "cells/6.12").mkdir(parents=True)
+    (tmp_path / "cells/6.12/results.json").write_text(json.dumps(cell_doc(("boot", "PASS"))))
     t0 = time.monotonic()
     doc = s.run()
     assert time.monotonic() - t0 < 60
@@ -275,3 +278,7 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
     assert (tmp_path / "cells/6.1/cell.log").read_text().strip() == "cell passed"
     assert (tmp_path / "matrix.yaml").read_text() == m.text
     assert (tmp_path / "build/6.1/artifacts.json").exists()
+    # harness.report read the merged results: the MISS entries are JUnit errors.
+    junit = (tmp_path / "junit.xml").read_text()
+    assert 'name="6.1-iommu"' in junit and "not run" in junit
+    assert (tmp_path / "index.html").exists()

@@ -1,0 +1,394 @@
+"""harness/report.py: junit.xml and index.html from both kinds of results.json.
+
+Data: ``data/report/single/results.json`` is a real ``./hmmlab run`` (208
+entries, all PASS or SKIP); ``data/report/matrix-real/results.json`` a real
+two-cell matrix run (smoke only, iommu off and intel-iommu);
+``data/report/matrix/results.json`` a small hand-made matrix run (version 2)
+with every status, dotted cell names, a ``<script>`` in a log excerpt and
+control characters in another.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import junitparser
+import pytest
+
+from harness import report
+
+DATA = Path(__file__).parent / "data" / "report"
+# Files a results tree has but that tests never name; the page lists them per cell.
+CELL_FILES = ("console.log", "run.log", "qemu.log", "dmatrace-0.bin", "dmatrace-1.bin",
+              "hmm-tests-hmm-gpu.log", "hmm-tests-test_hmm.log", "hmm-tests-table.txt")
+MISSING = "svm-mirror.stderr"  # never created: the page must not link to it
+
+
+def make_tree(kind: str, dest: Path) -> Path:
+    """A results directory holding ``kind``'s results.json and the files it names."""
+    dest.mkdir(parents=True)
+    shutil.copy(DATA / kind / "results.json", dest / "results.json")
+    doc = json.loads((dest / "results.json").read_text())
+    dirs = [c["dir"] for c in doc["matrix"]["cells"]] if doc.get("kind") == "matrix" else [""]
+    for d in dirs:
+        (dest / d).mkdir(parents=True, exist_ok=True)
+        for name in CELL_FILES:
+            (dest / d / name).write_text(f"{name} of {d or 'the run'}\n")
+    for t in doc["tests"]:
+        for f in t["output_files"]:
+            if Path(f).name != MISSING:
+                (dest / f).parent.mkdir(parents=True, exist_ok=True)
+                (dest / f).write_text(f"{f}\n")
+    return dest
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> Path:
+    return make_tree("single", tmp_path / "single")
+
+
+@pytest.fixture
+def matrix(tmp_path: Path) -> Path:
+    return make_tree("matrix", tmp_path / "matrix")
+
+
+class Page(HTMLParser):
+    """The parts of index.html the tests look at."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.tds: list[dict[str, str]] = []  # status cells of the matrix table
+        self.in_matrix = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "a" and "href" in a:
+            self.hrefs.append(a["href"])
+        if tag == "table":
+            self.in_matrix = a.get("id") == "matrix-table"
+        if tag == "td" and self.in_matrix and "data-status" in a:
+            self.tds.append(a)
+
+
+def page(results: Path) -> tuple[str, Page]:
+    text = (results / "index.html").read_text()
+    return text, Page(text)
+
+
+def statuses(doc: dict) -> dict[str, int]:
+    counts = dict.fromkeys(report.STATUSES, 0)
+    for t in doc["tests"]:
+        counts[t["status"]] += 1
+    return counts
+
+
+# --- both outputs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["single", "matrix", "matrix-real"])
+def test_write_reports_writes_both_next_to_results_json(kind: str, tmp_path: Path) -> None:
+    tree = make_tree(kind, tmp_path / kind)
+    paths = report.write_reports(tree)
+    assert paths == [tree / "junit.xml", tree / "index.html"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert not list(tree.glob("*.tmp"))
+
+
+# --- JUnit ---------------------------------------------------------------------
+
+
+def check_junit_shape(path: Path) -> ET.Element:
+    """What Jenkins' and GitLab's JUnit readers rely on, checked on the raw XML."""
+    root = ET.parse(path).getroot()  # also proves it is well-formed XML
+    assert root.tag == "testsuites"
+    for suite in root.findall("testsuite"):
+        assert suite.get("name")
+        cases = suite.findall("testcase")
+        for attr, tag in (("failures", "failure"), ("errors", "error"), ("skipped", "skipped")):
+            assert int(suite.get(attr)) == sum(1 for c in cases if c.find(tag) is not None)
+        assert int(suite.get("tests")) == len(cases)
+        float(suite.get("time"))
+        for case in cases:
+            assert case.get("name") and case.get("classname") == suite.get("name")
+            assert float(case.get("time")) >= 0
+            results = [c for c in case if c.tag in ("failure", "error", "skipped")]
+            assert len(results) <= 1, f"{case.get('name')}: several results"
+            for r in results:
+                assert r.get("message"), f"{case.get('name')}: {r.tag} without message"
+                if r.tag != "skipped":
+                    assert r.get("type")
+    for attr in ("tests", "failures", "errors", "skipped"):
+        assert int(root.get(attr)) == sum(int(s.get(attr)) for s in root.findall("testsuite"))
+    return root
+
+
+def test_junit_single_run_counts_match_results(single: Path) -> None:
+    report.write_reports(single)
+    doc = json.loads((single / "results.json").read_text())
+    check_junit_shape(single / "junit.xml")
+    xml = junitparser.JUnitXml.fromfile(str(single / "junit.xml"))
+    suites = list(xml)
+    assert len(suites) == 1
+    suite = suites[0]
+    assert suite.name == "6.12-q35"  # named from the run's config
+    assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (
+        doc["summary"]["total"], doc["summary"]["FAIL"], doc["summary"]["ERROR"],
+        doc["summary"]["SKIP"])
+    assert suite.tests == 208 and suite.skipped == 58
+    cases = list(suite)
+    assert [c.name for c in cases] == [t["path"] for t in doc["tests"]]
+    assert {c.classname for c in cases} == {"6.12-q35"}
+    by_name = {c.name: c for c in cases}
+    skip = next(t for t in doc["tests"] if t["status"] == "SKIP")
+    [skipped] = by_name[skip["path"]].result
+    assert isinstance(skipped, junitparser.Skipped)
+    assert skipped.message == skip["reason"] == "DEVICE_COHERENT not available"
+    assert by_name["boot"].system_out == doc["tests"][0]["log_excerpt"]
+    props = {p.name: p.value for p in suite.properties()}
+    assert props["kernel"] == "6.12" and props["kernel-version"] == "6.12.107"
+
+
+def test_junit_matrix_one_suite_per_cell_and_every_status(matrix: Path) -> None:
+    report.write_reports(matrix)
+    doc = json.loads((matrix / "results.json").read_text())
+    check_junit_shape(matrix / "junit.xml")
+    xml = junitparser.JUnitXml.fromfile(str(matrix / "junit.xml"))
+    suites = {s.name: s for s in xml}
+    assert list(suites) == [c["name"] for c in doc["matrix"]["cells"]]
+    for name, suite in suites.items():
+        mine = [t for t in doc["tests"] if t["cell"] == name]
+        assert [c.name for c in suite] == [t["path"][len(name) + 1:] for t in mine]
+        assert {c.classname for c in suite} == {name}
+        c = statuses({"tests": mine})
+        assert suite.failures == c["FAIL"]
+        assert suite.errors == c["ERROR"] + c["MISS"]  # MISS is an error: it never ran
+        assert suite.skipped == c["SKIP"]
+    assert xml.tests == len(doc["tests"]) == 27
+    assert (xml.failures, xml.errors, xml.skipped) == (1, 1 + 4, 3)
+
+    iommu = {c.name: c for c in suites["6.12-q35-intel-iommu"]}
+    [fail] = iommu["svm-mirror.anon.read"].result
+    assert isinstance(fail, junitparser.Failure) and fail.type == "FAIL"
+    assert fail.message.startswith('{"test": "anon.read", "ok": false')
+    assert "DMAR: [DMA Read NO_PASID]" in fail.text
+    debug = {c.name: c for c in suites["6.12-debug"]}
+    [err] = debug["boot"].result
+    assert isinstance(err, junitparser.Error) and err.type == "ERROR"
+    assert "BUG: KASAN" in err.message
+    [miss] = debug["smoke.copy"].result
+    assert isinstance(miss, junitparser.Error) and miss.type == "MISS"
+    assert miss.message.startswith("not run")
+
+
+def test_junit_control_characters_cannot_break_the_xml(matrix: Path) -> None:
+    report.write_reports(matrix)
+    raw = (matrix / "junit.xml").read_text()
+    ET.fromstring(raw)
+    assert "\x00" not in raw and "\x1b" not in raw
+    assert "a NUL \\x00 byte" in raw  # shown, not dropped
+    assert "colour and a NUL" in raw  # terminal colour codes removed
+
+
+# --- HTML ----------------------------------------------------------------------
+
+
+def test_html_matrix_has_one_status_per_cell_and_test(matrix: Path) -> None:
+    report.write_reports(matrix)
+    doc = json.loads((matrix / "results.json").read_text())
+    _, p = page(matrix)
+    cells = [c["name"] for c in doc["matrix"]["cells"]]
+    paths = list(dict.fromkeys(t["path"][len(t["cell"]) + 1:] for t in doc["tests"]))
+    assert len(p.tds) == len(cells) * len(paths)
+    shown = {(td["data-cell"], td["data-status"]) for td in p.tds}
+    expected = {(t["cell"], t["status"]) for t in doc["tests"]}
+    assert expected <= shown
+    got = [td["data-status"] for td in p.tds if td["data-status"]]
+    assert sorted(got) == sorted(t["status"] for t in doc["tests"])
+    # Tests some cells lack (7.2's extra hmm-test, the MISSing cell's) are blank, not PASS.
+    assert sum(1 for td in p.tds if not td["data-status"]) == len(cells) * len(paths) - 27
+
+
+def test_html_status_is_written_out_not_only_coloured(matrix: Path) -> None:
+    report.write_reports(matrix)
+    text, _ = page(matrix)
+    for status in report.STATUSES:
+        cell = re.search(rf'<td class="st {status}"[^>]*>(?:<a [^>]*>)?(\w+)', text)
+        assert cell and cell.group(1) == status
+
+
+def test_html_header_summary(matrix: Path) -> None:
+    report.write_reports(matrix)
+    text, _ = page(matrix)
+    header = text[text.index("<header>"):text.index("</header>")]
+    assert "exit 2 (infrastructure error)" in header
+    assert "27 tests in 4 cells" in header
+    for n, s in ((18, "PASS"), (1, "FAIL"), (1, "ERROR"), (4, "MISS"), (3, "SKIP")):
+        assert f"{n} {s}" in header
+    assert "10.0.13" in header and "matrix-sample.yaml" in header and ">vm<" in header
+
+
+def test_html_single_run_from_real_results(single: Path) -> None:
+    report.write_reports(single)
+    doc = json.loads((single / "results.json").read_text())
+    text, p = page(single)
+    assert len(p.tds) == 208
+    # Rows follow the results, grouped by the path's first component.
+    order = {g: i for i, g in enumerate(dict.fromkeys(t["path"].split(".")[0]
+                                                        for t in doc["tests"]))}
+    grouped = sorted(doc["tests"], key=lambda t: order[t["path"].split(".")[0]])
+    assert [td["data-status"] for td in p.tds] == [t["status"] for t in grouped]
+    assert "exit 0 (all passed)" in text and "default.yaml" in text
+    groups = re.findall(r'<tbody class="group" data-group="([^"]+)"', text)
+    assert groups[:3] == ["boot", "driver", "smoke"] and "hmm-tests" in groups
+    assert "No failures, errors or missing tests." in text
+
+
+def test_html_escapes_log_excerpts(matrix: Path) -> None:
+    report.write_reports(matrix)
+    text, _ = page(matrix)
+    assert "<script>" not in text and "<b>bold</b>" not in text
+    assert "&lt;script&gt;alert(&#34;xss&#34;)&lt;/script&gt;" in text
+    # In a title attribute too: the quote cannot close it.
+    assert re.search(r'title="FAIL [^"]*&lt;script&gt;alert\(&#34;xss&#34;\)', text)
+    assert "\x00" not in text and "\x1b" not in text
+
+
+def test_html_links_resolve_to_files_in_the_tree(matrix: Path) -> None:
+    report.write_reports(matrix)
+    text, p = page(matrix)
+    local = [h for h in p.hrefs if not h.startswith("#")]
+    assert all(not urlsplit(h).scheme and not h.startswith("/") for h in local), local
+    for h in local:
+        assert (matrix / unquote(h)).is_file(), h
+    # Each cell's logs and traces are linked from the page, inside its own directory.
+    for c in ("6.1-q35", "6.12-q35-intel-iommu", "6.12-debug", "7.2-q35"):
+        for name in ("console.log", "run.log", "qemu.log", "dmatrace-0.bin",
+                     "hmm-tests-hmm-gpu.log"):
+            assert f"cells/{c}/{name}" in local
+    assert f"cells/6.1-q35/{MISSING}" not in text
+    anchors = {h[1:] for h in p.hrefs if h.startswith("#")}
+    assert anchors and all(f'id="{a}"' in text for a in anchors)
+
+
+def test_html_single_run_links_resolve(single: Path) -> None:
+    report.write_reports(single)
+    _, p = page(single)
+    local = [h for h in p.hrefs if not h.startswith("#")]
+    assert "console.log" in local and "dmatrace-1.bin" in local and "junit.xml" in local
+    for h in local:
+        assert (single / unquote(h)).is_file(), h
+
+
+def test_html_failures_section_lists_bad_entries_with_excerpts(matrix: Path) -> None:
+    report.write_reports(matrix)
+    text, _ = page(matrix)
+    section = text[text.index('id="failures"'):]
+    assert "Failures (6)" in text
+    assert len(re.findall(r'<div class="failure" data-status="(FAIL|ERROR|MISS)"', section)) == 6
+    assert "data mismatch at 0x1000" in section and "BUG: KASAN: slab-use-after-free" in section
+
+
+def test_html_hmm_tests_table_per_cell_and_driver(matrix: Path) -> None:
+    report.write_reports(matrix)
+    text, _ = page(matrix)
+    rows = re.findall(r'<tr data-cell="([^"]+)" data-driver="([^"]+)">(.*?)</tr>', text, re.S)
+    got = {(c, d): [int(n) for n in re.findall(r'<td class="num[^"]*"[^>]*>(\d+)</td>', body)]
+           for c, d, body in rows}
+    # tests, PASS, FAIL, SKIP, ERROR, not run
+    assert got[("7.2-q35", "hmm-gpu")] == [3, 2, 0, 1, 0, 0]
+    assert got[("7.2-q35", "test_hmm")] == [3, 1, 0, 0, 0, 2]
+    assert got[("6.1-q35", "hmm-gpu")] == [2, 1, 0, 1, 0, 0]
+    assert ("6.12-debug", "hmm-gpu") not in got  # it never booted: no table
+
+
+def test_html_real_hmm_tests_totals(single: Path) -> None:
+    report.write_reports(single)
+    text, _ = page(single)
+    body = re.search(r'<tr data-cell="6.12-q35" data-driver="test_hmm">(.*?)</tr>', text, re.S)
+    assert body
+    assert [int(n) for n in re.findall(r">(\d+)</td>", body.group(1))] == [58, 29, 0, 29, 0, 0]
+
+
+def test_real_matrix_run(tmp_path: Path) -> None:
+    tree = make_tree("matrix-real", tmp_path / "real")
+    report.write_reports(tree)
+    doc = json.loads((tree / "results.json").read_text())
+    check_junit_shape(tree / "junit.xml")
+    xml = junitparser.JUnitXml.fromfile(str(tree / "junit.xml"))
+    assert [(s.name, s.tests, s.failures, s.errors) for s in xml] == [
+        ("6.12", 16, 0, 0), ("6.12-iommu", 16, 0, 0)]
+    assert xml.tests == doc["summary"]["total"] == 32
+    text, p = page(tree)
+    assert len(p.tds) == 32 and {td["data-status"] for td in p.tds} == {"PASS"}
+    # Only the axis that differs heads the columns; the others are the same everywhere.
+    axes = re.findall(r'<tr><th class="axis">(\w+)</th>', text)
+    assert axes == ["iommu", "status", "logs"]
+    assert '<th class="axis">intel-iommu</th>' in text
+    assert "6.12.107" in text and "2026-11-21T20:12:07+00:00" in text
+    for h in p.hrefs:
+        if not h.startswith("#"):
+            assert (tree / unquote(h)).is_file(), h
+    assert "cells/6.12-iommu/console.log" in p.hrefs
+
+
+# --- bad input -------------------------------------------------------------------
+
+
+def test_missing_results_json_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(report.ReportInputError, match=r"results\.json: not found"):
+        report.write_reports(tmp_path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["tests"][2].update(status="DONE"),
+     r"tests\[2\]\.status: 'DONE' is not one of FAIL, ERROR, MISS, PASS, SKIP"),
+    (lambda d: d["tests"][0].update(cell="6.13"), r"tests\[0\]\.cell: '6\.13' is not a cell"),
+    (lambda d: d["tests"][1].pop("path"), r"tests\[1\]\.path: missing"),
+    (lambda d: d["tests"][1].update(duration="slow"), r"tests\[1\]\.duration: is str 'slow'"),
+    (lambda d: d.update(version=3), r"version: 3 .* is not a results\.json this hmmlab reads"),
+], ids=["status", "cell", "path", "duration", "version"])
+def test_bad_matrix_input_names_file_and_key(matrix: Path, change, message: str) -> None:
+    path = matrix / "results.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(report.ReportInputError, match=message) as e:
+        report.write_reports(matrix)
+    assert str(path) in str(e.value)
+    assert not (matrix / "index.html").exists()
+
+
+def test_not_json_names_the_line(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text('{"version": 1,\n "tests": [\n')
+    with pytest.raises(report.ReportInputError, match=r"results\.json:3: not JSON"):
+        report.write_reports(tmp_path)
+
+
+def test_a_cell_without_tests_still_shows_in_junit_and_html(matrix: Path) -> None:
+    path = matrix / "results.json"
+    doc = json.loads(path.read_text())
+    doc["tests"] = [t for t in doc["tests"] if t["cell"] != "6.12-debug"]
+    debug = next(c for c in doc["matrix"]["cells"] if c["name"] == "6.12-debug")
+    debug["summary"] = "kernel build failed: see build-logs/kernel-6.12-debug.log"
+    path.write_text(json.dumps(doc))
+    report.write_reports(matrix)
+    suite = next(s for s in junitparser.JUnitXml.fromfile(str(matrix / "junit.xml"))
+                 if s.name == "6.12-debug")
+    [case] = list(suite)
+    [err] = case.result
+    assert isinstance(err, junitparser.Error) and "kernel build failed" in err.message
+    text, _ = page(matrix)
+    assert "cell <code>6.12-debug</code> reported no tests" in text
+
+
+def test_clean_text() -> None:
+    assert report.clean_text("a\x1b[1;31mred\x1b[0m\tb\x00c\x7f\udc80\n") == (
+        "ared\tb\\x00c\\x7f\\udc80\n")
