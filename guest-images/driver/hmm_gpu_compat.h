@@ -3,15 +3,17 @@
  * hmm_gpu: the kernel API differences between the kernels we build for.
  * Every kernel version and CONFIG_DEVICE_PRIVATE test lives here.
  *
- * Checked against the sources of 6.1.192, 6.12.107 and 7.2.13 (Debian's
+ * Compiled (W=1) against 6.1.192, 6.12.107 and 7.2.13 (Debian's
  * linux-source packages) and Debian's stock 6.1 headers (no
- * DEVICE_PRIVATE). The version each change landed in upstream:
+ * DEVICE_PRIVATE). The versions in between are upstream's history, not
+ * compiled here:
  *   6.5   get_user_pages_remote() loses its vmas argument
  *   6.11  pcim_iomap_region()
  *   6.15  page_pgmap() (struct page loses pgmap);
  *         make_device_exclusive() replaces make_device_exclusive_range()
  *   6.19  dev_pagemap_ops.folio_free replaces page_free;
- *         zone_device_page_init() takes the pgmap and an order
+ *         zone_device_page_init() takes an order; 7.2's also takes the
+ *         pgmap, which this header assumes from 6.19 on (not checked on 6.19)
  */
 #ifndef HMM_GPU_COMPAT_H
 #define HMM_GPU_COMPAT_H
