@@ -1,17 +1,23 @@
 """Runs one configuration: boot a guest, run its scenarios, collect results.
 
-Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails) and
+Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails),
 ``console.splat`` (FAIL with the first report's title when the kernel
-printed a BUG/WARNING/Oops/panic at any point, else PASS).
+printed a BUG/WARNING/Oops/panic at any point, else PASS), ``guest.panic``
+(FAIL, when pvpanic reported a kernel panic), ``guest.hang`` (the watchdog
+found the guest hung and killed it: ERROR, FAIL if the kernel reported a
+lockup or stall first) and, with a vIOMMU, ``iommu.enabled`` and
+``iommu.dmar-faults`` (see harness.iommu).
 
 The decisions (which status an entry gets, which scenarios are skipped) are
 pure functions of what was observed: :func:`boot_failure`,
-:func:`splat_result` and :func:`not_run_reason`.
+:func:`splat_result`, :func:`panic_result`, :func:`hang_result` and
+:func:`not_run_reason`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import platform
 import subprocess
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import harness
+from harness import iommu
 from harness import scenarios as scenario_registry
 from harness.config import RunConfig
 from harness.results import Results, Status, TestResult, excerpt
@@ -93,6 +100,35 @@ def splat_result(splats: Sequence[Splat]) -> TestResult:
         "console.splat", Status.FAIL, 0.0, excerpt(text), ["console.log"],
         {"title": first.title, "splats": [s.to_dict() for s in splats]},
     )
+
+
+def panic_result(event: Mapping[str, Any], splats: Sequence[Splat]) -> TestResult:
+    """``guest.panic``: FAIL, from pvpanic's GUEST_PANICKED event and the
+    console's panic report (when it got that far)."""
+    panics = [s for s in splats if s.title.startswith("Kernel panic")]
+    title = (panics or list(splats) or [None])[-1]
+    text = f"QMP GUEST_PANICKED {json.dumps(dict(event.get('data') or {}), sort_keys=True)}"
+    if title is not None:
+        text += f"\n{title.title}\n{title.report}"
+    return TestResult("guest.panic", Status.FAIL, 0.0, text,
+                      ["console.log", "qmp-events.jsonl"],
+                      {"title": title.title if title is not None else "kernel panic"})
+
+
+def hang_result(reason: str, splats: Sequence[Splat], console_tail: str,
+                files: Sequence[str]) -> TestResult:
+    """``guest.hang``: the watchdog killed a guest that stopped answering.
+
+    FAIL when the kernel reported a problem first (a soft lockup, hung
+    task, RCU stall... its own diagnosis), else ERROR: a guest frozen in
+    silence may as well be the host starving it.
+    """
+    status = Status.FAIL if splats else Status.ERROR
+    text = reason
+    if splats:
+        text += f"\nthe kernel reported first: {splats[0].title}"
+    text += f"\nconsole before the kill:\n{console_tail}"
+    return TestResult("guest.hang", status, 0.0, text, list(files))
 
 
 def not_run_reason(
@@ -189,6 +225,8 @@ class Runner:
                     r.add_status("ssh.connect", Status.ERROR, str(e))
                     return
                 r.environment["kernel_release"] = self._uname(ssh, guest)
+                if cfg.iommu != "off":
+                    self._iommu_enabled(ssh, guest)
                 session = Session(cfg, r.dir, guest, ssh, r)
                 ran = self._scenarios(session)
                 gone = guest.exit_reason()
@@ -210,6 +248,9 @@ class Runner:
         finally:
             r.environment["qemu_exit_status"] = guest.returncode
             self._splats(guest)
+            self._guest_end(guest)
+            if cfg.iommu != "off":
+                self._dmar_faults(guest)
         if session is not None:
             for sc in ran:
                 self._guarded(f"{sc.name}.finish", lambda sc=sc: sc.finish(session))
@@ -242,6 +283,47 @@ class Runner:
             return out.strip() if rc == 0 else ""
         except SSHError:
             return ""
+
+    def _iommu_enabled(self, ssh: SSHClient, guest: Guest) -> None:
+        t0 = time.monotonic()
+        try:
+            _rc, out, err = ssh.run(iommu.GUEST_LISTING_CMD, 60, abort=guest.exit_reason)
+        except SSHError as e:
+            self.results.add(TestResult("iommu.enabled", Status.ERROR, time.monotonic() - t0,
+                                        f"could not list the guest's IOMMU groups: {e}"))
+            return
+        (self.results.dir / "iommu-groups.txt").write_text(out + err)
+        entry = iommu.enabled_result(out, time.monotonic() - t0)
+        entry.output_files.append("iommu-groups.txt")
+        self.results.add(entry)
+
+    def _dmar_faults(self, guest: Guest) -> None:
+        files = guest.files
+        try:
+            console = files.console.read_text(errors="replace").splitlines()
+        except OSError:
+            console = []
+        try:
+            stderr = files.qemu_stderr.read_text(errors="replace").splitlines()
+        except OSError:
+            stderr = []
+        self.results.add(iommu.faults_result(iommu.dmar_fault_lines(console),
+                                             iommu.vtd_error_lines(stderr)))
+
+    def _guest_end(self, guest: Guest) -> None:
+        """``guest.panic`` and ``guest.hang`` from what the guest object saw."""
+        splats = guest.console.splats() if guest.console else []
+        if guest.panic_event is not None:
+            entry = panic_result(guest.panic_event, splats)
+            if guest.killed_because is not None:  # it panicked, then would not end
+                entry.log_excerpt = f"{entry.log_excerpt}\nQEMU was killed: {guest.killed_because}"
+            self.results.add(entry)
+        elif guest.killed_because is not None:
+            files = ["console.log", "qemu.log", "qmp-events.jsonl"]
+            if guest.files.hang_registers.exists():
+                files.insert(1, guest.files.hang_registers.name)
+            tail = guest.console.tail(20) if guest.console else ""
+            self.results.add(hang_result(guest.killed_because, splats, tail, files))
 
     def _scenarios(self, session: Session) -> list[Scenario]:
         r = self.results

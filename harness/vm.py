@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
+import json
 import logging
 import os
 import re
@@ -21,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -30,6 +33,7 @@ from qemu.qmp import QMPClient
 
 from harness.config import RunConfig
 from harness.splat import Splat, SplatScanner
+from harness.watchdog import PANIC_GRACE, Watchdog, ssh_answers
 
 if TYPE_CHECKING:
     from harness.ssh import SSHClient
@@ -46,6 +50,14 @@ KERNEL_CMDLINE = (
     "console=ttyS0,115200 earlyprintk=serial panic=-1 loglevel=7 printk.time=1 "
     "net.ifnames=0"
 )
+# With intel-iommu: translate (never passthrough, whatever the kernel's
+# default), and invalidate the IOTLB at every unmap (strict) rather than in
+# batches (lazy): a device DMA after dma_unmap then faults at once instead of
+# hitting a stale IOTLB entry for up to the flush-queue timeout.
+IOMMU_CMDLINE = {
+    "off": "",
+    "intel-iommu": "intel_iommu=on iommu.passthrough=0 iommu.strict=1",
+}
 KVM_PROBE_TIMEOUT = 8.0
 MAX_CONSOLE_LINES = 200_000
 
@@ -173,33 +185,68 @@ class AccelProbe:
 
 # ---- QMP -----------------------------------------------------------------------------
 
-class QMP:
-    """A synchronous face on qemu.qmp's QMPClient, with a timeout on every call."""
+EventCallback = Callable[[dict[str, Any]], None]
 
-    def __init__(self, name: str = "hmmlab") -> None:
+
+class QMP:
+    """A synchronous face on qemu.qmp's QMPClient, with a timeout on every call.
+
+    The client's event loop runs on its own thread, so QMP events (e.g.
+    GUEST_PANICKED) reach ``on_event`` as QEMU sends them, while the caller
+    is busy elsewhere; calls may come from any thread.
+    """
+
+    def __init__(self, name: str = "hmmlab", on_event: EventCallback | None = None) -> None:
+        self._on_event = on_event
         self._loop = asyncio.new_event_loop()
-        self._client: QMPClient = self._loop.run_until_complete(self._make(name))
+        self._thread = threading.Thread(target=self._loop.run_forever, name="qmp", daemon=True)
+        self._thread.start()
+        self._pump: asyncio.Task[None] | None = None
+        self._client: QMPClient = self._sync(self._make(name), 10.0)
 
     @staticmethod
     async def _make(name: str) -> QMPClient:
         return QMPClient(name)
 
     def _sync(self, coro: Any, timeout: float) -> Any:
-        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        fut = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout), self._loop)
+        try:
+            return fut.result(timeout + 5.0)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"QMP call did not return within {timeout:.0f}s") from None
 
     def connect(self, path: str, timeout: float) -> None:
         self._sync(self._client.connect(path), timeout)
+        if self._on_event is not None:
+            self._sync(self._start_pump(), 5.0)
+
+    async def _start_pump(self) -> None:
+        self._pump = asyncio.get_running_loop().create_task(self._events())
+
+    async def _events(self) -> None:
+        assert self._on_event is not None
+        async for msg in self._client.events:
+            try:
+                self._on_event(dict(msg))
+            except Exception:  # a bad callback must not stop event delivery
+                log.exception("QMP event callback")
 
     def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
         return self._sync(self._client.execute(cmd, args), timeout)
 
     def close(self) -> None:
         try:
+            if self._pump is not None:
+                self._loop.call_soon_threadsafe(self._pump.cancel)
             self._sync(self._client.disconnect(), 5.0)
         except Exception as e:  # already gone with QEMU
             log.debug("qmp disconnect: %s", e)
         finally:
-            self._loop.close()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()
 
 
 # ---- console ---------------------------------------------------------------------------
@@ -283,8 +330,9 @@ class Console:
             return "\n".join(list(self.lines)[-n:])
 
     def splats(self) -> list[Splat]:
+        """The kernel reports so far (one whose trace just ended included)."""
         with self._lock:
-            return list(self._scanner.splats)
+            return self._scanner.current()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -335,8 +383,38 @@ class LaunchFiles:
     def initrd(self) -> Path:
         return self.run_dir / "initrd.img"
 
+    @property
+    def qmp_events(self) -> Path:
+        return self.run_dir / "qmp-events.jsonl"
+
+    @property
+    def hang_registers(self) -> Path:
+        return self.run_dir / "hang-registers.txt"
+
     def dmatrace(self, index: int) -> Path:
         return self.run_dir / f"dmatrace-{index}.bin"
+
+
+def iommu_options(iommu: str, accel: AccelChoice) -> tuple[list[str], list[str]]:
+    """(extra ``-accel`` options, the vIOMMU's ``-device`` argument(s)).
+
+    intel-iommu with interrupt remapping (the guest's MSI-X goes through the
+    IOMMU too, as on hardware); KVM needs a split irqchip for that, TCG's
+    irqchip is in userspace anyway. No caching-mode (only VFIO needs it; it
+    makes every map an exit), no device-iotlb (hmm-gpu has no ATS
+    capability), the default 48-bit address width.
+    """
+    if iommu == "off":
+        return [], []
+    if iommu != "intel-iommu":  # config validation keeps this unreachable
+        raise GuestError(f"unknown iommu {iommu}")
+    accel_opts = ["kernel-irqchip=split"] if accel.name == "kvm" else []
+    return accel_opts, ["-device", "intel-iommu,intremap=on"]
+
+
+def kernel_cmdline(cfg: RunConfig) -> str:
+    extra = IOMMU_CMDLINE[cfg.iommu]
+    return f"{KERNEL_CMDLINE} {extra}" if extra else KERNEL_CMDLINE
 
 
 def build_command_line(
@@ -352,12 +430,15 @@ def build_command_line(
     argv = [str(qemu)]
     for d in datadirs:
         argv += ["-L", str(d)]
+    accel_opts, viommu = iommu_options(cfg.iommu, accel)
     argv += [
-        "-M", cfg.machine, "-accel", accel.name, "-cpu", accel.cpu,
+        "-M", cfg.machine, "-accel", ",".join([accel.name, *accel_opts]), "-cpu", accel.cpu,
         "-smp", str(cfg.cpus), "-m", str(cfg.memory),
         "-nodefaults", "-display", "none", "-no-reboot", "-S",
         "-kernel", str(kernel_image), "-initrd", str(files.initrd),
-        "-append", KERNEL_CMDLINE,
+        "-append", kernel_cmdline(cfg),
+        # the vIOMMU must exist before the PCI devices it translates for
+        *viommu,
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=n0,romfile=",
     ]
@@ -374,6 +455,10 @@ def build_command_line(
         else:  # config validation keeps this unreachable
             raise GuestError(f"unknown device type {dev.type}")
     argv += [
+        # a guest panic becomes a QMP GUEST_PANICKED event; QEMU itself does
+        # nothing more, so the kernel finishes printing and ends the run
+        # through panic=-1 and -no-reboot (the harness kills it if not)
+        "-device", "pvpanic-pci", "-action", "panic=none",
         "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
         "-qmp", f"unix:{_qemu_opt(str(files.qmp_sock))},server=on,wait=off",
         "-D", str(files.qemu_log), "-d", "guest_errors,unimp",
@@ -416,6 +501,14 @@ class Guest:
         self.files = LaunchFiles(self.run_dir, self._qmp_path())
         self.gpu_ids = [f"gpu{i}" for i, d in enumerate(cfg.devices) if d.type == "hmm-gpu"]
         self.started_at = 0.0
+        # QMP events as they come (also appended to qmp-events.jsonl)
+        self.events: list[dict[str, Any]] = []
+        self._events_lock = threading.Lock()
+        self.panic_event: dict[str, Any] | None = None
+        self.panicked_at: float | None = None  # time.monotonic() of GUEST_PANICKED
+        # why the watchdog ended QEMU (a hang, or a panic QEMU did not end)
+        self.killed_because: str | None = None
+        self.watchdog: Watchdog | None = None
 
     def _qmp_path(self) -> Path:
         path = self.run_dir.resolve() / "qmp.sock"
@@ -486,7 +579,7 @@ class Guest:
                 raise GuestDied(f"QEMU exited at start with status {self.proc.returncode}: "
                                 f"{err.strip()[-2000:]}")
             if self.files.qmp_sock.exists():
-                qmp = QMP()
+                qmp = QMP(on_event=self._on_event)
                 try:
                     qmp.connect(str(self.files.qmp_sock), timeout=5.0)
                 except Exception as e:  # not listening yet, or QEMU went away
@@ -499,6 +592,23 @@ class Guest:
         raise GuestError("QEMU did not open its QMP socket within 30s",
                          self.stderr_tail())
 
+    def _on_event(self, msg: dict[str, Any]) -> None:
+        """A QMP event (on the QMP thread): keep it, log it, note a panic."""
+        with self._events_lock:
+            self.events.append(msg)
+            try:
+                with open(self.files.qmp_events, "a") as f:
+                    f.write(json.dumps(msg, sort_keys=True, default=str) + "\n")
+            except OSError as e:
+                log.debug("cannot write %s: %s", self.files.qmp_events, e)
+        name = msg.get("event")
+        log.debug("qmp event %s", name)
+        if name == "GUEST_PANICKED" and self.panicked_at is None:
+            self.panic_event = msg
+            self.panicked_at = time.monotonic()
+            log.warning("the guest kernel panicked (QMP GUEST_PANICKED: %s)",
+                        json.dumps(msg.get("data", {}), default=str))
+
     def stderr_tail(self, limit: int = 4000) -> str:
         try:
             return self.files.qemu_stderr.read_text(errors="replace")[-limit:]
@@ -506,15 +616,30 @@ class Guest:
             return ""
 
     def exit_reason(self) -> str | None:
-        """Why the guest is gone (or None while QEMU runs)."""
+        """Why the guest is gone (or None while it runs and works).
+
+        A guest that panicked is gone even while QEMU still runs; it gets a
+        moment to end itself, so the reason usually says how QEMU exited.
+        """
         if self.proc is None:
             return "QEMU is not running"
+        if self.killed_because:
+            return f"QEMU was killed: {self.killed_because}"
         rc = self.proc.poll()
+        if rc is None and self.panicked_at is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2.0)
+            rc = self.proc.poll()
+        splats = self.console.splats() if self.console else []
+        title = f": {splats[-1].title}" if splats else ""
+        if self.panicked_at is not None:
+            if rc is None:
+                return f"the guest kernel panicked (pvpanic GUEST_PANICKED){title}"
+            return f"QEMU exited (status {rc}) after a kernel panic (pvpanic GUEST_PANICKED){title}"
         if rc is None:
             return None
-        splats = self.console.splats() if self.console else []
         if splats:
-            return f"QEMU exited (status {rc}) after a kernel splat: {splats[-1].title}"
+            return f"QEMU exited (status {rc}) after a kernel splat{title}"
         return f"QEMU exited with status {rc}"
 
     def wait_ready(self) -> float:
@@ -522,12 +647,15 @@ class Guest:
 
         Raises GuestDied, GuestHung (no console output for
         timeouts.no_output) or BootTimeout (no ready line within timeouts.boot).
+        Once the guest is ready, the watchdog (:meth:`watch`) looks after it.
         """
         assert self.console is not None and self.proc is not None
         t = self.cfg.timeouts
         deadline = self.started_at + t.boot
         while not self.console.ready.is_set():
             now = time.monotonic()
+            if self.panicked_at is not None and now - self.panicked_at > PANIC_GRACE:
+                self.kill()  # panicked but did not end itself
             if self.proc.poll() is not None:
                 self.console.join(5)
                 raise GuestDied(
@@ -551,19 +679,46 @@ class Guest:
             self.console.ready.wait(0.2)
         took = time.monotonic() - self.started_at
         log.info("guest ready in %.1fs", took)
+        self.watch()
         return took
 
-    def dump_hang_state(self) -> None:
+    def watch(self) -> None:
+        """Start the watchdog of a booted guest (idempotent; see harness.watchdog)."""
+        if self.watchdog is not None or self.console is None:
+            return
+        console = self.console
+        self.watchdog = Watchdog(
+            self.cfg.timeouts.no_output,
+            last_output=lambda: console.last_output,
+            probe=lambda timeout: ssh_answers(self.ssh_port, timeout),
+            alive=lambda: self.proc is not None and self.proc.poll() is None,
+            panicked_at=lambda: self.panicked_at,
+            on_hang=self._end_hung,
+            on_panic_timeout=self._end_hung,
+        )
+        self.watchdog.start()
+
+    def _end_hung(self, reason: str) -> None:
+        """The watchdog's verdict: save the vCPU state, then end QEMU."""
+        log.warning("watchdog: %s; dumping vCPU registers and killing QEMU", reason)
+        saved = self.dump_hang_state()
+        self.killed_because = reason + (
+            f" (vCPU registers in {self.files.hang_registers.name})" if saved else "")
+        self.kill()
+
+    def dump_hang_state(self) -> bool:
         """Save every vCPU's registers (syzkaller does the same) before a kill."""
         if self.qmp is None or self.proc is None or self.proc.poll() is not None:
-            return
+            return False
         try:
             regs = self.qmp.execute(
                 "human-monitor-command", {"command-line": "info registers -a"}, timeout=10
             )
-            (self.run_dir / "hang-registers.txt").write_text(str(regs))
+            self.files.hang_registers.write_text(str(regs))
+            return True
         except Exception as e:
-            log.debug("could not dump registers: %s", e)
+            log.warning("could not dump the vCPU registers: %s", e)
+            return False
 
     # -- SSH, QMP --
 
@@ -579,16 +734,21 @@ class Guest:
         out: dict[str, dict[str, int | str]] = {}
         if self.qmp is None:
             return out
+        failed: str | None = None  # after one failure, QMP is not asked again
         for dev_id in self.gpu_ids:
             path = f"/machine/peripheral/{dev_id}"
             vals: dict[str, int | str] = {}
             for prop in DEVICE_COUNTERS:
+                if failed is not None:
+                    vals[prop] = f"error: not read after an earlier failure ({failed})"
+                    continue
                 try:
                     vals[prop] = self.qmp.execute(
                         "qom-get", {"path": path, "property": prop}, timeout=10
                     )
                 except Exception as e:
-                    vals[prop] = f"error: {e}"
+                    failed = f"{type(e).__name__}: {e}"
+                    vals[prop] = f"error: {failed}"
             out[dev_id] = vals
         return out
 
@@ -653,6 +813,13 @@ class Guest:
     def close(self) -> None:
         """End QEMU whatever state it is in; idempotent."""
         try:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            if self.panicked_at is not None and self.proc is not None:
+                # let the kernel finish its report and end itself first
+                left = PANIC_GRACE - (time.monotonic() - self.panicked_at)
+                if left > 0 and self.proc.poll() is None:
+                    self._wait_exit(left)
             self.kill()
         finally:
             self._reap()

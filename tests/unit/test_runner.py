@@ -161,6 +161,47 @@ def test_splat_fails_the_console_check_titled_after_the_first() -> None:
     assert "Call Trace:" in entry.log_excerpt
 
 
+def _events(sample: str) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in (DATA / sample).read_text().splitlines()]
+
+
+def test_pvpanic_event_is_a_failure_titled_after_the_panic() -> None:
+    # LKDTM PANIC in a 6.12 guest with pvpanic-pci: its console and QMP events
+    events = _events("lkdtm_panic_pvpanic.qmp-events.jsonl")
+    event = next(e for e in events if e["event"] == "GUEST_PANICKED")
+    entry = runner.panic_result(event, _splats("lkdtm_panic_pvpanic.console"))
+    assert (entry.path, entry.status) == ("guest.panic", Status.FAIL)
+    assert entry.extra["title"] == "Kernel panic - not syncing: dumptest"
+    assert entry.log_excerpt.startswith('QMP GUEST_PANICKED {"action": "run"}\n'
+                                        "Kernel panic - not syncing: dumptest\n")
+    assert "qmp-events.jsonl" in entry.output_files
+    # the event alone (the console never got the report out) still fails
+    bare = runner.panic_result(event, [])
+    assert bare.status == Status.FAIL and bare.extra["title"] == "kernel panic"
+
+
+HANG = "no console output and no SSH answer for 10s (guest hung)"
+
+
+def test_silent_hang_is_an_infrastructure_error() -> None:
+    # LKDTM HARDLOCKUP on a 1-CPU guest: the kernel cannot say a thing
+    console = (DATA / "lkdtm_hardlockup_1cpu.console").read_text()
+    splats = scan_text(console)
+    assert splats == []
+    entry = runner.hang_result(HANG, splats, console[-300:],
+                               ["console.log", "hang-registers.txt"])
+    assert (entry.path, entry.status) == ("guest.hang", Status.ERROR)
+    assert entry.log_excerpt.startswith(HANG)
+    assert "lkdtm: Performing direct entry HARDLOCKUP" in entry.log_excerpt
+    assert entry.output_files == ["console.log", "hang-registers.txt"]
+
+
+def test_hang_the_kernel_reported_is_a_failure() -> None:
+    entry = runner.hang_result(HANG, _splats("splat_softlockup.txt"), "", ["console.log"])
+    assert entry.status == Status.FAIL
+    assert "the kernel reported first: BUG: soft lockup in" in entry.log_excerpt
+
+
 def _entry(status: Status) -> TestResult:
     return TestResult("x", status)
 

@@ -1,4 +1,13 @@
-"""Console splat detection on real-looking kernel output."""
+"""Console splat detection on kernel output.
+
+Real consoles of hmmlab guests (6.12 and 7.2, made to misbehave with LKDTM):
+lkdtm_*.console; of the 6.12 debug flavor (KASAN, lockdep, DEBUG_ATOMIC_SLEEP):
+debug_*.console, from LKDTM (READ_AFTER_FREE, SLAB_LINEAR_OVERFLOW,
+SPINLOCKUP) and from debug_splat_demo.c, a throwaway module built against
+that kernel (insmod splat_demo.ko mode=circular|inconsistent|sleep). The
+kernel docs' own KASAN example is kasan_doc_example.txt. splat_*.txt are
+hand-made reports in the kernel's formats around hmm_gpu functions.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +29,17 @@ DATA = Path(__file__).parent / "data"
          "=====", "====="),
         ("splat_null.txt", "BUG: kernel NULL pointer dereference in hmm_gpu_probe",
          "BUG: kernel NULL pointer dereference", "---[ end trace"),
-        ("splat_hung.txt", "INFO: task hmm-gpu-smoke blocked for more than 122 seconds",
+        ("splat_hung.txt", "INFO: task hung in hmm_gpu_wait_cmds",
          "INFO: task hmm-gpu-smoke:215", "</TASK>"),
-        ("splat_rcu.txt", "INFO: rcu_preempt detected stalls",
+        ("splat_rcu.txt", "INFO: rcu_preempt detected stalls in hmm_gpu_poll_cpl",
          "rcu: INFO: rcu_preempt detected stalls", "</TASK>"),
         ("splat_softlockup.txt", "BUG: soft lockup in hmm_gpu_poll_cpl",
          "watchdog: BUG: soft lockup", "</TASK>"),
         ("splat_panic.txt",
          "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100",
          "Kernel panic - not syncing", "---[ end Kernel panic"),
-        ("splat_sleeping.txt", "BUG: sleeping function called from invalid context",
+        ("splat_sleeping.txt",
+         "BUG: sleeping function called from invalid context in hmm_gpu_queue_submit",
          "BUG: sleeping function called", "</TASK>"),
     ],
 )
@@ -91,7 +101,7 @@ def test_open_report_is_flushed_at_end_of_console() -> None:
     for line in text.splitlines():
         assert scanner.feed(line) is None
     splat = scanner.flush()
-    assert splat is not None and splat.title.startswith("INFO: task hmm-gpu-smoke blocked")
+    assert splat is not None and splat.title == "INFO: task hmm-gpu-smoke hung"  # no trace yet
 
 
 def test_several_splats_in_one_console() -> None:
@@ -175,3 +185,160 @@ def test_whole_consoles_from_our_kernel(sample: str, title: str) -> None:
     assert [s.title for s in splats] == [title]
     assert "Call Trace:" in splats[0].report
     assert "hmmlab: ready" not in splats[0].report
+
+
+@pytest.mark.parametrize(("sample", "titles"), [
+    # 6.12, 2 CPUs, LKDTM SOFTLOCKUP: RCU notices first, then the lockup
+    # detector, again every ~28 s
+    ("lkdtm_softlockup.console", ["INFO: rcu_sched self-detected stall on CPU in lkdtm_SOFTLOCKUP",
+                                  "BUG: soft lockup in lkdtm_SOFTLOCKUP",
+                                  "BUG: soft lockup in lkdtm_SOFTLOCKUP"]),
+    # 6.12, hung_task_timeout_secs=5, LKDTM HUNG_TASK: the same title each time
+    ("lkdtm_hung_task.console", ["INFO: task hung in lkdtm_HUNG_TASK"] * 6),
+    # 7.2 WARNING line: "WARNING: drivers/misc/lkdtm/bugs.c:164 at lkdtm_WARNING+0xa/0x10, ..."
+    ("lkdtm_warning_7.2.console", ["WARNING in lkdtm_WARNING"]),
+    ("lkdtm_exception_7.2.console", ["BUG: kernel NULL pointer dereference in lkdtm_EXCEPTION"]),
+    ("lkdtm_bug_7.2.console", ["kernel BUG in lkdtm_BUG"]),
+    ("lkdtm_panic_pvpanic.console", ["Kernel panic - not syncing: dumptest"]),
+    # a frozen 1-CPU guest says nothing: the watchdog's job, not the scanner's
+    ("lkdtm_hardlockup_1cpu.console", []),
+    # a DMAR fault is iommu.dmar-faults' business, not a kernel splat
+    ("iommu_dmar_fault.console", []),
+])
+def test_real_consoles(sample: str, titles: list[str]) -> None:
+    splats = scan_text((DATA / sample).read_text(errors="replace"))
+    assert [s.title for s in splats] == titles
+    for s in splats:
+        lines = s.report.splitlines()
+        assert lines[-1].endswith(("</TASK>", "---[ end trace 0000000000000000 ]---",
+                                   "Kernel Offset: disabled")), lines[-1]
+        assert "hmmlab: ready" not in s.report
+
+
+def test_hung_task_report_is_one_per_detection() -> None:
+    splats = scan_text((DATA / "lkdtm_hung_task.console").read_text())
+    first = splats[0].report.splitlines()
+    assert "INFO: task sh:65 blocked for more than 5 seconds." in first[0]
+    assert "lkdtm_HUNG_TASK+0x15/0x20" in splats[0].report
+    assert "blocked for more than 10 seconds" in splats[1].report.splitlines()[0]
+
+
+def test_kasan_report_from_the_kernel_docs() -> None:
+    (splat,) = scan_text((DATA / "kasan_doc_example.txt").read_text())
+    assert splat.title == "BUG: KASAN: slab-out-of-bounds in kmalloc_oob_right"
+    lines = splat.report.splitlines()
+    assert lines[0].startswith("=====") and lines[-1].startswith("=====")
+    assert "Freed by task 815:" in splat.report
+    assert "Memory state around the buggy address:" in splat.report
+
+
+@pytest.mark.parametrize(("lines", "title"), [
+    # 7.2 kernel/panic.c __warn(), with and without a file
+    (["WARNING: mm/hmm.c:601 at hmm_range_fault+0x1a/0x300, CPU#0: hmm-tests/99"],
+     "WARNING in hmm_range_fault"),
+    (["WARNING: at hmm_range_fault+0x1a/0x300, CPU#0: hmm-tests/99"], "WARNING in hmm_range_fault"),
+    # lockdep (kernel/locking/lockdep.c): named after the first lock's taker
+    (["WARNING: possible circular locking dependency detected",
+      "6.12.107 #1 Not tainted",
+      "------------------------------------------------------",
+      "hmm-tests/99 is trying to acquire lock:",
+      "ffff888003a1c0a8 (&svm->lock){+.+.}-{3:3}, at: hmm_gpu_svm_fault+0x5c/0x210 [hmm_gpu]"],
+     "WARNING: possible circular locking dependency detected in hmm_gpu_svm_fault"),
+    (["WARNING: inconsistent lock state",
+      "--------------------------------",
+      "inconsistent {HARDIRQ-ON-W} -> {IN-HARDIRQ-W} usage.",
+      "swapper/0/0 [HC1[1]:SC0[0]:HE0:SE0] takes:",
+      "ffff888003a1c0a8 (&gdev->lock){?.+.}-{2:2}, at: hmm_gpu_cpl_irq+0x1c/0x90 [hmm_gpu]"],
+     "WARNING: inconsistent lock state in hmm_gpu_cpl_irq"),
+    (["WARNING: bad unlock balance detected!"], "WARNING: bad unlock balance detected!"),
+    # kernel/watchdog.c: 6.12 and 7.2
+    (["Watchdog detected hard LOCKUP on cpu 1", "RIP: 0010:lkdtm_HARDLOCKUP+0x4/0x10"],
+     "Watchdog detected hard LOCKUP in lkdtm_HARDLOCKUP"),
+    (["CPU0: Watchdog detected hard LOCKUP on cpu 1"], "Watchdog detected hard LOCKUP"),
+    (["BUG: Bad page state in process hmm-tests  pfn:1a2b3"], "BUG: Bad page state"),
+    (["BUG: scheduling while atomic: hmm-tests/99/0x00000002"], "BUG: scheduling while atomic"),
+])
+def test_more_titles(lines: list[str], title: str) -> None:
+    assert title_of(lines) == title
+
+
+def test_lockdep_report_ends_with_its_trace() -> None:
+    """Lockdep opens its report with a rule line like KASAN, but does not
+    close it with one: the report must end at its stack trace."""
+    report = [
+        "[   10.000000] ======================================================",
+        "[   10.000001] WARNING: possible circular locking dependency detected",
+        "[   10.000002] 6.12.107 #1 Not tainted",
+        "[   10.000003] ------------------------------------------------------",
+        "[   10.000004] hmm-tests/99 is trying to acquire lock:",
+        "[   10.000005] ffff888003a1c0a8 (&svm->lock){+.+.}-{3:3}, at: "
+        "hmm_gpu_svm_fault+0x5c/0x210 [hmm_gpu]",
+        "[   10.000006] ",
+        "[   10.000007] stack backtrace:",
+        "[   10.000008] Call Trace:",
+        "[   10.000009]  <TASK>",
+        "[   10.000010]  dump_stack_lvl+0x5d/0x80",
+        "[   10.000011]  </TASK>",
+    ]
+    after = ["[   10.100000] hmm_gpu 0000:00:02.0: something ordinary"] * 400
+    splats = scan_text("\n".join(report + after))
+    assert [s.title for s in splats] == [
+        "WARNING: possible circular locking dependency detected in hmm_gpu_svm_fault"]
+    assert splats[0].report.splitlines() == report
+
+
+def test_a_report_whose_trace_ended_counts_before_the_next_line() -> None:
+    scanner = SplatScanner()
+    for line in (DATA / "lkdtm_hung_task.console").read_text().splitlines():
+        scanner.feed(line)
+    # the last report ended with "</TASK>" and nothing came after it yet
+    assert len(scanner.splats) == 5
+    assert [s.title for s in scanner.current()] == ["INFO: task hung in lkdtm_HUNG_TASK"] * 6
+    scanner.feed("[   40.0] next line")
+    assert len(scanner.splats) == 6 and len(scanner.current()) == 6
+
+
+@pytest.mark.parametrize(("sample", "titles", "first", "last"), [
+    ("debug_kasan_uaf.console",
+     ["BUG: KASAN: slab-use-after-free in lkdtm_READ_AFTER_FREE"], "=====", "====="),
+    ("debug_kasan_oob.console",
+     ["BUG: KASAN: slab-out-of-bounds in lkdtm_SLAB_LINEAR_OVERFLOW"], "=====", "====="),
+    # mutexes a then b, then b then a
+    ("debug_lockdep_circular.console",
+     ["WARNING: possible circular locking dependency detected in demo_take_ba"],
+     "=====", "</TASK>"),
+    # a spinlock taken in a timer (softirq) and in process context with softirqs on
+    ("debug_lockdep_inconsistent.console",
+     ["WARNING: inconsistent lock state in demo_process_lock"], "=====", "</TASK>"),
+    # LKDTM SPINLOCKUP returns to user space holding a spinlock: lockdep's
+    # report has no trace and ends with the held-lock list; the scheduler's
+    # complaint about the leaked preempt count follows as its own report
+    ("debug_lockdep_user_return.console",
+     ["WARNING: lock held when returning to user space in lkdtm_do_action",
+      "BUG: scheduling while atomic in irqentry_exit_to_user_mode"],
+     "=====", "(lock_me_up){+.+.}-{2:2}, at: lkdtm_do_action+0x2f/0x50"),
+    # msleep() under a spinlock; the initcall then returns with preemption off
+    ("debug_sleep_atomic.console",
+     ["BUG: scheduling while atomic in demo_sleep_locked", "WARNING in do_one_initcall"],
+     "BUG: scheduling while atomic: insmod/66/0x00000002", "</TASK>"),
+])
+def test_debug_kernel_reports(sample: str, titles: list[str], first: str, last: str) -> None:
+    splats = scan_text((DATA / sample).read_text(errors="replace"))
+    assert [s.title for s in splats] == titles
+    lines = splats[0].report.splitlines()
+    assert first in lines[0] and lines[-1].endswith(last), (lines[0], lines[-1])
+    assert "hmmlab: ready" not in splats[0].report
+
+
+def test_lockdep_report_keeps_both_chains_and_the_scenario() -> None:
+    (splat,) = scan_text((DATA / "debug_lockdep_circular.console").read_text())
+    assert "the existing dependency chain (in reverse order) is:" in splat.report
+    assert "Possible unsafe locking scenario:" in splat.report
+    assert "*** DEADLOCK ***" in splat.report
+    assert "demo_take_ab+0x1c/0x40 [splat_demo]" in splat.report
+
+
+def test_user_return_report_does_not_swallow_what_follows() -> None:
+    splat = scan_text((DATA / "debug_lockdep_user_return.console").read_text())[0]
+    assert "segfault" not in splat.report
+    assert len(splat.report.splitlines()) == 7

@@ -53,7 +53,11 @@ def test_default_command_line() -> None:
     assert opt(argv, "-netdev") == ["user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22"]
     devices = opt(argv, "-device")
     assert devices[0] == "virtio-net-pci,netdev=n0,romfile="
-    assert devices[1] == "hmm-gpu,id=gpu0,dmatrace=dmatrace0"
+    assert devices[1:4] == ["hmm-gpu,id=gpu0,dmatrace=dmatrace0",
+                            "hmm-gpu,id=gpu1,dmatrace=dmatrace1",
+                            "hmm-gpu,id=gpu2,dmatrace=dmatrace2,vram-size=8M"]
+    assert devices[4:] == ["pvpanic-pci"]  # last: the gpus keep slots 2, 3, 4
+    assert opt(argv, "-action") == ["panic=none"]
     assert "file,id=dmatrace0,path=/r/dmatrace-0.bin" in opt(argv, "-chardev")
     assert opt(argv, "-qmp") == ["unix:/r/qmp.sock,server=on,wait=off"]
     assert opt(argv, "-D") == ["/r/qemu.log"]
@@ -70,10 +74,33 @@ def test_two_gpus_with_props_each_get_a_trace() -> None:
     argv = cmdline("devices:\n  - type: hmm-gpu\n    props: {max-xfer: 4096}\n"
                    "  - type: hmm-gpu\n")
     devices = opt(argv, "-device")
-    assert devices[1:] == ["hmm-gpu,id=gpu0,dmatrace=dmatrace0,max-xfer=4096",
-                           "hmm-gpu,id=gpu1,dmatrace=dmatrace1"]
+    assert devices[1:3] == ["hmm-gpu,id=gpu0,dmatrace=dmatrace0,max-xfer=4096",
+                            "hmm-gpu,id=gpu1,dmatrace=dmatrace1"]
     chardevs = opt(argv, "-chardev")
     assert "file,id=dmatrace1,path=/r/dmatrace-1.bin" in chardevs
+
+
+def test_intel_iommu_comes_before_the_pci_devices() -> None:
+    argv = cmdline('iommu: intel-iommu\n')
+    devices = opt(argv, "-device")
+    assert devices[0] == "intel-iommu,intremap=on"
+    assert devices[1].startswith("virtio-net-pci") and devices[2].startswith("hmm-gpu")
+    # TCG's irqchip is in userspace: interrupt remapping needs nothing more
+    assert opt(argv, "-accel") == ["tcg"] and opt(argv, "-M") == ["q35"]
+    append = opt(argv, "-append")[0].split()
+    assert append[-3:] == ["intel_iommu=on", "iommu.passthrough=0", "iommu.strict=1"]
+
+
+def test_intel_iommu_under_kvm_splits_the_irqchip() -> None:
+    argv = cmdline('iommu: intel-iommu\n', accel="kvm")
+    assert opt(argv, "-accel") == ["kvm,kernel-irqchip=split"]
+    assert opt(argv, "-device")[0] == "intel-iommu,intremap=on"
+
+
+def test_no_viommu_by_default() -> None:
+    argv = cmdline()
+    assert "intel_iommu" not in opt(argv, "-append")[0]
+    assert not any(d.startswith("intel-iommu") for d in opt(argv, "-device"))
 
 
 def test_commas_in_paths_are_escaped() -> None:

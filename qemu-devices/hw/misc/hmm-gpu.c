@@ -77,6 +77,14 @@ OBJECT_DECLARE_SIMPLE_TYPE(HmmGpuState, HMM_GPU)
  * unrealize. So the stream is complete whenever device code is not running.
  */
 #define HMM_GPU_TRACE_BUF       (64 * KiB)
+/*
+ * Fault injection (QOM property inject-dma-fault, settable at run time): a
+ * data DMA it applies to goes to its bus address with this bit flipped,
+ * where neither guest RAM nor the IOVAs Linux allocates (top-down below
+ * 4 GiB first) are. Behind a vIOMMU that is a DMA remapping fault the guest
+ * sees; without one, an access to nothing (a DMA error).
+ */
+#define HMM_GPU_INJECT_ADDR_BIT (1ull << 47)
 
 #define HMM_GPU_CMD_SIZE        sizeof(struct hmm_gpu_cmd)
 #define HMM_GPU_CPL_SIZE        sizeof(struct hmm_gpu_cpl)
@@ -218,6 +226,9 @@ struct HmmGpuState {
     uint64_t cnt_migrate_from_vram; /* pages */
     uint64_t cnt_vram_read_bytes;
     uint64_t cnt_vram_write_bytes;
+
+    /* fault injection: the next this many data DMAs go astray */
+    uint32_t inject_dma_fault;
 };
 
 static const char *hmm_gpu_err_name(uint32_t err)
@@ -456,12 +467,26 @@ static void hmm_gpu_trace_header(HmmGpuState *s)
     hmm_gpu_trace_flush(s);
 }
 
+/* The bus address a data DMA really uses (see HMM_GPU_INJECT_ADDR_BIT). */
+static uint64_t hmm_gpu_data_addr(HmmGpuState *s, uint64_t addr)
+{
+    if (!s->inject_dma_fault) {
+        return addr;
+    }
+    s->inject_dma_fault--;
+    trace_hmm_gpu_inject_dma_fault(addr, addr ^ HMM_GPU_INJECT_ADDR_BIT);
+    return addr ^ HMM_GPU_INJECT_ADDR_BIT;
+}
+
 /* Data DMA of job @j; @va is the virtual address the chunk belongs to. */
 static MemTxResult hmm_gpu_data_read(HmmGpuState *s, HmmGpuJob *j,
                                      uint64_t addr, void *buf, uint64_t len,
                                      uint64_t va)
 {
-    MemTxResult res = pci_dma_read(PCI_DEVICE(s), addr, buf, len);
+    MemTxResult res;
+
+    addr = hmm_gpu_data_addr(s, addr);
+    res = pci_dma_read(PCI_DEVICE(s), addr, buf, len);
 
     hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
                       HMM_GPU_DIR_READ, addr, len, res, &j->cmd, va, 0, 0);
@@ -472,7 +497,10 @@ static MemTxResult hmm_gpu_data_write(HmmGpuState *s, HmmGpuJob *j,
                                       uint64_t addr, const void *buf,
                                       uint64_t len, uint64_t va)
 {
-    MemTxResult res = pci_dma_write(PCI_DEVICE(s), addr, buf, len);
+    MemTxResult res;
+
+    addr = hmm_gpu_data_addr(s, addr);
+    res = pci_dma_write(PCI_DEVICE(s), addr, buf, len);
 
     hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_COPY, HMM_GPU_TRACE_DATA,
                       HMM_GPU_DIR_WRITE, addr, len, res, &j->cmd, va, 0, 0);
@@ -1260,14 +1288,16 @@ static uint64_t hmm_gpu_step_migrate(HmmGpuState *s, HmmGpuJob *j)
     while (moved < HMM_GPU_CHUNK && j->bytes < c->len) {
         const struct hmm_gpu_copy_ent *e =
             &j->list[j->bytes / HMM_GPU_PAGE_SIZE];
+        uint64_t sys;
         MemTxResult res;
 
         if (to_vram) {
             /* via the bounce buffer: a failed read leaves VRAM untouched */
-            res = pci_dma_read(PCI_DEVICE(s), e->src, s->bounce,
+            sys = hmm_gpu_data_addr(s, e->src);
+            res = pci_dma_read(PCI_DEVICE(s), sys, s->bounce,
                                HMM_GPU_PAGE_SIZE);
             hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_DATA,
-                              HMM_GPU_DIR_READ, e->src, HMM_GPU_PAGE_SIZE,
+                              HMM_GPU_DIR_READ, sys, HMM_GPU_PAGE_SIZE,
                               res, c, 0, e->dst, 0);
             if (res != MEMTX_OK) {
                 hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_READ, e->src,
@@ -1278,10 +1308,11 @@ static uint64_t hmm_gpu_step_migrate(HmmGpuState *s, HmmGpuJob *j)
             s->cnt_vram_write_bytes += HMM_GPU_PAGE_SIZE;
             s->cnt_migrate_to_vram++;
         } else {
-            res = pci_dma_write(PCI_DEVICE(s), e->dst, s->vram + e->src,
+            sys = hmm_gpu_data_addr(s, e->dst);
+            res = pci_dma_write(PCI_DEVICE(s), sys, s->vram + e->src,
                                 HMM_GPU_PAGE_SIZE);
             hmm_gpu_trace_rec(s, HMM_GPU_ENGINE_MIGRATE, HMM_GPU_TRACE_DATA,
-                              HMM_GPU_DIR_WRITE, e->dst, HMM_GPU_PAGE_SIZE,
+                              HMM_GPU_DIR_WRITE, sys, HMM_GPU_PAGE_SIZE,
                               res, c, 0, e->src, 0);
             if (res != MEMTX_OK) {
                 hmm_gpu_job_fail(s, j, HMM_GPU_ERR_DMA_WRITE, e->dst,
@@ -2263,6 +2294,10 @@ static void hmm_gpu_instance_init(Object *obj)
     object_property_add_uint64_ptr(obj, "vram-bytes-written",
                                    &s->cnt_vram_write_bytes,
                                    OBJ_PROP_FLAG_READ);
+    /* qom-set N: the next N data DMAs go astray (HMM_GPU_INJECT_ADDR_BIT) */
+    object_property_add_uint32_ptr(obj, "inject-dma-fault",
+                                   &s->inject_dma_fault,
+                                   OBJ_PROP_FLAG_READWRITE);
 }
 
 /* Ring state lives in guest memory and in-flight DMA; not worth migrating. */
