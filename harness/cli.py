@@ -112,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build QEMU, the kernel, the rootfs and the driver",
                        description="Build (or find in the cache) every artifact a run needs "
                                    "and print where they are.")
-    b.add_argument("--kernel", default="6.12", metavar="VERSION",
-                   help="kernel to build: 6.1, 6.12, 7.2 or stock-6.1 (default: %(default)s)")
-    b.add_argument("--flavor", default="default", choices=["default", "debug"],
-                   help="debug: KASAN, lockdep, DEBUG_VM, hang detectors (default: %(default)s)")
+    b.add_argument("--kernel", metavar="VERSION",
+                   help="kernel to build: 6.1, 6.12, 7.2 or stock-6.1 (default: every kernel "
+                        "and flavor of the default matrix)")
+    b.add_argument("--flavor", choices=["default", "debug"],
+                   help="debug: KASAN, lockdep, DEBUG_VM, hang detectors (default: default)")
     b.add_argument("--kernel-tree", type=Path, metavar="PATH",
                    help="build your own kernel source tree instead")
     b.add_argument("--logs", type=Path, metavar="DIR",
@@ -172,25 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _build_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(kernel, flavor) pairs to build: the ones asked for, else the default matrix's."""
+    if args.kernel or args.flavor or _kernel_tree(args):
+        return [(args.kernel or "6.12", args.flavor or "default")]
+    from harness import matrix
+
+    m = matrix.load(None)
+    return list(dict.fromkeys((c.config.kernel, c.config.flavor) for c in m.cells))
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from harness.build import build_all
     from harness.cache import Cache
 
     cache = Cache.default()
     logdir = args.logs or cache.path("logs")
-    try:
-        tree = _kernel_tree(args)
-        a = build_all(cache, logdir, kernel=args.kernel, flavor=args.flavor,
-                      kernel_tree=Path(tree) if tree else None)
-    except Exception as e:
-        log.error("build failed: %s", e)
-        log.debug("build failure", exc_info=True)
-        return EXIT_INFRA
-    print(f"qemu:    {a.qemu}")
-    print(f"kernel:  {a.kernel_image}")
-    for p in a.initrds:
-        print(f"initrd:  {p}")
-    print(f"ssh key: {a.ssh_key}")
+    tree = _kernel_tree(args)
+    targets = _build_targets(args)
+    for kernel, flavor in targets:
+        if len(targets) > 1:
+            log.info("build: kernel %s, flavor %s", kernel, flavor)
+        try:
+            a = build_all(cache, logdir, kernel=kernel, flavor=flavor,
+                          kernel_tree=Path(tree) if tree else None)
+        except Exception as e:
+            log.error("build of kernel %s (%s) failed: %s", kernel, flavor, e)
+            log.debug("build failure", exc_info=True)
+            return EXIT_INFRA
+        print(f"qemu:    {a.qemu}")
+        print(f"kernel:  {a.kernel_image}")
+        for p in a.initrds:
+            print(f"initrd:  {p}")
+        print(f"ssh key: {a.ssh_key}")
     return 0
 
 

@@ -38,6 +38,7 @@
 #include <linux/slab.h>
 
 #include "hmm_gpu.h"
+#include "hmm_gpu_compat.h"
 
 #define HMM_GPU_CHUNK_SIZE	(2ul << 20)
 #define HMM_GPU_CHUNK_PAGES	(HMM_GPU_CHUNK_SIZE >> PAGE_SHIFT)
@@ -60,7 +61,7 @@ struct hmm_gpu_chunk {
 
 static struct hmm_gpu_block *hmm_gpu_page_block(struct page *page)
 {
-	return container_of(page->pgmap, struct hmm_gpu_block, pagemap);
+	return container_of(hmm_gpu_page_pgmap(page), struct hmm_gpu_block, pagemap);
 }
 
 static struct hmm_gpu_chunk *hmm_gpu_page_chunk(struct page *page)
@@ -73,7 +74,7 @@ static struct hmm_gpu_chunk *hmm_gpu_page_chunk(struct page *page)
 
 bool hmm_gpu_dmem_page_local(struct hmm_gpu_dev *gdev, struct page *page)
 {
-	return is_device_private_page(page) && page->pgmap->owner == gdev;
+	return is_device_private_page(page) && hmm_gpu_page_pgmap(page)->owner == gdev;
 }
 
 u64 hmm_gpu_dmem_vram_offset(struct page *page)
@@ -97,6 +98,9 @@ static void hmm_gpu_dmem_page_free(struct page *page)
 	chunk->used--;
 	spin_unlock_irqrestore(&dmem->lock, flags);
 }
+
+/* The kernel's callback (page_free or folio_free) for the function above. */
+HMM_GPU_DEFINE_PAGE_FREE(hmm_gpu_dmem_page_free)
 
 /*
  * Run one MIGRATE command over @n copy entries already in dmem->copy (held
@@ -263,7 +267,7 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 			from = dmem->zero_dma;
 		}
 		dpage = res[--*nres];
-		zone_device_page_init(dpage);	/* referenced, locked */
+		hmm_gpu_device_page_init(dpage);	/* referenced, locked */
 		dst[i] = migrate_pfn(page_to_pfn(dpage));
 		if ((src[i] & MIGRATE_PFN_WRITE) || (!spage && (vma->vm_flags & VM_WRITE)))
 			dst[i] |= MIGRATE_PFN_WRITE;
@@ -590,7 +594,7 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 }
 
 static const struct dev_pagemap_ops hmm_gpu_dmem_ops = {
-	.page_free	= hmm_gpu_dmem_page_free,
+	HMM_GPU_PAGE_FREE_OP(hmm_gpu_dmem_page_free),
 	.migrate_to_ram	= hmm_gpu_dmem_migrate_to_ram,
 };
 
@@ -608,6 +612,10 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 	size = hmm_gpu_read(gdev, HMM_GPU_REG_VRAM_SIZE_LO);
 	size |= (u64)hmm_gpu_read(gdev, HMM_GPU_REG_VRAM_SIZE_HI) << 32;
 	dmem->vram_size = size;
+	if (!hmm_gpu_has_device_private()) {
+		dev_info(dev, "no device memory: kernel built without CONFIG_DEVICE_PRIVATE\n");
+		return 0;
+	}
 	dmem->max_chunks = min_t(u64, size / HMM_GPU_CHUNK_SIZE, HMM_GPU_MAX_CHUNKS);
 	if (!dmem->max_chunks)
 		return 0;

@@ -90,6 +90,15 @@ static long hmm_gpu_dmirror_ioctl(struct file *file, unsigned int cmd, unsigned 
 	case HMM_GPU_DMIRROR_CHECK_EXCLUSIVE:
 	case HMM_GPU_DMIRROR_RELEASE:
 		break;
+	case HMM_GPU_DMIRROR_FLAGS:
+		/*
+		 * FAIL_ALLOC makes test_hmm fail its next THP allocation in
+		 * device memory so the migration falls back to base pages:
+		 * what hmm_gpu always does (it has no device THPs).
+		 */
+		if (copy_from_user(&c, uarg, sizeof(c)))
+			return -EFAULT;
+		return c.npages & ~HMM_GPU_DMIRROR_FLAG_FAIL_ALLOC ? -EINVAL : 0;
 	default:
 		return -EINVAL;
 	}

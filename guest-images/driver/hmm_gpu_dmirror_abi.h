@@ -6,11 +6,13 @@
  *
  * The layout and numbers are fixed by that selftest; they were written down
  * here from lib/test_hmm_uapi.h of Linux 6.12 (struct hmm_dmirror_cmd, the
- * 'H' ioctls 0x00..0x07 and the HMM_DMIRROR_PROT_* snapshot bytes).
+ * 'H' ioctls 0x00..0x07 and the HMM_DMIRROR_PROT_* snapshot bytes) and 7.2
+ * (FLAGS, 0x08).
  */
 #ifndef HMM_GPU_DMIRROR_ABI_H
 #define HMM_GPU_DMIRROR_ABI_H
 
+#include <linux/bits.h>
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
@@ -30,6 +32,11 @@ struct hmm_gpu_dmirror_cmd {
 #define HMM_GPU_DMIRROR_EXCLUSIVE	_IOWR('H', 0x05, struct hmm_gpu_dmirror_cmd)
 #define HMM_GPU_DMIRROR_CHECK_EXCLUSIVE	_IOWR('H', 0x06, struct hmm_gpu_dmirror_cmd)
 #define HMM_GPU_DMIRROR_RELEASE		_IOWR('H', 0x07, struct hmm_gpu_dmirror_cmd)
+/* FLAGS: npages carries the flags. */
+#define HMM_GPU_DMIRROR_FLAGS		_IOWR('H', 0x08, struct hmm_gpu_dmirror_cmd)
+
+/* The next device THP allocation fails (the migration falls back to pages). */
+#define HMM_GPU_DMIRROR_FLAG_FAIL_ALLOC		BIT_ULL(0)
 
 /* SNAPSHOT: one byte per page. */
 #define HMM_GPU_DMIRROR_PROT_ERROR		0xff

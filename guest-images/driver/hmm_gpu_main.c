@@ -99,6 +99,10 @@ static int hmm_gpu_ioctl_info(struct hmm_gpu_file *hf, void __user *uarg)
 	info.dev = PCI_SLOT(pdev->devfn);
 	info.fn = PCI_FUNC(pdev->devfn);
 	strscpy(info.bdf, pci_name(pdev), sizeof(info.bdf));
+	if (gdev->dmem.max_chunks)
+		info.features |= HMM_GPU_FEATURE_VRAM;
+	if (hmm_gpu_has_device_private())
+		info.features |= HMM_GPU_FEATURE_EXCLUSIVE;
 
 	if (copy_to_user(uarg, &info, sizeof(info)))
 		return -EFAULT;

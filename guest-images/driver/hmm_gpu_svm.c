@@ -33,6 +33,7 @@
 #include <linux/uaccess.h>
 
 #include "hmm_gpu.h"
+#include "hmm_gpu_compat.h"
 #include "hmm_gpu_dmirror_abi.h"
 #include "hmm_gpu_uapi.h"
 
@@ -1297,7 +1298,7 @@ static u8 hmm_gpu_snapshot_prot(struct hmm_gpu_svm *svm, unsigned long hpfn)
 
 	page = hmm_pfn_to_page(hpfn);
 	if (is_device_private_page(page))
-		prot = page->pgmap->owner == svm->gdev ?
+		prot = hmm_gpu_page_pgmap(page)->owner == svm->gdev ?
 		       HMM_GPU_DMIRROR_PROT_DEV_PRIVATE_LOCAL :
 		       HMM_GPU_DMIRROR_PROT_DEV_PRIVATE_REMOTE;
 	else if (is_zero_pfn(page_to_pfn(page)))
@@ -1718,7 +1719,7 @@ static int hmm_gpu_svm_exclusive_chunk(struct hmm_gpu_svm *svm, struct hmm_gpu_p
 		 */
 		mmap_read_lock(mm);
 		got = hmm_gpu_svm_excl_vma_ok(mm, addr, next) ?
-		      get_user_pages_remote(mm, addr, n, FOLL_WRITE, NULL, NULL) : -EOPNOTSUPP;
+		      hmm_gpu_fault_in(mm, addr, n, FOLL_WRITE) : -EOPNOTSUPP;
 		mmap_read_unlock(mm);
 		if (got < 0)
 			return got;
@@ -1728,7 +1729,7 @@ static int hmm_gpu_svm_exclusive_chunk(struct hmm_gpu_svm *svm, struct hmm_gpu_p
 			mmap_read_unlock(mm);
 			return -EOPNOTSUPP;
 		}
-		got = make_device_exclusive_range(mm, addr, next, pages, svm->gdev);
+		got = hmm_gpu_make_exclusive(mm, addr, next, pages, svm->gdev);
 		mmap_read_unlock(mm);
 		if (got < 0)
 			return got;
@@ -1769,10 +1770,8 @@ static int hmm_gpu_svm_exclusive_chunk(struct hmm_gpu_svm *svm, struct hmm_gpu_p
 
 		/* Unlocked, a CPU touch may restore the entries: the notifier zaps ours. */
 		for (i = 0; i < (unsigned long)got; i++) {
-			if (pages[i]) {
-				unlock_page(pages[i]);
-				put_page(pages[i]);
-			}
+			if (pages[i])
+				hmm_gpu_exclusive_put(pages[i]);
 		}
 		if (ret || !again)
 			return ret;

@@ -34,8 +34,17 @@ struct hmm_gpu_info {
 	__u8	fn;		/* out: PCI function */
 	__u8	rsvd0;
 	char	bdf[32];	/* out: "dddd:bb:dd.f", NUL terminated */
-	__u64	rsvd[4];
+	__u32	features;	/* out: HMM_GPU_FEATURE_*: what this kernel lets the driver do */
+	__u32	rsvd1;
+	__u64	rsvd[3];
 };
+
+/*
+ * Features that depend on the kernel, not the device: both need
+ * CONFIG_DEVICE_PRIVATE, which distribution kernels (Debian's 6.1) leave off.
+ */
+#define HMM_GPU_FEATURE_VRAM		(1u << 0)	/* SVM_MIGRATE to device memory */
+#define HMM_GPU_FEATURE_EXCLUSIVE	(1u << 1)	/* device atomics on system memory */
 
 enum hmm_gpu_xfer_op {
 	HMM_GPU_XFER_COPY	= 1,	/* len bytes from src to dst (must not overlap) */

@@ -77,7 +77,7 @@ def build_all_timed(
         rootfs = build_rootfs(cache, logdir)
     t3 = time.monotonic()
     with cache.lock("payload"):
-        payload = build_payload(cache, logdir, kern.tree)
+        payload = build_payload(cache, logdir, kern)
     t4 = time.monotonic()
     times = BuildTimes(qemu=t1 - t0, kernel=t2 - t1, rootfs=t3 - t2, payload=t4 - t3)
     log.info("build: qemu %.0fs, kernel %.0fs, rootfs %.0fs, driver+workloads %.0fs",

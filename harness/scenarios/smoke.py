@@ -1,10 +1,11 @@
 """The smoke scenario: load the driver, run hmm-gpu-smoke, check the DMA trace.
 
-Entries: ``driver.load``, ``smoke.prepare`` (only when prepare commands are
-given), ``smoke.<sub-test>`` (one per JSON line the workload prints),
-``smoke.counters`` (device counters over QMP) and ``smoke.dmatrace`` (every
-data DMA within the mappings the workload reported, bytes moved equal to
-the requests).
+Entries: ``driver.build`` (the W=1 warnings the payload build printed for
+hmm_gpu.ko against this kernel: none allowed), ``driver.load``,
+``smoke.prepare`` (only when prepare commands are given), ``smoke.<sub-test>``
+(one per JSON line the workload prints), ``smoke.counters`` (device
+counters over QMP) and ``smoke.dmatrace`` (every data DMA within the
+mappings the workload reported, bytes moved equal to the requests).
 
 What each entry's status is follows from the guest's output alone: the
 functions :func:`driver_load_result`, :func:`prepare_result`,
@@ -25,6 +26,7 @@ from typing import Any
 from harness import dmatrace
 from harness.results import Status, TestResult
 from harness.scenarios import Session
+from harness.scenarios.kernel import guest_kernel
 from harness.ssh import SSHAborted, SSHError, SSHTimeout
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,16 @@ def step_interrupted_status(splat: bool) -> Status:
     """A guest command of a setup step cut off (timeout, guest gone, SSH down):
     a failure when the kernel printed a splat, else infrastructure."""
     return Status.FAIL if splat else Status.ERROR
+
+
+def driver_build_result(kernel_name: str, warnings: Sequence[str]) -> TestResult:
+    """``driver.build``: hmm_gpu.ko must build warning-free (W=1) against every kernel."""
+    if warnings:
+        return TestResult("driver.build", Status.FAIL, 0.0,
+                          f"{len(warnings)} W=1 warnings building hmm_gpu.ko against "
+                          f"{kernel_name}:\n" + "\n".join(warnings))
+    return TestResult("driver.build", Status.PASS, 0.0,
+                      f"hmm_gpu.ko built warning-free (W=1) against {kernel_name}")
 
 
 def driver_load_result(
@@ -238,6 +250,9 @@ class Smoke:
     # -- in the running guest --
 
     def run(self, s: Session) -> None:
+        kernel = guest_kernel(s)
+        if kernel is not None:
+            s.results.add(driver_build_result(kernel.name, kernel.driver_warnings))
         if not self._load_driver(s):
             s.results.add_status("smoke", Status.SKIP, "not run: driver.load did not pass")
             return

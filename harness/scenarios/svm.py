@@ -14,7 +14,9 @@ trace, each data DMA of a VA job used a translation the device walked after
 the last TLB invalidation covering that address in that context
 (:func:`harness.dmatrace.check_invalidations`).
 
-Both load hmm_gpu.ko if it is not loaded yet.
+Both load hmm_gpu.ko if it is not loaded yet. A workload line ``{"test": ...,
+"skip": "why"}`` (what this kernel cannot do: device atomics without
+device-exclusive entries) is a SKIP entry with that reason.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from harness import dmatrace
 from harness.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
+from harness.scenarios.kernel import guest_kernel, skip_unsupported
 from harness.scenarios.smoke import parse_workload_output
 
 INVALIDATE_SECONDS = 3
@@ -34,6 +37,16 @@ INVALIDATE_SECONDS = 3
 
 def _brief(obj: dict[str, Any]) -> str:
     return json.dumps(obj)
+
+
+def sub_test_status(obj: dict[str, Any]) -> Status:
+    """A workload's JSON line: ``"ok": true`` passes, ``"skip": "why"`` (what this
+    kernel cannot do) skips, anything else fails."""
+    if obj.get("ok") is True:
+        return Status.PASS
+    if isinstance(obj.get("skip"), str) and obj["skip"] and "ok" not in obj:
+        return Status.SKIP
+    return Status.FAIL
 
 
 class SvmWorkload:
@@ -44,6 +57,8 @@ class SvmWorkload:
             else "-d /dev/hmm_gpu0"
 
     def run(self, s: Session) -> None:
+        if skip_unsupported(s, self.name):
+            return
         c = load_module(s, HMM_GPU_KO, "hmm_gpu", ("/dev/hmm_gpu0",))
         if not c.ok:
             add_cmd_result(s, f"{self.name}.driver", c)
@@ -69,15 +84,18 @@ class SvmWorkload:
                                          files))
             return
         each = run.seconds / len(objs)
+        kernel = guest_kernel(s)
         for obj in objs:
-            ok = obj.get("ok") is True
+            status = sub_test_status(obj)
             msg = _brief(obj)
-            if not ok and run.err.strip():
+            if status == Status.SKIP:
+                msg = f"{obj['skip']} ({kernel.name})" if kernel else str(obj["skip"])
+            if status == Status.FAIL and run.err.strip():
                 msg += "\nstderr:\n" + run.err[-1500:]
-            s.results.add(TestResult(f"{self.name}.{obj['test']}",
-                                     Status.PASS if ok else Status.FAIL, each, msg, files,
+            s.results.add(TestResult(f"{self.name}.{obj['test']}", status, each, msg, files,
                                      {"data": obj}))
-        if run.rc != 0 and not run.error and all(o.get("ok") is True for o in objs):
+        if run.rc != 0 and not run.error and all(
+                sub_test_status(o) != Status.FAIL for o in objs):
             s.results.add(TestResult(f"{self.name}.exit", Status.FAIL, 0.0,
                                      f"exit status {run.rc} although every sub-test passed\n"
                                      + "\n".join(other[-20:]), files))

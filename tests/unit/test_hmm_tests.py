@@ -1,17 +1,23 @@
-"""hmm-tests results: expected failures on hmm-gpu, missing tests, the side-by-side table."""
+"""hmm-tests results: failures, missing tests, the side-by-side table, what the kernel or
+the driver cannot do."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from harness.results import Status
 from harness.scenarios import bench
 from harness.scenarios.hmm_tests import (
+    DRIVERS,
+    cannot_pass,
+    driver_unmet,
     format_table,
     parity,
     parse_run,
     side_by_side,
 )
+from harness.scenarios.kernel import GuestKernel
 
 DATA = Path(__file__).parent / "data"
 
@@ -113,3 +119,78 @@ def test_bench_figures_with_a_driver_missing() -> None:
     rows = {r["metric"]: r for r in fig["rows"]}
     assert rows["read_MBps"]["hmm-gpu"] is None and rows["read_MBps"]["ratio"] is None
     assert " - " in bench.format_figures(fig) or "-" in bench.format_figures(fig)
+
+
+# ---- what the kernel cannot do ---------------------------------------------------------
+
+STOCK = GuestKernel(
+    name="Debian stock 6.1", features=frozenset({"hmm_mirror"}),
+    hmm_tests=("hmm.anon_read", "hmm.migrate"),
+    hmm_tests_device_private=frozenset({"hmm.migrate"}),
+    hmm_tests_variants={"hmm": ("hmm_device_private", "hmm_device_coherent")},
+    hmm_tests_selectable=False)
+BUILT = GuestKernel(name="7.2.13-1", features=frozenset({"device_private", "test_hmm"}),
+                    hmm_tests=STOCK.hmm_tests,
+                    hmm_tests_device_private=STOCK.hmm_tests_device_private)
+GPU, REF = DRIVERS
+
+
+def test_a_test_the_kernel_cannot_pass_is_a_skip_with_the_reason() -> None:
+    out = "TAP version 13\n1..2\nok 1 hmm.hmm_device_private.anon_read\n" \
+          "not ok 2 hmm.hmm_device_private.migrate\n"
+    no_dp = replace(STOCK, hmm_tests_selectable=True)  # a newer harness without DP
+    entries, _ = parse_run("hmm-gpu", out, 1.0, cannot_pass(GPU, no_dp))
+    st = statuses(entries)
+    assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read"] == "PASS"
+    mig = entries[1]
+    assert mig.status == Status.SKIP
+    assert mig.log_excerpt.startswith(
+        "needs device-private memory: kernel built without CONFIG_DEVICE_PRIVATE "
+        "(Debian stock 6.1) (ran anyway: FAIL")
+    # the same output on a kernel that has it: a plain failure
+    entries, _ = parse_run("hmm-gpu", out, 1.0, cannot_pass(GPU, BUILT))
+    assert entries[1].status == Status.FAIL
+
+
+def test_a_6_1_harness_without_device_private_memory_is_not_run() -> None:
+    why = driver_unmet(GPU, STOCK)
+    assert why and "1 of its 2 tests need device-private memory: kernel built without " \
+        "CONFIG_DEVICE_PRIVATE (Debian stock 6.1)" in why
+    assert STOCK.hmm_test_names() == [
+        "hmm.hmm_device_private.anon_read", "hmm.hmm_device_coherent.anon_read",
+        "hmm.hmm_device_private.migrate", "hmm.hmm_device_coherent.migrate"]
+    assert driver_unmet(REF, STOCK) == (
+        "kernel built without CONFIG_TEST_HMM (no lib/test_hmm.ko) (Debian stock 6.1)")
+    assert driver_unmet(GPU, BUILT) is None and driver_unmet(REF, BUILT) is None
+    assert driver_unmet(GPU, None) is None
+
+
+def test_a_6_1_setup_skip_printed_as_ok_is_a_skip() -> None:
+    out = """TAP version 13
+1..2
+#  RUN           hmm.hmm_device_coherent.anon_read ...
+could not open hmm dmirror driver (/dev/hmm_dmirror2)
+#      SKIP      DEVICE_COHERENT not available
+#            OK  hmm.hmm_device_coherent.anon_read
+ok 1 hmm.hmm_device_coherent.anon_read
+#  RUN           hmm.hmm_device_private.anon_read ...
+#            OK  hmm.hmm_device_private.anon_read
+ok 2 hmm.hmm_device_private.anon_read
+"""
+    entries, _ = parse_run("test_hmm", out, 1.0)
+    assert [str(e.status) for e in entries] == ["SKIP", "PASS"]
+    assert entries[0].log_excerpt.startswith("DEVICE_COHERENT not available")
+
+
+def test_parity_without_test_hmm_and_with_what_hmm_gpu_does_not_implement() -> None:
+    assert parity({"rows": []}, "no test_hmm.ko").status == Status.SKIP
+    out_ref = "TAP version 13\n1..2\nok 1 hmm.p.anon_read\nok 2 hmm.p.migrate_anon_huge_fault\n"
+    out_gpu = out_ref.replace("ok 2", "not ok 2")
+    cannot = {**cannot_pass(GPU, BUILT), "hmm.migrate_anon_huge_fault": "no device THPs"}
+    entries = parse_run("hmm-gpu", out_gpu, 1, cannot)[0] + parse_run("test_hmm", out_ref, 1)[0]
+    r = parity(side_by_side(entries), excused=cannot)
+    assert r.status == Status.PASS
+    assert "not compared, hmm.p.migrate_anon_huge_fault: no device THPs" in r.log_excerpt
+    # hmm_gpu.ko's own gap is declared once, with the reason
+    assert "MIGRATE_VMA_SELECT_COMPOUND" in cannot_pass(GPU, BUILT)["hmm.migrate_anon_huge_fault"]
+    assert cannot_pass(REF, BUILT) == {}

@@ -1520,6 +1520,24 @@ static void hmm_gpu_bh(void *opaque)
     hmm_gpu_trace_flush(s);
 }
 
+/*
+ * A doorbell or a replay: run the engine at once, inside the MMIO write (as
+ * e1000 transmits from its TDT write), rather than when the main loop gets
+ * round to the bottom half. Under TCG on a busy host that wait was most of
+ * every small command's latency (a CPU fault on a VRAM page is one MIGRATE
+ * round trip). The engine budget bounds the time spent here; the rest
+ * continues in the bottom half. The BQL serialises this with the BH, and the
+ * device's reentrancy guard is engaged, so DMA aimed at our own BAR still
+ * fails like it does from the BH.
+ */
+static void hmm_gpu_run_now(HmmGpuState *s)
+{
+    hmm_gpu_update_busy(s);
+    if (!(s->status & HMM_GPU_STATUS_FATAL) && hmm_gpu_queues_enabled(s)) {
+        hmm_gpu_bh(s);
+    }
+}
+
 /* ---- faults: replay and cancel (register side) --------------------------- */
 
 static void hmm_gpu_fault_replay(HmmGpuState *s)
@@ -1538,7 +1556,7 @@ static void hmm_gpu_fault_replay(HmmGpuState *s)
     s->cnt_faults_replayed += n;
     trace_hmm_gpu_replay(n);
     hmm_gpu_trace_event(s, HMM_GPU_TRACE_EV_REPLAY, &none, 0, n);
-    hmm_gpu_kick(s);
+    hmm_gpu_run_now(s);
 }
 
 static void hmm_gpu_fault_cancel(HmmGpuState *s, uint32_t token)
@@ -2071,7 +2089,7 @@ static void hmm_gpu_mmio_write_reg(HmmGpuState *s, hwaddr addr, uint64_t val,
                           "CMDQ_TAIL doorbell out of range");
         } else {
             s->cmdq_tail = val;
-            hmm_gpu_kick(s);
+            hmm_gpu_run_now(s);
         }
         break;
     case HMM_GPU_REG_CPLQ_HEAD:

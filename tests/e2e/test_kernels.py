@@ -1,0 +1,101 @@
+"""End to end: the default scenarios on 6.1, 7.2 and Debian's stock 6.1.
+
+hmm_gpu.ko builds warning-free against each (``driver.build``) and every
+scenario that passes on 6.12 passes on 6.1 and 7.2. On 7.2, hmm-tests has
+38 tests: hmm-gpu passes all but the one needing a PMD-mapped device-private
+THP (SKIP, named). Stock 6.1 has no CONFIG_DEVICE_PRIVATE and no test_hmm.ko:
+what needs them SKIPs with the reason, everything else passes.
+
+A kernel that cannot be built makes its tests ERROR (the build's message),
+never skip.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from harness import config, runner
+from harness.build import build_all
+from harness.cache import Cache
+from harness.results import Results, Status
+
+pytestmark = pytest.mark.e2e
+
+NO_DP = "kernel built without CONFIG_DEVICE_PRIVATE (Debian stock 6.1)"
+
+
+@pytest.fixture(scope="module", params=["6.1", "7.2", "stock-6.1"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Results:
+    kernel = request.param
+    cache = Cache.default()
+    arts = build_all(cache, cache.path("logs"), kernel=kernel)
+    cfg = config.load_text(f'kernel: "{kernel}"\n', "<test>")
+    d = tmp_path_factory.mktemp(f"kernel-{kernel}")
+    res = runner.run(cfg, d, artifacts=arts, keep_going=True)
+    print(f"results: {d}")
+    print(res.table())
+    return res
+
+
+def _why(res: Results) -> str:
+    bad = [t for t in res.tests if t.status not in (Status.PASS, Status.SKIP)]
+    return "\n\n".join(f"{t.path}: {t.status}\n{t.log_excerpt[-1500:]}" for t in bad) + (
+        f"\n(results in {res.dir})")
+
+
+def _table(res: Results) -> dict[str, Any]:
+    return json.loads((res.dir / "results.json").read_text())["tables"]["hmm-tests"]
+
+
+def _kernel(res: Results) -> str:
+    return str(res.config.get("kernel"))
+
+
+def test_everything_passes_or_skips_with_a_reason(run: Results) -> None:
+    assert run.exit_code() == 0, _why(run)
+    assert run.status_of("driver.build") == Status.PASS
+    for t in run.tests:
+        if t.status == Status.SKIP:
+            assert t.log_excerpt.strip(), f"{t.path} skipped without a reason"
+
+
+def test_hmm_tests_per_kernel(run: Results) -> None:
+    table = _table(run)
+    rows = {r["test"]: r for r in table["rows"]}
+    kernel = _kernel(run)
+    private = {n: r for n, r in rows.items() if "_device_private." in n}
+    if kernel == "stock-6.1":
+        assert len(private) == 29
+        assert all(r["hmm-gpu"] == r["test_hmm"] == "SKIP" for r in rows.values())
+        return
+    want = {"6.1": 29, "7.2": 38}[kernel]
+    assert len(private) == want, sorted(private)
+    assert all(r["test_hmm"] == "PASS" for r in private.values())
+    gpu = {n for n, r in private.items() if r["hmm-gpu"] != "PASS"}
+    assert gpu == ({"hmm.hmm_device_private.migrate_anon_huge_fault"} if kernel == "7.2"
+                   else set()), gpu
+    for n, r in rows.items():
+        if "_device_coherent." in n:
+            assert r["hmm-gpu"] == r["test_hmm"] == "SKIP", n  # no devices 2/3
+    assert run.status_of("hmm-tests.parity") == Status.PASS
+
+
+def test_what_needs_device_private_memory(run: Results) -> None:
+    kernel = _kernel(run)
+    for name in ("svm-migrate", "vram-pressure", "atomics"):
+        if kernel == "stock-6.1":
+            e = next(t for t in run.tests if t.path == name)
+            assert e.status == Status.SKIP and e.log_excerpt == NO_DP
+        else:
+            assert run.status_of(f"{name}.bind") == Status.PASS
+    for kind in ("malloc", "anon", "thp"):
+        st = run.status_of(f"svm-mirror.{kind}.atomic_add")
+        assert st == (Status.SKIP if kernel == "stock-6.1" else Status.PASS), kind
+    # the file mapping never gets device atomics: refused on every kernel
+    assert run.status_of("svm-mirror.file.atomic_refused") == Status.PASS
+    if kernel == "stock-6.1":
+        assert run.status_of("svm-mirror.anon.atomic_refused") == Status.PASS
+        assert run.status_of("hmm-tests.parity") == Status.SKIP
