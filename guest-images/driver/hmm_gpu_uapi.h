@@ -43,8 +43,10 @@ struct hmm_gpu_info {
  * Features that depend on the kernel, not the device: both need
  * CONFIG_DEVICE_PRIVATE, which distribution kernels (Debian's 6.1) leave off.
  */
-#define HMM_GPU_FEATURE_VRAM		(1u << 0)	/* SVM_MIGRATE to device memory */
-#define HMM_GPU_FEATURE_EXCLUSIVE	(1u << 1)	/* device atomics on system memory */
+enum hmm_gpu_feature {
+	HMM_GPU_FEATURE_VRAM		= 0x1,	/* SVM_MIGRATE to device memory */
+	HMM_GPU_FEATURE_EXCLUSIVE	= 0x2,	/* device atomics on system memory */
+};
 
 enum hmm_gpu_xfer_op {
 	HMM_GPU_XFER_COPY	= 1,	/* len bytes from src to dst (must not overlap) */
