@@ -331,8 +331,11 @@ def build_kernel(cache: Cache, logdir: Path, series: str = "6.12",
     src = unpack_source(cache, deb, package, logdir)
     klog = logdir / f"kernel-{series}-{flavor}.log"
     # Built in place (kbuild records absolute paths, so the tree cannot be
-    # renamed afterwards); the stamp marks it complete.
-    if final.exists():
+    # renamed afterwards); the stamp marks it complete. An entry may be a
+    # symlink to an equivalent tree built under an older key: replace the link only.
+    if final.is_symlink():
+        final.unlink()
+    elif final.exists():
         shutil.rmtree(final)
     final.mkdir(parents=True)
     try:
