@@ -163,6 +163,12 @@ class Results:
         os.replace(tmp, path)
         return path
 
+    def failures(self, tail: int = 1500) -> str:
+        """Every entry that is neither PASS nor SKIP, with the end of its log."""
+        bad = [t for t in self.tests if t.status not in (Status.PASS, Status.SKIP)]
+        return "\n\n".join(f"{t.path}: {t.status}\n{t.log_excerpt[-tail:]}" for t in bad) + (
+            f"\n(results in {self.dir})")
+
     def table(self) -> str:
         """A short human summary: one line per test, then the totals."""
         width = max((len(t.path) for t in self.tests), default=4)

@@ -40,12 +40,6 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     return res
 
 
-def _why(res: Results) -> str:
-    bad = [t for t in res.tests if t.status not in (Status.PASS, Status.SKIP)]
-    return "\n\n".join(f"{t.path}: {t.status}\n{t.log_excerpt[-1500:]}" for t in bad) + (
-        f"\n(results in {res.dir})")
-
-
 def _table(res: Results) -> dict[str, Any]:
     return json.loads((res.dir / "results.json").read_text())["tables"]["hmm-tests"]
 
@@ -55,7 +49,7 @@ def _kernel(res: Results) -> str:
 
 
 def test_everything_passes_or_skips_with_a_reason(run: Results) -> None:
-    assert run.exit_code() == 0, _why(run)
+    assert run.exit_code() == 0, run.failures()
     assert run.status_of("driver.build") == Status.PASS
     for t in run.tests:
         if t.status == Status.SKIP:

@@ -40,21 +40,15 @@ def _status(res: Results, path: str) -> Status | None:
     return res.status_of(path)
 
 
-def _why(res: Results) -> str:
-    bad = [t for t in res.tests if t.status not in (Status.PASS, Status.SKIP)]
-    return "\n\n".join(f"{t.path}: {t.status}\n{t.log_excerpt[-1500:]}" for t in bad) + (
-        f"\n(results in {res.dir})")
-
-
 def test_run_passes(smoke_run: Results) -> None:
-    assert smoke_run.exit_code() == 0, _why(smoke_run)
+    assert smoke_run.exit_code() == 0, smoke_run.failures()
 
 
 @pytest.mark.parametrize("path", ["boot", "driver.load", "smoke.info", "smoke.copy",
                                   "smoke.fill", "smoke.copy_unaligned", "smoke.fill_unaligned",
                                   "smoke.counters", "smoke.dmatrace", "console.splat"])
 def test_entry_passes(smoke_run: Results, path: str) -> None:
-    assert _status(smoke_run, path) == Status.PASS, _why(smoke_run)
+    assert _status(smoke_run, path) == Status.PASS, smoke_run.failures()
 
 
 def test_results_files(smoke_run: Results) -> None:

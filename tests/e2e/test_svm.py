@@ -29,14 +29,8 @@ def default_run(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) 
     return res
 
 
-def _why(res: Results) -> str:
-    bad = [t for t in res.tests if t.status not in (Status.PASS, Status.SKIP)]
-    return "\n\n".join(f"{t.path}: {t.status}\n{t.log_excerpt[-1500:]}" for t in bad) + (
-        f"\n(results in {res.dir})")
-
-
 def test_default_run_passes(default_run: Results) -> None:
-    assert default_run.exit_code() == 0, _why(default_run)
+    assert default_run.exit_code() == 0, default_run.failures()
 
 
 def test_hmm_tests_table_in_results_json(default_run: Results) -> None:
@@ -82,7 +76,7 @@ def test_every_device_private_hmm_test_passes_on_hmm_gpu(default_run: Results) -
     "atomics.device_only", "atomics.shared", "atomics.cpu_own", "atomics.reader",
 ])
 def test_entry_passes(default_run: Results, path: str) -> None:
-    assert default_run.status_of(path) == Status.PASS, _why(default_run)
+    assert default_run.status_of(path) == Status.PASS, default_run.failures()
 
 
 def test_invalidate_check_looked_at_real_va_dma(default_run: Results) -> None:
@@ -131,7 +125,7 @@ def test_bench_svm(artifacts: Artifacts, tmp_path: Path) -> None:
     text, code = bench.report(res, fig)
     print(text)
     assert fig is not None, res.table()
-    assert code == 0, text + "\n" + _why(res)
+    assert code == 0, text + "\n" + res.failures()
     assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == fig
     for row in fig["rows"]:
         assert row["hmm-gpu"] > 0 and row["test_hmm"] > 0 and row["ratio"] > 0, row

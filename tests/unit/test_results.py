@@ -95,3 +95,13 @@ def test_default_results_dir_is_unique(tmp_path: Path) -> None:
 ])
 def test_rollup_is_kcidbs_order(statuses: list[Status], status: Status) -> None:
     assert rollup(statuses) == status
+
+
+def test_failures_lists_only_what_did_not_pass_or_skip(tmp_path: Path) -> None:
+    r = Results(tmp_path)
+    r.add(TestResult("a", Status.PASS, log_excerpt="fine"))
+    r.add(TestResult("b", Status.SKIP, log_excerpt="skipped"))
+    r.add(TestResult("c", Status.FAIL, log_excerpt="x" * 2000 + "the end"))
+    r.add(TestResult("d", Status.ERROR, log_excerpt="no boot"))
+    text = r.failures(tail=10)
+    assert text == f"c: FAIL\nxxxthe end\n\nd: ERROR\nno boot\n(results in {tmp_path})"
