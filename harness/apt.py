@@ -152,9 +152,9 @@ class PrivateApt:
                 cwd=dest, timeout=1800, logfile=logfile)
 
     def download(self, package: str, dest: Path, logfile: Path) -> Path:
-        """``apt-get download PACKAGE`` into ``dest``; returns the .deb path."""
+        """``apt-get download PACKAGE[=VERSION|/SUITE]`` into ``dest``; returns the .deb path."""
         dest.mkdir(parents=True, exist_ok=True)
-        name = package.split("=")[0]
+        name = re.split(r"[=/]", package, maxsplit=1)[0]
         with self.locked():
             before = set(dest.glob(f"{name}_*.deb"))
             run(["apt-get", *self._opts(), "download", package], cwd=dest, timeout=1800,

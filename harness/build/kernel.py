@@ -43,6 +43,16 @@ SOURCES: dict[str, str] = {
     "6.12": "linux-source-6.12",
     "7.2": "linux-source-7.2",
 }
+# The suite each series is taken from. Several suites carry some of these
+# packages (bookworm-security has a linux-source-6.12 backport), and apt
+# would pick the highest version among them: without a pin, a fresh cache
+# built another 6.12 than a warm one. 6.1 lives in bookworm and its security
+# updates only, so it takes the newest of those.
+SUITES: dict[str, str | None] = {
+    "6.1": None,
+    "6.12": "trixie",
+    "7.2": "sid",
+}
 FLAVORS = ("default", "debug")
 
 # The cache key covers this recipe (the make steps) rather than this file's
@@ -213,13 +223,15 @@ def debian_version_key(versions: Iterable[str]) -> list[str]:
     return sorted(versions, key=functools.cmp_to_key(cmp))
 
 
-def source_deb(cache: Cache, package: str, logdir: Path, version: str | None = None) -> Path:
+def source_deb(cache: Cache, package: str, logdir: Path, version: str | None = None,
+               suite: str | None = None) -> Path:
     """The linux-source .deb: the newest one already downloaded, else the archive's candidate.
 
+    With ``suite``, only that suite's package (kept in ``downloads/<suite>/``).
     Once downloaded, a source stays pinned (warm runs need no network and
     build the same kernel); delete it from ``downloads/`` to move on.
     """
-    downloads = cache.path("downloads")
+    downloads = cache.path("downloads", suite) if suite else cache.path("downloads")
     if version is not None:
         exact = downloads / f"{package}_{version}_all.deb"
         if exact.exists():
@@ -230,7 +242,7 @@ def source_deb(cache: Cache, package: str, logdir: Path, version: str | None = N
             return debs[debian_version_key(debs)[-1]]
     apt = PrivateApt(cache.path("apt"))
     apt.ensure_lists(logdir / "apt.log")
-    spec = f"{package}={version}" if version else package
+    spec = f"{package}={version}" if version else f"{package}/{suite}" if suite else package
     log.info("kernel: downloading %s", spec)
     return apt.download(spec, downloads, logdir / "apt.log")
 
@@ -316,7 +328,7 @@ def build_kernel(cache: Cache, logdir: Path, series: str = "6.12",
         raise KernelError(f"kernel {series!r} is not known; choose one of {', '.join(SOURCES)}")
     package = SOURCES[series]
     frags = fragments(series, flavor)
-    deb = source_deb(cache, package, logdir)
+    deb = source_deb(cache, package, logdir, suite=SUITES[series])
     version = deb.name.split("_")[1]
     label = version if flavor == "default" else f"{version}+{flavor}"
     key = debian_key(deb.name, flavor, frags)

@@ -48,7 +48,7 @@ def git(tree: Path, *args: str) -> None:
 def linux_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = Cache.default()
     logs = tmp_path_factory.mktemp("logs")
-    deb = k.source_deb(cache, k.SOURCES["6.12"], logs)
+    deb = k.source_deb(cache, k.SOURCES["6.12"], logs, suite=k.SUITES["6.12"])
     src = k.unpack_source(cache, deb, k.SOURCES["6.12"], logs)
     tree = tmp_path_factory.mktemp("dev") / "linux"
     # hard links: free and fast; the test never writes a linked file in place

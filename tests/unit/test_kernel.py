@@ -171,6 +171,16 @@ def test_source_deb_prefers_the_newest_download(tmp_path: Path) -> None:
     assert got.name == "linux-source-6.12_6.12.94-1_all.deb"
 
 
+def test_a_suite_pinned_source_ignores_other_suites_downloads(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    # bookworm-security's backport, downloaded by an unpinned call, sorts higher
+    write(cache.path("downloads") / "linux-source-6.12_6.12.117-1~deb12u1_all.deb", "")
+    write(cache.path("downloads", "trixie") / "linux-source-6.12_6.12.107-1_all.deb", "")
+    got = k.source_deb(cache, "linux-source-6.12", tmp_path / "logs", suite="trixie")
+    assert got == cache.path("downloads", "trixie") / "linux-source-6.12_6.12.107-1_all.deb"
+    assert set(k.SUITES) == set(k.SOURCES)
+
+
 def test_unknown_series_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(KernelError, match=r"kernel '5\.10' is not known; choose one of "
                                           r"6\.1, 6\.12, 7\.2"):
