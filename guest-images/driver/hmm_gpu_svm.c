@@ -45,6 +45,16 @@
 #define HMM_GPU_PIN_MAX		1024
 #define HMM_GPU_PT_SPAN(level)	(1ull << HMM_GPU_PT_SHIFT(level))
 
+/*
+ * READ/WRITE fault the range in from the submitting thread before the job
+ * runs (what the first device fault would do, minus its round trip). Off,
+ * the device faults and the fault worker services its fault ring: the path
+ * a real GPU takes, which hmm-tests then exercises.
+ */
+static bool hmm_gpu_prefault = true;
+module_param_named(prefault, hmm_gpu_prefault, bool, 0644);
+MODULE_PARM_DESC(prefault, "Fault READ/WRITE ranges in before the device job runs (default: on); off: the device faults them in");
+
 struct hmm_gpu_pt {
 	__le64			*cpu;
 	dma_addr_t		dma;
@@ -1134,7 +1144,7 @@ static int hmm_gpu_svm_rw_pinned(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 			unpin_user_pages(pages, pinned);
 		return -EAGAIN;
 	}
-	if (!hmm_gpu_svm_mapped(svm, va, va + len, write)) {
+	if (READ_ONCE(hmm_gpu_prefault) && !hmm_gpu_svm_mapped(svm, va, va + len, write)) {
 		ret = hmm_gpu_svm_prefault(svm, op, va, end, write);
 		if (ret)
 			goto unpin;
