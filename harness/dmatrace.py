@@ -689,3 +689,93 @@ def _drop(small: dict[int, Translation] | None, huge: dict[int, Translation] | N
         else:
             for k in [k for k in table if klo <= k <= khi]:
                 table.pop(k)
+
+
+# ---- checking that VRAM pages are used only while they hold a page's data -------
+
+@dataclass
+class VramCheck:
+    """Outcome of :func:`check_vram_lifetime` over one trace."""
+
+    copies_in: int = 0  # pages the copy engine moved into VRAM
+    copies_out: int = 0  # pages it moved out
+    walks: int = 0  # leaf PTW records mapping VRAM
+    accesses: int = 0  # VRAM records of VA jobs
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"copies_in": self.copies_in, "copies_out": self.copies_out,
+                "walks": self.walks, "accesses": self.accesses,
+                "problem_count": self.problem_count}
+
+    def format(self) -> str:
+        lines = [f"{self.accesses} VA-job VRAM accesses and {self.walks} VRAM leaf walks "
+                 f"checked against {self.copies_in} pages copied into VRAM and "
+                 f"{self.copies_out} copied out"]
+        lines.extend(self.problems)
+        if self.problem_count > len(self.problems):
+            lines.append(f"... {self.problem_count - len(self.problems)} more problems")
+        return "\n".join(lines)
+
+
+def check_vram_lifetime(records: Sequence[TraceRecord], limit: int = 50) -> VramCheck:
+    """Device jobs reach a VRAM page only while it holds a migrated page's data.
+
+    A VRAM page comes to life when the copy engine copies a page into it
+    (MIGRATE DATA, dir READ: system memory -> VRAM, ``aux`` = VRAM offset;
+    a hole is copied from a zero page, so every live page has one) and dies
+    when its data is copied out (dir WRITE: VRAM -> system memory, the page
+    went back to the CPU and its device page is freed). A leaf walk that maps
+    a dead VRAM page, a VA job's VRAM access to one, or a copy out of one
+    means the driver let the device use device memory it no longer owned,
+    e.g. a fault serviced with a device page that a concurrent migration had
+    just moved back and freed. (A migration that copies a page out and then
+    fails to move it would look the same; the driver aborts such a migration
+    only on a device error.)
+    """
+    out = VramCheck()
+    live: set[int] = set()  # VRAM page numbers (offset >> 12)
+
+    def problem(text: str) -> None:
+        out.problem_count += 1
+        if len(out.problems) < limit:
+            out.problems.append(text)
+
+    for i, r in enumerate(records):
+        if r.kind == Kind.DATA and r.engine == Engine.MIGRATE:
+            if not r.ok:
+                continue
+            page = r.aux >> PAGE_SHIFT
+            if r.dir == Dir.READ:
+                out.copies_in += 1
+                live.add(page)
+            elif r.dir == Dir.WRITE:
+                out.copies_out += 1
+                if page not in live:
+                    problem(f"record {i} (t={r.timestamp_ns}): MIGRATE copied VRAM offset "
+                            f"0x{r.aux:x} out, but no page was copied into it since it was "
+                            "last copied out")
+                live.discard(page)
+        elif r.kind == Kind.PTW and r.ok:
+            leaf = leaf_of(r)
+            if not isinstance(leaf, Translation) or not leaf.vram:
+                continue
+            out.walks += 1
+            dead = [p for p in range(leaf.pa >> PAGE_SHIFT, (leaf.pa + leaf.size) >> PAGE_SHIFT)
+                    if p not in live]
+            if dead:
+                problem(f"record {i} (t={r.timestamp_ns}): ctx={r.ctx} walk of va=0x{r.va:x} "
+                        f"found a leaf mapping VRAM offset 0x{dead[0] << PAGE_SHIFT:x}, which "
+                        "holds no page (copied out, or never copied in)")
+        elif r.kind == Kind.VRAM and r.va:
+            out.accesses += 1
+            last = (r.addr + max(r.len, 1) - 1) >> PAGE_SHIFT
+            for p in range(r.addr >> PAGE_SHIFT, last + 1):
+                if p not in live:
+                    problem(f"record {i} (t={r.timestamp_ns}): {_name(r.dir)} cmd={r.cmd_id} "
+                            f"ctx={r.ctx} va=0x{r.va:x} touched VRAM offset "
+                            f"0x{p << PAGE_SHIFT:x}, which holds no page (copied out, or never "
+                            "copied in)")
+                    break
+    return out
