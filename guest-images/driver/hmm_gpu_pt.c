@@ -130,7 +130,7 @@ bool hmm_gpu_svm_atomic_mapped(struct hmm_gpu_svm *svm, u64 va)
 
 /* Apply @op to the level-0 entries of [start, end). svm->lock held. */
 unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-				     u64 base, u64 start, u64 end, enum hmm_gpu_pt_op op)
+			      u64 base, u64 start, u64 end, enum hmm_gpu_pt_op op)
 {
 	u64 span = HMM_GPU_PT_SPAN(pt->level);
 	u64 lo = max(start, base);
@@ -155,6 +155,17 @@ unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 			break;
 		case HMM_GPU_PT_ZAP:
 			if (pt->page[i]) {
+				u64 pte = le64_to_cpu(pt->cpu[i]);
+
+				/*
+				 * The device may have written the page and the
+				 * CPU PTE need not be dirty (no write fault was
+				 * needed): as RDMA ODP does, or reclaim drops a
+				 * clean page (lazily freed, in the swap cache)
+				 * with the device's data.
+				 */
+				if ((pte & HMM_GPU_PTE_WRITE) && !(pte & HMM_GPU_PTE_VRAM))
+					folio_mark_dirty(page_folio(pt->page[i]));
 				WRITE_ONCE(pt->cpu[i], 0);
 				pt->page[i] = NULL;
 				clear_bit(i, pt->excl);
@@ -206,7 +217,7 @@ unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end)
  * svm->lock held, the range is within table @pt. Returns the PTEs written.
  */
 long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-				   u64 start, u64 end, const unsigned long *pfns)
+			    u64 start, u64 end, const unsigned long *pfns)
 {
 	struct device *dev = &svm->gdev->pdev->dev;
 	long n = 0;
