@@ -173,8 +173,13 @@ struct hmm_gpu_dev {
 	struct mutex		reset_lock;	/* serialises hmm_gpu_reset() */
 	struct work_struct	reset_work;	/* reset after a fatal error */
 
-	/* Held for read by every ioctl; remove() takes it for write. */
+	/*
+	 * Held for read by every ioctl; remove() takes it for write to set
+	 * "closing" (no ioctl starts after it, so none can put pages back in
+	 * VRAM while remove() empties it) and later "dead".
+	 */
 	struct rw_semaphore	remove_sem;
+	bool			closing;
 
 	/* Device MMU (hmm_gpu_mmu.c): context table and fault queue. */
 	struct hmm_gpu_ctx_desc	*ctx_table;
@@ -276,6 +281,7 @@ struct hmm_gpu_svm_job;
 struct hmm_gpu_svm_stats;
 struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struct *mm);
 void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm);
+void __hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm);
 u32 hmm_gpu_svm_ctx(struct hmm_gpu_svm *svm);
 struct mm_struct *hmm_gpu_svm_mm(struct hmm_gpu_svm *svm);
 int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job);

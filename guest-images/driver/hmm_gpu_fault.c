@@ -21,13 +21,15 @@
 
 /*
  * Fault in and map [start, end), which lies within one level-0 table.
- * Returns the pages mapped or an error of hmm_range_fault().
+ * Returns the pages mapped or an error of hmm_range_fault(); -EROFS if a
+ * write finds its first page in our VRAM mapped read-only by the CPU.
  */
 static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 				   bool write, unsigned long *pfns)
 {
+	struct hmm_gpu_range_notifier rn;
 	struct hmm_range range = {
-		.notifier	= &svm->notifier,
+		.notifier	= &rn.notifier,
 		.start		= start,
 		.end		= end,
 		.hmm_pfns	= pfns,
@@ -42,6 +44,9 @@ static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 		return PTR_ERR(pt);
 	if (!mmget_not_zero(svm->mm))
 		return -EFAULT;
+	ret = hmm_gpu_range_notifier_insert(svm, &rn, start, end);
+	if (ret)
+		goto out_mm;
 
 	ret = hmm_gpu_svm_range_fault(svm, &range);
 	if (ret)
@@ -51,12 +56,35 @@ static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 		ret = -ENODEV;
 		goto out;
 	}
+	if (write) {
+		unsigned long i, n = (end - start) >> PAGE_SHIFT;
+
+		/*
+		 * hmm_range_fault() faults nothing in for our own device pages,
+		 * write access or not: a read-only device-private entry (a
+		 * copy-on-write page, an mprotect()ed range) comes back without
+		 * HMM_PFN_WRITE. Mapping it read-only would fault again at once,
+		 * forever; map what precedes it and let the caller deal with it.
+		 */
+		for (i = 0; i < n; i++)
+			if ((pfns[i] & HMM_PFN_VALID) && !(pfns[i] & HMM_PFN_WRITE) &&
+			    is_device_private_page(hmm_pfn_to_page(pfns[i])))
+				break;
+		if (!i) {
+			mutex_unlock(&svm->lock);
+			ret = -EROFS;
+			goto out;
+		}
+		end = start + (i << PAGE_SHIFT);
+	}
 	ret = hmm_gpu_svm_write_ptes(svm, pt, start, end, pfns);
 	svm->stats.pages_mapped += ret;
 	mutex_unlock(&svm->lock);
 	if (!ret)
 		ret = -EFAULT;
 out:
+	hmm_gpu_range_notifier_remove(&rn);
+out_mm:
 	mmput(svm->mm);
 	return ret;
 }
@@ -73,6 +101,7 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 	bool atomic = f->access == HMM_GPU_ACCESS_ATOMIC;
 	u64 va = f->va & PAGE_MASK;
 	unsigned long first = 0;
+	int readonly = 0;
 	long n;
 
 	*end = va;
@@ -85,9 +114,24 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 		u64 wend = min(f->ahead_end, ALIGN(va + 1, HMM_GPU_PT_SPAN(1)));
 
 		n = hmm_gpu_svm_map_window(svm, va, wend, write, pfns);
-		if (n < 0 && va == *end && *end == (f->va & PAGE_MASK) &&
+		/* The window failed (a bad page ahead?): the faulting page alone. */
+		if (n < 0 && n != -EROFS && va == *end && *end == (f->va & PAGE_MASK) &&
 		    wend - va > PAGE_SIZE)
 			n = hmm_gpu_svm_map_window(svm, va, va + PAGE_SIZE, write, pfns);
+		if (n == -EROFS) {
+			u64 moved;
+
+			/*
+			 * A write to a page of our VRAM the CPU maps read-only:
+			 * bring it back to system memory, where the write fault
+			 * breaks copy-on-write or fails (a read-only mapping)
+			 * as it does for any page. test_hmm WARNs and fails.
+			 */
+			if (readonly++ < 3 &&
+			    !hmm_gpu_svm_migrate(svm, va, PAGE_SIZE, false, &moved))
+				continue;
+			n = -EFAULT;
+		}
 		if (n < 0) {
 			if (va == (f->va & PAGE_MASK))
 				return n;
@@ -305,7 +349,7 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
  * faults on the rest as usual) or the errno the job would have failed with.
  */
 int hmm_gpu_svm_prefault(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
-				u64 va, u64 end, bool write)
+			 u64 va, u64 end, bool write)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
 	struct hmm_gpu_fault f = {

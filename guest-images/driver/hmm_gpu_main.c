@@ -166,7 +166,8 @@ static int hmm_gpu_ioctl_svm_bind(struct hmm_gpu_file *hf, void __user *uarg)
 	}
 	bind.ctx = hmm_gpu_svm_ctx(svm);
 	if (copy_to_user(uarg, &bind, sizeof(bind))) {
-		hmm_gpu_svm_destroy(svm);
+		/* hmm_gpu_ioctl() holds remove_sem: a second down_read could deadlock */
+		__hmm_gpu_svm_destroy(svm);
 		ret = -EFAULT;
 		goto out;
 	}
@@ -270,7 +271,7 @@ static long hmm_gpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 	long ret;
 
 	down_read(&gdev->remove_sem);
-	if (gdev->dead) {
+	if (gdev->closing) {
 		ret = -ENODEV;
 		goto out;
 	}
@@ -630,7 +631,14 @@ static void hmm_gpu_remove(struct pci_dev *pdev)
 	/* No new opens; open files see -ENODEV once the running ioctls end. */
 	hmm_gpu_dmirror_unregister(gdev);
 	misc_deregister(&gdev->misc);
-	/* VRAM back to system memory while the device still runs. */
+	down_write(&gdev->remove_sem);
+	gdev->closing = true;
+	up_write(&gdev->remove_sem);
+	/*
+	 * VRAM back to system memory while the device still runs, now that no
+	 * ioctl can migrate anything into it any more (CPU faults and the
+	 * fault worker only take pages out).
+	 */
 	hmm_gpu_dmem_fini(gdev);
 	down_write(&gdev->remove_sem);
 	spin_lock_irq(&gdev->lock);

@@ -134,8 +134,8 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 	if (ret < 0)
 		return ret;
 	nres = ret;
+	hmm_gpu_race_window();
 
-	seq = mmu_interval_read_begin(&svm->notifier);
 	ret = migrate_vma_setup(&args);
 	if (ret)
 		goto out;
@@ -143,7 +143,15 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 		migrate_vma_finalize(&args);
 		goto out;
 	}
-	/* No device DMA to the old pages from now on (our event was skipped). */
+	/*
+	 * After setup, whose own invalidation bumped the sequence: from here
+	 * the pages are locked behind migration entries, and whatever else
+	 * invalidates the range (MADV_DONTNEED under the same mmap_lock) makes
+	 * map_migrated() leave the device to fault. migrate_vma_pages() also
+	 * invalidates for the holes it fills: those fault too.
+	 */
+	seq = mmu_interval_read_begin(&svm->notifier);
+	/* No device DMA to the old pages from now on (the notifier left them). */
 	hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args);
 	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, res, &nres);
 	if (ret < 0)

@@ -37,24 +37,41 @@ static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
 	struct hmm_gpu_svm *svm = container_of(mni, struct hmm_gpu_svm, notifier);
 	u64 start = range->start & PAGE_MASK;
 	u64 end = min_t(u64, PAGE_ALIGN(range->end), svm->va_end);
+	bool own = range->owner == svm->gdev;
 
-	/* Our own migrations and exclusive grabs update the table themselves. */
-	if ((range->event == MMU_NOTIFY_MIGRATE || range->event == MMU_NOTIFY_EXCLUSIVE) &&
-	    range->owner == svm->gdev)
+	/*
+	 * Our own exclusive grabs map the device side themselves, under their
+	 * own read_begin/read_retry section, which this event must not fail.
+	 */
+	if (range->event == MMU_NOTIFY_EXCLUSIVE && own)
 		return true;
 
 	if (mmu_notifier_range_blockable(range)) {
 		mutex_lock(&svm->lock);
 	} else if (!mutex_trylock(&svm->lock)) {
 		return false;
-	} else if (start < end && !svm->dead &&
+	} else if (start < end && !svm->dead && !(range->event == MMU_NOTIFY_MIGRATE && own) &&
 		   hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_COUNT)) {
 		/* The fence needs a sleep: let the caller retry blocking. */
 		mutex_unlock(&svm->lock);
 		return false;
 	}
 
+	/*
+	 * Always, as nouveau does: a fault being serviced with a page this
+	 * migration moves (and frees) must go round again, even when the
+	 * migration is ours.
+	 */
 	mmu_interval_set_seq(mni, cur_seq);
+	/*
+	 * Our own migrations zap the device translations of the pages they
+	 * actually move (hmm_gpu_svm_zap_migrating()): pages that stay where
+	 * they are keep theirs.
+	 */
+	if (range->event == MMU_NOTIFY_MIGRATE && own) {
+		mutex_unlock(&svm->lock);
+		return true;
+	}
 	if (start < end && !svm->dead && hmm_gpu_svm_zap(svm, start, end))
 		svm->stats.invalidations++;
 	mutex_unlock(&svm->lock);
@@ -64,6 +81,48 @@ static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
 static const struct mmu_interval_notifier_ops hmm_gpu_svm_mni_ops = {
 	.invalidate = hmm_gpu_svm_invalidate,
 };
+
+static bool hmm_gpu_range_invalidate(struct mmu_interval_notifier *mni,
+				     const struct mmu_notifier_range *range,
+				     unsigned long cur_seq)
+{
+	struct hmm_gpu_range_notifier *rn =
+		container_of(mni, struct hmm_gpu_range_notifier, notifier);
+	struct hmm_gpu_svm *svm = rn->svm;
+
+	if (range->event == MMU_NOTIFY_EXCLUSIVE && range->owner == svm->gdev)
+		return true;
+	/*
+	 * Under svm->lock, which the fault holds from read_retry() until its
+	 * PTEs are written: the context notifier zaps those after this.
+	 */
+	if (mmu_notifier_range_blockable(range))
+		mutex_lock(&svm->lock);
+	else if (!mutex_trylock(&svm->lock))
+		return false;
+	mmu_interval_set_seq(mni, cur_seq);
+	mutex_unlock(&svm->lock);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops hmm_gpu_range_mni_ops = {
+	.invalidate = hmm_gpu_range_invalidate,
+};
+
+/* Watch [start, end) of @svm's mm for one fault. No mmap_lock held. */
+int hmm_gpu_range_notifier_insert(struct hmm_gpu_svm *svm, struct hmm_gpu_range_notifier *rn,
+				  u64 start, u64 end)
+{
+	rn->svm = svm;
+	return mmu_interval_notifier_insert(&rn->notifier, svm->mm, start, end - start,
+					    &hmm_gpu_range_mni_ops);
+}
+
+/* Neither mmap_lock nor svm->lock held: this may wait for an invalidation. */
+void hmm_gpu_range_notifier_remove(struct hmm_gpu_range_notifier *rn)
+{
+	mmu_interval_notifier_remove(&rn->notifier);
+}
 
 static void hmm_gpu_svm_free(struct kref *ref)
 {
@@ -134,16 +193,18 @@ err_free:
  * dma_unmap) and the tables are freed while the notifier is still
  * registered, so no page is freed by the CPU while it is still mapped for
  * the device; "dead" keeps the fault worker from mapping anything anew.
+ * The caller holds gdev->remove_sem for read (remove() must not shut the
+ * device down under the fence): an ioctl's error path.
  */
-void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
+void __hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
 
+	lockdep_assert_held(&gdev->remove_sem);
 	mutex_lock(&gdev->svms_lock);
 	list_del(&svm->node);
 	mutex_unlock(&gdev->svms_lock);
 
-	down_read(&gdev->remove_sem);
 	mutex_lock(&svm->lock);
 	svm->dead = true;
 	hmm_gpu_pt_walk(svm, svm->root, 0, 0, svm->va_end, HMM_GPU_PT_ZAP);
@@ -157,7 +218,6 @@ void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 	hmm_gpu_pt_free(gdev, svm->root);
 	svm->root = NULL;
 	mutex_unlock(&svm->lock);
-	up_read(&gdev->remove_sem);
 
 	mmu_interval_notifier_remove(&svm->notifier);
 	if (svm->bounce)
@@ -166,6 +226,16 @@ void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 	svm->bounce = NULL;
 	ida_free(&gdev->ctx_ida, svm->ctx);
 	hmm_gpu_svm_put(svm);
+}
+
+/* Unbind from a file's release(): takes gdev->remove_sem itself. */
+void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
+{
+	struct rw_semaphore *sem = &svm->gdev->remove_sem;
+
+	down_read(sem);
+	__hmm_gpu_svm_destroy(svm);
+	up_read(sem);
 }
 
 void hmm_gpu_svm_stats(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_stats *st)
@@ -183,17 +253,25 @@ void hmm_gpu_svm_stats(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_stats *st)
  * The caller holds a reference on svm->mm.
  */
 /*
- * Race testing: widen the window between hmm_range_fault() and the page
- * table update, where an invalidation or a migration of the same pages must
- * be caught by mmu_interval_read_retry() (the svm-race scenario sets it).
+ * Race testing: widen the windows where a concurrent invalidation,
+ * migration or removal must be caught: between hmm_range_fault() and the
+ * page table update, and between reserving VRAM and migrating into it
+ * (the svm-race scenario and the unbind test set it).
  */
 static unsigned int hmm_gpu_race_delay_us;
 module_param_named(race_delay_us, hmm_gpu_race_delay_us, uint, 0644);
-MODULE_PARM_DESC(race_delay_us, "Testing: sleep this long between hmm_range_fault() and the page table update (default 0)");
+MODULE_PARM_DESC(race_delay_us, "Testing: sleep this long in the driver's race windows (default 0)");
+
+void hmm_gpu_race_window(void)
+{
+	unsigned int delay = READ_ONCE(hmm_gpu_race_delay_us);
+
+	if (delay)
+		usleep_range(delay, delay + delay / 4 + 1);
+}
 
 int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range)
 {
-	unsigned int delay = READ_ONCE(hmm_gpu_race_delay_us);
 	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	int ret;
 
@@ -208,8 +286,7 @@ int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range)
 			continue;
 		if (ret)
 			return ret;
-		if (delay)
-			usleep_range(delay, delay + delay / 4 + 1);
+		hmm_gpu_race_window();
 		mutex_lock(&svm->lock);
 		if (!mmu_interval_read_retry(range->notifier, range->notifier_seq))
 			return 0;

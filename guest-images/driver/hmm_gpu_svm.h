@@ -107,8 +107,23 @@ long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 bool hmm_gpu_svm_atomic_mapped(struct hmm_gpu_svm *svm, u64 va);
 bool hmm_gpu_svm_mapped(struct hmm_gpu_svm *svm, u64 start, u64 end, bool write);
 
+/*
+ * A notifier over just the range one fault is servicing (nouveau's
+ * svm_notifier): its sequence moves only for invalidations that overlap
+ * the range, where the context's notifier moves for any in the address
+ * space, so a storm of unrelated invalidations cannot starve the fault.
+ */
+struct hmm_gpu_range_notifier {
+	struct mmu_interval_notifier	notifier;
+	struct hmm_gpu_svm		*svm;
+};
+
 /* hmm_gpu_svm.c */
+void hmm_gpu_race_window(void);
 void hmm_gpu_svm_put(struct hmm_gpu_svm *svm);
+int hmm_gpu_range_notifier_insert(struct hmm_gpu_svm *svm, struct hmm_gpu_range_notifier *rn,
+				  u64 start, u64 end);
+void hmm_gpu_range_notifier_remove(struct hmm_gpu_range_notifier *rn);
 struct hmm_range;
 int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range);
 

@@ -22,6 +22,11 @@ from harness.vm import AccelChoice, Guest, GuestImage
 pytestmark = pytest.mark.e2e
 
 DRIVER = "/sys/bus/pci/drivers/hmm_gpu"
+RACE_PARAM = "/sys/module/hmm_gpu/parameters/race_delay_us"
+# Each migration to VRAM sleeps this long between reserving its device pages
+# and migrating into them: remove() empties VRAM in that time, so a driver
+# that lets the migration go on ends up with pages in VRAM after the eviction.
+RACE_DELAY_US = 300_000
 UNBIND_TIMEOUT = 90.0
 
 
@@ -41,7 +46,8 @@ def _ssh(guest: Guest, artifacts: Artifacts) -> SSHClient:
 
 def test_unbind_while_migrating(guest: Guest, artifacts: Artifacts) -> None:
     with _ssh(guest, artifacts) as ssh:
-        rc, out, err = ssh.run("insmod /opt/hmmlab/hmm_gpu.ko && ls /dev/hmm_gpu0", 60)
+        rc, out, err = ssh.run("insmod /opt/hmmlab/hmm_gpu.ko && ls /dev/hmm_gpu0 && "
+                               f"echo {RACE_DELAY_US} > {RACE_PARAM}", 60)
         assert rc == 0, out + err
         # three migrators, no CPU reader: VRAM fills and refills all the time
         rc, out, err = ssh.run(
@@ -56,6 +62,7 @@ def test_unbind_while_migrating(guest: Guest, artifacts: Artifacts) -> None:
         took = time.monotonic() - t0
         assert rc == 0, out + err
         bdf = out.split()[0]
+        ssh.run(f"echo 0 > {RACE_PARAM}", 60)
         # the stress sees ENODEV and stops on its own
         rc, out, err = ssh.run("for i in $(seq 100); do [ -e /tmp/race.rc ] && break; "
                                "sleep 0.2; done; cat /tmp/race.rc /tmp/race.out", 60)
