@@ -722,20 +722,32 @@ class VramCheck:
 def check_vram_lifetime(records: Sequence[TraceRecord], limit: int = 50) -> VramCheck:
     """Device jobs reach a VRAM page only while it holds a migrated page's data.
 
-    A VRAM page comes to life when the copy engine copies a page into it
-    (MIGRATE DATA, dir READ: system memory -> VRAM, ``aux`` = VRAM offset;
-    a hole is copied from a zero page, so every live page has one) and dies
-    when its data is copied out (dir WRITE: VRAM -> system memory, the page
-    went back to the CPU and its device page is freed). A leaf walk that maps
-    a dead VRAM page, a VA job's VRAM access to one, or a copy out of one
-    means the driver let the device use device memory it no longer owned,
-    e.g. a fault serviced with a device page that a concurrent migration had
-    just moved back and freed. (A migration that copies a page out and then
-    fails to move it would look the same; the driver aborts such a migration
-    only on a device error.)
+    The copy engine copies a page into VRAM (MIGRATE DATA, dir READ: system
+    memory -> VRAM, ``aux`` = VRAM offset; a hole is copied from a zero page,
+    so every page in use had one) and out of it (dir WRITE). A copy out
+    usually ends the page's life (the page went back to system memory and
+    the device page was freed), but not always: a migration that copied and
+    then could not move the page (someone held a reference: a CPU fault on it
+    in another thread, for instance) leaves it in VRAM, and it is copied out
+    again later. So per VRAM page the copies are a sequence, and a leaf walk
+    mapping the page or a VA job's access to it is stale when
+
+    - no page was ever copied into it before, or
+    - the last copy before it was a copy out and the next copy after it is
+      a copy in: the page was free in between, the device used it anyway
+      (e.g. a fault serviced with a device page that a concurrent migration
+      had just moved back and freed).
+
+    Between two copies out the page still held its data; after the last
+    copy out of the trace nothing tells, and nothing is reported.
     """
+    import bisect
+
     out = VramCheck()
-    live: set[int] = set()  # VRAM page numbers (offset >> 12)
+    # VRAM page number (offset >> 12) -> record indices and directions of its copies
+    copies: dict[int, list[int]] = {}
+    is_in: dict[int, list[bool]] = {}
+    uses: list[tuple[int, int, TraceRecord, str]] = []  # (index, page, record, what)
 
     def problem(text: str) -> None:
         out.problem_count += 1
@@ -744,38 +756,49 @@ def check_vram_lifetime(records: Sequence[TraceRecord], limit: int = 50) -> Vram
 
     for i, r in enumerate(records):
         if r.kind == Kind.DATA and r.engine == Engine.MIGRATE:
-            if not r.ok:
+            if not r.ok or r.dir not in (Dir.READ, Dir.WRITE):
                 continue
             page = r.aux >> PAGE_SHIFT
+            copies.setdefault(page, []).append(i)
+            is_in.setdefault(page, []).append(r.dir == Dir.READ)
             if r.dir == Dir.READ:
                 out.copies_in += 1
-                live.add(page)
-            elif r.dir == Dir.WRITE:
+            else:
                 out.copies_out += 1
-                if page not in live:
-                    problem(f"record {i} (t={r.timestamp_ns}): MIGRATE copied VRAM offset "
-                            f"0x{r.aux:x} out, but no page was copied into it since it was "
-                            "last copied out")
-                live.discard(page)
         elif r.kind == Kind.PTW and r.ok:
             leaf = leaf_of(r)
             if not isinstance(leaf, Translation) or not leaf.vram:
                 continue
             out.walks += 1
-            dead = [p for p in range(leaf.pa >> PAGE_SHIFT, (leaf.pa + leaf.size) >> PAGE_SHIFT)
-                    if p not in live]
-            if dead:
-                problem(f"record {i} (t={r.timestamp_ns}): ctx={r.ctx} walk of va=0x{r.va:x} "
-                        f"found a leaf mapping VRAM offset 0x{dead[0] << PAGE_SHIFT:x}, which "
-                        "holds no page (copied out, or never copied in)")
+            for p in range(leaf.pa >> PAGE_SHIFT, (leaf.pa + leaf.size) >> PAGE_SHIFT):
+                uses.append((i, p, r, "walk"))
         elif r.kind == Kind.VRAM and r.va:
             out.accesses += 1
             last = (r.addr + max(r.len, 1) - 1) >> PAGE_SHIFT
             for p in range(r.addr >> PAGE_SHIFT, last + 1):
-                if p not in live:
-                    problem(f"record {i} (t={r.timestamp_ns}): {_name(r.dir)} cmd={r.cmd_id} "
-                            f"ctx={r.ctx} va=0x{r.va:x} touched VRAM offset "
-                            f"0x{p << PAGE_SHIFT:x}, which holds no page (copied out, or never "
-                            "copied in)")
-                    break
+                uses.append((i, p, r, "access"))
+
+    reported: set[tuple[int, int]] = set()  # one problem per record and page
+    for i, page, r, what in uses:
+        idx = copies.get(page, [])
+        k = bisect.bisect_left(idx, i)
+        prev_in = is_in[page][k - 1] if k > 0 else None
+        next_in = is_in[page][k] if k < len(idx) else None
+        if prev_in is None:
+            why = "no page was ever copied into it"
+        elif not prev_in and next_in:
+            why = (f"its data was copied out (record {idx[k - 1]}) and the next copy is a "
+                   f"new page copied in (record {idx[k]}): it was free in between")
+        else:
+            continue
+        if (i, page) in reported:
+            continue
+        reported.add((i, page))
+        off = page << PAGE_SHIFT
+        if what == "walk":
+            problem(f"record {i} (t={r.timestamp_ns}): ctx={r.ctx} walk of va=0x{r.va:x} "
+                    f"found a leaf mapping VRAM offset 0x{off:x}: {why}")
+        else:
+            problem(f"record {i} (t={r.timestamp_ns}): {_name(r.dir)} cmd={r.cmd_id} "
+                    f"ctx={r.ctx} va=0x{r.va:x} touched VRAM offset 0x{off:x}: {why}")
     return out
