@@ -3,9 +3,10 @@
  * hmm-gpu: register, command and record layout.
  *
  * This header is the single source of truth for the device ABI. It is
- * compiled into the QEMU device model (qemu-devices/hw/misc/hmm-gpu.c), the
- * guest driver (guest-images/driver/) and checked against the Python trace
- * decoder (harness/dmatrace.py, tests/unit/test_abi.py). docs/device-abi.md
+ * compiled into the QEMU device model (qemu-devices/hw/misc/hmm-gpu*.c; its
+ * shared part also into hw/misc/hmm-common/), the guest driver
+ * (guest-images/driver/) and checked against the Python trace decoder
+ * (harness/dmatrace.py, tests/unit/test_abi.py). docs/device-abi.md
  * explains it in prose.
  *
  * All multi-byte fields are little-endian. BAR0 registers are 32 bits wide;
