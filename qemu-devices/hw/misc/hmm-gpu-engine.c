@@ -32,6 +32,15 @@
 #define HMM_GPU_BH_CMDS         64
 #define HMM_GPU_BH_NS           (1 * SCALE_MS)
 #define HMM_GPU_BH_BYTES        (64 * MiB)
+/*
+ * Work done inside a doorbell or replay write: the vCPU that wrote stays in
+ * that one instruction meanwhile, so only what a short command needs (a TLB
+ * invalidate, a MIGRATE of a few pages, a small VA job); the rest goes on
+ * in the bottom half. 50 us is a few hundred cycles of real PCIe latency
+ * scaled to TCG, far below anything a guest's latency tracer flags.
+ */
+#define HMM_GPU_MMIO_NS         (50 * SCALE_US)
+#define HMM_GPU_MMIO_BYTES      (256 * KiB)
 
 #define HMM_GPU_ATOMIC_SIZE     8
 #define HMM_GPU_COPY_ENT_SIZE   sizeof(struct hmm_gpu_copy_ent)
@@ -780,10 +789,10 @@ static void hmm_gpu_post_faults(HmmGpuState *s)
  * until the byte budget is used, then post completions. Stalled jobs sit on
  * the fault queue, so they hold up neither fetching nor other jobs.
  */
-void hmm_gpu_bh(void *opaque)
+static void hmm_gpu_engine_run(HmmGpuState *s, int64_t budget_ns,
+                               uint64_t budget_bytes)
 {
-    HmmGpuState *s = opaque;
-    int64_t deadline = get_clock() + HMM_GPU_BH_NS;
+    int64_t deadline = get_clock() + budget_ns;
     uint64_t bytes = 0;
     int cmds = 0;
     HmmGpuJob *j;
@@ -795,7 +804,7 @@ void hmm_gpu_bh(void *opaque)
         }
         cmds++;
     }
-    while (HMM_GPU_ALIVE(s) && bytes < HMM_GPU_BH_BYTES &&
+    while (HMM_GPU_ALIVE(s) && bytes < budget_bytes &&
            !QTAILQ_EMPTY(&s->runnable)) {
         /* a step that stalls or fails moves no data: still count it */
         bytes += MAX(hmm_gpu_step(s, QTAILQ_FIRST(&s->runnable)), 64);
@@ -823,6 +832,11 @@ void hmm_gpu_bh(void *opaque)
     hmm_dmatrace_flush(&s->core.trace);
 }
 
+void hmm_gpu_bh(void *opaque)
+{
+    hmm_gpu_engine_run(opaque, HMM_GPU_BH_NS, HMM_GPU_BH_BYTES);
+}
+
 /*
  * A doorbell or a replay: run the engine at once, inside the MMIO write (as
  * e1000 transmits from its TDT write), rather than when the main loop gets
@@ -831,13 +845,14 @@ void hmm_gpu_bh(void *opaque)
  * round trip). The engine budget bounds the time spent here; the rest
  * continues in the bottom half. The BQL serialises this with the BH, and the
  * device's reentrancy guard is engaged, so DMA aimed at our own BAR still
- * fails like it does from the BH.
+ * fails like it does from the BH. The budget is small (HMM_GPU_MMIO_*):
+ * the writing vCPU waits for it.
  */
 void hmm_gpu_run_now(HmmGpuState *s)
 {
     hmm_gpu_update_busy(s);
     if (!(s->status & HMM_GPU_STATUS_FATAL) && hmm_gpu_queues_enabled(s)) {
-        hmm_gpu_bh(s);
+        hmm_gpu_engine_run(s, HMM_GPU_MMIO_NS, HMM_GPU_MMIO_BYTES);
     }
 }
 

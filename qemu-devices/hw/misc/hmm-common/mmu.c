@@ -51,6 +51,19 @@ void hmm_mmu_init(HmmMmu *m, HmmCore *core, const HmmMmuConfig *cfg)
                                    OBJ_PROP_FLAG_READ);
     object_property_add_uint64_ptr(obj, "ptw-reads",
                                    &m->cnt_ptw_reads, OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "injected-faults",
+                                   &m->cnt_injected_faults,
+                                   OBJ_PROP_FLAG_READ);
+    /*
+     * qom-set N: the next N translations post a fault record although the
+     * page is mapped (as a device whose TLB lost an entry would), so the
+     * driver services a fault with nothing to do and replays. A large N is
+     * a fault livelock: what a driver's job deadline and fatal-signal
+     * handling must end.
+     */
+    object_property_add_uint32_ptr(obj, "inject-spurious-faults",
+                                   &m->inject_spurious_faults,
+                                   OBJ_PROP_FLAG_READWRITE);
 }
 
 void hmm_mmu_realize(HmmMmu *m, uint64_t devmem_size)
@@ -284,6 +297,13 @@ HmmXlate hmm_mmu_translate(HmmMmu *m, HmmMmuJob *j, uint64_t va,
         if (x != HMM_XLATE_OK) {
             return x;
         }
+    }
+    if (m->inject_spurious_faults) {
+        m->inject_spurious_faults--;
+        m->cnt_injected_faults++;
+        trace_hmm_inject_spurious_fault(j->cmd_id, j->ctx, va, access);
+        return hmm_fault_stall(m, j, va, access, HMM_GPU_FAULT_NOT_PRESENT,
+                               res);
     }
     e = hmm_tlb_lookup(&m->tlb, j->ctx, va);
     if (e && hmm_mmu_perm_ok(e->perms, access)) {

@@ -103,6 +103,10 @@ typedef struct HmmMmu {
     uint64_t cnt_faults_replayed;
     uint64_t cnt_faults_cancelled;
     uint64_t cnt_stale_cancels;
+    uint64_t cnt_injected_faults;
+
+    /* fault injection: the next this many translations fault anyway */
+    uint32_t inject_spurious_faults;
 } HmmMmu;
 
 typedef enum HmmXlate {
