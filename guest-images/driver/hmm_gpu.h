@@ -100,6 +100,7 @@ struct hmm_gpu_batch {
 	u32			status;		/* error of the first failing command */
 	u32			first_fail;	/* its index, U32_MAX if none */
 	int			err;		/* errno for a batch-wide failure */
+	int			abort;		/* aborted (signal, deadline): faults cancelled */
 	u64			bytes;		/* bytes the completions reported */
 	unsigned int		progress;	/* faults serviced for the batch */
 	void			*priv;		/* submitter's (struct hmm_gpu_op) */
@@ -155,6 +156,7 @@ struct hmm_gpu_dev {
 	 */
 	spinlock_t		lock;
 	u32			sq_tail;
+	u32			db_tail;	/* last CMDQ_TAIL written */
 	u32			cq_head;
 	u16			cq_phase;
 	unsigned int		inflight;
@@ -171,6 +173,7 @@ struct hmm_gpu_dev {
 	u32			fatal_error;	/* ERROR register when FATAL was seen */
 
 	struct mutex		reset_lock;	/* serialises hmm_gpu_reset() */
+	struct mutex		db_mutex;	/* doorbell writes (hmm_gpu_ring()) */
 	struct work_struct	reset_work;	/* reset after a fatal error */
 
 	/*
@@ -247,6 +250,8 @@ void hmm_gpu_reset_work(struct work_struct *work);
 irqreturn_t hmm_gpu_cpl_irq(int irq, void *data);
 irqreturn_t hmm_gpu_err_irq(int irq, void *data);
 void hmm_gpu_batch_init(struct hmm_gpu_batch *batch, u32 ctx);
+void hmm_gpu_ring(struct hmm_gpu_dev *gdev);
+void hmm_gpu_replay(struct hmm_gpu_dev *gdev);
 int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 		   const struct hmm_gpu_cmd_desc *desc);
 void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch);

@@ -25,7 +25,7 @@
  * write finds its first page in our VRAM mapped read-only by the CPU.
  */
 static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
-				   bool write, unsigned long *pfns)
+				   bool write, unsigned long *pfns, u64 *fresh)
 {
 	struct hmm_gpu_range_notifier rn;
 	struct hmm_range range = {
@@ -77,7 +77,7 @@ static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 		}
 		end = start + (i << PAGE_SHIFT);
 	}
-	ret = hmm_gpu_svm_write_ptes(svm, pt, start, end, pfns);
+	ret = hmm_gpu_svm_write_ptes(svm, pt, start, end, pfns, fresh);
 	svm->stats.pages_mapped += ret;
 	mutex_unlock(&svm->lock);
 	if (!ret)
@@ -95,7 +95,7 @@ out_mm:
  * the first window that fails. *@end is where the mapped range ends.
  */
 static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
-			       unsigned long *pfns, u64 *pages, u64 *end)
+			       unsigned long *pfns, u64 *pages, u64 *fresh, u64 *end)
 {
 	bool write = f->access != HMM_GPU_ACCESS_READ;
 	bool atomic = f->access == HMM_GPU_ACCESS_ATOMIC;
@@ -113,11 +113,11 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 	while (va < f->ahead_end) {
 		u64 wend = min(f->ahead_end, ALIGN(va + 1, HMM_GPU_PT_SPAN(1)));
 
-		n = hmm_gpu_svm_map_window(svm, va, wend, write, pfns);
+		n = hmm_gpu_svm_map_window(svm, va, wend, write, pfns, fresh);
 		/* The window failed (a bad page ahead?): the faulting page alone. */
 		if (n < 0 && n != -EROFS && va == *end && *end == (f->va & PAGE_MASK) &&
 		    wend - va > PAGE_SIZE)
-			n = hmm_gpu_svm_map_window(svm, va, va + PAGE_SIZE, write, pfns);
+			n = hmm_gpu_svm_map_window(svm, va, va + PAGE_SIZE, write, pfns, fresh);
 		if (n == -EROFS) {
 			u64 moved;
 
@@ -196,7 +196,7 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 	struct hmm_gpu_fault *faults = gdev->faults;
 	struct hmm_gpu_svm *done_svm = NULL;
 	u64 done_start = 0, done_end = 0;
-	bool done_write = false, replay = false;
+	bool done_write = false, replay = false, cancel;
 	unsigned int i, j;
 	u64 round;
 
@@ -230,6 +230,8 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		batch->progress++;
 		if (op->svm->ctx != f->ctx)
 			continue;
+		/* The waiter gave up on the job (a fatal signal, its deadline). */
+		f->err = batch->abort;
 		f->svm = op->svm;
 		kref_get(&f->svm->ref);
 		f->ahead_end = (f->va & PAGE_MASK) + PAGE_SIZE;
@@ -240,10 +242,6 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 				break;
 			}
 		}
-		if (op->round != round) {
-			op->round = round;
-			op->faults++;
-		}
 	}
 	spin_unlock_irq(&gdev->lock);
 
@@ -253,7 +251,7 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		struct hmm_gpu_fault *f = &faults[i];
 		bool write = f->access != HMM_GPU_ACCESS_READ;
 		struct hmm_gpu_op *op;
-		u64 pages = 0, end;
+		u64 pages = 0, fresh = 0, end;
 
 		if (f->gone)
 			continue;
@@ -261,6 +259,8 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 			f->err = -EFAULT;
 			continue;
 		}
+		if (f->err)
+			continue;
 		mutex_lock(&f->svm->lock);
 		f->svm->stats.faults++;
 		if (f->svm != done_svm)
@@ -276,7 +276,7 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		    (done_write || !write) && f->access != HMM_GPU_ACCESS_ATOMIC)
 			continue;
 
-		f->err = hmm_gpu_svm_service(f->svm, f, gdev->fault_pfns, &pages, &end);
+		f->err = hmm_gpu_svm_service(f->svm, f, gdev->fault_pfns, &pages, &fresh, &end);
 		if (f->err) {
 			f->err = hmm_gpu_fault_errno(f->err);
 			done_svm = NULL;
@@ -290,6 +290,16 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		op = hmm_gpu_fault_op(gdev, f->cmd_id, NULL);
 		if (op)
 			op->pages += pages;
+		/*
+		 * A fault round of the job, as test_hmm counts one: a round
+		 * that had to map what was not mapped. A record for a page an
+		 * earlier round of the job already mapped (several jobs of one
+		 * op fault on the same range) is no new fault.
+		 */
+		if (op && fresh && op->round != round) {
+			op->round = round;
+			op->faults++;
+		}
 		spin_unlock_irq(&gdev->lock);
 	}
 
@@ -308,23 +318,20 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		op = hmm_gpu_fault_op(gdev, f->cmd_id, NULL);
 		if (op && !op->err)
 			op->err = f->err;
-		if (op || !f->svm) {
+		cancel = op || !f->svm;
+		if (cancel)
 			gdev->stats.cancels++;
-			hmm_gpu_write(gdev, HMM_GPU_REG_FAULT_CANCEL, f->token);
-		}
 		spin_unlock_irq(&gdev->lock);
+		if (cancel)
+			hmm_gpu_write(gdev, HMM_GPU_REG_FAULT_CANCEL, f->token);
 		if (f->svm) {
 			mutex_lock(&f->svm->lock);
 			f->svm->stats.cancels++;
 			mutex_unlock(&f->svm->lock);
 		}
 	}
-	if (replay) {
-		spin_lock_irq(&gdev->lock);
-		gdev->stats.replays++;
-		hmm_gpu_write(gdev, HMM_GPU_REG_FAULT_REPLAY, 1);
-		spin_unlock_irq(&gdev->lock);
-	}
+	if (replay)
+		hmm_gpu_replay(gdev);
 
 	for (i = 0; i < n; i++) {
 		struct hmm_gpu_svm *svm = faults[i].svm;
@@ -359,13 +366,13 @@ int hmm_gpu_svm_prefault(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 		.ahead_end = min(PAGE_ALIGN(end), (va & PAGE_MASK) + HMM_GPU_FAULT_AHEAD_MAX),
 	};
 	unsigned long *pfns;
-	u64 pages = 0, mapped_end;
+	u64 pages = 0, fresh = 0, mapped_end;
 	int err;
 
 	pfns = kmalloc_array(HMM_GPU_PT_ENTRIES, sizeof(*pfns), GFP_KERNEL);
 	if (!pfns)
 		return 0;	/* the device faults instead */
-	err = hmm_gpu_svm_service(svm, &f, pfns, &pages, &mapped_end);
+	err = hmm_gpu_svm_service(svm, &f, pfns, &pages, &fresh, &mapped_end);
 	kfree(pfns);
 
 	mutex_lock(&svm->lock);

@@ -520,6 +520,7 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	spin_lock_init(&gdev->lock);
 	init_waitqueue_head(&gdev->tag_wq);
 	mutex_init(&gdev->reset_lock);
+	mutex_init(&gdev->db_mutex);
 	INIT_WORK(&gdev->reset_work, hmm_gpu_reset_work);
 	init_rwsem(&gdev->remove_sem);
 	mutex_init(&gdev->svms_lock);

@@ -217,7 +217,7 @@ unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end)
  * svm->lock held, the range is within table @pt. Returns the PTEs written.
  */
 long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-			    u64 start, u64 end, const unsigned long *pfns)
+			    u64 start, u64 end, const unsigned long *pfns, u64 *fresh)
 {
 	struct device *dev = &svm->gdev->pdev->dev;
 	long n = 0;
@@ -238,6 +238,7 @@ long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 				break;
 			if (pt->page[idx] && pt->page[idx] != page)
 				hmm_gpu_svm_zap(svm, va, va + PAGE_SIZE);
+			*fresh += !pt->page[idx];
 			pt->page[idx] = page;
 			pte = hmm_gpu_dmem_vram_offset(page) | HMM_GPU_PTE_VALID |
 			      HMM_GPU_PTE_READ | HMM_GPU_PTE_VRAM;
@@ -269,6 +270,7 @@ long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 			dma = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
 			if (dma_mapping_error(dev, dma))
 				break;
+			(*fresh)++;
 			pt->page[idx] = page;
 			pt->map[idx] = dma;
 		}

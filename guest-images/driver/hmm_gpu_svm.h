@@ -103,7 +103,7 @@ unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 			      u64 base, u64 start, u64 end, enum hmm_gpu_pt_op op);
 unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end);
 long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-			    u64 start, u64 end, const unsigned long *pfns);
+			    u64 start, u64 end, const unsigned long *pfns, u64 *fresh);
 bool hmm_gpu_svm_atomic_mapped(struct hmm_gpu_svm *svm, u64 va);
 bool hmm_gpu_svm_mapped(struct hmm_gpu_svm *svm, u64 start, u64 end, bool write);
 
