@@ -73,9 +73,7 @@ struct hmm_gpu_dmem {
 	struct hmm_gpu_vram_stats stats;
 	struct hmm_gpu_block	**blocks;	/* registered on first use */
 	struct mutex		evict_lock;	/* chunk/block registration, eviction */
-	struct mutex		copy_lock;	/* the copy list */
-	struct hmm_gpu_copy_ent	*copy;		/* coherent */
-	dma_addr_t		copy_dma;
+	struct dma_pool		*copy_pool;	/* copy lists, one per migration */
 	void			*zero;		/* coherent zero page */
 	dma_addr_t		zero_dma;
 };
@@ -206,7 +204,7 @@ struct hmm_gpu_dev {
 
 	struct hmm_gpu_dmem	dmem;
 	/* Every SVM context of the device (hmm_gpu_svm_zap_migrating()). */
-	struct mutex		svms_lock;
+	struct rw_semaphore	svms_sem;
 	struct list_head	svms;
 };
 
@@ -236,6 +234,8 @@ struct hmm_gpu_cmd_desc {
 	u64	pattern;
 	u64	arg2;
 	bool	urgent;		/* may use the reserved tags */
+	bool	has_ctx;	/* ctx below, not the batch's */
+	u32	ctx;
 };
 
 /* hmm_gpu_main.c */
@@ -278,6 +278,10 @@ void hmm_gpu_mmu_free(struct hmm_gpu_dev *gdev);
 void hmm_gpu_mmu_hw_init(struct hmm_gpu_dev *gdev);
 irqreturn_t hmm_gpu_fault_irq(int irq, void *data);
 int hmm_gpu_tlb_fence(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len);
+int hmm_gpu_tlb_queue(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch, u32 ctx,
+		      u64 va, u64 len);
+bool hmm_gpu_fences_done(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
+			 unsigned int nfences);
 void hmm_gpu_ctx_set(struct hmm_gpu_dev *gdev, u32 ctx, dma_addr_t root);
 
 /* hmm_gpu_svm.c */
@@ -301,8 +305,11 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev,
 			u64 *pages);
 int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 struct migrate_vma;
-void hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
-			       const struct migrate_vma *args);
+unsigned int hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+				       const struct migrate_vma *args, struct hmm_gpu_batch *batch);
+void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+				 const struct migrate_vma *args, struct hmm_gpu_batch *batch,
+				 unsigned int nfences);
 int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 
@@ -316,10 +323,12 @@ long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned 
 void hmm_gpu_dmem_unreserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n);
 long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      const unsigned long *src, unsigned long *dst,
-			      unsigned long npages, struct page **res, unsigned long *nres);
+			      unsigned long npages, struct page **res, unsigned long *nres,
+			      struct hmm_gpu_batch *batch);
 long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      unsigned long addr, const unsigned long *src,
-			      unsigned long *dst, unsigned long npages);
+			      unsigned long *dst, unsigned long npages,
+			      struct hmm_gpu_batch *batch);
 void hmm_gpu_dmem_touch(struct hmm_gpu_dev *gdev, const unsigned long *dst,
 			unsigned long npages);
 int hmm_gpu_dmem_evict_all(struct hmm_gpu_dev *gdev);

@@ -523,7 +523,7 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&gdev->db_mutex);
 	INIT_WORK(&gdev->reset_work, hmm_gpu_reset_work);
 	init_rwsem(&gdev->remove_sem);
-	mutex_init(&gdev->svms_lock);
+	init_rwsem(&gdev->svms_sem);
 	INIT_LIST_HEAD(&gdev->svms);
 
 	gdev->id = ida_alloc(&hmm_gpu_ida, GFP_KERNEL);

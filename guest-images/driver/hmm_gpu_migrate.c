@@ -41,32 +41,62 @@ static unsigned long hmm_gpu_svm_walk_migrating(struct hmm_gpu_svm *svm,
 }
 
 /*
- * Drop the translations of the pages a migration of this driver selected,
- * in every context of @gdev that mirrors @mm: the notifier skips our own
- * MMU_NOTIFY_MIGRATE events, so nothing else zaps them before the data
- * moves. Pages that stay where they are (already in VRAM, or not
- * collected) keep theirs. One TLB fence covers the window.
+ * Clear the translations of the pages a migration of this driver selected,
+ * in every context of @gdev that mirrors @mm (the notifier leaves our own
+ * migrations to us), and queue one TLB_INVALIDATE per context that had any
+ * into @batch. The caller queues the copy behind them and rings once: the
+ * device fetches in ring order, so the invalidations are done before the
+ * copy starts, and a device access before them only changes data the copy
+ * then carries over. Pages that stay where they are (already in VRAM, not
+ * collected) keep their translations. Returns the invalidations queued;
+ * hmm_gpu_svm_unmap_migrating() finishes the job once the batch is done.
  */
-void hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
-			       const struct migrate_vma *args)
+unsigned int hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+				       const struct migrate_vma *args, struct hmm_gpu_batch *batch)
 {
 	struct hmm_gpu_svm *svm;
+	unsigned int n = 0;
 
-	mutex_lock(&gdev->svms_lock);
+	down_read(&gdev->svms_sem);
 	list_for_each_entry(svm, &gdev->svms, node) {
 		if (svm->mm != mm)
 			continue;
 		mutex_lock(&svm->lock);
-		if (!svm->dead && hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_ZAP)) {
-			if (!hmm_gpu_tlb_fence(gdev, svm->ctx, args->start,
-					       args->end - args->start))
-				svm->stats.tlb_invalidates++;
-			hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_UNMAP);
+		if (!svm->dead && hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_ZAP) &&
+		    !hmm_gpu_tlb_queue(gdev, batch, svm->ctx, args->start,
+				       args->end - args->start))
+			n++;
+		mutex_unlock(&svm->lock);
+	}
+	up_read(&gdev->svms_sem);
+	return n;
+}
+
+/*
+ * After the batch of hmm_gpu_svm_zap_migrating() (its @nfences
+ * invalidations first) has completed: unmap the DMA mappings of the
+ * translations it cleared. hmm_gpu_fences_done() resets the device if a
+ * fence could not be had, so no stale translation can be in use here.
+ */
+void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+				 const struct migrate_vma *args, struct hmm_gpu_batch *batch,
+				 unsigned int nfences)
+{
+	bool fenced = nfences && hmm_gpu_fences_done(gdev, batch, nfences);
+	struct hmm_gpu_svm *svm;
+
+	down_read(&gdev->svms_sem);
+	list_for_each_entry(svm, &gdev->svms, node) {
+		if (svm->mm != mm)
+			continue;
+		mutex_lock(&svm->lock);
+		if (hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_UNMAP) || fenced) {
 			svm->stats.invalidations++;
+			svm->stats.tlb_invalidates += fenced;
 		}
 		mutex_unlock(&svm->lock);
 	}
-	mutex_unlock(&gdev->svms_lock);
+	up_read(&gdev->svms_sem);
 }
 
 /*
@@ -124,6 +154,8 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 		.flags		= MIGRATE_VMA_SELECT_SYSTEM,
 	};
 	unsigned long nres, i, seq;
+	struct hmm_gpu_batch batch;
+	unsigned int nfences;
 	struct hmm_gpu_pt *pt;
 	long ret;
 
@@ -151,9 +183,11 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 	 * invalidates for the holes it fills: those fault too.
 	 */
 	seq = mmu_interval_read_begin(&svm->notifier);
-	/* No device DMA to the old pages from now on (the notifier left them). */
-	hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args);
-	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, res, &nres);
+	/* No device access to the old pages once the copy starts. */
+	hmm_gpu_batch_init(&batch, 0);
+	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch);
+	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, res, &nres, &batch);
+	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences);
 	if (ret < 0)
 		memset(dst, 0, npages * sizeof(*dst));
 	migrate_vma_pages(&args);
@@ -187,6 +221,8 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 		.pgmap_owner	= gdev,
 		.flags		= MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
 	};
+	struct hmm_gpu_batch batch;
+	unsigned int nfences;
 	unsigned long i;
 	long ret;
 
@@ -197,8 +233,10 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 		migrate_vma_finalize(&args);
 		return 0;
 	}
-	hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args);
-	ret = hmm_gpu_dmem_copy_to_sys(gdev, vma, start, src, dst, npages);
+	hmm_gpu_batch_init(&batch, 0);
+	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch);
+	ret = hmm_gpu_dmem_copy_to_sys(gdev, vma, start, src, dst, npages, &batch);
+	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences);
 	if (ret < 0)
 		memset(dst, 0, npages * sizeof(*dst));
 	migrate_vma_pages(&args);

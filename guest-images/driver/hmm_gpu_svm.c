@@ -36,7 +36,8 @@ static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
 {
 	struct hmm_gpu_svm *svm = container_of(mni, struct hmm_gpu_svm, notifier);
 	u64 start = range->start & PAGE_MASK;
-	u64 end = min_t(u64, PAGE_ALIGN(range->end), svm->va_end);
+	/* PAGE_ALIGN() of exit_mmap()'s ULONG_MAX would wrap to 0 */
+	u64 end = range->end >= svm->va_end ? svm->va_end : PAGE_ALIGN(range->end);
 	bool own = range->owner == svm->gdev;
 
 	/*
@@ -172,9 +173,9 @@ struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struc
 		goto err_mm;
 
 	hmm_gpu_ctx_set(gdev, svm->ctx, svm->root->dma);
-	mutex_lock(&gdev->svms_lock);
+	down_write(&gdev->svms_sem);
 	list_add_tail(&svm->node, &gdev->svms);
-	mutex_unlock(&gdev->svms_lock);
+	up_write(&gdev->svms_sem);
 	return svm;
 
 err_mm:
@@ -201,9 +202,9 @@ void __hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 	struct hmm_gpu_dev *gdev = svm->gdev;
 
 	lockdep_assert_held(&gdev->remove_sem);
-	mutex_lock(&gdev->svms_lock);
+	down_write(&gdev->svms_sem);
 	list_del(&svm->node);
-	mutex_unlock(&gdev->svms_lock);
+	up_write(&gdev->svms_sem);
 
 	mutex_lock(&svm->lock);
 	svm->dead = true;
