@@ -139,6 +139,7 @@ struct hmm_gpu_dev {
 
 	u32			hw_version;
 	u32			caps;
+	bool			irq_late;	/* 1.3: HMM_GPU_CMD_F_IRQ_LATE */
 	u32			max_xfer;
 	atomic_t		next_ctx;
 

@@ -476,6 +476,7 @@ static int hmm_gpu_check_hw(struct hmm_gpu_dev *gdev)
 			HMM_GPU_VERSION_MAJOR);
 		return -ENODEV;
 	}
+	gdev->irq_late = (gdev->hw_version & 0xffff) >= 3;
 	gdev->caps = hmm_gpu_read(gdev, HMM_GPU_REG_CAPS);
 	if (!(gdev->caps & HMM_GPU_CAP_DMA_ENGINE)) {
 		dev_err(dev, "no DMA engine (caps %#x)\n", gdev->caps);

@@ -502,7 +502,12 @@ int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 	cmd = &gdev->sq[gdev->sq_tail];
 	memset(cmd, 0, sizeof(*cmd));
 	cmd->opcode = desc->opcode;
-	cmd->flags = HMM_GPU_CMD_F_IRQ;
+	/*
+	 * The doorbell and replay writers reap the completion ring after their
+	 * write (hmm_gpu_ring(), hmm_gpu_replay()): an interrupt is only needed
+	 * for what completes later (1.3 devices; 1.2 interrupt for everything).
+	 */
+	cmd->flags = gdev->irq_late ? HMM_GPU_CMD_F_IRQ_LATE : HMM_GPU_CMD_F_IRQ;
 	cmd->ctx = (__force u32)cpu_to_le32(desc->has_ctx ? desc->ctx : batch->ctx);
 	cmd->cmd_id = (__force u64)cpu_to_le64(slot->cmd_id);
 	cmd->src = (__force u64)cpu_to_le64(desc->src);

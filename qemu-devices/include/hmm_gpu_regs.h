@@ -40,7 +40,7 @@
 
 #define HMM_GPU_ID_MAGIC		0x484d4d47	/* "HMMG" */
 #define HMM_GPU_VERSION_MAJOR		1
-#define HMM_GPU_VERSION_MINOR		2	/* 1.1: MMU, faults, TLB; 1.2: VRAM */
+#define HMM_GPU_VERSION_MINOR		3	/* 1.1: MMU, faults, TLB; 1.2: VRAM; 1.3: F_IRQ_LATE */
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 #define HMM_GPU_REG_ID			0x000	/* RO: HMM_GPU_ID_MAGIC */
@@ -190,7 +190,15 @@ struct hmm_gpu_copy_ent {
 };
 
 #define HMM_GPU_CMD_F_IRQ		(1u << 0)	/* MSI-X on completion */
-#define HMM_GPU_CMD_F_MASK		HMM_GPU_CMD_F_IRQ
+/*
+ * 1.3: MSI-X on completion only if the command completes after the MMIO
+ * write that made it run (a CMDQ_TAIL doorbell or FAULT_REPLAY) returned.
+ * The device runs short commands inside that write; a driver that reaps the
+ * completion ring right after its own doorbell and replay writes sets this
+ * instead of F_IRQ and takes no interrupt for what completed meanwhile.
+ */
+#define HMM_GPU_CMD_F_IRQ_LATE		(1u << 1)
+#define HMM_GPU_CMD_F_MASK		(HMM_GPU_CMD_F_IRQ | HMM_GPU_CMD_F_IRQ_LATE)
 
 struct hmm_gpu_cmd {
 	uint8_t		opcode;		/* enum hmm_gpu_opcode */

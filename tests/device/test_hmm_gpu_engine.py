@@ -311,3 +311,25 @@ def test_hot_unplug_with_work_in_flight(launch: Launch) -> None:
         assert gpu.qt.readq(0x0100_0000 + big) == 0
         assert gpu.qt.readq(0x0100_0000 + 4 * big - 8) == 0
     assert gpu.qt.alive()
+
+
+def test_irq_late_interrupts_only_after_the_doorbell(gpu: Gpu) -> None:
+    """F_IRQ_LATE (1.3): no MSI for a completion posted inside the doorbell write
+    (the driver reaps those itself), an MSI for one posted later."""
+    gpu.setup()
+    gpu.msi_clear()
+    gpu.push(fill(DST, 4096, 0x1111, cmd_id=1, flags=H.CMD_F_IRQ_LATE))
+    (c,) = gpu.reap(1)
+    assert (c.cmd_id, c.status) == (1, H.ERR_NONE)
+    assert gpu.reg("INTR_STATUS") & H.INTR_CPL  # latched all the same
+    assert not gpu.msi_fired(H.VEC_CPL_DEFAULT)
+    # more than the doorbell write runs: the rest completes in the bottom half
+    gpu.push(fill(DST, 16 << 20, 0x2222, cmd_id=2, flags=H.CMD_F_IRQ_LATE))
+    (c,) = gpu.reap(1)
+    assert (c.cmd_id, c.status, c.nbytes) == (2, H.ERR_NONE, 16 << 20)
+    assert gpu.msi_fired(H.VEC_CPL_DEFAULT)
+    gpu.msi_clear()
+    # F_IRQ still interrupts for what completes in the doorbell write
+    gpu.push(fill(DST, 64, 0x3333, cmd_id=3, flags=H.CMD_F_IRQ))
+    gpu.reap(1)
+    assert gpu.msi_fired(H.VEC_CPL_DEFAULT)

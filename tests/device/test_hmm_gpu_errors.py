@@ -72,7 +72,7 @@ PER_COMMAND = {
     "huge-length": (fill(DST, H.MAX_XFER + 1, 1), H.ERR_BAD_LENGTH, ENTRY, 0),
     "huge-length-2^63": (copy(SRC, DST, 1 << 63), H.ERR_BAD_LENGTH, ENTRY, 0),
     "reserved-flags": (fill(DST, 8, 1, flags=0x80), H.ERR_BAD_FLAGS, ENTRY, 0),
-    "reserved-flags-nop": (Cmd(H.OP_NOP, flags=0x02), H.ERR_BAD_FLAGS, ENTRY, 0),
+    "reserved-flags-nop": (Cmd(H.OP_NOP, flags=0x04), H.ERR_BAD_FLAGS, ENTRY, 0),
     "overlap-forward": (copy(SRC, SRC + 8, 64), H.ERR_OVERLAP, SRC + 8, 0),
     "overlap-backward": (copy(SRC + 8, SRC, 64), H.ERR_OVERLAP, SRC, 0),
     "overlap-same": (copy(SRC, SRC, 1), H.ERR_OVERLAP, SRC, 0),

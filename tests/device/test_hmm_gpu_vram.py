@@ -67,7 +67,7 @@ def dmatrace(launch: Launch, tmp_path: Path, *opts: str) -> tuple[Gpu, Path]:
 
 
 def test_vram_registers_default(gpu: Gpu) -> None:
-    assert gpu.reg("VERSION") == (1 << 16) | 2
+    assert gpu.reg("VERSION") >> 16 == 1 and gpu.reg("VERSION") & 0xFFFF >= 2
     assert gpu.reg("CAPS") & H.CAP_VRAM
     assert gpu.vram_size() == VRAM_DEFAULT
     for reg in ("VRAM_SIZE_LO", "VRAM_SIZE_HI"):

@@ -718,6 +718,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
 {
     struct hmm_gpu_cpl cpl;
     MemTxResult res;
+    bool notify;
     HmmDmaRec r = {
         .engine = HMM_GPU_ENGINE_QUEUE,
         .kind = HMM_GPU_TRACE_CPL_WRITE,
@@ -756,8 +757,10 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
         s->cnt_cmds_failed++;
     }
     hmm_ring_push(&s->cplq);
-    hmm_irq_raise(&s->core, HMM_GPU_INTR_CPL, s->vec_cpl,
-                  j->cmd.flags & HMM_GPU_CMD_F_IRQ);
+    /* F_IRQ_LATE: whoever wrote the doorbell reaps what completes in it */
+    notify = (j->cmd.flags & HMM_GPU_CMD_F_IRQ) ||
+             ((j->cmd.flags & HMM_GPU_CMD_F_IRQ_LATE) && !s->in_mmio_run);
+    hmm_irq_raise(&s->core, HMM_GPU_INTR_CPL, s->vec_cpl, notify);
     hmm_gpu_job_free(j);
     return true;
 }
@@ -852,7 +855,9 @@ void hmm_gpu_run_now(HmmGpuState *s)
 {
     hmm_gpu_update_busy(s);
     if (!(s->status & HMM_GPU_STATUS_FATAL) && hmm_gpu_queues_enabled(s)) {
+        s->in_mmio_run = true;
         hmm_gpu_engine_run(s, HMM_GPU_MMIO_NS, HMM_GPU_MMIO_BYTES);
+        s->in_mmio_run = false;
     }
 }
 

@@ -81,6 +81,7 @@ struct HmmGpuState {
     HmmGpuJobList runnable;
     HmmGpuJobList done;
     uint32_t njobs;
+    bool in_mmio_run;       /* the engine runs inside a doorbell/replay write */
 
     /* read-only QOM counters, cumulative over resets */
     uint64_t cnt_cmds_completed;
