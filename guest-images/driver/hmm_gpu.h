@@ -29,8 +29,16 @@
 
 /* Ring entries for both the command and the completion queue. */
 #define HMM_GPU_QUEUE_ENTRIES	256
-/* Commands in flight: one ring slot stays free so full != empty. */
-#define HMM_GPU_QUEUE_DEPTH	(HMM_GPU_QUEUE_ENTRIES - 1)
+/*
+ * CPLQ_HEAD is written once HMM_GPU_CQ_HEAD_BATCH entries were consumed, not
+ * after every reap: each MMIO write is a costly exit under TCG. The device
+ * counts completions the driver consumed but did not report yet as ring
+ * space in use, so the commands in flight stay below the ring size minus
+ * that lag (and the slot that tells full from empty): the device can then
+ * always fetch what the driver queued.
+ */
+#define HMM_GPU_CQ_HEAD_BATCH	64
+#define HMM_GPU_QUEUE_DEPTH	(HMM_GPU_QUEUE_ENTRIES - HMM_GPU_CQ_HEAD_BATCH - 1)
 
 /* No completion for this long means the device is hung (TCG is slow). */
 #define HMM_GPU_CMD_TIMEOUT	(10 * HZ)
@@ -74,6 +82,9 @@ struct hmm_gpu_dmem {
 	struct hmm_gpu_block	**blocks;	/* registered on first use */
 	struct mutex		evict_lock;	/* chunk/block registration, eviction */
 	struct dma_pool		*copy_pool;	/* copy lists, one per migration */
+	struct hmm_gpu_copy_ent	*small;		/* short copy lists: slots */
+	dma_addr_t		small_dma;
+	unsigned long		small_busy;	/* slots in use */
 	void			*zero;		/* coherent zero page */
 	dma_addr_t		zero_dma;
 };
@@ -157,6 +168,7 @@ struct hmm_gpu_dev {
 	u32			sq_tail;
 	u32			db_tail;	/* last CMDQ_TAIL written */
 	u32			cq_head;
+	u32			cq_head_hw;	/* last CPLQ_HEAD written */
 	u16			cq_phase;
 	unsigned int		inflight;
 	u64			seq;
@@ -307,10 +319,11 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev,
 int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 struct migrate_vma;
 unsigned int hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
-				       const struct migrate_vma *args, struct hmm_gpu_batch *batch);
+				       const struct migrate_vma *args, struct hmm_gpu_batch *batch,
+				       bool *unmap);
 void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
 				 const struct migrate_vma *args, struct hmm_gpu_batch *batch,
-				 unsigned int nfences);
+				 unsigned int nfences, bool unmap);
 int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 

@@ -105,11 +105,47 @@ static void hmm_gpu_dmem_page_free(struct page *page)
 /* The kernel's callback (page_free or folio_free) for the function above. */
 HMM_GPU_DEFINE_PAGE_FREE(hmm_gpu_dmem_page_free)
 
-/* A copy list for up to @n pages (coherent memory from the pool). */
-static struct hmm_gpu_copy_ent *hmm_gpu_dmem_list_alloc(struct hmm_gpu_dev *gdev,
-							dma_addr_t *dma)
+/*
+ * A migration's copy list: short ones (a CPU fault moves one page) from a
+ * few preallocated slots, without a lock; longer ones from the pool.
+ */
+#define HMM_GPU_SMALL_LIST	16
+#define HMM_GPU_SMALL_SLOTS	BITS_PER_LONG
+
+struct hmm_gpu_list {
+	struct hmm_gpu_copy_ent	*ent;
+	dma_addr_t		dma;
+	int			slot;		/* -1: from the pool */
+};
+
+static bool hmm_gpu_dmem_list_alloc(struct hmm_gpu_dev *gdev, unsigned long npages,
+				    struct hmm_gpu_list *l)
 {
-	return dma_pool_alloc(gdev->dmem.copy_pool, GFP_KERNEL, dma);
+	struct hmm_gpu_dmem *dmem = &gdev->dmem;
+	int slot;
+
+	if (npages <= HMM_GPU_SMALL_LIST) {
+		while ((slot = find_first_zero_bit(&dmem->small_busy, HMM_GPU_SMALL_SLOTS)) <
+		       HMM_GPU_SMALL_SLOTS) {
+			if (test_and_set_bit(slot, &dmem->small_busy))
+				continue;
+			l->slot = slot;
+			l->ent = dmem->small + slot * HMM_GPU_SMALL_LIST;
+			l->dma = dmem->small_dma + slot * HMM_GPU_SMALL_LIST * sizeof(*l->ent);
+			return true;
+		}
+	}
+	l->slot = -1;
+	l->ent = dma_pool_alloc(dmem->copy_pool, GFP_KERNEL, &l->dma);
+	return l->ent;
+}
+
+static void hmm_gpu_dmem_list_free(struct hmm_gpu_dev *gdev, struct hmm_gpu_list *l)
+{
+	if (l->slot >= 0)
+		clear_bit(l->slot, &gdev->dmem.small_busy);
+	else
+		dma_pool_free(gdev->dmem.copy_pool, l->ent, l->dma);
 }
 
 /*
@@ -170,19 +206,22 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
-	struct hmm_gpu_copy_ent *list;
-	dma_addr_t *bus, list_dma;
+	dma_addr_t small_bus[HMM_GPU_SMALL_LIST], *bus = small_bus;
+	struct hmm_gpu_list list;
 	unsigned long i;
 	unsigned int n = 0;
 	long ret;
 
-	bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
-	      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
-	list = bus ? hmm_gpu_dmem_list_alloc(gdev, &list_dma) : NULL;
-	if (!list) {
+	if (npages > HMM_GPU_SMALL_LIST)
+		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
+		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
+	else
+		memset(small_bus, 0, sizeof(small_bus));
+	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
 		/* What the batch holds already (invalidations) must finish. */
 		hmm_gpu_batch_wait(gdev, batch);
-		kfree(bus);
+		if (bus != small_bus)
+			kfree(bus);
 		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
 	}
 
@@ -212,10 +251,10 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		dst[i] = migrate_pfn(page_to_pfn(dpage));
 		if (src[i] & MIGRATE_PFN_WRITE)
 			dst[i] |= MIGRATE_PFN_WRITE;
-		hmm_gpu_dmem_set_ent(list, n++, hmm_gpu_dmem_vram_offset(spage), bus[i]);
+		hmm_gpu_dmem_set_ent(list.ent, n++, hmm_gpu_dmem_vram_offset(spage), bus[i]);
 	}
-	ret = hmm_gpu_dmem_run_copy(gdev, batch, list_dma, n, HMM_GPU_MIGRATE_FROM_VRAM);
-	dma_pool_free(dmem->copy_pool, list, list_dma);
+	ret = hmm_gpu_dmem_run_copy(gdev, batch, list.dma, n, HMM_GPU_MIGRATE_FROM_VRAM);
+	hmm_gpu_dmem_list_free(gdev, &list);
 
 	for (i = 0; i < npages; i++) {
 		struct page *dpage;
@@ -231,7 +270,8 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		unlock_page(dpage);
 		__free_page(dpage);
 	}
-	kfree(bus);
+	if (bus != small_bus)
+		kfree(bus);
 	if (ret)
 		return ret;
 
@@ -254,19 +294,22 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
-	struct hmm_gpu_copy_ent *list;
-	dma_addr_t *bus, list_dma;
+	dma_addr_t small_bus[HMM_GPU_SMALL_LIST], *bus = small_bus;
+	struct hmm_gpu_list list;
 	unsigned long i;
 	unsigned int n = 0;
 	long ret;
 
-	bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
-	      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
-	list = bus ? hmm_gpu_dmem_list_alloc(gdev, &list_dma) : NULL;
-	if (!list) {
+	if (npages > HMM_GPU_SMALL_LIST)
+		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
+		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
+	else
+		memset(small_bus, 0, sizeof(small_bus));
+	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
 		/* What the batch holds already (invalidations) must finish. */
 		hmm_gpu_batch_wait(gdev, batch);
-		kfree(bus);
+		if (bus != small_bus)
+			kfree(bus);
 		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
 	}
 
@@ -295,10 +338,10 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		dst[i] = migrate_pfn(page_to_pfn(dpage));
 		if ((src[i] & MIGRATE_PFN_WRITE) || (!spage && (vma->vm_flags & VM_WRITE)))
 			dst[i] |= MIGRATE_PFN_WRITE;
-		hmm_gpu_dmem_set_ent(list, n++, from, hmm_gpu_dmem_vram_offset(dpage));
+		hmm_gpu_dmem_set_ent(list.ent, n++, from, hmm_gpu_dmem_vram_offset(dpage));
 	}
-	ret = hmm_gpu_dmem_run_copy(gdev, batch, list_dma, n, HMM_GPU_MIGRATE_TO_VRAM);
-	dma_pool_free(dmem->copy_pool, list, list_dma);
+	ret = hmm_gpu_dmem_run_copy(gdev, batch, list.dma, n, HMM_GPU_MIGRATE_TO_VRAM);
+	hmm_gpu_dmem_list_free(gdev, &list);
 
 	for (i = 0; i < npages; i++) {
 		struct page *dpage;
@@ -312,7 +355,8 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		unlock_page(dpage);
 		put_page(dpage);	/* page_free: back to the free list */
 	}
-	kfree(bus);
+	if (bus != small_bus)
+		kfree(bus);
 	if (ret)
 		return ret;
 
@@ -604,6 +648,7 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 	struct hmm_gpu_batch batch;
 	unsigned int nfences;
 	vm_fault_t vret = 0;
+	bool unmap;
 	long ret;
 
 	if (migrate_vma_setup(&args))
@@ -613,9 +658,9 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 	 * TLB invalidations and the copy behind them.
 	 */
 	hmm_gpu_batch_init(&batch, 0);
-	nfences = hmm_gpu_svm_zap_migrating(gdev, vmf->vma->vm_mm, &args, &batch);
+	nfences = hmm_gpu_svm_zap_migrating(gdev, vmf->vma->vm_mm, &args, &batch, &unmap);
 	ret = hmm_gpu_dmem_copy_to_sys(gdev, vmf->vma, args.start, &src, &dst, 1, &batch);
-	hmm_gpu_svm_unmap_migrating(gdev, vmf->vma->vm_mm, &args, &batch, nfences);
+	hmm_gpu_svm_unmap_migrating(gdev, vmf->vma->vm_mm, &args, &batch, nfences, unmap);
 	if (ret < 0 && (src & MIGRATE_PFN_MIGRATE))
 		vret = VM_FAULT_SIGBUS;
 	migrate_vma_pages(&args);
@@ -655,11 +700,13 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 	dmem->chunks = kcalloc(dmem->max_chunks, sizeof(*dmem->chunks), GFP_KERNEL);
 	dmem->blocks = kcalloc(DIV_ROUND_UP(dmem->max_chunks, HMM_GPU_BLOCK_CHUNKS),
 			       sizeof(*dmem->blocks), GFP_KERNEL);
+	dmem->small = dmam_alloc_coherent(dev, HMM_GPU_SMALL_SLOTS * HMM_GPU_SMALL_LIST *
+					  sizeof(*dmem->small), &dmem->small_dma, GFP_KERNEL);
 	dmem->copy_pool = dmam_pool_create("hmm_gpu_copy", dev,
 					   HMM_GPU_MIGRATE_MAX_PAGES *
 					   sizeof(struct hmm_gpu_copy_ent), 64, 0);
 	dmem->zero = dmam_alloc_coherent(dev, PAGE_SIZE, &dmem->zero_dma, GFP_KERNEL);
-	if (!dmem->chunks || !dmem->blocks || !dmem->copy_pool || !dmem->zero) {
+	if (!dmem->chunks || !dmem->blocks || !dmem->copy_pool || !dmem->small || !dmem->zero) {
 		kfree(dmem->chunks);
 		kfree(dmem->blocks);
 		dmem->chunks = NULL;

@@ -28,36 +28,55 @@ static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 				   bool write, unsigned long *pfns, u64 *fresh)
 {
 	struct hmm_gpu_range_notifier rn;
+	bool rn_used = false;
 	struct hmm_range range = {
-		.notifier	= &rn.notifier,
 		.start		= start,
 		.end		= end,
 		.hmm_pfns	= pfns,
 		.default_flags	= HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0),
 		.dev_private_owner = svm->gdev,
 	};
-	struct hmm_gpu_pt *pt;
+	/* A whole aligned 2 MiB may become one leaf: no level-0 table yet. */
+	unsigned int level = end - start == HMM_GPU_PT_SPAN(1) ? 1 : 0;
+	unsigned long n;
+	int tries = 0;
 	long ret;
 
-	pt = hmm_gpu_pt_get(svm, start);
-	if (IS_ERR(pt))
-		return PTR_ERR(pt);
+again:
+	rn_used = false;
+	ret = hmm_gpu_pt_prepare(svm, start, level);
+	if (ret)
+		return ret;
 	if (!mmget_not_zero(svm->mm))
 		return -EFAULT;
+	/*
+	 * First under the context's notifier, which costs nothing extra; if an
+	 * invalidation anywhere in the mm came in between, go on under one
+	 * watching just this range, as nouveau does for every fault.
+	 */
+	range.notifier = &svm->notifier;
+	ret = hmm_gpu_svm_range_fault_once(svm, &range);
+	if (!ret)
+		goto locked;
+	if (ret != -EAGAIN)
+		goto out_mm;
 	ret = hmm_gpu_range_notifier_insert(svm, &rn, start, end);
 	if (ret)
 		goto out_mm;
-
+	range.notifier = &rn.notifier;
 	ret = hmm_gpu_svm_range_fault(svm, &range);
+	rn_used = true;
 	if (ret)
 		goto out;
+locked:
 	if (svm->dead) {
 		mutex_unlock(&svm->lock);
 		ret = -ENODEV;
 		goto out;
 	}
+	n = (end - start) >> PAGE_SHIFT;
 	if (write) {
-		unsigned long i, n = (end - start) >> PAGE_SHIFT;
+		unsigned long i;
 
 		/*
 		 * hmm_range_fault() faults nothing in for our own device pages,
@@ -75,18 +94,26 @@ static long hmm_gpu_svm_map_window(struct hmm_gpu_svm *svm, u64 start, u64 end,
 			ret = -EROFS;
 			goto out;
 		}
-		end = start + (i << PAGE_SHIFT);
+		n = i;
 	}
-	ret = hmm_gpu_svm_write_ptes(svm, pt, start, end, pfns, fresh);
-	svm->stats.pages_mapped += ret;
+	ret = hmm_gpu_svm_write_ptes(svm, start, write ? start + (n << PAGE_SHIFT) : end, pfns,
+				     fresh);
+	if (ret > 0)
+		svm->stats.pages_mapped += ret;
 	mutex_unlock(&svm->lock);
 	if (!ret)
 		ret = -EFAULT;
 out:
-	hmm_gpu_range_notifier_remove(&rn);
+	if (rn_used)
+		hmm_gpu_range_notifier_remove(&rn);
 out_mm:
 	mmput(svm->mm);
-	return ret;
+	/* The table a 4 KiB mapping needs is missing (not made, or freed). */
+	if (ret == -EAGAIN && tries++ < 3) {
+		level = 0;
+		goto again;
+	}
+	return ret == -EAGAIN ? -EBUSY : ret;
 }
 
 /*
@@ -365,15 +392,19 @@ int hmm_gpu_svm_prefault(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 		.access = write ? HMM_GPU_ACCESS_WRITE : HMM_GPU_ACCESS_READ,
 		.ahead_end = min(PAGE_ALIGN(end), (va & PAGE_MASK) + HMM_GPU_FAULT_AHEAD_MAX),
 	};
-	unsigned long *pfns;
+	unsigned long small[16], *pfns = small;
 	u64 pages = 0, fresh = 0, mapped_end;
 	int err;
 
-	pfns = kmalloc_array(HMM_GPU_PT_ENTRIES, sizeof(*pfns), GFP_KERNEL);
-	if (!pfns)
-		return 0;	/* the device faults instead */
+	/* A short job (a fault round trip) need not allocate. */
+	if (f.ahead_end - (va & PAGE_MASK) > ARRAY_SIZE(small) * PAGE_SIZE) {
+		pfns = kmalloc_array(HMM_GPU_PT_ENTRIES, sizeof(*pfns), GFP_KERNEL);
+		if (!pfns)
+			return 0;	/* the device faults instead */
+	}
 	err = hmm_gpu_svm_service(svm, &f, pfns, &pages, &fresh, &mapped_end);
-	kfree(pfns);
+	if (pfns != small)
+		kfree(pfns);
 
 	mutex_lock(&svm->lock);
 	svm->stats.faults++;

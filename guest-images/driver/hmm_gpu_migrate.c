@@ -15,29 +15,23 @@
 #include "hmm_gpu_compat.h"
 #include "hmm_gpu_svm.h"
 
-/* Apply @op to the runs of pages @args selected for migration. svm->lock held. */
-static unsigned long hmm_gpu_svm_walk_migrating(struct hmm_gpu_svm *svm,
-						const struct migrate_vma *args,
-						enum hmm_gpu_pt_op op)
+/* Clear the translations of the runs of pages @args selected into @z. */
+static void hmm_gpu_svm_clear_migrating(struct hmm_gpu_svm *svm, const struct migrate_vma *args,
+					struct hmm_gpu_zap *z)
 {
-	unsigned long i = 0, j, n = 0;
+	unsigned long i = 0, j;
 
 	while (i < args->npages) {
-		u64 start, end;
-
 		if (!(args->src[i] & MIGRATE_PFN_MIGRATE)) {
 			i++;
 			continue;
 		}
 		for (j = i + 1; j < args->npages && (args->src[j] & MIGRATE_PFN_MIGRATE); j++)
 			;
-		start = args->start + (i << PAGE_SHIFT);
-		end = min_t(u64, args->start + (j << PAGE_SHIFT), svm->va_end);
-		if (start < end)
-			n += hmm_gpu_pt_walk(svm, svm->root, 0, start, end, op);
+		hmm_gpu_pt_clear(svm, args->start + (i << PAGE_SHIFT),
+				 min_t(u64, args->start + (j << PAGE_SHIFT), svm->va_end), z);
 		i = j;
 	}
-	return n;
 }
 
 /*
@@ -49,23 +43,34 @@ static unsigned long hmm_gpu_svm_walk_migrating(struct hmm_gpu_svm *svm,
  * copy starts, and a device access before them only changes data the copy
  * then carries over. Pages that stay where they are (already in VRAM, not
  * collected) keep their translations. Returns the invalidations queued;
- * hmm_gpu_svm_unmap_migrating() finishes the job once the batch is done.
+ * *@unmap says whether hmm_gpu_svm_unmap_migrating() has DMA mappings to
+ * drop once the batch is done (VRAM pages have none).
  */
 unsigned int hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
-				       const struct migrate_vma *args, struct hmm_gpu_batch *batch)
+				       const struct migrate_vma *args, struct hmm_gpu_batch *batch,
+				       bool *unmap)
 {
 	struct hmm_gpu_svm *svm;
 	unsigned int n = 0;
 
+	*unmap = false;
 	down_read(&gdev->svms_sem);
 	list_for_each_entry(svm, &gdev->svms, node) {
+		struct hmm_gpu_zap z;
+
 		if (svm->mm != mm)
 			continue;
+		hmm_gpu_zap_init(&z, false);
 		mutex_lock(&svm->lock);
-		if (!svm->dead && hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_ZAP) &&
-		    !hmm_gpu_tlb_queue(gdev, batch, svm->ctx, args->start,
-				       args->end - args->start))
-			n++;
+		if (!svm->dead)
+			hmm_gpu_svm_clear_migrating(svm, args, &z);
+		if (z.pages) {
+			svm->stats.invalidations++;
+			if (!hmm_gpu_tlb_queue(gdev, batch, svm->ctx, args->start,
+					       args->end - args->start))
+				n++;
+			*unmap |= z.unmap;
+		}
 		mutex_unlock(&svm->lock);
 	}
 	up_read(&gdev->svms_sem);
@@ -80,20 +85,26 @@ unsigned int hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struc
  */
 void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
 				 const struct migrate_vma *args, struct hmm_gpu_batch *batch,
-				 unsigned int nfences)
+				 unsigned int nfences, bool unmap)
 {
 	bool fenced = nfences && hmm_gpu_fences_done(gdev, batch, nfences);
 	struct hmm_gpu_svm *svm;
 
+	if (!unmap && !fenced)
+		return;
 	down_read(&gdev->svms_sem);
 	list_for_each_entry(svm, &gdev->svms, node) {
+		struct hmm_gpu_zap z;
+
 		if (svm->mm != mm)
 			continue;
+		hmm_gpu_zap_init(&z, false);
+		z.start = args->start;
+		z.end = args->end;
+		z.unmap = unmap;
 		mutex_lock(&svm->lock);
-		if (hmm_gpu_svm_walk_migrating(svm, args, HMM_GPU_PT_UNMAP) || fenced) {
-			svm->stats.invalidations++;
-			svm->stats.tlb_invalidates += fenced;
-		}
+		hmm_gpu_pt_release(svm, &z);
+		svm->stats.tlb_invalidates += fenced;
 		mutex_unlock(&svm->lock);
 	}
 	up_read(&gdev->svms_sem);
@@ -103,31 +114,33 @@ void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
  * Map the device pages a migration to VRAM just filled: PTE_VRAM leaves,
  * unless the range was invalidated since @seq (the device then faults).
  */
-static void hmm_gpu_svm_map_migrated(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-				     const struct migrate_vma *args, unsigned long seq)
+static void hmm_gpu_svm_map_migrated(struct hmm_gpu_svm *svm, const struct migrate_vma *args,
+				     unsigned long seq)
 {
+	struct hmm_gpu_zap z;
 	unsigned long i;
 
+	if (hmm_gpu_pt_prepare(svm, args->start, 0))
+		return;
+	hmm_gpu_zap_init(&z, false);
 	mutex_lock(&svm->lock);
 	if (svm->dead || mmu_interval_read_retry(&svm->notifier, seq))
 		goto out;
 	for (i = 0; i < args->npages; i++) {
-		u64 va = args->start + (i << PAGE_SHIFT);
-		unsigned int idx = hmm_gpu_pt_index(va, 0);
 		struct page *page = migrate_pfn_to_page(args->dst[i]);
-		u64 pte;
 
 		if (!page || !(args->src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (pt->page[idx])
-			hmm_gpu_svm_zap(svm, va, va + PAGE_SIZE);
-		pte = hmm_gpu_dmem_vram_offset(page) | HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ |
-		      HMM_GPU_PTE_VRAM;
-		if (args->dst[i] & MIGRATE_PFN_WRITE)
-			pte |= HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC;
-		pt->page[idx] = page;
-		WRITE_ONCE(pt->cpu[idx], cpu_to_le64(pte));
+		if (!hmm_gpu_pt_set_vram(svm, args->start + (i << PAGE_SHIFT), page,
+					 args->dst[i] & MIGRATE_PFN_WRITE, &z))
+			break;
 		svm->stats.pages_mapped++;
+	}
+	/* Anything that was in the way went: one fence for all of it. */
+	if (z.pages) {
+		if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, z.start, z.end - z.start))
+			svm->stats.tlb_invalidates++;
+		hmm_gpu_pt_release(svm, &z);
 	}
 out:
 	mutex_unlock(&svm->lock);
@@ -156,12 +169,9 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 	unsigned long nres, i, seq;
 	struct hmm_gpu_batch batch;
 	unsigned int nfences;
-	struct hmm_gpu_pt *pt;
+	bool unmap;
 	long ret;
 
-	pt = hmm_gpu_pt_get(svm, start);
-	if (IS_ERR(pt))
-		return PTR_ERR(pt);
 	ret = hmm_gpu_dmem_reserve(gdev, res, npages);
 	if (ret < 0)
 		return ret;
@@ -185,14 +195,14 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 	seq = mmu_interval_read_begin(&svm->notifier);
 	/* No device access to the old pages once the copy starts. */
 	hmm_gpu_batch_init(&batch, 0);
-	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch);
+	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch, &unmap);
 	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, res, &nres, &batch);
-	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences);
+	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences, unmap);
 	if (ret < 0)
 		memset(dst, 0, npages * sizeof(*dst));
 	migrate_vma_pages(&args);
 	if (ret >= 0) {
-		hmm_gpu_svm_map_migrated(svm, pt, &args, seq);
+		hmm_gpu_svm_map_migrated(svm, &args, seq);
 		hmm_gpu_dmem_touch(gdev, dst, npages);
 		ret = 0;
 		for (i = 0; i < npages; i++)
@@ -224,6 +234,7 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 	struct hmm_gpu_batch batch;
 	unsigned int nfences;
 	unsigned long i;
+	bool unmap;
 	long ret;
 
 	ret = migrate_vma_setup(&args);
@@ -234,9 +245,9 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 		return 0;
 	}
 	hmm_gpu_batch_init(&batch, 0);
-	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch);
+	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch, &unmap);
 	ret = hmm_gpu_dmem_copy_to_sys(gdev, vma, start, src, dst, npages, &batch);
-	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences);
+	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences, unmap);
 	if (ret < 0)
 		memset(dst, 0, npages * sizeof(*dst));
 	migrate_vma_pages(&args);

@@ -1,19 +1,42 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * hmm_gpu: the device page tables of an SVM context (see hmm_gpu_svm.h):
- * allocation, lookup, zapping with the TLB fence, and writing PTEs from
- * hmm_range_fault() output.
+ * hmm_gpu: the device page tables of an SVM context (see hmm_gpu_svm.h).
+ *
+ * A 4-level radix tree in coherent memory, as the device walks it. A leaf
+ * is a level-0 entry (4 KiB) or a level-1 entry with PTE_LEAF (2 MiB: a
+ * PMD-mapped THP, or a device-private THP in VRAM). Every leaf has a shadow:
+ * the page it maps (for 2 MiB, the head page) and its DMA mapping (none for
+ * VRAM).
+ *
+ * Translations go in three steps, the fence in the middle:
+ *  1. hmm_gpu_pt_clear(): clear the entries, so a walk from now on faults;
+ *     tables the clear emptied may be detached from their parent;
+ *  2. a TLB_INVALIDATE of the range, completed: a walk the device did before
+ *     step 1 may have cached the old translation or be reading a detached
+ *     table, and only the completed fence guarantees neither is used again;
+ *  3. hmm_gpu_pt_release(): dma_unmap the pages, free the detached tables.
+ * hmm_gpu_svm_zap() does all three; migrations queue the fence in front of
+ * their copy instead (hmm_gpu_svm_zap_migrating()).
+ *
+ * Everything here runs under svm->lock, except hmm_gpu_pt_prepare(), which
+ * allocates the tables a mapping will need, and alloc/free.
  */
 #include <linux/dma-mapping.h>
 #include <linux/hmm.h>
 #include <linux/memremap.h>
 #include <linux/mm.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 
 #include "hmm_gpu.h"
 #include "hmm_gpu_compat.h"
 #include "hmm_gpu_svm.h"
 
+#define HMM_GPU_HUGE_PAGES	(HMM_GPU_PT_SPAN(1) >> PAGE_SHIFT)
+
+/* ---- tables ------------------------------------------------------------ */
+
+/* Free @pt and the tables below it. Nothing they map may still be DMA mapped. */
 void hmm_gpu_pt_free(struct hmm_gpu_dev *gdev, struct hmm_gpu_pt *pt)
 {
 	unsigned int i;
@@ -39,46 +62,71 @@ struct hmm_gpu_pt *hmm_gpu_pt_alloc(struct hmm_gpu_dev *gdev, unsigned int level
 	if (!pt)
 		return NULL;
 	pt->level = level;
+	INIT_LIST_HEAD(&pt->detached);
 	pt->cpu = dma_alloc_coherent(&gdev->pdev->dev, PAGE_SIZE, &pt->dma, GFP_KERNEL);
-	if (level) {
+	if (level)
 		pt->child = kcalloc(HMM_GPU_PT_ENTRIES, sizeof(*pt->child), GFP_KERNEL);
-	} else {
+	/* Leaves: 4 KiB at level 0, 2 MiB at level 1. */
+	if (level <= 1) {
 		pt->page = kcalloc(HMM_GPU_PT_ENTRIES, sizeof(*pt->page), GFP_KERNEL);
 		pt->map = kcalloc(HMM_GPU_PT_ENTRIES, sizeof(*pt->map), GFP_KERNEL);
 	}
-	if (!pt->cpu || (level && !pt->child) || (!level && (!pt->page || !pt->map))) {
+	if (!pt->cpu || (level && !pt->child) || (level <= 1 && (!pt->page || !pt->map))) {
 		hmm_gpu_pt_free(gdev, pt);
 		return NULL;
 	}
 	return pt;
 }
 
+/* The table at @level covering @va, NULL if there is none. */
+struct hmm_gpu_pt *hmm_gpu_pt_find(struct hmm_gpu_svm *svm, u64 va, unsigned int level)
+{
+	struct hmm_gpu_pt *pt = svm->root;
+	unsigned int l;
+
+	for (l = HMM_GPU_PT_LEVELS - 1; l > level && pt; l--)
+		pt = pt->child[hmm_gpu_pt_index(va, l)];
+	return pt;
+}
+
 /*
- * The level-0 table covering @va, allocating the missing tables with
- * svm->lock dropped. The table stays valid until the context is destroyed.
+ * Make sure the tables down to @level covering @va exist, allocating them
+ * with svm->lock dropped. A 2 MiB leaf where a level-0 table must go is
+ * zapped first. Callers look the table up again under svm->lock: an
+ * invalidation of its whole span may have freed it meanwhile.
  */
-struct hmm_gpu_pt *hmm_gpu_pt_get(struct hmm_gpu_svm *svm, u64 va)
+int hmm_gpu_pt_prepare(struct hmm_gpu_svm *svm, u64 va, unsigned int level)
 {
 	struct hmm_gpu_pt *pt, *new = NULL;
-	unsigned int level, idx;
+	unsigned int l, idx;
+	int ret = 0;
 
 	mutex_lock(&svm->lock);
 	for (;;) {
 		if (svm->dead) {
-			pt = ERR_PTR(-ENODEV);
+			ret = -ENODEV;
 			break;
 		}
 		pt = svm->root;
-		for (level = HMM_GPU_PT_LEVELS - 1; level > 0; level--) {
-			idx = hmm_gpu_pt_index(va, level);
+		for (l = HMM_GPU_PT_LEVELS - 1; l > level; l--) {
+			idx = hmm_gpu_pt_index(va, l);
 			if (!pt->child[idx])
 				break;
 			pt = pt->child[idx];
 		}
-		if (!level)
+		if (l == level)
 			break;
-		if (new && new->level == level - 1) {
+		if (l == 1 && pt->page[idx]) {
+			/* A 2 MiB leaf: 4 KiB entries replace it. */
+			u64 base = va & ~(HMM_GPU_PT_SPAN(1) - 1);
+
+			hmm_gpu_svm_zap(svm, base, base + HMM_GPU_PT_SPAN(1), false);
+			continue;
+		}
+		if (new && new->level == l - 1) {
 			pt->child[idx] = new;
+			pt->nr++;
+			svm->stats.pt_pages++;
 			/* The zeroed table before the entry a device walk follows to it. */
 			dma_wmb();
 			WRITE_ONCE(pt->cpu[idx], cpu_to_le64(new->dma | HMM_GPU_PTE_VALID));
@@ -87,50 +135,191 @@ struct hmm_gpu_pt *hmm_gpu_pt_get(struct hmm_gpu_svm *svm, u64 va)
 		}
 		mutex_unlock(&svm->lock);
 		hmm_gpu_pt_free(svm->gdev, new);
-		new = hmm_gpu_pt_alloc(svm->gdev, level - 1);
+		new = hmm_gpu_pt_alloc(svm->gdev, l - 1);
 		mutex_lock(&svm->lock);
 		if (!new) {
-			pt = ERR_PTR(-ENOMEM);
+			ret = -ENOMEM;
 			break;
 		}
 	}
 	mutex_unlock(&svm->lock);
 	hmm_gpu_pt_free(svm->gdev, new);
-	return pt;
-}
-
-/* The level-0 table covering @va, NULL if there is none. svm->lock held. */
-struct hmm_gpu_pt *hmm_gpu_pt_find(struct hmm_gpu_svm *svm, u64 va)
-{
-	struct hmm_gpu_pt *pt = svm->root;
-	unsigned int level;
-
-	for (level = HMM_GPU_PT_LEVELS - 1; level > 0 && pt; level--)
-		pt = pt->child[hmm_gpu_pt_index(va, level)];
-	return pt;
-}
-
-/*
- * Whether the device may update the page at @va atomically now: mapped with
- * PTE_ATOMIC (held exclusively, or in this device's VRAM).
- */
-bool hmm_gpu_svm_atomic_mapped(struct hmm_gpu_svm *svm, u64 va)
-{
-	struct hmm_gpu_pt *pt;
-	bool ret = false;
-
-	mutex_lock(&svm->lock);
-	pt = svm->dead ? NULL : hmm_gpu_pt_find(svm, va);
-	if (pt && pt->page[hmm_gpu_pt_index(va, 0)])
-		ret = le64_to_cpu(READ_ONCE(pt->cpu[hmm_gpu_pt_index(va, 0)])) &
-		      HMM_GPU_PTE_ATOMIC;
-	mutex_unlock(&svm->lock);
 	return ret;
 }
 
-/* Apply @op to the level-0 entries of [start, end). svm->lock held. */
-unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-			      u64 base, u64 start, u64 end, enum hmm_gpu_pt_op op)
+/* ---- clearing, releasing ------------------------------------------------ */
+
+void hmm_gpu_zap_init(struct hmm_gpu_zap *z, bool reclaim)
+{
+	memset(z, 0, sizeof(*z));
+	z->start = U64_MAX;
+	z->reclaim = reclaim;
+	INIT_LIST_HEAD(&z->detached);
+}
+
+static u64 hmm_gpu_pte(const struct hmm_gpu_pt *pt, unsigned int i)
+{
+	return le64_to_cpu(READ_ONCE(pt->cpu[i]));
+}
+
+/* Pages one leaf of @pt maps. */
+static unsigned long hmm_gpu_leaf_pages(const struct hmm_gpu_pt *pt)
+{
+	return pt->level ? HMM_GPU_HUGE_PAGES : 1;
+}
+
+/* Clear leaf @i of @pt (at address @va) into @z. */
+static void hmm_gpu_leaf_clear(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
+			       unsigned int i, u64 va, struct hmm_gpu_zap *z)
+{
+	u64 pte = hmm_gpu_pte(pt, i);
+	unsigned long n = hmm_gpu_leaf_pages(pt);
+
+	/*
+	 * The device may have written the page and the CPU PTE need not be
+	 * dirty (no write fault was needed): as RDMA ODP does, or reclaim
+	 * drops a clean page (lazily freed, in the swap cache) with the
+	 * device's data.
+	 */
+	if ((pte & HMM_GPU_PTE_WRITE) && !(pte & HMM_GPU_PTE_VRAM))
+		folio_mark_dirty(page_folio(pt->page[i]));
+	WRITE_ONCE(pt->cpu[i], 0);
+	pt->page[i] = NULL;
+	if (!pt->level)
+		clear_bit(i, pt->excl);
+	pt->nr--;
+	svm->stats.mapped -= n;
+	z->pages += n;
+	z->unmap += !!pt->map[i];
+	z->start = min(z->start, va);
+	z->end = max(z->end, va + (n << PAGE_SHIFT));
+}
+
+/*
+ * Clear the leaves of @pt (covering @base..) that overlap [start, end). With
+ * z->reclaim, a table whose whole span lies in the range and that is empty
+ * afterwards is detached from @pt and queued on z->detached.
+ */
+static void hmm_gpu_pt_clear_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
+				   u64 base, u64 start, u64 end, struct hmm_gpu_zap *z)
+{
+	u64 span = HMM_GPU_PT_SPAN(pt->level);
+	u64 lo = max(start, base);
+	u64 hi = min(end, base + span * HMM_GPU_PT_ENTRIES);
+	unsigned int i, first, last;
+
+	if (lo >= hi)
+		return;
+	first = (lo - base) >> HMM_GPU_PT_SHIFT(pt->level);
+	last = (hi - 1 - base) >> HMM_GPU_PT_SHIFT(pt->level);
+	for (i = first; i <= last; i++) {
+		u64 va = base + i * span;
+		struct hmm_gpu_pt *child = pt->level ? pt->child[i] : NULL;
+
+		if (child) {
+			hmm_gpu_pt_clear_level(svm, child, va, start, end, z);
+			if (z->reclaim && !child->nr && va >= start && va + span <= end) {
+				WRITE_ONCE(pt->cpu[i], 0);
+				pt->child[i] = NULL;
+				pt->nr--;
+				list_add_tail(&child->detached, &z->detached);
+			}
+		} else if (pt->level <= 1 && pt->page[i]) {
+			hmm_gpu_leaf_clear(svm, pt, i, va, z);
+		}
+	}
+}
+
+/* Step 1: clear the translations of [start, end) into @z. */
+void hmm_gpu_pt_clear(struct hmm_gpu_svm *svm, u64 start, u64 end, struct hmm_gpu_zap *z)
+{
+	if (start < end)
+		hmm_gpu_pt_clear_level(svm, svm->root, 0, start, end, z);
+}
+
+/* dma_unmap what cleared leaves of @pt in [start, end) still map. */
+static void hmm_gpu_pt_unmap_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
+				   u64 base, u64 start, u64 end)
+{
+	struct device *dev = &svm->gdev->pdev->dev;
+	u64 span = HMM_GPU_PT_SPAN(pt->level);
+	u64 lo = max(start, base);
+	u64 hi = min(end, base + span * HMM_GPU_PT_ENTRIES);
+	unsigned int i, first, last;
+
+	if (lo >= hi)
+		return;
+	first = (lo - base) >> HMM_GPU_PT_SHIFT(pt->level);
+	last = (hi - 1 - base) >> HMM_GPU_PT_SHIFT(pt->level);
+	for (i = first; i <= last; i++) {
+		if (pt->level && pt->child[i]) {
+			hmm_gpu_pt_unmap_level(svm, pt->child[i], base + i * span, start, end);
+		} else if (pt->level <= 1 && pt->map[i] && !pt->page[i]) {
+			dma_unmap_page(dev, pt->map[i], span, DMA_BIDIRECTIONAL);
+			pt->map[i] = 0;
+		}
+	}
+}
+
+/* Tables in the subtree of @pt, @pt included. */
+unsigned long hmm_gpu_pt_count_tables(const struct hmm_gpu_pt *pt)
+{
+	unsigned long n = 1;
+	unsigned int i;
+
+	if (pt->level)
+		for (i = 0; i < HMM_GPU_PT_ENTRIES; i++)
+			if (pt->child[i])
+				n += hmm_gpu_pt_count_tables(pt->child[i]);
+	return n;
+}
+
+/*
+ * Step 3, once a fence issued after step 1 has completed: unmap what the
+ * cleared leaves mapped, free the detached tables. Any leaf cleared but not
+ * yet unmapped in the range was cleared before that fence was queued (under
+ * svm->lock, in ring order), so unmapping it is safe too.
+ */
+void hmm_gpu_pt_release(struct hmm_gpu_svm *svm, struct hmm_gpu_zap *z)
+{
+	struct hmm_gpu_pt *pt, *next;
+
+	if (z->unmap)
+		hmm_gpu_pt_unmap_level(svm, svm->root, 0, z->start, z->end);
+	list_for_each_entry_safe(pt, next, &z->detached, detached) {
+		list_del(&pt->detached);
+		/* Its leaves were cleared, not unmapped, on the way out. */
+		hmm_gpu_pt_unmap_level(svm, pt, 0, 0, U64_MAX);
+		svm->stats.pt_pages -= hmm_gpu_pt_count_tables(pt);
+		hmm_gpu_pt_free(svm->gdev, pt);
+	}
+	z->unmap = 0;
+}
+
+/*
+ * Remove the device's translations of [start, end): clear, TLB_INVALIDATE
+ * and wait for it, release. hmm_gpu_tlb_fence() resets the device if the
+ * fence cannot be had, so the release never runs while a stale translation
+ * may be in use. @reclaim: free the tables whose whole span the range
+ * covers (munmap). Returns the pages whose translation went.
+ */
+unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end, bool reclaim)
+{
+	struct hmm_gpu_zap z;
+
+	hmm_gpu_zap_init(&z, reclaim);
+	hmm_gpu_pt_clear(svm, start, end, &z);
+	if (!z.pages && list_empty(&z.detached))
+		return 0;
+	if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, start, end - start))
+		svm->stats.tlb_invalidates++;
+	hmm_gpu_pt_release(svm, &z);
+	return z.pages;
+}
+
+/* Pages [start, end) has translations for. */
+unsigned long hmm_gpu_pt_count(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt, u64 base,
+			       u64 start, u64 end)
 {
 	u64 span = HMM_GPU_PT_SPAN(pt->level);
 	u64 lo = max(start, base);
@@ -143,90 +332,206 @@ unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 	first = (lo - base) >> HMM_GPU_PT_SHIFT(pt->level);
 	last = (hi - 1 - base) >> HMM_GPU_PT_SHIFT(pt->level);
 	for (i = first; i <= last; i++) {
-		if (pt->level) {
-			if (pt->child[i])
-				n += hmm_gpu_pt_walk(svm, pt->child[i], base + i * span,
-						     start, end, op);
-			continue;
-		}
-		switch (op) {
-		case HMM_GPU_PT_COUNT:
-			n += !!pt->page[i];
-			break;
-		case HMM_GPU_PT_ZAP:
-			if (pt->page[i]) {
-				u64 pte = le64_to_cpu(pt->cpu[i]);
-
-				/*
-				 * The device may have written the page and the
-				 * CPU PTE need not be dirty (no write fault was
-				 * needed): as RDMA ODP does, or reclaim drops a
-				 * clean page (lazily freed, in the swap cache)
-				 * with the device's data.
-				 */
-				if ((pte & HMM_GPU_PTE_WRITE) && !(pte & HMM_GPU_PTE_VRAM))
-					folio_mark_dirty(page_folio(pt->page[i]));
-				WRITE_ONCE(pt->cpu[i], 0);
-				pt->page[i] = NULL;
-				clear_bit(i, pt->excl);
-				n++;
-			}
-			break;
-		case HMM_GPU_PT_UNMAP:
-			if (pt->map[i] && !pt->page[i]) {
-				dma_unmap_page(&svm->gdev->pdev->dev, pt->map[i], PAGE_SIZE,
-					       DMA_BIDIRECTIONAL);
-				pt->map[i] = 0;
-				n++;
-			}
-			break;
-		}
+		if (pt->level && pt->child[i])
+			n += hmm_gpu_pt_count(svm, pt->child[i], base + i * span, start, end);
+		else if (pt->level <= 1 && pt->page[i])
+			n += hmm_gpu_leaf_pages(pt);
 	}
 	return n;
 }
 
-/*
- * Remove the device's translations of [start, end). svm->lock held. The
- * order is what makes it safe:
- *
- *  1. clear the PTEs, so a walk from now on faults;
- *  2. TLB_INVALIDATE the range and wait for its completion: a walk the
- *     device did before step 1 may have cached the old translation, and only
- *     the completed fence guarantees no later DMA uses it (fenced in the
- *     other order, such a walk could re-cache it after the fence);
- *  3. only then dma_unmap the pages.
- *
- * hmm_gpu_tlb_fence() resets the device if the fence cannot be had, so step
- * 3 never runs while a stale translation may be in use.
- */
-unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end)
-{
-	unsigned long n;
+/* ---- writing leaves ------------------------------------------------------ */
 
-	n = hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_ZAP);
-	if (!n)
-		return 0;
-	if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, start, end - start))
-		svm->stats.tlb_invalidates++;
-	hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_UNMAP);
-	return n;
+/* Write leaf @i of @pt. */
+static void hmm_gpu_leaf_set(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt, unsigned int i,
+			     struct page *page, dma_addr_t map, u64 pte)
+{
+	if (!pt->page[i]) {
+		pt->nr++;
+		svm->stats.mapped += hmm_gpu_leaf_pages(pt);
+	}
+	pt->page[i] = page;
+	pt->map[i] = map;
+	WRITE_ONCE(pt->cpu[i], cpu_to_le64(pte | HMM_GPU_PTE_VALID));
+}
+
+/* The PTE of a device-private page of ours (its VRAM offset). */
+static u64 hmm_gpu_vram_pte(struct page *page, bool write)
+{
+	u64 pte = hmm_gpu_dmem_vram_offset(page) | HMM_GPU_PTE_READ | HMM_GPU_PTE_VRAM;
+
+	/* In VRAM only the device reaches the page: atomics are safe. */
+	if (write)
+		pte |= HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC;
+	return pte;
 }
 
 /*
- * Write the PTEs of [start, end) from @pfns (hmm_range_fault() output).
- * svm->lock held, the range is within table @pt. Returns the PTEs written.
+ * Does leaf @i of @pt have to go before it can map @page with @pte? A
+ * different page or fewer permissions cannot happen without an
+ * invalidation, but stay safe: a remap or a downgrade needs the same
+ * clear -> fence -> release as any removal. An exclusive (atomic) mapping
+ * of system memory that hmm_range_fault() now reports as an ordinary page
+ * lost its exclusivity.
  */
-long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-			    u64 start, u64 end, const unsigned long *pfns, u64 *fresh)
+static bool hmm_gpu_leaf_stale(const struct hmm_gpu_pt *pt, unsigned int i, struct page *page,
+			       u64 pte)
+{
+	u64 old = hmm_gpu_pte(pt, i);
+
+	if (!pt->page[i])
+		return false;
+	if (pt->page[i] != page || (old & HMM_GPU_PTE_VRAM) != (pte & HMM_GPU_PTE_VRAM))
+		return true;
+	if ((old & HMM_GPU_PTE_WRITE) && !(pte & HMM_GPU_PTE_WRITE))
+		return true;
+	return (old & HMM_GPU_PTE_ATOMIC) && !(pte & HMM_GPU_PTE_VRAM);
+}
+
+/* Fence and release what @z cleared, if anything. */
+static void hmm_gpu_zap_finish(struct hmm_gpu_svm *svm, struct hmm_gpu_zap *z)
+{
+	if (!z->pages && list_empty(&z->detached))
+		return;
+	if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, z->start, z->end - z->start))
+		svm->stats.tlb_invalidates++;
+	hmm_gpu_pt_release(svm, z);
+}
+
+/*
+ * Whether @pfns (hmm_range_fault() output for the 2 MiB at @va) can be one
+ * 2 MiB leaf: a PMD-mapped folio, all of it present with the same rights.
+ */
+static bool hmm_gpu_pfns_huge(struct hmm_gpu_svm *svm, const unsigned long *pfns)
+{
+	unsigned long first = pfns[0], i;
+	struct page *head;
+
+	if (!(first & HMM_PFN_VALID) ||
+	    hmm_pfn_to_map_order(first) < HMM_GPU_PT_SHIFT(1) - PAGE_SHIFT)
+		return false;
+	for (i = 1; i < HMM_GPU_HUGE_PAGES; i++)
+		if (hmm_pfn_to_page(pfns[i]) != nth_page(hmm_pfn_to_page(first), i) ||
+		    (pfns[i] & (HMM_PFN_VALID | HMM_PFN_WRITE)) !=
+		    (first & (HMM_PFN_VALID | HMM_PFN_WRITE)))
+			return false;
+	head = hmm_pfn_to_page(first);
+	if (!IS_ALIGNED(page_to_pfn(head), HMM_GPU_HUGE_PAGES))
+		return false;
+	if (is_device_private_page(head))
+		return hmm_gpu_dmem_page_local(svm->gdev, head) &&
+		       IS_ALIGNED(hmm_gpu_dmem_vram_offset(head), HMM_GPU_PT_SPAN(1));
+	return true;
+}
+
+/* Map the 2 MiB at @va with one level-1 leaf. Returns pages mapped, 0 if not. */
+static long hmm_gpu_write_huge(struct hmm_gpu_svm *svm, u64 va, const unsigned long *pfns,
+			       u64 *fresh)
 {
 	struct device *dev = &svm->gdev->pdev->dev;
+	struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, va, 1);
+	unsigned int i = hmm_gpu_pt_index(va, 1);
+	struct page *head = hmm_pfn_to_page(pfns[0]);
+	bool write = pfns[0] & HMM_PFN_WRITE;
+	struct hmm_gpu_pt *child;
+	struct hmm_gpu_zap z;
+	dma_addr_t map = 0;
+	u64 pte;
+
+	if (!pt)
+		return 0;
+	child = pt->child[i];
+	if (child && child->nr)
+		return 0;	/* 4 KiB mappings there: stay with them */
+	pte = is_device_private_page(head) ? hmm_gpu_vram_pte(head, write) :
+	      HMM_GPU_PTE_READ | (write ? HMM_GPU_PTE_WRITE : 0);
+	hmm_gpu_zap_init(&z, true);
+	if (child) {
+		/* An empty table goes, after the fence: a walk may be in it. */
+		WRITE_ONCE(pt->cpu[i], 0);
+		pt->child[i] = NULL;
+		pt->nr--;
+		list_add_tail(&child->detached, &z.detached);
+		z.start = va;
+		z.end = va + HMM_GPU_PT_SPAN(1);
+	} else if (hmm_gpu_leaf_stale(pt, i, head, pte)) {
+		hmm_gpu_leaf_clear(svm, pt, i, va, &z);
+	}
+	hmm_gpu_zap_finish(svm, &z);
+
+	if (pt->page[i]) {
+		map = pt->map[i];
+	} else if (!is_device_private_page(head)) {
+		map = dma_map_page(dev, head, 0, HMM_GPU_PT_SPAN(1), DMA_BIDIRECTIONAL);
+		if (dma_mapping_error(dev, map))
+			return 0;
+	}
+	if (map)
+		pte |= map & HMM_GPU_PTE_ADDR_MASK;
+	*fresh += pt->page[i] ? 0 : HMM_GPU_HUGE_PAGES;
+	hmm_gpu_leaf_set(svm, pt, i, head, map, pte | HMM_GPU_PTE_LEAF);
+	svm->stats.huge_mapped++;
+	return HMM_GPU_HUGE_PAGES;
+}
+
+/*
+ * Write the leaves of [start, end) from @pfns (hmm_range_fault() output).
+ * The range lies within one 2 MiB span. A whole span that a PMD maps on
+ * the CPU gets one 2 MiB leaf, as nouveau maps by hmm_pfn_to_map_order();
+ * otherwise 4 KiB leaves. Entries that must go first are cleared together,
+ * behind one fence. Returns the pages mapped (from @start on), -EAGAIN if
+ * the level-0 table a 4 KiB mapping needs is missing (the caller prepares
+ * it and retries). *@fresh counts the pages that were not mapped before.
+ */
+long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, u64 start, u64 end,
+			    const unsigned long *pfns, u64 *fresh)
+{
+	struct device *dev = &svm->gdev->pdev->dev;
+	struct hmm_gpu_pt *pt;
+	struct hmm_gpu_zap z;
 	long n = 0;
 	u64 va;
 
-	for (va = start; va < end; va += PAGE_SIZE, pfns++) {
-		unsigned int idx = hmm_gpu_pt_index(va, 0);
+	if (end - start == HMM_GPU_PT_SPAN(1) && IS_ALIGNED(start, HMM_GPU_PT_SPAN(1)) &&
+	    hmm_gpu_pfns_huge(svm, pfns)) {
+		n = hmm_gpu_write_huge(svm, start, pfns, fresh);
+		if (n)
+			return n;
+	}
+	pt = hmm_gpu_pt_find(svm, start, 0);
+	if (!pt)
+		return -EAGAIN;
+
+	/* Pass 1: what is in the way goes, behind one fence. */
+	hmm_gpu_zap_init(&z, false);
+	for (va = start; va < end; va += PAGE_SIZE) {
+		unsigned long pfn = pfns[(va - start) >> PAGE_SHIFT];
+		unsigned int i = hmm_gpu_pt_index(va, 0);
 		struct page *page;
-		dma_addr_t dma;
+
+		if (!(pfn & HMM_PFN_VALID))
+			break;
+		page = hmm_pfn_to_page(pfn);
+		if (is_device_private_page(page) && !hmm_gpu_dmem_page_local(svm->gdev, page))
+			break;
+		if (hmm_gpu_leaf_stale(pt, i, page,
+				       is_device_private_page(page) ?
+				       hmm_gpu_vram_pte(page, pfn & HMM_PFN_WRITE) :
+				       HMM_GPU_PTE_READ |
+				       (pfn & HMM_PFN_WRITE ? HMM_GPU_PTE_WRITE : 0))) {
+			WARN_ONCE(pt->page[i] != page,
+				  "hmm_gpu: ctx %u: PTE %#llx changed without invalidation\n",
+				  svm->ctx, va);
+			hmm_gpu_leaf_clear(svm, pt, i, va, &z);
+		}
+	}
+	hmm_gpu_zap_finish(svm, &z);
+
+	/* Pass 2: write them. */
+	for (va = start; va < end; va += PAGE_SIZE, pfns++) {
+		unsigned int i = hmm_gpu_pt_index(va, 0);
+		struct page *page;
+		dma_addr_t map;
 		u64 pte;
 
 		if (!(*pfns & HMM_PFN_VALID))
@@ -236,46 +541,21 @@ long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 			/* Only ours come back from hmm_range_fault(). */
 			if (!hmm_gpu_dmem_page_local(svm->gdev, page))
 				break;
-			if (pt->page[idx] && pt->page[idx] != page)
-				hmm_gpu_svm_zap(svm, va, va + PAGE_SIZE);
-			*fresh += !pt->page[idx];
-			pt->page[idx] = page;
-			pte = hmm_gpu_dmem_vram_offset(page) | HMM_GPU_PTE_VALID |
-			      HMM_GPU_PTE_READ | HMM_GPU_PTE_VRAM;
-			if (*pfns & HMM_PFN_WRITE)
-				pte |= HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC;
-			WRITE_ONCE(pt->cpu[idx], cpu_to_le64(pte));
+			*fresh += !pt->page[i];
+			hmm_gpu_leaf_set(svm, pt, i, page, 0,
+					 hmm_gpu_vram_pte(page, *pfns & HMM_PFN_WRITE));
 			n++;
 			continue;
 		}
-
-		/*
-		 * A different page, or fewer permissions, cannot happen without
-		 * an invalidation; be safe anyway: a remap or a downgrade needs
-		 * the same clear -> fence -> unmap as any other removal.
-		 */
-		if (pt->page[idx] &&
-		    (pt->page[idx] != page ||
-		     (le64_to_cpu(pt->cpu[idx]) & HMM_GPU_PTE_ATOMIC) ||
-		     ((le64_to_cpu(pt->cpu[idx]) & HMM_GPU_PTE_WRITE) &&
-		      !(*pfns & HMM_PFN_WRITE)))) {
-			WARN_ONCE(pt->page[idx] != page,
-				  "hmm_gpu: ctx %u: PTE %#llx changed without invalidation\n",
-				  svm->ctx, va);
-			hmm_gpu_svm_zap(svm, va, va + PAGE_SIZE);
-		}
-		if (pt->page[idx]) {
-			dma = pt->map[idx];
+		if (pt->page[i]) {
+			map = pt->map[i];
 		} else {
-			dma = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
-			if (dma_mapping_error(dev, dma))
+			map = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+			if (dma_mapping_error(dev, map))
 				break;
 			(*fresh)++;
-			pt->page[idx] = page;
-			pt->map[idx] = dma;
 		}
-
-		pte = (dma & HMM_GPU_PTE_ADDR_MASK) | HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ;
+		pte = (map & HMM_GPU_PTE_ADDR_MASK) | HMM_GPU_PTE_READ;
 		/*
 		 * Policy: never PTE_ATOMIC on system memory the CPU can still
 		 * access, or the device's read-modify-write races the CPU's
@@ -285,10 +565,120 @@ long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 		 */
 		if (*pfns & HMM_PFN_WRITE)
 			pte |= HMM_GPU_PTE_WRITE;
-		WRITE_ONCE(pt->cpu[idx], cpu_to_le64(pte));
+		hmm_gpu_leaf_set(svm, pt, i, page, map, pte);
 		n++;
 	}
 	return n;
+}
+
+/*
+ * Map the 4 KiB device page @page of ours at @va (a migration to VRAM just
+ * filled it), clearing what was there into @z, which the caller fences and
+ * releases. The level-0 table must exist: false if it does not.
+ */
+bool hmm_gpu_pt_set_vram(struct hmm_gpu_svm *svm, u64 va, struct page *page, bool write,
+			 struct hmm_gpu_zap *z)
+{
+	struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, va, 0);
+	unsigned int i = hmm_gpu_pt_index(va, 0);
+
+	if (!pt)
+		return false;
+	if (pt->page[i])
+		hmm_gpu_leaf_clear(svm, pt, i, va, z);
+	hmm_gpu_leaf_set(svm, pt, i, page, 0, hmm_gpu_vram_pte(page, write));
+	return true;
+}
+
+/* Whether the 4 KiB leaf at @va already maps @page (and may stay). */
+bool hmm_gpu_svm_excl_keeps(struct hmm_gpu_svm *svm, u64 va, struct page *page)
+{
+	struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, va, 0);
+	unsigned int i = hmm_gpu_pt_index(va, 0);
+
+	return pt && pt->page[i] == page && !(hmm_gpu_pte(pt, i) & HMM_GPU_PTE_VRAM);
+}
+
+/* Clear the leaf translating @va (4 KiB, or the 2 MiB around it) into @z. */
+void hmm_gpu_pt_clear_page(struct hmm_gpu_svm *svm, u64 va, struct hmm_gpu_zap *z)
+{
+	hmm_gpu_pt_clear(svm, va & PAGE_MASK, (va & PAGE_MASK) + PAGE_SIZE, z);
+}
+
+/*
+ * Map system page @page at @va for exclusive (atomic) device access, the
+ * CPU's entry being device-exclusive now. Whatever translated @va before
+ * must be gone (cleared and released), unless it is @page already. The
+ * level-0 table must exist. 0 or an errno.
+ */
+int hmm_gpu_pt_set_exclusive(struct hmm_gpu_svm *svm, u64 va, struct page *page)
+{
+	struct device *dev = &svm->gdev->pdev->dev;
+	struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, va, 0);
+	unsigned int i = hmm_gpu_pt_index(va, 0);
+	dma_addr_t map;
+
+	if (!pt)
+		return -EAGAIN;
+	if (pt->page[i] && pt->page[i] != page)
+		return -EAGAIN;
+	if (pt->page[i]) {
+		map = pt->map[i];
+	} else {
+		map = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+		if (dma_mapping_error(dev, map))
+			return -ENOMEM;
+	}
+	hmm_gpu_leaf_set(svm, pt, i, page, map,
+			 (map & HMM_GPU_PTE_ADDR_MASK) | HMM_GPU_PTE_READ | HMM_GPU_PTE_WRITE |
+			 HMM_GPU_PTE_ATOMIC);
+	set_bit(i, pt->excl);
+	return 0;
+}
+
+/* ---- queries ------------------------------------------------------------- */
+
+/* The leaf translating @va: its table and index, or NULL. */
+static struct hmm_gpu_pt *hmm_gpu_leaf_of(struct hmm_gpu_svm *svm, u64 va, unsigned int *idx)
+{
+	struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, va, 1);
+
+	if (!pt)
+		return NULL;
+	*idx = hmm_gpu_pt_index(va, 1);
+	if (pt->page[*idx])
+		return pt;
+	pt = pt->child[*idx];
+	*idx = hmm_gpu_pt_index(va, 0);
+	return pt && pt->page[*idx] ? pt : NULL;
+}
+
+/*
+ * Whether the device may update the page at @va atomically now: mapped with
+ * PTE_ATOMIC (held exclusively, or in this device's VRAM).
+ */
+bool hmm_gpu_svm_atomic_mapped(struct hmm_gpu_svm *svm, u64 va)
+{
+	struct hmm_gpu_pt *pt;
+	unsigned int i;
+	bool ret = false;
+
+	mutex_lock(&svm->lock);
+	pt = svm->dead ? NULL : hmm_gpu_leaf_of(svm, va, &i);
+	if (pt)
+		ret = hmm_gpu_pte(pt, i) & HMM_GPU_PTE_ATOMIC;
+	mutex_unlock(&svm->lock);
+	return ret;
+}
+
+/* Whether the page at @va is mapped for exclusive access (CHECK_EXCLUSIVE). */
+bool hmm_gpu_svm_excl_mapped(struct hmm_gpu_svm *svm, u64 va)
+{
+	struct hmm_gpu_pt *pt;
+	unsigned int i;
+
+	pt = svm->dead ? NULL : hmm_gpu_leaf_of(svm, va, &i);
+	return pt && !pt->level && test_bit(i, pt->excl);
 }
 
 /*
@@ -298,23 +688,16 @@ long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 bool hmm_gpu_svm_mapped(struct hmm_gpu_svm *svm, u64 start, u64 end, bool write)
 {
 	u64 need = HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ | (write ? HMM_GPU_PTE_WRITE : 0);
-	struct hmm_gpu_pt *pt = NULL;
+	struct hmm_gpu_pt *pt;
 	bool ok = true;
-	unsigned int level;
+	unsigned int i;
 	u64 va;
 
 	mutex_lock(&svm->lock);
-	for (va = start & PAGE_MASK; ok && va < end; va += PAGE_SIZE) {
-		if (!pt || !hmm_gpu_pt_index(va, 0)) {
-			pt = svm->root;
-			for (level = HMM_GPU_PT_LEVELS - 1; pt && level > 0; level--)
-				pt = pt->child[hmm_gpu_pt_index(va, level)];
-			if (!pt || svm->dead) {
-				ok = false;
-				break;
-			}
-		}
-		ok = (le64_to_cpu(READ_ONCE(pt->cpu[hmm_gpu_pt_index(va, 0)])) & need) == need;
+	for (va = start & PAGE_MASK; ok && va < end; ) {
+		pt = svm->dead ? NULL : hmm_gpu_leaf_of(svm, va, &i);
+		ok = pt && (hmm_gpu_pte(pt, i) & need) == need;
+		va = pt && pt->level ? ALIGN(va + 1, HMM_GPU_PT_SPAN(1)) : va + PAGE_SIZE;
 	}
 	mutex_unlock(&svm->lock);
 	return ok;

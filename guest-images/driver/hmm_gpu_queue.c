@@ -6,8 +6,10 @@
  * and not yet completed). Each one owns a tag; the tag is the low half of
  * the command's cmd_id and indexes the slot table, so a completion finds its
  * submitter without a search. Bounding the commands in flight by the ring
- * size minus one means neither ring can overflow, so the driver never has
- * to read CMDQ_HEAD: a free tag is a free slot in both rings.
+ * size minus one (and minus the completions consumed but not yet reported
+ * through CPLQ_HEAD, see HMM_GPU_CQ_HEAD_BATCH) means neither ring can
+ * overflow, so the driver never has to read CMDQ_HEAD: a free tag is a free
+ * slot in both rings.
  */
 #include <linux/bitops.h>
 #include <linux/dma-mapping.h>
@@ -84,6 +86,7 @@ static void hmm_gpu_ring_clear(struct hmm_gpu_dev *gdev)
 	gdev->sq_tail = 0;
 	gdev->db_tail = 0;
 	gdev->cq_head = 0;
+	gdev->cq_head_hw = 0;
 	gdev->cq_phase = 1;
 }
 
@@ -217,8 +220,11 @@ static unsigned int hmm_gpu_process_cpl(struct hmm_gpu_dev *gdev, bool write_hea
 	}
 
 	if (n) {
-		if (write_head)
+		if (write_head && (gdev->cq_head - gdev->cq_head_hw) % HMM_GPU_QUEUE_ENTRIES >=
+				  HMM_GPU_CQ_HEAD_BATCH) {
 			hmm_gpu_write(gdev, HMM_GPU_REG_CPLQ_HEAD, gdev->cq_head);
+			gdev->cq_head_hw = gdev->cq_head;
+		}
 		wake_up(&gdev->tag_wq);
 	}
 	return n;

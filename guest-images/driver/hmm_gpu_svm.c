@@ -52,7 +52,7 @@ static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
 	} else if (!mutex_trylock(&svm->lock)) {
 		return false;
 	} else if (start < end && !svm->dead && !(range->event == MMU_NOTIFY_MIGRATE && own) &&
-		   hmm_gpu_pt_walk(svm, svm->root, 0, start, end, HMM_GPU_PT_COUNT)) {
+		   hmm_gpu_pt_count(svm, svm->root, 0, start, end)) {
 		/* The fence needs a sleep: let the caller retry blocking. */
 		mutex_unlock(&svm->lock);
 		return false;
@@ -73,7 +73,10 @@ static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
 		mutex_unlock(&svm->lock);
 		return true;
 	}
-	if (start < end && !svm->dead && hmm_gpu_svm_zap(svm, start, end))
+	/* munmap (and exit): the tables of whole spans unmapped go too. */
+	if (start < end && !svm->dead &&
+	    hmm_gpu_svm_zap(svm, start, end, range->event == MMU_NOTIFY_UNMAP ||
+			    range->event == MMU_NOTIFY_RELEASE))
 		svm->stats.invalidations++;
 	mutex_unlock(&svm->lock);
 	return true;
@@ -164,6 +167,7 @@ struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struc
 		ret = -ENOMEM;
 		goto err_ida;
 	}
+	svm->stats.pt_pages = 1;
 
 	mmgrab(mm);
 	svm->mm = mm;
@@ -200,6 +204,7 @@ err_free:
 void __hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
+	struct hmm_gpu_zap z;
 
 	lockdep_assert_held(&gdev->remove_sem);
 	down_write(&gdev->svms_sem);
@@ -208,16 +213,18 @@ void __hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 
 	mutex_lock(&svm->lock);
 	svm->dead = true;
-	hmm_gpu_pt_walk(svm, svm->root, 0, 0, svm->va_end, HMM_GPU_PT_ZAP);
+	hmm_gpu_zap_init(&z, false);
+	hmm_gpu_pt_clear(svm, 0, svm->va_end, &z);
 	/* remove() reset the device for good: it no longer walks or caches. */
 	if (!gdev->dead) {
 		hmm_gpu_ctx_set(gdev, svm->ctx, 0);
 		hmm_gpu_tlb_fence(gdev, svm->ctx, 0, ~0ull);
 	}
-	hmm_gpu_pt_walk(svm, svm->root, 0, 0, svm->va_end, HMM_GPU_PT_UNMAP);
+	hmm_gpu_pt_release(svm, &z);
 	/* After the fence: no walk can reach the tables any more. */
 	hmm_gpu_pt_free(gdev, svm->root);
 	svm->root = NULL;
+	svm->stats.pt_pages = 0;
 	mutex_unlock(&svm->lock);
 
 	mmu_interval_notifier_remove(&svm->notifier);
@@ -247,13 +254,6 @@ void hmm_gpu_svm_stats(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_stats *st)
 }
 
 /*
- * The mirroring protocol: hmm_range_fault() under mmu_interval_read_begin(),
- * then svm->lock and mmu_interval_read_retry(), again while the range was
- * invalidated meanwhile, for at most HMM_RANGE_DEFAULT_TIMEOUT. On success
- * svm->lock is held and range->hmm_pfns stay valid until it is dropped.
- * The caller holds a reference on svm->mm.
- */
-/*
  * Race testing: widen the windows where a concurrent invalidation,
  * migration or removal must be caught: between hmm_range_fault() and the
  * page table update, and between reserving VRAM and migrating into it
@@ -271,28 +271,46 @@ void hmm_gpu_race_window(void)
 		usleep_range(delay, delay + delay / 4 + 1);
 }
 
+/*
+ * One round of hmm_gpu_svm_range_fault(): 0 with svm->lock held, -EAGAIN if the
+ * range was invalidated meanwhile (or hmm_range_fault() said -EBUSY).
+ */
+int hmm_gpu_svm_range_fault_once(struct hmm_gpu_svm *svm, struct hmm_range *range)
+{
+	int ret;
+
+	range->notifier_seq = mmu_interval_read_begin(range->notifier);
+	mmap_read_lock(svm->mm);
+	ret = hmm_range_fault(range);
+	mmap_read_unlock(svm->mm);
+	if (ret)
+		return ret == -EBUSY ? -EAGAIN : ret;
+	hmm_gpu_race_window();
+	mutex_lock(&svm->lock);
+	if (!mmu_interval_read_retry(range->notifier, range->notifier_seq))
+		return 0;
+	mutex_unlock(&svm->lock);
+	return -EAGAIN;
+}
+
+/*
+ * The mirroring protocol: hmm_range_fault() under mmu_interval_read_begin(),
+ * then svm->lock and mmu_interval_read_retry(), again while the range was
+ * invalidated meanwhile, for at most HMM_RANGE_DEFAULT_TIMEOUT. On success
+ * svm->lock is held and range->hmm_pfns stay valid until it is dropped.
+ * The caller holds a reference on svm->mm.
+ */
 int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range)
 {
 	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	int ret;
 
-	for (;;) {
+	do {
 		if (time_after(jiffies, timeout))
 			return -EBUSY;
-		range->notifier_seq = mmu_interval_read_begin(range->notifier);
-		mmap_read_lock(svm->mm);
-		ret = hmm_range_fault(range);
-		mmap_read_unlock(svm->mm);
-		if (ret == -EBUSY)
-			continue;
-		if (ret)
-			return ret;
-		hmm_gpu_race_window();
-		mutex_lock(&svm->lock);
-		if (!mmu_interval_read_retry(range->notifier, range->notifier_seq))
-			return 0;
-		mutex_unlock(&svm->lock);
-	}
+		ret = hmm_gpu_svm_range_fault_once(svm, range);
+	} while (ret == -EAGAIN);
+	return ret;
 }
 
 /* The snapshot byte of one hmm_range_fault() entry. */
@@ -408,13 +426,12 @@ static bool hmm_gpu_svm_excl_vma_ok(struct mm_struct *mm, u64 start, u64 end)
  * an invalidation between make_device_exclusive_range() and svm->lock (the
  * entries may already be back to normal PTEs) means another round.
  */
-static int hmm_gpu_svm_exclusive_chunk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-				       u64 addr, u64 next)
+static int hmm_gpu_svm_exclusive_chunk(struct hmm_gpu_svm *svm, u64 addr, u64 next)
 {
 	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	unsigned long i, n = (next - addr) >> PAGE_SHIFT, seq;
-	struct device *dev = &svm->gdev->pdev->dev;
 	struct mm_struct *mm = svm->mm;
+	struct hmm_gpu_zap z;
 	struct page *pages[64];
 	bool again;
 	int got, ret;
@@ -450,32 +467,35 @@ static int hmm_gpu_svm_exclusive_chunk(struct hmm_gpu_svm *svm, struct hmm_gpu_p
 		for (i = 0; !ret && i < n; i++)
 			again |= !pages[i];
 
+		ret = ret ?: hmm_gpu_pt_prepare(svm, addr, 0);
 		mutex_lock(&svm->lock);
 		if (svm->dead)
 			ret = -ENODEV;
 		else if (!ret && !again && mmu_interval_read_retry(&svm->notifier, seq))
 			again = true;
-		for (i = 0; !ret && !again && i < n; i++) {
-			u64 a = addr + (i << PAGE_SHIFT);
-			unsigned int idx = hmm_gpu_pt_index(a, 0);
-			dma_addr_t dma;
+		if (!ret && !again) {
+			/* Other pages there go first, all behind one fence. */
+			hmm_gpu_zap_init(&z, false);
+			for (i = 0; i < n; i++) {
+				u64 a = addr + (i << PAGE_SHIFT);
 
-			if (pt->page[idx] && pt->page[idx] != pages[i])
-				hmm_gpu_svm_zap(svm, a, a + PAGE_SIZE);
-			if (!pt->page[idx]) {
-				dma = dma_map_page(dev, pages[i], 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
-				if (dma_mapping_error(dev, dma)) {
-					ret = -ENOMEM;
-					break;
-				}
-				pt->page[idx] = pages[i];
-				pt->map[idx] = dma;
+				if (!hmm_gpu_svm_excl_keeps(svm, a, pages[i]))
+					hmm_gpu_pt_clear_page(svm, a, &z);
 			}
-			WRITE_ONCE(pt->cpu[idx],
-				   cpu_to_le64((pt->map[idx] & HMM_GPU_PTE_ADDR_MASK) |
-					       HMM_GPU_PTE_VALID | HMM_GPU_PTE_READ |
-					       HMM_GPU_PTE_WRITE | HMM_GPU_PTE_ATOMIC));
-			set_bit(idx, pt->excl);
+			if (z.pages) {
+				if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, z.start,
+						       z.end - z.start))
+					svm->stats.tlb_invalidates++;
+				hmm_gpu_pt_release(svm, &z);
+			}
+		}
+		for (i = 0; !ret && !again && i < n; i++) {
+			ret = hmm_gpu_pt_set_exclusive(svm, addr + (i << PAGE_SHIFT), pages[i]);
+			/* Its table went (munmap): go round again. */
+			if (ret == -EAGAIN) {
+				ret = 0;
+				again = true;
+			}
 		}
 		mutex_unlock(&svm->lock);
 
@@ -507,15 +527,9 @@ int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 	if (!mmget_not_zero(svm->mm))
 		return -EINVAL;
 	for (addr = va; addr < end && !ret; addr = next) {
-		struct hmm_gpu_pt *pt;
-
 		next = min3(end, (u64)(addr + 64 * PAGE_SIZE),
 			    (u64)ALIGN(addr + 1, HMM_GPU_PT_SPAN(1)));
-		pt = hmm_gpu_pt_get(svm, addr);
-		if (IS_ERR(pt))
-			ret = PTR_ERR(pt);
-		else
-			ret = hmm_gpu_svm_exclusive_chunk(svm, pt, addr, next);
+		ret = hmm_gpu_svm_exclusive_chunk(svm, addr, next);
 	}
 	mmput(svm->mm);
 	return ret;
@@ -530,13 +544,9 @@ int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 	if (hmm_gpu_range_bad(svm, va, npages << PAGE_SHIFT))
 		return -EINVAL;
 	mutex_lock(&svm->lock);
-	for (a = va; a < end && !ret && !svm->dead; a += PAGE_SIZE) {
-		struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, a);
-
-		if (pt && pt->page[hmm_gpu_pt_index(a, 0)] &&
-		    test_bit(hmm_gpu_pt_index(a, 0), pt->excl))
+	for (a = va; a < end && !ret; a += PAGE_SIZE)
+		if (hmm_gpu_svm_excl_mapped(svm, a))
 			ret = -EPERM;
-	}
 	mutex_unlock(&svm->lock);
 	return ret;
 }

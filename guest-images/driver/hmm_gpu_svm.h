@@ -14,11 +14,12 @@
  *   with it held) -> svm->lock (page table, dead, stats; held across the
  *   TLB_INVALIDATE fence in the notifier) -> gdev->lock (rings, slots, ops).
  * Nothing allocates memory with svm->lock held: page tables are allocated
- * before it is taken and are only freed when the context is destroyed.
+ * before it is taken (hmm_gpu_pt_prepare()) and looked up again under it,
+ * since an invalidation of a table's whole span (munmap) frees it.
  *
- * Every PTE of a level-0 table has a shadow entry: the page it maps and its
- * DMA mapping. Zapping clears the PTE and the page but keeps the mapping
- * until the TLB fence completed; then it is unmapped, exactly once.
+ * Every leaf has a shadow entry: the page it maps and its DMA mapping.
+ * Zapping clears the leaf and the page but keeps the mapping until the TLB
+ * fence completed; then it is unmapped, exactly once (hmm_gpu_pt.c).
  */
 #ifndef HMM_GPU_SVM_H
 #define HMM_GPU_SVM_H
@@ -35,11 +36,24 @@ struct hmm_gpu_pt {
 	__le64			*cpu;
 	dma_addr_t		dma;
 	unsigned int		level;
+	unsigned int		nr;		/* entries in use: tables, leaves */
 	struct hmm_gpu_pt	**child;	/* level > 0 */
-	struct page		**page;		/* level 0: page each PTE maps */
-	dma_addr_t		*map;		/* level 0: its mapping, 0: none */
+	/* Levels 0 and 1: the page a leaf maps (2 MiB: the head), its mapping. */
+	struct page		**page;
+	dma_addr_t		*map;		/* 0: none (VRAM, or unmapped) */
+	struct list_head	detached;	/* in hmm_gpu_zap.detached */
 	/* level 0: mapped for exclusive (atomic) access, test_hmm's ATOMIC tag */
 	DECLARE_BITMAP(excl, HMM_GPU_PT_ENTRIES);
+};
+
+/* What hmm_gpu_pt_clear() took away, for the fence and hmm_gpu_pt_release(). */
+struct hmm_gpu_zap {
+	u64			start;		/* span of the cleared leaves */
+	u64			end;
+	unsigned long		pages;		/* pages whose translation went */
+	unsigned long		unmap;		/* cleared leaves with a DMA mapping */
+	struct list_head	detached;	/* emptied tables, freed after the fence */
+	bool			reclaim;	/* detach tables the clear empties */
 };
 
 struct hmm_gpu_svm {
@@ -88,23 +102,27 @@ static inline bool hmm_gpu_range_bad(struct hmm_gpu_svm *svm, u64 va, u64 len)
 	return va + len < va || va + len > svm->va_end;
 }
 
-enum hmm_gpu_pt_op {
-	HMM_GPU_PT_COUNT,	/* count mapped PTEs */
-	HMM_GPU_PT_ZAP,		/* clear PTEs, keep their DMA mappings */
-	HMM_GPU_PT_UNMAP,	/* unmap the mappings of cleared PTEs */
-};
-
 /* hmm_gpu_pt.c */
 struct hmm_gpu_pt *hmm_gpu_pt_alloc(struct hmm_gpu_dev *gdev, unsigned int level);
 void hmm_gpu_pt_free(struct hmm_gpu_dev *gdev, struct hmm_gpu_pt *pt);
-struct hmm_gpu_pt *hmm_gpu_pt_get(struct hmm_gpu_svm *svm, u64 va);
-struct hmm_gpu_pt *hmm_gpu_pt_find(struct hmm_gpu_svm *svm, u64 va);
-unsigned long hmm_gpu_pt_walk(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-			      u64 base, u64 start, u64 end, enum hmm_gpu_pt_op op);
-unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end);
-long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
-			    u64 start, u64 end, const unsigned long *pfns, u64 *fresh);
+int hmm_gpu_pt_prepare(struct hmm_gpu_svm *svm, u64 va, unsigned int level);
+struct hmm_gpu_pt *hmm_gpu_pt_find(struct hmm_gpu_svm *svm, u64 va, unsigned int level);
+void hmm_gpu_zap_init(struct hmm_gpu_zap *z, bool reclaim);
+void hmm_gpu_pt_clear(struct hmm_gpu_svm *svm, u64 start, u64 end, struct hmm_gpu_zap *z);
+void hmm_gpu_pt_clear_page(struct hmm_gpu_svm *svm, u64 va, struct hmm_gpu_zap *z);
+void hmm_gpu_pt_release(struct hmm_gpu_svm *svm, struct hmm_gpu_zap *z);
+unsigned long hmm_gpu_pt_count_tables(const struct hmm_gpu_pt *pt);
+unsigned long hmm_gpu_pt_count(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt, u64 base,
+			       u64 start, u64 end);
+unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end, bool reclaim);
+long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, u64 start, u64 end,
+			    const unsigned long *pfns, u64 *fresh);
+bool hmm_gpu_pt_set_vram(struct hmm_gpu_svm *svm, u64 va, struct page *page, bool write,
+			 struct hmm_gpu_zap *z);
+int hmm_gpu_pt_set_exclusive(struct hmm_gpu_svm *svm, u64 va, struct page *page);
+bool hmm_gpu_svm_excl_keeps(struct hmm_gpu_svm *svm, u64 va, struct page *page);
 bool hmm_gpu_svm_atomic_mapped(struct hmm_gpu_svm *svm, u64 va);
+bool hmm_gpu_svm_excl_mapped(struct hmm_gpu_svm *svm, u64 va);
 bool hmm_gpu_svm_mapped(struct hmm_gpu_svm *svm, u64 start, u64 end, bool write);
 
 /*
@@ -126,6 +144,7 @@ int hmm_gpu_range_notifier_insert(struct hmm_gpu_svm *svm, struct hmm_gpu_range_
 void hmm_gpu_range_notifier_remove(struct hmm_gpu_range_notifier *rn);
 struct hmm_range;
 int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range);
+int hmm_gpu_svm_range_fault_once(struct hmm_gpu_svm *svm, struct hmm_range *range);
 
 /* hmm_gpu_fault.c */
 int hmm_gpu_fault_errno(int err);

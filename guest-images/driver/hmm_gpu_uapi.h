@@ -164,7 +164,10 @@ struct hmm_gpu_svm_stats {
 	__u64	tlb_invalidates;	/* TLB_INVALIDATE commands completed */
 	__u64	replays;	/* FAULT_REPLAY writes */
 	__u64	cancels;	/* FAULT_CANCEL writes */
-	__u64	rsvd[9];
+	__u64	mapped;		/* pages the device page table maps now (a 2 MiB leaf: 512) */
+	__u64	pt_pages;	/* page-table pages allocated now, the root included */
+	__u64	huge_mapped;	/* 2 MiB leaves written (THP, device-private THP) */
+	__u64	rsvd[6];
 };
 
 /*

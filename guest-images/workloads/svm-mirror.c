@@ -51,6 +51,31 @@ static void result(const char *kind, const char *test, bool ok, size_t len,
 		j ? (uint64_t)j->pages : 0, j ? j->status : 0, -rc, *extra ? ", " : "", extra);
 }
 
+static struct hmm_gpu_svm_stats stats_of(int f)
+{
+	struct hmm_gpu_svm_stats st;
+
+	memset(&st, 0, sizeof(st));
+	if (ioctl(f, HMM_GPU_IOC_SVM_STATS, &st))
+		st.faults = ~0ull;
+	return st;
+}
+
+/* AnonHugePages of the process (kB): did the kernel give it THPs? */
+static long anon_huge_kb(void)
+{
+	FILE *fp = fopen("/proc/self/smaps_rollup", "r");
+	char line[256];
+	long kb = -1;
+
+	while (fp && fgets(line, sizeof(line), fp))
+		if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	if (fp)
+		fclose(fp);
+	return kb;
+}
+
 static void pattern(void *p, size_t len, uint64_t seed)
 {
 	uint64_t *q = p;
@@ -233,7 +258,16 @@ int main(int argc, char **argv)
 	result("thp", "madvise", rc == 0, HUGE_SZ, NULL, rc, "\"error\": \"%s%s\"",
 	       rc ? strerror(-rc) : "",
 	       rc == -ENOSYS ? " (kernel without CONFIG_ADVISE_SYSCALLS)" : "");
-	run_kind("thp", thp, HUGE_SZ, true);
+	{
+		uint64_t before = stats_of(fd).huge_mapped;
+
+		run_kind("thp", thp, HUGE_SZ, true);
+		/* what a PMD maps on the CPU, one 2 MiB leaf maps on the device */
+		result("thp", "huge_leaf", anon_huge_kb() < 2048 ||
+		       stats_of(fd).huge_mapped > before, HUGE_SZ, NULL, 0,
+		       "\"huge_mapped\": %llu, \"anon_huge_kb\": %ld",
+		       (unsigned long long)(stats_of(fd).huge_mapped - before), anon_huge_kb());
+	}
 
 	/* never touched by the CPU: the device reads zeros */
 	anon = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -264,16 +298,93 @@ int main(int argc, char **argv)
 	rc = svm_simple(fd, HMM_GPU_SVM_READ, gone, NULL, bounce, 4096, 0, &j);
 	result("unmapped", "read_refused", rc == -EFAULT, 4096, &j, rc, NULL);
 
+	/* munmap gives the page tables of the spans it covered back */
+	{
+		size_t big = 64u << 20;
+		struct hmm_gpu_svm_stats s0 = stats_of(fd), s1, s2;
+		char *b = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			       -1, 0);
+
+		madvise(b, big, MADV_NOHUGEPAGE);
+		memset(b, 3, big);
+		rc = 0;
+		for (size_t off = 0; !rc && off < big; off += HUGE_SZ)
+			rc = svm_simple(fd, HMM_GPU_SVM_READ, b + off, NULL, bounce, HUGE_SZ, 0,
+					NULL);
+		s1 = stats_of(fd);
+		munmap(b, big);
+		s2 = stats_of(fd);
+		result("reclaim", "munmap", rc == 0 && s1.pt_pages >= s0.pt_pages + 32 &&
+		       s2.pt_pages <= s0.pt_pages && s2.mapped == s0.mapped, big, NULL, rc,
+		       "\"pt_pages\": [%llu, %llu, %llu], \"mapped\": [%llu, %llu, %llu]",
+		       (unsigned long long)s0.pt_pages, (unsigned long long)s1.pt_pages,
+		       (unsigned long long)s2.pt_pages, (unsigned long long)s0.mapped,
+		       (unsigned long long)s1.mapped, (unsigned long long)s2.mapped);
+	}
+
+	/*
+	 * The process a context mirrors exits while another holds the file:
+	 * exit_mmap()'s invalidation must take every translation (the freed
+	 * pages must not stay mapped for the device until the file goes).
+	 */
+	{
+		int pfd[2];
+		char verdict[256] = "";
+
+		if (pipe(pfd) == 0 && fork() == 0) {
+			uint32_t c;
+			int f = svm_open_bind(dev, &c);
+			char *b = mmap(NULL, SMALL, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+			memset(b, 5, SMALL);
+			if (f < 0 || svm_simple(f, HMM_GPU_SVM_READ, b, NULL, bounce, SMALL, 0,
+						NULL)) {
+				dprintf(pfd[1], "setup failed");
+				_exit(1);
+			}
+			if (fork() == 0) {	/* holds f while its parent exits */
+				struct hmm_gpu_svm_stats st;
+				int i;
+
+				for (i = 0; i < 200; i++) {
+					st = stats_of(f);
+					if (getppid() == 1 && !st.mapped)
+						break;
+					usleep(10000);
+				}
+				dprintf(pfd[1], "%llu %llu %d", (unsigned long long)st.mapped,
+					(unsigned long long)st.pages_mapped, getppid() == 1);
+				_exit(0);
+			}
+			_exit(0);
+		}
+		close(pfd[1]);
+		rc = read(pfd[0], verdict, sizeof(verdict) - 1) > 0 ? 0 : -EIO;
+		close(pfd[0]);
+		{
+			unsigned long long left = ~0ull, had = 0;
+			int orphan = 0;
+
+			sscanf(verdict, "%llu %llu %d", &left, &had, &orphan);
+			result("exit", "unmapped", rc == 0 && orphan && had > 0 && left == 0, 0,
+			       NULL, rc, "\"mapped_after_exit\": %llu, \"mapped_before\": %llu, "
+			       "\"verdict\": \"%s\"", left, had, verdict);
+		}
+	}
+
 	memset(&st, 0, sizeof(st));
 	rc = ioctl(fd, HMM_GPU_IOC_SVM_STATS, &st) ? -errno : 0;
 	result("svm", "stats", rc == 0 && st.faults > 0 && st.pages_mapped > 0, 0, NULL, rc,
 	       "\"faults_total\": %" PRIu64 ", \"fault_batches\": %" PRIu64
 	       ", \"pages_mapped\": %" PRIu64 ", \"invalidations\": %" PRIu64
 	       ", \"tlb_invalidates\": %" PRIu64 ", \"replays\": %" PRIu64
-	       ", \"cancels\": %" PRIu64,
+	       ", \"cancels\": %" PRIu64 ", \"mapped\": %" PRIu64 ", \"pt_pages\": %" PRIu64
+	       ", \"huge_mapped\": %" PRIu64,
 	       (uint64_t)st.faults, (uint64_t)st.fault_batches, (uint64_t)st.pages_mapped,
 	       (uint64_t)st.invalidations, (uint64_t)st.tlb_invalidates,
-	       (uint64_t)st.replays, (uint64_t)st.cancels);
+	       (uint64_t)st.replays, (uint64_t)st.cancels, (uint64_t)st.mapped,
+	       (uint64_t)st.pt_pages, (uint64_t)st.huge_mapped);
 	/*
 	 * SVM_BIND whose answer cannot be copied back (a read-only struct):
 	 * EFAULT, the context is torn down again and the file can bind later.
