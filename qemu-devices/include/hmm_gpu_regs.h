@@ -178,6 +178,11 @@ enum hmm_gpu_opcode {
  * from the list at bus address `src`. `pattern` gives the direction. The
  * completion is the fence: every page has been copied when it is posted.
  * VRAM offsets must be 4 KiB aligned and inside VRAM (else ERR_BAD_VRAM).
+ *
+ * 1.3: with `arg2` != 0 the command first invalidates the device TLB for
+ * [dst, dst + arg2) of context `ctx`, when it is fetched, exactly as a
+ * TLB_INVALIDATE queued just before it would (`ctx` beyond MAX_CTX:
+ * ERR_BAD_CTX): a migration's fence and copy in one command.
  */
 #define HMM_GPU_MIGRATE_TO_VRAM		0	/* ent.src bus addr -> ent.dst VRAM */
 #define HMM_GPU_MIGRATE_FROM_VRAM	1	/* ent.src VRAM -> ent.dst bus addr */

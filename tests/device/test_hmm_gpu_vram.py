@@ -333,6 +333,33 @@ def test_tlb_invalidate_vram_translation(gpu: Gpu, change: str) -> None:
     assert c.status == H.ERR_NONE and gpu.qt.read(DST, 64) == b[:64]
 
 
+def test_migrate_carries_its_tlb_invalidation(gpu: Gpu) -> None:
+    """1.3: MIGRATE with arg2 invalidates [dst, dst + arg2) of ctx at fetch, as a
+    TLB_INVALIDATE just before it would: a CPU fault's fence and copy in one."""
+    pt = mmu(gpu)
+    a, b = os.urandom(P), os.urandom(P)
+    gpu.qt.write(SRC, a)
+    gpu.qt.write(SRC + P, b)
+    assert gpu.to_vram([(SRC, 0x30000), (SRC + P, 0x31000)]).status == H.ERR_NONE
+    pt.map(1, VA, 0x30000 | H.PTE_VRAM, RW)
+    (c,) = gpu.run(read_va(VA, DST, 64, ctx=1))
+    assert c.status == H.ERR_NONE and gpu.qt.read(DST, 64) == a[:64]
+    pt.map(1, VA, 0x31000 | H.PTE_VRAM, RW)  # cached: still a until invalidated
+    gpu.qt.write(COPY_LIST, copy_list([(0x30000, DST + P)]))
+    cmd = migrate(COPY_LIST, 1, FROM)
+    cmd.ctx, cmd.dst, cmd.arg2 = 1, VA, P
+    (c,) = gpu.run(cmd)
+    assert c.status == H.ERR_NONE and gpu.qt.read(DST + P, P) == a
+    (c,) = gpu.run(read_va(VA, DST, 64, ctx=1))
+    assert c.status == H.ERR_NONE and gpu.qt.read(DST, 64) == b[:64]
+    # a bad context is refused, nothing copied
+    gpu.qt.write(DST + P, bytes(P))
+    cmd = migrate(COPY_LIST, 1, FROM)
+    cmd.ctx, cmd.dst, cmd.arg2 = H.MAX_CTX, VA, P
+    (c,) = gpu.run(cmd)
+    assert c.status == H.ERR_BAD_CTX and gpu.qt.read(DST + P, P) == bytes(P)
+
+
 # ---- errors ---------------------------------------------------------------------
 
 V = H.PTE_VALID

@@ -320,6 +320,10 @@ static uint32_t hmm_gpu_validate(const struct hmm_gpu_cmd *c,
         }
         return c->len ? HMM_GPU_ERR_NONE : HMM_GPU_ERR_BAD_LENGTH;
     case HMM_GPU_OP_MIGRATE:
+        if (c->arg2 && c->ctx >= HMM_GPU_MAX_CTX) {
+            *bad_addr = c->ctx;
+            return HMM_GPU_ERR_BAD_CTX;
+        }
         /* the direction is a mode field: other values are reserved */
         if (c->pattern != HMM_GPU_MIGRATE_TO_VRAM &&
             c->pattern != HMM_GPU_MIGRATE_FROM_VRAM) {
@@ -701,6 +705,11 @@ static bool hmm_gpu_fetch(HmmGpuState *s)
     trace_hmm_gpu_cmd_start(c->cmd_id, c->opcode, c->flags, c->ctx, c->src,
                             c->dst, c->len);
     j->status = hmm_gpu_validate(c, &bad_addr);
+    /* MIGRATE's own TLB invalidation: at fetch, like TLB_INVALIDATE's */
+    if (c->opcode == HMM_GPU_OP_MIGRATE && c->arg2 &&
+        c->ctx < HMM_GPU_MAX_CTX) {
+        hmm_mmu_invalidate(&s->mmu, c->cmd_id, c->ctx, c->dst, c->arg2);
+    }
     if (j->status != HMM_GPU_ERR_NONE) {
         hmm_gpu_job_fail(s, j, j->status, bad_addr, "invalid command");
     } else if (c->opcode == HMM_GPU_OP_NOP) {
