@@ -70,12 +70,14 @@ struct hmm_gpu_block;
 struct hmm_gpu_dmem {
 	u64			vram_size;
 	unsigned int		max_chunks;	/* 0: no device memory */
+	bool			thp;		/* 2 MiB device folios (6.19+) */
 	/* lock (IRQ-safe, page_free) covers the fields below up to stats. */
 	spinlock_t		lock;
 	struct hmm_gpu_chunk	*chunks;	/* max_chunks of them */
-	unsigned int		nchunks;	/* in use: pages on the free list */
-	struct page		*free;		/* via page->zone_device_data */
-	unsigned long		nfree;
+	unsigned int		nchunks;	/* registered (in use or free) */
+	struct list_head	partial;	/* chunks with some pages free */
+	struct list_head	empty;		/* chunks with every page free */
+	unsigned long		nfree;		/* free pages, all chunks */
 	u64			lru_clock;
 	bool			closing;
 	struct hmm_gpu_vram_stats stats;
@@ -113,6 +115,10 @@ struct hmm_gpu_batch {
 	u64			bytes;		/* bytes the completions reported */
 	unsigned int		progress;	/* faults serviced for the batch */
 	void			*priv;		/* submitter's (struct hmm_gpu_op) */
+	/* A TLB invalidation the batch's MIGRATE carries (1.3), if inv_len. */
+	u32			inv_ctx;
+	u64			inv_va;
+	u64			inv_len;
 };
 
 struct hmm_gpu_stats {
@@ -150,7 +156,9 @@ struct hmm_gpu_dev {
 
 	u32			hw_version;
 	u32			caps;
-	bool			irq_late;	/* 1.3: HMM_GPU_CMD_F_IRQ_LATE */
+	bool			irq_late;	/* 1.3: HMM_GPU_CMD_F_IRQ_LATE ... */
+	bool			migrate_inv;	/* ... and MIGRATE's own TLB invalidation */
+	bool			dma_bounces;	/* swiotlb: no SVM (hmm_gpu_dma_probe()) */
 	u32			max_xfer;
 	atomic_t		next_ctx;
 
@@ -314,6 +322,7 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
 			 u64 npages, u64 *done);
 
+void hmm_gpu_svm_fail_next_alloc(struct hmm_gpu_svm *svm);
 int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev,
 			u64 *pages);
 int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages);
@@ -333,15 +342,29 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev);
 void hmm_gpu_dmem_fini(struct hmm_gpu_dev *gdev);
 bool hmm_gpu_dmem_page_local(struct hmm_gpu_dev *gdev, struct page *page);
 u64 hmm_gpu_dmem_vram_offset(struct page *page);
-long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n);
-void hmm_gpu_dmem_unreserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n);
+
+/*
+ * Device memory set aside for one migration to VRAM, before
+ * migrate_vma_setup() locks the pages (eviction must not meet them): base
+ * pages, or a whole chunk that becomes one 2 MiB folio if the migration
+ * collects a THP (or a hole) and base pages otherwise.
+ */
+struct hmm_gpu_res {
+	struct page		**pages;	/* pages[0..n): base pages, not initialised */
+	unsigned long		n;
+	struct hmm_gpu_chunk	*chunk;		/* or a whole chunk */
+};
+
+long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct hmm_gpu_res *res, unsigned long n,
+			  bool huge);
+void hmm_gpu_dmem_unreserve(struct hmm_gpu_dev *gdev, struct hmm_gpu_res *res);
 long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      const unsigned long *src, unsigned long *dst,
-			      unsigned long npages, struct page **res, unsigned long *nres,
+			      unsigned long npages, struct hmm_gpu_res *res,
 			      struct hmm_gpu_batch *batch);
 long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      unsigned long addr, const unsigned long *src,
-			      unsigned long *dst, unsigned long npages,
+			      unsigned long *dst, unsigned long npages, bool huge,
 			      struct hmm_gpu_batch *batch);
 void hmm_gpu_dmem_touch(struct hmm_gpu_dev *gdev, const unsigned long *dst,
 			unsigned long npages);

@@ -13,14 +13,18 @@
  *         make_device_exclusive() replaces make_device_exclusive_range()
  *   6.19  dev_pagemap_ops.folio_free replaces page_free;
  *         zone_device_page_init() takes an order; 7.2's also takes the
- *         pgmap, which this header assumes from 6.19 on (not checked on 6.19)
+ *         pgmap, which this header assumes from 6.19 on (not checked on 6.19);
+ *         device-private THP (MIGRATE_VMA_SELECT_COMPOUND)
  */
 #ifndef HMM_GPU_COMPAT_H
 #define HMM_GPU_COMPAT_H
 
+#include <linux/dma-mapping.h>
 #include <linux/err.h>
 #include <linux/io.h>
+#include <linux/iommu.h>
 #include <linux/memremap.h>
+#include <linux/migrate.h>
 #include <linux/mm.h>
 #include <linux/pci.h>
 #include <linux/rmap.h>
@@ -134,13 +138,88 @@ static inline void hmm_gpu_exclusive_put(struct page *page)
 	put_page(page);
 }
 
-/* Hand out a free device page: referenced and locked. */
-static inline void hmm_gpu_device_page_init(struct page *page)
+/*
+ * Whether the streaming mapping at @addr is a bounce buffer (swiotlb): the
+ * device then works on a copy that only dma_sync_*() reconciles, which a
+ * mapping kept for the lifetime of a device translation never gets.
+ * dma_need_sync() answers exactly for direct mapping; through a DMA API
+ * IOMMU domain it is true for every mapping before 6.11 (and under
+ * DMA_API_DEBUG), while dma-iommu bounces only untrusted devices.
+ */
+static inline bool hmm_gpu_dma_bounced(struct device *dev, dma_addr_t addr)
+{
+	struct iommu_domain *dom;
+
+	if (!dma_need_sync(dev, addr))
+		return false;
+	dom = iommu_get_domain_for_dev(dev);
+	if (dom && (dom->type & __IOMMU_DOMAIN_DMA_API))
+		return dev_is_pci(dev) && to_pci_dev(dev)->untrusted;
+	return true;
+}
+
+/*
+ * Device-private THP (6.19): migrate_vma_setup() with
+ * MIGRATE_VMA_SELECT_COMPOUND collects a PMD-mapped THP (or an empty,
+ * aligned 2 MiB) as one entry with MIGRATE_PFN_COMPOUND, and the CPU maps a
+ * device folio of PMD order with one device-private PMD entry. Before it,
+ * the flags are 0 and every migration is of base pages.
+ */
+#if HMM_GPU_KERNEL_AT_LEAST(6, 19)
+#define HMM_GPU_MIGRATE_PFN_COMPOUND	MIGRATE_PFN_COMPOUND
+#define HMM_GPU_SELECT_COMPOUND		MIGRATE_VMA_SELECT_COMPOUND
+#else
+#define HMM_GPU_MIGRATE_PFN_COMPOUND	0ul
+#define HMM_GPU_SELECT_COMPOUND		0
+#endif
+
+/*
+ * Pages migration entry @src stands for: a PMD's worth for a THP (or an
+ * empty, aligned 2 MiB) collected with MIGRATE_VMA_SELECT_COMPOUND, else
+ * one; at most the @left entries there are.
+ */
+static inline unsigned long hmm_gpu_migrate_entry_pages(unsigned long src, unsigned long left)
+{
+	struct page *page = migrate_pfn_to_page(src);
+	unsigned long nr = 1;
+
+	if (src & HMM_GPU_MIGRATE_PFN_COMPOUND)
+		nr = page ? folio_nr_pages(page_folio(page)) : 1ul << (PMD_SHIFT - PAGE_SHIFT);
+	return min(nr, left);
+}
+
+static inline bool hmm_gpu_has_device_thp(void)
+{
+	return HMM_GPU_SELECT_COMPOUND && thp_migration_supported() &&
+	       hmm_gpu_has_device_private();
+}
+
+/*
+ * Hand out the free device page @page of @pgmap as a folio of @order (0, or
+ * PMD order): referenced and locked. Not page_folio(@page): a page that was
+ * a tail of a freed 2 MiB folio still points at its old head.
+ */
+static inline void hmm_gpu_device_folio_init(struct page *page, struct dev_pagemap *pgmap,
+					     unsigned int order)
 {
 #if HMM_GPU_KERNEL_AT_LEAST(6, 19)
-	zone_device_page_init(page, page_pgmap(page), 0);
+	zone_device_folio_init((struct folio *)page, pgmap, order);
 #else
+	WARN_ON_ONCE(order);
 	zone_device_page_init(page);
+#endif
+}
+
+/* A system folio of @order for a migration out of VRAM; NULL if none. */
+static inline struct folio *hmm_gpu_folio_alloc(struct vm_area_struct *vma, unsigned long addr,
+						unsigned int order)
+{
+#if HMM_GPU_KERNEL_AT_LEAST(6, 19)
+	if (vma)
+		return vma_alloc_folio(GFP_HIGHUSER_MOVABLE, order, vma, addr);
+	return folio_alloc(GFP_HIGHUSER_MOVABLE | __GFP_RETRY_MAYFAIL, order);
+#else
+	return NULL;
 #endif
 }
 

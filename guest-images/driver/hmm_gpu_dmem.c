@@ -9,21 +9,30 @@
  *    registered with memremap_pages() on first need. Registration is
  *    expensive (memory hotplug takes a global lock and waits for RCU), so
  *    it is done rarely, in big pieces, like amdgpu does for all of VRAM;
- *  - chunks of 2 MiB, the unit of allocation bookkeeping and of eviction.
- *    A chunk's pages go on the free list when the chunk is first needed.
+ *  - chunks of 2 MiB, the unit of allocation bookkeeping and of eviction,
+ *    and on 6.19+ the size of a device-private THP: a chunk holds either
+ *    one 2 MiB folio (mapped by one device-private PMD on the CPU, one
+ *    2 MiB leaf on the device) or up to 512 base pages.
  * Device page n of chunk c holds VRAM offset c * 2 MiB + n * 4 KiB. The CPU
  * cannot reach VRAM: every byte moves with the MIGRATE copy engine, one
  * command per copy list of at most HMM_GPU_MIGRATE_MAX_PAGES entries in
  * coherent memory; its completion is the fence.
  *
- * Allocator: one free list of device pages (linked through
- * page->zone_device_data) and per-chunk use counts, under dmem->lock (a
- * spinlock: page_free may be called from any context). Pages are reserved
- * before migrate_vma_setup() and initialised (zone_device_page_init(), which
- * locks them) only once used, so eviction never meets a page the caller
- * holds locked.
+ * Allocator, under dmem->lock (a spinlock: folio_free may be called from
+ * any context): each chunk keeps its own free pages, linked through
+ * page->zone_device_data, and sits on dmem->partial (some free) or
+ * dmem->empty (all free). Base pages come from partial chunks first, so
+ * empty chunks stay whole for 2 MiB folios. A chunk whose 2 MiB folio was
+ * freed whole keeps that folio's compound metadata in its struct pages
+ * (the kernel resets it only when a page is handed out again), and
+ * migrate_device_range() reads a free head page's order: such a chunk is
+ * "stale", reused whole as a folio, or first made clean (its head page
+ * handed out and freed as a base page) before base pages come from it.
+ * Pages are reserved before migrate_vma_setup() and initialised
+ * (zone_device_folio_init(), which locks them) only once used, so eviction
+ * never meets a page the caller holds locked.
  *
- * Eviction: when no page is free and every chunk is in use, the chunk
+ * Eviction: when nothing is free and every chunk is in use, the chunk
  * whose pages were migrated to the device least recently is moved back to
  * system memory with migrate_device_range/pages/finalize, and allocation is
  * retried. evict_lock serialises evictions. Each migration has its own copy
@@ -45,6 +54,7 @@
 
 #define HMM_GPU_CHUNK_SIZE	(2ul << 20)
 #define HMM_GPU_CHUNK_PAGES	(HMM_GPU_CHUNK_SIZE >> PAGE_SHIFT)
+#define HMM_GPU_CHUNK_ORDER	(21 - PAGE_SHIFT)
 #define HMM_GPU_BLOCK_CHUNKS	32
 #define HMM_GPU_BLOCK_SIZE	(HMM_GPU_BLOCK_CHUNKS * HMM_GPU_CHUNK_SIZE)
 
@@ -58,7 +68,13 @@ struct hmm_gpu_block {
 struct hmm_gpu_chunk {
 	struct hmm_gpu_dev	*gdev;
 	unsigned long		pfn_first;
-	unsigned long		used;		/* under dmem->lock */
+	/* Under dmem->lock: */
+	struct list_head	node;		/* on dmem->partial or ->empty, or none */
+	struct page		*free;		/* free pages (unless whole) */
+	unsigned int		nfree;
+	bool			whole;		/* every page free, `free` not built */
+	bool			stale;		/* whole, after a 2 MiB folio */
+	bool			held;		/* reserved whole: on no list */
 	u64			lru;		/* last migration to the chunk */
 };
 
@@ -88,22 +104,154 @@ u64 hmm_gpu_dmem_vram_offset(struct page *page)
 	       ((u64)(page_to_pfn(page) - block->pfn_first) << PAGE_SHIFT);
 }
 
-static void hmm_gpu_dmem_page_free(struct page *page)
+/* ---- allocator ------------------------------------------------------- */
+
+/* Put the free @page on its @chunk's list. dmem->lock held. */
+static void hmm_gpu_chunk_push(struct hmm_gpu_dmem *dmem, struct hmm_gpu_chunk *chunk,
+			       struct page *page)
+{
+	page->zone_device_data = chunk->free;
+	chunk->free = page;
+	dmem->nfree++;
+	if (chunk->held) {
+		/* hmm_gpu_dmem_clean() freeing the head: it takes it back. */
+		chunk->nfree++;
+		return;
+	}
+	if (!chunk->nfree++)
+		list_add_tail(&chunk->node, &dmem->partial);
+	if (chunk->nfree == HMM_GPU_CHUNK_PAGES)
+		list_move_tail(&chunk->node, &dmem->empty);
+}
+
+/* A free base page of @chunk (which has one), off its list. dmem->lock held. */
+static struct page *hmm_gpu_chunk_pop(struct hmm_gpu_dmem *dmem, struct hmm_gpu_chunk *chunk)
+{
+	struct page *page;
+
+	if (chunk->whole) {
+		unsigned long i;
+
+		WARN_ON_ONCE(chunk->stale);
+		chunk->free = NULL;
+		for (i = HMM_GPU_CHUNK_PAGES; i--; ) {
+			page = pfn_to_page(chunk->pfn_first + i);
+			page->zone_device_data = chunk->free;
+			chunk->free = page;
+		}
+		chunk->whole = false;
+	}
+	page = chunk->free;
+	chunk->free = page->zone_device_data;
+	dmem->nfree--;
+	if (!--chunk->nfree)
+		list_del_init(&chunk->node);
+	else if (chunk->nfree == HMM_GPU_CHUNK_PAGES - 1)
+		list_move_tail(&chunk->node, &dmem->partial);
+	return page;
+}
+
+/* A chunk base pages may come from: partial first, then a clean empty one. */
+static struct hmm_gpu_chunk *hmm_gpu_dmem_small_chunk(struct hmm_gpu_dmem *dmem)
+{
+	struct hmm_gpu_chunk *chunk;
+
+	chunk = list_first_entry_or_null(&dmem->partial, struct hmm_gpu_chunk, node);
+	if (chunk)
+		return chunk;
+	list_for_each_entry(chunk, &dmem->empty, node)
+		if (!chunk->stale)
+			return chunk;
+	return NULL;
+}
+
+/*
+ * Take an empty chunk whole (held: on no list), stale ones first: they are
+ * good for nothing else. dmem->lock held.
+ */
+static struct hmm_gpu_chunk *hmm_gpu_dmem_hold(struct hmm_gpu_dmem *dmem, bool stale_only)
+{
+	struct hmm_gpu_chunk *chunk, *pick = NULL;
+
+	list_for_each_entry(chunk, &dmem->empty, node) {
+		if (chunk->stale) {
+			pick = chunk;
+			break;
+		}
+		if (!pick && !stale_only)
+			pick = chunk;
+	}
+	if (!pick)
+		return NULL;
+	list_del_init(&pick->node);
+	dmem->nfree -= HMM_GPU_CHUNK_PAGES;
+	pick->nfree = 0;
+	pick->free = NULL;
+	pick->whole = false;
+	pick->held = true;
+	return pick;
+}
+
+/* Give a held chunk back, every page free. dmem->lock held. */
+static void hmm_gpu_dmem_unhold(struct hmm_gpu_dmem *dmem, struct hmm_gpu_chunk *chunk)
+{
+	chunk->held = false;
+	chunk->whole = true;
+	chunk->free = NULL;
+	chunk->nfree = HMM_GPU_CHUNK_PAGES;
+	dmem->nfree += HMM_GPU_CHUNK_PAGES;
+	list_add_tail(&chunk->node, &dmem->empty);
+}
+
+/*
+ * Make a held stale chunk clean: hand its head page out as a base page and
+ * free it again, which is how the kernel resets a page's compound state.
+ * The tail pages then point at a base-page head, which is harmless (and
+ * reset when each is handed out).
+ */
+static void hmm_gpu_dmem_clean(struct hmm_gpu_dmem *dmem, struct hmm_gpu_chunk *chunk)
+{
+	struct page *head = pfn_to_page(chunk->pfn_first);
+
+	if (!chunk->stale)
+		return;
+	hmm_gpu_device_folio_init(head, &hmm_gpu_page_block(head)->pagemap, 0);
+	unlock_page(head);
+	put_page(head);		/* folio_free: pushed back onto the held chunk */
+	spin_lock_irq(&dmem->lock);
+	WARN_ON_ONCE(chunk->free != head || chunk->nfree != 1);
+	chunk->free = NULL;
+	chunk->nfree = 0;
+	dmem->nfree--;
+	chunk->stale = false;
+	spin_unlock_irq(&dmem->lock);
+}
+
+/* The last reference to a device folio (a base page or a chunk's 2 MiB) went. */
+static void hmm_gpu_dmem_folio_free(struct page *page)
 {
 	struct hmm_gpu_chunk *chunk = hmm_gpu_page_chunk(page);
 	struct hmm_gpu_dmem *dmem = &chunk->gdev->dmem;
 	unsigned long flags;
 
 	spin_lock_irqsave(&dmem->lock, flags);
-	page->zone_device_data = dmem->free;
-	dmem->free = page;
-	dmem->nfree++;
-	chunk->used--;
+	if (folio_order(page_folio(page))) {
+		/* Ours are whole chunks. */
+		WARN_ON_ONCE(chunk->nfree || chunk->held);
+		chunk->free = NULL;
+		chunk->nfree = HMM_GPU_CHUNK_PAGES;
+		chunk->whole = true;
+		chunk->stale = true;
+		dmem->nfree += HMM_GPU_CHUNK_PAGES;
+		list_add_tail(&chunk->node, &dmem->empty);
+	} else {
+		hmm_gpu_chunk_push(dmem, chunk, page);
+	}
 	spin_unlock_irqrestore(&dmem->lock, flags);
 }
 
 /* The kernel's callback (page_free or folio_free) for the function above. */
-HMM_GPU_DEFINE_PAGE_FREE(hmm_gpu_dmem_page_free)
+HMM_GPU_DEFINE_PAGE_FREE(hmm_gpu_dmem_folio_free)
 
 /*
  * A migration's copy list: short ones (a CPU fault moves one page) from a
@@ -167,6 +315,17 @@ static int hmm_gpu_dmem_run_copy(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch 
 	u32 first = batch->submitted;
 	int ret = 0;
 
+	if (n && batch->inv_len) {
+		/* The invalidation of hmm_gpu_svm_zap_migrating(), in the same command. */
+		desc.has_ctx = true;
+		desc.ctx = batch->inv_ctx;
+		desc.dst = batch->inv_va;
+		desc.arg2 = batch->inv_len;
+	} else if (batch->inv_len) {
+		/* Nothing to copy after all: the invalidation on its own. */
+		ret = hmm_gpu_tlb_queue(gdev, batch, batch->inv_ctx, batch->inv_va,
+					batch->inv_len);
+	}
 	if (n) {
 		/* The list (coherent memory) before the command that points at it. */
 		dma_wmb();
@@ -192,176 +351,274 @@ static void hmm_gpu_dmem_set_ent(struct hmm_gpu_copy_ent *list, unsigned int i, 
 	list[i].dst = (__force u64)cpu_to_le64(dst);
 }
 
+/* Release what a failed copy would have migrated to: dst entries go to 0. */
+static void hmm_gpu_dmem_drop_dst(unsigned long *dst, unsigned long npages)
+{
+	unsigned long i;
+
+	for (i = 0; i < npages; i++) {
+		struct page *page = migrate_pfn_to_page(dst[i]);
+
+		dst[i] = 0;
+		if (page) {
+			folio_unlock(page_folio(page));
+			/* A device folio goes back to the allocator (folio_free). */
+			folio_put(page_folio(page));
+		}
+	}
+}
+
 /*
  * Copy device pages back to system memory for a migration (CPU fault,
  * MIGRATE_TO_SYS, eviction): for each src entry selected for migration,
- * allocate a system page, copy VRAM into it and fill dst. @vma may be NULL
- * (eviction). Entries that cannot be copied are left unmigrated (dst 0).
- * Returns the pages copied or an error.
+ * allocate system memory, copy VRAM into it and fill dst. A 2 MiB device
+ * folio goes to a 2 MiB system folio if @huge and one can be had, else
+ * (with a VMA: migrate_vma_pages() then splits the device folio) to base
+ * pages. @vma may be NULL (eviction). Entries that cannot be copied are
+ * left unmigrated (dst 0). Returns the pages copied or an error.
  */
 long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      unsigned long addr, const unsigned long *src,
-			      unsigned long *dst, unsigned long npages,
+			      unsigned long *dst, unsigned long npages, bool huge,
 			      struct hmm_gpu_batch *batch)
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
 	dma_addr_t small_bus[HMM_GPU_SMALL_LIST], *bus = small_bus;
+	unsigned long i, j, nr, thp = 0;
 	struct hmm_gpu_list list;
-	unsigned long i;
 	unsigned int n = 0;
 	long ret;
 
+	memset(dst, 0, npages * sizeof(*dst));
 	if (npages > HMM_GPU_SMALL_LIST)
 		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
 		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
 	else
 		memset(small_bus, 0, sizeof(small_bus));
 	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
-		/* What the batch holds already (invalidations) must finish. */
-		hmm_gpu_batch_wait(gdev, batch);
+		/* What the batch holds (or carries: invalidations) must run. */
+		hmm_gpu_dmem_run_copy(gdev, batch, 0, 0, 0);
 		if (bus != small_bus)
 			kfree(bus);
 		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
 	}
 
-	for (i = 0; i < npages; i++) {
+	for (i = 0; i < npages; i += nr) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
-		struct page *dpage;
+		unsigned long write = src[i] & MIGRATE_PFN_WRITE;
+		u64 from = spage ? hmm_gpu_dmem_vram_offset(spage) : 0;
+		struct folio *folio = NULL;
 
-		dst[i] = 0;
+		nr = hmm_gpu_migrate_entry_pages(src[i], npages - i);
 		if (!spage || !(src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
 		if (WARN_ON_ONCE(!hmm_gpu_dmem_page_local(gdev, spage)))
 			continue;
-		if (vma)
-			dpage = alloc_page_vma(GFP_HIGHUSER_MOVABLE, vma,
-					       addr + (i << PAGE_SHIFT));
-		else
-			dpage = alloc_page(GFP_HIGHUSER_MOVABLE | __GFP_NOFAIL);
-		if (!dpage)
-			continue;
-		bus[i] = dma_map_page(dev, dpage, 0, PAGE_SIZE, DMA_FROM_DEVICE);
-		if (dma_mapping_error(dev, bus[i])) {
-			bus[i] = 0;
-			__free_page(dpage);
+		if (nr == HMM_GPU_CHUNK_PAGES && huge)
+			folio = hmm_gpu_folio_alloc(vma, addr + (i << PAGE_SHIFT),
+						    HMM_GPU_CHUNK_ORDER);
+		if (folio) {
+			bus[i] = dma_map_page(dev, &folio->page, 0, HMM_GPU_CHUNK_SIZE,
+					      DMA_FROM_DEVICE);
+			if (dma_mapping_error(dev, bus[i])) {
+				bus[i] = 0;
+				folio_put(folio);
+				continue;
+			}
+			folio_lock(folio);
+			dst[i] = migrate_pfn(folio_pfn(folio)) | write |
+				 HMM_GPU_MIGRATE_PFN_COMPOUND;
+			for (j = 0; j < nr; j++)
+				hmm_gpu_dmem_set_ent(list.ent, n++, from + (j << PAGE_SHIFT),
+						     bus[i] + (j << PAGE_SHIFT));
+			thp++;
 			continue;
 		}
-		lock_page(dpage);
-		dst[i] = migrate_pfn(page_to_pfn(dpage));
-		if (src[i] & MIGRATE_PFN_WRITE)
-			dst[i] |= MIGRATE_PFN_WRITE;
-		hmm_gpu_dmem_set_ent(list.ent, n++, hmm_gpu_dmem_vram_offset(spage), bus[i]);
+		/* Without a VMA the kernel cannot split the device folio. */
+		if (nr > 1 && !vma)
+			continue;
+		for (j = 0; j < nr; j++) {
+			struct page *dpage;
+
+			if (vma)
+				dpage = alloc_page_vma(GFP_HIGHUSER_MOVABLE, vma,
+						       addr + ((i + j) << PAGE_SHIFT));
+			else
+				dpage = alloc_page(GFP_HIGHUSER_MOVABLE | __GFP_NOFAIL);
+			if (!dpage)
+				break;
+			bus[i + j] = dma_map_page(dev, dpage, 0, PAGE_SIZE, DMA_FROM_DEVICE);
+			if (dma_mapping_error(dev, bus[i + j])) {
+				bus[i + j] = 0;
+				__free_page(dpage);
+				break;
+			}
+			lock_page(dpage);
+			dst[i + j] = migrate_pfn(page_to_pfn(dpage)) | write;
+			hmm_gpu_dmem_set_ent(list.ent, n++, from + (j << PAGE_SHIFT), bus[i + j]);
+		}
 	}
 	ret = hmm_gpu_dmem_run_copy(gdev, batch, list.dma, n, HMM_GPU_MIGRATE_FROM_VRAM);
 	hmm_gpu_dmem_list_free(gdev, &list);
 
-	for (i = 0; i < npages; i++) {
-		struct page *dpage;
-
-		if (!bus[i])
-			continue;
-		dma_unmap_page(dev, bus[i], PAGE_SIZE, DMA_FROM_DEVICE);
-		if (!ret)
-			continue;
-		/* The data did not arrive: do not migrate this page. */
-		dpage = migrate_pfn_to_page(dst[i]);
-		dst[i] = 0;
-		unlock_page(dpage);
-		__free_page(dpage);
-	}
+	for (i = 0; i < npages; i++)
+		if (bus[i])
+			dma_unmap_page(dev, bus[i], dst[i] & HMM_GPU_MIGRATE_PFN_COMPOUND ?
+				       HMM_GPU_CHUNK_SIZE : PAGE_SIZE, DMA_FROM_DEVICE);
 	if (bus != small_bus)
 		kfree(bus);
-	if (ret)
+	if (ret) {
+		/* The data did not arrive: migrate nothing. */
+		hmm_gpu_dmem_drop_dst(dst, npages);
 		return ret;
+	}
 
 	spin_lock_irq(&dmem->lock);
 	dmem->stats.pages_to_sys += n;
+	dmem->stats.thp_to_sys += thp;
 	spin_unlock_irq(&dmem->lock);
 	return n;
 }
 
 /*
- * Fill device pages for a migration to VRAM: for each src entry selected,
- * take a reserved page from @res (*nres of them, consumed from the end),
- * copy the system page (or zeroes) into it, fill dst. Entries without a
- * page left unmigrated. Returns the pages copied or an error.
+ * @nr base pages from @res, which then holds at least that many: a held
+ * chunk is turned into base pages if need be. false if there are not enough.
+ */
+static bool hmm_gpu_dmem_res_base(struct hmm_gpu_dev *gdev, struct hmm_gpu_res *res,
+				  unsigned long nr)
+{
+	struct hmm_gpu_dmem *dmem = &gdev->dmem;
+	struct hmm_gpu_chunk *chunk = res->chunk;
+	unsigned long i;
+
+	if (res->n >= nr)
+		return true;
+	if (!chunk || res->n)
+		return false;
+	hmm_gpu_dmem_clean(dmem, chunk);
+	for (i = HMM_GPU_CHUNK_PAGES; i--; )
+		res->pages[res->n++] = pfn_to_page(chunk->pfn_first + i);
+	spin_lock_irq(&dmem->lock);
+	chunk->held = false;
+	spin_unlock_irq(&dmem->lock);
+	res->chunk = NULL;
+	return res->n >= nr;
+}
+
+/*
+ * Fill device memory for a migration to VRAM: for each src entry selected,
+ * copy the system page (or zeroes) into device memory from @res and fill
+ * dst. A 2 MiB entry (MIGRATE_PFN_COMPOUND) gets the reserved chunk as one
+ * folio if @res holds one, else base pages (migrate_vma_pages() then splits
+ * the source). Entries without memory left unmigrated. Returns the pages
+ * copied or an error.
  */
 long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      const unsigned long *src, unsigned long *dst,
-			      unsigned long npages, struct page **res, unsigned long *nres,
+			      unsigned long npages, struct hmm_gpu_res *res,
 			      struct hmm_gpu_batch *batch)
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
 	dma_addr_t small_bus[HMM_GPU_SMALL_LIST], *bus = small_bus;
+	unsigned long i, j, nr, thp = 0;
 	struct hmm_gpu_list list;
-	unsigned long i;
 	unsigned int n = 0;
 	long ret;
 
+	memset(dst, 0, npages * sizeof(*dst));
 	if (npages > HMM_GPU_SMALL_LIST)
 		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
 		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
 	else
 		memset(small_bus, 0, sizeof(small_bus));
 	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
-		/* What the batch holds already (invalidations) must finish. */
-		hmm_gpu_batch_wait(gdev, batch);
+		/* What the batch holds (or carries: invalidations) must run. */
+		hmm_gpu_dmem_run_copy(gdev, batch, 0, 0, 0);
 		if (bus != small_bus)
 			kfree(bus);
 		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
 	}
 
-	for (i = 0; i < npages; i++) {
+	for (i = 0; i < npages; i += nr) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
+		unsigned long write = 0;
 		struct page *dpage;
-		u64 from;
 
-		dst[i] = 0;
-		if (!(src[i] & MIGRATE_PFN_MIGRATE) || !*nres)
+		nr = hmm_gpu_migrate_entry_pages(src[i], npages - i);
+		if (!(src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
 		if (spage && WARN_ON_ONCE(is_zone_device_page(spage)))
 			continue;
+		if ((src[i] & MIGRATE_PFN_WRITE) || (!spage && (vma->vm_flags & VM_WRITE)))
+			write = MIGRATE_PFN_WRITE;
 		if (spage) {
-			bus[i] = dma_map_page(dev, spage, 0, PAGE_SIZE, DMA_TO_DEVICE);
+			/* A THP is mapped whole: its pages are contiguous. */
+			bus[i] = dma_map_page(dev, spage, 0, nr << PAGE_SHIFT, DMA_TO_DEVICE);
 			if (dma_mapping_error(dev, bus[i])) {
 				bus[i] = 0;
 				continue;
 			}
-			from = bus[i];
-		} else {
-			from = dmem->zero_dma;
 		}
-		dpage = res[--*nres];
-		hmm_gpu_device_page_init(dpage);	/* referenced, locked */
-		dst[i] = migrate_pfn(page_to_pfn(dpage));
-		if ((src[i] & MIGRATE_PFN_WRITE) || (!spage && (vma->vm_flags & VM_WRITE)))
-			dst[i] |= MIGRATE_PFN_WRITE;
-		hmm_gpu_dmem_set_ent(list.ent, n++, from, hmm_gpu_dmem_vram_offset(dpage));
+		if (nr == HMM_GPU_CHUNK_PAGES && res->chunk) {
+			dpage = pfn_to_page(res->chunk->pfn_first);
+			spin_lock_irq(&dmem->lock);
+			res->chunk->held = false;
+			res->chunk->stale = false;
+			spin_unlock_irq(&dmem->lock);
+			res->chunk = NULL;
+		} else if (hmm_gpu_dmem_res_base(gdev, res, nr)) {
+			dpage = NULL;
+		} else {
+			if (bus[i])
+				dma_unmap_page(dev, bus[i], nr << PAGE_SHIFT, DMA_TO_DEVICE);
+			bus[i] = 0;
+			continue;
+		}
+		if (dpage) {
+			hmm_gpu_device_folio_init(dpage, &hmm_gpu_page_block(dpage)->pagemap,
+						  HMM_GPU_CHUNK_ORDER);
+			dst[i] = migrate_pfn(page_to_pfn(dpage)) | write |
+				 HMM_GPU_MIGRATE_PFN_COMPOUND;
+			for (j = 0; j < nr; j++)
+				hmm_gpu_dmem_set_ent(list.ent, n++,
+						     spage ? bus[i] + (j << PAGE_SHIFT) :
+						     dmem->zero_dma,
+						     hmm_gpu_dmem_vram_offset(dpage) +
+						     (j << PAGE_SHIFT));
+			thp++;
+			continue;
+		}
+		for (j = 0; j < nr; j++) {
+			dpage = res->pages[--res->n];
+			/* Referenced, locked. */
+			hmm_gpu_device_folio_init(dpage, &hmm_gpu_page_block(dpage)->pagemap, 0);
+			dst[i + j] = migrate_pfn(page_to_pfn(dpage)) | write;
+			hmm_gpu_dmem_set_ent(list.ent, n++,
+					     spage ? bus[i] + (j << PAGE_SHIFT) : dmem->zero_dma,
+					     hmm_gpu_dmem_vram_offset(dpage));
+		}
 	}
 	ret = hmm_gpu_dmem_run_copy(gdev, batch, list.dma, n, HMM_GPU_MIGRATE_TO_VRAM);
 	hmm_gpu_dmem_list_free(gdev, &list);
 
 	for (i = 0; i < npages; i++) {
-		struct page *dpage;
-
-		if (bus[i])
-			dma_unmap_page(dev, bus[i], PAGE_SIZE, DMA_TO_DEVICE);
-		if (!ret || !dst[i])
+		if (!bus[i])
 			continue;
-		dpage = migrate_pfn_to_page(dst[i]);
-		dst[i] = 0;
-		unlock_page(dpage);
-		put_page(dpage);	/* page_free: back to the free list */
+		nr = hmm_gpu_migrate_entry_pages(src[i], npages - i);
+		dma_unmap_page(dev, bus[i], nr << PAGE_SHIFT, DMA_TO_DEVICE);
 	}
 	if (bus != small_bus)
 		kfree(bus);
-	if (ret)
+	if (ret) {
+		hmm_gpu_dmem_drop_dst(dst, npages);
 		return ret;
+	}
 
 	spin_lock_irq(&dmem->lock);
 	dmem->stats.pages_to_dev += n;
+	dmem->stats.thp_to_dev += thp;
 	spin_unlock_irq(&dmem->lock);
 	return n;
 }
@@ -420,6 +677,12 @@ static int hmm_gpu_dmem_add_block(struct hmm_gpu_dev *gdev, unsigned int index)
 		goto err_region;
 	}
 	block->pfn_first = res->start >> PAGE_SHIFT;
+	if (dmem->thp && !IS_ALIGNED(block->pfn_first, HMM_GPU_CHUNK_PAGES)) {
+		/* A folio's head must be as aligned as its size. */
+		dev_info(&gdev->pdev->dev, "VRAM block %u not 2 MiB aligned: no device THP\n",
+			 index);
+		WRITE_ONCE(dmem->thp, false);
+	}
 	dmem->blocks[index] = block;
 	dev_dbg(&gdev->pdev->dev, "VRAM block %u: %llu MiB at pfn %#lx\n", index, size >> 20,
 		block->pfn_first);
@@ -432,15 +695,13 @@ err_free:
 	return ret;
 }
 
-/* Put the pages of the next unused chunk of VRAM on the free list. */
+/* Register the next unused chunk of VRAM: an empty chunk. evict_lock held. */
 static int hmm_gpu_dmem_add_chunk(struct hmm_gpu_dev *gdev)
 {
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
 	unsigned int index = dmem->nchunks;
 	unsigned int bi = index / HMM_GPU_BLOCK_CHUNKS;
 	struct hmm_gpu_chunk *chunk = &dmem->chunks[index];
-	struct page *head = NULL, *tail = NULL;
-	unsigned long i;
 	int ret;
 
 	if (index >= dmem->max_chunks || dmem->closing)
@@ -453,19 +714,10 @@ static int hmm_gpu_dmem_add_chunk(struct hmm_gpu_dev *gdev)
 	chunk->gdev = gdev;
 	chunk->pfn_first = dmem->blocks[bi]->pfn_first +
 			   (index % HMM_GPU_BLOCK_CHUNKS) * HMM_GPU_CHUNK_PAGES;
-	for (i = 0; i < HMM_GPU_CHUNK_PAGES; i++) {
-		struct page *page = pfn_to_page(chunk->pfn_first + i);
-
-		page->zone_device_data = NULL;
-		if (tail)
-			tail->zone_device_data = page;
-		else
-			head = page;
-		tail = page;
-	}
 	spin_lock_irq(&dmem->lock);
-	tail->zone_device_data = dmem->free;
-	dmem->free = head;
+	chunk->whole = true;
+	chunk->nfree = HMM_GPU_CHUNK_PAGES;
+	list_add_tail(&chunk->node, &dmem->empty);
 	dmem->nfree += HMM_GPU_CHUNK_PAGES;
 	dmem->nchunks++;
 	spin_unlock_irq(&dmem->lock);
@@ -491,11 +743,14 @@ static long hmm_gpu_dmem_evict_chunk(struct hmm_gpu_chunk *chunk)
 	}
 	/* CPU PTEs become migration entries: the notifier (CLEAR) zaps the device's. */
 	migrate_device_range(src, chunk->pfn_first, HMM_GPU_CHUNK_PAGES);
-	/* The notifier (CLEAR, not ours) fenced the device's translations. */
+	/*
+	 * The notifier (CLEAR, not ours) fenced the device's translations. A
+	 * 2 MiB folio needs a 2 MiB system folio: migrate_device_pages()
+	 * cannot split it.
+	 */
 	hmm_gpu_batch_init(&batch, 0);
-	ret = hmm_gpu_dmem_copy_to_sys(gdev, NULL, 0, src, dst, HMM_GPU_CHUNK_PAGES, &batch);
-	if (ret < 0)
-		memset(dst, 0, HMM_GPU_CHUNK_PAGES * sizeof(*dst));
+	ret = hmm_gpu_dmem_copy_to_sys(gdev, NULL, 0, src, dst, HMM_GPU_CHUNK_PAGES, true,
+				       &batch);
 	migrate_device_pages(src, dst, HMM_GPU_CHUNK_PAGES);
 	migrate_device_finalize(src, dst, HMM_GPU_CHUNK_PAGES);
 out:
@@ -513,65 +768,102 @@ static struct hmm_gpu_chunk *hmm_gpu_dmem_victim(struct hmm_gpu_dmem *dmem)
 	for (i = 0; i < dmem->nchunks; i++) {
 		struct hmm_gpu_chunk *c = &dmem->chunks[i];
 
-		if (c->used && (!victim || c->lru < victim->lru))
+		if (c->nfree < HMM_GPU_CHUNK_PAGES && !c->held && (!victim || c->lru < victim->lru))
 			victim = c;
 	}
 	return victim;
 }
 
 /*
- * Reserve up to @n free device pages into @res (not initialised: they stay
- * off the free list until used or handed back). Registers chunks and evicts
- * as needed. Returns the pages reserved (> 0) or an error.
+ * Make room when no chunk can give what is asked: register the next chunk,
+ * else (for base pages) clean a stale empty chunk, else evict the least
+ * recently migrated chunk. Returns 0 to retry, or an error.
  */
-long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n)
+static int hmm_gpu_dmem_make_room(struct hmm_gpu_dev *gdev, bool base)
+{
+	struct hmm_gpu_dmem *dmem = &gdev->dmem;
+	struct hmm_gpu_chunk *stale = NULL, *victim = NULL;
+	long ret;
+
+	mutex_lock(&dmem->evict_lock);
+	ret = hmm_gpu_dmem_add_chunk(gdev);
+	if (ret != -ENOSPC)
+		goto out;
+	spin_lock_irq(&dmem->lock);
+	if (base)
+		stale = hmm_gpu_dmem_hold(dmem, true);
+	if (!stale)
+		victim = hmm_gpu_dmem_victim(dmem);
+	spin_unlock_irq(&dmem->lock);
+	ret = 0;
+	if (stale) {
+		hmm_gpu_dmem_clean(dmem, stale);
+		spin_lock_irq(&dmem->lock);
+		hmm_gpu_dmem_unhold(dmem, stale);
+		spin_unlock_irq(&dmem->lock);
+	} else if (victim) {
+		ret = hmm_gpu_dmem_evict_chunk(victim);
+		if (ret >= 0) {
+			spin_lock_irq(&dmem->lock);
+			dmem->stats.evictions++;
+			dmem->stats.pages_evicted += ret;
+			spin_unlock_irq(&dmem->lock);
+		}
+	} else {
+		/* Everything is reserved by migrations in flight. */
+		ret = -ENOMEM;
+	}
+out:
+	mutex_unlock(&dmem->evict_lock);
+	return ret < 0 ? ret : 0;
+}
+
+/*
+ * Reserve device memory for a migration of @n pages into @res: with @huge
+ * (an aligned 2 MiB that may be a THP) a whole chunk if the kernel and the
+ * device allow 2 MiB device folios, else up to @n base pages (not
+ * initialised: they stay off the free lists until used or handed back).
+ * Registers chunks and evicts as needed. Returns the pages reserved (> 0)
+ * or an error.
+ */
+long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct hmm_gpu_res *res, unsigned long n,
+			  bool huge)
 {
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
 	unsigned long got = 0;
-	int tries = 0;
+	int tries;
 	long ret = 0;
 
+	res->n = 0;
+	res->chunk = NULL;
 	if (!dmem->max_chunks)
 		return -EOPNOTSUPP;
-	for (;;) {
-		struct hmm_gpu_chunk *victim;
+	for (tries = 0; huge && READ_ONCE(dmem->thp) && n == HMM_GPU_CHUNK_PAGES && tries < 8;
+	     tries++) {
+		spin_lock_irq(&dmem->lock);
+		if (!dmem->closing)
+			res->chunk = hmm_gpu_dmem_hold(dmem, false);
+		spin_unlock_irq(&dmem->lock);
+		if (res->chunk)
+			return HMM_GPU_CHUNK_PAGES;
+		if (dmem->closing || hmm_gpu_dmem_make_room(gdev, false))
+			break;
+	}
+	for (tries = 0; ; tries++) {
+		struct hmm_gpu_chunk *chunk;
 
 		spin_lock_irq(&dmem->lock);
 		if (dmem->closing) {
 			spin_unlock_irq(&dmem->lock);
 			break;
 		}
-		while (got < n && dmem->free) {
-			struct page *page = dmem->free;
-
-			dmem->free = page->zone_device_data;
-			dmem->nfree--;
-			hmm_gpu_page_chunk(page)->used++;
-			res[got++] = page;
-		}
+		while (got < n && (chunk = hmm_gpu_dmem_small_chunk(dmem)))
+			res->pages[got++] = hmm_gpu_chunk_pop(dmem, chunk);
 		spin_unlock_irq(&dmem->lock);
-		if (got == n || tries++ >= 8)
+		res->n = got;
+		if (got == n || tries >= 8)
 			break;
-
-		mutex_lock(&dmem->evict_lock);
-		ret = hmm_gpu_dmem_add_chunk(gdev);
-		if (ret == -ENOSPC) {
-			/* VRAM full: evict the least recently migrated chunk. */
-			spin_lock_irq(&dmem->lock);
-			victim = dmem->nfree ? NULL : hmm_gpu_dmem_victim(dmem);
-			ret = dmem->nfree ? 0 : -ENOMEM;
-			spin_unlock_irq(&dmem->lock);
-			if (victim) {
-				ret = hmm_gpu_dmem_evict_chunk(victim);
-				if (ret >= 0) {
-					spin_lock_irq(&dmem->lock);
-					dmem->stats.evictions++;
-					dmem->stats.pages_evicted += ret;
-					spin_unlock_irq(&dmem->lock);
-				}
-			}
-		}
-		mutex_unlock(&dmem->evict_lock);
+		ret = hmm_gpu_dmem_make_room(gdev, true);
 		if (ret < 0)
 			break;
 	}
@@ -580,20 +872,20 @@ long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned 
 	return ret < 0 ? ret : -ENOMEM;
 }
 
-/* Hand back reserved pages that were not used. */
-void hmm_gpu_dmem_unreserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n)
+/* Hand back what a migration reserved and did not use. */
+void hmm_gpu_dmem_unreserve(struct hmm_gpu_dev *gdev, struct hmm_gpu_res *res)
 {
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
 	unsigned long i;
 
 	spin_lock_irq(&dmem->lock);
-	for (i = 0; i < n; i++) {
-		res[i]->zone_device_data = dmem->free;
-		dmem->free = res[i];
-		dmem->nfree++;
-		hmm_gpu_page_chunk(res[i])->used--;
-	}
+	for (i = 0; i < res->n; i++)
+		hmm_gpu_chunk_push(dmem, hmm_gpu_page_chunk(res->pages[i]), res->pages[i]);
+	if (res->chunk)
+		hmm_gpu_dmem_unhold(dmem, res->chunk);
 	spin_unlock_irq(&dmem->lock);
+	res->n = 0;
+	res->chunk = NULL;
 }
 
 /* Move everything in VRAM back to system memory (RELEASE, removal). */
@@ -626,21 +918,29 @@ void hmm_gpu_dmem_stats(struct hmm_gpu_dev *gdev, struct hmm_gpu_vram_stats *st)
 	st->vram_size = dmem->vram_size;
 	st->chunks = dmem->nchunks;
 	st->vram_used = ((u64)dmem->nchunks * HMM_GPU_CHUNK_PAGES - dmem->nfree) << PAGE_SHIFT;
+	st->flags = READ_ONCE(dmem->thp) ? HMM_GPU_VRAM_F_THP : 0;
 	spin_unlock_irq(&dmem->lock);
 }
 
-/* A CPU access to a device page: bring it (and only it) back. */
+/*
+ * A CPU access to a device page: bring it back, with the rest of its 2 MiB
+ * folio if one device-private PMD maps that (vmf->pte is NULL; a 2 MiB
+ * system folio if one can be had, else base pages and the device folio is
+ * split). A PTE-mapped page of a folio comes back alone, as test_hmm does:
+ * the folio may be only partly mapped.
+ */
 static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 {
 	struct hmm_gpu_chunk *chunk = hmm_gpu_page_chunk(vmf->page);
 	struct hmm_gpu_dev *gdev = chunk->gdev;
-	unsigned long src = 0, dst = 0;
+	unsigned long nr = vmf->pte ? 1 : folio_nr_pages(page_folio(vmf->page));
+	unsigned long one_src = 0, one_dst = 0;
 	struct migrate_vma args = {
 		.vma		= vmf->vma,
-		.start		= vmf->address & PAGE_MASK,
-		.end		= (vmf->address & PAGE_MASK) + PAGE_SIZE,
-		.src		= &src,
-		.dst		= &dst,
+		.start		= ALIGN_DOWN(vmf->address, nr << PAGE_SHIFT),
+		.end		= ALIGN_DOWN(vmf->address, nr << PAGE_SHIFT) + (nr << PAGE_SHIFT),
+		.src		= &one_src,
+		.dst		= &one_dst,
 		.pgmap_owner	= gdev,
 		.flags		= MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
 		.fault_page	= vmf->page,
@@ -651,17 +951,29 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 	bool unmap;
 	long ret;
 
-	if (migrate_vma_setup(&args))
-		return VM_FAULT_SIGBUS;
+	if (nr > 1) {
+		args.src = kcalloc(nr, sizeof(*args.src), GFP_KERNEL);
+		args.dst = kcalloc(nr, sizeof(*args.dst), GFP_KERNEL);
+		args.flags |= HMM_GPU_SELECT_COMPOUND;
+		if (!args.src || !args.dst) {
+			vret = VM_FAULT_OOM;
+			goto out;
+		}
+	}
+	if (migrate_vma_setup(&args)) {
+		vret = VM_FAULT_SIGBUS;
+		goto out;
+	}
 	/*
 	 * The notifier leaves our own migration to us: one doorbell for the
 	 * TLB invalidations and the copy behind them.
 	 */
 	hmm_gpu_batch_init(&batch, 0);
 	nfences = hmm_gpu_svm_zap_migrating(gdev, vmf->vma->vm_mm, &args, &batch, &unmap);
-	ret = hmm_gpu_dmem_copy_to_sys(gdev, vmf->vma, args.start, &src, &dst, 1, &batch);
+	ret = hmm_gpu_dmem_copy_to_sys(gdev, vmf->vma, args.start, args.src, args.dst, nr, true,
+				       &batch);
 	hmm_gpu_svm_unmap_migrating(gdev, vmf->vma->vm_mm, &args, &batch, nfences, unmap);
-	if (ret < 0 && (src & MIGRATE_PFN_MIGRATE))
+	if (ret < 0 && (args.src[0] & MIGRATE_PFN_MIGRATE))
 		vret = VM_FAULT_SIGBUS;
 	migrate_vma_pages(&args);
 	migrate_vma_finalize(&args);
@@ -669,11 +981,16 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 	spin_lock_irq(&gdev->dmem.lock);
 	gdev->dmem.stats.cpu_faults++;
 	spin_unlock_irq(&gdev->dmem.lock);
+out:
+	if (nr > 1) {
+		kfree(args.src);
+		kfree(args.dst);
+	}
 	return vret;
 }
 
 static const struct dev_pagemap_ops hmm_gpu_dmem_ops = {
-	HMM_GPU_PAGE_FREE_OP(hmm_gpu_dmem_page_free),
+	HMM_GPU_PAGE_FREE_OP(hmm_gpu_dmem_folio_free),
 	.migrate_to_ram	= hmm_gpu_dmem_migrate_to_ram,
 };
 
@@ -685,6 +1002,8 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 
 	spin_lock_init(&dmem->lock);
 	mutex_init(&dmem->evict_lock);
+	INIT_LIST_HEAD(&dmem->partial);
+	INIT_LIST_HEAD(&dmem->empty);
 	if (!(gdev->caps & HMM_GPU_CAP_VRAM))
 		return 0;
 	size = hmm_gpu_read(gdev, HMM_GPU_REG_VRAM_SIZE_LO);
@@ -697,6 +1016,8 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 	dmem->max_chunks = min_t(u64, size / HMM_GPU_CHUNK_SIZE, HMM_GPU_MAX_CHUNKS);
 	if (!dmem->max_chunks)
 		return 0;
+	/* A chunk is a PMD's worth: one device-private THP. */
+	dmem->thp = hmm_gpu_has_device_thp() && HMM_GPU_CHUNK_SIZE == PMD_SIZE;
 	dmem->chunks = kcalloc(dmem->max_chunks, sizeof(*dmem->chunks), GFP_KERNEL);
 	dmem->blocks = kcalloc(DIV_ROUND_UP(dmem->max_chunks, HMM_GPU_BLOCK_CHUNKS),
 			       sizeof(*dmem->blocks), GFP_KERNEL);

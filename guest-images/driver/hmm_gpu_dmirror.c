@@ -92,13 +92,16 @@ static long hmm_gpu_dmirror_ioctl(struct file *file, unsigned int cmd, unsigned 
 		break;
 	case HMM_GPU_DMIRROR_FLAGS:
 		/*
-		 * FAIL_ALLOC makes test_hmm fail its next THP allocation in
-		 * device memory so the migration falls back to base pages:
-		 * what hmm_gpu always does (it has no device THPs).
+		 * FAIL_ALLOC: the next 2 MiB migration (either way) falls back
+		 * to base pages, as if the 2 MiB allocation had failed.
 		 */
 		if (copy_from_user(&c, uarg, sizeof(c)))
 			return -EFAULT;
-		return c.npages & ~HMM_GPU_DMIRROR_FLAG_FAIL_ALLOC ? -EINVAL : 0;
+		if (c.npages & ~HMM_GPU_DMIRROR_FLAG_FAIL_ALLOC)
+			return -EINVAL;
+		if (c.npages & HMM_GPU_DMIRROR_FLAG_FAIL_ALLOC)
+			hmm_gpu_svm_fail_next_alloc(df->svm);
+		return 0;
 	default:
 		return -EINVAL;
 	}

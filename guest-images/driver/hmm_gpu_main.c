@@ -362,6 +362,19 @@ static int hmm_gpu_stats_show(struct seq_file *s, void *unused)
 	seq_printf(s, "hw_cplq_tail: %u\n", hmm_gpu_read(gdev, HMM_GPU_REG_CPLQ_TAIL));
 	seq_printf(s, "hw_faultq_tail: %u\n", hmm_gpu_read(gdev, HMM_GPU_REG_FAULTQ_TAIL));
 	seq_printf(s, "hw_stalled: %u\n", hmm_gpu_read(gdev, HMM_GPU_REG_STALLED));
+	if (gdev->dmem.max_chunks) {
+		struct hmm_gpu_vram_stats vs;
+
+		hmm_gpu_dmem_stats(gdev, &vs);
+		seq_printf(s, "vram_used: %llu\n", vs.vram_used);
+		seq_printf(s, "vram_chunks: %llu\n", vs.chunks);
+		seq_printf(s, "vram_pages_to_dev: %llu\n", vs.pages_to_dev);
+		seq_printf(s, "vram_pages_to_sys: %llu\n", vs.pages_to_sys);
+		seq_printf(s, "vram_thp_to_dev: %llu\n", vs.thp_to_dev);
+		seq_printf(s, "vram_thp_to_sys: %llu\n", vs.thp_to_sys);
+		seq_printf(s, "vram_cpu_faults: %llu\n", vs.cpu_faults);
+		seq_printf(s, "vram_evictions: %llu\n", vs.evictions);
+	}
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(hmm_gpu_stats);
@@ -477,6 +490,7 @@ static int hmm_gpu_check_hw(struct hmm_gpu_dev *gdev)
 		return -ENODEV;
 	}
 	gdev->irq_late = (gdev->hw_version & 0xffff) >= 3;
+	gdev->migrate_inv = gdev->irq_late;
 	gdev->caps = hmm_gpu_read(gdev, HMM_GPU_REG_CAPS);
 	if (!(gdev->caps & HMM_GPU_CAP_DMA_ENGINE)) {
 		dev_err(dev, "no DMA engine (caps %#x)\n", gdev->caps);
@@ -500,6 +514,34 @@ static int hmm_gpu_check_hw(struct hmm_gpu_dev *gdev)
 		return -ENODEV;
 	}
 	return 0;
+}
+
+/*
+ * Shared virtual memory keeps a streaming DMA mapping for as long as the
+ * device translates a page, with no dma_sync_*() in between: it needs DMA
+ * that reaches the pages themselves. Where the DMA layer bounces through
+ * swiotlb (swiotlb=force, or a DMA mask below the memory), the device would
+ * read and write a bounce copy and the CPU would never see its writes: SVM
+ * is refused then (jobs on DMA buffers and VRAM migration still work, they
+ * map, copy and unmap). Probed with one mapping; each SVM mapping is checked
+ * again (hmm_gpu_pt.c), for a mask that bounces only high pages.
+ */
+static void hmm_gpu_dma_probe(struct hmm_gpu_dev *gdev)
+{
+	struct device *dev = &gdev->pdev->dev;
+	struct page *page = alloc_page(GFP_KERNEL);
+	dma_addr_t map;
+
+	if (!page)
+		return;
+	map = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+	if (!dma_mapping_error(dev, map)) {
+		gdev->dma_bounces = hmm_gpu_dma_bounced(dev, map);
+		dma_unmap_page(dev, map, PAGE_SIZE, DMA_BIDIRECTIONAL);
+	}
+	__free_page(page);
+	if (gdev->dma_bounces)
+		dev_warn(dev, "streaming DMA is bounced (swiotlb): shared virtual memory refused, the device would work on bounce copies\n");
 }
 
 static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -559,6 +601,7 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_ida;
 	}
 	dma_set_max_seg_size(dev, gdev->max_xfer);
+	hmm_gpu_dma_probe(gdev);
 
 	/* Start from a known state, whatever firmware or a previous driver did. */
 	hmm_gpu_hw_reset(gdev);

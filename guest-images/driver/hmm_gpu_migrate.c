@@ -26,8 +26,8 @@ static void hmm_gpu_svm_clear_migrating(struct hmm_gpu_svm *svm, const struct mi
 			i++;
 			continue;
 		}
-		for (j = i + 1; j < args->npages && (args->src[j] & MIGRATE_PFN_MIGRATE); j++)
-			;
+		for (j = i; j < args->npages && (args->src[j] & MIGRATE_PFN_MIGRATE); )
+			j += hmm_gpu_migrate_entry_pages(args->src[j], args->npages - j);
 		hmm_gpu_pt_clear(svm, args->start + (i << PAGE_SHIFT),
 				 min_t(u64, args->start + (j << PAGE_SHIFT), svm->va_end), z);
 		i = j;
@@ -41,8 +41,10 @@ static void hmm_gpu_svm_clear_migrating(struct hmm_gpu_svm *svm, const struct mi
  * into @batch. The caller queues the copy behind them and rings once: the
  * device fetches in ring order, so the invalidations are done before the
  * copy starts, and a device access before them only changes data the copy
- * then carries over. Pages that stay where they are (already in VRAM, not
- * collected) keep their translations. Returns the invalidations queued;
+ * then carries over. On a 1.3 device the MIGRATE itself carries the first
+ * invalidation (batch->inv_*), so a CPU fault is one command. Pages that
+ * stay where they are (already in VRAM, not collected) keep their
+ * translations. Returns the separate invalidations queued;
  * *@unmap says whether hmm_gpu_svm_unmap_migrating() has DMA mappings to
  * drop once the batch is done (VRAM pages have none).
  */
@@ -66,9 +68,17 @@ unsigned int hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struc
 			hmm_gpu_svm_clear_migrating(svm, args, &z);
 		if (z.pages) {
 			svm->stats.invalidations++;
-			if (!hmm_gpu_tlb_queue(gdev, batch, svm->ctx, args->start,
-					       args->end - args->start))
+			if (gdev->migrate_inv && !batch->inv_len) {
+				/* The copy's own command carries the first one. */
+				batch->inv_ctx = svm->ctx;
+				batch->inv_va = args->start;
+				batch->inv_len = args->end - args->start;
+				svm->stats.tlb_invalidates++;
+			} else if (!hmm_gpu_tlb_queue(gdev, batch, svm->ctx, args->start,
+						      args->end - args->start)) {
 				n++;
+				svm->stats.tlb_invalidates++;
+			}
 			*unmap |= z.unmap;
 		}
 		mutex_unlock(&svm->lock);
@@ -87,10 +97,12 @@ void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
 				 const struct migrate_vma *args, struct hmm_gpu_batch *batch,
 				 unsigned int nfences, bool unmap)
 {
-	bool fenced = nfences && hmm_gpu_fences_done(gdev, batch, nfences);
 	struct hmm_gpu_svm *svm;
 
-	if (!unmap && !fenced)
+	/* A failed fence resets the device: after that nothing stale is cached. */
+	if (nfences)
+		hmm_gpu_fences_done(gdev, batch, nfences);
+	if (!unmap)
 		return;
 	down_read(&gdev->svms_sem);
 	list_for_each_entry(svm, &gdev->svms, node) {
@@ -104,40 +116,50 @@ void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
 		z.unmap = unmap;
 		mutex_lock(&svm->lock);
 		hmm_gpu_pt_release(svm, &z);
-		svm->stats.tlb_invalidates += fenced;
 		mutex_unlock(&svm->lock);
 	}
 	up_read(&gdev->svms_sem);
 }
 
 /*
- * Map the device pages a migration to VRAM just filled: PTE_VRAM leaves,
- * unless the range was invalidated since @seq (the device then faults).
+ * Map the device memory a migration to VRAM just filled: PTE_VRAM leaves,
+ * 2 MiB for a 2 MiB device folio, unless the range was invalidated since
+ * @seq (the device then faults).
  */
 static void hmm_gpu_svm_map_migrated(struct hmm_gpu_svm *svm, const struct migrate_vma *args,
 				     unsigned long seq)
 {
+	bool huge = args->dst[0] & HMM_GPU_MIGRATE_PFN_COMPOUND;
 	struct hmm_gpu_zap z;
-	unsigned long i;
+	unsigned long i, nr;
 
-	if (hmm_gpu_pt_prepare(svm, args->start, 0))
+	if (hmm_gpu_pt_prepare(svm, args->start, huge ? 1 : 0))
 		return;
 	hmm_gpu_zap_init(&z, false);
 	mutex_lock(&svm->lock);
 	if (svm->dead || mmu_interval_read_retry(&svm->notifier, seq))
 		goto out;
-	for (i = 0; i < args->npages; i++) {
+	for (i = 0; i < args->npages; i += nr) {
 		struct page *page = migrate_pfn_to_page(args->dst[i]);
+		bool write = args->dst[i] & MIGRATE_PFN_WRITE;
+		u64 va = args->start + (i << PAGE_SHIFT);
 
+		nr = 1;
 		if (!page || !(args->src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (!hmm_gpu_pt_set_vram(svm, args->start + (i << PAGE_SHIFT), page,
-					 args->dst[i] & MIGRATE_PFN_WRITE, &z))
+		if (args->dst[i] & HMM_GPU_MIGRATE_PFN_COMPOUND) {
+			/* Or the device faults, and maps what the CPU maps then. */
+			nr = hmm_gpu_migrate_entry_pages(args->dst[i], args->npages - i);
+			if (hmm_gpu_pt_set_vram_huge(svm, va, page, write, &z))
+				svm->stats.pages_mapped += nr;
+			continue;
+		}
+		if (!hmm_gpu_pt_set_vram(svm, va, page, write, &z))
 			break;
 		svm->stats.pages_mapped++;
 	}
 	/* Anything that was in the way went: one fence for all of it. */
-	if (z.pages) {
+	if (z.pages || !list_empty(&z.detached)) {
 		if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, z.start, z.end - z.start))
 			svm->stats.tlb_invalidates++;
 		hmm_gpu_pt_release(svm, &z);
@@ -146,17 +168,33 @@ out:
 	mutex_unlock(&svm->lock);
 }
 
+/* Pages a migration moved, once migrate_vma_pages() has run. */
+static long hmm_gpu_migrated_pages(const struct migrate_vma *args)
+{
+	unsigned long i, nr;
+	long n = 0;
+
+	for (i = 0; i < args->npages; i += nr) {
+		nr = hmm_gpu_migrate_entry_pages(args->src[i], args->npages - i);
+		if ((args->src[i] & MIGRATE_PFN_MIGRATE) && args->dst[i])
+			n += nr;
+	}
+	return n;
+}
+
 /*
  * Migrate [start, end) (one VMA, one level-0 table, at most
- * HMM_GPU_MIGRATE_MAX_PAGES) to VRAM. mmap_lock held for read. Returns the
+ * HMM_GPU_MIGRATE_MAX_PAGES) to VRAM: an aligned 2 MiB as one device folio
+ * where the kernel and VRAM allow. mmap_lock held for read. Returns the
  * pages migrated or an error.
  */
 static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_struct *vma,
 				      u64 start, u64 end, unsigned long *src,
-				      unsigned long *dst, struct page **res)
+				      unsigned long *dst, struct page **pages)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
+	bool huge = IS_ALIGNED(start, PMD_SIZE) && end - start == PMD_SIZE && gdev->dmem.thp;
 	struct migrate_vma args = {
 		.vma		= vma,
 		.start		= start,
@@ -166,16 +204,22 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 		.pgmap_owner	= gdev,
 		.flags		= MIGRATE_VMA_SELECT_SYSTEM,
 	};
-	unsigned long nres, i, seq;
+	struct hmm_gpu_res res = { .pages = pages };
 	struct hmm_gpu_batch batch;
 	unsigned int nfences;
+	unsigned long seq;
 	bool unmap;
 	long ret;
 
-	ret = hmm_gpu_dmem_reserve(gdev, res, npages);
+	if (huge)
+		args.flags |= HMM_GPU_SELECT_COMPOUND;
+	/* FAIL_ALLOC (dmirror FLAGS): this THP goes to base pages. */
+	if (huge && test_and_clear_bit(HMM_GPU_SVM_FAIL_ALLOC, &svm->flags))
+		ret = hmm_gpu_dmem_reserve(gdev, &res, npages, false);
+	else
+		ret = hmm_gpu_dmem_reserve(gdev, &res, npages, huge);
 	if (ret < 0)
 		return ret;
-	nres = ret;
 	hmm_gpu_race_window();
 
 	ret = migrate_vma_setup(&args);
@@ -196,26 +240,24 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 	/* No device access to the old pages once the copy starts. */
 	hmm_gpu_batch_init(&batch, 0);
 	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch, &unmap);
-	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, res, &nres, &batch);
+	ret = hmm_gpu_dmem_copy_to_dev(gdev, vma, src, dst, npages, &res, &batch);
 	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences, unmap);
-	if (ret < 0)
-		memset(dst, 0, npages * sizeof(*dst));
 	migrate_vma_pages(&args);
 	if (ret >= 0) {
 		hmm_gpu_svm_map_migrated(svm, &args, seq);
 		hmm_gpu_dmem_touch(gdev, dst, npages);
-		ret = 0;
-		for (i = 0; i < npages; i++)
-			if ((src[i] & MIGRATE_PFN_MIGRATE) && dst[i])
-				ret++;
+		ret = hmm_gpu_migrated_pages(&args);
 	}
 	migrate_vma_finalize(&args);
 out:
-	hmm_gpu_dmem_unreserve(gdev, res, nres);
+	hmm_gpu_dmem_unreserve(gdev, &res);
 	return ret;
 }
 
-/* Migrate [start, end) (one VMA, <= HMM_GPU_MIGRATE_MAX_PAGES) back to RAM. */
+/*
+ * Migrate [start, end) (one VMA, <= HMM_GPU_MIGRATE_MAX_PAGES) back to RAM,
+ * a 2 MiB device folio to a 2 MiB system folio where one can be had.
+ */
 static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_struct *vma,
 				      u64 start, u64 end, unsigned long *src,
 				      unsigned long *dst)
@@ -233,10 +275,11 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 	};
 	struct hmm_gpu_batch batch;
 	unsigned int nfences;
-	unsigned long i;
 	bool unmap;
 	long ret;
 
+	if (gdev->dmem.thp)
+		args.flags |= HMM_GPU_SELECT_COMPOUND;
 	ret = migrate_vma_setup(&args);
 	if (ret)
 		return ret;
@@ -246,19 +289,21 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 	}
 	hmm_gpu_batch_init(&batch, 0);
 	nfences = hmm_gpu_svm_zap_migrating(gdev, vma->vm_mm, &args, &batch, &unmap);
-	ret = hmm_gpu_dmem_copy_to_sys(gdev, vma, start, src, dst, npages, &batch);
+	ret = hmm_gpu_dmem_copy_to_sys(gdev, vma, start, src, dst, npages,
+				       !test_and_clear_bit(HMM_GPU_SVM_FAIL_ALLOC, &svm->flags),
+				       &batch);
 	hmm_gpu_svm_unmap_migrating(gdev, vma->vm_mm, &args, &batch, nfences, unmap);
-	if (ret < 0)
-		memset(dst, 0, npages * sizeof(*dst));
 	migrate_vma_pages(&args);
-	if (ret >= 0) {
-		ret = 0;
-		for (i = 0; i < npages; i++)
-			if ((src[i] & MIGRATE_PFN_VALID) && (src[i] & MIGRATE_PFN_MIGRATE))
-				ret++;
-	}
+	if (ret >= 0)
+		ret = hmm_gpu_migrated_pages(&args);
 	migrate_vma_finalize(&args);
 	return ret;
+}
+
+/* The next 2 MiB migration of @svm, either way, goes to base pages. */
+void hmm_gpu_svm_fail_next_alloc(struct hmm_gpu_svm *svm)
+{
+	set_bit(HMM_GPU_SVM_FAIL_ALLOC, &svm->flags);
 }
 
 /*

@@ -197,8 +197,11 @@ static void hmm_gpu_leaf_clear(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 
 /*
  * Clear the leaves of @pt (covering @base..) that overlap [start, end). With
- * z->reclaim, a table whose whole span lies in the range and that is empty
- * afterwards is detached from @pt and queued on z->detached.
+ * z->reclaim, a table the range reaches into that is empty afterwards is
+ * detached from @pt and queued on z->detached, even if the range covers
+ * only part of its span (an unaligned munmap empties the tables at its
+ * ends too). A table someone just prepared for a mapping outside the range
+ * may go with it: callers look their table up again under svm->lock.
  */
 static void hmm_gpu_pt_clear_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 				   u64 base, u64 start, u64 end, struct hmm_gpu_zap *z)
@@ -218,11 +221,14 @@ static void hmm_gpu_pt_clear_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 
 		if (child) {
 			hmm_gpu_pt_clear_level(svm, child, va, start, end, z);
-			if (z->reclaim && !child->nr && va >= start && va + span <= end) {
+			if (z->reclaim && !child->nr) {
 				WRITE_ONCE(pt->cpu[i], 0);
 				pt->child[i] = NULL;
 				pt->nr--;
 				list_add_tail(&child->detached, &z->detached);
+				/* The fence covers every walk that could be in it. */
+				z->start = min(z->start, va);
+				z->end = max(z->end, va + span);
 			}
 		} else if (pt->level <= 1 && pt->page[i]) {
 			hmm_gpu_leaf_clear(svm, pt, i, va, z);
@@ -300,8 +306,8 @@ void hmm_gpu_pt_release(struct hmm_gpu_svm *svm, struct hmm_gpu_zap *z)
  * Remove the device's translations of [start, end): clear, TLB_INVALIDATE
  * and wait for it, release. hmm_gpu_tlb_fence() resets the device if the
  * fence cannot be had, so the release never runs while a stale translation
- * may be in use. @reclaim: free the tables whose whole span the range
- * covers (munmap). Returns the pages whose translation went.
+ * may be in use. @reclaim: free the tables the range leaves empty
+ * (munmap). Returns the pages whose translation went.
  */
 unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end, bool reclaim)
 {
@@ -311,6 +317,9 @@ unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end, bool 
 	hmm_gpu_pt_clear(svm, start, end, &z);
 	if (!z.pages && list_empty(&z.detached))
 		return 0;
+	/* Detached tables widen z's range to their whole span. */
+	start = min(start, z.start);
+	end = max(end, z.end);
 	if (!hmm_gpu_tlb_fence(svm->gdev, svm->ctx, start, end - start))
 		svm->stats.tlb_invalidates++;
 	hmm_gpu_pt_release(svm, &z);
@@ -341,6 +350,23 @@ unsigned long hmm_gpu_pt_count(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt, u
 }
 
 /* ---- writing leaves ------------------------------------------------------ */
+
+/*
+ * A DMA mapping of @size at @page that the device may keep using: none
+ * (DMA_MAPPING_ERROR) if the DMA layer bounced it (see hmm_gpu_dma_probe()).
+ */
+static dma_addr_t hmm_gpu_pt_dma_map(struct hmm_gpu_svm *svm, struct page *page, size_t size)
+{
+	struct device *dev = &svm->gdev->pdev->dev;
+	dma_addr_t map = dma_map_page(dev, page, 0, size, DMA_BIDIRECTIONAL);
+
+	if (dma_mapping_error(dev, map) || !hmm_gpu_dma_bounced(dev, map))
+		return map;
+	dma_unmap_page(dev, map, size, DMA_BIDIRECTIONAL);
+	dev_err_ratelimited(dev, "ctx %u: page %#lx bounced by swiotlb: not mapped\n",
+			    svm->ctx, page_to_pfn(page));
+	return DMA_MAPPING_ERROR;
+}
 
 /* Write leaf @i of @pt. */
 static void hmm_gpu_leaf_set(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt, unsigned int i,
@@ -404,20 +430,21 @@ static void hmm_gpu_zap_finish(struct hmm_gpu_svm *svm, struct hmm_gpu_zap *z)
  */
 static bool hmm_gpu_pfns_huge(struct hmm_gpu_svm *svm, const unsigned long *pfns)
 {
-	unsigned long first = pfns[0], i;
+	unsigned long first = pfns[0], pfn, i;
 	struct page *head;
 
 	if (!(first & HMM_PFN_VALID) ||
 	    hmm_pfn_to_map_order(first) < HMM_GPU_PT_SHIFT(1) - PAGE_SHIFT)
 		return false;
+	head = hmm_pfn_to_page(first);
+	pfn = page_to_pfn(head);
+	if (!IS_ALIGNED(pfn, HMM_GPU_HUGE_PAGES))
+		return false;
 	for (i = 1; i < HMM_GPU_HUGE_PAGES; i++)
-		if (hmm_pfn_to_page(pfns[i]) != nth_page(hmm_pfn_to_page(first), i) ||
+		if (page_to_pfn(hmm_pfn_to_page(pfns[i])) != pfn + i ||
 		    (pfns[i] & (HMM_PFN_VALID | HMM_PFN_WRITE)) !=
 		    (first & (HMM_PFN_VALID | HMM_PFN_WRITE)))
 			return false;
-	head = hmm_pfn_to_page(first);
-	if (!IS_ALIGNED(page_to_pfn(head), HMM_GPU_HUGE_PAGES))
-		return false;
 	if (is_device_private_page(head))
 		return hmm_gpu_dmem_page_local(svm->gdev, head) &&
 		       IS_ALIGNED(hmm_gpu_dmem_vram_offset(head), HMM_GPU_PT_SPAN(1));
@@ -462,7 +489,7 @@ static long hmm_gpu_write_huge(struct hmm_gpu_svm *svm, u64 va, const unsigned l
 	if (pt->page[i]) {
 		map = pt->map[i];
 	} else if (!is_device_private_page(head)) {
-		map = dma_map_page(dev, head, 0, HMM_GPU_PT_SPAN(1), DMA_BIDIRECTIONAL);
+		map = hmm_gpu_pt_dma_map(svm, head, HMM_GPU_PT_SPAN(1));
 		if (dma_mapping_error(dev, map))
 			return 0;
 	}
@@ -550,7 +577,7 @@ long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, u64 start, u64 end,
 		if (pt->page[i]) {
 			map = pt->map[i];
 		} else {
-			map = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+			map = hmm_gpu_pt_dma_map(svm, page, PAGE_SIZE);
 			if (dma_mapping_error(dev, map))
 				break;
 			(*fresh)++;
@@ -590,6 +617,40 @@ bool hmm_gpu_pt_set_vram(struct hmm_gpu_svm *svm, u64 va, struct page *page, boo
 	return true;
 }
 
+/*
+ * Map the 2 MiB device folio @head of ours at @va (2 MiB aligned) with one
+ * level-1 leaf, clearing what was there into @z, which the caller fences
+ * and releases; an empty level-0 table there goes too. The level-1 table
+ * must exist, and no 4 KiB leaf may be left below: false if either is not
+ * so.
+ */
+bool hmm_gpu_pt_set_vram_huge(struct hmm_gpu_svm *svm, u64 va, struct page *head, bool write,
+			      struct hmm_gpu_zap *z)
+{
+	struct hmm_gpu_pt *pt = hmm_gpu_pt_find(svm, va, 1);
+	unsigned int i = hmm_gpu_pt_index(va, 1);
+	struct hmm_gpu_pt *child;
+
+	if (!pt)
+		return false;
+	child = pt->child[i];
+	if (child) {
+		if (child->nr)
+			return false;
+		WRITE_ONCE(pt->cpu[i], 0);
+		pt->child[i] = NULL;
+		pt->nr--;
+		list_add_tail(&child->detached, &z->detached);
+		z->start = min(z->start, va);
+		z->end = max(z->end, va + HMM_GPU_PT_SPAN(1));
+	} else if (pt->page[i]) {
+		hmm_gpu_leaf_clear(svm, pt, i, va, z);
+	}
+	hmm_gpu_leaf_set(svm, pt, i, head, 0, hmm_gpu_vram_pte(head, write) | HMM_GPU_PTE_LEAF);
+	svm->stats.huge_mapped++;
+	return true;
+}
+
 /* Whether the 4 KiB leaf at @va already maps @page (and may stay). */
 bool hmm_gpu_svm_excl_keeps(struct hmm_gpu_svm *svm, u64 va, struct page *page)
 {
@@ -625,7 +686,7 @@ int hmm_gpu_pt_set_exclusive(struct hmm_gpu_svm *svm, u64 va, struct page *page)
 	if (pt->page[i]) {
 		map = pt->map[i];
 	} else {
-		map = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+		map = hmm_gpu_pt_dma_map(svm, page, PAGE_SIZE);
 		if (dma_mapping_error(dev, map))
 			return -ENOMEM;
 	}

@@ -567,17 +567,22 @@ static void hmm_gpu_batch_abort(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *
 void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
 {
 	unsigned int ms = READ_ONCE(hmm_gpu_job_timeout_ms);
-	unsigned long deadline = jiffies + msecs_to_jiffies(ms);
-	unsigned long last = jiffies;
+	unsigned long deadline, last;
 	unsigned int seen, now, found;
-	bool killable = true;
+	bool killable = true, done;
 
 	hmm_gpu_ring(gdev);
 	spin_lock_irq(&gdev->lock);
-	if (--batch->pending == 0)
+	/* Short commands completed in the doorbell write: nothing to wait for. */
+	done = --batch->pending == 0;
+	if (done)
 		complete(&batch->done);
 	spin_unlock_irq(&gdev->lock);
+	if (done)
+		return;
 
+	deadline = jiffies + msecs_to_jiffies(ms);
+	last = jiffies;
 	/* Faults serviced for a stalled job count as progress too. */
 	seen = READ_ONCE(batch->completed) + READ_ONCE(batch->progress);
 	for (;;) {

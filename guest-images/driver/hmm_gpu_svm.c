@@ -148,6 +148,12 @@ struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struc
 
 	if (!mm)
 		return ERR_PTR(-EINVAL);
+	/* See hmm_gpu_dma_probe(). */
+	if (gdev->dma_bounces) {
+		dev_err_ratelimited(&gdev->pdev->dev,
+				    "SVM refused: streaming DMA is bounced (swiotlb)\n");
+		return ERR_PTR(-EOPNOTSUPP);
+	}
 	svm = kzalloc(sizeof(*svm), GFP_KERNEL);
 	if (!svm)
 		return ERR_PTR(-ENOMEM);

@@ -68,12 +68,16 @@ struct hmm_gpu_svm {
 	bool				dead;
 	struct hmm_gpu_pt		*root;
 	struct hmm_gpu_svm_stats	stats;
+	unsigned long			flags;	/* HMM_GPU_SVM_* bits */
 	/* READ/WRITE bounce buffer kept between calls (coherent DMA memory). */
 	struct mutex			bounce_lock;
 	void				*bounce;
 	dma_addr_t			bounce_dma;
 	size_t				bounce_size;
 };
+
+/* The next 2 MiB migration uses base pages (dmirror FLAGS: FAIL_ALLOC). */
+#define HMM_GPU_SVM_FAIL_ALLOC	0
 
 struct hmm_gpu_range {
 	u64	start;
@@ -117,6 +121,8 @@ unsigned long hmm_gpu_pt_count(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt, u
 unsigned long hmm_gpu_svm_zap(struct hmm_gpu_svm *svm, u64 start, u64 end, bool reclaim);
 long hmm_gpu_svm_write_ptes(struct hmm_gpu_svm *svm, u64 start, u64 end,
 			    const unsigned long *pfns, u64 *fresh);
+bool hmm_gpu_pt_set_vram_huge(struct hmm_gpu_svm *svm, u64 va, struct page *head, bool write,
+			      struct hmm_gpu_zap *z);
 bool hmm_gpu_pt_set_vram(struct hmm_gpu_svm *svm, u64 va, struct page *page, bool write,
 			 struct hmm_gpu_zap *z);
 int hmm_gpu_pt_set_exclusive(struct hmm_gpu_svm *svm, u64 va, struct page *page);

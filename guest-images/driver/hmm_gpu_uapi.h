@@ -201,8 +201,17 @@ struct hmm_gpu_vram_stats {
 	__u64	cpu_faults;	/* migrate_to_ram calls */
 	__u64	evictions;	/* chunks evicted under VRAM pressure */
 	__u64	pages_evicted;	/* pages those evictions moved */
-	__u64	rsvd[8];
+	__u64	thp_to_dev;	/* of pages_to_dev: 2 MiB folios, moved whole */
+	__u64	thp_to_sys;	/* of pages_to_sys: 2 MiB folios, moved whole */
+	__u64	flags;		/* HMM_GPU_VRAM_F_* */
+	__u64	rsvd[5];
 };
+
+/*
+ * A THP migrates as one 2 MiB device folio (one device-private PMD on the
+ * CPU, one 2 MiB leaf on the device): kernels with MIGRATE_VMA_SELECT_COMPOUND.
+ */
+#define HMM_GPU_VRAM_F_THP	(1ull << 0)
 
 #define HMM_GPU_IOC_MAGIC	'G'
 #define HMM_GPU_IOC_INFO	_IOWR(HMM_GPU_IOC_MAGIC, 0x00, struct hmm_gpu_info)

@@ -17,6 +17,21 @@
  *   to_sys:         TO_SYS moves everything back; the CPU verifies it all
  *                   without a CPU fault
  *   vram_stats:     the VRAM_STATS figures
+ * Then, on a 2 MiB-aligned THP (MADV_HUGEPAGE):
+ *   thp:            TO_DEV moves it; where the driver has device THPs
+ *                   (VRAM_STATS flags HMM_GPU_VRAM_F_THP, 6.19+) as one
+ *                   2 MiB device folio (thp_to_dev + 1) that the device maps
+ *                   with one 2 MiB leaf (SVM_STATS huge_mapped + 1); the
+ *                   device reads it without a fault; one CPU read fault
+ *                   brings all of it back as one folio (thp_to_sys + 1);
+ *                   the data survives either way
+ *   thp_base_after: base pages (MADV_NOHUGEPAGE, aligned 2 MiB) go to the
+ *                   VRAM the THP left and back, one CPU fault per page, the
+ *                   data intact (VRAM that held a 2 MiB folio, handed out
+ *                   as base pages: their struct pages still describe the
+ *                   old folio until each is initialised as a page of its
+ *                   own; initialising the old head instead left the CPU
+ *                   faulting on them forever)
  * One JSON line each; exit status 0 only if all were ok.
  */
 #include "svm-common.h"
@@ -51,6 +66,106 @@ static long check_pat(const uint64_t *p, size_t n, uint64_t g, size_t base)
 }
 
 #define D(a, b) ((uint64_t)((b) - (a)))
+#define HPAGE (2ul << 20)
+
+static struct hmm_gpu_svm_stats svm_stats(void)
+{
+	struct hmm_gpu_svm_stats st;
+
+	memset(&st, 0, sizeof(st));
+	ioctl(fd, HMM_GPU_IOC_SVM_STATS, &st);
+	return st;
+}
+
+/* AnonHugePages (kB) of the mapping holding @p: did the kernel give it a THP? */
+static long anon_huge_kb(const void *p)
+{
+	FILE *fp = fopen("/proc/self/smaps", "r");
+	unsigned long lo, hi;
+	char line[256];
+	bool in = false;
+	long kb = -1;
+
+	while (fp && fgets(line, sizeof(line), fp)) {
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+			in = lo <= (uintptr_t)p && (uintptr_t)p < hi;
+		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	}
+	if (fp)
+		fclose(fp);
+	return kb;
+}
+
+/* An aligned 2 MiB of a fresh mapping, with @advice, filled with generation @g. */
+static uint64_t *aligned_2m(int advice, uint64_t g)
+{
+	char *raw = mmap(NULL, 2 * HPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	uint64_t *m;
+
+	if (raw == MAP_FAILED)
+		return NULL;
+	m = (uint64_t *)(((uintptr_t)raw + HPAGE - 1) & ~(HPAGE - 1));
+	madvise(m, HPAGE, advice);
+	fill_pat(m, HPAGE / 8, g, 0);
+	return m;
+}
+
+static void thp_steps(uint64_t *bounce)
+{
+	struct hmm_gpu_vram_stats a, b, c;
+	struct hmm_gpu_svm_stats sa, sb;
+	struct hmm_gpu_svm_job j;
+	uint64_t pages = 0, *m;
+	bool dev_thp, is_thp;
+	long bad, huge_kb;
+	int rc;
+
+	m = aligned_2m(MADV_HUGEPAGE, 7);
+	if (!m) {
+		svm_report(&failures, "thp", false, "\"error\": \"mmap\"");
+		return;
+	}
+	huge_kb = anon_huge_kb(m);
+	is_thp = huge_kb >= 2048;
+	svm_vram_stats(fd, &a);
+	sa = svm_stats();
+	dev_thp = a.flags & HMM_GPU_VRAM_F_THP;
+	rc = svm_migrate(fd, m, HPAGE, HMM_GPU_MIGRATE_TO_DEV, &pages);
+	svm_vram_stats(fd, &b);
+	sb = svm_stats();
+	memset(&j, 0, sizeof(j));
+	if (!rc)
+		rc = svm_simple(fd, HMM_GPU_SVM_READ, m, NULL, bounce, HPAGE, 0, &j);
+	bad = rc ? -2 : check_pat(bounce, HPAGE / 8, 7, 0);
+	if (bad < 0)
+		bad = check_pat(m, HPAGE / 8, 7, 0);	/* the CPU faults it back */
+	svm_vram_stats(fd, &c);
+	svm_report(&failures, "thp", !rc && bad < 0 && pages == HPAGE / PAGE && !j.faults &&
+		   (!dev_thp || !is_thp ||
+		    (D(a.thp_to_dev, b.thp_to_dev) == 1 && D(sa.huge_mapped, sb.huge_mapped) == 1 &&
+		     D(b.thp_to_sys, c.thp_to_sys) == 1 && D(b.cpu_faults, c.cpu_faults) == 1)),
+		   "\"errno\": %d, \"device_thp\": %s, \"anon_huge_kb\": %ld, \"pages\": %" PRIu64
+		   ", \"faults\": %" PRIu64 ", \"bad_u64\": %ld, \"thp_to_dev\": %" PRIu64
+		   ", \"huge_mapped\": %" PRIu64 ", \"thp_to_sys\": %" PRIu64
+		   ", \"cpu_faults\": %" PRIu64, -rc, dev_thp ? "true" : "false", huge_kb, pages,
+		   (uint64_t)j.faults, bad, D(a.thp_to_dev, b.thp_to_dev),
+		   D(sa.huge_mapped, sb.huge_mapped), D(b.thp_to_sys, c.thp_to_sys),
+		   D(b.cpu_faults, c.cpu_faults));
+
+	m = aligned_2m(MADV_NOHUGEPAGE, 8);
+	if (!m)
+		return;
+	svm_vram_stats(fd, &a);
+	rc = svm_migrate(fd, m, HPAGE, HMM_GPU_MIGRATE_TO_DEV, &pages);
+	bad = rc ? -2 : check_pat(m, HPAGE / 8, 8, 0);
+	svm_vram_stats(fd, &b);
+	svm_report(&failures, "thp_base_after", !rc && bad < 0 && pages == HPAGE / PAGE &&
+		   D(a.thp_to_dev, b.thp_to_dev) == 0 && D(a.cpu_faults, b.cpu_faults) == HPAGE / PAGE,
+		   "\"errno\": %d, \"pages\": %" PRIu64 ", \"bad_u64\": %ld, \"cpu_faults\": %"
+		   PRIu64, -rc, pages, bad, D(a.cpu_faults, b.cpu_faults));
+}
 
 int main(int argc, char **argv)
 {
@@ -225,6 +340,8 @@ int main(int argc, char **argv)
 	       ", \"pages_to_sys\": %" PRIu64 ", \"MBps\": %.1f", -rc, pages, bad,
 	       D(s1.cpu_faults, s2.cpu_faults), D(s1.pages_to_sys, s2.pages_to_sys),
 	       t0 ? size / (t0 / 1e3) : 0.0);
+
+	thp_steps(buf);
 
 	svm_report(&failures, "vram_stats", s2.pages_to_dev > s0.pages_to_dev,
 	       "\"vram_size\": %" PRIu64 ", \"vram_used\": %" PRIu64 ", \"chunks\": %" PRIu64

@@ -298,12 +298,18 @@ int main(int argc, char **argv)
 	rc = svm_simple(fd, HMM_GPU_SVM_READ, gone, NULL, bounce, 4096, 0, &j);
 	result("unmapped", "read_refused", rc == -EFAULT, 4096, &j, rc, NULL);
 
-	/* munmap gives the page tables of the spans it covered back */
+	/* munmap gives back the page tables of every span it reached */
 	{
 		size_t big = 64u << 20;
 		struct hmm_gpu_svm_stats s0 = stats_of(fd), s1, s2;
-		char *b = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			       -1, 0);
+		char *raw = mmap(NULL, big + 2 * HPAGE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		/*
+		 * One page into a 2 MiB span: the range touches 33 spans, each
+		 * with a level-0 table of its own, and its unaligned munmap
+		 * must free the two at its ends too.
+		 */
+		char *b = (char *)(((uintptr_t)raw + HPAGE - 1) & ~(uintptr_t)(HPAGE - 1)) + 4096;
 
 		madvise(b, big, MADV_NOHUGEPAGE);
 		memset(b, 3, big);
@@ -314,7 +320,8 @@ int main(int argc, char **argv)
 		s1 = stats_of(fd);
 		munmap(b, big);
 		s2 = stats_of(fd);
-		result("reclaim", "munmap", rc == 0 && s1.pt_pages >= s0.pt_pages + 32 &&
+		munmap(raw, big + 2 * HPAGE);
+		result("reclaim", "munmap", rc == 0 && s1.pt_pages >= s0.pt_pages + 33 &&
 		       s2.pt_pages <= s0.pt_pages && s2.mapped == s0.mapped, big, NULL, rc,
 		       "\"pt_pages\": [%llu, %llu, %llu], \"mapped\": [%llu, %llu, %llu]",
 		       (unsigned long long)s0.pt_pages, (unsigned long long)s1.pt_pages,
