@@ -92,12 +92,12 @@ def boot_failure(error: GuestError, splats: Sequence[Splat], duration: float) ->
 def splat_result(splats: Sequence[Splat]) -> TestResult:
     """The ``console.splat`` entry: FAIL titled after the first report, else PASS."""
     if not splats:
-        return TestResult("console.splat", Status.PASS, 0.0, "no kernel splat on the console",
+        return TestResult("console.splat", Status.PASS, None, "no kernel splat on the console",
                           ["console.log"])
     first = splats[0]
     text = "\n\n".join(f"{s.title}\n{s.report}" for s in splats)
     return TestResult(
-        "console.splat", Status.FAIL, 0.0, excerpt(text), ["console.log"],
+        "console.splat", Status.FAIL, None, excerpt(text), ["console.log"],
         {"title": first.title, "splats": [s.to_dict() for s in splats]},
     )
 
@@ -110,7 +110,7 @@ def panic_result(event: Mapping[str, Any], splats: Sequence[Splat]) -> TestResul
     text = f"QMP GUEST_PANICKED {json.dumps(dict(event.get('data') or {}), sort_keys=True)}"
     if title is not None:
         text += f"\n{title.title}\n{title.report}"
-    return TestResult("guest.panic", Status.FAIL, 0.0, text,
+    return TestResult("guest.panic", Status.FAIL, None, text,
                       ["console.log", "qmp-events.jsonl"],
                       {"title": title.title if title is not None else "kernel panic"})
 
@@ -128,7 +128,7 @@ def hang_result(reason: str, splats: Sequence[Splat], console_tail: str,
     if splats:
         text += f"\nthe kernel reported first: {splats[0].title}"
     text += f"\nconsole before the kill:\n{console_tail}"
-    return TestResult("guest.hang", status, 0.0, text, list(files))
+    return TestResult("guest.hang", status, None, text, list(files))
 
 
 def not_run_reason(

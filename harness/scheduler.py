@@ -137,9 +137,11 @@ def load_previous(results_dir: Path) -> dict[str, Any]:
 
 
 def _entry(cell: str, path: str, status: Status, why: str, files: Sequence[str] = (),
-           seconds: float = 0.0) -> dict[str, Any]:
+           seconds: float | None = None) -> dict[str, Any]:
+    """A merged entry the scheduler adds itself; ``seconds`` only when it timed something."""
     return {"path": f"{cell}.{path}", "cell": cell, "status": str(status),
-            "duration": round(seconds, 3), "log_excerpt": why, "output_files": list(files)}
+            "duration": None if seconds is None else round(seconds, 3), "log_excerpt": why,
+            "output_files": list(files)}
 
 
 def missing_scenarios(cell: Cell, tests: Sequence[dict[str, Any]], why: str

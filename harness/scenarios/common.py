@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from harness.results import Status, TestResult
 from harness.scenarios import Session
-from harness.ssh import SSHAborted, SSHError, SSHTimeout
+from harness.ssh import Mark, SSHAborted, SSHError, SSHTimeout
 
 BIN = "/opt/hmmlab/bin"
 HMM_GPU_KO = "/opt/hmmlab/hmm_gpu.ko"
@@ -27,6 +27,7 @@ class Cmd:
     error: str = ""  # timeout, QEMU gone, SSH failure
     status_if_error: Status = Status.ERROR
     seconds: float = 0.0
+    out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.ssh.line_arrivals)
 
     @property
     def ok(self) -> bool:
@@ -46,9 +47,11 @@ def guest_run(s: Session, cmd: str, timeout: float) -> Cmd:
     t0 = time.monotonic()
     c = Cmd(cmd)
     try:
-        c.rc, c.out, c.err = s.ssh.run(cmd, timeout, abort=s.guest.exit_reason)
+        r = s.ssh.run(cmd, timeout, abort=s.guest.exit_reason)
+        c.rc, c.out, c.err, c.out_marks = r.rc, r.stdout, r.stderr, r.stdout_marks
     except (SSHTimeout, SSHAborted) as e:
         c.out, c.err = e.stdout.decode(errors="replace"), e.stderr.decode(errors="replace")
+        c.out_marks = e.stdout_marks
         c.error = str(e)
         splat = bool(s.guest.console and s.guest.console.splats())
         # A kernel that died under the test is the test's failure, not infrastructure.

@@ -16,6 +16,14 @@ device-coherent variants SKIP on both, there are no devices 2 and 3), and
 ``hmm-tests.parity`` fails if any test passing on test_hmm.ko does not pass
 on hmm-gpu.
 
+A test's duration is measured on the host from the stream: kselftest's
+harness prints ``#  RUN test`` and flushes right before it forks the test,
+and the result line follows the test's end (flushed with the next test's RUN
+line, or at exit), so the time between the arrivals of the two lines is the
+test's. When both came in the same read of the SSH channel (a test faster
+than the stream's resolution, or output that was buffered) the duration is
+absent (None), never guessed.
+
 What the kernel cannot do is SKIPped with the reason, never counted as a
 pass (the guest's kernel.json says what it offers, see
 :mod:`harness.scenarios.kernel`):
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +59,7 @@ from harness.scenarios.common import (
     unload_module,
 )
 from harness.scenarios.kernel import GuestKernel, guest_kernel, unmet
+from harness.ssh import Arrival, line_arrivals
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +193,47 @@ def _runs(lines: list[str]) -> list[str]:
     return out
 
 
-def parse_run(driver: str, output: str, seconds: float,
-              cannot: Mapping[str, str] | None = None) -> tuple[list[TestResult], list[str]]:
+_RUN = re.compile(r"^#\s+RUN\s+(\S+)\s*\.\.\.")
+
+
+def test_seconds(lines: Sequence[str], flat: Sequence[tuple[str, ktap.KtapResult]],
+                 arrivals: Sequence[Arrival | None]) -> list[float | None]:
+    """Each result's duration from when its lines reached the host, or None.
+
+    A test starts when its ``#  RUN name ...`` line arrives (kselftest flushes
+    it just before forking the test; without one, when the previous result
+    line arrived) and ends when its result line does. Both in the same read:
+    unknown (None). ``arrivals`` are :func:`harness.ssh.line_arrivals` of
+    ``lines``.
+    """
+    def at(i: int | None) -> Arrival | None:
+        return arrivals[i] if i is not None and 0 <= i < len(arrivals) else None
+
+    run_line: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        m = _RUN.match(line)
+        if m:
+            run_line.setdefault(m.group(1), i)
+    out: list[float | None] = []
+    previous: Arrival | None = None
+    for name, r in flat:
+        end = at(r.line)
+        start = at(run_line.get(name)) if name in run_line else previous
+        if end is not None and start is not None and end.read != start.read:
+            out.append(round(end.time - start.time, 3))
+        else:
+            out.append(None)
+        previous = end or previous
+    return out
+
+
+def parse_run(driver: str, output: str, cannot: Mapping[str, str] | None = None,
+              arrivals: Sequence[Arrival | None] = ()) -> tuple[list[TestResult], list[str]]:
     """hmm-tests output → result entries for ``driver``; also problems with the stream.
 
-    ``cannot``: see :func:`status_of`.
+    ``cannot``: see :func:`status_of`. ``arrivals``: when each line of
+    ``output`` reached the host (:func:`harness.ssh.line_arrivals`); without
+    them no test has a duration.
     """
     doc = ktap.parse(output)
     flat = doc.flatten()
@@ -196,9 +241,9 @@ def parse_run(driver: str, output: str, seconds: float,
     if not flat:
         problems.append("hmm-tests printed no test results")
     renamed = _missing_names(doc, flat)
-    each = seconds / max(1, len(flat))
+    seconds = test_seconds(output.splitlines(), flat, arrivals)
     entries = []
-    for name, r in flat:
+    for (name, r), took in zip(flat, seconds, strict=True):
         if r.outcome == Outcome.MISSING:
             name = renamed.get(r.number, f"test{r.number}")
             status, reason = Status.FAIL, "never reported: hmm-tests stopped before it ran"
@@ -206,7 +251,7 @@ def parse_run(driver: str, output: str, seconds: float,
             status, reason = status_of(driver, name, r, cannot)
         text = "\n".join([reason, *r.diagnostics[-40:], f"{'ok' if r.ok else 'not ok'} "
                           f"{r.number} {name}"]).strip()
-        entries.append(TestResult(f"hmm-tests.{driver}.{name}", status, each, text,
+        entries.append(TestResult(f"hmm-tests.{driver}.{name}", status, took, text,
                                   [f"hmm-tests-{driver}.log"],
                                   {"ktap": str(r.outcome), "reason": reason}))
     return entries, problems
@@ -328,7 +373,9 @@ class HmmTests:
         run = guest_run(s, f"cd /tmp && {HMM_TESTS} 2>&1", timeout)
         log_file = s.run_dir / f"hmm-tests-{d.label}.log"
         log_file.write_text(run.text(limit=10_000_000) + "\n")
-        entries, problems = parse_run(d.label, run.out + run.err, run.seconds, cannot)
+        output = run.out + run.err
+        entries, problems = parse_run(d.label, output, cannot,
+                                      line_arrivals(run.out, run.out_marks))
         for e in entries:
             s.results.add(e)
         if run.error or problems or (run.rc not in (0, 1, 4)):

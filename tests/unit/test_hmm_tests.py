@@ -18,6 +18,7 @@ from harness.scenarios.hmm_tests import (
     side_by_side,
 )
 from harness.scenarios.kernel import GuestKernel
+from harness.ssh import Arrival, MarkedStream, line_arrivals
 
 DATA = Path(__file__).parent / "data"
 
@@ -28,7 +29,7 @@ def statuses(entries) -> dict[str, str]:
 
 def test_real_output_without_a_device_on_hmm_gpu() -> None:
     out = (DATA / "ktap_hmm_tests_nodevice.txt").read_text()
-    entries, problems = parse_run("hmm-gpu", out, 5.8)
+    entries, problems = parse_run("hmm-gpu", out)
     assert problems == [] and len(entries) == 58
     st = statuses(entries)
     # no expected failures: every device-private test that failed is a FAIL
@@ -44,7 +45,7 @@ def test_real_output_without_a_device_on_hmm_gpu() -> None:
 
 def test_the_same_output_on_test_hmm_has_no_expected_failures() -> None:
     out = (DATA / "ktap_hmm_tests_nodevice.txt").read_text()
-    entries, _ = parse_run("test_hmm", out, 1.0)
+    entries, _ = parse_run("test_hmm", out)
     assert sum(1 for e in entries if e.status == Status.FAIL) == 29
 
 
@@ -53,11 +54,11 @@ def test_parity_names_the_tests_hmm_gpu_is_behind_on() -> None:
           "ok 2 hmm.hmm_device_private.anon_read\n"
     gpu = out.replace("ok 1 hmm.hmm_device_private.migrate",
                       "not ok 1 hmm.hmm_device_private.migrate")
-    entries = parse_run("hmm-gpu", gpu, 1.0)[0] + parse_run("test_hmm", out, 1.0)[0]
+    entries = parse_run("hmm-gpu", gpu)[0] + parse_run("test_hmm", out)[0]
     r = parity(side_by_side(entries))
     assert r.status == Status.FAIL and "hmm.hmm_device_private.migrate" in r.log_excerpt
     assert "anon_read" not in r.log_excerpt
-    same = parse_run("hmm-gpu", out, 1.0)[0] + parse_run("test_hmm", out, 1.0)[0]
+    same = parse_run("hmm-gpu", out)[0] + parse_run("test_hmm", out)[0]
     assert parity(side_by_side(same)).status == Status.PASS
 
 
@@ -70,7 +71,7 @@ def test_a_crash_names_the_tests_that_never_reported() -> None:
 ok 1 hmm.hmm_device_private.open_close
 #  RUN           hmm.hmm_device_private.anon_read ...
 """
-    entries, _ = parse_run("hmm-gpu", out, 1.0)
+    entries, _ = parse_run("hmm-gpu", out)
     st = statuses(entries)
     assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.open_close"] == "PASS"
     assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read"] == "FAIL"
@@ -78,7 +79,7 @@ ok 1 hmm.hmm_device_private.open_close
 
 
 def test_no_output_is_a_problem() -> None:
-    entries, problems = parse_run("hmm-gpu", "Segmentation fault\n", 0.1)
+    entries, problems = parse_run("hmm-gpu", "Segmentation fault\n")
     assert entries == [] and problems == ["hmm-tests printed no test results"]
 
 
@@ -87,7 +88,7 @@ def test_side_by_side_table() -> None:
               "ok 3 hmm.c.anon_read # SKIP DEVICE_COHERENT not available\n"
     out_ref = "TAP version 13\n1..3\nok 1 hmm.p.anon_read\nok 2 hmm.p.migrate\n" \
               "ok 3 hmm.c.anon_read # SKIP DEVICE_COHERENT not available\n"
-    entries = parse_run("hmm-gpu", out_gpu, 1)[0] + parse_run("test_hmm", out_ref, 1)[0]
+    entries = parse_run("hmm-gpu", out_gpu)[0] + parse_run("test_hmm", out_ref)[0]
     t = side_by_side(entries)
     assert t["columns"] == ["hmm-gpu", "test_hmm"]
     assert t["rows"] == [
@@ -139,7 +140,7 @@ def test_a_test_the_kernel_cannot_pass_is_a_skip_with_the_reason() -> None:
     out = "TAP version 13\n1..2\nok 1 hmm.hmm_device_private.anon_read\n" \
           "not ok 2 hmm.hmm_device_private.migrate\n"
     no_dp = replace(STOCK, hmm_tests_selectable=True)  # a newer harness without DP
-    entries, _ = parse_run("hmm-gpu", out, 1.0, cannot_pass(GPU, no_dp))
+    entries, _ = parse_run("hmm-gpu", out, cannot_pass(GPU, no_dp))
     st = statuses(entries)
     assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read"] == "PASS"
     mig = entries[1]
@@ -148,7 +149,7 @@ def test_a_test_the_kernel_cannot_pass_is_a_skip_with_the_reason() -> None:
         "needs device-private memory: kernel built without CONFIG_DEVICE_PRIVATE "
         "(Debian stock 6.1) (ran anyway: FAIL")
     # the same output on a kernel that has it: a plain failure
-    entries, _ = parse_run("hmm-gpu", out, 1.0, cannot_pass(GPU, BUILT))
+    entries, _ = parse_run("hmm-gpu", out, cannot_pass(GPU, BUILT))
     assert entries[1].status == Status.FAIL
 
 
@@ -177,7 +178,7 @@ ok 1 hmm.hmm_device_coherent.anon_read
 #            OK  hmm.hmm_device_private.anon_read
 ok 2 hmm.hmm_device_private.anon_read
 """
-    entries, _ = parse_run("test_hmm", out, 1.0)
+    entries, _ = parse_run("test_hmm", out)
     assert [str(e.status) for e in entries] == ["SKIP", "PASS"]
     assert entries[0].log_excerpt.startswith("DEVICE_COHERENT not available")
 
@@ -187,10 +188,67 @@ def test_parity_without_test_hmm_and_with_what_hmm_gpu_does_not_implement() -> N
     out_ref = "TAP version 13\n1..2\nok 1 hmm.p.anon_read\nok 2 hmm.p.migrate_anon_huge_fault\n"
     out_gpu = out_ref.replace("ok 2", "not ok 2")
     cannot = {**cannot_pass(GPU, BUILT), "hmm.migrate_anon_huge_fault": "no device THPs"}
-    entries = parse_run("hmm-gpu", out_gpu, 1, cannot)[0] + parse_run("test_hmm", out_ref, 1)[0]
+    entries = parse_run("hmm-gpu", out_gpu, cannot)[0] + parse_run("test_hmm", out_ref)[0]
     r = parity(side_by_side(entries), excused=cannot)
     assert r.status == Status.PASS
     assert "not compared, hmm.p.migrate_anon_huge_fault: no device THPs" in r.log_excerpt
     # hmm_gpu.ko's own gap is declared once, with the reason
     assert "MIGRATE_VMA_SELECT_COMPOUND" in cannot_pass(GPU, BUILT)["hmm.migrate_anon_huge_fault"]
     assert cannot_pass(REF, BUILT) == {}
+
+
+# ---- durations: measured from the stream, or absent -------------------------------------
+
+def _reads(*chunks: tuple[float, str]) -> tuple[str, list[Arrival | None]]:
+    """The output of a run whose stdout came in these reads, and its line arrivals."""
+    s = MarkedStream()
+    for t, text in chunks:
+        s.feed(text.encode(), t)
+    out = s.data.decode()
+    return out, line_arrivals(out, s.marks)
+
+
+def _durations(entries) -> dict[str, float | None]:
+    return {e.path.rsplit(".", 1)[1]: e.duration for e in entries}
+
+
+def test_a_test_lasts_from_its_run_line_to_its_result_line() -> None:
+    """kselftest flushes "#  RUN x" before forking x; "ok x" comes out with the next
+    RUN line (or at exit). Two tests are timed, a third came in one read with its RUN
+    line (faster than the stream can tell, or buffered): no duration."""
+    out, arrivals = _reads(
+        (100.0, "TAP version 13\n1..3\n# Starting 3 tests from 1 test cases.\n"
+                "#  RUN           hmm.p.open_close ...\n"),
+        (100.25, "#            OK  hmm.p.open_close\nok 1 hmm.p.open_close\n"
+                 "#  RUN           hmm.p.migrate ...\n"),
+        (103.75, "#            OK  hmm.p.migrate\nok 2 hmm.p.migrate\n"
+                 "#  RUN           hmm.p.fast ...\n#            OK  hmm.p.fast\n"
+                 "ok 3 hmm.p.fast\n# PASSED: 3 / 3 tests passed.\n"),
+    )
+    entries, problems = parse_run("hmm-gpu", out, arrivals=arrivals)
+    assert problems == []
+    assert _durations(entries) == {"open_close": 0.25, "migrate": 3.5, "fast": None}
+    assert [e.to_dict()["duration"] for e in entries] == [0.25, 3.5, None]
+
+
+def test_no_stream_times_no_durations() -> None:
+    out = "TAP version 13\n1..2\nok 1 hmm.p.a\nok 2 hmm.p.b\n"
+    entries, _ = parse_run("hmm-gpu", out)
+    assert [e.duration for e in entries] == [None, None]
+
+
+def test_without_run_lines_a_test_starts_when_the_previous_result_came() -> None:
+    out, arrivals = _reads((1.0, "TAP version 13\n1..3\nok 1 hmm.p.a\n"),
+                           (3.0, "ok 2 hmm.p.b\n"), (3.5, "not ok 3 hmm.p.c\n"))
+    entries, _ = parse_run("hmm-gpu", out, arrivals=arrivals)
+    # the first has nothing to start from; none is a share of the run's 2.5 s
+    assert _durations(entries) == {"a": None, "b": 2.0, "c": 0.5}
+
+
+def test_tests_that_never_reported_have_no_duration() -> None:
+    out, arrivals = _reads((1.0, "TAP version 13\n1..2\n#  RUN           hmm.p.a ...\n"),
+                           (2.0, "ok 1 hmm.p.a\n#  RUN           hmm.p.b ...\n"))
+    entries, _ = parse_run("hmm-gpu", out, arrivals=arrivals)
+    assert [(e.path, e.status, e.duration) for e in entries] == [
+        ("hmm-tests.hmm-gpu.hmm.p.a", Status.PASS, 1.0),
+        ("hmm-tests.hmm-gpu.hmm.p.b", Status.FAIL, None)]

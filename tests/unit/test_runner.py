@@ -345,10 +345,12 @@ def test_non_json_lines_are_not_sub_tests() -> None:
     assert len(objs) == len(entries) == 11
 
 
-def test_duration_without_elapsed_ns_is_shared() -> None:
-    lines = '{"test": "a", "ok": true}\n{"test": "b", "ok": true}\n'
+def test_duration_without_elapsed_ns_is_absent_not_shared() -> None:
+    """The workload's total is not split among its sub-tests: no elapsed_ns, no duration."""
+    lines = '{"test": "a", "ok": true}\n{"test": "b", "ok": true, "elapsed_ns": 2500000}\n'
     _, entries = smoke.workload_results(WORKLOAD, 0, lines, "", 3.0)
-    assert [e.duration for e in entries] == [1.5, 1.5]
+    assert [e.duration for e in entries] == [None, 0.0025]
+    assert [e.to_dict()["duration"] for e in entries] == [None, 0.003]
 
 
 def test_workload_timeout_is_an_error_and_keeps_what_was_reported() -> None:
