@@ -33,8 +33,7 @@ def run_bench(cfg: RunConfig, which: str, results_dir: Path, *,
               artifacts: Artifacts | None = None) -> tuple[Results, dict[str, Any] | None]:
     from harness import runner
 
-    res = runner.run(bench_config(cfg, which), results_dir, build=build, artifacts=artifacts,
-                     keep_going=True)
+    res = runner.run(bench_config(cfg, which), results_dir, build=build, artifacts=artifacts)
     path = results_dir / "bench.json"
     fig = json.loads(path.read_text()) if path.exists() else None
     return res, fig

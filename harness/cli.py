@@ -128,8 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a matrix or a run file (default: the embedded default matrix)")
     r.add_argument("--results", type=Path, metavar="DIR",
                    help="results directory (default: ./results/<UTC time>/)")
-    r.add_argument("--keep-going", action="store_true",
-                   help="run every scenario even after one fails")
     r.add_argument("--kernel-tree", type=Path, metavar="PATH",
                    help="boot your own kernel source tree instead of the kernel(s) named")
     r.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
@@ -275,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
-    res = runner.run(cfg, results_dir, build=_builder(cfg), keep_going=args.keep_going)
+    res = runner.run(cfg, results_dir, build=_builder(cfg))
     scheduler.write_reports(results_dir)
     print(res.table())
     print(f"results: {results_dir}")
@@ -335,8 +333,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
-                                   keep_going=args.keep_going, timeout=timeout,
-                                   rerun_of=rerun_of)
+                                   timeout=timeout, rerun_of=rerun_of)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     print(scheduler.table(doc))

@@ -317,17 +317,13 @@ class _Running:
 CommandFn = Callable[[Cell, Path, Path], list[str]]
 
 
-def cell_command(keep_going: bool) -> CommandFn:
-    def command(cell: Cell, cell_dir: Path, artifacts: Path) -> list[str]:
-        argv = [sys.executable, "-m", "harness.cell", "--config", str(cell_dir / "cell.yaml"),
-                "--artifacts", str(artifacts), "--results", str(cell_dir)]
-        if cell.config.kernel_tree:
-            argv += ["--kernel-tree", cell.config.kernel_tree]
-        if keep_going:
-            argv.append("--keep-going")
-        return argv
-
-    return command
+def cell_command(cell: Cell, cell_dir: Path, artifacts: Path) -> list[str]:
+    """The command line of a cell's own process (:mod:`harness.cell`)."""
+    argv = [sys.executable, "-m", "harness.cell", "--config", str(cell_dir / "cell.yaml"),
+            "--artifacts", str(artifacts), "--results", str(cell_dir)]
+    if cell.config.kernel_tree:
+        argv += ["--kernel-tree", cell.config.kernel_tree]
+    return argv
 
 
 @dataclass
@@ -338,7 +334,7 @@ class Scheduler:
     jobs: int
     jobs_reason: str = ""
     build: BuildFn = build_with_harness
-    command: CommandFn = field(default_factory=lambda: cell_command(False))
+    command: CommandFn = cell_command
     timeout: Callable[[Cell], float] = cell_timeout
     rerun_of: str | None = None
     interrupted: bool = False
@@ -559,7 +555,7 @@ def write_reports(results_dir: Path) -> None:
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,
-               jobs: int | None = None, keep_going: bool = False,
+               jobs: int | None = None,
                timeout: Callable[[Cell], float] | None = None, rerun_of: str | None = None,
                build: BuildFn = build_with_harness) -> dict[str, Any]:
     """Run ``cells`` (default: all) of ``m`` into ``results_dir``; the merged results."""
@@ -572,6 +568,6 @@ def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = N
         jobs, why = default_jobs(os.cpu_count() or 1, mem_available_mib(meminfo), chosen)
     else:
         why = "-j"
-    s = Scheduler(m, chosen, results_dir, jobs, why, build, cell_command(keep_going),
+    s = Scheduler(m, chosen, results_dir, jobs, why, build, cell_command,
                   timeout or cell_timeout, rerun_of)
     return s.run()

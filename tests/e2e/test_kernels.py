@@ -34,7 +34,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     arts = build_all(cache, cache.path("logs"), kernel=kernel)
     cfg = config.load_text(f'kernel: "{kernel}"\n', "<test>")
     d = tmp_path_factory.mktemp(f"kernel-{kernel}")
-    res = runner.run(cfg, d, artifacts=arts, keep_going=True)
+    res = runner.run(cfg, d, artifacts=arts)
     print(f"results: {d}")
     print(res.table())
     return res

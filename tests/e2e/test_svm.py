@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def default_run(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> Results:
     results_dir = tmp_path_factory.mktemp("e2e") / "default"
-    res = runner.run(config.load(None), results_dir, artifacts=artifacts, keep_going=True)
+    res = runner.run(config.load(None), results_dir, artifacts=artifacts)
     print(f"results: {results_dir}")
     print(res.table())
     return res

@@ -34,7 +34,15 @@ def test_run_help_documents_the_config(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    assert "timeouts:" in out and "--keep-going" in out and "--results" in out
+    assert "timeouts:" in out and "--results" in out
+    assert "--keep-going" not in out  # every scenario runs while the guest is usable
+
+
+def test_keep_going_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--keep-going"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --keep-going" in capsys.readouterr().err
 
 
 def test_run_with_a_bad_config_says_where(tmp_path: Path,
