@@ -25,10 +25,12 @@ from harness.scenarios.common import (
     load_module,
     unload_module,
 )
-from harness.scenarios.hmm_tests import DRIVERS, NODES
+from harness.scenarios.hmm_tests import HMM_GPU, NODES, TEST_HMM
 from harness.scenarios.smoke import parse_workload_output
 
 log = logging.getLogger(__name__)
+
+DRIVERS = (HMM_GPU, TEST_HMM)  # measured side by side (not hmm-tests' devfault column)
 
 BENCH = f"{BIN}/hmm-bench"
 # metric key in hmm-bench's JSON -> (label, unit, higher is better)

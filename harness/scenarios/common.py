@@ -68,20 +68,21 @@ def module_loaded(s: Session, name: str) -> bool:
 
 
 def load_module(s: Session, ko: str, name: str, nodes: tuple[str, ...],
-                wait: float = 10.0) -> Cmd:
-    """insmod ``ko`` unless ``name`` is loaded; then wait for ``nodes`` to appear.
+                wait: float = 10.0, args: str = "") -> Cmd:
+    """insmod ``ko`` (with module parameters ``args``) unless ``name`` is loaded; then
+    wait for ``nodes`` to appear.
 
     The returned command is ok only if the module is loaded and every node exists.
     """
     checks = " && ".join(f"[ -c {shlex.quote(n)} ]" for n in nodes) or "true"
     script = (
-        f"grep -q '^{name} ' /proc/modules || insmod {shlex.quote(ko)} || exit 10; "
+        f"grep -q '^{name} ' /proc/modules || insmod {shlex.quote(ko)} {args} || exit 10; "
         f"i=0; while ! ( {checks} ); do i=$((i+1)); [ $i -gt {int(wait * 10)} ] && break; "
         "sleep 0.1; done; "
         f"ls -l {' '.join(shlex.quote(n) for n in nodes)} 2>&1; {checks} || exit 11"
     )
     c = guest_run(s, script, MODULE_TIMEOUT)
-    c.cmd = f"insmod {ko} (and wait for {', '.join(nodes)})"
+    c.cmd = f"insmod {' '.join(x for x in (ko, args) if x)} (and wait for {', '.join(nodes)})"
     return c
 
 

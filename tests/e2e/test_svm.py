@@ -33,32 +33,58 @@ def test_default_run_passes(default_run: Results) -> None:
     assert default_run.exit_code() == 0, default_run.failures()
 
 
+COLUMNS = ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
+
+
 def test_hmm_tests_table_in_results_json(default_run: Results) -> None:
     data = json.loads((default_run.dir / "results.json").read_text())
     table = data["tables"]["hmm-tests"]
-    assert table["columns"] == ["hmm-gpu", "test_hmm"]
+    assert table["columns"] == COLUMNS and table["reference"] == "test_hmm"
     rows = {r["test"]: r for r in table["rows"]}
     # 6.12's hmm-tests: 29 tests x {device_private, device_coherent}
     assert len(rows) == 58, sorted(rows)
     for name, r in rows.items():
         if ".hmm_device_coherent." in name or ".hmm2_device_coherent." in name:
-            assert r["hmm-gpu"] == r["test_hmm"] == "SKIP", name  # no devices 2/3
-    assert rows["hmm.hmm_device_private.anon_read"] == {
-        "test": "hmm.hmm_device_private.anon_read", "hmm-gpu": "PASS", "test_hmm": "PASS"}
+            assert [r[c] for c in COLUMNS] == ["SKIP"] * 3, name  # no devices 2/3
     assert rows["hmm.hmm_device_private.migrate"]["test_hmm"] == "PASS"
-    assert rows["hmm.hmm_device_private.migrate"]["hmm-gpu"] == "PASS"
-    assert (default_run.dir / "hmm-tests-table.txt").exists()
+    text = (default_run.dir / "hmm-tests-table.txt").read_text()
+    assert text.split("\n", 1)[0].split() == ["test", *COLUMNS]
+    for c in COLUMNS:
+        assert (default_run.dir / f"hmm-tests-{c}.log").read_text().count("\nok ") >= 29
 
 
-def test_every_device_private_hmm_test_passes_on_hmm_gpu(default_run: Results) -> None:
-    entries = [t for t in default_run.tests if t.path.startswith("hmm-tests.hmm-gpu.hmm")]
+@pytest.mark.parametrize(("column", "prefault"), [("hmm-gpu", "1"),
+                                                  ("hmm-gpu-devfault", "0")])
+def test_hmm_gpu_columns_load_the_driver_in_their_fault_mode(default_run: Results, column: str,
+                                                             prefault: str) -> None:
+    """Each hmm-gpu column reloads hmm_gpu.ko with its prefault value, checked in sysfs."""
+    load = next(t for t in default_run.tests if t.path == f"hmm-tests.{column}.load")
+    assert load.status == Status.PASS, load.log_excerpt
+    assert f"insmod /opt/hmmlab/hmm_gpu.ko prefault={prefault}" in load.log_excerpt
+
+
+def test_hmm_tests_durations_are_measured(default_run: Results) -> None:
+    """Each test's time comes from the stream, not the run's total split evenly."""
+    for c in COLUMNS:
+        took = [t.duration for t in default_run.tests
+                if t.path.startswith(f"hmm-tests.{c}.hmm")]
+        measured = [d for d in took if d is not None]
+        assert len(measured) >= len(took) // 2, (c, took)  # most tests take > 20 ms
+        assert len(set(measured)) > len(measured) // 2, (c, took)  # not one share each
+
+
+@pytest.mark.parametrize("column", ["hmm-gpu", "hmm-gpu-devfault"])
+def test_every_device_private_hmm_test_passes_on_hmm_gpu(default_run: Results,
+                                                         column: str) -> None:
+    entries = [t for t in default_run.tests if t.path.startswith(f"hmm-tests.{column}.hmm")]
     assert len(entries) == 58
     for t in entries:
         if ".hmm_device_coherent." in t.path or ".hmm2_device_coherent." in t.path:
             assert t.status == Status.SKIP, t.path  # no devices 2 and 3
-        else:
-            assert t.status == Status.PASS, f"{t.path}\n{t.log_excerpt}"
-    assert default_run.status_of("hmm-tests.parity") == Status.PASS
+    failed = [f"{t.path}: {t.status}\n{t.log_excerpt[-600:]}" for t in entries
+              if "_device_private." in t.path and t.status != Status.PASS]
+    assert not failed, "\n\n".join(failed)
+    assert default_run.status_of(f"hmm-tests.parity.{column}") == Status.PASS
 
 
 @pytest.mark.parametrize("path", [

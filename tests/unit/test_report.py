@@ -347,6 +347,25 @@ def test_absent_durations_stay_absent(matrix: Path) -> None:
     assert "<small>" not in head and any("<small>120.0 s</small>" in h for h in heads)
 
 
+def test_html_hmm_tests_three_columns(single: Path) -> None:
+    """hmm-tests' table with hmm-gpu in both fault modes: one row per column."""
+    doc = json.loads((single / "results.json").read_text())
+    table = doc["tables"]["hmm-tests"]
+    table["columns"] = ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
+    for r in table["rows"]:
+        r["hmm-gpu-devfault"] = "FAIL" if r["hmm-gpu"] == "PASS" else r["hmm-gpu"]
+    table["totals"]["hmm-gpu-devfault"] = {"PASS": 0, "FAIL": 29, "SKIP": 29, "ERROR": 0,
+                                           "-": 0}
+    (single / "results.json").write_text(json.dumps(doc))
+    report.write_reports(single)
+    text, _ = page(single)
+    drivers = re.findall(r'<tr data-cell="6.12-q35" data-driver="([^"]+)">', text)
+    assert drivers == ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
+    body = re.search(r'data-driver="hmm-gpu-devfault">(.*?)</tr>', text, re.S)
+    assert body
+    assert [int(n) for n in re.findall(r">(\d+)</td>", body.group(1))] == [58, 0, 29, 29, 0, 0]
+
+
 def test_real_matrix_run(tmp_path: Path) -> None:
     tree = make_tree("matrix-real", tmp_path / "real")
     report.write_reports(tree)
