@@ -374,9 +374,10 @@ class Runner:
     def _probe(self, session: Session) -> str | None:
         """Does the guest still answer? None if it does, else why not.
 
-        ``PROBE_CMD`` over the session's connection; a connection that is
-        gone (sshd killed under a test) is not yet a dead guest: reconnect
-        once and ask again, and carry on with the new connection.
+        ``PROBE_CMD`` over the session's connection, within PROBE_TIMEOUT
+        (opening the channel included). A connection that is gone (sshd
+        killed under a test) is not yet a dead guest: reconnect once and ask
+        again, and carry on with the new connection.
         """
         guest = session.guest
         t0 = time.monotonic()
@@ -385,9 +386,10 @@ class Runner:
             if rc == 0:
                 return None
             return f"`{PROBE_CMD}` exited with status {rc} over SSH: {err.strip()[:200]}"
-        except SSHTimeout as e:
-            return f"no answer over SSH: {e}"
         except SSHError as e:
+            if isinstance(e, SSHTimeout) or session.ssh.connected:
+                # the connection is up: the guest did not answer over it
+                return f"no answer over SSH: {e}"
             first = str(e)
         left = max(5.0, PROBE_TIMEOUT - (time.monotonic() - t0))
         log.info("guest probe: %s; connecting again", first)

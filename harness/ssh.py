@@ -268,7 +268,7 @@ class SSHClient:
                 time.sleep(0.02)
         rc = chan.recv_exit_status()
         chan.close()
-        if rc == -1 and not self._connected():
+        if rc == -1 and not self.connected:
             # No exit status and the connection is gone: the guest (or sshd)
             # went away under the command, which did not finish.
             why = self._await_abort(abort, ABORT_GRACE)
@@ -277,7 +277,9 @@ class SSHClient:
             raise SSHError(f"`{cmd}`: the SSH connection was lost before the command finished")
         return rc, bytes(stdout.data), bytes(err), stdout.marks
 
-    def _connected(self) -> bool:
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (not whether the guest still answers over it)."""
         transport = self._client.get_transport() if self._client is not None else None
         return transport is not None and transport.is_active()
 
