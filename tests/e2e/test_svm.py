@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from harness import bench, config, runner
+from harness import config, runner
 from harness.build import Artifacts
+from harness.cli import main
 from harness.results import Results, Status
+from harness.scenarios.bench import format_figures
 
 pytestmark = pytest.mark.e2e
 
@@ -145,16 +147,34 @@ def test_atomics_exact_counts(default_run: Results) -> None:
     assert dev["final"] == dev["device_adds"] > 0, dev
 
 
-def test_bench_svm(artifacts: Artifacts, tmp_path: Path) -> None:
-    res, fig = bench.run_bench(config.load(None), "svm", tmp_path / "bench",
-                               artifacts=artifacts)
-    text, code = bench.report(res, fig)
-    print(text)
-    assert fig is not None, res.table()
-    assert code == 0, text + "\n" + res.failures()
-    assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == fig
+def test_bench_svm_prints_one_table_of_medians(tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """`hmmlab bench svm --rounds 2`: both drivers measured in each round (THP figures
+    included), the table printed once, every round kept in bench.json."""
+    results = tmp_path / "bench"
+    code = main(["bench", "svm", "--rounds", "2", "--results", str(results)])
+    out, err = capfd.readouterr()
+    print(out)
+    assert code == 0, out + err
+    fig = json.loads((results / "bench.json").read_text())
+    assert (out + err).count("targets met:") == 1, out + err  # it was logged as well
+    assert out.count(format_figures(fig)) == 1
+    assert fig["rounds"] == 2 and [r["round"] for r in fig["raw"]] == [1, 2]
+    for raw in fig["raw"]:
+        for c in ("hmm-gpu", "test_hmm"):
+            line = raw[c]
+            assert line["ok"] is True and line["thp_huge_bytes"] == line["size_bytes"], line
     for row in fig["rows"]:
-        assert row["hmm-gpu"] > 0 and row["test_hmm"] > 0 and row["ratio"] > 0, row
+        for c in ("hmm-gpu", "test_hmm"):
+            assert len(row[c]["values"]) == 2 and all(v > 0 for v in row[c]["values"]), row
+            assert row[c]["min"] <= row[c]["median"] <= row[c]["max"], row
+        assert row["ratio"] > 0 and row["ratio_min"] <= row["ratio_max"], row
     metrics = {r["metric"] for r in fig["rows"]}
-    assert {"migrate_to_dev_MBps", "migrate_to_sys_MBps", "migrate_MBps",
-            "cpu_fault_us"} <= metrics
+    assert {"thp_fault_pages_per_s", "thp_read_MBps", "thp_write_MBps",
+            "migrate_MBps", "cpu_fault_us"} <= metrics
+    doc = json.loads((results / "results.json").read_text())
+    rounds = [t for t in doc["tests"] if t["path"].startswith("bench.round")]
+    assert [t["path"] for t in rounds if not t["path"].endswith(".load")] == [
+        "bench.round1.hmm-gpu", "bench.round1.test_hmm",
+        "bench.round2.hmm-gpu", "bench.round2.test_hmm"]
+    assert all(t["status"] == "PASS" and t["duration"] > 0 for t in rounds)
