@@ -9,6 +9,7 @@ import base64
 import bisect
 import codecs
 import logging
+import select
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -265,7 +266,9 @@ class SSHClient:
                     chan.close()
                     raise SSHAborted(cmd, why, bytes(stdout.data), bytes(err), stdout.marks)
             if not busy:
-                time.sleep(0.02)
+                # woken as soon as output comes (so its arrival is timed to the
+                # millisecond), else every 20 ms to look at the exit status
+                select.select([chan], [], [], 0.02)
         rc = chan.recv_exit_status()
         chan.close()
         if rc == -1 and not self.connected:
