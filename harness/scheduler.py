@@ -108,14 +108,20 @@ def default_jobs(cpu_count: int, mem_mib: int | None, cells: Sequence[Cell]) -> 
     return min(jobs, len(cells)), why
 
 
+# Guest commands of up to timeouts.scenario each that a scenario runs: hmm-tests
+# one per column (harness.scenarios.hmm_tests.DRIVERS); others one, counted twice.
+SCENARIO_COMMANDS = {"hmm-tests": 3}
+
+
 def cell_timeout(cell: Cell) -> float:
     """When to kill a cell's process: the runner's own timeouts should fire first.
 
-    Boot, then per scenario up to two commands of ``timeouts.scenario``
-    (hmm-tests runs one per driver) and a minute of set-up, then a margin.
+    Boot, then per scenario its commands of ``timeouts.scenario`` (at least
+    two) and a minute of set-up, then a margin.
     """
     t = cell.config.timeouts
-    return t.boot + len(cell.config.scenarios) * (2 * t.scenario + 60.0) + CELL_MARGIN
+    return t.boot + sum(max(2, SCENARIO_COMMANDS.get(sc, 0)) * t.scenario + 60.0
+                        for sc in cell.config.scenarios) + CELL_MARGIN
 
 
 def rerun_selection(previous: dict[str, Any]) -> list[str]:
