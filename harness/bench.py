@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from harness.config import RunConfig
 from harness.results import EXIT_FAIL, Results
-from harness.scenarios.bench import DEFAULT_ROUNDS, BenchSvm, complete, format_figures
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
 
 BENCHES = {"svm": "bench-svm"}
+DEFAULT_ROUNDS = 5  # here, not in the scenario: `hmmlab --help` needs it, not paramiko
 
 
 def bench_config(cfg: RunConfig, which: str) -> RunConfig:
@@ -33,6 +33,7 @@ def run_bench(cfg: RunConfig, which: str, results_dir: Path, *, rounds: int = DE
               build: Callable[[Path], Artifacts] | None = None,
               artifacts: Artifacts | None = None) -> tuple[Results, dict[str, Any] | None]:
     from harness import runner
+    from harness.scenarios.bench import BenchSvm
 
     res = runner.run(bench_config(cfg, which), results_dir, build=build, artifacts=artifacts,
                      scenarios=[BenchSvm(rounds)])
@@ -44,6 +45,8 @@ def run_bench(cfg: RunConfig, which: str, results_dir: Path, *, rounds: int = DE
 def report(res: Results, fig: dict[str, Any] | None) -> tuple[str, int]:
     """The text to print and the exit status (1 unless every round measured both
     drivers, 2 if the run itself hit an infrastructure error)."""
+    from harness.scenarios.bench import complete, format_figures
+
     if fig is None:
         return res.table() + "\nno figures: the benchmark did not run", max(res.exit_code(),
                                                                              EXIT_FAIL)

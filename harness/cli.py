@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.bench import DEFAULT_ROUNDS
 from harness.config import ConfigError, RunConfig
 from harness.results import EXIT_FAIL, EXIT_INFRA
-from harness.scenarios.bench import DEFAULT_ROUNDS
 
 if TYPE_CHECKING:
     from harness.build import Artifacts

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.bench import DEFAULT_ROUNDS
 from harness.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import add_cmd_result, guest_run, load_module, unload_module
@@ -37,7 +38,6 @@ from harness.scenarios.smoke import parse_workload_output
 log = logging.getLogger(__name__)
 
 BENCH = "/opt/hmmlab/bin/hmm-bench"
-DEFAULT_ROUNDS = 5
 BENCH_DRIVERS = (HMM_GPU, TEST_HMM)  # measured, compared: first / second
 
 
