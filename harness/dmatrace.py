@@ -689,3 +689,116 @@ def _drop(small: dict[int, Translation] | None, huge: dict[int, Translation] | N
         else:
             for k in [k for k in table if klo <= k <= khi]:
                 table.pop(k)
+
+
+# ---- checking that VRAM pages are used only while they hold a page's data -------
+
+@dataclass
+class VramCheck:
+    """Outcome of :func:`check_vram_lifetime` over one trace."""
+
+    copies_in: int = 0  # pages the copy engine moved into VRAM
+    copies_out: int = 0  # pages it moved out
+    walks: int = 0  # leaf PTW records mapping VRAM
+    accesses: int = 0  # VRAM records of VA jobs
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"copies_in": self.copies_in, "copies_out": self.copies_out,
+                "walks": self.walks, "accesses": self.accesses,
+                "problem_count": self.problem_count}
+
+    def format(self) -> str:
+        lines = [f"{self.accesses} VA-job VRAM accesses and {self.walks} VRAM leaf walks "
+                 f"checked against {self.copies_in} pages copied into VRAM and "
+                 f"{self.copies_out} copied out"]
+        lines.extend(self.problems)
+        if self.problem_count > len(self.problems):
+            lines.append(f"... {self.problem_count - len(self.problems)} more problems")
+        return "\n".join(lines)
+
+
+def check_vram_lifetime(records: Sequence[TraceRecord], limit: int = 50) -> VramCheck:
+    """Device jobs reach a VRAM page only while it holds a migrated page's data.
+
+    The copy engine copies a page into VRAM (MIGRATE DATA, dir READ: system
+    memory -> VRAM, ``aux`` = VRAM offset; a hole is copied from a zero page,
+    so every page in use had one) and out of it (dir WRITE). A copy out
+    usually ends the page's life (the page went back to system memory and
+    the device page was freed), but not always: a migration that copied and
+    then could not move the page (someone held a reference: a CPU fault on it
+    in another thread, for instance) leaves it in VRAM, and it is copied out
+    again later. So per VRAM page the copies are a sequence, and a leaf walk
+    mapping the page or a VA job's access to it is stale when
+
+    - no page was ever copied into it before, or
+    - the last copy before it was a copy out and the next copy after it is
+      a copy in: the page was free in between, the device used it anyway
+      (e.g. a fault serviced with a device page that a concurrent migration
+      had just moved back and freed).
+
+    Between two copies out the page still held its data; after the last
+    copy out of the trace nothing tells, and nothing is reported.
+    """
+    import bisect
+
+    out = VramCheck()
+    # VRAM page number (offset >> 12) -> record indices and directions of its copies
+    copies: dict[int, list[int]] = {}
+    is_in: dict[int, list[bool]] = {}
+    uses: list[tuple[int, int, TraceRecord, str]] = []  # (index, page, record, what)
+
+    def problem(text: str) -> None:
+        out.problem_count += 1
+        if len(out.problems) < limit:
+            out.problems.append(text)
+
+    for i, r in enumerate(records):
+        if r.kind == Kind.DATA and r.engine == Engine.MIGRATE:
+            if not r.ok or r.dir not in (Dir.READ, Dir.WRITE):
+                continue
+            page = r.aux >> PAGE_SHIFT
+            copies.setdefault(page, []).append(i)
+            is_in.setdefault(page, []).append(r.dir == Dir.READ)
+            if r.dir == Dir.READ:
+                out.copies_in += 1
+            else:
+                out.copies_out += 1
+        elif r.kind == Kind.PTW and r.ok:
+            leaf = leaf_of(r)
+            if not isinstance(leaf, Translation) or not leaf.vram:
+                continue
+            out.walks += 1
+            for p in range(leaf.pa >> PAGE_SHIFT, (leaf.pa + leaf.size) >> PAGE_SHIFT):
+                uses.append((i, p, r, "walk"))
+        elif r.kind == Kind.VRAM and r.va:
+            out.accesses += 1
+            last = (r.addr + max(r.len, 1) - 1) >> PAGE_SHIFT
+            for p in range(r.addr >> PAGE_SHIFT, last + 1):
+                uses.append((i, p, r, "access"))
+
+    reported: set[tuple[int, int]] = set()  # one problem per record and page
+    for i, page, r, what in uses:
+        idx = copies.get(page, [])
+        k = bisect.bisect_left(idx, i)
+        prev_in = is_in[page][k - 1] if k > 0 else None
+        next_in = is_in[page][k] if k < len(idx) else None
+        if prev_in is None:
+            why = "no page was ever copied into it"
+        elif not prev_in and next_in:
+            why = (f"its data was copied out (record {idx[k - 1]}) and the next copy is a "
+                   f"new page copied in (record {idx[k]}): it was free in between")
+        else:
+            continue
+        if (i, page) in reported:
+            continue
+        reported.add((i, page))
+        off = page << PAGE_SHIFT
+        if what == "walk":
+            problem(f"record {i} (t={r.timestamp_ns}): ctx={r.ctx} walk of va=0x{r.va:x} "
+                    f"found a leaf mapping VRAM offset 0x{off:x}: {why}")
+        else:
+            problem(f"record {i} (t={r.timestamp_ns}): {_name(r.dir)} cmd={r.cmd_id} "
+                    f"ctx={r.ctx} va=0x{r.va:x} touched VRAM offset 0x{off:x}: {why}")
+    return out

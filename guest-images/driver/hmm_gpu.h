@@ -73,9 +73,7 @@ struct hmm_gpu_dmem {
 	struct hmm_gpu_vram_stats stats;
 	struct hmm_gpu_block	**blocks;	/* registered on first use */
 	struct mutex		evict_lock;	/* chunk/block registration, eviction */
-	struct mutex		copy_lock;	/* the copy list */
-	struct hmm_gpu_copy_ent	*copy;		/* coherent */
-	dma_addr_t		copy_dma;
+	struct dma_pool		*copy_pool;	/* copy lists, one per migration */
 	void			*zero;		/* coherent zero page */
 	dma_addr_t		zero_dma;
 };
@@ -100,6 +98,7 @@ struct hmm_gpu_batch {
 	u32			status;		/* error of the first failing command */
 	u32			first_fail;	/* its index, U32_MAX if none */
 	int			err;		/* errno for a batch-wide failure */
+	int			abort;		/* aborted (signal, deadline): faults cancelled */
 	u64			bytes;		/* bytes the completions reported */
 	unsigned int		progress;	/* faults serviced for the batch */
 	void			*priv;		/* submitter's (struct hmm_gpu_op) */
@@ -155,6 +154,7 @@ struct hmm_gpu_dev {
 	 */
 	spinlock_t		lock;
 	u32			sq_tail;
+	u32			db_tail;	/* last CMDQ_TAIL written */
 	u32			cq_head;
 	u16			cq_phase;
 	unsigned int		inflight;
@@ -171,10 +171,16 @@ struct hmm_gpu_dev {
 	u32			fatal_error;	/* ERROR register when FATAL was seen */
 
 	struct mutex		reset_lock;	/* serialises hmm_gpu_reset() */
+	struct mutex		db_mutex;	/* doorbell writes (hmm_gpu_ring()) */
 	struct work_struct	reset_work;	/* reset after a fatal error */
 
-	/* Held for read by every ioctl; remove() takes it for write. */
+	/*
+	 * Held for read by every ioctl; remove() takes it for write to set
+	 * "closing" (no ioctl starts after it, so none can put pages back in
+	 * VRAM while remove() empties it) and later "dead".
+	 */
 	struct rw_semaphore	remove_sem;
+	bool			closing;
 
 	/* Device MMU (hmm_gpu_mmu.c): context table and fault queue. */
 	struct hmm_gpu_ctx_desc	*ctx_table;
@@ -198,7 +204,7 @@ struct hmm_gpu_dev {
 
 	struct hmm_gpu_dmem	dmem;
 	/* Every SVM context of the device (hmm_gpu_svm_zap_migrating()). */
-	struct mutex		svms_lock;
+	struct rw_semaphore	svms_sem;
 	struct list_head	svms;
 };
 
@@ -228,6 +234,8 @@ struct hmm_gpu_cmd_desc {
 	u64	pattern;
 	u64	arg2;
 	bool	urgent;		/* may use the reserved tags */
+	bool	has_ctx;	/* ctx below, not the batch's */
+	u32	ctx;
 };
 
 /* hmm_gpu_main.c */
@@ -242,6 +250,8 @@ void hmm_gpu_reset_work(struct work_struct *work);
 irqreturn_t hmm_gpu_cpl_irq(int irq, void *data);
 irqreturn_t hmm_gpu_err_irq(int irq, void *data);
 void hmm_gpu_batch_init(struct hmm_gpu_batch *batch, u32 ctx);
+void hmm_gpu_ring(struct hmm_gpu_dev *gdev);
+void hmm_gpu_replay(struct hmm_gpu_dev *gdev);
 int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 		   const struct hmm_gpu_cmd_desc *desc);
 void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch);
@@ -268,6 +278,10 @@ void hmm_gpu_mmu_free(struct hmm_gpu_dev *gdev);
 void hmm_gpu_mmu_hw_init(struct hmm_gpu_dev *gdev);
 irqreturn_t hmm_gpu_fault_irq(int irq, void *data);
 int hmm_gpu_tlb_fence(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len);
+int hmm_gpu_tlb_queue(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch, u32 ctx,
+		      u64 va, u64 len);
+bool hmm_gpu_fences_done(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
+			 unsigned int nfences);
 void hmm_gpu_ctx_set(struct hmm_gpu_dev *gdev, u32 ctx, dma_addr_t root);
 
 /* hmm_gpu_svm.c */
@@ -276,6 +290,7 @@ struct hmm_gpu_svm_job;
 struct hmm_gpu_svm_stats;
 struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struct *mm);
 void hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm);
+void __hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm);
 u32 hmm_gpu_svm_ctx(struct hmm_gpu_svm *svm);
 struct mm_struct *hmm_gpu_svm_mm(struct hmm_gpu_svm *svm);
 int hmm_gpu_svm_job(struct hmm_gpu_svm *svm, struct hmm_gpu_svm_job *job);
@@ -290,8 +305,11 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev,
 			u64 *pages);
 int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 struct migrate_vma;
-void hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
-			       const struct migrate_vma *args);
+unsigned int hmm_gpu_svm_zap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+				       const struct migrate_vma *args, struct hmm_gpu_batch *batch);
+void hmm_gpu_svm_unmap_migrating(struct hmm_gpu_dev *gdev, struct mm_struct *mm,
+				 const struct migrate_vma *args, struct hmm_gpu_batch *batch,
+				 unsigned int nfences);
 int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 int hmm_gpu_svm_check_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages);
 
@@ -305,10 +323,12 @@ long hmm_gpu_dmem_reserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned 
 void hmm_gpu_dmem_unreserve(struct hmm_gpu_dev *gdev, struct page **res, unsigned long n);
 long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      const unsigned long *src, unsigned long *dst,
-			      unsigned long npages, struct page **res, unsigned long *nres);
+			      unsigned long npages, struct page **res, unsigned long *nres,
+			      struct hmm_gpu_batch *batch);
 long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      unsigned long addr, const unsigned long *src,
-			      unsigned long *dst, unsigned long npages);
+			      unsigned long *dst, unsigned long npages,
+			      struct hmm_gpu_batch *batch);
 void hmm_gpu_dmem_touch(struct hmm_gpu_dev *gdev, const unsigned long *dst,
 			unsigned long npages);
 int hmm_gpu_dmem_evict_all(struct hmm_gpu_dev *gdev);

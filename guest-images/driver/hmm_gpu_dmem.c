@@ -26,9 +26,12 @@
  * Eviction: when no page is free and every chunk is in use, the chunk
  * whose pages were migrated to the device least recently is moved back to
  * system memory with migrate_device_range/pages/finalize, and allocation is
- * retried. evict_lock serialises evictions and the copy list (copy_lock).
+ * retried. evict_lock serialises evictions. Each migration has its own copy
+ * list (a dma_pool block), so CPU faults on different pages do not wait for
+ * each other.
  */
 #include <linux/dma-mapping.h>
+#include <linux/dmapool.h>
 #include <linux/highmem.h>
 #include <linux/ioport.h>
 #include <linux/memremap.h>
@@ -102,44 +105,55 @@ static void hmm_gpu_dmem_page_free(struct page *page)
 /* The kernel's callback (page_free or folio_free) for the function above. */
 HMM_GPU_DEFINE_PAGE_FREE(hmm_gpu_dmem_page_free)
 
+/* A copy list for up to @n pages (coherent memory from the pool). */
+static struct hmm_gpu_copy_ent *hmm_gpu_dmem_list_alloc(struct hmm_gpu_dev *gdev,
+							dma_addr_t *dma)
+{
+	return dma_pool_alloc(gdev->dmem.copy_pool, GFP_KERNEL, dma);
+}
+
 /*
- * Run one MIGRATE command over @n copy entries already in dmem->copy (held
- * by the caller with copy_lock). Returns 0 once every page is copied.
+ * Queue one MIGRATE over the @n entries of @list behind whatever @batch
+ * holds already (the TLB invalidations of hmm_gpu_svm_zap_migrating()),
+ * ring and wait for the batch. Returns 0 once every page is copied.
  */
-static int hmm_gpu_dmem_run_copy(struct hmm_gpu_dev *gdev, unsigned int n, u32 dir)
+static int hmm_gpu_dmem_run_copy(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
+				 dma_addr_t list, unsigned int n, u32 dir)
 {
 	struct hmm_gpu_cmd_desc desc = {
 		.opcode = HMM_GPU_OP_MIGRATE,
-		.src = gdev->dmem.copy_dma,
+		.src = list,
 		.len = (u64)n * HMM_GPU_PAGE_SIZE,
 		.pattern = dir,
 		/* A CPU fault may wait for it while jobs stall on device faults. */
 		.urgent = true,
 	};
-	struct hmm_gpu_batch batch;
-	int ret;
+	u32 first = batch->submitted;
+	int ret = 0;
 
+	if (n) {
+		/* The list (coherent memory) before the command that points at it. */
+		dma_wmb();
+		ret = hmm_gpu_submit(gdev, batch, &desc);
+	}
+	hmm_gpu_batch_wait(gdev, batch);
 	if (!n)
 		return 0;
-	hmm_gpu_batch_init(&batch, 0);
-	/* The list (coherent memory) before the command that points at it. */
-	dma_wmb();
-	ret = hmm_gpu_submit(gdev, &batch, &desc);
-	hmm_gpu_batch_wait(gdev, &batch);
 	if (!ret)
-		ret = batch.err;
-	if (!ret && batch.status) {
+		ret = batch->err;
+	if (!ret && batch->status && batch->first_fail >= first) {
 		dev_err_ratelimited(&gdev->pdev->dev, "MIGRATE failed: status %u\n",
-				    batch.status);
+				    batch->status);
 		ret = -EIO;
 	}
 	return ret;
 }
 
-static void hmm_gpu_dmem_set_ent(struct hmm_gpu_dev *gdev, unsigned int i, u64 src, u64 dst)
+static void hmm_gpu_dmem_set_ent(struct hmm_gpu_copy_ent *list, unsigned int i, u64 src,
+				 u64 dst)
 {
-	gdev->dmem.copy[i].src = (__force u64)cpu_to_le64(src);
-	gdev->dmem.copy[i].dst = (__force u64)cpu_to_le64(dst);
+	list[i].src = (__force u64)cpu_to_le64(src);
+	list[i].dst = (__force u64)cpu_to_le64(dst);
 }
 
 /*
@@ -151,22 +165,27 @@ static void hmm_gpu_dmem_set_ent(struct hmm_gpu_dev *gdev, unsigned int i, u64 s
  */
 long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      unsigned long addr, const unsigned long *src,
-			      unsigned long *dst, unsigned long npages)
+			      unsigned long *dst, unsigned long npages,
+			      struct hmm_gpu_batch *batch)
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
-	dma_addr_t *bus;
+	struct hmm_gpu_copy_ent *list;
+	dma_addr_t *bus, list_dma;
 	unsigned long i;
 	unsigned int n = 0;
 	long ret;
 
-	if (WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES))
-		return -EINVAL;
-	bus = kcalloc(npages, sizeof(*bus), GFP_KERNEL);
-	if (!bus)
-		return -ENOMEM;
+	bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
+	      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
+	list = bus ? hmm_gpu_dmem_list_alloc(gdev, &list_dma) : NULL;
+	if (!list) {
+		/* What the batch holds already (invalidations) must finish. */
+		hmm_gpu_batch_wait(gdev, batch);
+		kfree(bus);
+		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
+	}
 
-	mutex_lock(&dmem->copy_lock);
 	for (i = 0; i < npages; i++) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
 		struct page *dpage;
@@ -193,10 +212,10 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		dst[i] = migrate_pfn(page_to_pfn(dpage));
 		if (src[i] & MIGRATE_PFN_WRITE)
 			dst[i] |= MIGRATE_PFN_WRITE;
-		hmm_gpu_dmem_set_ent(gdev, n++, hmm_gpu_dmem_vram_offset(spage), bus[i]);
+		hmm_gpu_dmem_set_ent(list, n++, hmm_gpu_dmem_vram_offset(spage), bus[i]);
 	}
-	ret = hmm_gpu_dmem_run_copy(gdev, n, HMM_GPU_MIGRATE_FROM_VRAM);
-	mutex_unlock(&dmem->copy_lock);
+	ret = hmm_gpu_dmem_run_copy(gdev, batch, list_dma, n, HMM_GPU_MIGRATE_FROM_VRAM);
+	dma_pool_free(dmem->copy_pool, list, list_dma);
 
 	for (i = 0; i < npages; i++) {
 		struct page *dpage;
@@ -230,22 +249,27 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
  */
 long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *vma,
 			      const unsigned long *src, unsigned long *dst,
-			      unsigned long npages, struct page **res, unsigned long *nres)
+			      unsigned long npages, struct page **res, unsigned long *nres,
+			      struct hmm_gpu_batch *batch)
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
-	dma_addr_t *bus;
+	struct hmm_gpu_copy_ent *list;
+	dma_addr_t *bus, list_dma;
 	unsigned long i;
 	unsigned int n = 0;
 	long ret;
 
-	if (WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES))
-		return -EINVAL;
-	bus = kcalloc(npages, sizeof(*bus), GFP_KERNEL);
-	if (!bus)
-		return -ENOMEM;
+	bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
+	      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
+	list = bus ? hmm_gpu_dmem_list_alloc(gdev, &list_dma) : NULL;
+	if (!list) {
+		/* What the batch holds already (invalidations) must finish. */
+		hmm_gpu_batch_wait(gdev, batch);
+		kfree(bus);
+		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
+	}
 
-	mutex_lock(&dmem->copy_lock);
 	for (i = 0; i < npages; i++) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
 		struct page *dpage;
@@ -271,10 +295,10 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		dst[i] = migrate_pfn(page_to_pfn(dpage));
 		if ((src[i] & MIGRATE_PFN_WRITE) || (!spage && (vma->vm_flags & VM_WRITE)))
 			dst[i] |= MIGRATE_PFN_WRITE;
-		hmm_gpu_dmem_set_ent(gdev, n++, from, hmm_gpu_dmem_vram_offset(dpage));
+		hmm_gpu_dmem_set_ent(list, n++, from, hmm_gpu_dmem_vram_offset(dpage));
 	}
-	ret = hmm_gpu_dmem_run_copy(gdev, n, HMM_GPU_MIGRATE_TO_VRAM);
-	mutex_unlock(&dmem->copy_lock);
+	ret = hmm_gpu_dmem_run_copy(gdev, batch, list_dma, n, HMM_GPU_MIGRATE_TO_VRAM);
+	dma_pool_free(dmem->copy_pool, list, list_dma);
 
 	for (i = 0; i < npages; i++) {
 		struct page *dpage;
@@ -411,6 +435,7 @@ static int hmm_gpu_dmem_add_chunk(struct hmm_gpu_dev *gdev)
 static long hmm_gpu_dmem_evict_chunk(struct hmm_gpu_chunk *chunk)
 {
 	struct hmm_gpu_dev *gdev = chunk->gdev;
+	struct hmm_gpu_batch batch;
 	unsigned long *src, *dst;
 	long ret;
 
@@ -422,7 +447,9 @@ static long hmm_gpu_dmem_evict_chunk(struct hmm_gpu_chunk *chunk)
 	}
 	/* CPU PTEs become migration entries: the notifier (CLEAR) zaps the device's. */
 	migrate_device_range(src, chunk->pfn_first, HMM_GPU_CHUNK_PAGES);
-	ret = hmm_gpu_dmem_copy_to_sys(gdev, NULL, 0, src, dst, HMM_GPU_CHUNK_PAGES);
+	/* The notifier (CLEAR, not ours) fenced the device's translations. */
+	hmm_gpu_batch_init(&batch, 0);
+	ret = hmm_gpu_dmem_copy_to_sys(gdev, NULL, 0, src, dst, HMM_GPU_CHUNK_PAGES, &batch);
 	if (ret < 0)
 		memset(dst, 0, HMM_GPU_CHUNK_PAGES * sizeof(*dst));
 	migrate_device_pages(src, dst, HMM_GPU_CHUNK_PAGES);
@@ -574,14 +601,21 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 		.flags		= MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
 		.fault_page	= vmf->page,
 	};
+	struct hmm_gpu_batch batch;
+	unsigned int nfences;
 	vm_fault_t vret = 0;
 	long ret;
 
 	if (migrate_vma_setup(&args))
 		return VM_FAULT_SIGBUS;
-	/* Our own MIGRATE event was skipped by the notifier: zap here. */
-	hmm_gpu_svm_zap_migrating(gdev, vmf->vma->vm_mm, &args);
-	ret = hmm_gpu_dmem_copy_to_sys(gdev, vmf->vma, args.start, &src, &dst, 1);
+	/*
+	 * The notifier leaves our own migration to us: one doorbell for the
+	 * TLB invalidations and the copy behind them.
+	 */
+	hmm_gpu_batch_init(&batch, 0);
+	nfences = hmm_gpu_svm_zap_migrating(gdev, vmf->vma->vm_mm, &args, &batch);
+	ret = hmm_gpu_dmem_copy_to_sys(gdev, vmf->vma, args.start, &src, &dst, 1, &batch);
+	hmm_gpu_svm_unmap_migrating(gdev, vmf->vma->vm_mm, &args, &batch, nfences);
 	if (ret < 0 && (src & MIGRATE_PFN_MIGRATE))
 		vret = VM_FAULT_SIGBUS;
 	migrate_vma_pages(&args);
@@ -605,7 +639,6 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 	u64 size;
 
 	spin_lock_init(&dmem->lock);
-	mutex_init(&dmem->copy_lock);
 	mutex_init(&dmem->evict_lock);
 	if (!(gdev->caps & HMM_GPU_CAP_VRAM))
 		return 0;
@@ -622,10 +655,11 @@ int hmm_gpu_dmem_init(struct hmm_gpu_dev *gdev)
 	dmem->chunks = kcalloc(dmem->max_chunks, sizeof(*dmem->chunks), GFP_KERNEL);
 	dmem->blocks = kcalloc(DIV_ROUND_UP(dmem->max_chunks, HMM_GPU_BLOCK_CHUNKS),
 			       sizeof(*dmem->blocks), GFP_KERNEL);
-	dmem->copy = dmam_alloc_coherent(dev, HMM_GPU_MIGRATE_MAX_PAGES * sizeof(*dmem->copy),
-					 &dmem->copy_dma, GFP_KERNEL);
+	dmem->copy_pool = dmam_pool_create("hmm_gpu_copy", dev,
+					   HMM_GPU_MIGRATE_MAX_PAGES *
+					   sizeof(struct hmm_gpu_copy_ent), 64, 0);
 	dmem->zero = dmam_alloc_coherent(dev, PAGE_SIZE, &dmem->zero_dma, GFP_KERNEL);
-	if (!dmem->chunks || !dmem->blocks || !dmem->copy || !dmem->zero) {
+	if (!dmem->chunks || !dmem->blocks || !dmem->copy_pool || !dmem->zero) {
 		kfree(dmem->chunks);
 		kfree(dmem->blocks);
 		dmem->chunks = NULL;

@@ -49,7 +49,7 @@ static int hmm_gpu_dmirror_open(struct inode *inode, struct file *file)
 	df->gdev = gdev;
 
 	down_read(&gdev->remove_sem);
-	svm = gdev->dead ? ERR_PTR(-ENODEV) : hmm_gpu_svm_create(gdev, current->mm);
+	svm = gdev->closing ? ERR_PTR(-ENODEV) : hmm_gpu_svm_create(gdev, current->mm);
 	up_read(&gdev->remove_sem);
 	if (IS_ERR(svm)) {
 		hmm_gpu_put(gdev);
@@ -111,7 +111,7 @@ static long hmm_gpu_dmirror_ioctl(struct file *file, unsigned int cmd, unsigned 
 	c.faults = 0;
 
 	down_read(&gdev->remove_sem);
-	if (gdev->dead) {
+	if (gdev->closing) {
 		ret = -ENODEV;
 		goto out;
 	}

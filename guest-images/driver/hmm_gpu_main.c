@@ -166,7 +166,8 @@ static int hmm_gpu_ioctl_svm_bind(struct hmm_gpu_file *hf, void __user *uarg)
 	}
 	bind.ctx = hmm_gpu_svm_ctx(svm);
 	if (copy_to_user(uarg, &bind, sizeof(bind))) {
-		hmm_gpu_svm_destroy(svm);
+		/* hmm_gpu_ioctl() holds remove_sem: a second down_read could deadlock */
+		__hmm_gpu_svm_destroy(svm);
 		ret = -EFAULT;
 		goto out;
 	}
@@ -270,7 +271,7 @@ static long hmm_gpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 	long ret;
 
 	down_read(&gdev->remove_sem);
-	if (gdev->dead) {
+	if (gdev->closing) {
 		ret = -ENODEV;
 		goto out;
 	}
@@ -519,9 +520,10 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	spin_lock_init(&gdev->lock);
 	init_waitqueue_head(&gdev->tag_wq);
 	mutex_init(&gdev->reset_lock);
+	mutex_init(&gdev->db_mutex);
 	INIT_WORK(&gdev->reset_work, hmm_gpu_reset_work);
 	init_rwsem(&gdev->remove_sem);
-	mutex_init(&gdev->svms_lock);
+	init_rwsem(&gdev->svms_sem);
 	INIT_LIST_HEAD(&gdev->svms);
 
 	gdev->id = ida_alloc(&hmm_gpu_ida, GFP_KERNEL);
@@ -630,7 +632,14 @@ static void hmm_gpu_remove(struct pci_dev *pdev)
 	/* No new opens; open files see -ENODEV once the running ioctls end. */
 	hmm_gpu_dmirror_unregister(gdev);
 	misc_deregister(&gdev->misc);
-	/* VRAM back to system memory while the device still runs. */
+	down_write(&gdev->remove_sem);
+	gdev->closing = true;
+	up_write(&gdev->remove_sem);
+	/*
+	 * VRAM back to system memory while the device still runs, now that no
+	 * ioctl can migrate anything into it any more (CPU faults and the
+	 * fault worker only take pages out).
+	 */
 	hmm_gpu_dmem_fini(gdev);
 	down_write(&gdev->remove_sem);
 	spin_lock_irq(&gdev->lock);

@@ -77,17 +77,10 @@ void hmm_gpu_ctx_set(struct hmm_gpu_dev *gdev, u32 ctx, dma_addr_t root)
 	wmb();
 }
 
+/* MSI-X: each fault record posted is a message; the worker reads the ring. */
 irqreturn_t hmm_gpu_fault_irq(int irq, void *data)
 {
 	struct hmm_gpu_dev *gdev = data;
-	u32 intr;
-
-	intr = hmm_gpu_read(gdev, HMM_GPU_REG_INTR_STATUS);
-	if (intr == U32_MAX)
-		return IRQ_NONE;
-	/* Ack before draining: a record posted later raises a new MSI. */
-	if (intr & HMM_GPU_INTR_FAULT)
-		hmm_gpu_write(gdev, HMM_GPU_REG_INTR_STATUS, HMM_GPU_INTR_FAULT);
 
 	spin_lock(&gdev->lock);
 	gdev->stats.irq_fault++;
@@ -155,7 +148,62 @@ static void hmm_gpu_fault_work(struct work_struct *work)
 		gdev->stats.fault_service_ns += ns;
 		gdev->stats.fault_service_max_ns = max(gdev->stats.fault_service_max_ns, ns);
 		spin_unlock_irq(&gdev->lock);
+		/* A device that faults again at once must not hog the CPU. */
+		cond_resched();
 	}
+}
+
+/*
+ * Queue a TLB_INVALIDATE of [va, va + len) in @ctx into @batch. It is the
+ * fence for every command queued behind it in the ring: the device fetches
+ * in ring order and invalidates at fetch, so no walk after it finds an
+ * entry cleared before it. The caller has already removed or downgraded
+ * the entries (in coherent memory, ordered before the command here).
+ */
+int hmm_gpu_tlb_queue(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch, u32 ctx,
+		      u64 va, u64 len)
+{
+	struct hmm_gpu_cmd_desc desc = {
+		.opcode = HMM_GPU_OP_TLB_INVALIDATE,
+		.dst = va,
+		.len = len,
+		.urgent = true,
+		.has_ctx = true,
+		.ctx = ctx,
+	};
+
+	if (len > gdev->max_xfer) {
+		desc.dst = 0;
+		desc.len = ~0ull;
+	}
+	/*
+	 * The cleared entries (coherent memory) must be visible to the device
+	 * before it can execute the invalidate, or a walk after the fence could
+	 * still find them. dma_wmb() orders them before the command entry; the
+	 * doorbell's writel() orders both before the device is told.
+	 */
+	dma_wmb();
+	return hmm_gpu_submit(gdev, batch, &desc);
+}
+
+/*
+ * After hmm_gpu_batch_wait(): did the first @nfences commands of @batch
+ * (TLB invalidations) complete? If the device refused one, it is reset,
+ * which empties its TLB and stops its DMA. Either way the caller may then
+ * dma_unmap what the invalidated entries mapped; true only if the fences
+ * completed.
+ */
+bool hmm_gpu_fences_done(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
+			 unsigned int nfences)
+{
+	if (batch->err || batch->submitted < nfences)
+		return false;	/* reset, removed or never queued: nothing cached */
+	if (batch->first_fail >= nfences)
+		return true;
+	dev_err_ratelimited(&gdev->pdev->dev, "ctx %u: TLB invalidate failed: %u, resetting\n",
+			    batch->ctx, batch->status);
+	hmm_gpu_reset(gdev, "TLB invalidate failed");
+	return false;
 }
 
 /*
@@ -170,37 +218,13 @@ static void hmm_gpu_fault_work(struct work_struct *work)
  */
 int hmm_gpu_tlb_fence(struct hmm_gpu_dev *gdev, u32 ctx, u64 va, u64 len)
 {
-	struct hmm_gpu_cmd_desc desc = {
-		.opcode = HMM_GPU_OP_TLB_INVALIDATE,
-		.dst = va,
-		.len = len,
-		.urgent = true,
-	};
 	struct hmm_gpu_batch batch;
 	int ret;
 
-	if (len > gdev->max_xfer) {
-		desc.dst = 0;
-		desc.len = ~0ull;
-	}
 	hmm_gpu_batch_init(&batch, ctx);
-	/*
-	 * The cleared entries (coherent memory) must be visible to the device
-	 * before it can execute the invalidate, or a walk after the fence could
-	 * still find them. dma_wmb() orders them before the command entry; the
-	 * doorbell's writel() orders both before the device is told.
-	 */
-	dma_wmb();
-	ret = hmm_gpu_submit(gdev, &batch, &desc);
+	ret = hmm_gpu_tlb_queue(gdev, &batch, ctx, va, len);
 	hmm_gpu_batch_wait(gdev, &batch);
-	if (!ret)
-		ret = batch.err;
-	if (!ret && batch.status) {
-		dev_err_ratelimited(&gdev->pdev->dev,
-				    "ctx %u: TLB invalidate failed: %u, resetting\n",
-				    ctx, batch.status);
-		hmm_gpu_reset(gdev, "TLB invalidate failed");
-		ret = -EIO;
-	}
-	return ret;
+	if (ret)
+		return ret;
+	return hmm_gpu_fences_done(gdev, &batch, 1) ? 0 : batch.err ? batch.err : -EIO;
 }

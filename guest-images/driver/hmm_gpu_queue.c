@@ -12,6 +12,7 @@
 #include <linux/bitops.h>
 #include <linux/dma-mapping.h>
 #include <linux/iopoll.h>
+#include <linux/module.h>
 #include <linux/string.h>
 
 #include "hmm_gpu.h"
@@ -81,6 +82,7 @@ static void hmm_gpu_ring_clear(struct hmm_gpu_dev *gdev)
 	memset(gdev->sq, 0, HMM_GPU_QUEUE_ENTRIES * sizeof(*gdev->sq));
 	memset(gdev->cq, 0, HMM_GPU_QUEUE_ENTRIES * sizeof(*gdev->cq));
 	gdev->sq_tail = 0;
+	gdev->db_tail = 0;
 	gdev->cq_head = 0;
 	gdev->cq_phase = 1;
 }
@@ -222,17 +224,14 @@ static unsigned int hmm_gpu_process_cpl(struct hmm_gpu_dev *gdev, bool write_hea
 	return n;
 }
 
+/*
+ * MSI-X only (probe asks for nothing else): every completion the device
+ * signals is a message of its own, so there is no INTR_STATUS to read or
+ * acknowledge, only the ring, which the phase bits make self-describing.
+ */
 irqreturn_t hmm_gpu_cpl_irq(int irq, void *data)
 {
 	struct hmm_gpu_dev *gdev = data;
-	u32 intr;
-
-	intr = hmm_gpu_read(gdev, HMM_GPU_REG_INTR_STATUS);
-	if (intr == U32_MAX)
-		return IRQ_NONE;	/* device gone */
-	/* Ack before draining: a completion posted later raises a new MSI. */
-	if (intr & HMM_GPU_INTR_CPL)
-		hmm_gpu_write(gdev, HMM_GPU_REG_INTR_STATUS, HMM_GPU_INTR_CPL);
 
 	spin_lock(&gdev->lock);
 	gdev->stats.irq_cpl++;
@@ -301,9 +300,11 @@ void hmm_gpu_reset(struct hmm_gpu_dev *gdev, const char *why)
 	int ret;
 
 	mutex_lock(&gdev->reset_lock);
+	mutex_lock(&gdev->db_mutex);
 	spin_lock_irq(&gdev->lock);
 	if (gdev->dead) {
 		spin_unlock_irq(&gdev->lock);
+		mutex_unlock(&gdev->db_mutex);
 		mutex_unlock(&gdev->reset_lock);
 		return;
 	}
@@ -333,6 +334,7 @@ void hmm_gpu_reset(struct hmm_gpu_dev *gdev, const char *why)
 	gdev->broken = ret != 0;
 	gdev->resetting = false;
 	spin_unlock_irq(&gdev->lock);
+	mutex_unlock(&gdev->db_mutex);
 	wake_up_all(&gdev->tag_wq);
 	mutex_unlock(&gdev->reset_lock);
 
@@ -391,8 +393,60 @@ static bool hmm_gpu_submit_wake(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *
 }
 
 /*
+ * Tell the device about the commands queued so far: the CMDQ_TAIL doorbell.
+ * The device runs short jobs inside that write (hw/misc/hmm-gpu-engine.c,
+ * hmm_gpu_run_now()), so it is written with interrupts enabled and no
+ * spinlock held; db_mutex keeps the TAIL values in ring order and out of a
+ * reset's way. The completions the write produced are reaped at once, so
+ * their waiters need not wait for the interrupt.
+ */
+void hmm_gpu_ring(struct hmm_gpu_dev *gdev)
+{
+	bool ring;
+	u32 tail;
+
+	lockdep_assert_irqs_enabled();
+	mutex_lock(&gdev->db_mutex);
+	spin_lock_irq(&gdev->lock);
+	tail = gdev->sq_tail;
+	ring = tail != gdev->db_tail && !gdev->resetting && !gdev->dead && !gdev->broken;
+	if (ring)
+		gdev->db_tail = tail;
+	spin_unlock_irq(&gdev->lock);
+	if (ring) {
+		/* writel() orders the entries in coherent memory before the doorbell. */
+		hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_TAIL, tail);
+		spin_lock_irq(&gdev->lock);
+		if (!gdev->resetting)
+			hmm_gpu_process_cpl(gdev, true);
+		spin_unlock_irq(&gdev->lock);
+	}
+	mutex_unlock(&gdev->db_mutex);
+}
+
+/*
+ * FAULT_REPLAY: the stalled jobs walk again, inside the write (like a
+ * doorbell: interrupts on, no spinlock), and what completes there is
+ * reaped at once.
+ */
+void hmm_gpu_replay(struct hmm_gpu_dev *gdev)
+{
+	lockdep_assert_irqs_enabled();
+	spin_lock_irq(&gdev->lock);
+	gdev->stats.replays++;
+	spin_unlock_irq(&gdev->lock);
+	hmm_gpu_write(gdev, HMM_GPU_REG_FAULT_REPLAY, 1);
+	spin_lock_irq(&gdev->lock);
+	if (!gdev->resetting)
+		hmm_gpu_process_cpl(gdev, true);
+	spin_unlock_irq(&gdev->lock);
+}
+
+/*
  * Queue one command of @batch, waiting for a free slot if the ring is full.
- * On error nothing was queued; -ETIMEDOUT means the device was reset.
+ * The doorbell rings in hmm_gpu_batch_wait() (or here, before waiting for a
+ * slot), once for all the commands queued meanwhile. On error nothing was
+ * queued; -ETIMEDOUT means the device was reset.
  */
 int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 		   const struct hmm_gpu_cmd_desc *desc)
@@ -420,9 +474,13 @@ int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 		if (hmm_gpu_can_submit(gdev, desc->urgent))
 			break;
 		spin_unlock_irq(&gdev->lock);
-		left = wait_event_timeout(gdev->tag_wq,
-					  hmm_gpu_submit_wake(gdev, batch, desc->urgent),
-					  HMM_GPU_CMD_TIMEOUT);
+		/* Our own queued commands may be what holds the slots. */
+		hmm_gpu_ring(gdev);
+		left = wait_event_killable_timeout(gdev->tag_wq,
+						   hmm_gpu_submit_wake(gdev, batch, desc->urgent),
+						   HMM_GPU_CMD_TIMEOUT);
+		if (left < 0)
+			return -EINTR;
 		if (!left && !hmm_gpu_submit_wake(gdev, batch, desc->urgent)) {
 			hmm_gpu_timeout(gdev, batch);
 			return -ETIMEDOUT;
@@ -445,7 +503,7 @@ int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 	memset(cmd, 0, sizeof(*cmd));
 	cmd->opcode = desc->opcode;
 	cmd->flags = HMM_GPU_CMD_F_IRQ;
-	cmd->ctx = (__force u32)cpu_to_le32(batch->ctx);
+	cmd->ctx = (__force u32)cpu_to_le32(desc->has_ctx ? desc->ctx : batch->ctx);
 	cmd->cmd_id = (__force u64)cpu_to_le64(slot->cmd_id);
 	cmd->src = (__force u64)cpu_to_le64(desc->src);
 	cmd->dst = (__force u64)cpu_to_le64(desc->dst);
@@ -458,9 +516,6 @@ int hmm_gpu_submit(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch,
 	batch->submitted++;
 	gdev->inflight++;
 	gdev->stats.submitted++;
-
-	/* writel() orders the entry in coherent memory before the doorbell. */
-	hmm_gpu_write(gdev, HMM_GPU_REG_CMDQ_TAIL, gdev->sq_tail);
 	ret = 0;
 unlock:
 	spin_unlock_irq(&gdev->lock);
@@ -468,25 +523,83 @@ unlock:
 }
 
 /*
- * Wait until every command of @batch has completed or been failed. A batch
- * whose commands make no progress for HMM_GPU_CMD_TIMEOUT gets -ETIMEDOUT
- * and the device is reset, so on return the device no longer touches the
- * batch's buffers.
+ * Most a batch may take in all, fault service included (0: no limit). Each
+ * serviced fault counts as progress, so a job that faults forever (a fault
+ * and an invalidation chasing each other, a device that keeps faulting)
+ * never trips the no-progress timeout; this ends it.
+ */
+static unsigned int hmm_gpu_job_timeout_ms = 60000;
+module_param_named(job_timeout_ms, hmm_gpu_job_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(job_timeout_ms, "Cancel a device job still running after this many ms, faults serviced included (default 60000, 0: never)");
+
+/*
+ * Stop @batch's jobs: from now on the fault worker cancels their faults
+ * instead of servicing them, and the batch ends with @err. Jobs that do not
+ * fault run to their end.
+ */
+static void hmm_gpu_batch_abort(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch, int err)
+{
+	spin_lock_irq(&gdev->lock);
+	if (!batch->abort)
+		batch->abort = err;
+	spin_unlock_irq(&gdev->lock);
+}
+
+/*
+ * Wait until every command of @batch has completed or been failed. A fatal
+ * signal or the job deadline (job_timeout_ms) aborts the batch; the wait
+ * then goes on, uninterruptibly, until the device lets go of the batch's
+ * buffers, which cancelled jobs do at once. A batch whose commands make no
+ * progress for HMM_GPU_CMD_TIMEOUT gets -ETIMEDOUT and the device is reset,
+ * so on return the device no longer touches the batch's buffers either way.
  */
 void hmm_gpu_batch_wait(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
 {
-	unsigned int seen, found;
+	unsigned int ms = READ_ONCE(hmm_gpu_job_timeout_ms);
+	unsigned long deadline = jiffies + msecs_to_jiffies(ms);
+	unsigned long last = jiffies;
+	unsigned int seen, now, found;
+	bool killable = true;
 
+	hmm_gpu_ring(gdev);
 	spin_lock_irq(&gdev->lock);
 	if (--batch->pending == 0)
 		complete(&batch->done);
 	spin_unlock_irq(&gdev->lock);
 
+	/* Faults serviced for a stalled job count as progress too. */
+	seen = READ_ONCE(batch->completed) + READ_ONCE(batch->progress);
 	for (;;) {
-		/* Faults serviced for a stalled job count as progress too. */
-		seen = READ_ONCE(batch->completed) + READ_ONCE(batch->progress);
-		if (wait_for_completion_timeout(&batch->done, HMM_GPU_CMD_TIMEOUT))
+		long tmo = HMM_GPU_CMD_TIMEOUT, left;
+
+		if (ms && !READ_ONCE(batch->abort))
+			tmo = clamp_t(long, (long)(deadline - jiffies), 1, tmo);
+		if (killable)
+			left = wait_for_completion_killable_timeout(&batch->done, tmo);
+		else
+			left = wait_for_completion_timeout(&batch->done, tmo);
+		if (left > 0)
 			return;
+		if (left < 0) {
+			/* The signal stays pending: wait on, not interruptibly. */
+			killable = false;
+			hmm_gpu_batch_abort(gdev, batch, -EINTR);
+			continue;
+		}
+		now = READ_ONCE(batch->completed) + READ_ONCE(batch->progress);
+		if (now != seen) {
+			seen = now;
+			last = jiffies;
+		}
+		if (ms && !READ_ONCE(batch->abort) && time_after_eq(jiffies, deadline)) {
+			dev_warn_ratelimited(&gdev->pdev->dev,
+					     "ctx %u: job still running after %u ms, cancelling it\n",
+					     batch->ctx, ms);
+			hmm_gpu_batch_abort(gdev, batch, -ETIMEDOUT);
+			continue;
+		}
+		if (time_before(jiffies, last + HMM_GPU_CMD_TIMEOUT))
+			continue;
 
 		/* Poll once, in case an interrupt went missing. */
 		spin_lock_irq(&gdev->lock);
@@ -510,11 +623,13 @@ void hmm_gpu_shutdown(struct hmm_gpu_dev *gdev)
 	unsigned int tag;
 
 	mutex_lock(&gdev->reset_lock);
+	mutex_lock(&gdev->db_mutex);
 	hmm_gpu_hw_reset(gdev);
 	spin_lock_irq(&gdev->lock);
 	for_each_set_bit(tag, gdev->tags, HMM_GPU_QUEUE_DEPTH)
 		hmm_gpu_retire(gdev, tag, HMM_GPU_ERR_NONE, 0, -ENODEV);
 	spin_unlock_irq(&gdev->lock);
+	mutex_unlock(&gdev->db_mutex);
 	mutex_unlock(&gdev->reset_lock);
 	wake_up_all(&gdev->tag_wq);
 }

@@ -274,6 +274,26 @@ int main(int argc, char **argv)
 	       (uint64_t)st.faults, (uint64_t)st.fault_batches, (uint64_t)st.pages_mapped,
 	       (uint64_t)st.invalidations, (uint64_t)st.tlb_invalidates,
 	       (uint64_t)st.replays, (uint64_t)st.cancels);
+	/*
+	 * SVM_BIND whose answer cannot be copied back (a read-only struct):
+	 * EFAULT, the context is torn down again and the file can bind later.
+	 */
+	{
+		struct hmm_gpu_svm_bind *rob, b;
+		int fd2 = open(dev, O_RDWR | O_CLOEXEC);
+
+		rob = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		memset(rob, 0, 4096);
+		mprotect(rob, 4096, PROT_READ);
+		rc = fd2 < 0 ? -errno : ioctl(fd2, HMM_GPU_IOC_SVM_BIND, rob) ? -errno : 0;
+		memset(&b, 0, sizeof(b));
+		bad = fd2 < 0 ? -errno : ioctl(fd2, HMM_GPU_IOC_SVM_BIND, &b) ? -errno : 0;
+		result("bind", "copy_back_fails", rc == -EFAULT && bad == 0, 0, NULL, rc,
+		       "\"rebind\": %ld", bad);
+		if (fd2 >= 0)
+			close(fd2);
+		munmap(rob, 4096);
+	}
 	close(fd);
 	return failures ? 1 : 0;
 }

@@ -83,6 +83,8 @@ CONFIG_FEATURES: dict[str, str] = {
     "debugfs": "CONFIG_DEBUG_FS",
     "modules": "CONFIG_MODULES",
     "intel_iommu": "CONFIG_INTEL_IOMMU",
+    "swap": "CONFIG_SWAP",
+    "ramdisk": "CONFIG_BLK_DEV_RAM",
     "pvpanic": "CONFIG_PVPANIC_PCI",
     "lkdtm": "CONFIG_LKDTM",
     "kasan": "CONFIG_KASAN",

@@ -53,7 +53,7 @@ ABI_HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_gpu_regs.h"
 
 MODULE = "hmm_gpu.ko"
 WORKLOADS = ("hmm-gpu-smoke", "svm-mirror", "svm-invalidate", "svm-migrate", "vram-pressure",
-             "atomics", "hmm-bench")
+             "atomics", "hmm-bench", "dmirror-edge", "svm-race", "svm-reclaim", "svm-one")
 GUEST_DIR = "opt/hmmlab"
 MANIFEST = "kernel.json"
 

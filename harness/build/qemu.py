@@ -5,8 +5,9 @@ Layout under the cache (see docs/architecture.md):
 - ``downloads/``               the Debian source package (orig + debian tarballs, .dsc)
 - ``qemu-src/<ver>/``          unpacked source, patched once, then overlaid with our files
 - ``tools/meson-<v>/``         a venv with the meson configure needs (bookworm's is too old)
-- ``qemu-build/<basehash>/``   build directory; BASEHASH excludes the device sources so an
-                               edit to hmm-gpu.c is an incremental ninja rebuild
+- ``qemu-build/<basehash>/``   build directory; BASEHASH covers the glue (Kconfig,
+                               meson.build) but not the device sources, so an edit
+                               to a device .c/.h is an incremental ninja rebuild
 - ``qemu/<fullhash>/``         the finished binary; FULLHASH covers everything, so a warm
                                run returns without touching the tree
 """
@@ -64,11 +65,9 @@ CONFIGURE_FLAGS = (
 )
 
 DEVICE_DIR = REPO_ROOT / "qemu-devices"
-# Files copied verbatim into the QEMU tree: (repo path, path in the QEMU tree).
-DEVICE_FILES = (
-    (DEVICE_DIR / "hw/misc/hmm-gpu.c", "hw/misc/hmm-gpu.c"),
-    (DEVICE_DIR / "include/hmm_gpu_regs.h", "include/hw/misc/hmm_gpu_regs.h"),
-)
+# Every file below these qemu-devices/ directories is copied verbatim to the
+# QEMU tree: (directory in qemu-devices/, where it goes in the QEMU tree).
+OVERLAY_DIRS = (("hw", "hw"), ("include", "include/hw/misc"))
 # Fragments appended to QEMU's file of the same name between markers.
 GLUE_FILES = ("hw/misc/Kconfig", "hw/misc/meson.build")
 TRACE_FILES = ("hw/misc/trace-events",)
@@ -115,6 +114,24 @@ def _datadirs() -> tuple[Path, ...]:
     return tuple(d for d in DATADIRS if d.is_dir())
 
 
+def device_files() -> tuple[tuple[Path, str], ...]:
+    """(repo path, path in the QEMU tree) of every file copied verbatim.
+
+    Everything under OVERLAY_DIRS except the spliced fragments and hidden
+    files (editor swap files and the like), in a stable order.
+    """
+    spliced = {DEVICE_DIR / rel for rel in (*GLUE_FILES, *TRACE_FILES)}
+    files: list[tuple[Path, str]] = []
+    for sub, dest in OVERLAY_DIRS:
+        root = DEVICE_DIR / sub
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = path.relative_to(root)
+            if path in spliced or any(part.startswith(".") for part in rel.parts):
+                continue
+            files.append((path, f"{dest}/{rel.as_posix()}"))
+    return tuple(files)
+
+
 def base_hash() -> str:
     """Inputs that need a fresh build directory when they change."""
     h = InputHash("qemu-build")
@@ -131,7 +148,7 @@ def full_hash() -> str:
     """Everything the binary depends on, including this builder."""
     h = InputHash("qemu")
     h.text("base", base_hash())
-    for src, rel in DEVICE_FILES:
+    for src, rel in device_files():
         h.file(src, label=rel)
     for rel in TRACE_FILES:
         h.file(DEVICE_DIR / rel, label=rel)
@@ -277,7 +294,7 @@ def splice_fragment(original: str, fragment: str) -> str:
 def apply_overlay(src: Path) -> list[str]:
     """Copy device files and splice glue into the QEMU tree; returns what changed."""
     changed: list[str] = []
-    for repo_file, rel in DEVICE_FILES:
+    for repo_file, rel in device_files():
         dest = src / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if _write_if_changed(dest, repo_file.read_bytes()):

@@ -34,6 +34,8 @@ MISSING: dict[str, str] = {
     "device_private": "kernel built without CONFIG_DEVICE_PRIVATE",
     "test_hmm": "kernel built without CONFIG_TEST_HMM (no lib/test_hmm.ko)",
     "gup_test": "kernel built without CONFIG_GUP_TEST",
+    "swap": "kernel built without CONFIG_SWAP",
+    "ramdisk": "kernel built without a built-in RAM disk (CONFIG_BLK_DEV_RAM=y) to swap on",
 }
 
 

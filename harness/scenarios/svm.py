@@ -14,7 +14,32 @@ trace, each data DMA of a VA job used a translation the device walked after
 the last TLB invalidation covering that address in that context
 (:func:`harness.dmatrace.check_invalidations`).
 
-Both load hmm_gpu.ko if it is not loaded yet. A workload line ``{"test": ...,
+``svm-race``: ``/opt/hmmlab/bin/svm-race``: device FILL/READ jobs, CPU reads
+and migrations to VRAM and back on the same 64 pages at once, for
+``RACE_SECONDS``, every value verified (a device write lost to a page the
+process no longer owns shows up as an older value). The driver's
+``race_delay_us`` parameter widens the window between hmm_range_fault() and
+the page-table update in which a migration of the same page must force a
+retry. After QEMU has exited, ``svm-race.dmatrace`` runs the invalidation
+check above and :func:`harness.dmatrace.check_vram_lifetime` (no leaf walk
+or VA job reached a VRAM page after its data was copied out).
+
+``svm-reclaim``: ``/opt/hmmlab/bin/svm-reclaim``: pages freed lazily
+(MADV_FREE, so clean) are written by the device through a writable mapping
+that took no CPU write fault, then reclaimed (MADV_PAGEOUT): the device's
+data must survive, i.e. the driver marks a page dirty when its writable
+mapping of it goes. Where the kernel has swap and a built-in RAM disk, swap
+is turned on for the run (``/dev/ram0``) and a swap-out, swap-in, device
+write, swap-out round trip is checked as well (``-s``).
+
+``dmirror-edge``: ``/opt/hmmlab/bin/dmirror-edge`` on /dev/hmm_dmirror0:
+test_hmm-uAPI sequences that once hung the driver or gave another answer
+than the kernel's semantics (a WRITE over pages in VRAM and never-touched
+pages, a device write to a read-only or copy-on-write page in VRAM,
+MIGRATE_TO_DEV over a page already in VRAM), each in its own process with a
+deadline. Entries ``dmirror-edge.<case>``.
+
+All load hmm_gpu.ko if it is not loaded yet. A workload line ``{"test": ...,
 "skip": "why"}`` (what this kernel cannot do: device atomics without
 device-exclusive entries) is a SKIP entry with that reason.
 """
@@ -29,10 +54,25 @@ from harness import dmatrace
 from harness.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
-from harness.scenarios.kernel import guest_kernel, skip_unsupported
+from harness.scenarios.kernel import guest_kernel, skip_unsupported, unmet
 from harness.scenarios.smoke import parse_workload_output, reported_seconds
 
 INVALIDATE_SECONDS = 3
+RACE_SECONDS = 8
+RACE_DELAY_US = 200
+SWAP_DEV = "/dev/ram0"
+SWAP_NEEDS = ("swap", "ramdisk")
+RACE_PARAM = "/sys/module/hmm_gpu/parameters/race_delay_us"
+ARGS = {
+    "svm-invalidate": f"-d /dev/hmm_gpu0 -t {INVALIDATE_SECONDS}",
+    "svm-race": f"-d /dev/hmm_gpu0 -t {RACE_SECONDS} -p 64 -w 2 -c 1 -m 1",
+    "dmirror-edge": "-d /dev/hmm_dmirror0 -t 30",
+}
+# scenario -> the trace checks its finish() runs over every device's trace
+TRACE_CHECKS = {
+    "svm-invalidate": ("invalidate",),
+    "svm-race": ("invalidate", "vram"),
+}
 
 
 def _brief(obj: dict[str, Any]) -> str:
@@ -53,8 +93,7 @@ class SvmWorkload:
     def __init__(self, name: str) -> None:
         self.name = name
         self.binary = f"{BIN}/{name}"
-        self.args = f"-d /dev/hmm_gpu0 -t {INVALIDATE_SECONDS}" if name == "svm-invalidate" \
-            else "-d /dev/hmm_gpu0"
+        self.args = ARGS.get(name, "-d /dev/hmm_gpu0")
 
     def run(self, s: Session) -> None:
         if skip_unsupported(s, self.name):
@@ -68,6 +107,13 @@ class SvmWorkload:
         # 2>&1 would interleave with the JSON lines: keep stderr apart.
         cmd = f"{self.binary} {self.args} 2>/tmp/{self.name}.err; rc=$?; " \
               f"cat /tmp/{self.name}.err >&2; exit $rc"
+        if self.name == "svm-reclaim" and self._can_swap(s):
+            cmd = cmd.replace(f"{self.binary} {self.args}", f"{self.binary} {self.args} -s")
+            cmd = f"mkswap {SWAP_DEV} >/dev/null && swapon {SWAP_DEV} || exit 13; ( {cmd} ); " \
+                  f"rc=$?; swapoff {SWAP_DEV} || rc=14; exit $rc"
+        if self.name == "svm-race":
+            cmd = f"echo {RACE_DELAY_US} > {RACE_PARAM} || exit 12; ( {cmd} ); rc=$?; " \
+                  f"echo 0 > {RACE_PARAM}; exit $rc"
         run = guest_run(s, cmd, s.cfg.timeouts.scenario)
         out_file.write_text(run.out)
         (s.run_dir / f"{self.name}.stderr").write_text(run.err)
@@ -99,8 +145,14 @@ class SvmWorkload:
                                      f"exit status {run.rc} although every sub-test passed\n"
                                      + "\n".join(other[-20:]), files))
 
+    @staticmethod
+    def _can_swap(s: Session) -> bool:
+        k = guest_kernel(s)
+        return k is not None and unmet(SWAP_NEEDS, k.features, k.name) is None
+
     def finish(self, s: Session) -> None:
-        if self.name != "svm-invalidate" or not s.state.get(f"{self.name}.objs"):
+        checks = TRACE_CHECKS.get(self.name)
+        if not checks or not s.state.get(f"{self.name}.objs"):
             return
         t0 = time.monotonic()
         traces = sorted(s.run_dir.glob("dmatrace-*.bin"))
@@ -121,17 +173,24 @@ class SvmWorkload:
                 problems.append(f"{path.name}: trace version {trace.header.version} has no "
                                 "VA/PTW records (the device predates ABI 1.1)")
                 continue
-            out = dmatrace.check_invalidations(trace.records)
-            checked += out.data_checked
-            stats[path.name] = out.to_dict()
-            texts.append(f"{path.name}: {out.format()}")
-            problems.extend(f"{path.name}: {p}" for p in out.problems)
+            if "invalidate" in checks:
+                out = dmatrace.check_invalidations(trace.records)
+                checked += out.data_checked
+                stats.setdefault(path.name, {})["invalidate"] = out.to_dict()
+                texts.append(f"{path.name}: {out.format()}")
+                problems.extend(f"{path.name}: {p}" for p in out.problems)
+            if "vram" in checks:
+                vram = dmatrace.check_vram_lifetime(trace.records)
+                stats.setdefault(path.name, {})["vram"] = vram.to_dict()
+                texts.append(f"{path.name}: {vram.format()}")
+                problems.extend(f"{path.name}: {p}" for p in vram.problems)
         if not problems and checked == 0:
             problems.append("no DATA record of a VA job in any trace: nothing was checked")
         s.results.add(TestResult(
             f"{self.name}.dmatrace", Status.FAIL if problems else Status.PASS,
             time.monotonic() - t0, "\n".join([*problems[:50], *texts]),
-            [p.name for p in traces], {"invalidate_check": stats}))
+            [p.name for p in traces], {"invalidate_check": {
+                k: v.get("invalidate") for k, v in stats.items()}, "checks": stats}))
 
 
 def make(name: str) -> SvmWorkload:

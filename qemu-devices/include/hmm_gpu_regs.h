@@ -3,22 +3,31 @@
  * hmm-gpu: register, command and record layout.
  *
  * This header is the single source of truth for the device ABI. It is
- * compiled into the QEMU device model (qemu-devices/hw/misc/hmm-gpu.c), the
- * guest driver (guest-images/driver/) and checked against the Python trace
- * decoder (harness/dmatrace.py, tests/unit/test_abi.py). docs/device-abi.md
+ * compiled into the QEMU device model (qemu-devices/hw/misc/hmm-gpu*.c; its
+ * shared part also into hw/misc/hmm-common/), the guest driver
+ * (guest-images/driver/) and checked against the Python trace decoder
+ * (harness/dmatrace.py, tests/unit/test_abi.py). docs/device-abi.md
  * explains it in prose.
  *
  * All multi-byte fields are little-endian. BAR0 registers are 32 bits wide;
  * 64-bit quantities are split into _LO/_HI pairs (write LO first, HI last).
+ *
+ * Two parts with their own include guards: the hmm-gpu ABI proper, then the
+ * layouts every hmmlab device shares (device MMU: context descriptor, page
+ * table entries, fault records; the DMA trace stream). QEMU's hmm-common
+ * library defines HMM_ABI_SHARED_ONLY to get only the second part. Both stay
+ * in this one file: the driver build, the decoder check and the device tests
+ * read it on its own (the guards are named HMMLAB_* so that the tests'
+ * parser of HMM_GPU_* defines does not take them for constants).
  */
-#ifndef HMM_GPU_REGS_H
-#define HMM_GPU_REGS_H
-
 #ifdef __KERNEL__
 #include <linux/types.h>
 #else
 #include <stdint.h>
 #endif
+
+#if !defined(HMMLAB_GPU_REGS_H) && !defined(HMM_ABI_SHARED_ONLY)
+#define HMMLAB_GPU_REGS_H
 
 /* PCI identity (0x1234 is the vendor ID QEMU's own example devices use) */
 #define HMM_GPU_PCI_VENDOR_ID		0x1234
@@ -207,6 +216,20 @@ struct hmm_gpu_cpl {
 	uint64_t	timestamp_ns;	/* QEMU virtual clock */
 };
 
+/* The layouts are ABI: both sides must agree on them byte for byte. */
+_Static_assert(sizeof(struct hmm_gpu_cmd) == 64, "hmm_gpu_cmd size");
+_Static_assert(sizeof(struct hmm_gpu_cpl) == 32, "hmm_gpu_cpl size");
+_Static_assert(sizeof(struct hmm_gpu_copy_ent) == 16, "copy ent size");
+
+#endif /* HMMLAB_GPU_REGS_H */
+
+/*
+ * ==== Layouts shared by every hmmlab device ================================
+ * (The HMM_GPU_ names are kept: the guest driver and the tools know them.)
+ */
+#ifndef HMMLAB_ABI_SHARED_H
+#define HMMLAB_ABI_SHARED_H
+
 /*
  * ---- Device MMU (1.1) ---------------------------------------------------
  *
@@ -336,13 +359,9 @@ struct hmm_gpu_trace_rec {
 	uint8_t		rsvd[7];
 };
 
-/* The layouts above are ABI: both sides must agree on them byte for byte. */
-_Static_assert(sizeof(struct hmm_gpu_cmd) == 64, "hmm_gpu_cmd size");
-_Static_assert(sizeof(struct hmm_gpu_cpl) == 32, "hmm_gpu_cpl size");
 _Static_assert(sizeof(struct hmm_gpu_trace_hdr) == 24, "trace hdr size");
 _Static_assert(sizeof(struct hmm_gpu_trace_rec) == 64, "trace rec size");
 _Static_assert(sizeof(struct hmm_gpu_ctx_desc) == 16, "ctx desc size");
 _Static_assert(sizeof(struct hmm_gpu_fault_rec) == 64, "fault rec size");
-_Static_assert(sizeof(struct hmm_gpu_copy_ent) == 16, "copy ent size");
 
-#endif /* HMM_GPU_REGS_H */
+#endif /* HMMLAB_ABI_SHARED_H */

@@ -14,26 +14,27 @@ from harness.qtest import QTest
 
 # Trace events worth having in the QEMU log of a failed test (the log
 # backend prints to stderr, which QTest keeps in a file). MMIO accesses are
-# left out: polling loops would drown everything else.
+# left out: polling loops would drown everything else. hmm_* come from the
+# device library (hw/misc/hmm-common), hmm_gpu_* from the GPU itself.
 TRACE_EVENTS = (
-    "hmm_gpu_error",
+    "hmm_error",
     "hmm_gpu_fatal",
-    "hmm_gpu_reg_error",
-    "hmm_gpu_dma",
+    "hmm_reg_error",
+    "hmm_dma",
     "hmm_gpu_cmd_done",
     "hmm_gpu_reset",
-    "hmm_gpu_queue_enable",
-    "hmm_gpu_irq",
-    "hmm_gpu_bad_ctx",
-    "hmm_gpu_bad_pte",
-    "hmm_gpu_ptw_error",
-    "hmm_gpu_fault",
-    "hmm_gpu_fault_post",
-    "hmm_gpu_faultq_full",
-    "hmm_gpu_replay",
-    "hmm_gpu_cancel",
-    "hmm_gpu_bad_token",
-    "hmm_gpu_tlb_inv",
+    "hmm_queue_enable",
+    "hmm_irq",
+    "hmm_bad_ctx",
+    "hmm_bad_pte",
+    "hmm_ptw_error",
+    "hmm_fault",
+    "hmm_fault_post",
+    "hmm_faultq_full",
+    "hmm_replay",
+    "hmm_cancel",
+    "hmm_bad_token",
+    "hmm_tlb_inv",
     "hmm_gpu_migrate",
     "hmm_gpu_bad_vram",
 )

@@ -70,3 +70,33 @@ def test_knob_applies_to_migrate_too(launch: Launch) -> None:
     assert (cpl.status, cpl.nbytes) == (H.ERR_DMA_READ, 0)
     cpl = gpu.to_vram([(SRC, 0)])
     assert (cpl.status, cpl.nbytes) == (H.ERR_NONE, 4096)
+
+
+def test_spurious_faults_on_a_mapped_page(launch: Launch) -> None:
+    """inject-spurious-faults N: the next N translations fault although the page is
+    mapped; replays then go through, and the count runs down to zero."""
+    from hmmgpu import PageTables, read_va
+
+    gpu = launch(qmp=True)
+    gpu.setup(intr_mask=H.INTR_CPL | H.INTR_ERROR | H.INTR_FAULT)
+    pt = PageTables(gpu, 4)
+    pt.set_ctx(1)
+    pt.enable()
+    gpu.setup_faultq()
+    va, pa = 0x7F12_3460_0000, 0x0300_0000
+    pt.map(1, va, pa, H.PTE_READ | H.PTE_WRITE)
+    gpu.qt.write(pa, b"mapped!!")
+
+    qom_set(gpu, "inject-spurious-faults", 2)
+    gpu.push(read_va(va, DST, 8, ctx=1, cmd_id=0x51, flags=H.CMD_F_IRQ))
+    for round_ in range(2):  # two injected faults, each on the mapped page
+        (rec,) = gpu.faults(1)
+        assert (rec.va, rec.cmd_id, rec.reason) == (va, 0x51, H.FAULT_NOT_PRESENT), round_
+        assert gpu.pending_cpls() == 0
+        gpu.set_reg("FAULT_REPLAY", 1)
+    (c,) = gpu.reap(1)
+    assert (c.cmd_id, c.status, c.nbytes) == (0x51, H.ERR_NONE, 8)
+    assert gpu.qt.read(DST, 8) == b"mapped!!"
+    assert gpu.qom_get("inject-spurious-faults") == 0
+    assert gpu.qom_get("injected-faults") == 2
+    assert gpu.qom_get("faults-raised") == 2

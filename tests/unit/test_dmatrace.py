@@ -447,3 +447,68 @@ def test_interleaved_commands_are_grouped_by_completion() -> None:
     t2 = dmatrace.decode(hdr() + body + later)
     assert dmatrace.check_trace([a, b, c], t2, only_first=True) == []
     assert dmatrace.check_trace([a, b, c], t2) != []
+
+
+# ---- VRAM page lifetime -----------------------------------------------------------
+
+def migrate_page(offset: int, to_vram: bool, sys_addr: int = 0x7000_0000,
+                 ok: bool = True) -> dmatrace.TraceRecord:
+    """One page of a MIGRATE: system side DMA, aux = the VRAM offset."""
+    return dmatrace.TraceRecord(0, sys_addr, PAGE, 9, 0, Engine.MIGRATE, Kind.DATA,
+                                Dir.READ if to_vram else Dir.WRITE, 0 if ok else 3,
+                                aux=offset)
+
+
+def test_vram_used_while_live_passes() -> None:
+    recs = [migrate_page(0x5000, True), *vwalk(VA, 0x5000), vram(VA, 0x5000),
+            vram(VA, 0x5000, direction=Dir.WRITE), migrate_page(0x5000, False)]
+    out = dmatrace.check_vram_lifetime(recs)
+    assert out.problems == []
+    assert (out.copies_in, out.copies_out, out.walks, out.accesses) == (1, 1, 1, 2)
+
+
+def test_walk_to_a_vram_page_freed_and_reused_fails() -> None:
+    # the fault worker mapped a device page a CPU fault had just moved back
+    # and freed; the page then went to another migration
+    recs = [migrate_page(0x5000, True), migrate_page(0x5000, False), *vwalk(VA, 0x5000),
+            vram(VA, 0x5000, direction=Dir.WRITE), migrate_page(0x5000, True)]
+    out = dmatrace.check_vram_lifetime(recs)
+    assert out.problem_count == 2
+    assert "walk of va=0x" in out.problems[0] and "it was free in between" in out.problems[0]
+    assert "touched VRAM offset 0x5000" in out.problems[1]
+
+
+def test_vram_page_reused_after_a_new_copy_in_passes() -> None:
+    recs = [migrate_page(0x5000, True), migrate_page(0x5000, False),
+            migrate_page(0x5000, True), *vwalk(VA, 0x5000), vram(VA, 0x5000)]
+    assert dmatrace.check_vram_lifetime(recs).problems == []
+
+
+def test_migration_that_copied_out_but_failed_leaves_the_page_usable() -> None:
+    # copied out, but the page could not move (an extra reference): still the
+    # process's page, mapped again, and copied out again later
+    recs = [migrate_page(0x5000, True), migrate_page(0x5000, False), *vwalk(VA, 0x5000),
+            vram(VA, 0x5000), migrate_page(0x5000, False)]
+    assert dmatrace.check_vram_lifetime(recs).problems == []
+
+
+def test_use_after_the_last_copy_out_is_not_judged() -> None:
+    recs = [migrate_page(0x5000, True), migrate_page(0x5000, False), vram(VA, 0x5000)]
+    assert dmatrace.check_vram_lifetime(recs).problems == []
+
+
+def test_use_of_a_page_never_copied_in_fails() -> None:
+    out = dmatrace.check_vram_lifetime([*vwalk(VA, 0x9000), migrate_page(0x9000, True)])
+    assert out.problem_count == 1 and "no page was ever copied into it" in out.problems[0]
+
+
+def test_failed_copy_does_not_change_the_page() -> None:
+    # a copy-in whose DMA failed brought nothing into VRAM
+    recs = [migrate_page(0x5000, True, ok=False), vram(VA, 0x5000)]
+    assert dmatrace.check_vram_lifetime(recs).problem_count == 1
+
+
+def test_vram_access_spanning_pages_checks_each() -> None:
+    recs = [migrate_page(0x5000, True), vram(VA, 0x5800, PAGE)]  # reaches into 0x6000
+    out = dmatrace.check_vram_lifetime(recs)
+    assert out.problem_count == 1 and "0x6000" in out.problems[0]

@@ -1,0 +1,53 @@
+/*
+ * hmm-common: the host-side DMA trace stream
+ *
+ * A device with a "dmatrace" chardev writes one header, then one record per
+ * DMA it issues and per event (struct hmm_gpu_trace_hdr/_rec). Records are
+ * collected in a buffer and written in large pieces: when it fills and
+ * whenever the device calls hmm_dmatrace_flush() (at the end of every
+ * engine run and register write, on reset and unrealize), so the stream is
+ * complete whenever device code is not running.
+ *
+ * Copyright (c) 2026 hmmlab contributors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef HW_MISC_HMM_COMMON_DMATRACE_H
+#define HW_MISC_HMM_COMMON_DMATRACE_H
+
+#include "chardev/char-fe.h"
+#include "exec/memattrs.h"
+#include "qemu/units.h"
+
+#define HMM_DMATRACE_BUF        (64 * KiB)
+
+/* One record's contents, host byte order (see struct hmm_gpu_trace_rec). */
+typedef struct HmmDmaRec {
+    uint8_t engine;         /* enum hmm_gpu_trace_engine */
+    uint8_t kind;           /* enum hmm_gpu_trace_kind */
+    uint8_t dir;            /* HMM_GPU_DIR_*; the DMA helpers set it */
+    uint8_t level;          /* PTW: page-table level */
+    uint32_t ctx;
+    uint64_t cmd_id;        /* the work item the access belongs to */
+    uint64_t addr;
+    uint64_t len;
+    uint64_t va;
+    uint64_t aux;
+    MemTxResult res;        /* the DMA helpers set it */
+} HmmDmaRec;
+
+typedef struct HmmDmaTrace {
+    CharBackend chr;        /* QOM property; no backend: no stream */
+    uint8_t *buf;           /* HMM_DMATRACE_BUF bytes while realized */
+    size_t len;
+} HmmDmaTrace;
+
+/* Allocate the buffer and write the header (realize). */
+void hmm_dmatrace_start(HmmDmaTrace *t, uint32_t devfn);
+/* Flush and free the buffer (unrealize). */
+void hmm_dmatrace_stop(HmmDmaTrace *t);
+void hmm_dmatrace_record(HmmDmaTrace *t, const HmmDmaRec *r);
+void hmm_dmatrace_flush(HmmDmaTrace *t);
+
+#endif
