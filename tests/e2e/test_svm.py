@@ -71,8 +71,9 @@ def test_hmm_tests_durations_are_measured(default_run: Results) -> None:
         took = [t.duration for t in default_run.tests
                 if t.path.startswith(f"hmm-tests.{c}.hmm")]
         measured = [d for d in took if d is not None]
-        assert len(measured) >= len(took) // 2, (c, took)  # most tests take > 20 ms
-        assert len(set(measured)) > len(measured) // 2, (c, took)  # not one share each
+        assert len(measured) >= len(took) // 2, (c, took)  # most come in reads of their own
+        # not one share each: the tests' own times, from ms (a SKIP) to seconds
+        assert len(set(measured)) >= 10 and max(measured) > 10 * min(measured), (c, took)
 
 
 @pytest.mark.parametrize("column", ["hmm-gpu", "hmm-gpu-devfault"])
