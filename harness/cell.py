@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, required=True, help="artifacts.pickle")
     p.add_argument("--results", type=Path, required=True, help="the cell's results directory")
     p.add_argument("--kernel-tree", metavar="PATH")
-    p.add_argument("--keep-going", action="store_true")
     args = p.parse_args(argv)
 
     from harness import config, runner
@@ -103,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, kernel_tree=args.kernel_tree)
     arts = load_artifacts(args.artifacts)
     try:
-        res = runner.run(cfg, args.results.resolve(), artifacts=arts,
-                         keep_going=args.keep_going)
+        res = runner.run(cfg, args.results.resolve(), artifacts=arts)
     except KeyboardInterrupt as e:  # results.json has what ran until then
         print(f"hmmlab cell: stopped ({e or 'interrupted'})", file=sys.stderr)
         return 128 + signal.SIGTERM

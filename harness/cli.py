@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.bench import DEFAULT_ROUNDS
 from harness.config import ConfigError, RunConfig
 from harness.results import EXIT_FAIL, EXIT_INFRA
 
@@ -128,11 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a matrix or a run file (default: the embedded default matrix)")
     r.add_argument("--results", type=Path, metavar="DIR",
                    help="results directory (default: ./results/<UTC time>/)")
-    r.add_argument("--keep-going", action="store_true",
-                   help="run every scenario even after one fails")
     r.add_argument("--kernel-tree", type=Path, metavar="PATH",
                    help="boot your own kernel source tree instead of the kernel(s) named")
-    r.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
+    r.add_argument("-j", "--jobs", type=_positive_int("a number of cells"), metavar="N",
                    help="matrix: cells at once (default: from the cores and free memory)")
     r.add_argument("--rerun-failed", type=Path, metavar="RESULTS_DIR",
                    help="matrix: run only the cells that FAILed, ERRORed or were MISSing in "
@@ -154,15 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser(
         "bench", help="measure (not a test): hmm_gpu.ko next to the kernel's test_hmm.ko",
         description="Boot a guest and run a benchmark against hmm_gpu.ko and test_hmm.ko in "
-                    "the same guest; print the figures side by side and write bench.json to "
-                    "the results directory. `svm`: pages faulted+mapped per second, READ/WRITE "
-                    "bandwidth on mirrored memory, one fault's round trip (median).")
+                    "the same guest, taking turns for several rounds; print each figure's "
+                    "median (min-max) per driver, the ratio of the medians and the project's "
+                    "targets, and write bench.json (every round's raw data) to the results "
+                    "directory. `svm`: pages faulted+mapped per second and READ/WRITE "
+                    "bandwidth on mirrored memory (4 KiB pages and THP), one fault's round "
+                    "trip, migration bandwidth both ways, the CPU fault-back of a migrated "
+                    "page.")
     bn.add_argument("which", choices=["svm"], help="the benchmark")
     bn.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
                     help="run file for the guest (default: the packaged default; its "
                          "scenarios are replaced by the benchmark)")
     bn.add_argument("--results", type=Path, metavar="DIR",
                     help="results directory (default: ./results/<UTC time>/)")
+    bn.add_argument("--rounds", type=_positive_int("a number of rounds"), metavar="N",
+                    default=DEFAULT_ROUNDS,
+                    help=f"rounds, each measuring hmm_gpu.ko then test_hmm.ko (default: "
+                         f"{DEFAULT_ROUNDS})")
 
     t = sub.add_parser("trace", help="decode a DMA trace file (dmatrace-N.bin)",
                        description="Print a summary of a hmm-gpu DMA trace, or every record.")
@@ -209,14 +216,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of cells from 1, got {text!r}")
-    return n
+def _positive_int(what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1; the error says what it counts."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"expected {what} from 1, got {text!r}")
+        return n
+
+    return parse
 
 
 def _kernel_tree(args: argparse.Namespace) -> str | None:
@@ -275,7 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
-    res = runner.run(cfg, results_dir, build=_builder(cfg), keep_going=args.keep_going)
+    res = runner.run(cfg, results_dir, build=_builder(cfg))
     scheduler.write_reports(results_dir)
     print(res.table())
     print(f"results: {results_dir}")
@@ -335,8 +347,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
-                                   keep_going=args.keep_going, timeout=timeout,
-                                   rerun_of=rerun_of)
+                                   timeout=timeout, rerun_of=rerun_of)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     print(scheduler.table(doc))
@@ -366,7 +377,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
-    res, fig = bench.run_bench(cfg, args.which, results_dir, build=_builder(cfg))
+    res, fig = bench.run_bench(cfg, args.which, results_dir, rounds=args.rounds,
+                               build=_builder(cfg))
     text, code = bench.report(res, fig)
     print(text)
     print(f"results: {results_dir}" + (" (bench.json)" if fig else ""))

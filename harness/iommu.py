@@ -125,7 +125,7 @@ def vtd_error_lines(stderr: Iterable[str]) -> list[str]:
 def faults_result(console_faults: Sequence[str], qemu_errors: Sequence[str]) -> TestResult:
     """``iommu.dmar-faults``: FAIL with the fault lines when the guest or QEMU reported any."""
     if not console_faults and not qemu_errors:
-        return TestResult("iommu.dmar-faults", Status.PASS, 0.0,
+        return TestResult("iommu.dmar-faults", Status.PASS, None,
                           "no DMAR fault in the guest, no translation error in QEMU",
                           ["console.log", "qemu.stderr"])
     parts = []
@@ -135,6 +135,6 @@ def faults_result(console_faults: Sequence[str], qemu_errors: Sequence[str]) -> 
     if qemu_errors:
         parts.append(f"{len(qemu_errors)} intel-iommu error(s) on QEMU's stderr:")
         parts += qemu_errors[:20]
-    return TestResult("iommu.dmar-faults", Status.FAIL, 0.0, "\n".join(parts),
+    return TestResult("iommu.dmar-faults", Status.FAIL, None, "\n".join(parts),
                       ["console.log", "qemu.stderr"],
                       {"guest_faults": len(console_faults), "qemu_errors": len(qemu_errors)})

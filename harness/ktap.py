@@ -43,6 +43,7 @@ class KtapResult:
     reason: str = ""  # the directive's text ("# SKIP reason")
     diagnostics: list[str] = field(default_factory=list)  # lines before the result line
     children: list[KtapResult] = field(default_factory=list)
+    line: int = -1  # index of the result line in text.splitlines(); -1: none (missing)
 
     @property
     def ok(self) -> bool:
@@ -143,7 +144,7 @@ def parse(text: str) -> KtapDocument:
                 len(parent.doc.results) + 1, f"subtest{len(parent.doc.results) + 1}",
                 Outcome.ERROR, "no result line", lvl.pending, lvl.doc.results))
 
-    for raw in text.splitlines():
+    for index, raw in enumerate(text.splitlines()):
         depth, tap = _split_depth(raw)
         if depth < 0:
             stack[-1].pending.append(raw)
@@ -197,7 +198,7 @@ def parse(text: str) -> KtapDocument:
         if num != expected:
             doc.problems.append(f"result {num} ({name}) out of order, expected {expected}")
         res = KtapResult(num, name, _outcome(m.group("ok") == "ok", directive), reason,
-                         lvl.pending, children_doc.results if children_doc else [])
+                         lvl.pending, children_doc.results if children_doc else [], index)
         if children_doc:
             doc.problems.extend(f"{name}: {p}" for p in children_doc.problems)
         lvl.pending = []

@@ -93,7 +93,7 @@ class Entry:
     cell: str
     path: str
     status: str
-    duration: float
+    duration: float | None  # None: nothing measured it (JSON null or no key)
     log_excerpt: str
     output_files: tuple[str, ...]  # relative to the results directory
     reason: str = ""
@@ -171,7 +171,7 @@ class _Reader:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # JSON true is not a number, whatever Python's bool thinks.
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = "/".join(k.__name__ for k in kinds)
+            names = "/".join("null" if k is type(None) else k.__name__ for k in kinds)
             raise self.fail(f"{where}.{key}".lstrip("."),
                             f"is {type(value).__name__} {value!r:.60}, expected {names}")
         return value
@@ -192,11 +192,12 @@ class _Reader:
         files = self.get(t, "output_files", list, where, [])
         if not all(isinstance(f, str) for f in files):
             raise self.fail(f"{where}.output_files", "expected a list of file names")
+        duration = self.get(t, "duration", (int, float, type(None)), where, None)
         return Entry(
             cell=cell,
             path=path,
             status=self.status(t, where),
-            duration=float(self.get(t, "duration", (int, float), where, 0.0)),
+            duration=None if duration is None else float(duration),
             log_excerpt=clean_text(self.get(t, "log_excerpt", str, where, "")),
             output_files=tuple(files),
             reason=clean_text(str(t.get("reason") or "")),
@@ -326,10 +327,12 @@ def junit_xml(run: Run) -> junitparser.JUnitXml:
         if not entries:
             # A cell that produced nothing (e.g. its build failed) must not vanish from CI.
             entries = [Entry(cell.name, "cell", cell.status if cell.status in BAD else "ERROR",
-                             cell.duration or 0.0, cell.note or
+                             cell.duration, cell.note or
                              f"cell {cell.name} reported no test results", ())]
         for e in entries:
-            case = junitparser.TestCase(e.path, classname=cell.name, time=round(e.duration, 3))
+            # no time attribute when nothing measured the test (it is optional)
+            case = junitparser.TestCase(e.path, classname=cell.name,
+                                        time=None if e.duration is None else round(e.duration, 3))
             if e.status == "FAIL":
                 result: Any = junitparser.Failure(e.message, "FAIL")
             elif e.status == "ERROR":

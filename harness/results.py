@@ -2,8 +2,13 @@
 
 Test entries follow KCIDB: a dotted ``path`` (``boot``, ``driver.load``,
 ``smoke.copy``...), a ``status``, ``duration``, ``log_excerpt`` and
-``output_files``. Exit status follows tuxrun: 2 when an infrastructure error
-(an ERROR or MISS entry) got in the way, else 1 when a test failed, else 0.
+``output_files``. ``duration`` is seconds that were measured for that entry,
+or None (JSON null) when nothing measured it: a verdict computed from other
+data, a test that never ran, a sub-test whose time its program did not
+report. It is never a share of some larger time.
+
+Exit status follows tuxrun: 2 when an infrastructure error (an ERROR or MISS
+entry) got in the way, else 1 when a test failed, else 0.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class TestResult:
 
     path: str
     status: Status
-    duration: float = 0.0
+    duration: float | None = None  # measured seconds, or None: see the module doc
     log_excerpt: str = ""
     output_files: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -60,12 +65,17 @@ class TestResult:
         d: dict[str, Any] = {
             "path": self.path,
             "status": str(self.status),
-            "duration": round(self.duration, 3),
+            "duration": None if self.duration is None else round(self.duration, 3),
             "log_excerpt": excerpt(self.log_excerpt),
             "output_files": list(self.output_files),
         }
         d.update(self.extra)
         return d
+
+
+def _took(seconds: float | None, fmt: str, absent: str = "") -> str:
+    """``seconds`` formatted with ``fmt``, or ``absent`` when nothing measured it."""
+    return absent if seconds is None else fmt % seconds
 
 
 def excerpt(text: str, limit: int = EXCERPT_MAX) -> str:
@@ -115,7 +125,7 @@ class Results:
 
     def add(self, result: TestResult) -> TestResult:
         level = logging.INFO if result.status in (Status.PASS, Status.SKIP) else logging.WARNING
-        log.log(level, "%s: %s (%.1fs)", result.path, result.status, result.duration)
+        log.log(level, "%s: %s%s", result.path, result.status, _took(result.duration, " (%.1fs)"))
         self.tests.append(result)
         return result
 
@@ -172,7 +182,8 @@ class Results:
     def table(self) -> str:
         """A short human summary: one line per test, then the totals."""
         width = max((len(t.path) for t in self.tests), default=4)
-        lines = [f"{t.path:<{width}}  {t.status!s:<5}  {t.duration:7.1f}s" for t in self.tests]
+        lines = [f"{t.path:<{width}}  {t.status!s:<5}  {_took(t.duration, '%7.1fs', '       -')}"
+                 for t in self.tests]
         s = self.summary()
         lines.append(
             f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "

@@ -8,10 +8,18 @@ found the guest hung and killed it: ERROR, FAIL if the kernel reported a
 lockup or stall first) and, with a vIOMMU, ``iommu.enabled`` and
 ``iommu.dmar-faults`` (see harness.iommu).
 
-The decisions (which status an entry gets, which scenarios are skipped) are
+The decisions (which status an entry gets, which scenarios do not run) are
 pure functions of what was observed: :func:`boot_failure`,
-:func:`splat_result`, :func:`panic_result`, :func:`hang_result` and
-:func:`not_run_reason`.
+:func:`splat_result`, :func:`panic_result`, :func:`hang_result`,
+:func:`needs_probe` and :func:`not_run_reason`.
+
+Every scenario runs, whatever the ones before it found, as long as the guest
+is usable: QEMU still runs and, after a scenario that FAILed or ERRORed, the
+guest still answers a trivial command over SSH within
+:data:`PROBE_TIMEOUT`. Once it is not, the scenarios left are MISS "not run:
+guest unusable: <why>": they should have run and could not, and a run that
+lost them did not give its full coverage (exit status 2), which a SKIP
+(this configuration cannot run it) would hide.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from harness.config import RunConfig
 from harness.results import Results, Status, TestResult, excerpt
 from harness.scenarios import Scenario, Session
 from harness.splat import Splat
-from harness.ssh import SSHClient, SSHError
+from harness.ssh import SSHClient, SSHError, SSHTimeout
 from harness.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
 
 if TYPE_CHECKING:
@@ -48,6 +56,10 @@ log = logging.getLogger(__name__)
 SSH_CONNECT_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 30.0
 QMP_EXIT_GRACE = 5.0
+# A trivial command a usable guest answers well within this, even under TCG on a
+# loaded host (it takes well under a second there).
+PROBE_TIMEOUT = 20.0
+PROBE_CMD = "true"
 
 
 @contextmanager
@@ -92,12 +104,12 @@ def boot_failure(error: GuestError, splats: Sequence[Splat], duration: float) ->
 def splat_result(splats: Sequence[Splat]) -> TestResult:
     """The ``console.splat`` entry: FAIL titled after the first report, else PASS."""
     if not splats:
-        return TestResult("console.splat", Status.PASS, 0.0, "no kernel splat on the console",
+        return TestResult("console.splat", Status.PASS, None, "no kernel splat on the console",
                           ["console.log"])
     first = splats[0]
     text = "\n\n".join(f"{s.title}\n{s.report}" for s in splats)
     return TestResult(
-        "console.splat", Status.FAIL, 0.0, excerpt(text), ["console.log"],
+        "console.splat", Status.FAIL, None, excerpt(text), ["console.log"],
         {"title": first.title, "splats": [s.to_dict() for s in splats]},
     )
 
@@ -110,7 +122,7 @@ def panic_result(event: Mapping[str, Any], splats: Sequence[Splat]) -> TestResul
     text = f"QMP GUEST_PANICKED {json.dumps(dict(event.get('data') or {}), sort_keys=True)}"
     if title is not None:
         text += f"\n{title.title}\n{title.report}"
-    return TestResult("guest.panic", Status.FAIL, 0.0, text,
+    return TestResult("guest.panic", Status.FAIL, None, text,
                       ["console.log", "qmp-events.jsonl"],
                       {"title": title.title if title is not None else "kernel panic"})
 
@@ -128,22 +140,27 @@ def hang_result(reason: str, splats: Sequence[Splat], console_tail: str,
     if splats:
         text += f"\nthe kernel reported first: {splats[0].title}"
     text += f"\nconsole before the kill:\n{console_tail}"
-    return TestResult("guest.hang", status, 0.0, text, list(files))
+    return TestResult("guest.hang", status, None, text, list(files))
 
 
-def not_run_reason(
-    name: str, entries: Sequence[TestResult], guest_gone: str | None, keep_going: bool
-) -> str | None:
-    """Why the scenarios after ``name`` are skipped, or None to go on.
+def needs_probe(entries: Sequence[TestResult]) -> bool:
+    """Whether to check the guest still answers after a scenario that added ``entries``:
+    one of them FAILed or ERRORed (it may have left the guest broken)."""
+    return any(t.status in (Status.FAIL, Status.ERROR) for t in entries)
 
-    ``entries`` are the ones scenario ``name`` added. A guest that is gone
-    stops the run; a FAIL or ERROR stops it unless ``keep_going``.
+
+def not_run_reason(name: str, guest_gone: str | None, unanswered: str | None) -> str | None:
+    """Why the scenarios after ``name`` cannot run (they are MISS), or None to go on.
+
+    ``guest_gone``: why QEMU is gone (:meth:`harness.vm.Guest.exit_reason`).
+    ``unanswered``: why the guest did not answer the probe after ``name``
+    failed (None: it answered, or was not probed). Anything else, a failure
+    included, lets the next scenario run.
     """
     if guest_gone:
-        return f"not run: {guest_gone}"
-    failed = any(t.status in (Status.FAIL, Status.ERROR) for t in entries)
-    if failed and not keep_going:
-        return f"not run: {name} failed (use --keep-going to run it anyway)"
+        return f"not run: guest unusable: {guest_gone}"
+    if unanswered:
+        return f"not run: guest unusable after {name}: {unanswered}"
     return None
 
 
@@ -159,7 +176,6 @@ class Runner:
     cfg: RunConfig
     artifacts: Artifacts
     results: Results
-    keep_going: bool = False
     probe: AccelProbe | None = None
     # Scenario objects to run instead of creating cfg.scenarios by name (for
     # programmatic use, e.g. a Smoke with another workload command).
@@ -229,6 +245,7 @@ class Runner:
                     self._iommu_enabled(ssh, guest)
                 session = Session(cfg, r.dir, guest, ssh, r)
                 ran = self._scenarios(session)
+                ssh = session.ssh  # the probe may have reconnected
                 gone = guest.exit_reason()
                 counters = {} if gone else guest.counters()
                 if not gone and counters_unread(counters):
@@ -238,7 +255,9 @@ class Runner:
                     session.state["guest_gone"] = gone
                 else:
                     r.devices.update(counters)
-                    guest.shutdown(ssh, SHUTDOWN_TIMEOUT)
+                    # a guest that stopped answering would not power off either
+                    usable = not session.state.get("guest_unanswered")
+                    guest.shutdown(ssh if usable else None, SHUTDOWN_TIMEOUT)
             finally:
                 if ssh is not None:
                     ssh.close()
@@ -337,13 +356,54 @@ class Runner:
             ran.append(sc)
             log.info("scenario %s", name)
             self._guarded(name, lambda sc=sc: sc.run(session))
-            why = not_run_reason(name, r.tests[before:], session.guest.exit_reason(),
-                                 self.keep_going)
+            if i + 1 == len(plan):
+                break
+            gone = session.guest.exit_reason()
+            unanswered = None
+            if not gone and needs_probe(r.tests[before:]):
+                unanswered = self._probe(session)
+                gone = session.guest.exit_reason()  # it may have died meanwhile
+            why = not_run_reason(name, gone, unanswered)
             if why:
+                session.state["guest_unanswered"] = unanswered
                 for rest in plan[i + 1:]:
-                    r.add_status(rest if isinstance(rest, str) else rest.name, Status.SKIP, why)
+                    r.add_status(rest if isinstance(rest, str) else rest.name, Status.MISS, why)
                 break
         return ran
+
+    def _probe(self, session: Session) -> str | None:
+        """Does the guest still answer? None if it does, else why not.
+
+        ``PROBE_CMD`` over the session's connection, within PROBE_TIMEOUT
+        (opening the channel included). A connection that is gone (sshd
+        killed under a test) is not yet a dead guest: reconnect once and ask
+        again, and carry on with the new connection.
+        """
+        guest = session.guest
+        t0 = time.monotonic()
+        try:
+            rc, _out, err = session.ssh.run(PROBE_CMD, PROBE_TIMEOUT, abort=guest.exit_reason)
+            if rc == 0:
+                return None
+            return f"`{PROBE_CMD}` exited with status {rc} over SSH: {err.strip()[:200]}"
+        except SSHError as e:
+            if isinstance(e, SSHTimeout) or session.ssh.connected:
+                # the connection is up: the guest did not answer over it
+                return f"no answer over SSH: {e}"
+            first = str(e)
+        left = max(5.0, PROBE_TIMEOUT - (time.monotonic() - t0))
+        log.info("guest probe: %s; connecting again", first)
+        try:
+            ssh = guest.ssh(self.artifacts.ssh_key, self.artifacts.ssh_host_pubkey, left)
+        except SSHError as e:
+            return f"{first}; connecting again: {e}"
+        session.ssh.close()
+        session.ssh = ssh
+        try:
+            rc, _out, err = ssh.run(PROBE_CMD, PROBE_TIMEOUT, abort=guest.exit_reason)
+        except SSHError as e:
+            return f"{first}; after connecting again: {e}"
+        return None if rc == 0 else f"`{PROBE_CMD}` exited with status {rc}: {err.strip()[:200]}"
 
     def _guarded(self, path: str, fn: Any) -> None:
         """Run a scenario step; an unexpected exception becomes an ERROR entry."""
@@ -368,7 +428,6 @@ def run(
     *,
     artifacts: Artifacts | None = None,
     build: Callable[[Path], Artifacts] | None = None,
-    keep_going: bool = False,
     probe: AccelProbe | None = None,
     scenarios: Sequence[Scenario] | None = None,
 ) -> Results:
@@ -395,4 +454,4 @@ def run(
                                        ["run.log"]))
                 results.write()
                 return results
-        return Runner(cfg, artifacts, results, keep_going, probe, scenarios).execute()
+        return Runner(cfg, artifacts, results, probe, scenarios).execute()

@@ -108,14 +108,20 @@ def default_jobs(cpu_count: int, mem_mib: int | None, cells: Sequence[Cell]) -> 
     return min(jobs, len(cells)), why
 
 
+# Guest commands of up to timeouts.scenario each that a scenario runs: hmm-tests
+# one per column (harness.scenarios.hmm_tests.DRIVERS); others one, counted twice.
+SCENARIO_COMMANDS = {"hmm-tests": 3}
+
+
 def cell_timeout(cell: Cell) -> float:
     """When to kill a cell's process: the runner's own timeouts should fire first.
 
-    Boot, then per scenario up to two commands of ``timeouts.scenario``
-    (hmm-tests runs one per driver) and a minute of set-up, then a margin.
+    Boot, then per scenario its commands of ``timeouts.scenario`` (at least
+    two) and a minute of set-up, then a margin.
     """
     t = cell.config.timeouts
-    return t.boot + len(cell.config.scenarios) * (2 * t.scenario + 60.0) + CELL_MARGIN
+    return t.boot + sum(max(2, SCENARIO_COMMANDS.get(sc, 0)) * t.scenario + 60.0
+                        for sc in cell.config.scenarios) + CELL_MARGIN
 
 
 def rerun_selection(previous: dict[str, Any]) -> list[str]:
@@ -137,9 +143,11 @@ def load_previous(results_dir: Path) -> dict[str, Any]:
 
 
 def _entry(cell: str, path: str, status: Status, why: str, files: Sequence[str] = (),
-           seconds: float = 0.0) -> dict[str, Any]:
+           seconds: float | None = None) -> dict[str, Any]:
+    """A merged entry the scheduler adds itself; ``seconds`` only when it timed something."""
     return {"path": f"{cell}.{path}", "cell": cell, "status": str(status),
-            "duration": round(seconds, 3), "log_excerpt": why, "output_files": list(files)}
+            "duration": None if seconds is None else round(seconds, 3), "log_excerpt": why,
+            "output_files": list(files)}
 
 
 def missing_scenarios(cell: Cell, tests: Sequence[dict[str, Any]], why: str
@@ -315,17 +323,13 @@ class _Running:
 CommandFn = Callable[[Cell, Path, Path], list[str]]
 
 
-def cell_command(keep_going: bool) -> CommandFn:
-    def command(cell: Cell, cell_dir: Path, artifacts: Path) -> list[str]:
-        argv = [sys.executable, "-m", "harness.cell", "--config", str(cell_dir / "cell.yaml"),
-                "--artifacts", str(artifacts), "--results", str(cell_dir)]
-        if cell.config.kernel_tree:
-            argv += ["--kernel-tree", cell.config.kernel_tree]
-        if keep_going:
-            argv.append("--keep-going")
-        return argv
-
-    return command
+def cell_command(cell: Cell, cell_dir: Path, artifacts: Path) -> list[str]:
+    """The command line of a cell's own process (:mod:`harness.cell`)."""
+    argv = [sys.executable, "-m", "harness.cell", "--config", str(cell_dir / "cell.yaml"),
+            "--artifacts", str(artifacts), "--results", str(cell_dir)]
+    if cell.config.kernel_tree:
+        argv += ["--kernel-tree", cell.config.kernel_tree]
+    return argv
 
 
 @dataclass
@@ -336,7 +340,7 @@ class Scheduler:
     jobs: int
     jobs_reason: str = ""
     build: BuildFn = build_with_harness
-    command: CommandFn = field(default_factory=lambda: cell_command(False))
+    command: CommandFn = cell_command
     timeout: Callable[[Cell], float] = cell_timeout
     rerun_of: str | None = None
     interrupted: bool = False
@@ -557,7 +561,7 @@ def write_reports(results_dir: Path) -> None:
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,
-               jobs: int | None = None, keep_going: bool = False,
+               jobs: int | None = None,
                timeout: Callable[[Cell], float] | None = None, rerun_of: str | None = None,
                build: BuildFn = build_with_harness) -> dict[str, Any]:
     """Run ``cells`` (default: all) of ``m`` into ``results_dir``; the merged results."""
@@ -570,6 +574,6 @@ def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = N
         jobs, why = default_jobs(os.cpu_count() or 1, mem_available_mib(meminfo), chosen)
     else:
         why = "-j"
-    s = Scheduler(m, chosen, results_dir, jobs, why, build, cell_command(keep_going),
+    s = Scheduler(m, chosen, results_dir, jobs, why, build, cell_command,
                   timeout or cell_timeout, rerun_of)
     return s.run()

@@ -6,10 +6,13 @@ The guest runs dropbear, which has no SFTP server: files go over ``cat``.
 from __future__ import annotations
 
 import base64
+import bisect
+import codecs
 import logging
+import select
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +32,71 @@ class SSHError(RuntimeError):
     """Could not connect, or a command could not be carried out."""
 
 
+# One read of a command's stdout: (time.monotonic() when it came, characters of
+# the decoded stdout received up to and including it).
+Mark = tuple[float, int]
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """When a line of output reached the host, and in which read (0, 1, ...)."""
+
+    time: float
+    read: int
+
+
+def line_arrivals(text: str, marks: Sequence[Mark]) -> list[Arrival | None]:
+    """When each line of ``text.splitlines()`` arrived: the first read after which
+    the whole line (its terminator included) had been received.
+
+    ``marks`` are a command's stdout reads (:attr:`CommandResult.stdout_marks`);
+    a line no read covers (decoded only when the stream ended) is None. Lines
+    that came in the same read cannot be told apart in time.
+    """
+    ends: list[int] = []
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        pos += len(line)
+        ends.append(pos)
+    counts = [n for _, n in marks]
+    out: list[Arrival | None] = []
+    for end in ends:
+        i = bisect.bisect_left(counts, end)
+        out.append(Arrival(marks[i][0], i) if i < len(marks) else None)
+    return out
+
+
+class MarkedStream:
+    """A command's stdout as it comes: the bytes, and a :data:`Mark` per read."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.marks: list[Mark] = []
+        # decodes as it comes only to count characters as data.decode() will have them
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._chars = 0
+
+    def feed(self, data: bytes, now: float) -> None:
+        self.data += data
+        self._chars += len(self._decoder.decode(data))
+        self.marks.append((now, self._chars))
+
+
 class SSHTimeout(SSHError):
-    def __init__(self, cmd: str, timeout: float, stdout: bytes, stderr: bytes) -> None:
+    def __init__(self, cmd: str, timeout: float, stdout: bytes, stderr: bytes,
+                 marks: Sequence[Mark] = ()) -> None:
         self.stdout = stdout
         self.stderr = stderr
+        self.stdout_marks = tuple(marks)
         super().__init__(f"`{cmd}` did not finish within {timeout:.0f}s")
 
 
 class SSHAborted(SSHError):
-    def __init__(self, cmd: str, reason: str, stdout: bytes, stderr: bytes) -> None:
+    def __init__(self, cmd: str, reason: str, stdout: bytes, stderr: bytes,
+                 marks: Sequence[Mark] = ()) -> None:
         self.stdout = stdout
         self.stderr = stderr
+        self.stdout_marks = tuple(marks)
         super().__init__(f"`{cmd}` aborted: {reason}")
 
 
@@ -48,6 +105,8 @@ class CommandResult:
     rc: int
     stdout: str
     stderr: str
+    # every read of stdout as it streamed in (see line_arrivals)
+    stdout_marks: tuple[Mark, ...] = ()
 
     def __iter__(self):  # rc, out, err = client.run(...)
         return iter((self.rc, self.stdout, self.stderr))
@@ -172,15 +231,19 @@ class SSHClient:
 
     def _drain(
         self, chan: paramiko.Channel, cmd: str, timeout: float, abort: AbortCheck | None
-    ) -> tuple[int, bytes, bytes]:
-        """Read stdout and stderr until the command exits and both streams end."""
+    ) -> tuple[int, bytes, bytes, list[Mark]]:
+        """Read stdout and stderr until the command exits and both streams end.
+
+        Each stdout read is timed (a :data:`Mark`): when a test prints its
+        result line is when the host learns it finished.
+        """
         deadline = time.monotonic() + timeout
-        out, err = bytearray(), bytearray()
+        stdout, err = MarkedStream(), bytearray()
         last_abort_check = 0.0
         while True:
             busy = False
             if chan.recv_ready():
-                out += chan.recv(65536)
+                stdout.feed(chan.recv(65536), time.monotonic())
                 busy = True
             if chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
@@ -196,26 +259,30 @@ class SSHClient:
             now = time.monotonic()
             if now > deadline:
                 chan.close()
-                raise SSHTimeout(cmd, timeout, bytes(out), bytes(err))
+                raise SSHTimeout(cmd, timeout, bytes(stdout.data), bytes(err), stdout.marks)
             if abort is not None and now - last_abort_check > 1.0:
                 last_abort_check = now
                 if why := abort():
                     chan.close()
-                    raise SSHAborted(cmd, why, bytes(out), bytes(err))
+                    raise SSHAborted(cmd, why, bytes(stdout.data), bytes(err), stdout.marks)
             if not busy:
-                time.sleep(0.02)
+                # woken as soon as output comes (so its arrival is timed to the
+                # millisecond), else every 20 ms to look at the exit status
+                select.select([chan], [], [], 0.02)
         rc = chan.recv_exit_status()
         chan.close()
-        if rc == -1 and not self._connected():
+        if rc == -1 and not self.connected:
             # No exit status and the connection is gone: the guest (or sshd)
             # went away under the command, which did not finish.
             why = self._await_abort(abort, ABORT_GRACE)
             if why:
-                raise SSHAborted(cmd, why, bytes(out), bytes(err))
+                raise SSHAborted(cmd, why, bytes(stdout.data), bytes(err), stdout.marks)
             raise SSHError(f"`{cmd}`: the SSH connection was lost before the command finished")
-        return rc, bytes(out), bytes(err)
+        return rc, bytes(stdout.data), bytes(err), stdout.marks
 
-    def _connected(self) -> bool:
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (not whether the guest still answers over it)."""
         transport = self._client.get_transport() if self._client is not None else None
         return transport is not None and transport.is_active()
 
@@ -252,9 +319,10 @@ class SSHClient:
         except (TimeoutError, paramiko.SSHException, OSError) as e:
             chan.close()
             raise SSHError(f"`{cmd}`: {e}") from e
-        rc, out, err = self._drain(chan, cmd, timeout, abort)
+        rc, out, err, marks = self._drain(chan, cmd, timeout, abort)
         log.debug("ssh: rc=%d (%d bytes out, %d err)", rc, len(out), len(err))
-        return CommandResult(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        return CommandResult(rc, out.decode(errors="replace"), err.decode(errors="replace"),
+                             tuple(marks))
 
     def put(self, local: Path, remote: str, timeout: float = 60.0, mode: str | None = None) -> None:
         """Copy a file into the guest with ``cat > remote`` (no SFTP on dropbear)."""

@@ -18,6 +18,13 @@
  *                      is verified by the CPU after each round trip
  *   cpu_fault_us       median (and p10/p90) of a CPU read of one page that was
  *                      just migrated to device memory (migrate_to_ram)
+ *   thp_fault_pages_per_s, thp_read_MBps, thp_write_MBps
+ *                      the first three again on a 2 MiB-aligned MADV_HUGEPAGE
+ *                      range (transparent huge pages), in 4 KiB pages per second
+ *                      so that they compare; the data the device read and wrote
+ *                      is verified. thp_huge_bytes: how much of the range the
+ *                      kernel backed with huge pages (/proc/self/smaps); when not
+ *                      all of it, the thp_* figures are null and thp_note says why.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,6 +42,7 @@
 
 #define PAGE 4096ul
 #define STEP (2ul << 20)
+#define HUGE (2ul << 20)
 
 static uint64_t now_ns(void)
 {
@@ -87,6 +95,137 @@ static uint64_t sweep(int fd, unsigned long req, char *mem, char *buf, size_t si
 		}
 	}
 	return now_ns() - t0;
+}
+
+/* A private anonymous mapping of size bytes starting on a 2 MiB boundary, or NULL. */
+static char *map_huge_aligned(size_t size)
+{
+	size_t len = size + HUGE;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uintptr_t start, end;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	start = ((uintptr_t)p + HUGE - 1) & ~(HUGE - 1);
+	end = start + size;
+	if (start > (uintptr_t)p)
+		munmap(p, start - (uintptr_t)p);
+	if ((uintptr_t)p + len > end)
+		munmap((void *)end, (uintptr_t)p + len - end);
+	return (char *)start;
+}
+
+/* AnonHugePages of the mappings within [p, p + size), in bytes; -1 if unreadable. */
+static long long huge_bytes(const char *p, size_t size)
+{
+	unsigned long lo, hi;
+	unsigned long long kb;
+	long long total = 0;
+	int inside = 0;
+	char line[512];
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			inside = lo >= (uintptr_t)p && hi <= (uintptr_t)p + size;
+		else if (inside && sscanf(line, "AnonHugePages: %llu kB", &kb) == 1)
+			total += kb * 1024;
+	}
+	fclose(f);
+	return total;
+}
+
+struct thp_figures {
+	long long huge;		/* bytes in huge pages, -1 unknown */
+	uint64_t first_faults;
+	double fault_rate, rd, wr;
+	const char *note;	/* why there are no figures */
+};
+
+/*
+ * The fault-rate and READ/WRITE bandwidth figures on a THP-backed range: the
+ * device first reads it all (every 2 MiB step faults), then reads and writes
+ * it again repeats times. Returns 0, or -errno of a failed ioctl.
+ */
+static int measure_thp(int fd, char *buf, size_t size, int repeats, struct thp_figures *f)
+{
+	static char note[160];
+	uint64_t faults = 0, t, tr = 0, tw = 0;
+	size_t k;
+	int i, err = 0;
+	char *thp = map_huge_aligned(size);
+
+	memset(f, 0, sizeof(*f));
+	f->huge = -1;
+	if (!thp) {
+		f->note = "mmap of the THP range failed";
+		return 0;
+	}
+	if (madvise(thp, size, MADV_HUGEPAGE)) {
+		snprintf(note, sizeof(note), "madvise(MADV_HUGEPAGE): %s", strerror(errno));
+		f->note = note;
+		munmap(thp, size);
+		return 0;
+	}
+	memset(thp, 0x6b, size);
+	f->huge = huge_bytes(thp, size);
+	if (f->huge != (long long)size) {
+		snprintf(note, sizeof(note), "THP: only %lld of %zu bytes in huge pages "
+			 "(transparent_hugepage disabled or memory fragmented)", f->huge, size);
+		f->note = note;
+		munmap(thp, size);
+		return 0;
+	}
+	memset(buf, 0, size);
+	t = sweep(fd, HMM_DMIRROR_READ, thp, buf, size, &faults, &err);
+	if (!t)
+		goto out;
+	f->fault_rate = (size / PAGE) / (t / 1e9);
+	f->first_faults = faults;
+	for (k = 0; k < size; k += PAGE / 2)
+		if (buf[k] != 0x6b) {
+			f->note = "THP: the device read other data than the CPU wrote";
+			goto out;
+		}
+	/* the device writes a new pattern, then reads it back, repeats times */
+	memset(buf, 0x3c, size);
+	for (i = 0; i < repeats; i++) {
+		uint64_t x = sweep(fd, HMM_DMIRROR_WRITE, thp, buf, size, &faults, &err);
+
+		if (!x)
+			goto out;
+		tw += x;
+		x = sweep(fd, HMM_DMIRROR_READ, thp, buf, size, &faults, &err);
+		if (!x)
+			goto out;
+		tr += x;
+	}
+	for (k = 0; k < size; k++)
+		if (thp[k] != 0x3c || buf[k] != 0x3c) {
+			f->note = "THP: the memory differs from what the device wrote";
+			goto out;
+		}
+	f->rd = (double)size * repeats / (tr / 1e3);
+	f->wr = (double)size * repeats / (tw / 1e3);
+out:
+	munmap(thp, size);
+	return err;
+}
+
+static void print_thp(const struct thp_figures *f)
+{
+	if (f->note) {
+		printf("\"thp_fault_pages_per_s\": null, \"thp_read_MBps\": null, "
+		       "\"thp_write_MBps\": null, \"thp_huge_bytes\": %lld, \"thp_note\": \"%s\"",
+		       f->huge, f->note);
+		return;
+	}
+	printf("\"thp_fault_pages_per_s\": %.0f, \"thp_read_MBps\": %.1f, "
+	       "\"thp_write_MBps\": %.1f, \"thp_huge_bytes\": %lld, "
+	       "\"thp_first_pass_faults\": %llu",
+	       f->fault_rate, f->rd, f->wr, f->huge, (unsigned long long)f->first_faults);
 }
 
 int main(int argc, char **argv)
@@ -230,6 +369,13 @@ int main(int argc, char **argv)
 		}
 	}
 	qsort(clat, samples, sizeof(*clat), cmp_u64);
+
+	/* 6. 1 and 2 again on transparent huge pages (2 MiB device pages to come) */
+	struct thp_figures thp;
+
+	err = measure_thp(fd, buf, size, repeats, &thp);
+	if (err)
+		goto fail;
 	printf("{\"test\": \"bench\", \"ok\": true, \"device\": \"%s\", \"size_bytes\": %zu, "
 	       "\"pages\": %zu, \"first_pass_faults\": %llu, \"steady_faults\": %llu, "
 	       "\"fault_pages_per_s\": %.0f, \"read_MBps\": %.1f, \"write_MBps\": %.1f, "
@@ -237,12 +383,14 @@ int main(int argc, char **argv)
 	       "\"fault_latency_p90_us\": %.2f, \"latency_samples\": %d, \"repeats\": %d, "
 	       "\"migrate_to_dev_MBps\": %.1f, \"migrate_to_sys_MBps\": %.1f, "
 	       "\"migrate_MBps\": %.1f, \"cpu_fault_us\": %.2f, \"cpu_fault_p10_us\": %.2f, "
-	       "\"cpu_fault_p90_us\": %.2f}\n",
+	       "\"cpu_fault_p90_us\": %.2f, ",
 	       dev, size, size / PAGE, (unsigned long long)first_faults,
 	       (unsigned long long)steady_faults, fault_rate, rd, wr, lat[samples / 2] / 1e3,
 	       lat[samples / 10] / 1e3, lat[samples * 9 / 10] / 1e3, samples, repeats, mdev, msys,
 	       mboth, clat[samples / 2] / 1e3, clat[samples / 10] / 1e3,
 	       clat[samples * 9 / 10] / 1e3);
+	print_thp(&thp);
+	printf("}\n");
 	return 0;
 fail:
 	printf("{\"test\": \"bench\", \"ok\": false, \"device\": \"%s\", \"error\": \"ioctl: %s\"}\n",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from harness.results import Status, TestResult
 from harness.scenarios import Session
-from harness.ssh import SSHAborted, SSHError, SSHTimeout
+from harness.ssh import Mark, SSHAborted, SSHError, SSHTimeout
 
 BIN = "/opt/hmmlab/bin"
 HMM_GPU_KO = "/opt/hmmlab/hmm_gpu.ko"
@@ -27,6 +27,7 @@ class Cmd:
     error: str = ""  # timeout, QEMU gone, SSH failure
     status_if_error: Status = Status.ERROR
     seconds: float = 0.0
+    out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.ssh.line_arrivals)
 
     @property
     def ok(self) -> bool:
@@ -46,9 +47,11 @@ def guest_run(s: Session, cmd: str, timeout: float) -> Cmd:
     t0 = time.monotonic()
     c = Cmd(cmd)
     try:
-        c.rc, c.out, c.err = s.ssh.run(cmd, timeout, abort=s.guest.exit_reason)
+        r = s.ssh.run(cmd, timeout, abort=s.guest.exit_reason)
+        c.rc, c.out, c.err, c.out_marks = r.rc, r.stdout, r.stderr, r.stdout_marks
     except (SSHTimeout, SSHAborted) as e:
         c.out, c.err = e.stdout.decode(errors="replace"), e.stderr.decode(errors="replace")
+        c.out_marks = e.stdout_marks
         c.error = str(e)
         splat = bool(s.guest.console and s.guest.console.splats())
         # A kernel that died under the test is the test's failure, not infrastructure.
@@ -65,20 +68,21 @@ def module_loaded(s: Session, name: str) -> bool:
 
 
 def load_module(s: Session, ko: str, name: str, nodes: tuple[str, ...],
-                wait: float = 10.0) -> Cmd:
-    """insmod ``ko`` unless ``name`` is loaded; then wait for ``nodes`` to appear.
+                wait: float = 10.0, args: str = "") -> Cmd:
+    """insmod ``ko`` (with module parameters ``args``) unless ``name`` is loaded; then
+    wait for ``nodes`` to appear.
 
     The returned command is ok only if the module is loaded and every node exists.
     """
     checks = " && ".join(f"[ -c {shlex.quote(n)} ]" for n in nodes) or "true"
     script = (
-        f"grep -q '^{name} ' /proc/modules || insmod {shlex.quote(ko)} || exit 10; "
+        f"grep -q '^{name} ' /proc/modules || insmod {shlex.quote(ko)} {args} || exit 10; "
         f"i=0; while ! ( {checks} ); do i=$((i+1)); [ $i -gt {int(wait * 10)} ] && break; "
         "sleep 0.1; done; "
         f"ls -l {' '.join(shlex.quote(n) for n in nodes)} 2>&1; {checks} || exit 11"
     )
     c = guest_run(s, script, MODULE_TIMEOUT)
-    c.cmd = f"insmod {ko} (and wait for {', '.join(nodes)})"
+    c.cmd = f"insmod {' '.join(x for x in (ko, args) if x)} (and wait for {', '.join(nodes)})"
     return c
 
 

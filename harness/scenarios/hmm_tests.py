@@ -1,27 +1,43 @@
-"""The kernel's own hmm-tests selftest, against hmm_gpu.ko and against test_hmm.ko.
+"""The kernel's own hmm-tests selftest, against hmm_gpu.ko (two ways) and test_hmm.ko.
 
 The unmodified ``tools/testing/selftests/mm/hmm-tests`` of the kernel we
-boot runs twice in the same guest: first against our driver (hmm_gpu.ko
-exposes the test_hmm "dmirror" uAPI on /dev/hmm_dmirror0/1), then, after
-``rmmod hmm_gpu``, against the kernel's software baseline lib/test_hmm.ko.
+boot runs three times in the same guest, one column each:
+
+- ``hmm-gpu``: hmm_gpu.ko (``prefault=1``, its default), which exposes the
+  test_hmm "dmirror" uAPI on /dev/hmm_dmirror0/1; the driver faults a
+  READ/WRITE range in from the CPU (hmm_range_fault) before the device job;
+- ``hmm-gpu-devfault``: hmm_gpu.ko reloaded with ``prefault=0``: the device
+  takes the page faults and the driver services its fault ring, the path a
+  real GPU takes;
+- ``test_hmm``: after ``rmmod hmm_gpu``, the kernel's software baseline
+  lib/test_hmm.ko.
 
 Entries: ``hmm-tests.setup`` (hugetlb pages, debugfs),
-``hmm-tests.<driver>.load``, ``hmm-tests.<driver>.<fixture>.<variant>.<test>``
-for driver ``hmm-gpu`` and ``test_hmm``, ``hmm-tests.<driver>.unload``.
-``results.json`` gets ``tables["hmm-tests"]``: every test with its status on
-both drivers.
+``hmm-tests.<column>.load`` (the module parameters are checked in sysfs),
+``hmm-tests.<column>.<fixture>.<variant>.<test>``,
+``hmm-tests.<column>.unload``. ``results.json`` gets ``tables["hmm-tests"]``:
+every test with its status in each column.
 
-There are no expected failures: every test must pass on both drivers (the
-device-coherent variants SKIP on both, there are no devices 2 and 3), and
-``hmm-tests.parity`` fails if any test passing on test_hmm.ko does not pass
-on hmm-gpu.
+There are no expected failures: every test must pass on both hmm-gpu
+columns as on test_hmm.ko (the device-coherent variants SKIP everywhere,
+there are no devices 2 and 3), and ``hmm-tests.parity.<column>`` (one per
+hmm-gpu column) fails, naming them, if any test passing on test_hmm.ko does
+not pass in that column.
+
+A test's duration is measured on the host from the stream: kselftest's
+harness prints ``#  RUN test`` and flushes right before it forks the test,
+and the result line follows the test's end (flushed with the next test's RUN
+line, or at exit), so the time between the arrivals of the two lines is the
+test's. When both came in the same read of the SSH channel (a test faster
+than the stream's resolution, or output that was buffered) the duration is
+absent (None), never guessed.
 
 What the kernel cannot do is SKIPped with the reason, never counted as a
 pass (the guest's kernel.json says what it offers, see
 :mod:`harness.scenarios.kernel`):
 
 - without CONFIG_TEST_HMM (Debian's stock 6.1) there is no test_hmm.ko: the
-  test_hmm column SKIPs, and so does ``hmm-tests.parity``;
+  test_hmm column SKIPs, and so do the parity entries;
 - without CONFIG_DEVICE_PRIVATE the tests that migrate to device memory or
   take pages device-exclusive (kernel.json lists them, from hmm-tests.c)
   cannot pass on any driver: on hmm-gpu they still run (6.1's harness cannot
@@ -33,7 +49,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +68,7 @@ from harness.scenarios.common import (
     unload_module,
 )
 from harness.scenarios.kernel import GuestKernel, guest_kernel, unmet
+from harness.ssh import Arrival, line_arrivals
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +79,33 @@ THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 @dataclass(frozen=True)
+class Param:
+    """A module parameter a column loads its driver with."""
+
+    name: str
+    value: str  # as insmod gets it
+    sysfs: str  # as /sys/module/<module>/parameters/<name> reads back (bool: Y/N)
+
+
+@dataclass(frozen=True)
 class Driver:
-    label: str  # in result paths
+    label: str  # in result paths and as the table's column
     module: str  # in /proc/modules
     ko: str
+    params: tuple[Param, ...] = ()
+
+    @property
+    def insmod_args(self) -> str:
+        return " ".join(f"{p.name}={shlex.quote(p.value)}" for p in self.params)
 
 
-DRIVERS = (Driver("hmm-gpu", "hmm_gpu", HMM_GPU_KO), Driver("test_hmm", "test_hmm", TEST_HMM_KO))
+HMM_GPU = Driver("hmm-gpu", "hmm_gpu", HMM_GPU_KO, (Param("prefault", "1", "Y"),))
+# The device faults READ/WRITE ranges in itself; the driver services its fault ring.
+HMM_GPU_DEVFAULT = Driver("hmm-gpu-devfault", "hmm_gpu", HMM_GPU_KO,
+                          (Param("prefault", "0", "N"),))
+TEST_HMM = Driver("test_hmm", "test_hmm", TEST_HMM_KO)
+DRIVERS = (HMM_GPU, HMM_GPU_DEVFAULT, TEST_HMM)
+REFERENCE = TEST_HMM  # what the hmm-gpu columns must keep up with
 # driver label -> the kernel features it cannot load without
 DRIVER_NEEDS: dict[str, tuple[str, ...]] = {"test_hmm": ("test_hmm",)}
 
@@ -95,9 +133,10 @@ def driver_unmet(d: Driver, kernel: GuestKernel | None) -> str | None:
 
 
 # Tests a driver cannot pass because it lacks what they test (never the kernel's
-# fault): "fixture.test" -> why. hmm_gpu.ko migrates base pages only.
+# fault), per module (every column of that module): "fixture.test" -> why.
+# hmm_gpu.ko migrates base pages only.
 NOT_IMPLEMENTED: dict[str, dict[str, str]] = {
-    "hmm-gpu": {
+    "hmm_gpu": {
         # 7.2: the snapshot must show the device-private THP mapped by one PMD
         "hmm.migrate_anon_huge_fault": (
             "needs device-private THP migration (MIGRATE_VMA_SELECT_COMPOUND, "
@@ -108,7 +147,7 @@ NOT_IMPLEMENTED: dict[str, dict[str, str]] = {
 
 def cannot_pass(d: Driver, kernel: GuestKernel | None) -> dict[str, str]:
     """The tests ("fixture.test") that cannot pass with ``d`` on this kernel, with why."""
-    out = dict(NOT_IMPLEMENTED.get(d.label, {}))
+    out = dict(NOT_IMPLEMENTED.get(d.module, {}))
     why = unmet(("device_private",), kernel.features, kernel.name) if kernel else None
     if why:
         out.update({t: f"needs device-private memory: {why}"
@@ -184,11 +223,47 @@ def _runs(lines: list[str]) -> list[str]:
     return out
 
 
-def parse_run(driver: str, output: str, seconds: float,
-              cannot: Mapping[str, str] | None = None) -> tuple[list[TestResult], list[str]]:
+_RUN = re.compile(r"^#\s+RUN\s+(\S+)\s*\.\.\.")
+
+
+def test_seconds(lines: Sequence[str], flat: Sequence[tuple[str, ktap.KtapResult]],
+                 arrivals: Sequence[Arrival | None]) -> list[float | None]:
+    """Each result's duration from when its lines reached the host, or None.
+
+    A test starts when its ``#  RUN name ...`` line arrives (kselftest flushes
+    it just before forking the test; without one, when the previous result
+    line arrived) and ends when its result line does. Both in the same read:
+    unknown (None). ``arrivals`` are :func:`harness.ssh.line_arrivals` of
+    ``lines``.
+    """
+    def at(i: int | None) -> Arrival | None:
+        return arrivals[i] if i is not None and 0 <= i < len(arrivals) else None
+
+    run_line: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        m = _RUN.match(line)
+        if m:
+            run_line.setdefault(m.group(1), i)
+    out: list[float | None] = []
+    previous: Arrival | None = None
+    for name, r in flat:
+        end = at(r.line)
+        start = at(run_line.get(name)) if name in run_line else previous
+        if end is not None and start is not None and end.read != start.read:
+            out.append(round(end.time - start.time, 3))
+        else:
+            out.append(None)
+        previous = end or previous
+    return out
+
+
+def parse_run(driver: str, output: str, cannot: Mapping[str, str] | None = None,
+              arrivals: Sequence[Arrival | None] = ()) -> tuple[list[TestResult], list[str]]:
     """hmm-tests output → result entries for ``driver``; also problems with the stream.
 
-    ``cannot``: see :func:`status_of`.
+    ``cannot``: see :func:`status_of`. ``arrivals``: when each line of
+    ``output`` reached the host (:func:`harness.ssh.line_arrivals`); without
+    them no test has a duration.
     """
     doc = ktap.parse(output)
     flat = doc.flatten()
@@ -196,9 +271,9 @@ def parse_run(driver: str, output: str, seconds: float,
     if not flat:
         problems.append("hmm-tests printed no test results")
     renamed = _missing_names(doc, flat)
-    each = seconds / max(1, len(flat))
+    seconds = test_seconds(output.splitlines(), flat, arrivals)
     entries = []
-    for name, r in flat:
+    for (name, r), took in zip(flat, seconds, strict=True):
         if r.outcome == Outcome.MISSING:
             name = renamed.get(r.number, f"test{r.number}")
             status, reason = Status.FAIL, "never reported: hmm-tests stopped before it ran"
@@ -206,15 +281,16 @@ def parse_run(driver: str, output: str, seconds: float,
             status, reason = status_of(driver, name, r, cannot)
         text = "\n".join([reason, *r.diagnostics[-40:], f"{'ok' if r.ok else 'not ok'} "
                           f"{r.number} {name}"]).strip()
-        entries.append(TestResult(f"hmm-tests.{driver}.{name}", status, each, text,
+        entries.append(TestResult(f"hmm-tests.{driver}.{name}", status, took, text,
                                   [f"hmm-tests-{driver}.log"],
                                   {"ktap": str(r.outcome), "reason": reason}))
     return entries, problems
 
 
-def side_by_side(entries: list[TestResult]) -> dict[str, Any]:
-    """``{"columns": [...], "rows": [{"test": name, "hmm-gpu": st, "test_hmm": st}]}``."""
-    cols = [d.label for d in DRIVERS]
+def side_by_side(entries: list[TestResult],
+                 drivers: Sequence[Driver] = DRIVERS) -> dict[str, Any]:
+    """``{"columns": [...], "rows": [{"test": name, <column>: status, ...}], "totals"}``."""
+    cols = [d.label for d in drivers]
     rows: dict[str, dict[str, str]] = {}
     for e in entries:
         parts = e.path.split(".", 2)
@@ -227,42 +303,48 @@ def side_by_side(entries: list[TestResult]) -> dict[str, Any]:
         row[driver] = str(e.status)
     totals = {c: {s: sum(1 for r in rows.values() if r[c] == s)
                   for s in ("PASS", "FAIL", "SKIP", "ERROR", "-")} for c in cols}
-    return {"columns": cols, "rows": list(rows.values()), "totals": totals}
+    return {"columns": cols, "reference": REFERENCE.label, "rows": list(rows.values()),
+            "totals": totals}
 
 
-def parity(table: dict[str, Any], test_hmm_missing: str = "",
+def parity(table: dict[str, Any], column: str, not_run: str = "",
            excused: Mapping[str, str] | None = None) -> TestResult:
-    """``hmm-tests.parity``: every test that passes on test_hmm.ko passes on hmm-gpu.
+    """``hmm-tests.parity.<column>``: every test that passes on test_hmm.ko passes in
+    ``column`` (a hmm-gpu column).
 
-    ``test_hmm_missing``: why test_hmm.ko did not run (then there is nothing to
-    compare). ``excused``: tests ("fixture.test") hmm-gpu cannot pass, with why
-    (:func:`cannot_pass`); those SKIPped on hmm-gpu are named, not counted behind.
+    ``not_run``: why test_hmm.ko or the column could not run on this kernel
+    (then there is nothing to compare). ``excused``: tests ("fixture.test")
+    the column's driver cannot pass, with why (:func:`cannot_pass`); those
+    SKIPped there are named, not counted behind.
     """
-    if test_hmm_missing:
-        return TestResult("hmm-tests.parity", Status.SKIP,
-                          log_excerpt=f"nothing to compare: {test_hmm_missing}")
+    path = f"hmm-tests.parity.{column}"
+    ref = REFERENCE.label
+    if not_run:
+        return TestResult(path, Status.SKIP, log_excerpt=f"nothing to compare: {not_run}")
     excused = excused or {}
-    ahead = [r["test"] for r in table["rows"]
-             if r.get("test_hmm") == "PASS" and r.get("hmm-gpu") != "PASS"]
-    skipped = [t for t in ahead if test_key(t) in excused and
-               next(r for r in table["rows"] if r["test"] == t).get("hmm-gpu") == "SKIP"]
-    behind = [t for t in ahead if t not in skipped]
-    both = sum(1 for r in table["rows"] if r.get("test_hmm") == r.get("hmm-gpu") == "PASS")
+    rows = table["rows"]
+    ahead = [r for r in rows if r.get(ref) == "PASS" and r.get(column) != "PASS"]
+    skipped = [r["test"] for r in ahead
+               if test_key(r["test"]) in excused and r.get(column) == "SKIP"]
+    behind = [f"{r['test']} ({r.get(column, '-')})" for r in ahead if r["test"] not in skipped]
+    both = sum(1 for r in rows if r.get(ref) == r.get(column) == "PASS")
     note = "".join(f"\nnot compared, {t}: {excused[test_key(t)]}" for t in skipped)
     if behind:
-        return TestResult("hmm-tests.parity", Status.FAIL, log_excerpt=(
-            f"{len(behind)} tests pass on test_hmm.ko but not on hmm-gpu:\n"
+        return TestResult(path, Status.FAIL, log_excerpt=(
+            f"{len(behind)} tests pass on {ref} but not on {column}:\n"
             + "\n".join(behind) + note))
-    return TestResult("hmm-tests.parity", Status.PASS,
-                      log_excerpt=f"{both} tests pass on both drivers" + note)
+    return TestResult(path, Status.PASS,
+                      log_excerpt=f"{both} tests pass on {ref} and on {column}" + note)
 
 
 def format_table(table: dict[str, Any]) -> str:
     cols = table["columns"]
     rows = table["rows"]
     w = max([len("test"), *(len(r["test"]) for r in rows)])
-    lines = [f"{'test':<{w}}  " + "  ".join(f"{c:<8}" for c in cols)]
-    lines += [f"{r['test']:<{w}}  " + "  ".join(f"{r[c]:<8}" for c in cols) for r in rows]
+    cw = {c: max(8, len(c)) for c in cols}
+    lines = [f"{'test':<{w}}  " + "  ".join(f"{c:<{cw[c]}}" for c in cols).rstrip()]
+    lines += [f"{r['test']:<{w}}  " + "  ".join(f"{r[c]:<{cw[c]}}" for c in cols).rstrip()
+              for r in rows]
     for c in cols:
         t = table["totals"][c]
         lines.append(f"{c}: " + ", ".join(f"{n} {k}" for k, n in t.items() if n))
@@ -289,46 +371,61 @@ class HmmTests:
         if not add_cmd_result(s, "hmm-tests.setup", prep):
             return
         entries: list[TestResult] = []
-        missing = ""
+        unmet_by: dict[str, str] = {}  # column -> why it could not run here
         for driver in DRIVERS:
             why = driver_unmet(driver, kernel)
             if why:
-                missing = missing or why
-                # the names the other driver printed, else all the source has
+                unmet_by[driver.label] = why
+                # the names another column printed, else all the source has
                 names = [e.path.split(".", 2)[2] for e in entries
                          if len(e.path.split(".", 2)) == 3]
                 entries.extend(skip_column(
                     s, driver, names or (kernel.hmm_test_names() if kernel else []), why))
                 continue
             entries.extend(self._one(s, driver, timeout, cannot_pass(driver, kernel)))
-        excused = cannot_pass(DRIVERS[0], kernel)
-        # Leave the guest as the next scenario expects it: our driver loaded.
-        load_module(s, HMM_GPU_KO, "hmm_gpu", ("/dev/hmm_gpu0",))
+        self.restore(s)
         table = side_by_side(entries)
         s.results.tables["hmm-tests"] = table
-        s.results.add(parity(table, missing, excused))
+        for d in DRIVERS:
+            if d is not REFERENCE:
+                why = unmet_by.get(REFERENCE.label) or unmet_by.get(d.label, "")
+                s.results.add(parity(table, d.label, why, cannot_pass(d, kernel)))
         text = format_table(table)
         (s.run_dir / "hmm-tests-table.txt").write_text(text + "\n")
         log.info("hmm-tests:\n%s", text)
 
+    @staticmethod
+    def restore(s: Session) -> None:
+        """Leave the guest as the next scenario expects it: hmm_gpu.ko loaded, with
+        its defaults (prefault on)."""
+        unload_module(s, TEST_HMM.module)
+        load_module(s, HMM_GPU_KO, HMM_GPU.module, ("/dev/hmm_gpu0",))
+        knob = f"/sys/module/{HMM_GPU.module}/parameters/prefault"
+        guest_run(s, f"[ ! -w {knob} ] || echo 1 > {knob}", 30)
+
     def _one(self, s: Session, d: Driver, timeout: float,
              cannot: Mapping[str, str]) -> list[TestResult]:
-        other = [x for x in DRIVERS if x is not d]
-        for x in other:  # both expose /dev/hmm_dmirror*: only one may be loaded
-            c = unload_module(s, x.module)
+        # Every driver exposes /dev/hmm_dmirror*: only one may be loaded, and d's
+        # own module is reloaded so that its parameters apply.
+        for module in dict.fromkeys(x.module for x in DRIVERS):
+            c = unload_module(s, module)
             if not c.ok:
                 add_cmd_result(s, f"hmm-tests.{d.label}.load", c,
-                               extra_problem=f"could not unload {x.module} first")
+                               extra_problem=f"could not unload {module} first")
                 return []
-        c = load_module(s, d.ko, d.module, NODES)
-        if not add_cmd_result(s, f"hmm-tests.{d.label}.load", c):
+        c = load_module(s, d.ko, d.module, NODES, args=d.insmod_args)
+        problem = self._param_problem(s, d) if c.ok else ""
+        if not add_cmd_result(s, f"hmm-tests.{d.label}.load", c, extra_problem=problem):
             s.results.add_status(f"hmm-tests.{d.label}", Status.SKIP,
                                  f"not run: hmm-tests.{d.label}.load did not pass")
+            unload_module(s, d.module)
             return []
         run = guest_run(s, f"cd /tmp && {HMM_TESTS} 2>&1", timeout)
         log_file = s.run_dir / f"hmm-tests-{d.label}.log"
         log_file.write_text(run.text(limit=10_000_000) + "\n")
-        entries, problems = parse_run(d.label, run.out + run.err, run.seconds, cannot)
+        output = run.out + run.err
+        entries, problems = parse_run(d.label, output, cannot,
+                                      line_arrivals(run.out, run.out_marks))
         for e in entries:
             s.results.add(e)
         if run.error or problems or (run.rc not in (0, 1, 4)):
@@ -339,6 +436,19 @@ class HmmTests:
         c = unload_module(s, d.module)
         add_cmd_result(s, f"hmm-tests.{d.label}.unload", c)
         return entries
+
+    @staticmethod
+    def _param_problem(s: Session, d: Driver) -> str:
+        """What is wrong with ``d``'s module parameters as sysfs reads them back, or ""."""
+        problems = []
+        for p in d.params:
+            knob = f"/sys/module/{d.module}/parameters/{p.name}"
+            c = guest_run(s, f"cat {knob}", 30)
+            got = c.out.strip() if c.ok else (c.error or c.err.strip() or f"rc {c.rc}")
+            if got != p.sysfs:
+                problems.append(f"{knob} reads {got!r} after insmod {p.name}={p.value}, "
+                                f"expected {p.sysfs!r}")
+        return "\n".join(problems)
 
     def finish(self, s: Session) -> None:
         return None

@@ -55,7 +55,7 @@ from harness.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
 from harness.scenarios.kernel import guest_kernel, skip_unsupported, unmet
-from harness.scenarios.smoke import parse_workload_output
+from harness.scenarios.smoke import parse_workload_output, reported_seconds
 
 INVALIDATE_SECONDS = 3
 RACE_SECONDS = 8
@@ -129,7 +129,6 @@ class SvmWorkload:
                                          "the workload reported no sub-test\n" + run.text(),
                                          files))
             return
-        each = run.seconds / len(objs)
         kernel = guest_kernel(s)
         for obj in objs:
             status = sub_test_status(obj)
@@ -138,11 +137,11 @@ class SvmWorkload:
                 msg = f"{obj['skip']} ({kernel.name})" if kernel else str(obj["skip"])
             if status == Status.FAIL and run.err.strip():
                 msg += "\nstderr:\n" + run.err[-1500:]
-            s.results.add(TestResult(f"{self.name}.{obj['test']}", status, each, msg, files,
-                                     {"data": obj}))
+            s.results.add(TestResult(f"{self.name}.{obj['test']}", status,
+                                     reported_seconds(obj), msg, files, {"data": obj}))
         if run.rc != 0 and not run.error and all(
                 sub_test_status(o) != Status.FAIL for o in objs):
-            s.results.add(TestResult(f"{self.name}.exit", Status.FAIL, 0.0,
+            s.results.add(TestResult(f"{self.name}.exit", Status.FAIL, None,
                                      f"exit status {run.rc} although every sub-test passed\n"
                                      + "\n".join(other[-20:]), files))
 

@@ -3,8 +3,9 @@
 hmm_gpu.ko builds warning-free against each (``driver.build``) and every
 scenario that passes on 6.12 passes on 6.1 and 7.2. On 7.2, hmm-tests has
 38 tests: hmm-gpu passes all but the one needing a PMD-mapped device-private
-THP (SKIP, named). Stock 6.1 has no CONFIG_DEVICE_PRIVATE and no test_hmm.ko:
-what needs them SKIPs with the reason, everything else passes.
+THP (SKIP, named), in both fault modes (columns hmm-gpu, hmm-gpu-devfault).
+Stock 6.1 has no CONFIG_DEVICE_PRIVATE and no test_hmm.ko: what needs them
+SKIPs with the reason, everything else passes.
 
 A kernel that cannot be built makes its tests ERROR (the build's message),
 never skip.
@@ -34,7 +35,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     arts = build_all(cache, cache.path("logs"), kernel=kernel)
     cfg = config.load_text(f'kernel: "{kernel}"\n', "<test>")
     d = tmp_path_factory.mktemp(f"kernel-{kernel}")
-    res = runner.run(cfg, d, artifacts=arts, keep_going=True)
+    res = runner.run(cfg, d, artifacts=arts)
     print(f"results: {d}")
     print(res.table())
     return res
@@ -61,20 +62,23 @@ def test_hmm_tests_per_kernel(run: Results) -> None:
     rows = {r["test"]: r for r in table["rows"]}
     kernel = _kernel(run)
     private = {n: r for n, r in rows.items() if "_device_private." in n}
+    columns = table["columns"]
+    assert columns == ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
     if kernel == "stock-6.1":
         assert len(private) == 29
-        assert all(r["hmm-gpu"] == r["test_hmm"] == "SKIP" for r in rows.values())
+        assert all(r[c] == "SKIP" for r in rows.values() for c in columns)
         return
     want = {"6.1": 29, "7.2": 38}[kernel]
     assert len(private) == want, sorted(private)
     assert all(r["test_hmm"] == "PASS" for r in private.values())
-    gpu = {n for n, r in private.items() if r["hmm-gpu"] != "PASS"}
-    assert gpu == ({"hmm.hmm_device_private.migrate_anon_huge_fault"} if kernel == "7.2"
-                   else set()), gpu
+    for column in ("hmm-gpu", "hmm-gpu-devfault"):
+        gpu = {n for n, r in private.items() if r[column] != "PASS"}
+        assert gpu == ({"hmm.hmm_device_private.migrate_anon_huge_fault"} if kernel == "7.2"
+                       else set()), (column, gpu)
+        assert run.status_of(f"hmm-tests.parity.{column}") == Status.PASS
     for n, r in rows.items():
         if "_device_coherent." in n:
-            assert r["hmm-gpu"] == r["test_hmm"] == "SKIP", n  # no devices 2/3
-    assert run.status_of("hmm-tests.parity") == Status.PASS
+            assert all(r[c] == "SKIP" for c in columns), n  # no devices 2/3
 
 
 def test_what_needs_device_private_memory(run: Results) -> None:
@@ -92,4 +96,5 @@ def test_what_needs_device_private_memory(run: Results) -> None:
     assert run.status_of("svm-mirror.file.atomic_refused") == Status.PASS
     if kernel == "stock-6.1":
         assert run.status_of("svm-mirror.anon.atomic_refused") == Status.PASS
-        assert run.status_of("hmm-tests.parity") == Status.SKIP
+        assert run.status_of("hmm-tests.parity.hmm-gpu") == Status.SKIP
+        assert run.status_of("hmm-tests.parity.hmm-gpu-devfault") == Status.SKIP

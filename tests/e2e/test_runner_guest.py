@@ -15,8 +15,10 @@ do a full ``runner.run`` each.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,10 @@ import pytest
 
 from harness import config, runner
 from harness.build import Artifacts
-from harness.results import Results
+from harness.results import Results, Status
 from harness.scenarios import Session
 from harness.scenarios.smoke import DRIVER, WORKLOAD, Smoke
-from harness.ssh import SSHClient
+from harness.ssh import SSHClient, SSHError
 from harness.vm import AccelChoice, AccelProbe, Guest, GuestImage
 
 pytestmark = pytest.mark.e2e
@@ -217,23 +219,92 @@ def test_injected_fatal_error_fails_the_counters(artifacts: Artifacts, accel_pro
     assert res.config["scenarios"] == ["smoke"]
 
 
-@pytest.mark.parametrize("keep_going", [False, True])
-def test_a_failed_scenario_stops_the_run_unless_keep_going(
-    artifacts: Artifacts, accel_probe: AccelProbe, results_dir: Path, keep_going: bool
+def test_a_failed_scenario_does_not_stop_the_run(
+    artifacts: Artifacts, accel_probe: AccelProbe, results_dir: Path
 ) -> None:
-    res = run(artifacts, accel_probe, results_dir, keep_going=keep_going,
+    """The first scenario fails (its driver does not load); the guest still answers, so
+    the second runs, and passes, in the same guest."""
+    res = run(artifacts, accel_probe, results_dir,
               scenarios=[Smoke(driver="/opt/hmmlab/no-such-module.ko"), Smoke(workload=SMALL)])
     paths = [(t.path, str(t.status)) for t in res.tests if t.path != "driver.build"]
     assert res.status_of("driver.build") == "PASS"
     assert paths[:3] == [("boot", "PASS"), ("driver.load", "FAIL"), ("smoke", "SKIP")]
-    if keep_going:
-        assert ("driver.load", "PASS") in paths and ("smoke.copy", "PASS") in paths
-        assert ("smoke.dmatrace", "PASS") in paths
-    else:
-        assert paths[3:] == [("smoke", "SKIP"), ("console.splat", "PASS")]
-        assert any(t.path == "smoke" and "use --keep-going" in t.log_excerpt
-                   for t in res.tests)
+    assert ("driver.load", "PASS") in paths and ("smoke.copy", "PASS") in paths
+    assert ("smoke.dmatrace", "PASS") in paths
+    assert not [p for p, st in paths if st == "MISS"]
+    assert "guest probe" not in (results_dir / "run.log").read_text()  # it answered at once
     assert res.exit_code() == 1
+
+
+@dataclass
+class Freeze:
+    """A scenario that stops the guest's vCPUs (QMP ``stop``) and fails: QEMU runs on,
+    the guest answers nothing."""
+
+    name: str = "freeze"
+
+    def run(self, s: Session) -> None:
+        assert s.guest.qmp is not None
+        s.guest.qmp.execute("stop")
+        s.results.add_status(self.name, Status.FAIL, "stopped the guest's vCPUs")
+
+    def finish(self, s: Session) -> None:
+        return None
+
+
+@dataclass
+class DropConnection:
+    """A scenario that kills the dropbear process serving its own SSH connection and
+    fails: the guest is fine, the harness's connection is gone."""
+
+    name: str = "drop"
+
+    def run(self, s: Session) -> None:
+        with contextlib.suppress(SSHError):
+            s.ssh.run("kill -9 $PPID", 10)
+        s.results.add_status(self.name, Status.FAIL, "killed its own SSH session")
+
+    def finish(self, s: Session) -> None:
+        return None
+
+
+def test_a_lost_connection_is_made_again_and_the_run_goes_on(
+    artifacts: Artifacts, accel_probe: AccelProbe, results_dir: Path
+) -> None:
+    res = run(artifacts, accel_probe, results_dir,
+              scenarios=[DropConnection(), Smoke(workload=SMALL)])
+    st = statuses(res)
+    assert st["drop"] == "FAIL"
+    assert st["smoke.copy"] == "PASS" and st["smoke.dmatrace"] == "PASS"
+    assert "MISS" not in st.values()
+    log_text = (results_dir / "run.log").read_text()
+    assert "guest probe: the SSH connection is closed; connecting again" in log_text
+    assert "guest powered off" in log_text  # over the new connection
+    assert res.exit_code() == 1
+
+
+def test_a_guest_that_stops_answering_misses_the_scenarios_left(
+    artifacts: Artifacts, accel_probe: AccelProbe, results_dir: Path
+) -> None:
+    """After a failure the guest is probed; QEMU still runs but the guest does not answer
+    within runner.PROBE_TIMEOUT: what is left is MISS, the run an infrastructure error."""
+    t0 = time.monotonic()
+    # no_output: the watchdog must not end QEMU first (that is the other way in)
+    res = run(artifacts, accel_probe, results_dir, "timeouts: {no_output: 600}\n",
+              scenarios=[Freeze(), Smoke(workload=SMALL), Freeze("later")])
+    st = statuses(res)
+    assert st["freeze"] == "FAIL"
+    assert st["smoke"] == st["later"] == "MISS"
+    assert "smoke.copy" not in st and "driver.load" not in st
+    why = entry(res, "smoke")
+    # the channel for `true` does not even open (or `true` does not finish) in 20 s
+    assert why.startswith("not run: guest unusable after freeze: no answer over SSH: "), why
+    assert "connecting again" not in why  # the connection was up: no reconnect tried
+    assert entry(res, "later") == why
+    assert res.exit_code() == 2
+    # it was not asked to power off over SSH (30 s more): QMP quit ended it
+    assert time.monotonic() - t0 < 120
+    assert no_qemu_for(results_dir)
 
 
 def test_boot_timeout_is_an_infrastructure_error(artifacts: Artifacts, accel_probe: AccelProbe,
@@ -273,15 +344,19 @@ def test_unexpected_host_key_is_an_infrastructure_error(
 
 def test_panic_under_the_workload_fails_it(artifacts: Artifacts, accel_probe: AccelProbe,
                                            results_dir: Path) -> None:
-    """The guest dies while the workload runs: smoke.run FAIL, not a timeout."""
+    """The guest dies while the workload runs: smoke.run FAIL, not a timeout; the
+    scenario after it is MISS: its guest is gone."""
     workload = f"{SMALL}; sleep 0.5; echo PANIC > {LKDTM}; sleep 60"
     res = run(artifacts, accel_probe, results_dir, "timeouts: {scenario: 60}\n",
-              scenarios=[Smoke(workload=workload)])
+              scenarios=[Smoke(workload=workload), Freeze("after")])
     st = statuses(res)
+    assert st["after"] == "MISS"
+    assert entry(res, "after").startswith("not run: guest unusable: "), entry(res, "after")
+    assert "kernel panic" in entry(res, "after")
     assert st["smoke.run"] == "FAIL", res.table()
     assert "aborted: QEMU exited" in entry(res, "smoke.run")
     assert st["smoke.counters"] == "SKIP"
     assert st["smoke.dmatrace"] == "PASS"  # the sub-tests printed before still get checked
     assert next(t for t in res.tests if t.path == "console.splat").extra["title"] == (
         "Kernel panic - not syncing: dumptest")
-    assert res.exit_code() == 1
+    assert res.exit_code() == 2  # a scenario it should have run is MISSing

@@ -203,7 +203,9 @@ def test_frozen_guest_is_found_hung_dumped_and_killed(artifacts: Artifacts,
     assert "RIP=" in regs and "CPU#0" in regs
     assert "aborted: QEMU was killed: no console output" in next(
         t for t in res.tests if t.path == "freeze.command").log_excerpt
-    assert status["smoke"] == Status.SKIP  # the guest is gone
+    assert status["smoke"] == Status.MISS  # the guest is gone: it could not run
+    assert next(t for t in res.tests if t.path == "smoke").log_excerpt.startswith(
+        "not run: guest unusable: QEMU was killed: no console output")
     assert status["console.splat"] == Status.PASS
     for name in ("console.log", "qemu.log", "run.log", "results.json"):
         assert (results / name).exists(), name

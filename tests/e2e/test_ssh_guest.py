@@ -19,7 +19,7 @@ import pytest
 
 from harness import config
 from harness.build import Artifacts
-from harness.ssh import SSHAborted, SSHClient, SSHError, SSHTimeout
+from harness.ssh import SSHAborted, SSHClient, SSHError, SSHTimeout, line_arrivals
 from harness.vm import AccelChoice, Guest, GuestImage
 
 pytestmark = pytest.mark.e2e
@@ -84,6 +84,20 @@ def test_large_output_on_both_streams_does_not_hang(ssh: SSHClient) -> None:
     assert (len(res.stdout), len(res.stderr)) == (4 * MiB, 4 * MiB)
     assert res.stdout == ("fedcba9876543210\n" * (4 * MiB // 17 + 1))[:4 * MiB]
     assert res.stderr == ("0123456789abcdef\n" * (4 * MiB // 17 + 1))[:4 * MiB]
+
+
+def test_when_each_line_arrived(ssh: SSHClient) -> None:
+    """Lines printed 0.3 s and 1 s apart reach the host that far apart, each in its
+    own read: what hmm-tests' per-test durations are made of."""
+    res = ssh.run("echo a; sleep 0.3; echo b; sleep 1; echo c", timeout=20)
+    a, b, c = line_arrivals(res.stdout, res.stdout_marks)
+    assert a and b and c and len({a.read, b.read, c.read}) == 3
+    assert 0.25 < b.time - a.time < 0.6, (a, b)
+    assert 0.95 < c.time - b.time < 1.4, (b, c)
+    with pytest.raises(SSHTimeout) as exc:  # a command cut short keeps its marks
+        ssh.run("echo x; sleep 0.5; echo y; sleep 30", timeout=3)
+    x, y = line_arrivals(exc.value.stdout.decode(), exc.value.stdout_marks)
+    assert x and y and 0.45 < y.time - x.time < 1.0
 
 
 def test_timeout(ssh: SSHClient) -> None:

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from harness import bench, config, runner
+from harness import config, runner
 from harness.build import Artifacts
+from harness.cli import main
 from harness.results import Results, Status
+from harness.scenarios.bench import format_figures
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def default_run(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> Results:
     results_dir = tmp_path_factory.mktemp("e2e") / "default"
-    res = runner.run(config.load(None), results_dir, artifacts=artifacts, keep_going=True)
+    res = runner.run(config.load(None), results_dir, artifacts=artifacts)
     print(f"results: {results_dir}")
     print(res.table())
     return res
@@ -33,32 +35,59 @@ def test_default_run_passes(default_run: Results) -> None:
     assert default_run.exit_code() == 0, default_run.failures()
 
 
+COLUMNS = ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
+
+
 def test_hmm_tests_table_in_results_json(default_run: Results) -> None:
     data = json.loads((default_run.dir / "results.json").read_text())
     table = data["tables"]["hmm-tests"]
-    assert table["columns"] == ["hmm-gpu", "test_hmm"]
+    assert table["columns"] == COLUMNS and table["reference"] == "test_hmm"
     rows = {r["test"]: r for r in table["rows"]}
     # 6.12's hmm-tests: 29 tests x {device_private, device_coherent}
     assert len(rows) == 58, sorted(rows)
     for name, r in rows.items():
         if ".hmm_device_coherent." in name or ".hmm2_device_coherent." in name:
-            assert r["hmm-gpu"] == r["test_hmm"] == "SKIP", name  # no devices 2/3
-    assert rows["hmm.hmm_device_private.anon_read"] == {
-        "test": "hmm.hmm_device_private.anon_read", "hmm-gpu": "PASS", "test_hmm": "PASS"}
+            assert [r[c] for c in COLUMNS] == ["SKIP"] * 3, name  # no devices 2/3
     assert rows["hmm.hmm_device_private.migrate"]["test_hmm"] == "PASS"
-    assert rows["hmm.hmm_device_private.migrate"]["hmm-gpu"] == "PASS"
-    assert (default_run.dir / "hmm-tests-table.txt").exists()
+    text = (default_run.dir / "hmm-tests-table.txt").read_text()
+    assert text.split("\n", 1)[0].split() == ["test", *COLUMNS]
+    for c in COLUMNS:
+        assert (default_run.dir / f"hmm-tests-{c}.log").read_text().count("\nok ") >= 29
 
 
-def test_every_device_private_hmm_test_passes_on_hmm_gpu(default_run: Results) -> None:
-    entries = [t for t in default_run.tests if t.path.startswith("hmm-tests.hmm-gpu.hmm")]
+@pytest.mark.parametrize(("column", "prefault"), [("hmm-gpu", "1"),
+                                                  ("hmm-gpu-devfault", "0")])
+def test_hmm_gpu_columns_load_the_driver_in_their_fault_mode(default_run: Results, column: str,
+                                                             prefault: str) -> None:
+    """Each hmm-gpu column reloads hmm_gpu.ko with its prefault value, checked in sysfs."""
+    load = next(t for t in default_run.tests if t.path == f"hmm-tests.{column}.load")
+    assert load.status == Status.PASS, load.log_excerpt
+    assert f"insmod /opt/hmmlab/hmm_gpu.ko prefault={prefault}" in load.log_excerpt
+
+
+def test_hmm_tests_durations_are_measured(default_run: Results) -> None:
+    """Each test's time comes from the stream, not the run's total split evenly."""
+    for c in COLUMNS:
+        took = [t.duration for t in default_run.tests
+                if t.path.startswith(f"hmm-tests.{c}.hmm")]
+        measured = [d for d in took if d is not None]
+        assert len(measured) >= len(took) // 2, (c, took)  # most come in reads of their own
+        # not one share each: the tests' own times, from ms (a SKIP) to seconds
+        assert len(set(measured)) >= 10 and max(measured) > 10 * min(measured), (c, took)
+
+
+@pytest.mark.parametrize("column", ["hmm-gpu", "hmm-gpu-devfault"])
+def test_every_device_private_hmm_test_passes_on_hmm_gpu(default_run: Results,
+                                                         column: str) -> None:
+    entries = [t for t in default_run.tests if t.path.startswith(f"hmm-tests.{column}.hmm")]
     assert len(entries) == 58
     for t in entries:
         if ".hmm_device_coherent." in t.path or ".hmm2_device_coherent." in t.path:
             assert t.status == Status.SKIP, t.path  # no devices 2 and 3
-        else:
-            assert t.status == Status.PASS, f"{t.path}\n{t.log_excerpt}"
-    assert default_run.status_of("hmm-tests.parity") == Status.PASS
+    failed = [f"{t.path}: {t.status}\n{t.log_excerpt[-600:]}" for t in entries
+              if "_device_private." in t.path and t.status != Status.PASS]
+    assert not failed, "\n\n".join(failed)
+    assert default_run.status_of(f"hmm-tests.parity.{column}") == Status.PASS
 
 
 @pytest.mark.parametrize("path", [
@@ -119,16 +148,34 @@ def test_atomics_exact_counts(default_run: Results) -> None:
     assert dev["final"] == dev["device_adds"] > 0, dev
 
 
-def test_bench_svm(artifacts: Artifacts, tmp_path: Path) -> None:
-    res, fig = bench.run_bench(config.load(None), "svm", tmp_path / "bench",
-                               artifacts=artifacts)
-    text, code = bench.report(res, fig)
-    print(text)
-    assert fig is not None, res.table()
-    assert code == 0, text + "\n" + res.failures()
-    assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == fig
+def test_bench_svm_prints_one_table_of_medians(tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """`hmmlab bench svm --rounds 2`: both drivers measured in each round (THP figures
+    included), the table printed once, every round kept in bench.json."""
+    results = tmp_path / "bench"
+    code = main(["bench", "svm", "--rounds", "2", "--results", str(results)])
+    out, err = capfd.readouterr()
+    print(out)
+    assert code == 0, out + err
+    fig = json.loads((results / "bench.json").read_text())
+    assert (out + err).count("targets met:") == 1, out + err  # it was logged as well
+    assert out.count(format_figures(fig)) == 1
+    assert fig["rounds"] == 2 and [r["round"] for r in fig["raw"]] == [1, 2]
+    for raw in fig["raw"]:
+        for c in ("hmm-gpu", "test_hmm"):
+            line = raw[c]
+            assert line["ok"] is True and line["thp_huge_bytes"] == line["size_bytes"], line
     for row in fig["rows"]:
-        assert row["hmm-gpu"] > 0 and row["test_hmm"] > 0 and row["ratio"] > 0, row
+        for c in ("hmm-gpu", "test_hmm"):
+            assert len(row[c]["values"]) == 2 and all(v > 0 for v in row[c]["values"]), row
+            assert row[c]["min"] <= row[c]["median"] <= row[c]["max"], row
+        assert row["ratio"] > 0 and row["ratio_min"] <= row["ratio_max"], row
     metrics = {r["metric"] for r in fig["rows"]}
-    assert {"migrate_to_dev_MBps", "migrate_to_sys_MBps", "migrate_MBps",
-            "cpu_fault_us"} <= metrics
+    assert {"thp_fault_pages_per_s", "thp_read_MBps", "thp_write_MBps",
+            "migrate_MBps", "cpu_fault_us"} <= metrics
+    doc = json.loads((results / "results.json").read_text())
+    rounds = [t for t in doc["tests"] if t["path"].startswith("bench.round")]
+    assert [t["path"] for t in rounds if not t["path"].endswith(".load")] == [
+        "bench.round1.hmm-gpu", "bench.round1.test_hmm",
+        "bench.round2.hmm-gpu", "bench.round2.test_hmm"]
+    assert all(t["status"] == "PASS" and t["duration"] > 0 for t in rounds)

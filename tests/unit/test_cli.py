@@ -34,7 +34,32 @@ def test_run_help_documents_the_config(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    assert "timeouts:" in out and "--keep-going" in out and "--results" in out
+    assert "timeouts:" in out and "--results" in out
+    assert "--keep-going" not in out  # every scenario runs while the guest is usable
+
+
+@pytest.mark.parametrize("rounds", ["0", "-2", "five"])
+def test_bench_rounds_must_be_a_positive_number(rounds: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "svm", "--rounds", rounds])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--rounds: expected a number of rounds from 1, got '{rounds}'" in err
+
+
+def test_bench_help_names_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--rounds N" in out and "(default: 5)" in out and "median" in out
+
+
+def test_keep_going_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--keep-going"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --keep-going" in capsys.readouterr().err
 
 
 def test_run_with_a_bad_config_says_where(tmp_path: Path,

@@ -110,3 +110,14 @@ def test_out_of_order_and_no_plan_are_problems() -> None:
 def test_empty_input() -> None:
     doc = ktap.parse("")
     assert doc.results == [] and doc.plan is None and doc.flatten() == []
+
+
+def test_each_result_knows_its_line() -> None:
+    """The index of its result line in text.splitlines(): what ties it to when it came."""
+    text = (DATA / "ktap_hmm_tests_nodevice.txt").read_text()
+    lines = text.splitlines()
+    for name, r in ktap.parse(text).flatten():
+        assert lines[r.line].endswith(f"ok {r.number} {name}") or (
+            lines[r.line].startswith(f"ok {r.number} {name} # SKIP")), (name, r.line)
+    doc = ktap.parse("TAP version 13\n1..2\nok 1 a\n")
+    assert [(r.name, r.line) for r in doc.results] == [("a", 2), ("#2", -1)]  # missing: none

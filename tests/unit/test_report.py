@@ -118,7 +118,8 @@ def check_junit_shape(path: Path) -> ET.Element:
         float(suite.get("time"))
         for case in cases:
             assert case.get("name") and case.get("classname") == suite.get("name")
-            assert float(case.get("time")) >= 0
+            time = case.get("time")  # absent when nothing measured the test
+            assert time is None or float(time) >= 0
             results = [c for c in case if c.tag in ("failure", "error", "skipped")]
             assert len(results) <= 1, f"{case.get('name')}: several results"
             for r in results:
@@ -315,6 +316,54 @@ def test_html_real_hmm_tests_totals(single: Path) -> None:
     body = re.search(r'<tr data-cell="6.12-q35" data-driver="test_hmm">(.*?)</tr>', text, re.S)
     assert body
     assert [int(n) for n in re.findall(r">(\d+)</td>", body.group(1))] == [58, 29, 0, 29, 0, 0]
+
+
+def test_absent_durations_stay_absent(matrix: Path) -> None:
+    """A null duration (nothing measured it) is no JUnit time and no figure on the page,
+    never 0; measured ones are kept."""
+    doc = json.loads((matrix / "results.json").read_text())
+    fail = next(t for t in doc["tests"] if t["status"] == "FAIL")
+    fail["duration"] = None
+    measured = next(t for t in doc["tests"] if t["status"] == "PASS")
+    measured["duration"] = 2.25
+    missing_key = next(t for t in doc["tests"] if t["status"] == "SKIP")
+    del missing_key["duration"]
+    (matrix / "results.json").write_text(json.dumps(doc))
+    report.write_reports(matrix)
+    root = check_junit_shape(matrix / "junit.xml")
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+
+    def case(t: dict) -> ET.Element:
+        return cases[(t["cell"], t["path"][len(t["cell"]) + 1:])]
+
+    assert case(fail).get("time") is None and case(missing_key).get("time") is None
+    assert case(measured).get("time") == "2.25"
+    text, _ = page(matrix)
+    cell = re.search(r'<td class="st FAIL"[^>]*title="([^"]*)"', text)
+    assert cell and cell.group(1).startswith("FAIL&#10;")  # no "0.000s"
+    assert re.search(r'<td class="st PASS"[^>]*title="PASS 2.250s&#10;', text)
+    heads = re.findall(r"<h3>.*?</h3>", text[text.index('id="failures"'):])
+    head = next(h for h in heads if fail["path"][len(fail["cell"]) + 1:] in h)
+    assert "<small>" not in head and any("<small>120.0 s</small>" in h for h in heads)
+
+
+def test_html_hmm_tests_three_columns(single: Path) -> None:
+    """hmm-tests' table with hmm-gpu in both fault modes: one row per column."""
+    doc = json.loads((single / "results.json").read_text())
+    table = doc["tables"]["hmm-tests"]
+    table["columns"] = ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
+    for r in table["rows"]:
+        r["hmm-gpu-devfault"] = "FAIL" if r["hmm-gpu"] == "PASS" else r["hmm-gpu"]
+    table["totals"]["hmm-gpu-devfault"] = {"PASS": 0, "FAIL": 29, "SKIP": 29, "ERROR": 0,
+                                           "-": 0}
+    (single / "results.json").write_text(json.dumps(doc))
+    report.write_reports(single)
+    text, _ = page(single)
+    drivers = re.findall(r'<tr data-cell="6.12-q35" data-driver="([^"]+)">', text)
+    assert drivers == ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
+    body = re.search(r'data-driver="hmm-gpu-devfault">(.*?)</tr>', text, re.S)
+    assert body
+    assert [int(n) for n in re.findall(r">(\d+)</td>", body.group(1))] == [58, 0, 29, 29, 0, 0]
 
 
 def test_real_matrix_run(tmp_path: Path) -> None:

@@ -206,19 +206,32 @@ def _entry(status: Status) -> TestResult:
     return TestResult("x", status)
 
 
-@pytest.mark.parametrize(("entries", "gone", "keep_going", "why"), [
-    ([_entry(Status.PASS), _entry(Status.SKIP)], None, False, None),
-    ([_entry(Status.PASS), _entry(Status.FAIL)], None, False,
-     "not run: smoke failed (use --keep-going to run it anyway)"),
-    ([_entry(Status.ERROR)], None, False,
-     "not run: smoke failed (use --keep-going to run it anyway)"),
-    ([_entry(Status.FAIL)], None, True, None),
-    ([_entry(Status.PASS)], "QEMU exited", True, "not run: QEMU exited"),
-    ([], "QEMU exited", False, "not run: QEMU exited"),
+@pytest.mark.parametrize(("entries", "probe"), [
+    ([], False),
+    ([_entry(Status.PASS), _entry(Status.SKIP)], False),
+    ([_entry(Status.MISS)], False),  # nothing ran: nothing it could have broken
+    ([_entry(Status.PASS), _entry(Status.FAIL)], True),
+    ([_entry(Status.ERROR), _entry(Status.PASS)], True),
 ])
-def test_which_scenarios_still_run(entries: list[TestResult], gone: str | None,
-                                   keep_going: bool, why: str | None) -> None:
-    assert runner.not_run_reason("smoke", entries, gone, keep_going) == why
+def test_the_guest_is_probed_after_a_failed_scenario(entries: list[TestResult],
+                                                     probe: bool) -> None:
+    assert runner.needs_probe(entries) is probe
+
+
+@pytest.mark.parametrize(("gone", "unanswered", "why"), [
+    # a failure alone stops nothing: the guest answered (or was not asked)
+    (None, None, None),
+    ("QEMU exited with status 0", None, "not run: guest unusable: QEMU exited with status 0"),
+    (None, "no answer over SSH: `true` did not finish within 20s",
+     "not run: guest unusable after hmm-tests: no answer over SSH: `true` did not finish "
+     "within 20s"),
+    # both: QEMU's exit is the reason that explains the silence
+    ("QEMU exited (status 0) after a kernel panic", "the SSH connection is closed",
+     "not run: guest unusable: QEMU exited (status 0) after a kernel panic"),
+])
+def test_which_scenarios_still_run(gone: str | None, unanswered: str | None,
+                                   why: str | None) -> None:
+    assert runner.not_run_reason("hmm-tests", gone, unanswered) == why
 
 
 def test_counters_unread() -> None:
@@ -345,10 +358,12 @@ def test_non_json_lines_are_not_sub_tests() -> None:
     assert len(objs) == len(entries) == 11
 
 
-def test_duration_without_elapsed_ns_is_shared() -> None:
-    lines = '{"test": "a", "ok": true}\n{"test": "b", "ok": true}\n'
+def test_duration_without_elapsed_ns_is_absent_not_shared() -> None:
+    """The workload's total is not split among its sub-tests: no elapsed_ns, no duration."""
+    lines = '{"test": "a", "ok": true}\n{"test": "b", "ok": true, "elapsed_ns": 2500000}\n'
     _, entries = smoke.workload_results(WORKLOAD, 0, lines, "", 3.0)
-    assert [e.duration for e in entries] == [1.5, 1.5]
+    assert [e.duration for e in entries] == [None, 0.0025]
+    assert [e.to_dict()["duration"] for e in entries] == [None, 0.003]
 
 
 def test_workload_timeout_is_an_error_and_keeps_what_was_reported() -> None:

@@ -19,7 +19,9 @@ from harness import matrix
 from harness.build import Artifacts
 from harness.matrix import Cell
 from harness.progress import Progress, duration, eta
+from harness.scenarios import hmm_tests
 from harness.scheduler import (
+    SCENARIO_COMMANDS,
     BuildKey,
     CellOutcome,
     Scheduler,
@@ -81,7 +83,9 @@ def test_cell_timeout_comes_from_the_cells_timeouts() -> None:
         axes: {kernel: ["6.12"]}
         base: {scenarios: [smoke, hmm-tests], timeouts: {boot: 100, scenario: 50}}
     """).cells[0]
-    assert cell_timeout(c) == 100 + 2 * (2 * 50 + 60) + 300
+    # hmm-tests runs three times (one per column), smoke once (counted twice)
+    assert cell_timeout(c) == 100 + (2 * 50 + 60) + (3 * 50 + 60) + 300
+    assert SCENARIO_COMMANDS["hmm-tests"] == len(hmm_tests.DRIVERS)
 
 
 def test_build_keys() -> None:

@@ -12,7 +12,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness.ssh import CommandResult, SSHError, host_key_from_line, load_client_key
+from harness.ssh import (
+    Arrival,
+    CommandResult,
+    MarkedStream,
+    SSHError,
+    host_key_from_line,
+    line_arrivals,
+    load_client_key,
+)
 
 
 def ssh_keygen(path: Path, kind: str = "ed25519") -> Path:
@@ -66,3 +74,36 @@ def test_unloadable_client_key(tmp_path: Path, content: bytes | None, why: str) 
 def test_command_result_unpacks() -> None:
     rc, out, err = CommandResult(3, "out\n", "err\n")
     assert (rc, out, err) == (3, "out\n", "err\n")
+
+
+# ---- when output arrived -----------------------------------------------------------------
+
+def _stream(*reads: tuple[float, bytes]) -> MarkedStream:
+    s = MarkedStream()
+    for t, data in reads:
+        s.feed(data, t)
+    return s
+
+
+def test_each_line_arrives_with_the_read_that_completed_it() -> None:
+    s = _stream((1.0, b"a\nb"), (2.5, b"c\n"), (4.0, b"d\ne\n"), (6.0, b"tail"))
+    text = s.data.decode()
+    assert line_arrivals(text, s.marks) == [
+        Arrival(1.0, 0), Arrival(2.5, 1), Arrival(4.0, 2), Arrival(4.0, 2), Arrival(6.0, 3)]
+
+
+def test_counts_characters_as_decode_will_have_them() -> None:
+    """A UTF-8 character split across reads, and bytes that are not UTF-8."""
+    s = _stream((1.0, "é\nx".encode()[:1]), (2.0, "é\nx".encode()[1:] + b"\n"),
+                (3.0, b"\xff\xfe bad\n"), (4.0, "µs\n".encode()))
+    text = bytes(s.data).decode(errors="replace")
+    assert s.marks[-1][1] == len(text)
+    assert line_arrivals(text, s.marks) == [
+        Arrival(2.0, 1), Arrival(2.0, 1), Arrival(3.0, 2), Arrival(4.0, 3)]
+
+
+def test_a_line_no_read_covers_has_no_arrival() -> None:
+    # marks stop short of the text (it was decoded after the last read)
+    assert line_arrivals("a\nb\n", [(1.0, 2)]) == [Arrival(1.0, 0), None]
+    assert line_arrivals("a\n", []) == [None]
+    assert line_arrivals("", [(1.0, 0)]) == []
