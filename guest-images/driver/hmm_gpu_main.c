@@ -600,7 +600,8 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		dev_err(dev, "no usable DMA mask\n");
 		goto err_ida;
 	}
-	dma_set_max_seg_size(dev, gdev->max_xfer);
+	dma_set_max_seg_size(dev, min_t(size_t, gdev->max_xfer,
+					rounddown(dma_max_mapping_size(dev), PAGE_SIZE)));
 	hmm_gpu_dma_probe(gdev);
 
 	/* Start from a known state, whatever firmware or a previous driver did. */

@@ -56,8 +56,11 @@ static int hmm_gpu_buf_get(struct hmm_gpu_dev *gdev, struct hmm_gpu_buf *buf)
 		buf->npinned += ret;
 	}
 
-	ret = sg_alloc_table_from_pages(&buf->sgt, buf->pages, buf->npages,
-					offset_in_page(buf->uaddr), buf->len, GFP_KERNEL);
+	/* No segment longer than the DMA layer maps at once (swiotlb: 256 KiB). */
+	ret = sg_alloc_table_from_pages_segment(&buf->sgt, buf->pages, buf->npages,
+						offset_in_page(buf->uaddr), buf->len,
+						dma_get_max_seg_size(&gdev->pdev->dev),
+						GFP_KERNEL);
 	if (ret)
 		return ret;
 	buf->sgt_alloced = true;
