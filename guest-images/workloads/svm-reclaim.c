@@ -51,12 +51,16 @@ static int pagemap_count(const char *p, unsigned long n, uint64_t bit, unsigned 
 	return 0;
 }
 
-/* MADV_PAGEOUT until every page is swapped out (reclaim may skip a busy one). */
+/*
+ * MADV_PAGEOUT until every page is swapped out: reclaim skips a folio it
+ * cannot isolate this time (still in another CPU's LRU batch after the
+ * swap-in, or locked by a racing fault), so try for up to a second.
+ */
 static int swap_out(char *p, unsigned long n, unsigned long *out)
 {
 	int tries, rc = 0;
 
-	for (tries = 0; tries < 10; tries++) {
+	for (tries = 0; tries < 100; tries++) {
 		if (madvise(p, n * PAGE, MADV_PAGEOUT))
 			return -errno;
 		rc = pagemap_count(p, n, PM_SWAP, out);
