@@ -55,13 +55,14 @@ FILE is a run file (one guest) whose keys override the defaults:
 
   kernel: "6.12"      6.1 | 6.12 | 7.2 | stock-6.1      flavor: default | debug
   machine: q35 | pc   iommu: "off" | intel-iommu (q35 only)
+  cmdline: "swiotlb=force"   (kernel arguments added to the harness's)
   memory: 2048 (MiB) or "2G"   cpus: 2   accel: auto | kvm | tcg
   devices: [{type: hmm-gpu, props: {name: value}}]
   scenarios: [smoke, hmm-tests, ...]
   timeouts: {boot: 120, no_output: 60, scenario: 300}   (seconds)
 
 or a matrix file (it has axes:): axes over kernel, flavor, machine, iommu,
-cpus, memory, devices, scenarios; base: run-file keys every cell shares;
+cmdline, cpus, memory, devices, scenarios; base: run-file keys every cell shares;
 include:/exclude: cells; pairwise: true. `hmmlab matrix list FILE` shows the
 cells. Without FILE the embedded default matrix runs. A matrix runs each cell
 in its own process, in parallel (-j), into cells/<cell>/ of the results

@@ -65,6 +65,7 @@ class RunConfig:
     flavor: str
     machine: str
     iommu: str
+    cmdline: str  # kernel arguments added to ours ("" for none)
     memory: int  # MiB
     cpus: int
     accel: str
@@ -201,6 +202,24 @@ def _kernel(r: _Reader, node: Node) -> str:
     return str(node.value)
 
 
+# Arguments the harness sets itself: a run file changing them would break the run.
+OWN_CMDLINE = ("console=", "earlyprintk=", "panic=", "net.ifnames=")
+_CMDLINE_RE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+def _cmdline(r: _Reader, node: Node) -> str:
+    value = r.scalar(node, "cmdline", 'kernel arguments, like "swiotlb=force"')
+    text = "" if value is None else str(value).strip()
+    if text and (not isinstance(value, str) or not _CMDLINE_RE.fullmatch(text)):
+        raise r.error(node, "cmdline", "expected kernel arguments separated by single spaces "
+                                       f"(printable ASCII, no quotes needed), got {_show(node)}")
+    own = next((a for a in text.split() for o in OWN_CMDLINE if a.startswith(o)), None)
+    if own:
+        raise r.error(node, "cmdline", f"{own} is the harness's own (serial console, panic "
+                                       "handling, interface names): remove it")
+    return text
+
+
 def _memory(r: _Reader, node: Node) -> int:
     value = r.scalar(node, "memory", 'MiB as an integer or like "1G"')
     mib = parse_memory(value)
@@ -292,6 +311,7 @@ def _apply(
         "flavor": lambda n: r.choice(n, "flavor", FLAVORS),
         "machine": lambda n: r.choice(n, "machine", MACHINES),
         "iommu": lambda n: r.choice(n, "iommu", IOMMUS),
+        "cmdline": lambda n: _cmdline(r, n),
         "memory": lambda n: _memory(r, n),
         "cpus": lambda n: r.integer(n, "cpus", 1, 64),
         "accel": lambda n: r.choice(n, "accel", ACCELS),

@@ -40,8 +40,9 @@ DEFAULT_NAME = "matrix-default.yaml"
 DEFAULT_SOURCE = "<default matrix>"
 
 # In the order cell names and tables show them.
-AXES = ("kernel", "flavor", "machine", "iommu", "cpus", "memory", "devices", "scenarios")
-SCALAR_AXES = AXES[:6]
+AXES = ("kernel", "flavor", "machine", "iommu", "cmdline", "cpus", "memory", "devices",
+        "scenarios")
+SCALAR_AXES = AXES[:7]
 TOP_KEYS = ("axes", "base", "include", "exclude", "pairwise")
 _SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -131,6 +132,9 @@ def _scalar_value(axis: str, value: Any) -> AxisValue:
         return AxisValue(axis, str(value), value, f"{value}cpu")
     if axis == "memory":
         return AxisValue(axis, _memory_name(value), value, _memory_name(value))
+    if axis == "cmdline":  # named by its parameters: "swiotlb=force" -> swiotlb
+        token = "+".join(a.split("=", 1)[0] for a in value.split())
+        return AxisValue(axis, value or "none", value, safe(token) if value else "nocmdline")
     return AxisValue(axis, str(value), value, safe(str(value)))
 
 

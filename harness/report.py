@@ -248,8 +248,8 @@ def load(results_dir: Path) -> Run:
     if version == 1:
         config = r.get(doc, "config", dict, "", {})
         name = _single_cell_name(config)
-        axes = {k: str(config[k]) for k in ("kernel", "flavor", "machine", "iommu", "cpus",
-                                              "memory", "kernel_tree") if config.get(k)}
+        axes = {k: str(config[k]) for k in ("kernel", "flavor", "machine", "iommu", "cmdline",
+                                              "cpus", "memory", "kernel_tree") if config.get(k)}
         entries = [r.entry(t, f"tests[{i}]", name, "") for i, t in enumerate(tests)]
         cell = Cell(name=name, axes=axes, dir="", kernel=str(env.get("kernel_release")
                     or config.get("kernel", "")), status=worst(e.status for e in entries),

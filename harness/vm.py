@@ -413,8 +413,8 @@ def iommu_options(iommu: str, accel: AccelChoice) -> tuple[list[str], list[str]]
 
 
 def kernel_cmdline(cfg: RunConfig) -> str:
-    extra = IOMMU_CMDLINE[cfg.iommu]
-    return f"{KERNEL_CMDLINE} {extra}" if extra else KERNEL_CMDLINE
+    """Ours, the vIOMMU's, then the run file's ``cmdline`` (the last word wins)."""
+    return " ".join(a for a in (KERNEL_CMDLINE, IOMMU_CMDLINE[cfg.iommu], cfg.cmdline) if a)
 
 
 def build_command_line(

@@ -30,6 +30,7 @@ _REGISTRY: dict[str, str] = {
     "svm-migrate": "harness.scenarios.dmem",
     "vram-pressure": "harness.scenarios.dmem",
     "atomics": "harness.scenarios.dmem",
+    "dma-bounce": "harness.scenarios.bounce",
     "bench-svm": "harness.scenarios.bench",
 }
 

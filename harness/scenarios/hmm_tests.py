@@ -132,27 +132,14 @@ def driver_unmet(d: Driver, kernel: GuestKernel | None) -> str | None:
     return None
 
 
-# Tests a driver cannot pass because it lacks what they test (never the kernel's
-# fault), per module (every column of that module): "fixture.test" -> why.
-# hmm_gpu.ko migrates base pages only.
-NOT_IMPLEMENTED: dict[str, dict[str, str]] = {
-    "hmm_gpu": {
-        # 7.2: the snapshot must show the device-private THP mapped by one PMD
-        "hmm.migrate_anon_huge_fault": (
-            "needs device-private THP migration (MIGRATE_VMA_SELECT_COMPOUND, "
-            "a PMD-mapped device folio), which hmm_gpu.ko does not implement"),
-    },
-}
-
-
-def cannot_pass(d: Driver, kernel: GuestKernel | None) -> dict[str, str]:
-    """The tests ("fixture.test") that cannot pass with ``d`` on this kernel, with why."""
-    out = dict(NOT_IMPLEMENTED.get(d.module, {}))
+def cannot_pass(kernel: GuestKernel | None) -> dict[str, str]:
+    """The tests ("fixture.test") that cannot pass on this kernel, whatever the driver,
+    with why. A test one driver passes and another does not is never here: it
+    is that driver's FAIL, and its parity entry's."""
     why = unmet(("device_private",), kernel.features, kernel.name) if kernel else None
-    if why:
-        out.update({t: f"needs device-private memory: {why}"
-                    for t in kernel.hmm_tests_device_private})
-    return out
+    if not why:
+        return {}
+    return {t: f"needs device-private memory: {why}" for t in kernel.hmm_tests_device_private}
 
 
 def skip_column(s: Session, d: Driver, names: list[str], why: str) -> list[TestResult]:
@@ -382,14 +369,14 @@ class HmmTests:
                 entries.extend(skip_column(
                     s, driver, names or (kernel.hmm_test_names() if kernel else []), why))
                 continue
-            entries.extend(self._one(s, driver, timeout, cannot_pass(driver, kernel)))
+            entries.extend(self._one(s, driver, timeout, cannot_pass(kernel)))
         self.restore(s)
         table = side_by_side(entries)
         s.results.tables["hmm-tests"] = table
         for d in DRIVERS:
             if d is not REFERENCE:
                 why = unmet_by.get(REFERENCE.label) or unmet_by.get(d.label, "")
-                s.results.add(parity(table, d.label, why, cannot_pass(d, kernel)))
+                s.results.add(parity(table, d.label, why, cannot_pass(kernel)))
         text = format_table(table)
         (s.run_dir / "hmm-tests-table.txt").write_text(text + "\n")
         log.info("hmm-tests:\n%s", text)

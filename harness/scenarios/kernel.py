@@ -24,6 +24,8 @@ READ_TIMEOUT = 30.0
 
 # scenario -> the kernel features it cannot run without
 REQUIRES: dict[str, tuple[str, ...]] = {
+    "svm-race": ("device_private",),      # its stress migrates to VRAM and back
+    "dmirror-edge": ("device_private",),  # MIGRATE_TO_DEV edge cases
     "svm-migrate": ("device_private",),
     "vram-pressure": ("device_private",),
     "atomics": ("device_private",),

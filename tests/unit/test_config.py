@@ -35,8 +35,9 @@ def test_packaged_default() -> None:
     # vram-pressure's
     assert cfg.devices == (DeviceConfig("hmm-gpu", {}), DeviceConfig("hmm-gpu", {}),
                            DeviceConfig("hmm-gpu", {"vram-size": "8M"}))
-    assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate",
-                             "svm-migrate", "vram-pressure", "atomics")
+    assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race",
+                             "svm-migrate", "vram-pressure", "atomics", "svm-reclaim",
+                             "dmirror-edge")
     assert cfg.timeouts == Timeouts(boot=120, no_output=60, scenario=300)
 
 
@@ -121,6 +122,11 @@ def test_accel_choice() -> None:
 
 @pytest.mark.parametrize(("text", "needle"), [
     ("cpus: 0\n", "run.yaml:1: cpus: expected an integer from 1 to 64, got \"0\""),
+    ("cmdline: [swiotlb=force]\n", "run.yaml:1: cmdline: expected"),
+    ("cmdline: \"a  b\"\n", "cmdline: expected kernel arguments separated by single spaces"),
+    ("cmdline: \"quiet console=tty0\"\n",
+     "run.yaml:1: cmdline: console=tty0 is the harness's own (serial console, panic handling, "
+     "interface names): remove it"),
     ("cpus: two\n", "cpus: expected an integer from 1 to 64"),
     ("cpus: true\n", "cpus: expected an integer"),
     ("memory: 64\n", "memory: expected 128 MiB to 64G, got 64 MiB"),
@@ -132,8 +138,9 @@ def test_accel_choice() -> None:
     ("timeouts: {boot: -1}\n", "timeouts.boot: expected a positive number of seconds"),
     ("timeouts: 5\n", "timeouts: expected a mapping of keys"),
     ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke" or "hmm-tests" or '
-     '"svm-mirror" or "svm-invalidate" or "svm-migrate" or "vram-pressure" or "atomics" or '
-     '"bench-svm", got "smok"; did you mean "smoke"?'),
+     '"svm-mirror" or "svm-invalidate" or "svm-race" or "svm-reclaim" or "dmirror-edge" or '
+     '"svm-migrate" or "vram-pressure" or "atomics" or "dma-bounce" or "bench-svm", got "smok"; '
+     'did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),
@@ -147,6 +154,12 @@ def test_accel_choice() -> None:
 ])
 def test_errors(text: str, needle: str) -> None:
     assert needle in error(text)
+
+
+def test_cmdline() -> None:
+    assert config.load_text("").cmdline == ""
+    assert config.load_text("cmdline: swiotlb=force\n").cmdline == "swiotlb=force"
+    assert config.load_text("cmdline:\n").cmdline == ""
 
 
 def test_yaml_syntax_error_has_a_line() -> None:

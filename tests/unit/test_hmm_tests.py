@@ -149,7 +149,7 @@ def test_a_test_the_kernel_cannot_pass_is_a_skip_with_the_reason() -> None:
     out = "TAP version 13\n1..2\nok 1 hmm.hmm_device_private.anon_read\n" \
           "not ok 2 hmm.hmm_device_private.migrate\n"
     no_dp = replace(STOCK, hmm_tests_selectable=True)  # a newer harness without DP
-    entries, _ = parse_run("hmm-gpu", out, cannot_pass(GPU, no_dp))
+    entries, _ = parse_run("hmm-gpu", out, cannot_pass(no_dp))
     st = statuses(entries)
     assert st["hmm-tests.hmm-gpu.hmm.hmm_device_private.anon_read"] == "PASS"
     mig = entries[1]
@@ -158,7 +158,7 @@ def test_a_test_the_kernel_cannot_pass_is_a_skip_with_the_reason() -> None:
         "needs device-private memory: kernel built without CONFIG_DEVICE_PRIVATE "
         "(Debian stock 6.1) (ran anyway: FAIL")
     # the same output on a kernel that has it: a plain failure
-    entries, _ = parse_run("hmm-gpu", out, cannot_pass(GPU, BUILT))
+    entries, _ = parse_run("hmm-gpu", out, cannot_pass(BUILT))
     assert entries[1].status == Status.FAIL
 
 
@@ -192,22 +192,30 @@ ok 2 hmm.hmm_device_private.anon_read
     assert entries[0].log_excerpt.startswith("DEVICE_COHERENT not available")
 
 
-def test_parity_without_test_hmm_and_with_what_hmm_gpu_does_not_implement() -> None:
+def test_parity_without_test_hmm_and_a_test_only_test_hmm_passes() -> None:
     r = parity({"rows": []}, "hmm-gpu-devfault", "no test_hmm.ko")
     assert (r.path, r.status, r.log_excerpt) == (
         "hmm-tests.parity.hmm-gpu-devfault", Status.SKIP, "nothing to compare: no test_hmm.ko")
     out_ref = "TAP version 13\n1..2\nok 1 hmm.p.anon_read\nok 2 hmm.p.migrate_anon_huge_fault\n"
     out_gpu = out_ref.replace("ok 2", "not ok 2")
-    cannot = {**cannot_pass(GPU, BUILT), "hmm.migrate_anon_huge_fault": "no device THPs"}
-    entries = parse_run("hmm-gpu", out_gpu, cannot)[0] + parse_run("test_hmm", out_ref)[0]
-    r = parity(side_by_side(entries), "hmm-gpu", excused=cannot)
+    # nothing excuses hmm_gpu.ko: what test_hmm.ko passes and it does not is a FAIL
+    assert cannot_pass(BUILT) == {}
+    entries = parse_run("hmm-gpu", out_gpu, cannot_pass(BUILT))[0] + \
+        parse_run("test_hmm", out_ref)[0]
+    assert statuses(entries)["hmm-tests.hmm-gpu.hmm.p.migrate_anon_huge_fault"] == "FAIL"
+    r = parity(side_by_side(entries), "hmm-gpu", excused=cannot_pass(BUILT))
+    assert r.status == Status.FAIL
+    assert "hmm.p.migrate_anon_huge_fault (FAIL)" in r.log_excerpt
+    # what the kernel cannot do excuses every driver alike, named in the entry
+    no_dp = replace(BUILT, features=frozenset({"test_hmm"}),
+                    hmm_tests_device_private=frozenset({"hmm.migrate_anon_huge_fault"}))
+    out_ref_skip = out_ref
+    entries = parse_run("hmm-gpu", out_gpu, cannot_pass(no_dp))[0] + \
+        parse_run("test_hmm", out_ref_skip)[0]
+    r = parity(side_by_side(entries), "hmm-gpu", excused=cannot_pass(no_dp))
     assert r.status == Status.PASS
-    assert "not compared, hmm.p.migrate_anon_huge_fault: no device THPs" in r.log_excerpt
-    # hmm_gpu.ko's own gap is declared once, with the reason
-    assert "MIGRATE_VMA_SELECT_COMPOUND" in cannot_pass(GPU, BUILT)["hmm.migrate_anon_huge_fault"]
-    assert cannot_pass(REF, BUILT) == {}
-    # both hmm-gpu columns are the same driver: the same gap, in either fault mode
-    assert cannot_pass(DEVFAULT, BUILT) == cannot_pass(GPU, BUILT)
+    assert "not compared, hmm.p.migrate_anon_huge_fault: needs device-private memory" \
+        in r.log_excerpt
 
 
 # ---- durations: measured from the stream, or absent -------------------------------------

@@ -20,8 +20,8 @@ from harness.matrix import AXES
 from harness.scenarios import names as scenario_names
 
 SCENARIOS = scenario_names()
-ALL = ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-migrate", "vram-pressure",
-       "atomics")
+ALL = ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race", "svm-migrate",
+       "vram-pressure", "atomics", "svm-reclaim", "dmirror-edge")
 
 
 def load(text: str, name: str = "m.yaml", kernel_tree: str | None = None) -> matrix.Matrix:
@@ -39,22 +39,27 @@ def error(text: str) -> str:
 def test_default_matrix_cells() -> None:
     m = matrix.load(None)
     assert [c.name for c in m.cells] == ["6.1", "6.1-iommu", "6.12", "6.12-iommu", "7.2",
-                                         "7.2-iommu", "6.12-debug"]
-    got = {c.name: (c.config.kernel, c.config.flavor, c.config.iommu) for c in m.cells}
+                                         "7.2-iommu", "6.12-debug",
+                                         "6.12-swiotlb-smoke+dma-bounce"]
+    got = {c.name: (c.config.kernel, c.config.flavor, c.config.iommu, c.config.cmdline)
+           for c in m.cells}
     assert got == {
-        "6.1": ("6.1", "default", "off"), "6.1-iommu": ("6.1", "default", "intel-iommu"),
-        "6.12": ("6.12", "default", "off"), "6.12-iommu": ("6.12", "default", "intel-iommu"),
-        "7.2": ("7.2", "default", "off"), "7.2-iommu": ("7.2", "default", "intel-iommu"),
-        "6.12-debug": ("6.12", "debug", "off"),
+        "6.1": ("6.1", "default", "off", ""),
+        "6.1-iommu": ("6.1", "default", "intel-iommu", ""),
+        "6.12": ("6.12", "default", "off", ""),
+        "6.12-iommu": ("6.12", "default", "intel-iommu", ""),
+        "7.2": ("7.2", "default", "off", ""), "7.2-iommu": ("7.2", "default", "intel-iommu", ""),
+        "6.12-debug": ("6.12", "debug", "off", ""),
+        "6.12-swiotlb-smoke+dma-bounce": ("6.12", "default", "off", "swiotlb=force"),
     }
     for c in m.cells:
         cfg = c.config
         assert (cfg.machine, cfg.cpus, cfg.memory, cfg.kernel_tree) == ("q35", 2, 2048, None)
         assert cfg.devices == (DeviceConfig("hmm-gpu"), DeviceConfig("hmm-gpu"),
                                DeviceConfig("hmm-gpu", {"vram-size": "8M"}))
-        assert cfg.scenarios == ALL
+        assert cfg.scenarios == (ALL if not cfg.cmdline else ("smoke", "dma-bounce"))
     assert m.dropped == ()
-    assert m.varying() == ["kernel", "flavor", "iommu"]
+    assert m.varying() == ["kernel", "flavor", "iommu", "cmdline", "scenarios"]
 
 
 def test_default_matrix_stock_cell_is_one_line_away() -> None:
@@ -63,7 +68,7 @@ def test_default_matrix_stock_cell_is_one_line_away() -> None:
     assert line in text
     m = matrix.load_text(text.replace(line, line.replace("# ", "", 1)), "d.yaml",
                          known_scenarios=SCENARIOS)
-    assert len(m.cells) == 8
+    assert len(m.cells) == 9
     stock = m.cells[-1]
     assert stock.name == "stock-6.1-smoke+hmm-tests"
     assert (stock.config.kernel, stock.config.scenarios) == ("stock-6.1", ("smoke", "hmm-tests"))
@@ -72,10 +77,12 @@ def test_default_matrix_stock_cell_is_one_line_away() -> None:
 def test_default_matrix_with_a_kernel_tree(tmp_path: Path) -> None:
     tree = str(tmp_path / "linux")
     m = matrix.load(None, kernel_tree=tree)
-    assert [c.name for c in m.cells] == ["linux", "linux-iommu", "linux-debug"]
+    assert [c.name for c in m.cells] == ["linux", "linux-iommu", "linux-debug",
+                                         "linux-swiotlb-smoke+dma-bounce"]
     assert {c.config.kernel_tree for c in m.cells} == {tree}
     assert {c.axes["kernel"] for c in m.cells} == {f"tree:{tree}"}
-    assert [c.kernel_label for c in m.cells] == [f"tree:{tree}"] * 2 + [f"tree:{tree}-debug"]
+    assert [c.kernel_label for c in m.cells] == [f"tree:{tree}"] * 2 + [
+        f"tree:{tree}-debug", f"tree:{tree}"]
     # The kernels that collapsed into the tree are listed, each with the cell it became.
     assert [(d.axes["kernel"], d.axes["iommu"], d.rule) for d in m.dropped] == [
         ("6.12", "off", "same as cell linux once --kernel-tree replaces the kernel"),
@@ -164,8 +171,8 @@ def test_every_cell_axis_value_is_in_the_table() -> None:
     """)
     assert [c.name for c in m.cells] == ["6.12", "6.12-2G", "6.12-2cpu", "6.12-2cpu-2G"]
     assert m.cells[1].axes == {"kernel": "6.12", "flavor": "default", "machine": "q35",
-                               "iommu": "off", "cpus": "1", "memory": "2G", "devices": "base",
-                               "scenarios": "base"}
+                               "iommu": "off", "cmdline": "none", "cpus": "1", "memory": "2G",
+                               "devices": "base", "scenarios": "base"}
     assert m.axes()["memory"] == ["1536M", "2G"]
 
 
@@ -231,8 +238,8 @@ def test_describe() -> None:
     lines = text.splitlines()
     assert lines[0] == "matrix: m.yaml"
     assert lines[1].split() == ["cell", *AXES]
-    assert lines[2].split() == ["6.12", "6.12", "default", "q35", "off", "2", "2G", "base",
-                                "base"]
+    assert lines[2].split() == ["6.12", "6.12", "default", "q35", "off", "none", "2", "2G",
+                                "base", "base"]
     assert "  machine=pc iommu=intel-iommu: intel-iommu needs machine q35 (automatic rule)" \
         in lines
     assert lines[-1] == "3 cells (3 of 4 combinations of the axes, 0 included), 1 dropped"
@@ -304,8 +311,9 @@ def test_cli_matrix_list(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert main(["matrix", "list"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "matrix: <default matrix>"
-    assert "6.12-debug  6.12    debug    q35      off" in out
-    assert out.splitlines()[-1] == "7 cells (6 of 6 combinations of the axes, 1 included), " \
+    assert any(line.split()[:5] == ["6.12-debug", "6.12", "debug", "q35", "off"]
+               for line in out.splitlines())
+    assert out.splitlines()[-1] == "8 cells (6 of 6 combinations of the axes, 2 included), " \
                                    "0 dropped"
     assert main(["matrix", "list", "--kernel-tree", str(tmp_path / "linux")]) == 0
     assert f"tree:{tmp_path}/linux" in capsys.readouterr().out

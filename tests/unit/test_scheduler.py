@@ -68,7 +68,7 @@ def test_default_jobs() -> None:
     assert default_jobs(4, 20000, many)[0] == 4
     assert default_jobs(8, 5200, many) == (2, "5200 MiB available / 2560 MiB per cell")
     assert default_jobs(8, 100, many)[0] == 1
-    assert default_jobs(8, None, many)[0] == 7  # 7 cells
+    assert default_jobs(8, None, many)[0] == 8  # 8 cells
     big = list(load("axes: {cpus: [4, 8]}").cells)
     assert default_jobs(8, 90000, big) == (2, "8 cores, 4 per cell of 8 vCPUs")
 

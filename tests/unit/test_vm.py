@@ -97,6 +97,15 @@ def test_intel_iommu_under_kvm_splits_the_irqchip() -> None:
     assert opt(argv, "-device")[0] == "intel-iommu,intremap=on"
 
 
+def test_run_file_cmdline_comes_last() -> None:
+    append = opt(cmdline('iommu: intel-iommu\ncmdline: "swiotlb=force iommu.strict=0"\n'),
+                 "-append")[0].split()
+    assert append[0] == "console=ttyS0,115200"
+    assert append[-5:] == ["intel_iommu=on", "iommu.passthrough=0", "iommu.strict=1",
+                           "swiotlb=force", "iommu.strict=0"]  # the last word wins
+    assert opt(cmdline(), "-append")[0].split()[-1] == "net.ifnames=0"
+
+
 def test_no_viommu_by_default() -> None:
     argv = cmdline()
     assert "intel_iommu" not in opt(argv, "-append")[0]
