@@ -354,7 +354,10 @@ enum hmm_gpu_trace_kind {
 
 /*
  * One record per pci_dma_read/write the device issues, and per event
- * (64 bytes). Version 2 added va, aux and level.
+ * (64 bytes). Version 2 added va, aux and level. The timestamp is the QEMU
+ * virtual clock when the run of device code issuing the record (one
+ * register write, or one engine step in the bottom half) began: the
+ * records of a run share it.
  */
 struct hmm_gpu_trace_rec {
 	uint64_t	timestamp_ns;	/* QEMU virtual clock */

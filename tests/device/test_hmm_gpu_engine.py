@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -219,9 +220,48 @@ def test_reset_clears_state(gpu: Gpu) -> None:
     assert cpl.phase == 1 and cpl.status == 0
 
 
+def _trace_cmd_ids(path: Path) -> list[int]:
+    body = path.read_bytes()[TRACE_HDR.size :]
+    return [TRACE_REC.unpack_from(body, i)[3]
+            for i in range(0, len(body) - len(body) % TRACE_REC.size, TRACE_REC.size)]
+
+
+def test_dmatrace_written_within_flush_ms(launch: Launch, tmp_path: Path) -> None:
+    """The stream is written at most dmatrace-flush-ms after the device code that
+    recorded it (not at every doorbell: a write() per doorbell was half of it)."""
+    path = tmp_path / "dmatrace.bin"
+    gpu = launch("dmatrace=t0", "dmatrace-flush-ms=20",
+                 extra=("-chardev", f"file,id=t0,path={path}"))
+    gpu.setup()
+    gpu.run(fill(DST, 4096, 0x5A, cmd_id=0x1234))
+    deadline = time.monotonic() + 5.0
+    while 0x1234 not in _trace_cmd_ids(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert _trace_cmd_ids(path).count(0x1234) >= 3  # fetch, data, completion
+
+
+def test_dmatrace_complete_when_the_vm_stops(launch: Launch, tmp_path: Path) -> None:
+    """Whatever waits for the flush timer is written when the VM stops."""
+    path = tmp_path / "dmatrace.bin"
+    gpu = launch("dmatrace=t0", "dmatrace-flush-ms=600000", qmp=True,
+                 extra=("-chardev", f"file,id=t0,path={path}"))
+    gpu.setup()
+    gpu.run(fill(DST, 4096, 0x5A, cmd_id=0x4321))
+    assert gpu.qt.qmp_path is not None
+    mon = QEMUMonitorProtocol(str(gpu.qt.qmp_path))
+    mon.connect()
+    mon.settimeout(10)
+    try:
+        mon.cmd("stop")
+    finally:
+        mon.close()
+    assert _trace_cmd_ids(path).count(0x4321) >= 3
+
+
 def test_dmatrace_stream(launch: Launch, tmp_path: Path) -> None:
     path = tmp_path / "dmatrace.bin"
-    gpu = launch("dmatrace=t0", extra=("-chardev", f"file,id=t0,path={path}"))
+    gpu = launch("dmatrace=t0", "dmatrace-flush-ms=0",
+                 extra=("-chardev", f"file,id=t0,path={path}"))
     gpu.setup()
     data = os.urandom(100 * 1024)
     gpu.qt.write(SRC, data)

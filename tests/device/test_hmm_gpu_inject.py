@@ -34,7 +34,7 @@ def qom_set(gpu: Gpu, prop: str, value: int) -> None:
 
 def test_knob_sends_data_dma_astray_once(launch: Launch, tmp_path: Path) -> None:
     trace = tmp_path / "dmatrace.bin"
-    gpu = launch("dmatrace=tr0", qmp=True,
+    gpu = launch("dmatrace=tr0", "dmatrace-flush-ms=0", qmp=True,
                  extra=("-chardev", f"file,id=tr0,path={trace}"))
     gpu.setup()
     assert gpu.qom_get("inject-dma-fault") == 0

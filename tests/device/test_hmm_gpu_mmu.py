@@ -340,7 +340,8 @@ def test_qom_counters_mmu(launch: Launch) -> None:
 
 def trace_launch(launch: Launch, tmp_path: Path) -> tuple[Gpu, Path]:
     path = tmp_path / "dmatrace.bin"
-    return launch("dmatrace=t0", extra=("-chardev", f"file,id=t0,path={path}")), path
+    return launch("dmatrace=t0", "dmatrace-flush-ms=0",
+                  extra=("-chardev", f"file,id=t0,path={path}")), path
 
 
 def test_tlb_hits_avoid_walks(launch: Launch, tmp_path: Path) -> None:

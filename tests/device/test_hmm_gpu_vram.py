@@ -59,7 +59,8 @@ def vram_map(pt: PageTables, va: int, off: int, perms: int = RWA, huge: bool = F
 
 def dmatrace(launch: Launch, tmp_path: Path, *opts: str) -> tuple[Gpu, Path]:
     path = tmp_path / "dmatrace.bin"
-    gpu = launch("dmatrace=t0", *opts, extra=("-chardev", f"file,id=t0,path={path}"))
+    gpu = launch("dmatrace=t0", "dmatrace-flush-ms=0", *opts,
+                 extra=("-chardev", f"file,id=t0,path={path}"))
     return gpu, path
 
 

@@ -841,7 +841,7 @@ static void hmm_gpu_engine_run(HmmGpuState *s, int64_t budget_ns,
         qemu_bh_schedule(s->bh);
     }
     hmm_gpu_update_busy(s);
-    hmm_dmatrace_flush(&s->core.trace);
+    hmm_dmatrace_run_end(&s->core.trace);
 }
 
 void hmm_gpu_bh(void *opaque)

@@ -585,7 +585,7 @@ static void hmm_gpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
 
     hmm_gpu_mmio_write_reg(s, addr, val, size);
     /* events (replay, cancel) recorded by the write */
-    hmm_dmatrace_flush(&s->core.trace);
+    hmm_dmatrace_run_end(&s->core.trace);
 }
 
 static const MemoryRegionOps hmm_gpu_mmio_ops = {
@@ -735,6 +735,8 @@ static const VMStateDescription vmstate_hmm_gpu = {
 
 static const Property hmm_gpu_props[] = {
     DEFINE_PROP_CHR("dmatrace", HmmGpuState, core.trace.chr),
+    DEFINE_PROP_UINT32("dmatrace-flush-ms", HmmGpuState, core.trace.flush_ms,
+                       10),
     DEFINE_PROP_SIZE("vram-size", HmmGpuState, vram_size,
                      HMM_GPU_VRAM_DEFAULT),
 };

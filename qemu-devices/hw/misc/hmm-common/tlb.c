@@ -75,6 +75,37 @@ void hmm_tlb_insert(HmmTlb *t, uint64_t va, const HmmTlbEntry *leaf)
     e->va = va & ~((1ull << leaf->shift) - 1);
 }
 
+/*
+ * A range of at most this many 4 KiB pages is invalidated by probing the
+ * slots its pages and 2 MiB pages can occupy (the cache is direct-mapped:
+ * a translation lives in one slot only); a larger one by a full scan. A
+ * CPU fault's invalidation is one page: a scan per fault cost more than
+ * the fault's copy.
+ */
+#define HMM_TLB_PROBE_PAGES 64
+
+static unsigned hmm_tlb_probe(HmmTlb *t, uint32_t ctx, uint64_t va,
+                              uint64_t last)
+{
+    unsigned n = 0;
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(hmm_tlb_shifts); i++) {
+        unsigned shift = hmm_tlb_shifts[i];
+        uint64_t a;
+
+        for (a = va >> shift; a <= last >> shift; a++) {
+            HmmTlbEntry *e = hmm_tlb_slot(t, ctx, a << shift, shift);
+
+            if (hmm_tlb_match(e, ctx, a << shift, shift)) {
+                e->valid = false;
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
 /* Drop entries of @ctx overlapping [va, va + len); len ~0: all of @ctx. */
 unsigned hmm_tlb_invalidate(HmmTlb *t, uint32_t ctx, uint64_t va,
                             uint64_t len)
@@ -84,6 +115,11 @@ unsigned hmm_tlb_invalidate(HmmTlb *t, uint32_t ctx, uint64_t va,
     unsigned n = 0;
     uint32_t i;
 
+    if (len && last != UINT64_MAX &&
+        (last >> HMM_GPU_PT_SHIFT(0)) - (va >> HMM_GPU_PT_SHIFT(0)) <
+        HMM_TLB_PROBE_PAGES) {
+        return hmm_tlb_probe(t, ctx, va, last);
+    }
     for (i = 0; i < t->size; i++) {
         HmmTlbEntry *e = &t->entries[i];
         uint64_t e_last = e->va + (1ull << e->shift) - 1;
