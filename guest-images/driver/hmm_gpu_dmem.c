@@ -395,7 +395,7 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
 		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
 	else
-		memset(small_bus, 0, sizeof(small_bus));
+		memset(small_bus, 0, npages * sizeof(*bus));
 	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
 		/* What the batch holds (or carries: invalidations) must run. */
 		hmm_gpu_dmem_run_copy(gdev, batch, 0, 0, 0);
@@ -532,7 +532,7 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
 		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
 	else
-		memset(small_bus, 0, sizeof(small_bus));
+		memset(small_bus, 0, npages * sizeof(*bus));
 	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
 		/* What the batch holds (or carries: invalidations) must run. */
 		hmm_gpu_dmem_run_copy(gdev, batch, 0, 0, 0);

@@ -140,7 +140,8 @@ static long hmm_gpu_dmirror_ioctl(struct file *file, unsigned int cmd, unsigned 
 		 */
 		ret = hmm_gpu_svm_migrate(df->svm, c.addr, c.npages << PAGE_SHIFT, true,
 					  &pages);
-		if (!ret)
+		/* Some pages were not moved now: are they in VRAM already? */
+		if (!ret && pages != c.npages)
 			ret = hmm_gpu_svm_dev_check(df->svm, c.addr, c.npages);
 		if (!ret)
 			ret = hmm_gpu_svm_rw(df->svm, false, c.addr, u64_to_user_ptr(c.ptr),

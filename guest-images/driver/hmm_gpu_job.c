@@ -20,6 +20,8 @@
 #define HMM_GPU_BOUNCE_MAX	(4ul << 20)
 /* Most user buffer pages a READ/WRITE pins at once. */
 #define HMM_GPU_PIN_MAX		1024
+/* ... of which this many without allocating the array */
+#define HMM_GPU_PIN_FEW		8
 
 /*
  * READ/WRITE fault the range in from the submitting thread before the job
@@ -300,14 +302,17 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 		.nrng = 1,
 	};
 	unsigned long uaddr = (unsigned long)ubuf;
-	struct page **upages;
+	unsigned long pin = min_t(u64, HMM_GPU_PIN_MAX,
+				  DIV_ROUND_UP(offset_in_page(uaddr) + len, PAGE_SIZE));
+	struct page *few[HMM_GPU_PIN_FEW], **upages = few;
 	u64 off = 0;
 	int ret = 0;
 
-	upages = kvmalloc_array(HMM_GPU_PIN_MAX, sizeof(*upages), GFP_KERNEL);
+	/* A short transfer (a dmirror call on a page or two) needs no allocation. */
+	if (pin > ARRAY_SIZE(few))
+		upages = kvmalloc_array(pin, sizeof(*upages), GFP_KERNEL);
 	while (off < len) {
-		u64 n = min_t(u64, len - off,
-			      HMM_GPU_PIN_MAX * PAGE_SIZE - offset_in_page(uaddr + off));
+		u64 n = min_t(u64, len - off, pin * PAGE_SIZE - offset_in_page(uaddr + off));
 
 		ret = upages ? hmm_gpu_svm_rw_pinned(svm, &op, write, va + off, va + len,
 						     uaddr + off, n, upages) : -EAGAIN;
@@ -320,7 +325,8 @@ int hmm_gpu_svm_rw(struct hmm_gpu_svm *svm, bool write, u64 va, void __user *ubu
 			break;
 		off += n;
 	}
-	kvfree(upages);
+	if (upages != few)
+		kvfree(upages);
 	*faults = op.faults;
 	*pages = op.pages;
 	return ret;

@@ -300,6 +300,9 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 	return ret;
 }
 
+/* Migrations of this many pages or fewer keep their arrays on the stack. */
+#define HMM_GPU_MIGRATE_FEW	8
+
 /* The next 2 MiB migration of @svm, either way, goes to base pages. */
 void hmm_gpu_svm_fail_next_alloc(struct hmm_gpu_svm *svm)
 {
@@ -316,8 +319,12 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev, u
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
 	struct mm_struct *mm = svm->mm;
-	unsigned long *src, *dst;
-	struct page **res;
+	/* The windows are never longer than the range: size the arrays to it. */
+	unsigned long n_max = min_t(u64, HMM_GPU_MIGRATE_MAX_PAGES, len >> PAGE_SHIFT);
+	unsigned long few_src[HMM_GPU_MIGRATE_FEW], few_dst[HMM_GPU_MIGRATE_FEW];
+	struct page *few_res[HMM_GPU_MIGRATE_FEW];
+	unsigned long *src = few_src, *dst = few_dst;
+	struct page **res = few_res;
 	u64 addr, end = va + len, next;
 	long n;
 	int ret = 0;
@@ -327,12 +334,15 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev, u
 		return -EINVAL;
 	if (to_dev && !gdev->dmem.max_chunks)
 		return -EOPNOTSUPP;
-	src = kcalloc(HMM_GPU_MIGRATE_MAX_PAGES, sizeof(*src), GFP_KERNEL);
-	dst = kcalloc(HMM_GPU_MIGRATE_MAX_PAGES, sizeof(*dst), GFP_KERNEL);
-	res = kcalloc(HMM_GPU_MIGRATE_MAX_PAGES, sizeof(*res), GFP_KERNEL);
-	if (!src || !dst || !res) {
-		ret = -ENOMEM;
-		goto out_free;
+	if (n_max > HMM_GPU_MIGRATE_FEW) {
+		/* migrate_vma_setup() fills them: no need to zero */
+		src = kmalloc_array(n_max, sizeof(*src), GFP_KERNEL);
+		dst = kmalloc_array(n_max, sizeof(*dst), GFP_KERNEL);
+		res = kmalloc_array(n_max, sizeof(*res), GFP_KERNEL);
+		if (!src || !dst || !res) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
 	}
 	if (!mmget_not_zero(mm)) {
 		ret = -EINVAL;
@@ -364,9 +374,11 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev, u
 	mmap_read_unlock(mm);
 	mmput(mm);
 out_free:
-	kfree(res);
-	kfree(dst);
-	kfree(src);
+	if (src != few_src) {
+		kfree(res);
+		kfree(dst);
+		kfree(src);
+	}
 	return ret;
 }
 

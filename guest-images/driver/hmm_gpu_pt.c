@@ -54,6 +54,25 @@ void hmm_gpu_pt_free(struct hmm_gpu_dev *gdev, struct hmm_gpu_pt *pt)
 	kfree(pt);
 }
 
+/*
+ * Level-0 tables an svm keeps once emptied and released: a process that maps
+ * and unmaps small buffers over and over would otherwise allocate and free
+ * a table (a coherent page and its shadows) in every device fault.
+ */
+#define HMM_GPU_PT_CACHE	8
+
+/* Free the tables kept for reuse. */
+void hmm_gpu_pt_cache_free(struct hmm_gpu_svm *svm)
+{
+	struct hmm_gpu_pt *pt, *next;
+
+	list_for_each_entry_safe(pt, next, &svm->pt_cache, detached) {
+		list_del(&pt->detached);
+		hmm_gpu_pt_free(svm->gdev, pt);
+	}
+	svm->pt_cached = 0;
+}
+
 struct hmm_gpu_pt *hmm_gpu_pt_alloc(struct hmm_gpu_dev *gdev, unsigned int level)
 {
 	struct hmm_gpu_pt *pt;
@@ -123,6 +142,12 @@ int hmm_gpu_pt_prepare(struct hmm_gpu_svm *svm, u64 va, unsigned int level)
 			hmm_gpu_svm_zap(svm, base, base + HMM_GPU_PT_SPAN(1), false);
 			continue;
 		}
+		if (!new && l == 1 && svm->pt_cached) {
+			new = list_first_entry(&svm->pt_cache, struct hmm_gpu_pt, detached);
+			list_del_init(&new->detached);
+			svm->pt_cached--;
+			continue;
+		}
 		if (new && new->level == l - 1) {
 			pt->child[idx] = new;
 			pt->nr++;
@@ -151,9 +176,7 @@ int hmm_gpu_pt_prepare(struct hmm_gpu_svm *svm, u64 va, unsigned int level)
 
 void hmm_gpu_zap_init(struct hmm_gpu_zap *z, bool reclaim)
 {
-	memset(z, 0, sizeof(*z));
-	z->start = U64_MAX;
-	z->reclaim = reclaim;
+	*z = (struct hmm_gpu_zap){ .start = U64_MAX, .reclaim = reclaim };
 	INIT_LIST_HEAD(&z->detached);
 }
 
@@ -188,6 +211,7 @@ static void hmm_gpu_leaf_clear(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 	if (!pt->level)
 		clear_bit(i, pt->excl);
 	pt->nr--;
+	pt->unmap += !!pt->map[i];
 	svm->stats.mapped -= n;
 	z->pages += n;
 	z->unmap += !!pt->map[i];
@@ -197,11 +221,13 @@ static void hmm_gpu_leaf_clear(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 
 /*
  * Clear the leaves of @pt (covering @base..) that overlap [start, end). With
- * z->reclaim, a table the range reaches into that is empty afterwards is
- * detached from @pt and queued on z->detached, even if the range covers
- * only part of its span (an unaligned munmap empties the tables at its
- * ends too). A table someone just prepared for a mapping outside the range
- * may go with it: callers look their table up again under svm->lock.
+ * z->reclaim, a level-0 table the range reaches into that is empty
+ * afterwards is detached from @pt and queued on z->detached, even if the
+ * range covers only part of its span (an unaligned munmap empties the
+ * tables at its ends too), and so is an emptied higher table if the range
+ * is at least as long as one of its entries spans. A table someone just
+ * prepared for a mapping outside the range may go with it: callers look
+ * their table up again under svm->lock.
  */
 static void hmm_gpu_pt_clear_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *pt,
 				   u64 base, u64 start, u64 end, struct hmm_gpu_zap *z)
@@ -221,7 +247,14 @@ static void hmm_gpu_pt_clear_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 
 		if (child) {
 			hmm_gpu_pt_clear_level(svm, child, va, start, end, z);
-			if (z->reclaim && !child->nr) {
+			/*
+			 * Leaf tables the range emptied go even if it covers
+			 * them only in part; the few above them when the range
+			 * spans at least one of their entries (a munmap of one
+			 * page must not free and rebuild a table of tables).
+			 */
+			if (z->reclaim && !child->nr &&
+			    (!child->level || end - start >= HMM_GPU_PT_SPAN(child->level))) {
 				WRITE_ONCE(pt->cpu[i], 0);
 				pt->child[i] = NULL;
 				pt->nr--;
@@ -253,7 +286,8 @@ static void hmm_gpu_pt_unmap_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 	u64 hi = min(end, base + span * HMM_GPU_PT_ENTRIES);
 	unsigned int i, first, last;
 
-	if (lo >= hi)
+	/* A leaf table with nothing left to unmap: skip its 512 entries. */
+	if (lo >= hi || (!pt->level && !pt->unmap))
 		return;
 	first = (lo - base) >> HMM_GPU_PT_SHIFT(pt->level);
 	last = (hi - 1 - base) >> HMM_GPU_PT_SHIFT(pt->level);
@@ -263,6 +297,7 @@ static void hmm_gpu_pt_unmap_level(struct hmm_gpu_svm *svm, struct hmm_gpu_pt *p
 		} else if (pt->level <= 1 && pt->map[i] && !pt->page[i]) {
 			dma_unmap_page(dev, pt->map[i], span, DMA_BIDIRECTIONAL);
 			pt->map[i] = 0;
+			pt->unmap--;
 		}
 	}
 }
@@ -297,6 +332,12 @@ void hmm_gpu_pt_release(struct hmm_gpu_svm *svm, struct hmm_gpu_zap *z)
 		/* Its leaves were cleared, not unmapped, on the way out. */
 		hmm_gpu_pt_unmap_level(svm, pt, 0, 0, U64_MAX);
 		svm->stats.pt_pages -= hmm_gpu_pt_count_tables(pt);
+		if (!pt->level && svm->pt_cached < HMM_GPU_PT_CACHE && !svm->dead) {
+			/* Empty: every entry and shadow is zero again. */
+			list_add(&pt->detached, &svm->pt_cache);
+			svm->pt_cached++;
+			continue;
+		}
 		hmm_gpu_pt_free(svm->gdev, pt);
 	}
 	z->unmap = 0;

@@ -159,6 +159,7 @@ struct hmm_gpu_svm *hmm_gpu_svm_create(struct hmm_gpu_dev *gdev, struct mm_struc
 		return ERR_PTR(-ENOMEM);
 	kref_init(&svm->ref);
 	mutex_init(&svm->lock);
+	INIT_LIST_HEAD(&svm->pt_cache);
 	mutex_init(&svm->bounce_lock);
 	svm->gdev = gdev;
 	svm->va_end = min_t(u64, TASK_SIZE, 1ull << HMM_GPU_VA_BITS) & PAGE_MASK;
@@ -230,6 +231,7 @@ void __hmm_gpu_svm_destroy(struct hmm_gpu_svm *svm)
 	/* After the fence: no walk can reach the tables any more. */
 	hmm_gpu_pt_free(gdev, svm->root);
 	svm->root = NULL;
+	hmm_gpu_pt_cache_free(svm);
 	svm->stats.pt_pages = 0;
 	mutex_unlock(&svm->lock);
 

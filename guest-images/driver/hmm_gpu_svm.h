@@ -37,6 +37,7 @@ struct hmm_gpu_pt {
 	dma_addr_t		dma;
 	unsigned int		level;
 	unsigned int		nr;		/* entries in use: tables, leaves */
+	unsigned int		unmap;		/* leaves cleared, still DMA mapped */
 	struct hmm_gpu_pt	**child;	/* level > 0 */
 	/* Levels 0 and 1: the page a leaf maps (2 MiB: the head), its mapping. */
 	struct page		**page;
@@ -67,6 +68,9 @@ struct hmm_gpu_svm {
 	struct mutex			lock;
 	bool				dead;
 	struct hmm_gpu_pt		*root;
+	/* Emptied level-0 tables kept for reuse (a few: mmap/munmap churn). */
+	struct list_head		pt_cache;
+	unsigned int			pt_cached;
 	struct hmm_gpu_svm_stats	stats;
 	unsigned long			flags;	/* HMM_GPU_SVM_* bits */
 	/* READ/WRITE bounce buffer kept between calls (coherent DMA memory). */
@@ -109,6 +113,7 @@ static inline bool hmm_gpu_range_bad(struct hmm_gpu_svm *svm, u64 va, u64 len)
 /* hmm_gpu_pt.c */
 struct hmm_gpu_pt *hmm_gpu_pt_alloc(struct hmm_gpu_dev *gdev, unsigned int level);
 void hmm_gpu_pt_free(struct hmm_gpu_dev *gdev, struct hmm_gpu_pt *pt);
+void hmm_gpu_pt_cache_free(struct hmm_gpu_svm *svm);
 int hmm_gpu_pt_prepare(struct hmm_gpu_svm *svm, u64 va, unsigned int level);
 struct hmm_gpu_pt *hmm_gpu_pt_find(struct hmm_gpu_svm *svm, u64 va, unsigned int level);
 void hmm_gpu_zap_init(struct hmm_gpu_zap *z, bool reclaim);

@@ -9,6 +9,7 @@
 #ifndef _UAPI_HMM_GPU_H
 #define _UAPI_HMM_GPU_H
 
+#include <linux/const.h>
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
@@ -211,7 +212,7 @@ struct hmm_gpu_vram_stats {
  * A THP migrates as one 2 MiB device folio (one device-private PMD on the
  * CPU, one 2 MiB leaf on the device): kernels with MIGRATE_VMA_SELECT_COMPOUND.
  */
-#define HMM_GPU_VRAM_F_THP	(1ull << 0)
+#define HMM_GPU_VRAM_F_THP	_BITULL(0)
 
 #define HMM_GPU_IOC_MAGIC	'G'
 #define HMM_GPU_IOC_INFO	_IOWR(HMM_GPU_IOC_MAGIC, 0x00, struct hmm_gpu_info)
