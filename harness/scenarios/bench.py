@@ -70,8 +70,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("thp_read_MBps", "READ, mirrored, THP", "MB/s", True),
     Metric("thp_write_MBps", "WRITE, mirrored, THP", "MB/s", True),
     Metric("fault_latency_us", "fault round trip", "us", False, 1.5),
-    Metric("migrate_to_dev_MBps", "migrate system->device", "MB/s", True, 2.0),
-    Metric("migrate_to_sys_MBps", "migrate device->system", "MB/s", True, 2.0),
+    Metric("migrate_to_dev_MBps", "migrate system->device", "MB/s", True),
+    Metric("migrate_to_sys_MBps", "migrate device->system", "MB/s", True),
+    # the target: a round trip's bandwidth (how the issue measured it), not each leg's
     Metric("migrate_MBps", "migrate, both directions", "MB/s", True, 2.0),
     Metric("cpu_fault_us", "CPU fault-back", "us", False, 1.5),
 )
