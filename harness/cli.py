@@ -35,7 +35,7 @@ while its inputs do not change.
 EPILOG = """\
 examples:
   hmmlab build                  build (or find in the cache) everything a run needs
-  hmmlab run                    run the default matrix (3 kernels x vIOMMU off/on, + 6.12 debug)
+  hmmlab run                    the default matrix (3 kernels x vIOMMU, 6.12 debug, 6.12 swiotlb)
   hmmlab run --kernel-tree ~/src/linux    the default matrix on your own kernel tree
   hmmlab run my.yaml --results out/       a run file (one guest) or a matrix file
   hmmlab matrix list            the default matrix's cells

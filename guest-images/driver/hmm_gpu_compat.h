@@ -3,7 +3,7 @@
  * hmm_gpu: the kernel API differences between the kernels we build for.
  * Every kernel version and CONFIG_DEVICE_PRIVATE test lives here.
  *
- * Compiled (W=1) against 6.1.192, 6.12.107 and 7.2.13 (Debian's
+ * Compiled (W=1) against 6.1.192, 6.12.117 and 7.2.13 (Debian's
  * linux-source packages) and Debian's stock 6.1 headers (no
  * DEVICE_PRIVATE). The versions in between are upstream's history, not
  * compiled here:
