@@ -351,6 +351,55 @@ static void hmm_gpu_dmem_set_ent(struct hmm_gpu_copy_ent *list, unsigned int i, 
 	list[i].dst = (__force u64)cpu_to_le64(dst);
 }
 
+/* A migration's copy: the list the device reads, each page's DMA address. */
+struct hmm_gpu_copy {
+	struct hmm_gpu_list	list;
+	dma_addr_t		*bus;		/* per src entry, 0: none */
+	dma_addr_t		small_bus[HMM_GPU_SMALL_LIST];
+	unsigned int		n;		/* list entries */
+};
+
+/*
+ * Start a copy of up to @npages: @dst and the DMA addresses zeroed, a copy
+ * list taken. On failure what @batch holds (or carries: invalidations) runs
+ * all the same and an error is returned.
+ */
+static int hmm_gpu_copy_begin(struct hmm_gpu_dev *gdev, struct hmm_gpu_copy *c,
+			      unsigned long *dst, unsigned long npages,
+			      struct hmm_gpu_batch *batch)
+{
+	memset(dst, 0, npages * sizeof(*dst));
+	c->n = 0;
+	c->bus = c->small_bus;
+	if (npages > HMM_GPU_SMALL_LIST)
+		c->bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
+			 kcalloc(npages, sizeof(*c->bus), GFP_KERNEL) : NULL;
+	else
+		memset(c->small_bus, 0, npages * sizeof(*c->bus));
+	if (c->bus && hmm_gpu_dmem_list_alloc(gdev, npages, &c->list))
+		return 0;
+	hmm_gpu_dmem_run_copy(gdev, batch, 0, 0, 0);
+	if (c->bus != c->small_bus)
+		kfree(c->bus);
+	return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
+}
+
+/* Run the copy (behind what @batch holds) in direction @dir; the list goes. */
+static long hmm_gpu_copy_run(struct hmm_gpu_dev *gdev, struct hmm_gpu_copy *c,
+			     struct hmm_gpu_batch *batch, u32 dir)
+{
+	long ret = hmm_gpu_dmem_run_copy(gdev, batch, c->list.dma, c->n, dir);
+
+	hmm_gpu_dmem_list_free(gdev, &c->list);
+	return ret;
+}
+
+static void hmm_gpu_copy_end(struct hmm_gpu_copy *c)
+{
+	if (c->bus != c->small_bus)
+		kfree(c->bus);
+}
+
 /* Release what a failed copy would have migrated to: dst entries go to 0. */
 static void hmm_gpu_dmem_drop_dst(unsigned long *dst, unsigned long npages)
 {
@@ -384,25 +433,15 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
-	dma_addr_t small_bus[HMM_GPU_SMALL_LIST], *bus = small_bus;
 	unsigned long i, j, nr, thp = 0;
-	struct hmm_gpu_list list;
-	unsigned int n = 0;
+	struct hmm_gpu_copy c;
+	dma_addr_t *bus;
 	long ret;
 
-	memset(dst, 0, npages * sizeof(*dst));
-	if (npages > HMM_GPU_SMALL_LIST)
-		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
-		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
-	else
-		memset(small_bus, 0, npages * sizeof(*bus));
-	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
-		/* What the batch holds (or carries: invalidations) must run. */
-		hmm_gpu_dmem_run_copy(gdev, batch, 0, 0, 0);
-		if (bus != small_bus)
-			kfree(bus);
-		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
-	}
+	ret = hmm_gpu_copy_begin(gdev, &c, dst, npages, batch);
+	if (ret)
+		return ret;
+	bus = c.bus;
 
 	for (i = 0; i < npages; i += nr) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
@@ -430,7 +469,7 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 			dst[i] = migrate_pfn(folio_pfn(folio)) | write |
 				 HMM_GPU_MIGRATE_PFN_COMPOUND;
 			for (j = 0; j < nr; j++)
-				hmm_gpu_dmem_set_ent(list.ent, n++, from + (j << PAGE_SHIFT),
+				hmm_gpu_dmem_set_ent(c.list.ent, c.n++, from + (j << PAGE_SHIFT),
 						     bus[i] + (j << PAGE_SHIFT));
 			thp++;
 			continue;
@@ -456,18 +495,17 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 			}
 			lock_page(dpage);
 			dst[i + j] = migrate_pfn(page_to_pfn(dpage)) | write;
-			hmm_gpu_dmem_set_ent(list.ent, n++, from + (j << PAGE_SHIFT), bus[i + j]);
+			hmm_gpu_dmem_set_ent(c.list.ent, c.n++, from + (j << PAGE_SHIFT),
+					     bus[i + j]);
 		}
 	}
-	ret = hmm_gpu_dmem_run_copy(gdev, batch, list.dma, n, HMM_GPU_MIGRATE_FROM_VRAM);
-	hmm_gpu_dmem_list_free(gdev, &list);
+	ret = hmm_gpu_copy_run(gdev, &c, batch, HMM_GPU_MIGRATE_FROM_VRAM);
 
 	for (i = 0; i < npages; i++)
 		if (bus[i])
 			dma_unmap_page(dev, bus[i], dst[i] & HMM_GPU_MIGRATE_PFN_COMPOUND ?
 				       HMM_GPU_CHUNK_SIZE : PAGE_SIZE, DMA_FROM_DEVICE);
-	if (bus != small_bus)
-		kfree(bus);
+	hmm_gpu_copy_end(&c);
 	if (ret) {
 		/* The data did not arrive: migrate nothing. */
 		hmm_gpu_dmem_drop_dst(dst, npages);
@@ -475,10 +513,10 @@ long hmm_gpu_dmem_copy_to_sys(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 	}
 
 	spin_lock_irq(&dmem->lock);
-	dmem->stats.pages_to_sys += n;
+	dmem->stats.pages_to_sys += c.n;
 	dmem->stats.thp_to_sys += thp;
 	spin_unlock_irq(&dmem->lock);
-	return n;
+	return c.n;
 }
 
 /*
@@ -521,25 +559,15 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 {
 	struct device *dev = &gdev->pdev->dev;
 	struct hmm_gpu_dmem *dmem = &gdev->dmem;
-	dma_addr_t small_bus[HMM_GPU_SMALL_LIST], *bus = small_bus;
 	unsigned long i, j, nr, thp = 0;
-	struct hmm_gpu_list list;
-	unsigned int n = 0;
+	struct hmm_gpu_copy c;
+	dma_addr_t *bus;
 	long ret;
 
-	memset(dst, 0, npages * sizeof(*dst));
-	if (npages > HMM_GPU_SMALL_LIST)
-		bus = npages <= HMM_GPU_MIGRATE_MAX_PAGES ?
-		      kcalloc(npages, sizeof(*bus), GFP_KERNEL) : NULL;
-	else
-		memset(small_bus, 0, npages * sizeof(*bus));
-	if (!bus || !hmm_gpu_dmem_list_alloc(gdev, npages, &list)) {
-		/* What the batch holds (or carries: invalidations) must run. */
-		hmm_gpu_dmem_run_copy(gdev, batch, 0, 0, 0);
-		if (bus != small_bus)
-			kfree(bus);
-		return WARN_ON(npages > HMM_GPU_MIGRATE_MAX_PAGES) ? -EINVAL : -ENOMEM;
-	}
+	ret = hmm_gpu_copy_begin(gdev, &c, dst, npages, batch);
+	if (ret)
+		return ret;
+	bus = c.bus;
 
 	for (i = 0; i < npages; i += nr) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
@@ -582,7 +610,7 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 			dst[i] = migrate_pfn(page_to_pfn(dpage)) | write |
 				 HMM_GPU_MIGRATE_PFN_COMPOUND;
 			for (j = 0; j < nr; j++)
-				hmm_gpu_dmem_set_ent(list.ent, n++,
+				hmm_gpu_dmem_set_ent(c.list.ent, c.n++,
 						     spage ? bus[i] + (j << PAGE_SHIFT) :
 						     dmem->zero_dma,
 						     hmm_gpu_dmem_vram_offset(dpage) +
@@ -595,13 +623,12 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 			/* Referenced, locked. */
 			hmm_gpu_device_folio_init(dpage, &hmm_gpu_page_block(dpage)->pagemap, 0);
 			dst[i + j] = migrate_pfn(page_to_pfn(dpage)) | write;
-			hmm_gpu_dmem_set_ent(list.ent, n++,
+			hmm_gpu_dmem_set_ent(c.list.ent, c.n++,
 					     spage ? bus[i] + (j << PAGE_SHIFT) : dmem->zero_dma,
 					     hmm_gpu_dmem_vram_offset(dpage));
 		}
 	}
-	ret = hmm_gpu_dmem_run_copy(gdev, batch, list.dma, n, HMM_GPU_MIGRATE_TO_VRAM);
-	hmm_gpu_dmem_list_free(gdev, &list);
+	ret = hmm_gpu_copy_run(gdev, &c, batch, HMM_GPU_MIGRATE_TO_VRAM);
 
 	for (i = 0; i < npages; i++) {
 		if (!bus[i])
@@ -609,18 +636,17 @@ long hmm_gpu_dmem_copy_to_dev(struct hmm_gpu_dev *gdev, struct vm_area_struct *v
 		nr = hmm_gpu_migrate_entry_pages(src[i], npages - i);
 		dma_unmap_page(dev, bus[i], nr << PAGE_SHIFT, DMA_TO_DEVICE);
 	}
-	if (bus != small_bus)
-		kfree(bus);
+	hmm_gpu_copy_end(&c);
 	if (ret) {
 		hmm_gpu_dmem_drop_dst(dst, npages);
 		return ret;
 	}
 
 	spin_lock_irq(&dmem->lock);
-	dmem->stats.pages_to_dev += n;
+	dmem->stats.pages_to_dev += c.n;
 	dmem->stats.thp_to_dev += thp;
 	spin_unlock_irq(&dmem->lock);
-	return n;
+	return c.n;
 }
 
 /* Mark the chunks of migrated device pages as the most recently used. */

@@ -131,11 +131,10 @@ void hmm_gpu_fatal(HmmGpuState *s, uint32_t err, uint64_t addr,
  * Data DMA of job @j (the system-memory side of COPY/FILL and VA jobs);
  * @va is the virtual address the chunk belongs to.
  */
-static MemTxResult hmm_gpu_data_read(HmmGpuState *s, HmmGpuJob *j,
-                                     uint64_t addr, void *buf, uint64_t len,
-                                     uint64_t va)
+static HmmDmaRec hmm_gpu_data_rec(HmmGpuState *s, HmmGpuJob *j,
+                                  uint64_t addr, uint64_t len, uint64_t va)
 {
-    HmmDmaRec r = {
+    return (HmmDmaRec) {
         .engine = HMM_GPU_ENGINE_COPY,
         .kind = HMM_GPU_TRACE_DATA,
         .addr = hmm_dma_data_addr(&s->core, addr),
@@ -144,6 +143,13 @@ static MemTxResult hmm_gpu_data_read(HmmGpuState *s, HmmGpuJob *j,
         .ctx = j->cmd.ctx,
         .va = va,
     };
+}
+
+static MemTxResult hmm_gpu_data_read(HmmGpuState *s, HmmGpuJob *j,
+                                     uint64_t addr, void *buf, uint64_t len,
+                                     uint64_t va)
+{
+    HmmDmaRec r = hmm_gpu_data_rec(s, j, addr, len, va);
 
     return hmm_dma_read(&s->core, &r, buf);
 }
@@ -152,15 +158,7 @@ static MemTxResult hmm_gpu_data_write(HmmGpuState *s, HmmGpuJob *j,
                                       uint64_t addr, const void *buf,
                                       uint64_t len, uint64_t va)
 {
-    HmmDmaRec r = {
-        .engine = HMM_GPU_ENGINE_COPY,
-        .kind = HMM_GPU_TRACE_DATA,
-        .addr = hmm_dma_data_addr(&s->core, addr),
-        .len = len,
-        .cmd_id = j->cmd.cmd_id,
-        .ctx = j->cmd.ctx,
-        .va = va,
-    };
+    HmmDmaRec r = hmm_gpu_data_rec(s, j, addr, len, va);
 
     return hmm_dma_write(&s->core, &r, buf);
 }
