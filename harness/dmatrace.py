@@ -569,8 +569,9 @@ def check_invalidations(records: Sequence[TraceRecord], limit: int = 50) -> Inva
 
     The device's MMU is simulated over the trace in order: a leaf PTW puts a
     translation into a per-context table (a walk ending on a non-present
-    entry removes it), an EV_TLB_INV removes every translation of its context
-    overlapping its range (``aux`` = length, ~0 = the whole context). Each
+    entry removes the walked page's), an EV_TLB_INV removes every translation
+    of its context overlapping its range (``aux`` = length, ~0 = the whole
+    context). Each
     DATA record with a ``va`` is split at 4 KiB pages; for each page the
     translation must exist and map exactly to the record's bus address.
     A DMA that used a translation cached before an invalidation shows up as
@@ -598,9 +599,14 @@ def check_invalidations(records: Sequence[TraceRecord], limit: int = 50) -> Inva
                 continue
             out.walks += 1
             if leaf is None:
-                # Nothing is mapped under this entry: drop what it spans.
-                span = 1 << pt_shift(r.level)
-                _drop(small.get(r.ctx), huge.get(r.ctx), r.va & ~(span - 1), span)
+                # Nothing maps the walked page: the device missed in its TLB
+                # for it, so no translation of that page was cached. Other
+                # pages under the same cleared entry keep theirs until an
+                # invalidation: a driver clears entries (and detaches tables)
+                # before the fence, and a job may legitimately go on using
+                # its cached translations until the fence completes.
+                page = 1 << PAGE_SHIFT
+                _drop(small.get(r.ctx), huge.get(r.ctx), r.va & ~(page - 1), page)
             elif r.level == 0:
                 small.setdefault(r.ctx, {})[r.va >> PAGE_SHIFT] = Translation(
                     leaf.va, leaf.size, leaf.pa, i, leaf.vram)

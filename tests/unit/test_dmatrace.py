@@ -359,6 +359,26 @@ def test_migrate_dma_is_not_an_xfer() -> None:
     assert dmatrace.check_invalidations([mig]).data_checked == 0
 
 
+def test_a_cleared_table_under_a_job_still_using_its_cached_translation() -> None:
+    """Found in a default-matrix run: a munmap empties a level-0 table and the
+    driver detaches it (level-1 entry cleared) before its fence; meanwhile a job
+    goes on with the translation it cached, and another job's walk of a page in
+    the same 2 MiB finds the cleared entry. Legal until the fence: only the
+    walked page is known untranslated."""
+    other = VA + 0xF1000  # same level-1 entry, another page
+    recs = [*walk(VA, PA), data(VA, PA, 1920),
+            ptw(other, 0xA000 | V, 3), ptw(other, 0xB000 | V, 2), ptw(other, 0, 1),
+            data(VA + 1920, PA + 1920, 2176)]
+    assert dmatrace.check_invalidations(recs).problems == []
+    # the fence then ends it: a use after the invalidation is still caught
+    recs += [inv(VA, 2 * 1024 * 1024), data(VA, PA, 64)]
+    assert dmatrace.check_invalidations(recs).problem_count == 1
+    # and the walked page itself has no translation after its miss
+    recs = [*walk(other, PA + PAGE), ptw(other, 0xA000 | V, 3), ptw(other, 0xB000 | V, 2),
+            ptw(other, 0, 1), data(other, PA + PAGE)]
+    assert dmatrace.check_invalidations(recs).problem_count == 1
+
+
 def test_invalidation_of_another_range_or_context_does_not_count() -> None:
     recs = [*walk(VA, PA), inv(VA + PAGE, PAGE), inv(VA, PAGE, ctx=2), data(VA, PA)]
     assert dmatrace.check_invalidations(recs).problems == []
