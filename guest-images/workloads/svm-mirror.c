@@ -330,6 +330,60 @@ int main(int argc, char **argv)
 	}
 
 	/*
+	 * One invalidation of a range the device maps page by page takes one
+	 * TLB fence, not one per page (as nouveau does one per invalidate).
+	 */
+	{
+		size_t len = 64 * 4096;
+		char *raw = mmap(NULL, len + HPAGE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		char *b = (char *)(((uintptr_t)raw + HPAGE - 1) & ~(uintptr_t)(HPAGE - 1));
+		struct hmm_gpu_svm_stats s0, s1;
+
+		madvise(b, len, MADV_NOHUGEPAGE);
+		memset(b, 5, len);
+		rc = svm_simple(fd, HMM_GPU_SVM_READ, b, NULL, bounce, len, 0, NULL);
+		s0 = stats_of(fd);
+		madvise(b, len, MADV_DONTNEED);
+		s1 = stats_of(fd);
+		munmap(raw, len + HPAGE);
+		result("reclaim", "fence_per_range", rc == 0 && s1.invalidations == s0.invalidations + 1 &&
+		       s1.tlb_invalidates == s0.tlb_invalidates + 1 && s1.mapped + 64 == s0.mapped,
+		       len, NULL, rc, "\"invalidations\": %llu, \"tlb_invalidates\": %llu, "
+		       "\"unmapped\": %lld", (unsigned long long)(s1.invalidations - s0.invalidations),
+		       (unsigned long long)(s1.tlb_invalidates - s0.tlb_invalidates),
+		       (long long)(s0.mapped - s1.mapped));
+
+		/*
+		 * The same for a migration of pages the device maps: one fence,
+		 * ahead of (on a 1.3 device, inside) the copy, not one per page.
+		 */
+		raw = mmap(NULL, len + HPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			   -1, 0);
+		b = (char *)(((uintptr_t)raw + HPAGE - 1) & ~(uintptr_t)(HPAGE - 1));
+		madvise(b, len, MADV_NOHUGEPAGE);
+		memset(b, 6, len);
+		rc = svm_simple(fd, HMM_GPU_SVM_READ, b, NULL, bounce, len, 0, NULL);
+		s0 = stats_of(fd);
+		{
+			uint64_t moved = 0;
+			int mrc = rc ? rc : svm_migrate(fd, b, len, HMM_GPU_MIGRATE_TO_DEV, &moved);
+
+			s1 = stats_of(fd);
+			if (mrc == -EOPNOTSUPP)
+				jprintf("{\"test\": \"migrate.fence_per_range\", \"skip\": "
+					"\"no device memory (kernel without CONFIG_DEVICE_PRIVATE)\"}");
+			else
+				result("migrate", "fence_per_range", !mrc && moved == 64 &&
+				       s1.tlb_invalidates == s0.tlb_invalidates + 1, len, NULL, mrc,
+				       "\"moved\": %llu, \"tlb_invalidates\": %llu",
+				       (unsigned long long)moved,
+				       (unsigned long long)(s1.tlb_invalidates - s0.tlb_invalidates));
+		}
+		munmap(raw, len + HPAGE);
+	}
+
+	/*
 	 * The process a context mirrors exits while another holds the file:
 	 * exit_mmap()'s invalidation must take every translation (the freed
 	 * pages must not stay mapped for the device until the file goes).
