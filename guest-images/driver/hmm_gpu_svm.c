@@ -30,14 +30,23 @@ struct mm_struct *hmm_gpu_svm_mm(struct hmm_gpu_svm *svm)
 	return svm->mm;
 }
 
-static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
-				   const struct mmu_notifier_range *range,
-				   unsigned long cur_seq)
+/*
+ * An invalidation as the notifier @mni sees it: the part of it in [lo, hi)
+ * loses its device translations under svm->lock, in the same critical
+ * section that bumps @mni's sequence. A fault checks one notifier only
+ * (mmu_interval_read_retry()), and the interval tree calls the context's
+ * notifier before a fault's own, so each must zap what it watches: a fault
+ * that takes svm->lock between the two calls would otherwise map the pages
+ * the CPU is about to change, after the context's zap, and keep them.
+ */
+static bool hmm_gpu_mirror_invalidate(struct hmm_gpu_svm *svm,
+				      struct mmu_interval_notifier *mni,
+				      const struct mmu_notifier_range *range,
+				      unsigned long cur_seq, u64 lo, u64 hi)
 {
-	struct hmm_gpu_svm *svm = container_of(mni, struct hmm_gpu_svm, notifier);
-	u64 start = range->start & PAGE_MASK;
 	/* PAGE_ALIGN() of exit_mmap()'s ULONG_MAX would wrap to 0 */
-	u64 end = range->end >= svm->va_end ? svm->va_end : PAGE_ALIGN(range->end);
+	u64 start = max_t(u64, range->start & PAGE_MASK, lo);
+	u64 end = range->end >= hi ? hi : PAGE_ALIGN(range->end);
 	bool own = range->owner == svm->gdev;
 
 	/*
@@ -82,6 +91,15 @@ static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
 	return true;
 }
 
+static bool hmm_gpu_svm_invalidate(struct mmu_interval_notifier *mni,
+				   const struct mmu_notifier_range *range,
+				   unsigned long cur_seq)
+{
+	struct hmm_gpu_svm *svm = container_of(mni, struct hmm_gpu_svm, notifier);
+
+	return hmm_gpu_mirror_invalidate(svm, mni, range, cur_seq, 0, svm->va_end);
+}
+
 static const struct mmu_interval_notifier_ops hmm_gpu_svm_mni_ops = {
 	.invalidate = hmm_gpu_svm_invalidate,
 };
@@ -92,21 +110,11 @@ static bool hmm_gpu_range_invalidate(struct mmu_interval_notifier *mni,
 {
 	struct hmm_gpu_range_notifier *rn =
 		container_of(mni, struct hmm_gpu_range_notifier, notifier);
-	struct hmm_gpu_svm *svm = rn->svm;
 
-	if (range->event == MMU_NOTIFY_EXCLUSIVE && range->owner == svm->gdev)
-		return true;
-	/*
-	 * Under svm->lock, which the fault holds from read_retry() until its
-	 * PTEs are written: the context notifier zaps those after this.
-	 */
+	/* Testing: widen the gap after the context notifier's call. */
 	if (mmu_notifier_range_blockable(range))
-		mutex_lock(&svm->lock);
-	else if (!mutex_trylock(&svm->lock))
-		return false;
-	mmu_interval_set_seq(mni, cur_seq);
-	mutex_unlock(&svm->lock);
-	return true;
+		hmm_gpu_race_window();
+	return hmm_gpu_mirror_invalidate(rn->svm, mni, range, cur_seq, rn->start, rn->end);
 }
 
 static const struct mmu_interval_notifier_ops hmm_gpu_range_mni_ops = {
@@ -118,6 +126,8 @@ int hmm_gpu_range_notifier_insert(struct hmm_gpu_svm *svm, struct hmm_gpu_range_
 				  u64 start, u64 end)
 {
 	rn->svm = svm;
+	rn->start = start;
+	rn->end = end;
 	return mmu_interval_notifier_insert(&rn->notifier, svm->mm, start, end - start,
 					    &hmm_gpu_range_mni_ops);
 }

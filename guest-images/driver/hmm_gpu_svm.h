@@ -145,6 +145,7 @@ bool hmm_gpu_svm_mapped(struct hmm_gpu_svm *svm, u64 start, u64 end, bool write)
 struct hmm_gpu_range_notifier {
 	struct mmu_interval_notifier	notifier;
 	struct hmm_gpu_svm		*svm;
+	u64				start, end;	/* what it watches */
 };
 
 /* hmm_gpu_svm.c */

@@ -7,7 +7,7 @@
  * the process no longer owns is lost, and the checks below see it.
  *
  *   svm-race [-d /dev/hmm_gpuN] [-t seconds] [-p pages] [-w writers]
- *            [-c cpu readers] [-m migrators] [-u]
+ *            [-c cpu readers] [-m migrators] [-f forkers] [-u]
  *
  * Each page belongs to one writer thread, which fills it on the device with
  * a per-page sequence number (SVM FILL), reads it back on the device (SVM
@@ -18,7 +18,11 @@
  *   - a CPU read of a page shows one value in every word, never less than
  *     the last value confirmed before the read, never more than issued;
  *   - at the end, every page holds its last confirmed value, read by the
- *     CPU and by the device.
+ *     CPU and by the device;
+ *   - a forker's child sees its copy of the pages stay as they were when
+ *     fork() returned: fork write-protects the parent's pages, so a device
+ *     write after it that lands in a page the child shares (a writable
+ *     translation that outlived fork's invalidation) shows up there.
  * -u: tolerate the device going away (ENODEV) and stop quietly: background
  * load while the driver is unbound.
  *
@@ -27,6 +31,7 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/wait.h>
 
 #include "svm-common.h"
 
@@ -34,7 +39,7 @@
 
 static const char *dev = "/dev/hmm_gpu0";
 static unsigned long npages = 64;
-static int seconds = 5, nwriters = 2, nreaders = 1, nmigrators = 1;
+static int seconds = 5, nwriters = 2, nreaders = 1, nmigrators = 1, nforkers;
 static bool until_gone;
 
 static char *mem;
@@ -42,7 +47,8 @@ static _Atomic uint64_t *issued;	/* per page: last value a writer started */
 static _Atomic uint64_t *confirmed;	/* per page: last value read back */
 static _Atomic bool stop;
 static _Atomic int failures;
-static _Atomic uint64_t njobs, nmigrations, nreads, nmigrated;
+static _Atomic uint64_t njobs, nmigrations, nreads, nmigrated, nforks;
+static char *child_msg;		/* MAP_SHARED: what a forker's child saw */
 static int fd;
 
 static void fail(const char *test, const char *fmt, ...)
@@ -186,6 +192,54 @@ static void *migrator(void *arg)
 	return NULL;
 }
 
+/* In a forker's child: is its copy of the pages what it was at fork()? */
+static int child_check(char *snap, char *msg)
+{
+	unsigned long p, i;
+
+	memcpy(snap, mem, npages * PAGE);
+	usleep(3000);
+	for (p = 0; p < npages; p++) {
+		const uint64_t *was = (const uint64_t *)(snap + p * PAGE);
+		const volatile uint64_t *q = (const volatile uint64_t *)(mem + p * PAGE);
+
+		for (i = 0; i < PAGE / 8; i++)
+			if (q[i] != was[i]) {
+				snprintf(msg, PAGE, "page %lu word %lu changed from %llu to %llu "
+					 "in the child, 3 ms after fork()", p, i,
+					 (unsigned long long)was[i], (unsigned long long)q[i]);
+				return 1;
+			}
+	}
+	return 0;
+}
+
+static void *forker(void *arg)
+{
+	char *snap = malloc(npages * PAGE);
+
+	(void)arg;
+	while (snap && !atomic_load(&stop)) {
+		int st = 0;
+		pid_t pid = fork();
+
+		if (pid == 0)
+			_exit(child_check(snap, child_msg));
+		if (pid < 0) {
+			fail("fork", "fork: %s", strerror(errno));
+			break;
+		}
+		if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st)) {
+			fail("fork", "child status %#x: %s", st, child_msg[0] ? child_msg :
+			     "(no message)");
+			break;
+		}
+		atomic_fetch_add(&nforks, 1);
+	}
+	free(snap);
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	pthread_t th[64];
@@ -193,7 +247,7 @@ int main(int argc, char **argv)
 	uint32_t ctx = 0;
 	uint64_t t0;
 
-	while ((opt = getopt(argc, argv, "d:t:p:w:c:m:u")) != -1) {
+	while ((opt = getopt(argc, argv, "d:t:p:w:c:m:f:u")) != -1) {
 		switch (opt) {
 		case 'd': dev = optarg; break;
 		case 't': seconds = atoi(optarg); break;
@@ -201,15 +255,17 @@ int main(int argc, char **argv)
 		case 'w': nwriters = atoi(optarg); break;
 		case 'c': nreaders = atoi(optarg); break;
 		case 'm': nmigrators = atoi(optarg); break;
+		case 'f': nforkers = atoi(optarg); break;
 		case 'u': until_gone = true; break;
 		default:
 			fprintf(stderr, "usage: %s [-d dev] [-t s] [-p pages] [-w writers] "
-				"[-c readers] [-m migrators] [-u]\n", argv[0]);
+				"[-c readers] [-m migrators] [-f forkers] [-u]\n", argv[0]);
 			return 2;
 		}
 	}
-	if (!npages || nwriters < 1 || nwriters + nreaders + nmigrators > 64) {
-		fprintf(stderr, "svm-race: bad -p/-w/-c/-m\n");
+	if (!npages || nwriters < 1 || nreaders < 0 || nmigrators < 0 || nforkers < 0 ||
+	    nwriters + nreaders + nmigrators + nforkers > 64) {
+		fprintf(stderr, "svm-race: bad -p/-w/-c/-m/-f\n");
 		return 2;
 	}
 	fd = svm_open_bind(dev, &ctx);
@@ -222,7 +278,8 @@ int main(int argc, char **argv)
 		   -1, 0);
 	issued = calloc(npages, sizeof(*issued));
 	confirmed = calloc(npages, sizeof(*confirmed));
-	if (mem == MAP_FAILED || !issued || !confirmed)
+	child_msg = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED || !issued || !confirmed || child_msg == MAP_FAILED)
 		return 2;
 	madvise(mem, npages * PAGE, MADV_NOHUGEPAGE);
 	/* every page starts at 0 everywhere: written, so it is not the zero page */
@@ -235,6 +292,8 @@ int main(int argc, char **argv)
 		pthread_create(&th[nth++], NULL, cpu_reader, (void *)(long)i);
 	for (i = 0; i < nmigrators; i++)
 		pthread_create(&th[nth++], NULL, migrator, (void *)(long)i);
+	for (i = 0; i < nforkers; i++)
+		pthread_create(&th[nth++], NULL, forker, (void *)(long)i);
 	while (!atomic_load(&stop) && now_ns() - t0 < (uint64_t)seconds * 1000000000ull)
 		usleep(20000);
 	atomic_store(&stop, true);
@@ -273,11 +332,13 @@ int main(int argc, char **argv)
 			jprintf("{\"test\": \"final\", \"ok\": true, \"pages\": %lu}", npages);
 	}
 	jprintf("{\"test\": \"summary\", \"ok\": %s, \"seconds\": %.1f, \"jobs\": %llu, "
-		"\"migrations\": %llu, \"pages_migrated\": %llu, \"cpu_reads\": %llu, \"ctx\": %u}",
+		"\"migrations\": %llu, \"pages_migrated\": %llu, \"cpu_reads\": %llu, \"forks\": %llu, "
+		"\"ctx\": %u}",
 		atomic_load(&failures) ? "false" : "true", (now_ns() - t0) / 1e9,
 		(unsigned long long)atomic_load(&njobs),
 		(unsigned long long)atomic_load(&nmigrations),
 		(unsigned long long)atomic_load(&nmigrated),
-		(unsigned long long)atomic_load(&nreads), ctx);
+		(unsigned long long)atomic_load(&nreads),
+		(unsigned long long)atomic_load(&nforks), ctx);
 	return atomic_load(&failures) ? 1 : 0;
 }

@@ -14,15 +14,17 @@ trace, each data DMA of a VA job used a translation the device walked after
 the last TLB invalidation covering that address in that context
 (:func:`harness.dmatrace.check_invalidations`).
 
-``svm-race``: ``/opt/hmmlab/bin/svm-race``: device FILL/READ jobs, CPU reads
-and migrations to VRAM and back on the same 64 pages at once, for
+``svm-race``: ``/opt/hmmlab/bin/svm-race``: device FILL/READ jobs, CPU reads,
+migrations to VRAM and back and fork()s on the same 64 pages at once, for
 ``RACE_SECONDS``, every value verified (a device write lost to a page the
-process no longer owns shows up as an older value). The driver's
-``race_delay_us`` parameter widens the window between hmm_range_fault() and
+process no longer owns shows up as an older value; one that reaches a page a
+forked child shares changes the child's copy). The driver's
+``race_delay_us`` parameter widens the windows between hmm_range_fault() and
 the page-table update in which a migration of the same page must force a
-retry. After QEMU has exited, ``svm-race.dmatrace`` runs the invalidation
-check above and :func:`harness.dmatrace.check_vram_lifetime` (no leaf walk
-or VA job reached a VRAM page after its data was copied out).
+retry, and between the context's and a fault's own notifier calls. After
+QEMU has exited, ``svm-race.dmatrace`` runs the invalidation check above
+and :func:`harness.dmatrace.check_vram_lifetime` (no leaf walk or VA job
+reached a VRAM page after its data was copied out).
 
 ``svm-reclaim``: ``/opt/hmmlab/bin/svm-reclaim``: pages freed lazily
 (MADV_FREE, so clean) are written by the device through a writable mapping
@@ -65,7 +67,7 @@ SWAP_NEEDS = ("swap", "ramdisk")
 RACE_PARAM = "/sys/module/hmm_gpu/parameters/race_delay_us"
 ARGS = {
     "svm-invalidate": f"-d /dev/hmm_gpu0 -t {INVALIDATE_SECONDS}",
-    "svm-race": f"-d /dev/hmm_gpu0 -t {RACE_SECONDS} -p 64 -w 2 -c 1 -m 1",
+    "svm-race": f"-d /dev/hmm_gpu0 -t {RACE_SECONDS} -p 64 -w 2 -c 1 -m 1 -f 1",
     "dmirror-edge": "-d /dev/hmm_dmirror0 -t 30",
 }
 # scenario -> the trace checks its finish() runs over every device's trace
