@@ -5,6 +5,7 @@
  * hmm_range_fault() (faulting ahead over the job's range) and answered with
  * one REPLAY, or a CANCEL for the jobs whose faults cannot be resolved.
  */
+#include <linux/delay.h>
 #include <linux/hmm.h>
 #include <linux/memremap.h>
 #include <linux/mm.h>
@@ -128,7 +129,8 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 	bool atomic = f->access == HMM_GPU_ACCESS_ATOMIC;
 	u64 va = f->va & PAGE_MASK;
 	unsigned long first = 0;
-	int readonly = 0;
+	unsigned long deadline = 0;
+	bool readonly = false;
 	long n;
 
 	*end = va;
@@ -146,17 +148,28 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 		    wend - va > PAGE_SIZE)
 			n = hmm_gpu_svm_map_window(svm, va, va + PAGE_SIZE, write, pfns, fresh);
 		if (n == -EROFS) {
-			u64 moved;
+			u64 moved = 0;
 
 			/*
 			 * A write to a page of our VRAM the CPU maps read-only:
 			 * bring it back to system memory, where the write fault
 			 * breaks copy-on-write or fails (a read-only mapping)
 			 * as it does for any page. test_hmm WARNs and fails.
+			 * A page shared with a forked child may not move at
+			 * once (the child is migrating its copy, the page is
+			 * locked): like a CPU write fault, try again, here for
+			 * as long as hmm_range_fault() would.
 			 */
-			if (readonly++ < 3 &&
-			    !hmm_gpu_svm_migrate(svm, va, PAGE_SIZE, false, &moved))
+			if (!readonly) {
+				readonly = true;
+				deadline = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+			}
+			if (time_before(jiffies, deadline) &&
+			    !hmm_gpu_svm_migrate(svm, va, PAGE_SIZE, false, &moved)) {
+				if (!moved)
+					usleep_range(20, 50);
 				continue;
+			}
 			n = -EFAULT;
 		}
 		if (n < 0) {
