@@ -191,6 +191,7 @@ static void *mutator_thread(void *arg)
 			     "mprotect %p: errno %d, bad u64 at %ld", s->mem, -rc, bad);
 			break;
 		case C_FORK: {
+			uint64_t want = 0xaaaa;
 			pid_t pid;
 			int st = 0;
 
@@ -207,12 +208,15 @@ static void *mutator_thread(void *arg)
 			waitpid(pid, &st, 0);
 			rc = dev_expect(s->mem, SLOT_SZ, 0xaaaa, buf, &bad);
 			if (!rc && bad < 0) {
-				fill_u64(s->mem, SLOT_SZ, 0xcccc); /* the parent breaks COW */
-				rc = dev_expect(s->mem, SLOT_SZ, 0xcccc, buf, &bad);
+				want = 0xcccc;
+				fill_u64(s->mem, SLOT_SZ, want); /* the parent breaks COW */
+				rc = dev_expect(s->mem, SLOT_SZ, want, buf, &bad);
 			}
 			note(kind, rc || bad >= 0 || st != 0, rc != 0,
-			     "fork %p: errno %d, bad u64 at %ld, child status %d", s->mem, -rc, bad,
-			     st);
+			     "fork %p: errno %d, child status %d, bad u64 at %ld (want 0x%" PRIx64
+			     ", device read 0x%" PRIx64 ", CPU reads 0x%" PRIx64 ")", s->mem, -rc, st,
+			     bad, want, bad >= 0 ? ((uint64_t *)buf)[bad] : 0,
+			     bad >= 0 ? ((uint64_t *)s->mem)[bad] : 0);
 			break;
 		}
 		}

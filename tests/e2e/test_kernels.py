@@ -2,8 +2,9 @@
 
 hmm_gpu.ko builds warning-free against each (``driver.build``) and every
 scenario that passes on 6.12 passes on 6.1 and 7.2. On 7.2, hmm-tests has
-38 tests: hmm-gpu passes all but the one needing a PMD-mapped device-private
-THP (SKIP, named), in both fault modes (columns hmm-gpu, hmm-gpu-devfault).
+38 tests: hmm-gpu passes all of them, migrate_anon_huge_fault's PMD-mapped
+device-private THP included, in both fault modes (columns hmm-gpu,
+hmm-gpu-devfault).
 Stock 6.1 has no CONFIG_DEVICE_PRIVATE and no test_hmm.ko: what needs them
 SKIPs with the reason, everything else passes.
 
@@ -73,8 +74,7 @@ def test_hmm_tests_per_kernel(run: Results) -> None:
     assert all(r["test_hmm"] == "PASS" for r in private.values())
     for column in ("hmm-gpu", "hmm-gpu-devfault"):
         gpu = {n for n, r in private.items() if r[column] != "PASS"}
-        assert gpu == ({"hmm.hmm_device_private.migrate_anon_huge_fault"} if kernel == "7.2"
-                       else set()), (column, gpu)
+        assert gpu == set(), (column, gpu)
         assert run.status_of(f"hmm-tests.parity.{column}") == Status.PASS
     for n, r in rows.items():
         if "_device_coherent." in n:
