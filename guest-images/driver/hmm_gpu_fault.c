@@ -317,7 +317,16 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 			continue;
 
 		f->err = hmm_gpu_svm_service(f->svm, f, gdev->fault_pfns, &pages, &fresh, &end);
-		if (f->err) {
+		if (f->err == -EBUSY) {
+			/*
+			 * Invalidated again and again for as long as
+			 * hmm_range_fault() retries: not the job's fault. The
+			 * device faults again on replay; job_timeout_ms and
+			 * fatal signals bound how long that can go on.
+			 */
+			f->err = 0;
+			done_svm = NULL;
+		} else if (f->err) {
 			f->err = hmm_gpu_fault_errno(f->err);
 			done_svm = NULL;
 		} else {
@@ -418,6 +427,9 @@ int hmm_gpu_svm_prefault(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 	err = hmm_gpu_svm_service(svm, &f, pfns, &pages, &fresh, &mapped_end);
 	if (pfns != small)
 		kfree(pfns);
+	/* The range would not hold still: the device faults instead. */
+	if (err == -EBUSY)
+		err = 0;
 
 	mutex_lock(&svm->lock);
 	svm->stats.faults++;
