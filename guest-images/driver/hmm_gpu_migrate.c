@@ -405,16 +405,9 @@ int hmm_gpu_svm_dev_check(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 	}
 	for (off = 0; off < npages && !ret; ) {
 		u64 n = min_t(u64, npages - off, chunk);
-		struct hmm_range range = {
-			.notifier	= &svm->notifier,
-			.start		= va + (off << PAGE_SHIFT),
-			.end		= va + ((off + n) << PAGE_SHIFT),
-			.hmm_pfns	= pfns,
-			.dev_private_owner = svm->gdev,
-		};
 		u64 i;
 
-		ret = hmm_gpu_svm_range_fault(svm, &range);
+		ret = hmm_gpu_svm_range_peek(svm, va + (off << PAGE_SHIFT), n, pfns);
 		if (ret)
 			break;
 		for (i = 0; i < n; i++)

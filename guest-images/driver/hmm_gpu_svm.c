@@ -331,6 +331,24 @@ int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range)
 	return ret;
 }
 
+/*
+ * What the CPU maps at the @n pages from @va, faulting nothing in, into
+ * @pfns: 0 with svm->lock held (the pfns valid until it is dropped), or an
+ * error.
+ */
+int hmm_gpu_svm_range_peek(struct hmm_gpu_svm *svm, u64 va, u64 n, unsigned long *pfns)
+{
+	struct hmm_range range = {
+		.notifier	= &svm->notifier,
+		.start		= va,
+		.end		= va + (n << PAGE_SHIFT),
+		.hmm_pfns	= pfns,
+		.dev_private_owner = svm->gdev,
+	};
+
+	return hmm_gpu_svm_range_fault(svm, &range);
+}
+
 /* The snapshot byte of one hmm_range_fault() entry. */
 static u8 hmm_gpu_snapshot_prot(struct hmm_gpu_svm *svm, unsigned long hpfn)
 {
@@ -391,16 +409,9 @@ int hmm_gpu_svm_snapshot(struct hmm_gpu_svm *svm, u64 va, u8 __user *uprot,
 
 	for (off = 0; off < npages; ) {
 		u64 n = min_t(u64, npages - off, chunk);
-		struct hmm_range range = {
-			.notifier	= &svm->notifier,
-			.start		= va + (off << PAGE_SHIFT),
-			.end		= va + ((off + n) << PAGE_SHIFT),
-			.hmm_pfns	= pfns,
-			.dev_private_owner = svm->gdev,
-		};
 		u64 i;
 
-		ret = hmm_gpu_svm_range_fault(svm, &range);
+		ret = hmm_gpu_svm_range_peek(svm, va + (off << PAGE_SHIFT), n, pfns);
 		if (ret)
 			goto out_mm;
 		for (i = 0; i < n; i++)

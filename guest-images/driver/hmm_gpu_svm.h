@@ -157,6 +157,7 @@ void hmm_gpu_range_notifier_remove(struct hmm_gpu_range_notifier *rn);
 struct hmm_range;
 int hmm_gpu_svm_range_fault(struct hmm_gpu_svm *svm, struct hmm_range *range);
 int hmm_gpu_svm_range_fault_once(struct hmm_gpu_svm *svm, struct hmm_range *range);
+int hmm_gpu_svm_range_peek(struct hmm_gpu_svm *svm, u64 va, u64 n, unsigned long *pfns);
 
 /* hmm_gpu_fault.c */
 int hmm_gpu_fault_errno(int err);
