@@ -321,7 +321,12 @@ int main(int argc, char **argv)
 		munmap(b, big);
 		s2 = stats_of(fd);
 		munmap(raw, big + 2 * HPAGE);
-		result("reclaim", "munmap", rc == 0 && s1.pt_pages >= s0.pt_pages + 33 &&
+		/*
+		 * The munmap frees at least the 33 tables; a table that was
+		 * there before (prepared for a fault in a span this mapping now
+		 * reuses, and left empty) may go with them.
+		 */
+		result("reclaim", "munmap", rc == 0 && s1.pt_pages >= s2.pt_pages + 33 &&
 		       s2.pt_pages <= s0.pt_pages && s2.mapped == s0.mapped, big, NULL, rc,
 		       "\"pt_pages\": [%llu, %llu, %llu], \"mapped\": [%llu, %llu, %llu]",
 		       (unsigned long long)s0.pt_pages, (unsigned long long)s1.pt_pages,
