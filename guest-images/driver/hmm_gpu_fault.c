@@ -139,6 +139,15 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 		*end = va + PAGE_SIZE;
 		return 0;
 	}
+	/*
+	 * Mapped by an earlier round since the device faulted (its record
+	 * was drained late): replay. Servicing it would start a window at
+	 * this unaligned address and break up the 2 MiB leaf that covers it.
+	 */
+	if (!atomic && hmm_gpu_svm_mapped(svm, va, va + PAGE_SIZE, write)) {
+		*end = va + PAGE_SIZE;
+		return 0;
+	}
 	while (va < f->ahead_end) {
 		u64 wend = min(f->ahead_end, ALIGN(va + 1, HMM_GPU_PT_SPAN(1)));
 
