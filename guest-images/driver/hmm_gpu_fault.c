@@ -166,20 +166,23 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 			 * as it does for any page. test_hmm WARNs and fails.
 			 * A page shared with a forked child may not move at
 			 * once (the child is migrating its copy, the page is
-			 * locked): like a CPU write fault, try again, here for
-			 * as long as hmm_range_fault() would.
+			 * locked), or come back (another migration, another
+			 * fork): like a CPU write fault, try again, here for
+			 * as long as hmm_range_fault() would, then replay.
 			 */
 			if (!readonly) {
 				readonly = true;
 				deadline = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 			}
-			if (time_before(jiffies, deadline) &&
-			    !hmm_gpu_svm_migrate(svm, va, PAGE_SIZE, false, &moved)) {
+			if (!time_before(jiffies, deadline)) {
+				n = -EBUSY;
+			} else if (!hmm_gpu_svm_migrate(svm, va, PAGE_SIZE, false, &moved)) {
 				if (!moved)
 					usleep_range(20, 50);
 				continue;
+			} else {
+				n = -EFAULT;
 			}
-			n = -EFAULT;
 		}
 		if (n < 0) {
 			if (va == (f->va & PAGE_MASK))
