@@ -168,6 +168,22 @@ HmmMmuJob *hmm_fault_unstall(HmmMmu *m, bool unposted_only)
     return NULL;
 }
 
+/*
+ * The device drops stalled job @j itself (not the oldest: e.g. a job whose
+ * queue pair went to the error state for another reason, or a translation
+ * the device cannot let stall). A record not yet in the ring is forgotten;
+ * a posted one's token becomes stale, so a later cancel of it is dropped.
+ */
+void hmm_fault_withdraw(HmmMmu *m, HmmMmuJob *j)
+{
+    HmmFaultQueue *fq = &m->faults;
+
+    QTAILQ_REMOVE(&fq->stalled, j, stall_link);
+    fq->nstalled--;
+    j->rec_pending = false;
+    j->token = 0;
+}
+
 /* The guest's replay made @njobs stalled jobs runnable again. */
 void hmm_fault_replayed(HmmMmu *m, unsigned njobs)
 {

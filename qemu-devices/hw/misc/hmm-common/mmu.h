@@ -169,6 +169,7 @@ HmmXlate hmm_fault_stall(HmmMmu *m, HmmMmuJob *j, uint64_t va,
                          HmmXlateResult *res);
 bool hmm_fault_post(HmmMmu *m, unsigned *posted, uint64_t *fail_addr);
 HmmMmuJob *hmm_fault_unstall(HmmMmu *m, bool unposted_only);
+void hmm_fault_withdraw(HmmMmu *m, HmmMmuJob *j);
 void hmm_fault_replayed(HmmMmu *m, unsigned njobs);
 HmmFaultCancel hmm_fault_cancel(HmmMmu *m, uint32_t token, HmmMmuJob **job);
 
