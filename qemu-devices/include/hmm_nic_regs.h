@@ -110,12 +110,18 @@
 #define HMM_NIC_REG_CQ_BASE_HI		0x11c
 #define HMM_NIC_REG_CQ_COUNT		0x120	/* 1..MAX_CQ */
 #define HMM_NIC_REG_NIC_CTRL		0x124	/* RW: HMM_NIC_ENABLE */
+/*
+ * Enabling checks that the three bases are 64-byte aligned and the counts
+ * in range (else ERR_QUEUE_CONFIG, stays disabled); enabling or disabling
+ * starts every QP and CQ over (see "device state" below). The MR table has
+ * CTX_COUNT entries.
+ */
 
 /* Event queue: ring of struct hmm_nic_eqe the device writes */
 #define HMM_NIC_REG_EQ_BASE_LO		0x140	/* RW while disabled, 64B aligned */
 #define HMM_NIC_REG_EQ_BASE_HI		0x144
 #define HMM_NIC_REG_EQ_SIZE		0x148	/* RW while disabled: entries, pow2 */
-#define HMM_NIC_REG_EQ_HEAD		0x14c	/* RW: driver consumed up to here */
+#define HMM_NIC_REG_EQ_HEAD		0x14c	/* RW: driver consumed up to here (else ERR_QUEUE_CONFIG) */
 #define HMM_NIC_REG_EQ_TAIL		0x150	/* RO: device produced up to here */
 #define HMM_NIC_REG_EQ_CTRL		0x154	/* RW: HMM_NIC_ENABLE */
 
@@ -183,16 +189,17 @@ enum hmm_nic_err {
 	HMM_NIC_ERR_BAD_WQE		= 4,	/* bad opcode, SGE count, length */
 	HMM_NIC_ERR_QUEUE_READ		= 5,	/* a WQE or index could not be read */
 	HMM_NIC_ERR_CQ_WRITE		= 6,	/* a CQE could not be written */
-	HMM_NIC_ERR_CQ_OVERRUN		= 7,	/* completion for a full CQ */
+	HMM_NIC_ERR_CQ_OVERRUN		= 7,	/* completion for a full CQ: lost, the CQ drops the rest (EV_CQ_ERR) */
 	HMM_NIC_ERR_BAD_TABLE		= 8,	/* an MR/QP/CQ entry is malformed */
-	HMM_NIC_ERR_EQ_WRITE		= 9,	/* fatal */
+	HMM_NIC_ERR_EQ_WRITE		= 9,	/* fatal; a full EQ: the event is lost (not fatal) */
 	HMM_NIC_ERR_FAULTQ_WRITE	= 10,	/* fatal */
-	HMM_NIC_ERR_QUEUE_CONFIG	= 11,	/* enabled with bad base/size */
+	HMM_NIC_ERR_QUEUE_CONFIG	= 11,	/* enabled with bad base/size; HEAD out of range */
 	HMM_NIC_ERR_BAD_VECTOR		= 12,
 	HMM_NIC_ERR_BAD_REGISTER	= 13,
 	HMM_NIC_ERR_BAD_TOKEN		= 14,	/* FAULT_CANCEL of a token never issued */
 	HMM_NIC_ERR_BUSY		= 15,	/* table or queue written while enabled */
 	HMM_NIC_ERR_FAULT		= 16,	/* a WR failed on a cancelled fault */
+	HMM_NIC_ERR_DMA			= 17,	/* a payload DMA to a translated page failed */
 };
 
 /* ---- memory regions ------------------------------------------------------ */
@@ -224,6 +231,27 @@ struct hmm_nic_mr {
 #define HMM_NIC_MR_VALID		(1u << 0)
 #define HMM_NIC_MR_ODP			(1u << 1)	/* faults are expected */
 #define HMM_NIC_MR_IMPLICIT		(1u << 2)	/* covers the address space */
+
+/*
+ * Checks, in order, for each SGE (lkey, length > 0) and remote range
+ * (rkey): key index not HMM_NIC_RING_CTX and < CTX_COUNT, MR_VALID, the
+ * entry's key equal to the key (the tag), the MR's pdn the QP's (for an
+ * rkey: the responder QP's), the range inside [va, va + length) unless
+ * IMPLICIT, the access: LOCAL_WRITE for what the device writes locally
+ * (RDMA_READ and atomic results, receive buffers), REMOTE_WRITE / _READ /
+ * _ATOMIC in both the MR and the responder QP's `access`. A failed
+ * requester check completes the WR with WC_LOC_PROT_ERR, a failed remote
+ * one with WC_REM_ACCESS_ERR (vendor_err 0), and the QP goes to ERR. A
+ * receive WQE that fails (bad SGE count, a key check, too short) completes
+ * at the responder with WC_LOC_QP_OP_ERR / _LOC_PROT_ERR / _LOC_LEN_ERR
+ * (that QP goes to ERR too) and the SEND with WC_REM_OP_ERR (too short:
+ * WC_REM_INV_REQ_ERR). A misaligned atomic: WC_REM_INV_REQ_ERR. Malformed
+ * send WQEs (ERR_BAD_WQE in ERROR and vendor_err): opcode beyond
+ * FETCH_AND_ADD or INLINE with READ/atomics: WC_LOC_QP_OP_ERR; num_sge >
+ * MAX_SGE or the SGEs beyond the WQE: WC_LOC_QP_OP_ERR; length != the
+ * sum of the SGEs, > MAX_MSG, inline > MAX_INLINE, an atomic without
+ * exactly one 8-byte SGE: WC_LOC_LEN_ERR.
+ */
 
 /* ---- queue pairs and completion queues ----------------------------------- */
 /*
@@ -266,7 +294,33 @@ enum hmm_nic_qp_state {
 };
 
 #define HMM_NIC_QPT_RC			2	/* IB_QPT_RC */
+
 #define HMM_NIC_QP_SIG_ALL		(1u << 0)	/* every send WR completes */
+
+/*
+ * Device state of a QP: its send and receive consumer indices (what it has
+ * consumed of each queue: the device writes them to the buffers' consumer
+ * indices too, but never reads them back) and whether it moved the QP to
+ * ERR. All of it starts over (indices 0) at RESET, whenever NIC_CTRL
+ * changes, and whenever the device reads the QP's entry in state RESET or
+ * INIT (doorbells read it; so does a peer's request): a driver that takes
+ * a QP through RESET rings RQ_DOORBELL while it is in INIT (as posting its
+ * first receives does). A CQ's producer index and arming start over the
+ * same way, and when the device finds the CQ entry without CQ_VALID.
+ *
+ * SQ_DOORBELL of a QP in RESET, INIT or RTR: ERR_QP_STATE. RQ_DOORBELL of
+ * a QP in RESET: ERR_QP_STATE. A doorbell of a QP in ERR flushes its
+ * queues (every WQE completes with WC_WR_FLUSH_ERR). The device writes
+ * HMM_NIC_QPS_ERR to a QP's `state` when it moves the QP to ERR (and posts
+ * EV_QP_FATAL); a driver's own move to ERR posts no event.
+ *
+ * RNR: a SEND or RDMA_WRITE_WITH_IMM whose peer has no receive WQE waits
+ * (nothing moved) until RQ_DOORBELL of the peer if rnr_retry is not 0
+ * (any non-zero value waits indefinitely: no timers), else completes with
+ * WC_RNR_RETRY_EXC_ERR. A peer QP beyond QP_COUNT, not in RTR/RTS or
+ * malformed: WC_RETRY_EXC_ERR (what a real requester sees when nobody
+ * answers).
+ */
 
 struct hmm_nic_cq {
 	uint64_t	va;		/* completion queue buffer (RING_CTX address) */
@@ -372,6 +426,7 @@ struct hmm_nic_cqe {
 #define HMM_NIC_WC_REM_INV_REQ_ERR	9
 #define HMM_NIC_WC_REM_ACCESS_ERR	10
 #define HMM_NIC_WC_REM_OP_ERR		11
+#define HMM_NIC_WC_RETRY_EXC_ERR	12
 #define HMM_NIC_WC_RNR_RETRY_EXC_ERR	13
 #define HMM_NIC_WC_FATAL_ERR		19
 
@@ -403,9 +458,17 @@ struct hmm_nic_eqe {
 /*
  * Faults use the shared struct hmm_gpu_fault_rec: ctx is the MR index (the
  * key's index), va the faulting page, access and reason as on hmm-gpu,
- * engine HMM_NIC_ENGINE_*, and cmd_id says which work request stalled:
- * HMM_NIC_FAULT_CMD(qpn, index, responder). A responder fault is one of
- * the peer's incoming request on this device's MR.
+ * engine HMM_NIC_ENGINE_MMU, and cmd_id says which work request stalled:
+ * HMM_NIC_FAULT_CMD(qpn, index, responder). qpn and index always name the
+ * requester's WR (the QP that stalls and its send queue slot); responder
+ * is 1 if the access that faulted was the responder's (the remote MR of an
+ * RDMA or atomic, or the receive buffer of a SEND), 0 if the requester's
+ * own SGE. FAULT_REPLAY: the WR goes on from the first byte not yet moved
+ * (an atomic that executed is not executed again: only its result is
+ * written). FAULT_CANCEL: the WR completes with WC_REM_ACCESS_ERR
+ * (responder) or WC_LOC_PROT_ERR, vendor_err ERR_FAULT, and the QP goes to
+ * ERR. A fault in the queues' context (RING_CTX) does not stall: the
+ * driver keeps the queues mapped, so it is ERR_QUEUE_READ / ERR_CQ_WRITE.
  */
 #define HMM_NIC_FAULT_CMD(qpn, index, resp) \
 	(((uint64_t)(resp) << 63) | ((uint64_t)(qpn) << 32) | (uint32_t)(index))
@@ -413,7 +476,20 @@ struct hmm_nic_eqe {
 #define HMM_NIC_FAULT_INDEX(cmd_id)	((uint32_t)(cmd_id))
 #define HMM_NIC_FAULT_RESPONDER(cmd_id)	((unsigned int)((cmd_id) >> 63))
 
-/* Trace engines of this device (struct hmm_gpu_trace_rec.engine). */
+/*
+ * Trace engines of this device (struct hmm_gpu_trace_rec.engine); kinds
+ * are the shared HMM_GPU_TRACE_*:
+ *   QUEUE CMD_FETCH  reads of table entries (MR/QP/CQ: ctx 0, va 0) and of
+ *                    WQEs, producer and consumer indices (ctx RING_CTX, va
+ *                    the queue address)
+ *   QUEUE CPL_WRITE  CQEs, consumer/producer index writes, EQEs (aux the
+ *                    event type), the `state` byte of a QP moved to ERR
+ *   REQ   DATA       the requester's payload (ctx the MR, va its address)
+ *   RESP  DATA       the responder's payload (remote MR, receive buffers)
+ *   MMU   CTX_FETCH, PTW, FAULT_WRITE and the events, as on hmm-gpu
+ * cmd_id is HMM_NIC_FAULT_CMD() of the WR the access belongs to (CQEs of
+ * a receive: the SEND's, responder 1); 0 for EQEs and CQ_ARM.
+ */
 enum hmm_nic_trace_engine {
 	HMM_NIC_ENGINE_QUEUE		= 0,	/* WQE fetch, CQE and event writes */
 	HMM_NIC_ENGINE_REQ		= 1,	/* requester: payload it reads/writes */

@@ -20,29 +20,33 @@ from harness.qtest import QTest
 HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_gpu_regs.h"
 
 
-def _parse_header(path: Path) -> dict[str, int]:
+def parse_header(
+    path: Path, prefix: str = "HMM_GPU_", skip: tuple[str, ...] = ()
+) -> dict[str, int]:
+    """The integer constants (#defines and enum values) named ``prefix*`` in a
+    C header; ``skip`` names defines that are not integers (they would fail)."""
     text = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
     consts: dict[str, int] = {}
 
     def ev(expr: str) -> int:
         expr = re.sub(r"(?<=[0-9a-fA-F])(ull|ul|u)\b", "", expr.strip())
-        expr = re.sub(r"\b(HMM_GPU_\w+)\b", lambda m: str(consts[m.group(1)]), expr)
+        expr = re.sub(rf"\b({prefix}\w+)\b", lambda m: str(consts[m.group(1)]), expr)
         if not re.fullmatch(r"[0-9a-fA-FxX()<>|&~+\-* ]+", expr):
             raise ValueError(expr)
         return int(eval(expr))  # constant integer arithmetic only (checked above)
 
-    for m in re.finditer(r"^#define\s+(HMM_GPU_\w+)\s+(.+)$", text, re.M):
+    for m in re.finditer(rf"^#define\s+({prefix}\w+)\s+(.+)$", text, re.M):
         name, expr = m.group(1), m.group(2).strip()
-        if name == "HMM_GPU_REGS_H" or not expr:
+        if name == "HMM_GPU_REGS_H" or name in skip or not expr:
             continue
         consts[name] = ev(expr)
     for body in re.findall(r"enum\s+\w+\s*\{(.*?)\};", text, re.S):
-        for m in re.finditer(r"(HMM_GPU_\w+)\s*=\s*([^,\n]+)", body):
+        for m in re.finditer(rf"({prefix}\w+)\s*=\s*([^,\n]+)", body):
             consts[m.group(1)] = ev(m.group(2))
     return consts
 
 
-ABI = _parse_header(HEADER)
+ABI = parse_header(HEADER)
 
 
 class _Abi:
@@ -241,7 +245,7 @@ PT_POOL_END = 0x0080_0000
 class PageTables:
     """Builds contexts and 4-level page tables in guest RAM over qtest."""
 
-    def __init__(self, gpu: Gpu, ctx_count: int = 4) -> None:
+    def __init__(self, gpu: PciDev, ctx_count: int = 4) -> None:
         self.gpu = gpu
         self.qt = gpu.qt
         self.next = PT_POOL
@@ -303,17 +307,21 @@ class PageTables:
         return a
 
 
-class Gpu:
-    """Plays the role of firmware + driver for one hmm-gpu under qtest."""
+class PciDev:
+    """Firmware + driver plumbing every hmmlab device shares under qtest: find
+    it on bus 0, assign BAR0 (registers) and BAR1 (MSI-X), enable MSI-X with
+    each vector writing into RAM at MSI_ADDR, register access by the names of
+    the device's ABI header (``abi`` with the ``prefix`` of its constants)."""
+
+    name = "hmm-gpu"
+    qom_id = "gpu0"
+    prefix = "HMM_GPU_"
+    abi: dict[str, int] = ABI
+    queue_enable = "QCTRL_ENABLE"  # the enable bit of the fault queue's CTRL
 
     def __init__(self, qt: QTest, *, enable_msix: bool = True) -> None:
         self.qt = qt
         self.devfn = self._find()
-        self.cmdq_size = 0
-        self.cplq_size = 0
-        self.cmd_tail = 0
-        self.cpl_head = 0
-        self.phase = 1
         self.cfg_write(0x10, BAR0)  # BAR0: 32-bit memory
         self.cfg_write(0x14, BAR1)  # BAR1: MSI-X table + PBA
         self.set_command(PCI_COMMAND_MEM | PCI_COMMAND_MASTER)
@@ -321,14 +329,17 @@ class Gpu:
         if enable_msix:
             self.enable_msix()
 
+    def const(self, name: str) -> int:
+        return self.abi[self.prefix + name]
+
     # -- config space ----------------------------------------------------
 
     def _find(self) -> int:
-        want = H.PCI_VENDOR_ID | (H.PCI_DEVICE_ID << 16)
+        want = self.const("PCI_VENDOR_ID") | (self.const("PCI_DEVICE_ID") << 16)
         for devfn in range(0, 256, 8):
             if self.qt.pci_cfg_read(0, devfn, 0) == want:
                 return devfn
-        raise AssertionError("hmm-gpu not found on PCI bus 0")
+        raise AssertionError(f"{self.name} not found on PCI bus 0")
 
     def cfg_read(self, reg: int, size: int = 4) -> int:
         return self.qt.pci_cfg_read(0, self.devfn, reg, size)
@@ -355,10 +366,10 @@ class Gpu:
         cap = self.msix_cap
         assert cap is not None, "no MSI-X capability"
         table = self.cfg_read(cap + 4)
-        assert table & 7 == H.BAR_MSIX, "MSI-X table not in BAR1"
+        assert table & 7 == self.const("BAR_MSIX"), "MSI-X table not in BAR1"
         base = BAR1 + (table & ~7)
         nvec = (self.cfg_read(cap + 2, 2) & 0x7FF) + 1
-        assert nvec == H.NUM_VECTORS
+        assert nvec == self.const("NUM_VECTORS")
         for v in range(nvec):
             e = base + 16 * v
             self.qt.writel(e + 0, MSI_ADDR + 16 * v)
@@ -371,7 +382,7 @@ class Gpu:
     # -- MSI observation (the message is a 32-bit write into RAM) ---------
 
     def msi_clear(self) -> None:
-        for v in range(H.NUM_VECTORS):
+        for v in range(self.const("NUM_VECTORS")):
             self.qt.writel(MSI_ADDR + 16 * v, 0)
 
     def msi_fired(self, v: int) -> bool:
@@ -388,13 +399,90 @@ class Gpu:
         self.qt.writel(BAR0 + off, val)
 
     def reg(self, name: str) -> int:
-        return self.rd(ABI["HMM_GPU_REG_" + name])
+        return self.rd(self.abi[self.prefix + "REG_" + name])
 
     def set_reg(self, name: str, val: int) -> None:
-        self.wr(ABI["HMM_GPU_REG_" + name], val)
+        self.wr(self.abi[self.prefix + "REG_" + name], val)
 
     def error_addr(self) -> int:
         return self.reg("ERROR_ADDR_LO") | (self.reg("ERROR_ADDR_HI") << 32)
+
+    def wait(self, pred: Callable[[], int], what: str, tries: int = 3000) -> int:
+        """Poll; each qtest round trip lets the main loop run the device BH."""
+        for _ in range(tries):
+            v = pred()
+            if v:
+                return v
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def qom_get(self, prop: str) -> int:
+        """Read a QOM counter of the device (needs launch(qmp=True))."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        assert self.qt.qmp_path is not None, "launch with qmp=True"
+        mon = QEMUMonitorProtocol(str(self.qt.qmp_path))
+        mon.connect()
+        mon.settimeout(10)
+        try:
+            return mon.cmd("qom-get", path=f"/machine/peripheral/{self.qom_id}", property=prop)
+        finally:
+            mon.close()
+
+    def setup_faultq(self, size: int = 16, base: int = FAULTQ) -> None:
+        self.set_reg("FAULTQ_BASE_LO", base & 0xFFFFFFFF)
+        self.set_reg("FAULTQ_BASE_HI", base >> 32)
+        self.set_reg("FAULTQ_SIZE", size)
+        self.set_reg("FAULTQ_CTRL", self.const(self.queue_enable))
+        self.faultq, self.faultq_size, self.fault_head = base, size, 0
+
+    def pending_faults(self) -> int:
+        return (self.reg("FAULTQ_TAIL") - self.fault_head) % self.faultq_size
+
+    def faults(self, n: int, tries: int = 3000) -> list[FaultRec]:
+        """Wait for n fault records and consume them (FAULTQ_HEAD)."""
+        self.wait(lambda: self.pending_faults() >= n, f"{n} fault record(s)", tries)
+        out = []
+        for _ in range(n):
+            out.append(FaultRec.unpack(self.qt.read(self.faultq + 64 * self.fault_head, 64)))
+            self.fault_head = (self.fault_head + 1) % self.faultq_size
+        self.set_reg("FAULTQ_HEAD", self.fault_head)
+        return out
+
+    def hot_unplug(self, slot: int) -> None:
+        """Unplug the device from slot ``slot`` of the ``pc`` machine (needs qmp=True):
+        device_del, then the guest's part of PIIX4 ACPI hotplug (eject the
+        slot), then wait for DEVICE_DELETED."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        assert self.qt.qmp_path is not None, "launch with qmp=True"
+        mon = QEMUMonitorProtocol(str(self.qt.qmp_path))
+        mon.connect()
+        mon.settimeout(10)
+        try:
+            mon.cmd("device_del", id=self.qom_id)
+            self.qt.outl(0xAE00 + 0x8, 1 << slot)
+            ev = mon.pull_event(wait=10.0)
+            while ev is not None and ev["event"] != "DEVICE_DELETED":
+                ev = mon.pull_event(wait=10.0)
+            assert ev is not None and ev["data"].get("device") == self.qom_id
+        finally:
+            mon.close()
+        assert self.cfg_read(0x00) == 0xFFFFFFFF, "device still on the bus"
+
+    def wait_fatal(self) -> None:
+        self.wait(lambda: self.reg("STATUS") & self.const("STATUS_FATAL"), "STATUS_FATAL")
+
+
+class Gpu(PciDev):
+    """Plays the role of firmware + driver for one hmm-gpu under qtest."""
+
+    def __init__(self, qt: QTest, *, enable_msix: bool = True) -> None:
+        self.cmdq_size = 0
+        self.cplq_size = 0
+        self.cmd_tail = 0
+        self.cpl_head = 0
+        self.phase = 1
+        super().__init__(qt, enable_msix=enable_msix)
 
     def reset(self) -> None:
         self.set_reg("RESET", H.RESET_MAGIC)
@@ -433,14 +521,6 @@ class Gpu:
         if ring:
             self.set_reg("CMDQ_TAIL", self.cmd_tail)
 
-    def wait(self, pred: Callable[[], int], what: str, tries: int = 3000) -> int:
-        """Poll; each qtest round trip lets the main loop run the device BH."""
-        for _ in range(tries):
-            v = pred()
-            if v:
-                return v
-        raise AssertionError(f"timed out waiting for {what}")
-
     def pending_cpls(self) -> int:
         return (self.reg("CPLQ_TAIL") - self.cpl_head) % self.cplq_size
 
@@ -465,60 +545,6 @@ class Gpu:
     def wait_idle(self) -> None:
         self.wait(lambda: not self.reg("STATUS") & H.STATUS_BUSY, "engine idle")
 
-    def setup_faultq(self, size: int = 16, base: int = FAULTQ) -> None:
-        self.set_reg("FAULTQ_BASE_LO", base & 0xFFFFFFFF)
-        self.set_reg("FAULTQ_BASE_HI", base >> 32)
-        self.set_reg("FAULTQ_SIZE", size)
-        self.set_reg("FAULTQ_CTRL", H.QCTRL_ENABLE)
-        self.faultq, self.faultq_size, self.fault_head = base, size, 0
-
-    def pending_faults(self) -> int:
-        return (self.reg("FAULTQ_TAIL") - self.fault_head) % self.faultq_size
-
-    def faults(self, n: int, tries: int = 3000) -> list[FaultRec]:
-        """Wait for n fault records and consume them (FAULTQ_HEAD)."""
-        self.wait(lambda: self.pending_faults() >= n, f"{n} fault record(s)", tries)
-        out = []
-        for _ in range(n):
-            out.append(FaultRec.unpack(self.qt.read(self.faultq + 64 * self.fault_head, 64)))
-            self.fault_head = (self.fault_head + 1) % self.faultq_size
-        self.set_reg("FAULTQ_HEAD", self.fault_head)
-        return out
-
-    def hot_unplug(self, slot: int) -> None:
-        """Unplug gpu0 from slot ``slot`` of the ``pc`` machine (needs qmp=True):
-        device_del, then the guest's part of PIIX4 ACPI hotplug (eject the
-        slot), then wait for DEVICE_DELETED."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        assert self.qt.qmp_path is not None, "launch with qmp=True"
-        mon = QEMUMonitorProtocol(str(self.qt.qmp_path))
-        mon.connect()
-        mon.settimeout(10)
-        try:
-            mon.cmd("device_del", id="gpu0")
-            self.qt.outl(0xAE00 + 0x8, 1 << slot)
-            ev = mon.pull_event(wait=10.0)
-            while ev is not None and ev["event"] != "DEVICE_DELETED":
-                ev = mon.pull_event(wait=10.0)
-            assert ev is not None and ev["data"].get("device") == "gpu0"
-        finally:
-            mon.close()
-        assert self.cfg_read(0x00) == 0xFFFFFFFF, "device still on the bus"
-
-    def qom_get(self, prop: str) -> int:
-        """Read a QOM counter of gpu0 (needs launch(qmp=True))."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        assert self.qt.qmp_path is not None, "launch with qmp=True"
-        mon = QEMUMonitorProtocol(str(self.qt.qmp_path))
-        mon.connect()
-        mon.settimeout(10)
-        try:
-            return mon.cmd("qom-get", path="/machine/peripheral/gpu0", property=prop)
-        finally:
-            mon.close()
-
     def vram_size(self) -> int:
         return self.reg("VRAM_SIZE_LO") | (self.reg("VRAM_SIZE_HI") << 32)
 
@@ -541,9 +567,6 @@ class Gpu:
     def from_vram(self, pairs: list[tuple[int, int]]) -> Cpl:
         """(VRAM offset, bus address) pairs out of VRAM."""
         return self.migrate(pairs, H.MIGRATE_FROM_VRAM)
-
-    def wait_fatal(self) -> None:
-        self.wait(lambda: self.reg("STATUS") & H.STATUS_FATAL, "STATUS_FATAL")
 
 
 # conftest's ``launch`` fixture: launch(*device_opts, machine=, extra=, qmp=, msix=) -> Gpu

@@ -1,0 +1,604 @@
+/*
+ * hmm-nic: the data path: access checks, translation, payload DMA
+ * and the opcodes (requester and responder, loopback)
+ *
+ * Copyright (c) 2026 hmmlab contributors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bitops.h"
+#include "qemu/bswap.h"
+#include "qemu/host-utils.h"
+#include "qemu/main-loop.h"
+#include "qemu/timer.h"
+#include "hmm-nic-engine.h"
+#include "hmm-common/dma.h"
+#include "trace.h"
+
+/* ---- access checks and translation --------------------------------------- */
+
+/*
+ * Check key @key for an access to [va, va + len) by a QP of protection
+ * domain @pdn that needs MR access bits @need, and describe it in @seg.
+ */
+static bool nic_check_key(HmmNicState *s, uint64_t cmd_id, uint32_t key,
+                          uint64_t va, uint64_t len, uint32_t pdn,
+                          uint32_t need, NicSeg *seg)
+{
+    uint32_t idx = HMM_NIC_KEY_INDEX(key);
+    struct hmm_nic_mr mr;
+    const char *why = NULL;
+
+    if (idx == HMM_NIC_RING_CTX || idx >= s->mmu.ctx_count ||
+        idx >= HMM_NIC_MAX_MR) {
+        why = "key index is the ring context or beyond CTX_COUNT";
+    } else if (!hmm_nic_table_read(s, s->mr_base + (uint64_t)idx * sizeof(mr),
+                                   &mr, sizeof(mr), cmd_id)) {
+        why = "MR table entry read failed";
+    } else {
+        mr.va = le64_to_cpu(mr.va);
+        mr.length = le64_to_cpu(mr.length);
+        mr.key = le32_to_cpu(mr.key);
+        mr.access = le32_to_cpu(mr.access);
+        mr.flags = le32_to_cpu(mr.flags);
+        mr.pdn = le32_to_cpu(mr.pdn);
+        if (!(mr.flags & HMM_NIC_MR_VALID)) {
+            why = "MR not valid";
+        } else if (mr.key != key) {
+            why = "key tag does not match the MR";
+        } else if (mr.pdn != pdn) {
+            why = "MR of another protection domain";
+        } else if (!(mr.flags & HMM_NIC_MR_IMPLICIT) &&
+                   (va < mr.va || len > mr.length ||
+                    va - mr.va > mr.length - len)) {
+            why = "range outside the MR";
+        } else if ((mr.access & need) != need) {
+            why = "MR lacks the access";
+        }
+    }
+    if (why) {
+        trace_hmm_nic_key_error(cmd_id, key, va, len, why);
+        return false;
+    }
+    seg->mr = idx;
+    seg->va = va;
+    seg->len = len;
+    seg->host = NULL;
+    return true;
+}
+
+/* The requester's SGEs (or inline data) as a scatter list. */
+static bool nic_local_sgl(HmmNicState *s, NicWr *w, uint32_t need,
+                          uint8_t access, NicSgl *l)
+{
+    uint32_t i;
+
+    l->n = 0;
+    l->side = NIC_SIDE_REQ;
+    l->access = access;
+    if (w->is_inline) {
+        l->seg[0] = (NicSeg) {
+            .len = w->length,
+            .host = w->inline_data,
+        };
+        l->n = 1;
+        return true;
+    }
+    for (i = 0; i < w->num_sge; i++) {
+        if (!w->sge[i].length) {
+            continue;
+        }
+        if (!nic_check_key(s, w->cmd[NIC_SIDE_REQ], w->sge[i].lkey,
+                           w->sge[i].addr, w->sge[i].length, w->e->pdn,
+                           need, &l->seg[l->n])) {
+            return false;
+        }
+        l->n++;
+    }
+    return true;
+}
+
+static NicRes nic_fail(NicWr *w, uint32_t status, uint32_t vendor_err)
+{
+    w->status = status;
+    w->vendor_err = vendor_err;
+    return NIC_FAIL;
+}
+
+/* Translate @va of MR @mr for side @side of work request @w. */
+static NicRes nic_xlate(HmmNicState *s, NicWr *w, int side, uint32_t mr,
+                        uint64_t va, uint8_t access, HmmXlateResult *x)
+{
+    HmmMmuJob *j = &w->qp->xl[side].mj;
+    uint32_t err;
+
+    if (j->ctx != mr || j->cmd_id != w->cmd[side]) {
+        hmm_mmu_job_init(j, w->cmd[side], mr);
+    }
+    switch (hmm_mmu_translate(&s->mmu, j, va, access, x)) {
+    case HMM_XLATE_OK:
+        return NIC_OK;
+    case HMM_XLATE_STALL:
+        w->qp->stalled_side = side;
+        return NIC_STALL;
+    default:
+        err = x->err == HMM_MMU_FAULT ? HMM_NIC_ERR_FAULT :
+                                        HMM_NIC_ERR_BAD_TABLE;
+        hmm_guest_error(&s->core, err, x->err_addr, x->what);
+        return nic_fail(w, side == NIC_SIDE_RESP ? HMM_NIC_WC_REM_ACCESS_ERR :
+                                                   HMM_NIC_WC_LOC_PROT_ERR,
+                        err);
+    }
+}
+
+static NicRes nic_dma_fail(HmmNicState *s, NicWr *w, int side, uint64_t addr)
+{
+    hmm_guest_error(&s->core, HMM_NIC_ERR_DMA, addr,
+                    "payload DMA failed");
+    return nic_fail(w, side == NIC_SIDE_RESP ? HMM_NIC_WC_REM_ACCESS_ERR :
+                                               HMM_NIC_WC_LOC_PROT_ERR,
+                    HMM_NIC_ERR_DMA);
+}
+
+static void nic_sgl_seek(const NicSgl *l, uint64_t off, int *i, uint64_t *o)
+{
+    *i = 0;
+    while (*i < l->n && off >= l->seg[*i].len) {
+        off -= l->seg[*i].len;
+        (*i)++;
+    }
+    *o = off;
+}
+
+/*
+ * Move bytes [*done, len) of the message from @src to @dst, at most
+ * HMM_NIC_STEP_BYTES of them; *done advances with what moved (so a stall
+ * or the budget resumes there).
+ */
+static NicRes nic_move(HmmNicState *s, NicWr *w, const NicSgl *src,
+                       const NicSgl *dst, uint64_t len, uint64_t *done)
+{
+    uint64_t so, dof, moved = 0;
+    int si, di;
+
+    nic_sgl_seek(src, *done, &si, &so);
+    nic_sgl_seek(dst, *done, &di, &dof);
+    while (*done < len) {
+        const NicSeg *a, *b;
+        HmmXlateResult x;
+        uint64_t n, spa = 0, sva, dva;
+        NicRes r;
+
+        if (moved >= HMM_NIC_STEP_BYTES) {
+            return NIC_MORE;
+        }
+        while (si < src->n && so >= src->seg[si].len) {
+            si++;
+            so = 0;
+        }
+        while (di < dst->n && dof >= dst->seg[di].len) {
+            di++;
+            dof = 0;
+        }
+        if (si >= src->n || di >= dst->n) {
+            /* the callers checked the lengths: nothing left to move */
+            break;
+        }
+        a = &src->seg[si];
+        b = &dst->seg[di];
+        sva = a->va + so;
+        dva = b->va + dof;
+        n = MIN(MIN(len - *done, a->len - so),
+                MIN(b->len - dof, (uint64_t)HMM_NIC_CHUNK));
+        if (!a->host) {
+            r = nic_xlate(s, w, src->side, a->mr, sva, src->access, &x);
+            if (r != NIC_OK) {
+                return r;
+            }
+            spa = x.pa;
+            n = MIN(n, x.avail);
+        }
+        r = nic_xlate(s, w, dst->side, b->mr, dva, dst->access, &x);
+        if (r != NIC_OK) {
+            return r;
+        }
+        n = MIN(n, x.avail);
+        if (a->host) {
+            memcpy(s->bounce, a->host + so, n);
+        } else if (hmm_nic_data_dma(s, w, src->side, a->mr, spa, sva, s->bounce,
+                                    n, false) != MEMTX_OK) {
+            return nic_dma_fail(s, w, src->side, spa);
+        }
+        if (hmm_nic_data_dma(s, w, dst->side, b->mr, x.pa, dva, s->bounce, n,
+                             true) != MEMTX_OK) {
+            return nic_dma_fail(s, w, dst->side, x.pa);
+        }
+        so += n;
+        dof += n;
+        *done += n;
+        moved += n;
+    }
+    return NIC_OK;
+}
+
+/* ---- the responder ------------------------------------------------------- */
+
+/* The peer QP of @w, ready to respond; NIC_FAIL if there is none. */
+static NicRes nic_peer(HmmNicState *s, NicWr *w, HmmNicQp **dqp,
+                       struct hmm_nic_qp *de)
+{
+    uint32_t dest = w->e->dest_qpn;
+    uint32_t err;
+    const char *why = NULL;
+
+    if (dest >= s->qp_count) {
+        why = "destination QP beyond QP_COUNT";
+    } else if (!hmm_nic_qp_read(s, dest, de, w->cmd[NIC_SIDE_RESP])) {
+        why = "destination QP entry read failed";
+    } else if (de->state == HMM_NIC_QPS_RESET ||
+               de->state == HMM_NIC_QPS_INIT) {
+        hmm_nic_qp_forget(s, &s->qps[dest]);
+        why = "destination QP not ready to receive";
+    } else if ((de->state != HMM_NIC_QPS_RTR &&
+                de->state != HMM_NIC_QPS_RTS) || s->qps[dest].err) {
+        why = "destination QP not ready to receive";
+    } else if (hmm_nic_qp_check(s, de, &err)) {
+        why = "destination QP entry malformed";
+    }
+    if (why) {
+        trace_hmm_nic_peer_error(w->qp->qpn, dest, why);
+        return nic_fail(w, HMM_NIC_WC_RETRY_EXC_ERR, 0);
+    }
+    *dqp = &s->qps[dest];
+    return NIC_OK;
+}
+
+/* The remote range of an RDMA or atomic request, checked at the peer. */
+static NicRes nic_remote_seg(HmmNicState *s, NicWr *w,
+                             const struct hmm_nic_qp *de, uint32_t need,
+                             uint64_t len, NicSgl *l, uint8_t access)
+{
+    l->n = 0;
+    l->side = NIC_SIDE_RESP;
+    l->access = access;
+    if (!len) {
+        return NIC_OK;
+    }
+    if ((de->access & need) != need) {
+        trace_hmm_nic_key_error(w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr, len,
+                                "destination QP lacks the remote access");
+        return nic_fail(w, HMM_NIC_WC_REM_ACCESS_ERR, 0);
+    }
+    if (!nic_check_key(s, w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr, len,
+                       de->pdn, need, &l->seg[0])) {
+        return nic_fail(w, HMM_NIC_WC_REM_ACCESS_ERR, 0);
+    }
+    l->n = 1;
+    return NIC_OK;
+}
+
+/*
+ * Is there a receive WQE at peer @dqp? NIC_RNR (the QP waits) or NIC_FAIL
+ * (rnr_retry 0) if not.
+ */
+static NicRes nic_recv_ready(HmmNicState *s, NicWr *w, HmmNicQp *dqp,
+                             const struct hmm_nic_qp *de)
+{
+    uint64_t fail_va;
+    uint32_t pi;
+
+    if (!hmm_nic_qread32(s, w->cmd[NIC_SIDE_RESP],
+                         de->rq_va + HMM_NIC_QBUF_PRODUCER, &pi, &fail_va)) {
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_READ, fail_va,
+                        "receive queue producer index read failed");
+        return nic_fail(w, HMM_NIC_WC_REM_OP_ERR, HMM_NIC_ERR_QUEUE_READ);
+    }
+    dqp->rq_ci &= de->rq_mask;
+    if ((pi & de->rq_mask) != dqp->rq_ci) {
+        return NIC_OK;
+    }
+    if (!w->e->rnr_retry) {
+        return nic_fail(w, HMM_NIC_WC_RNR_RETRY_EXC_ERR, 0);
+    }
+    return NIC_RNR;
+}
+
+typedef struct NicRecv {
+    uint64_t wr_id;
+    uint32_t num_sge;
+    struct hmm_nic_sge sge[HMM_NIC_MAX_SGE];
+} NicRecv;
+
+/* The receive WQE at the peer's consumer index (@sges: with its SGEs). */
+static bool nic_recv_fetch(HmmNicState *s, NicWr *w, HmmNicQp *dqp,
+                           const struct hmm_nic_qp *de, NicRecv *rv,
+                           bool sges, uint32_t *status)
+{
+    uint64_t slot = hmm_nic_slot_va(de->rq_va, dqp->rq_ci, de->rq_log2_elem);
+    uint8_t head[HMM_NIC_RWQE_SGE];
+    struct hmm_nic_dma_info dma;
+    uint64_t fail_va;
+    uint32_t i;
+
+    rv->wr_id = 0;
+    rv->num_sge = 0;
+    if (!hmm_nic_qdma(s, w->cmd[NIC_SIDE_RESP], slot, head,
+                      sges ? sizeof(head) : sizeof(rv->wr_id), false,
+                      &fail_va)) {
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_READ, fail_va,
+                        "receive WQE read failed");
+        *status = HMM_NIC_WC_LOC_QP_OP_ERR;
+        return false;
+    }
+    rv->wr_id = ldq_le_p(head + HMM_NIC_RWQE_WR_ID);
+    rv->num_sge = 0;
+    if (!sges) {
+        return true;
+    }
+    memcpy(&dma, head + HMM_NIC_RWQE_DMA, sizeof(dma));
+    rv->num_sge = le32_to_cpu(dma.num_sge);
+    if (rv->num_sge > HMM_NIC_MAX_SGE ||
+        HMM_NIC_RWQE_SGE + rv->num_sge * sizeof(struct hmm_nic_sge) >
+        (1u << de->rq_log2_elem)) {
+        hmm_guest_error(&s->core, HMM_NIC_ERR_BAD_WQE, slot,
+                        "receive WQE with too many SGEs");
+        *status = HMM_NIC_WC_LOC_QP_OP_ERR;
+        return false;
+    }
+    if (rv->num_sge &&
+        !hmm_nic_qdma(s, w->cmd[NIC_SIDE_RESP], slot + HMM_NIC_RWQE_SGE,
+                      rv->sge, rv->num_sge * sizeof(struct hmm_nic_sge), false,
+                      &fail_va)) {
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_READ, fail_va,
+                        "receive WQE SGE read failed");
+        *status = HMM_NIC_WC_LOC_QP_OP_ERR;
+        return false;
+    }
+    for (i = 0; i < rv->num_sge; i++) {
+        rv->sge[i].addr = le64_to_cpu(rv->sge[i].addr);
+        rv->sge[i].length = le32_to_cpu(rv->sge[i].length);
+        rv->sge[i].lkey = le32_to_cpu(rv->sge[i].lkey);
+    }
+    return true;
+}
+
+/* The peer consumed its receive WQE: its completion, its consumer index. */
+static void nic_recv_complete(HmmNicState *s, NicWr *w, HmmNicQp *dqp,
+                              const struct hmm_nic_qp *de, const NicRecv *rv,
+                              uint32_t status, uint32_t vendor_err)
+{
+    uint64_t cmd = w->cmd[NIC_SIDE_RESP];
+    uint64_t fail_va;
+    bool imm = w->opcode == HMM_NIC_WR_SEND_WITH_IMM ||
+               w->opcode == HMM_NIC_WR_RDMA_WRITE_WITH_IMM;
+    NicWc wc = {
+        .wr_id = rv->wr_id,
+        .status = status,
+        .opcode = w->opcode == HMM_NIC_WR_RDMA_WRITE_WITH_IMM ?
+                  HMM_NIC_WC_OP_RECV_RDMA_WITH_IMM : HMM_NIC_WC_OP_RECV,
+        .vendor_err = vendor_err,
+        .byte_len = status == HMM_NIC_WC_SUCCESS ? w->length : 0,
+        .imm = imm ? w->imm : 0,
+        .qp_num = dqp->qpn,
+        .src_qp = w->qp->qpn,
+        .wc_flags = imm ? HMM_NIC_WC_WITH_IMM : 0,
+        .solicited = w->send_flags & HMM_NIC_SEND_SOLICITED,
+    };
+
+    hmm_nic_post_cqe(s, de->recv_cqn, &wc, cmd);
+    dqp->rq_ci = (dqp->rq_ci + 1) & de->rq_mask;
+    if (!hmm_nic_qwrite32(s, cmd, de->rq_va + HMM_NIC_QBUF_CONSUMER, dqp->rq_ci,
+                          &fail_va)) {
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_READ, fail_va,
+                        "receive queue consumer index write failed");
+    }
+    if (status == HMM_NIC_WC_SUCCESS) {
+        s->cnt_wrs_completed++;
+    } else {
+        s->cnt_wrs_failed++;
+        if (dqp != w->qp) {
+            hmm_nic_qp_to_err(s, dqp, de, vendor_err);
+        }
+    }
+}
+
+/* ---- the opcodes --------------------------------------------------------- */
+
+/* SEND, SEND_WITH_IMM: the requester's data into the peer's receive WQE. */
+NicRes hmm_nic_do_send(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    struct hmm_nic_qp de;
+    HmmNicQp *dqp = NULL;
+    NicSgl src, dst;
+    NicRecv rv;
+    uint64_t room = 0;
+    uint32_t i, status;
+    NicRes r;
+
+    if (!nic_local_sgl(s, w, 0, HMM_GPU_ACCESS_READ, &src)) {
+        return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
+    }
+    r = nic_peer(s, w, &dqp, &de);
+    if (r == NIC_OK) {
+        r = nic_recv_ready(s, w, dqp, &de);
+    }
+    if (r != NIC_OK) {
+        if (r == NIC_RNR) {
+            w->qp->rnr_peer = dqp->qpn;
+        }
+        return r;
+    }
+    if (!nic_recv_fetch(s, w, dqp, &de, &rv, true, &status)) {
+        nic_recv_complete(s, w, dqp, &de, &rv, status, HMM_NIC_ERR_BAD_WQE);
+        return nic_fail(w, HMM_NIC_WC_REM_OP_ERR, HMM_NIC_ERR_BAD_WQE);
+    }
+    dst.n = 0;
+    dst.side = NIC_SIDE_RESP;
+    dst.access = HMM_GPU_ACCESS_WRITE;
+    for (i = 0; i < rv.num_sge; i++) {
+        if (!rv.sge[i].length) {
+            continue;
+        }
+        if (!nic_check_key(s, w->cmd[NIC_SIDE_RESP], rv.sge[i].lkey,
+                           rv.sge[i].addr, rv.sge[i].length, de.pdn,
+                           HMM_NIC_ACCESS_LOCAL_WRITE, &dst.seg[dst.n])) {
+            nic_recv_complete(s, w, dqp, &de, &rv, HMM_NIC_WC_LOC_PROT_ERR,
+                              0);
+            return nic_fail(w, HMM_NIC_WC_REM_OP_ERR, 0);
+        }
+        room += rv.sge[i].length;
+        dst.n++;
+    }
+    if (room < w->length) {
+        trace_hmm_nic_peer_error(w->qp->qpn, dqp->qpn,
+                                 "message longer than the receive WQE");
+        nic_recv_complete(s, w, dqp, &de, &rv, HMM_NIC_WC_LOC_LEN_ERR, 0);
+        return nic_fail(w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+    }
+    r = nic_move(s, w, &src, &dst, w->length, done);
+    if (r == NIC_OK) {
+        nic_recv_complete(s, w, dqp, &de, &rv, HMM_NIC_WC_SUCCESS, 0);
+    }
+    return r;
+}
+
+/* RDMA_WRITE(_WITH_IMM): the requester's data to the peer's MR. */
+NicRes hmm_nic_do_write(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    bool imm = w->opcode == HMM_NIC_WR_RDMA_WRITE_WITH_IMM;
+    struct hmm_nic_qp de;
+    HmmNicQp *dqp = NULL;
+    NicSgl src, dst;
+    NicRecv rv;
+    uint32_t status;
+    NicRes r;
+
+    if (!nic_local_sgl(s, w, 0, HMM_GPU_ACCESS_READ, &src)) {
+        return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
+    }
+    r = nic_peer(s, w, &dqp, &de);
+    if (r == NIC_OK) {
+        r = nic_remote_seg(s, w, &de, HMM_NIC_ACCESS_REMOTE_WRITE, w->length,
+                           &dst, HMM_GPU_ACCESS_WRITE);
+    }
+    if (r == NIC_OK && imm) {
+        r = nic_recv_ready(s, w, dqp, &de);
+        if (r == NIC_RNR) {
+            w->qp->rnr_peer = dqp->qpn;
+        }
+    }
+    if (r != NIC_OK) {
+        return r;
+    }
+    r = nic_move(s, w, &src, &dst, w->length, done);
+    if (r == NIC_OK && imm) {
+        if (!nic_recv_fetch(s, w, dqp, &de, &rv, false, &status)) {
+            nic_recv_complete(s, w, dqp, &de, &rv, status,
+                              HMM_NIC_ERR_QUEUE_READ);
+            return nic_fail(w, HMM_NIC_WC_REM_OP_ERR, HMM_NIC_ERR_QUEUE_READ);
+        }
+        nic_recv_complete(s, w, dqp, &de, &rv, HMM_NIC_WC_SUCCESS, 0);
+    }
+    return r;
+}
+
+/* RDMA_READ: the peer's MR into the requester's SGEs. */
+NicRes hmm_nic_do_read(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    struct hmm_nic_qp de;
+    HmmNicQp *dqp = NULL;
+    NicSgl src, dst;
+    NicRes r;
+
+    if (!nic_local_sgl(s, w, HMM_NIC_ACCESS_LOCAL_WRITE, HMM_GPU_ACCESS_WRITE,
+                       &dst)) {
+        return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
+    }
+    r = nic_peer(s, w, &dqp, &de);
+    if (r == NIC_OK) {
+        r = nic_remote_seg(s, w, &de, HMM_NIC_ACCESS_REMOTE_READ, w->length,
+                           &src, HMM_GPU_ACCESS_READ);
+    }
+    if (r != NIC_OK) {
+        return r;
+    }
+    return nic_move(s, w, &src, &dst, w->length, done);
+}
+
+/*
+ * CMP_AND_SWP / FETCH_AND_ADD: 8 bytes at the peer, atomic with respect to
+ * the device (the BQL serialises everything it does); the old value goes
+ * to the requester's SGE. Once executed it is never executed again: a
+ * stall writing the old value retries only that write.
+ */
+NicRes hmm_nic_do_atomic(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    HmmNicQp *qp = w->qp;
+    struct hmm_nic_qp de;
+    HmmNicQp *dqp = NULL;
+    NicSgl src, dst, rem;
+    HmmXlateResult x;
+    uint64_t old_le;
+    NicRes r;
+
+    if (!nic_local_sgl(s, w, HMM_NIC_ACCESS_LOCAL_WRITE, HMM_GPU_ACCESS_WRITE,
+                       &dst)) {
+        return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
+    }
+    if (!qp->atomic_done) {
+        uint64_t old, new;
+
+        r = nic_peer(s, w, &dqp, &de);
+        if (r != NIC_OK) {
+            return r;
+        }
+        if (w->raddr & (HMM_NIC_ATOMIC_SIZE - 1)) {
+            trace_hmm_nic_key_error(w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr,
+                                    HMM_NIC_ATOMIC_SIZE,
+                                    "atomic not naturally aligned");
+            return nic_fail(w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+        }
+        r = nic_remote_seg(s, w, &de, HMM_NIC_ACCESS_REMOTE_ATOMIC,
+                           HMM_NIC_ATOMIC_SIZE, &rem, HMM_GPU_ACCESS_ATOMIC);
+        if (r != NIC_OK) {
+            return r;
+        }
+        r = nic_xlate(s, w, NIC_SIDE_RESP, rem.seg[0].mr, w->raddr,
+                      HMM_GPU_ACCESS_ATOMIC, &x);
+        if (r != NIC_OK) {
+            return r;
+        }
+        /* aligned: the 8 bytes never cross a page */
+        if (hmm_nic_data_dma(s, w, NIC_SIDE_RESP, rem.seg[0].mr, x.pa, w->raddr,
+                             &old, sizeof(old), false) != MEMTX_OK) {
+            return nic_dma_fail(s, w, NIC_SIDE_RESP, x.pa);
+        }
+        old = le64_to_cpu(old);
+        if (w->opcode == HMM_NIC_WR_ATOMIC_FETCH_AND_ADD) {
+            new = cpu_to_le64(old + w->compare_add);
+        } else {
+            new = cpu_to_le64(w->swap);
+        }
+        if ((w->opcode == HMM_NIC_WR_ATOMIC_FETCH_AND_ADD ||
+             old == w->compare_add) &&
+            hmm_nic_data_dma(s, w, NIC_SIDE_RESP, rem.seg[0].mr, x.pa, w->raddr,
+                             &new, sizeof(new), true) != MEMTX_OK) {
+            return nic_dma_fail(s, w, NIC_SIDE_RESP, x.pa);
+        }
+        trace_hmm_nic_atomic(qp->qpn, w->raddr, x.pa, old);
+        qp->atomic_done = true;
+        qp->atomic_old = old;
+    }
+    old_le = cpu_to_le64(qp->atomic_old);
+    src.n = 1;
+    src.side = NIC_SIDE_REQ;
+    src.access = HMM_GPU_ACCESS_READ;
+    src.seg[0] = (NicSeg) {
+        .len = HMM_NIC_ATOMIC_SIZE,
+        .host = (const uint8_t *)&old_le,
+    };
+    *done = 0;
+    return nic_move(s, w, &src, &dst, HMM_NIC_ATOMIC_SIZE, done);
+}
