@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hmmgpu import Gpu, Launch
+from hmmgpu import Gpu, Launch, PciDev
+from hmmnic import LaunchNic, Nic
 
 from harness.build.qemu import QemuArtifact, build_qemu
 from harness.cache import Cache
@@ -37,6 +38,17 @@ TRACE_EVENTS = (
     "hmm_tlb_inv",
     "hmm_gpu_migrate",
     "hmm_gpu_bad_vram",
+    "hmm_nic_fatal",
+    "hmm_nic_reset",
+    "hmm_nic_wr_done",
+    "hmm_nic_wr_stall",
+    "hmm_nic_rnr",
+    "hmm_nic_key_error",
+    "hmm_nic_peer_error",
+    "hmm_nic_queue_error",
+    "hmm_nic_qp_err",
+    "hmm_nic_cq_overrun",
+    "hmm_nic_event_dropped",
 )
 
 
@@ -46,9 +58,10 @@ def qemu() -> QemuArtifact:
     return build_qemu(cache, cache.path("logs"))
 
 
-@pytest.fixture
-def launch(qemu: QemuArtifact, tmp_path: Path) -> Iterator[Launch]:
-    """Start QEMU with one hmm-gpu (id gpu0) and return a Gpu driver for it."""
+def _launcher(
+    qemu: QemuArtifact, tmp_path: Path, device: str, devid: str, driver: type[PciDev]
+) -> Iterator[Callable[..., PciDev]]:
+    """Start QEMU with one ``device`` (id ``devid``), return ``driver`` for it."""
     started: list[QTest] = []
 
     def _launch(
@@ -57,8 +70,8 @@ def launch(qemu: QemuArtifact, tmp_path: Path) -> Iterator[Launch]:
         extra: tuple[str, ...] = (),
         qmp: bool = False,
         msix: bool = True,
-    ) -> Gpu:
-        dev = ",".join(["hmm-gpu", "id=gpu0", *device_opts])
+    ) -> PciDev:
+        dev = ",".join([device, f"id={devid}", *device_opts])
         n = len(started)
         args = ["-M", machine, "-m", "256M", "-nodefaults", "-d", "guest_errors"]
         for ev in TRACE_EVENTS:
@@ -75,7 +88,7 @@ def launch(qemu: QemuArtifact, tmp_path: Path) -> Iterator[Launch]:
             qmp=qmp,
         )
         started.append(qt)
-        return Gpu(qt, enable_msix=msix)
+        return driver(qt, enable_msix=msix)
 
     yield _launch
     dead = [qt for qt in started if not qt.alive()]
@@ -86,5 +99,22 @@ def launch(qemu: QemuArtifact, tmp_path: Path) -> Iterator[Launch]:
 
 
 @pytest.fixture
+def launch(qemu: QemuArtifact, tmp_path: Path) -> Iterator[Launch]:
+    """Start QEMU with one hmm-gpu (id gpu0) and return a Gpu driver for it."""
+    yield from _launcher(qemu, tmp_path, "hmm-gpu", "gpu0", Gpu)  # type: ignore[misc]
+
+
+@pytest.fixture
+def launch_nic(qemu: QemuArtifact, tmp_path: Path) -> Iterator[LaunchNic]:
+    """Start QEMU with one hmm-nic (id nic0) and return a Nic driver for it."""
+    yield from _launcher(qemu, tmp_path, "hmm-nic", "nic0", Nic)  # type: ignore[misc]
+
+
+@pytest.fixture
 def gpu(launch: Launch) -> Gpu:
     return launch()
+
+
+@pytest.fixture
+def nic(launch_nic: LaunchNic) -> Nic:
+    return launch_nic()
