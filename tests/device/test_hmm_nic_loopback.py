@@ -527,3 +527,60 @@ def test_many_wrs_wrap_the_queues(nic: Nic) -> None:
         assert nic.poll(1, 1) == [ok(100 + i, N.WC_OP_RECV, 8, qp_num=1, src_qp=0)]
         assert nic.qt.readq(dst.pa + 64 * i) == i
     assert nic.sq_consumer(a) == 10 % 4 and nic.rq_consumer(b) == 10 % 4
+
+
+def test_self_loopback(nic: Nic) -> None:
+    """A QP whose peer is itself sends to its own receive queue."""
+    nic.setup()
+    nic.create_cq(0)
+    q = nic.create_qp(3, dest=3)
+    src, dst = mrs(nic)
+    nic.post_recv(q, 0x33, [(dst.va, 32, dst.key)])
+    nic.post_send(q, SendWr(N.WR_SEND, wr_id=0x34, flags=SIG, inline=b"to myself"))
+    got = nic.poll(0, 2)
+    assert ok(0x33, N.WC_OP_RECV, 9, qp_num=3, src_qp=3) in got
+    assert ok(0x34, N.WC_OP_SEND, 9, qp_num=3) in got
+    assert nic.qt.read(dst.pa, 9) == b"to myself"
+    del src
+
+
+def test_event_queue_overflow(launch_nic: LaunchNic) -> None:
+    """An EQ of 2 entries holds one event: the next is lost (ERR_EQ_WRITE),
+    the device goes on."""
+    nic = launch_nic()
+    nic.setup(eq_size=2)
+    nic.create_cq(0)
+    a = nic.create_qp(0, dest=1)
+    nic.create_qp(1, dest=0)
+    _src, dst = mrs(nic)
+    wr = SendWr(N.WR_RDMA_WRITE, wr_id=1, flags=SIG, inline=b"e", remote_addr=dst.va,
+                rkey=dst.key)
+    for _ in range(2):
+        nic.set_reg("CQ_ARM", 0)
+        nic.post_send(a, wr)
+        nic.poll(0, 1)
+    assert nic.reg("ERROR") == N.ERR_EQ_WRITE
+    assert not nic.reg("STATUS") & N.STATUS_FATAL
+    assert [(e.type, e.num) for e in nic.events()] == [(N.EV_CQ, 0)]
+    nic.set_reg("CQ_ARM", 0)
+    nic.post_send(a, wr)
+    nic.poll(0, 1)
+    assert [(e.type, e.num) for e in nic.events()] == [(N.EV_CQ, 0)]
+
+
+def test_rq_doorbell_of_a_qp_in_err_flushes_receives(nic: Nic) -> None:
+    a, b = pair(nic)
+    _src, dst = mrs(nic)
+    b.state = N.QPS_ERR  # the driver moves it to ERR itself: no event
+    nic.write_qp(b)
+    nic.post_recv(b, 0x71, [(dst.va, 8, dst.key)])
+    nic.post_recv(b, 0x72, [(dst.va, 8, dst.key)])
+    got = nic.poll(1, 2)
+    assert [(c.wr_id, c.status, c.opcode, c.qp_num) for c in got] == [
+        (0x71, N.WC_WR_FLUSH_ERR, N.WC_OP_RECV, 1), (0x72, N.WC_WR_FLUSH_ERR, N.WC_OP_RECV, 1)]
+    assert nic.rq_consumer(b) == 2
+    assert nic.eq_pending() == 0
+    # a SEND to it: nobody answers
+    nic.post_send(a, SendWr(N.WR_SEND, wr_id=0x70, inline=b"x"))
+    (c,) = nic.poll(0, 1)
+    assert (c.wr_id, c.status) == (0x70, N.WC_RETRY_EXC_ERR)

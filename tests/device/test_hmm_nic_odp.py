@@ -389,3 +389,66 @@ def test_dmatrace_engines(launch_nic: LaunchNic, tmp_path: Path) -> None:
     assert {G.TRACE_CTX_FETCH, G.TRACE_PTW, G.TRACE_FAULT_WRITE, G.TRACE_EV_REPLAY} <= kinds
     assert all(r.result == 0 for r in recs)
     assert len(path.read_bytes()) % TRACE_REC.size == 24 % TRACE_REC.size
+
+
+def test_fault_records_wait_for_room(nic: Nic) -> None:
+    """A fault ring of 2 entries holds one record: the second QP's waits until
+    FAULTQ_HEAD moves, then is posted."""
+    q0, _, q2, _ = pairs(nic, 2)
+    nic.set_reg("FAULTQ_CTRL", 0)
+    nic.setup_faultq(size=2)
+    odp1 = nic.reg_mr(1, PAGE, mapped=False, flags=ODP)
+    odp3 = nic.reg_mr(3, PAGE, mapped=False, flags=ODP)
+    dst = nic.reg_mr(4, 2 * PAGE)
+    nic.post_send(q0, write_wr(odp1, dst, 8, wr_id=1))
+    nic.post_send(q2, write_wr(odp3, dst, 8, wr_id=2, doff=PAGE))
+    assert nic.reg("STALLED") == 2
+    assert nic.reg("FAULTQ_TAIL") == 1
+    (f1,) = nic.faults(1)  # consuming it makes room: the held record follows
+    (f2,) = nic.faults(1)
+    assert {(f1.ctx, f1.cmd_id), (f2.ctx, f2.cmd_id)} == {(1, fault_cmd(0, 0, 0)),
+                                                          (3, fault_cmd(2, 0, 0))}
+    nic.pt.map(1, odp1.va, odp1.pa, RWA)
+    nic.pt.map(3, odp3.va, odp3.pa, RWA)
+    nic.set_reg("FAULT_REPLAY", 1)
+    assert sorted(c.wr_id for c in nic.poll(0, 2)) == [1, 2]
+
+
+def test_faultq_disabled_with_a_record_pending(nic: Nic) -> None:
+    """Disabling the fault queue fails the WRs whose record could not be
+    written yet; the one whose record the driver has stays stalled."""
+    q0, _, q2, _ = pairs(nic, 2)
+    nic.set_reg("FAULTQ_CTRL", 0)
+    nic.setup_faultq(size=2)
+    odp1 = nic.reg_mr(1, PAGE, mapped=False, flags=ODP)
+    odp3 = nic.reg_mr(3, PAGE, mapped=False, flags=ODP)
+    dst = nic.reg_mr(4, 2 * PAGE)
+    nic.post_send(q0, write_wr(odp1, dst, 8, wr_id=1))
+    nic.post_send(q2, write_wr(odp3, dst, 8, wr_id=2, doff=PAGE))
+    assert nic.reg("STALLED") == 2
+    nic.set_reg("FAULTQ_CTRL", 0)
+    (c,) = nic.poll(0, 1)
+    assert (c.wr_id, c.status, c.vendor_err, c.qp_num) == (2, N.WC_LOC_PROT_ERR, N.ERR_FAULT, 2)
+    assert nic.reg("STALLED") == 1
+    assert nic.qp_state(2) == N.QPS_ERR and nic.qp_state(0) == N.QPS_RTS
+    nic.pt.map(1, odp1.va, odp1.pa, RWA)
+    nic.set_reg("FAULT_REPLAY", 1)
+    (c,) = nic.poll(0, 1)
+    assert (c.wr_id, c.status) == (1, N.WC_SUCCESS)
+
+
+def test_huge_page_mr(nic: Nic) -> None:
+    a, _ = pairs(nic)
+    src = nic.reg_mr(1, PAGE)
+    huge = 2 << 20
+    va = 0x7E00_0000_0000
+    dst = nic.reg_mr(2, 2 * huge, va=va, mapped=False)
+    assert nic.pt is not None
+    nic.pt.map(2, va, 0x0A00_0000, RWA, huge=True)
+    nic.pt.map(2, va + huge, 0x0C00_0000, RWA, huge=True)  # not contiguous
+    nic.qt.write(src.pa, bytes(range(64)))
+    nic.post_send(a, write_wr(src, dst, 64, wr_id=0x2A, doff=huge - 32))
+    (c,) = nic.poll(0, 1)
+    assert (c.wr_id, c.status) == (0x2A, N.WC_SUCCESS)
+    assert nic.qt.read(0x0A00_0000 + huge - 32, 32) == bytes(range(32))
+    assert nic.qt.read(0x0C00_0000, 32) == bytes(range(32, 64))
