@@ -198,3 +198,55 @@ def test_guest_garbage_never_kills_qemu(launch_nic: LaunchNic, seed: int) -> Non
     (c,) = nic.poll(0, 1)
     assert (c.wr_id, c.status) == (9, N.WC_SUCCESS)
     assert nic.qt.read(dst.pa, 5) == b"alive"
+
+
+NOT_RAM = 0x0000_4000_0000_0000  # nothing is mapped up there
+
+
+def recovers(nic: Nic) -> None:
+    nic.reset()
+    assert nic.reg("STATUS") == N.STATUS_READY and nic.reg("ERROR") == N.ERR_NONE
+    a, _ = pair(nic)
+    src = nic.reg_mr(1, PAGE)
+    dst = nic.reg_mr(2, PAGE)
+    nic.qt.write(src.pa, b"recovered")
+    nic.post_send(a, SendWr(N.WR_RDMA_WRITE, wr_id=7, flags=SIG, sges=[(src.va, 9, src.key)],
+                            remote_addr=dst.va, rkey=dst.key))
+    assert [(c.wr_id, c.status) for c in nic.poll(0, 1)] == [(7, N.WC_SUCCESS)]
+    assert nic.qt.read(dst.pa, 9) == b"recovered"
+
+
+def test_event_write_failure_is_fatal(nic: Nic) -> None:
+    a, _ = pair(nic)
+    src = nic.reg_mr(1, PAGE)
+    dst = nic.reg_mr(2, PAGE)
+    nic.set_reg("EQ_CTRL", 0)
+    nic.set_reg("EQ_BASE_LO", NOT_RAM & 0xFFFFFFFF)
+    nic.set_reg("EQ_BASE_HI", NOT_RAM >> 32)
+    nic.set_reg("EQ_CTRL", N.ENABLE)
+    nic.set_reg("CQ_ARM", 0)
+    nic.post_send(a, SendWr(N.WR_RDMA_WRITE, wr_id=1, flags=SIG, sges=[(src.va, 8, src.key)],
+                            remote_addr=dst.va, rkey=dst.key))
+    nic.wait(lambda: nic.reg("STATUS") & N.STATUS_FATAL, "STATUS_FATAL")
+    assert nic.reg("ERROR") == N.ERR_EQ_WRITE
+    assert nic.error_addr() == NOT_RAM
+    assert nic.msi_fired(N.VEC_ERR_DEFAULT)
+    assert not nic.reg("STATUS") & N.STATUS_BUSY
+    # halted: doorbells are refused until RESET
+    nic.set_reg("SQ_DOORBELL", 0)
+    assert nic.reg("ERROR") == N.ERR_QP_STATE
+    recovers(nic)
+
+
+def test_fault_record_write_failure_is_fatal(nic: Nic) -> None:
+    a, _ = pair(nic)
+    nic.set_reg("FAULTQ_CTRL", 0)
+    nic.setup_faultq(base=NOT_RAM)
+    odp = nic.reg_mr(1, PAGE, mapped=False, flags=N.MR_VALID | N.MR_ODP)
+    dst = nic.reg_mr(2, PAGE)
+    nic.post_send(a, SendWr(N.WR_RDMA_WRITE, wr_id=1, flags=SIG, sges=[(odp.va, 8, odp.key)],
+                            remote_addr=dst.va, rkey=dst.key))
+    nic.wait(lambda: nic.reg("STATUS") & N.STATUS_FATAL, "STATUS_FATAL")
+    assert nic.reg("ERROR") == N.ERR_FAULTQ_WRITE
+    assert nic.reg("STALLED") == 0
+    recovers(nic)

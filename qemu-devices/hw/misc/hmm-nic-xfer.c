@@ -174,6 +174,10 @@ static NicRes nic_move(HmmNicState *s, NicWr *w, const NicSgl *src,
         if (moved >= HMM_NIC_STEP_BYTES) {
             return NIC_MORE;
         }
+        if (!hmm_nic_alive(s)) {
+            /* halted meanwhile (an event write failed): no more DMA */
+            return NIC_FAIL;
+        }
         while (si < src->n && so >= src->seg[si].len) {
             si++;
             so = 0;
