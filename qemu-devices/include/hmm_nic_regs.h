@@ -250,7 +250,11 @@ struct hmm_nic_mr {
  * FETCH_AND_ADD or INLINE with READ/atomics: WC_LOC_QP_OP_ERR; num_sge >
  * MAX_SGE or the SGEs beyond the WQE: WC_LOC_QP_OP_ERR; length != the
  * sum of the SGEs, > MAX_MSG, inline > MAX_INLINE, an atomic without
- * exactly one 8-byte SGE: WC_LOC_LEN_ERR.
+ * exactly one 8-byte SGE: WC_LOC_LEN_ERR; ERROR_ADDR is then
+ * HMM_NIC_FAULT_CMD(qpn, index, 0) of the WQE. A payload DMA that fails
+ * (a PTE pointing at no memory): WC_LOC_PROT_ERR / WC_REM_ACCESS_ERR,
+ * vendor_err and ERROR ERR_DMA; a malformed context or PTE: the same with
+ * ERR_BAD_TABLE.
  */
 
 /* ---- queue pairs and completion queues ----------------------------------- */
