@@ -321,9 +321,10 @@ enum hmm_nic_qp_state {
  * RNR: a SEND or RDMA_WRITE_WITH_IMM whose peer has no receive WQE waits
  * (nothing moved) until RQ_DOORBELL of the peer if rnr_retry is not 0
  * (any non-zero value waits indefinitely: no timers), else completes with
- * WC_RNR_RETRY_EXC_ERR. A peer QP beyond QP_COUNT, not in RTR/RTS or
- * malformed: WC_RETRY_EXC_ERR (what a real requester sees when nobody
- * answers).
+ * WC_RNR_RETRY_EXC_ERR. A peer QP beyond QP_COUNT, not in RTR/RTS,
+ * malformed or connected to another QP (its dest_qpn is not the
+ * requester: RC is one to one): WC_RETRY_EXC_ERR (what a real requester
+ * sees when nobody answers).
  */
 
 struct hmm_nic_cq {

@@ -584,3 +584,19 @@ def test_rq_doorbell_of_a_qp_in_err_flushes_receives(nic: Nic) -> None:
     nic.post_send(a, SendWr(N.WR_SEND, wr_id=0x70, inline=b"x"))
     (c,) = nic.poll(0, 1)
     assert (c.wr_id, c.status) == (0x70, N.WC_RETRY_EXC_ERR)
+
+
+def test_peer_connected_to_another_qp(nic: Nic) -> None:
+    """RC is one to one: QP 2 names QP 1 as its peer, but QP 1's peer is QP 0."""
+    nic.setup()
+    nic.create_cq(0)
+    nic.create_qp(0, dest=1)
+    b = nic.create_qp(1, dest=0)
+    c = nic.create_qp(2, dest=1)
+    _src, dst = mrs(nic)
+    nic.post_recv(b, 0x41, [(dst.va, 8, dst.key)])
+    nic.post_send(c, SendWr(N.WR_SEND, wr_id=0x42, inline=b"intruder"))
+    (e,) = nic.poll(0, 1)
+    assert (e.wr_id, e.status, e.qp_num) == (0x42, N.WC_RETRY_EXC_ERR, 2)
+    assert nic.rq_consumer(b) == 0 and nic.qt.read(dst.pa, 8) == b"\0" * 8
+    assert nic.qp_state(1) == N.QPS_RTS

@@ -250,6 +250,9 @@ static NicRes nic_peer(HmmNicState *s, NicWr *w, HmmNicQp **dqp,
         why = "destination QP not ready to receive";
     } else if (hmm_nic_qp_check(s, de, &err)) {
         why = "destination QP entry malformed";
+    } else if (de->dest_qpn != w->qp->qpn) {
+        /* RC: a responder answers its own peer only */
+        why = "destination QP is connected to another QP";
     }
     if (why) {
         trace_hmm_nic_peer_error(w->qp->qpn, dest, why);
