@@ -391,9 +391,9 @@ def test_dmatrace_engines(launch_nic: LaunchNic, tmp_path: Path) -> None:
     assert len(path.read_bytes()) % TRACE_REC.size == 24 % TRACE_REC.size
 
 
-def test_fault_records_wait_for_room(nic: Nic) -> None:
-    """A fault ring of 2 entries holds one record: the second QP's waits until
-    FAULTQ_HEAD moves, then is posted."""
+def two_stalled_one_record_slot(nic: Nic) -> tuple[Mr, Mr]:
+    """QPs 0 and 2 stalled on ODP MRs 1 and 3 (WRs 1 and 2), with a fault
+    ring of 2 entries: it holds one record, the other waits for room."""
     q0, _, q2, _ = pairs(nic, 2)
     nic.set_reg("FAULTQ_CTRL", 0)
     nic.setup_faultq(size=2)
@@ -403,6 +403,13 @@ def test_fault_records_wait_for_room(nic: Nic) -> None:
     nic.post_send(q0, write_wr(odp1, dst, 8, wr_id=1))
     nic.post_send(q2, write_wr(odp3, dst, 8, wr_id=2, doff=PAGE))
     assert nic.reg("STALLED") == 2
+    return odp1, odp3
+
+
+def test_fault_records_wait_for_room(nic: Nic) -> None:
+    """A fault ring of 2 entries holds one record: the second QP's waits until
+    FAULTQ_HEAD moves, then is posted."""
+    odp1, odp3 = two_stalled_one_record_slot(nic)
     assert nic.reg("FAULTQ_TAIL") == 1
     (f1,) = nic.faults(1)  # consuming it makes room: the held record follows
     (f2,) = nic.faults(1)
@@ -417,15 +424,7 @@ def test_fault_records_wait_for_room(nic: Nic) -> None:
 def test_faultq_disabled_with_a_record_pending(nic: Nic) -> None:
     """Disabling the fault queue fails the WRs whose record could not be
     written yet; the one whose record the driver has stays stalled."""
-    q0, _, q2, _ = pairs(nic, 2)
-    nic.set_reg("FAULTQ_CTRL", 0)
-    nic.setup_faultq(size=2)
-    odp1 = nic.reg_mr(1, PAGE, mapped=False, flags=ODP)
-    odp3 = nic.reg_mr(3, PAGE, mapped=False, flags=ODP)
-    dst = nic.reg_mr(4, 2 * PAGE)
-    nic.post_send(q0, write_wr(odp1, dst, 8, wr_id=1))
-    nic.post_send(q2, write_wr(odp3, dst, 8, wr_id=2, doff=PAGE))
-    assert nic.reg("STALLED") == 2
+    odp1, _ = two_stalled_one_record_slot(nic)
     nic.set_reg("FAULTQ_CTRL", 0)
     (c,) = nic.poll(0, 1)
     assert (c.wr_id, c.status, c.vendor_err, c.qp_num) == (2, N.WC_LOC_PROT_ERR, N.ERR_FAULT, 2)

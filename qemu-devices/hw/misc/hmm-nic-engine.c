@@ -576,8 +576,9 @@ void hmm_nic_fault_cancel(HmmNicState *s, uint32_t token)
         /* what the driver asked for: signalled, not counted as a mistake */
         hmm_error_signal(&s->core, HMM_NIC_ERR_FAULT, mj->fault_va,
                          "faulting work request cancelled");
-        nic_fail_stalled(s, qp, HMM_NIC_FAULT_RESPONDER(mj->cmd_id) ?
-                         HMM_NIC_WC_REM_ACCESS_ERR : HMM_NIC_WC_LOC_PROT_ERR,
+        nic_fail_stalled(s, qp, hmm_nic_access_status(
+                             HMM_NIC_FAULT_RESPONDER(mj->cmd_id) ?
+                             NIC_SIDE_RESP : NIC_SIDE_REQ),
                          HMM_NIC_ERR_FAULT);
         hmm_nic_kick(s);
         break;
@@ -605,8 +606,9 @@ void hmm_nic_fail_unposted(HmmNicState *s)
 
         hmm_guest_error(&s->core, HMM_NIC_ERR_FAULT, mj->fault_va,
                         "fault queue disabled with a fault pending");
-        nic_fail_stalled(s, qp, HMM_NIC_FAULT_RESPONDER(mj->cmd_id) ?
-                         HMM_NIC_WC_REM_ACCESS_ERR : HMM_NIC_WC_LOC_PROT_ERR,
+        nic_fail_stalled(s, qp, hmm_nic_access_status(
+                             HMM_NIC_FAULT_RESPONDER(mj->cmd_id) ?
+                             NIC_SIDE_RESP : NIC_SIDE_REQ),
                          HMM_NIC_ERR_FAULT);
     }
     hmm_nic_kick(s);

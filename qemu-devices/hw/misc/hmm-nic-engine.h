@@ -125,6 +125,13 @@ static inline uint32_t hmm_nic_wc_opcode(uint32_t wr_opcode)
     }
 }
 
+/* The WC status of an access that failed on side @side (enum NicSide). */
+static inline uint32_t hmm_nic_access_status(int side)
+{
+    return side == NIC_SIDE_RESP ? HMM_NIC_WC_REM_ACCESS_ERR :
+                                   HMM_NIC_WC_LOC_PROT_ERR;
+}
+
 static inline bool hmm_nic_is_atomic(uint32_t opcode)
 {
     return opcode == HMM_NIC_WR_ATOMIC_CMP_AND_SWP ||

@@ -127,9 +127,7 @@ static NicRes nic_xlate(HmmNicState *s, NicWr *w, int side, uint32_t mr,
         err = x->err == HMM_MMU_FAULT ? HMM_NIC_ERR_FAULT :
                                         HMM_NIC_ERR_BAD_TABLE;
         hmm_guest_error(&s->core, err, x->err_addr, x->what);
-        return nic_fail(w, side == NIC_SIDE_RESP ? HMM_NIC_WC_REM_ACCESS_ERR :
-                                                   HMM_NIC_WC_LOC_PROT_ERR,
-                        err);
+        return nic_fail(w, hmm_nic_access_status(side), err);
     }
 }
 
@@ -137,9 +135,7 @@ static NicRes nic_dma_fail(HmmNicState *s, NicWr *w, int side, uint64_t addr)
 {
     hmm_guest_error(&s->core, HMM_NIC_ERR_DMA, addr,
                     "payload DMA failed");
-    return nic_fail(w, side == NIC_SIDE_RESP ? HMM_NIC_WC_REM_ACCESS_ERR :
-                                               HMM_NIC_WC_LOC_PROT_ERR,
-                    HMM_NIC_ERR_DMA);
+    return nic_fail(w, hmm_nic_access_status(side), HMM_NIC_ERR_DMA);
 }
 
 static void nic_sgl_seek(const NicSgl *l, uint64_t off, int *i, uint64_t *o)
