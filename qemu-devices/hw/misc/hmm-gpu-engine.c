@@ -767,7 +767,7 @@ static bool hmm_gpu_complete(HmmGpuState *s, HmmGpuJob *j)
     /* F_IRQ_LATE: whoever wrote the doorbell reaps what completes in it */
     notify = (j->cmd.flags & HMM_GPU_CMD_F_IRQ) ||
              ((j->cmd.flags & HMM_GPU_CMD_F_IRQ_LATE) && !s->in_mmio_run);
-    hmm_irq_raise(&s->core, HMM_GPU_INTR_CPL, s->vec_cpl, notify);
+    hmm_irq_raise(&s->core, HMM_GPU_INTR_CPL, s->regs.vec_main, notify);
     hmm_gpu_job_free(j);
     return true;
 }
@@ -785,7 +785,7 @@ static void hmm_gpu_post_faults(HmmGpuState *s)
         hmm_gpu_fatal(s, HMM_GPU_ERR_FAULTQ_WRITE, addr,
                       "fault record write failed");
     } else if (posted) {
-        hmm_irq_raise(&s->core, HMM_GPU_INTR_FAULT, s->vec_fault, true);
+        hmm_irq_raise(&s->core, HMM_GPU_INTR_FAULT, s->regs.vec_fault, true);
     }
 }
 

@@ -48,24 +48,7 @@
 #include "hmm-gpu.h"
 #include "trace.h"
 
-/* BAR0, named after the ABI header's offsets (which stay the only ones) */
-REG32(ID, HMM_GPU_REG_ID)
-REG32(VERSION, HMM_GPU_REG_VERSION)
-    FIELD(VERSION, MINOR, 0, 16)
-    FIELD(VERSION, MAJOR, 16, 16)
-REG32(CAPS, HMM_GPU_REG_CAPS)
-REG32(RESET, HMM_GPU_REG_RESET)
-REG32(STATUS, HMM_GPU_REG_STATUS)
-REG32(ERROR, HMM_GPU_REG_ERROR)
-REG32(ERROR_ADDR_LO, HMM_GPU_REG_ERROR_ADDR_LO)
-REG32(ERROR_ADDR_HI, HMM_GPU_REG_ERROR_ADDR_HI)
-REG32(INTR_STATUS, HMM_GPU_REG_INTR_STATUS)
-REG32(INTR_MASK, HMM_GPU_REG_INTR_MASK)
-REG32(VEC_CPL, HMM_GPU_REG_VEC_CPL)
-REG32(VEC_ERR, HMM_GPU_REG_VEC_ERR)
-REG32(MAX_XFER, HMM_GPU_REG_MAX_XFER)
-REG32(NUM_VECTORS, HMM_GPU_REG_NUM_VECTORS)
-REG32(SCRATCH, HMM_GPU_REG_SCRATCH)
+/* BAR0 registers of hmm-gpu's own (the shared ones: hmm-common/regs.h) */
 REG32(CMDQ_BASE_LO, HMM_GPU_REG_CMDQ_BASE_LO)
 REG32(CMDQ_BASE_HI, HMM_GPU_REG_CMDQ_BASE_HI)
 REG32(CMDQ_SIZE, HMM_GPU_REG_CMDQ_SIZE)
@@ -78,23 +61,41 @@ REG32(CPLQ_SIZE, HMM_GPU_REG_CPLQ_SIZE)
 REG32(CPLQ_HEAD, HMM_GPU_REG_CPLQ_HEAD)
 REG32(CPLQ_TAIL, HMM_GPU_REG_CPLQ_TAIL)
 REG32(CPLQ_CTRL, HMM_GPU_REG_CPLQ_CTRL)
-REG32(CTX_BASE_LO, HMM_GPU_REG_CTX_BASE_LO)
-REG32(CTX_BASE_HI, HMM_GPU_REG_CTX_BASE_HI)
-REG32(CTX_COUNT, HMM_GPU_REG_CTX_COUNT)
-REG32(MMU_CTRL, HMM_GPU_REG_MMU_CTRL)
-REG32(TLB_ENTRIES, HMM_GPU_REG_TLB_ENTRIES)
-REG32(FAULTQ_BASE_LO, HMM_GPU_REG_FAULTQ_BASE_LO)
-REG32(FAULTQ_BASE_HI, HMM_GPU_REG_FAULTQ_BASE_HI)
-REG32(FAULTQ_SIZE, HMM_GPU_REG_FAULTQ_SIZE)
-REG32(FAULTQ_HEAD, HMM_GPU_REG_FAULTQ_HEAD)
-REG32(FAULTQ_TAIL, HMM_GPU_REG_FAULTQ_TAIL)
-REG32(FAULTQ_CTRL, HMM_GPU_REG_FAULTQ_CTRL)
-REG32(FAULT_REPLAY, HMM_GPU_REG_FAULT_REPLAY)
-REG32(FAULT_CANCEL, HMM_GPU_REG_FAULT_CANCEL)
-REG32(VEC_FAULT, HMM_GPU_REG_VEC_FAULT)
-REG32(STALLED, HMM_GPU_REG_STALLED)
 REG32(VRAM_SIZE_LO, HMM_GPU_REG_VRAM_SIZE_LO)
 REG32(VRAM_SIZE_HI, HMM_GPU_REG_VRAM_SIZE_HI)
+
+/* the ABI header and the library agree on the shared registers */
+QEMU_BUILD_BUG_ON(HMM_GPU_REG_ID != HMM_REG_ID ||
+                  HMM_GPU_REG_VERSION != HMM_REG_VERSION ||
+                  HMM_GPU_REG_CAPS != HMM_REG_CAPS ||
+                  HMM_GPU_REG_RESET != HMM_REG_RESET ||
+                  HMM_GPU_REG_STATUS != HMM_REG_STATUS ||
+                  HMM_GPU_REG_ERROR != HMM_REG_ERROR ||
+                  HMM_GPU_REG_ERROR_ADDR_LO != HMM_REG_ERROR_ADDR_LO ||
+                  HMM_GPU_REG_ERROR_ADDR_HI != HMM_REG_ERROR_ADDR_HI ||
+                  HMM_GPU_REG_INTR_STATUS != HMM_REG_INTR_STATUS ||
+                  HMM_GPU_REG_INTR_MASK != HMM_REG_INTR_MASK ||
+                  HMM_GPU_REG_VEC_CPL != HMM_REG_VEC_MAIN ||
+                  HMM_GPU_REG_VEC_ERR != HMM_REG_VEC_ERR ||
+                  HMM_GPU_REG_MAX_XFER != HMM_REG_MAX_XFER ||
+                  HMM_GPU_REG_NUM_VECTORS != HMM_REG_NUM_VECTORS ||
+                  HMM_GPU_REG_SCRATCH != HMM_REG_SCRATCH);
+QEMU_BUILD_BUG_ON(HMM_GPU_REG_CTX_BASE_LO != HMM_REG_CTX_BASE_LO ||
+                  HMM_GPU_REG_CTX_BASE_HI != HMM_REG_CTX_BASE_HI ||
+                  HMM_GPU_REG_CTX_COUNT != HMM_REG_CTX_COUNT ||
+                  HMM_GPU_REG_MMU_CTRL != HMM_REG_MMU_CTRL ||
+                  HMM_GPU_REG_TLB_ENTRIES != HMM_REG_TLB_ENTRIES ||
+                  HMM_GPU_REG_FAULTQ_BASE_LO != HMM_REG_FAULTQ_BASE_LO ||
+                  HMM_GPU_REG_FAULTQ_BASE_HI != HMM_REG_FAULTQ_BASE_HI ||
+                  HMM_GPU_REG_FAULTQ_SIZE != HMM_REG_FAULTQ_SIZE ||
+                  HMM_GPU_REG_FAULTQ_HEAD != HMM_REG_FAULTQ_HEAD ||
+                  HMM_GPU_REG_FAULTQ_TAIL != HMM_REG_FAULTQ_TAIL ||
+                  HMM_GPU_REG_FAULTQ_CTRL != HMM_REG_FAULTQ_CTRL ||
+                  HMM_GPU_REG_FAULT_REPLAY != HMM_REG_FAULT_REPLAY ||
+                  HMM_GPU_REG_FAULT_CANCEL != HMM_REG_FAULT_CANCEL ||
+                  HMM_GPU_REG_VEC_FAULT != HMM_REG_VEC_FAULT ||
+                  HMM_GPU_REG_STALLED != HMM_REG_STALLED);
+QEMU_BUILD_BUG_ON(HMM_GPU_QCTRL_ENABLE != HMM_GPU_MMU_ENABLE);
 
 #define HMM_GPU_INTR_ALL        (HMM_GPU_INTR_CPL | HMM_GPU_INTR_ERROR | \
                                  HMM_GPU_INTR_FAULT)
@@ -170,6 +171,21 @@ static const HmmMmuConfig hmm_gpu_mmu_config = {
     },
 };
 
+static const HmmRegsInfo hmm_gpu_regs_info = {
+    .id = HMM_GPU_ID_MAGIC,
+    .version = HMM_GPU_VERSION_MAJOR << 16 | HMM_GPU_VERSION_MINOR,
+    .caps = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU | HMM_GPU_CAP_VRAM,
+    .max_xfer = HMM_GPU_MAX_XFER,
+    .num_vectors = HMM_GPU_NUM_VECTORS,
+    .tlb_entries = HMM_GPU_TLB_SIZE,
+    .reset_magic = HMM_GPU_RESET_MAGIC,
+    .intr_all = HMM_GPU_INTR_ALL,
+    .enable = HMM_GPU_MMU_ENABLE,
+    .vec_main_default = HMM_GPU_VEC_CPL_DEFAULT,
+    .vec_fault_default = HMM_GPU_VEC_FAULT_DEFAULT,
+    .err_busy = 0,                          /* a bad register access */
+};
+
 /* ---- reset ------------------------------------------------------------- */
 
 static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
@@ -183,9 +199,7 @@ static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
     hmm_ring_reset(&s->cmdq);
     hmm_ring_reset(&s->cplq);
     s->status = HMM_GPU_STATUS_READY;
-    s->vec_cpl = HMM_GPU_VEC_CPL_DEFAULT;
-    s->vec_fault = HMM_GPU_VEC_FAULT_DEFAULT;
-    s->scratch = 0;
+    hmm_regs_reset(&s->regs);
     hmm_core_reset(&s->core);
 }
 
@@ -199,66 +213,19 @@ static void hmm_gpu_device_reset(DeviceState *dev)
 static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
 {
     HmmGpuState *s = opaque;
-    uint64_t val = 0;
+    uint32_t val = 0;
 
     if (size != 4 || (addr & 3)) {
         hmm_reg_error(&s->core, addr, 0, size,
                       "bad register read size/alignment");
         return 0;
     }
+    if (hmm_regs_read(&s->regs, addr, &val)) {
+        trace_hmm_gpu_mmio_read(addr, val);
+        return val;
+    }
 
     switch (addr) {
-    case A_ID:
-        val = HMM_GPU_ID_MAGIC;
-        break;
-    case A_VERSION:
-        val = FIELD_DP32(val, VERSION, MAJOR, HMM_GPU_VERSION_MAJOR);
-        val = FIELD_DP32(val, VERSION, MINOR, HMM_GPU_VERSION_MINOR);
-        break;
-    case A_CAPS:
-        val = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU | HMM_GPU_CAP_VRAM;
-        break;
-    case A_RESET:
-    case A_FAULT_REPLAY:
-    case A_FAULT_CANCEL:
-        val = 0;                                /* write-only */
-        break;
-    case A_STATUS:
-        val = s->status;
-        break;
-    case A_ERROR:
-        val = s->core.error;
-        break;
-    case A_ERROR_ADDR_LO:
-        val = extract64(s->core.error_addr, 0, 32);
-        break;
-    case A_ERROR_ADDR_HI:
-        val = extract64(s->core.error_addr, 32, 32);
-        break;
-    case A_INTR_STATUS:
-        val = s->core.intr_status;
-        break;
-    case A_INTR_MASK:
-        val = s->core.intr_mask;
-        break;
-    case A_VEC_CPL:
-        val = s->vec_cpl;
-        break;
-    case A_VEC_ERR:
-        val = s->core.vec_err;
-        break;
-    case A_VEC_FAULT:
-        val = s->vec_fault;
-        break;
-    case A_MAX_XFER:
-        val = HMM_GPU_MAX_XFER;
-        break;
-    case A_NUM_VECTORS:
-        val = HMM_GPU_NUM_VECTORS;
-        break;
-    case A_SCRATCH:
-        val = s->scratch;
-        break;
     case A_CMDQ_BASE_LO:
         val = extract64(s->cmdq.base, 0, 32);
         break;
@@ -294,42 +261,6 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
         break;
     case A_CPLQ_CTRL:
         val = s->cplq.enabled ? HMM_GPU_QCTRL_ENABLE : 0;
-        break;
-    case A_CTX_BASE_LO:
-        val = extract64(s->mmu.ctx_base, 0, 32);
-        break;
-    case A_CTX_BASE_HI:
-        val = extract64(s->mmu.ctx_base, 32, 32);
-        break;
-    case A_CTX_COUNT:
-        val = s->mmu.ctx_count;
-        break;
-    case A_MMU_CTRL:
-        val = s->mmu.enabled ? HMM_GPU_MMU_ENABLE : 0;
-        break;
-    case A_TLB_ENTRIES:
-        val = HMM_GPU_TLB_SIZE;
-        break;
-    case A_FAULTQ_BASE_LO:
-        val = extract64(s->mmu.faults.ring.base, 0, 32);
-        break;
-    case A_FAULTQ_BASE_HI:
-        val = extract64(s->mmu.faults.ring.base, 32, 32);
-        break;
-    case A_FAULTQ_SIZE:
-        val = s->mmu.faults.ring.size;
-        break;
-    case A_FAULTQ_HEAD:
-        val = s->mmu.faults.ring.head;
-        break;
-    case A_FAULTQ_TAIL:
-        val = s->mmu.faults.ring.tail;
-        break;
-    case A_FAULTQ_CTRL:
-        val = s->mmu.faults.ring.enabled ? HMM_GPU_QCTRL_ENABLE : 0;
-        break;
-    case A_STALLED:
-        val = s->mmu.faults.nstalled;
         break;
     case A_VRAM_SIZE_LO:
         val = extract64(s->vram_size, 0, 32);
@@ -378,47 +309,21 @@ static void hmm_gpu_write_cplq_ctrl(HmmGpuState *s, uint32_t val)
     }
 }
 
-static void hmm_gpu_write_faultq_ctrl(HmmGpuState *s, uint32_t val)
-{
-    if (hmm_gpu_ring_enable(s, &s->mmu.faults.ring, val,
-                            "fault queue enabled with bad base/size") &&
-        !s->mmu.faults.ring.enabled) {
-        hmm_gpu_fail_unposted(s);
-    }
-}
-
-static void hmm_gpu_write_mmu_ctrl(HmmGpuState *s, uint32_t val)
-{
-    if (hmm_mmu_set_enabled(&s->mmu, val & HMM_GPU_MMU_ENABLE) ==
-        HMM_WRITE_BAD_CONFIG) {
-        hmm_gpu_fatal(s, HMM_GPU_ERR_QUEUE_CONFIG, s->mmu.ctx_base,
-                      "MMU enabled with bad context table base/count");
-    }
-}
-
 /* BASE_LO, BASE_HI or SIZE of ring @r, whose BASE_LO is at @base_lo */
 static void hmm_gpu_write_ring_config(HmmGpuState *s, HmmRing *r,
                                       hwaddr base_lo, hwaddr addr,
                                       uint32_t val, const char *busy)
 {
-    HmmWrite res;
-
-    if (addr == base_lo) {
-        res = hmm_ring_write_base(r, false, val);
-    } else if (addr == base_lo + 4) {
-        res = hmm_ring_write_base(r, true, val);
-    } else {
-        res = hmm_ring_write_size(r, val);
-    }
-    if (res == HMM_WRITE_BUSY) {
+    if (hmm_ring_write_config(r, addr - base_lo, val) == HMM_WRITE_BUSY) {
         hmm_reg_error(&s->core, addr, val, 4, busy);
     }
 }
 
 /* the rings' registers follow one layout */
 QEMU_BUILD_BUG_ON(A_CMDQ_BASE_HI != A_CMDQ_BASE_LO + 4 ||
+                  A_CMDQ_SIZE != A_CMDQ_BASE_LO + 8 ||
                   A_CPLQ_BASE_HI != A_CPLQ_BASE_LO + 4 ||
-                  A_FAULTQ_BASE_HI != A_FAULTQ_BASE_LO + 4);
+                  A_CPLQ_SIZE != A_CPLQ_BASE_LO + 8);
 
 /*
  * HEAD of a ring the device produces (the driver consumed up to there), or
@@ -442,9 +347,48 @@ static bool hmm_gpu_write_ring_index(HmmGpuState *s, HmmWrite res,
     }
 }
 
+/* What a write to a shared register asks of hmm-gpu. */
+static void hmm_gpu_shared_write(HmmGpuState *s, HmmRegWrite what,
+                                 hwaddr addr, uint32_t val)
+{
+    switch (what) {
+    case HMM_REG_DO_RESET:
+        hmm_gpu_soft_reset(s, "register");
+        break;
+    case HMM_REG_MMU_BAD_CONFIG:
+        hmm_gpu_fatal(s, HMM_GPU_ERR_QUEUE_CONFIG, s->mmu.ctx_base,
+                      "MMU enabled with bad context table base/count");
+        break;
+    case HMM_REG_FAULTQ_BAD_CONFIG:
+        hmm_gpu_fatal(s, HMM_GPU_ERR_QUEUE_CONFIG, s->mmu.faults.ring.base,
+                      "fault queue enabled with bad base/size");
+        break;
+    case HMM_REG_FAULTQ_DISABLED:
+        hmm_gpu_fail_unposted(s);
+        break;
+    case HMM_REG_FAULTQ_CONSUMED:
+        hmm_gpu_kick(s);                        /* held records may fit now */
+        break;
+    case HMM_REG_FAULTQ_BAD_HEAD:
+        hmm_gpu_fatal(s, HMM_GPU_ERR_DOORBELL, val, "FAULTQ_HEAD out of range");
+        break;
+    case HMM_REG_DO_REPLAY:
+        hmm_gpu_fault_replay(s);
+        break;
+    case HMM_REG_DO_CANCEL:
+        hmm_gpu_fault_cancel(s, val);
+        break;
+    case HMM_REG_NOT_SHARED:
+    case HMM_REG_DONE:
+        break;
+    }
+}
+
 static void hmm_gpu_mmio_write_reg(HmmGpuState *s, hwaddr addr, uint64_t val,
                                    unsigned size)
 {
+    HmmRegWrite what;
+
     if (size != 4 || (addr & 3)) {
         hmm_reg_error(&s->core, addr, val, size,
                       "bad register write size/alignment");
@@ -452,91 +396,19 @@ static void hmm_gpu_mmio_write_reg(HmmGpuState *s, hwaddr addr, uint64_t val,
     }
     trace_hmm_gpu_mmio_write(addr, val);
 
+    what = hmm_regs_write(&s->regs, addr, val);
+    if (what != HMM_REG_NOT_SHARED) {
+        hmm_gpu_shared_write(s, what, addr, val);
+        return;
+    }
+
     switch (addr) {
-    case A_ID:
-    case A_VERSION:
-    case A_CAPS:
-    case A_STATUS:
-    case A_ERROR:
-    case A_ERROR_ADDR_LO:
-    case A_ERROR_ADDR_HI:
-    case A_MAX_XFER:
-    case A_NUM_VECTORS:
     case A_CMDQ_HEAD:
     case A_CPLQ_TAIL:
-    case A_TLB_ENTRIES:
-    case A_FAULTQ_TAIL:
-    case A_STALLED:
     case A_VRAM_SIZE_LO:
     case A_VRAM_SIZE_HI:
         hmm_reg_error(&s->core, addr, val, size,
                       "write to read-only register");
-        break;
-    case A_RESET:
-        if (val != HMM_GPU_RESET_MAGIC) {
-            hmm_reg_error(&s->core, addr, val, size, "bad RESET magic");
-            break;
-        }
-        hmm_gpu_soft_reset(s, "register");
-        break;
-    case A_INTR_STATUS:
-        hmm_irq_ack(&s->core, val);             /* RW1C */
-        break;
-    case A_INTR_MASK:
-        hmm_irq_set_mask(&s->core, val & HMM_GPU_INTR_ALL);
-        break;
-    case A_VEC_CPL:
-        hmm_irq_write_vector(&s->core, addr, &s->vec_cpl, val);
-        break;
-    case A_VEC_ERR:
-        hmm_irq_write_vector(&s->core, addr, &s->core.vec_err, val);
-        break;
-    case A_VEC_FAULT:
-        hmm_irq_write_vector(&s->core, addr, &s->vec_fault, val);
-        break;
-    case A_SCRATCH:
-        s->scratch = val;
-        break;
-    case A_CTX_BASE_LO:
-    case A_CTX_BASE_HI:
-    case A_CTX_COUNT:
-        if (s->mmu.enabled) {
-            hmm_reg_error(&s->core, addr, val, size,
-                          "context table reconfigured while MMU enabled");
-        } else if (addr == A_CTX_BASE_LO) {
-            s->mmu.ctx_base = deposit64(s->mmu.ctx_base, 0, 32, val);
-        } else if (addr == A_CTX_BASE_HI) {
-            s->mmu.ctx_base = deposit64(s->mmu.ctx_base, 32, 32, val);
-        } else {
-            s->mmu.ctx_count = val;
-        }
-        break;
-    case A_MMU_CTRL:
-        hmm_gpu_write_mmu_ctrl(s, val);
-        break;
-    case A_FAULTQ_BASE_LO:
-    case A_FAULTQ_BASE_HI:
-    case A_FAULTQ_SIZE:
-        hmm_gpu_write_ring_config(s, &s->mmu.faults.ring, A_FAULTQ_BASE_LO,
-                                  addr, val,
-                                  "fault queue reconfigured while enabled");
-        break;
-    case A_FAULTQ_CTRL:
-        hmm_gpu_write_faultq_ctrl(s, val);
-        break;
-    case A_FAULTQ_HEAD:
-        if (hmm_gpu_write_ring_index(s,
-                hmm_ring_write_head(&s->mmu.faults.ring, val), addr, val,
-                "FAULTQ_HEAD write while fault queue disabled",
-                "FAULTQ_HEAD out of range")) {
-            hmm_gpu_kick(s);                    /* held records may fit now */
-        }
-        break;
-    case A_FAULT_REPLAY:
-        hmm_gpu_fault_replay(s);
-        break;
-    case A_FAULT_CANCEL:
-        hmm_gpu_fault_cancel(s, val);
         break;
     case A_CMDQ_BASE_LO:
     case A_CMDQ_BASE_HI:
@@ -700,6 +572,7 @@ static void hmm_gpu_instance_init(Object *obj)
     /* also adds the common QOM counters */
     hmm_core_init(&s->core, PCI_DEVICE(obj), &hmm_gpu_core_info);
     hmm_mmu_init(&s->mmu, &s->core, &hmm_gpu_mmu_config);
+    hmm_regs_init(&s->regs, &hmm_gpu_regs_info, &s->core, &s->mmu, &s->status);
     hmm_ring_init(&s->cmdq, "cmdq", sizeof(struct hmm_gpu_cmd),
                   &hmm_gpu_ring_limits);
     hmm_ring_init(&s->cplq, "cplq", sizeof(struct hmm_gpu_cpl),

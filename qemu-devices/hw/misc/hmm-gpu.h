@@ -17,6 +17,7 @@
 #include "hmm-common/core.h"
 #include "hmm-common/ring.h"
 #include "hmm-common/mmu.h"
+#include "hmm-common/regs.h"
 #include "hw/misc/hmm_gpu_regs.h"
 
 #define TYPE_HMM_GPU "hmm-gpu"
@@ -70,12 +71,9 @@ struct HmmGpuState {
     HmmRing cmdq;
     HmmRing cplq;           /* its phase is the completions' */
     HmmMmu mmu;             /* CTX_*, MMU_CTRL, TLB, FAULTQ_*, faults */
+    HmmRegs regs;           /* the shared registers: vectors, SCRATCH */
 
-    /* registers */
     uint32_t status;
-    uint32_t vec_cpl;
-    uint32_t vec_fault;
-    uint32_t scratch;
 
     /* in-flight jobs: runnable, done, or stalled (in mmu) */
     HmmGpuJobList runnable;

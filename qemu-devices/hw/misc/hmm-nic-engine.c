@@ -345,7 +345,7 @@ static void nic_post_faults(HmmNicState *s)
         hmm_nic_fatal(s, HMM_NIC_ERR_FAULTQ_WRITE, addr,
                       "fault record write failed");
     } else if (posted) {
-        hmm_irq_raise(&s->core, HMM_NIC_INTR_FAULT, s->vec_fault, true);
+        hmm_irq_raise(&s->core, HMM_NIC_INTR_FAULT, s->regs.vec_fault, true);
     }
 }
 

@@ -311,7 +311,7 @@ static void nic_event(HmmNicState *s, uint32_t type, uint32_t num,
     trace_hmm_nic_event(type, num, err, s->eq.tail);
     hmm_ring_push(&s->eq);
     s->cnt_events++;
-    hmm_irq_raise(&s->core, HMM_NIC_INTR_EQ, s->vec_eq, true);
+    hmm_irq_raise(&s->core, HMM_NIC_INTR_EQ, s->regs.vec_main, true);
 }
 
 /* A CQ in error drops its completions until the device sees it invalid. */

@@ -39,39 +39,7 @@
 #include "hmm-nic.h"
 #include "trace.h"
 
-/* BAR0, named after the ABI header's offsets (which stay the only ones) */
-REG32(ID, HMM_NIC_REG_ID)
-REG32(VERSION, HMM_NIC_REG_VERSION)
-    FIELD(VERSION, MINOR, 0, 16)
-    FIELD(VERSION, MAJOR, 16, 16)
-REG32(CAPS, HMM_NIC_REG_CAPS)
-REG32(RESET, HMM_NIC_REG_RESET)
-REG32(STATUS, HMM_NIC_REG_STATUS)
-REG32(ERROR, HMM_NIC_REG_ERROR)
-REG32(ERROR_ADDR_LO, HMM_NIC_REG_ERROR_ADDR_LO)
-REG32(ERROR_ADDR_HI, HMM_NIC_REG_ERROR_ADDR_HI)
-REG32(INTR_STATUS, HMM_NIC_REG_INTR_STATUS)
-REG32(INTR_MASK, HMM_NIC_REG_INTR_MASK)
-REG32(VEC_EQ, HMM_NIC_REG_VEC_EQ)
-REG32(VEC_ERR, HMM_NIC_REG_VEC_ERR)
-REG32(MAX_MSG, HMM_NIC_REG_MAX_MSG)
-REG32(NUM_VECTORS, HMM_NIC_REG_NUM_VECTORS)
-REG32(SCRATCH, HMM_NIC_REG_SCRATCH)
-REG32(CTX_BASE_LO, HMM_NIC_REG_CTX_BASE_LO)
-REG32(CTX_BASE_HI, HMM_NIC_REG_CTX_BASE_HI)
-REG32(CTX_COUNT, HMM_NIC_REG_CTX_COUNT)
-REG32(MMU_CTRL, HMM_NIC_REG_MMU_CTRL)
-REG32(TLB_ENTRIES, HMM_NIC_REG_TLB_ENTRIES)
-REG32(FAULTQ_BASE_LO, HMM_NIC_REG_FAULTQ_BASE_LO)
-REG32(FAULTQ_BASE_HI, HMM_NIC_REG_FAULTQ_BASE_HI)
-REG32(FAULTQ_SIZE, HMM_NIC_REG_FAULTQ_SIZE)
-REG32(FAULTQ_HEAD, HMM_NIC_REG_FAULTQ_HEAD)
-REG32(FAULTQ_TAIL, HMM_NIC_REG_FAULTQ_TAIL)
-REG32(FAULTQ_CTRL, HMM_NIC_REG_FAULTQ_CTRL)
-REG32(FAULT_REPLAY, HMM_NIC_REG_FAULT_REPLAY)
-REG32(FAULT_CANCEL, HMM_NIC_REG_FAULT_CANCEL)
-REG32(VEC_FAULT, HMM_NIC_REG_VEC_FAULT)
-REG32(STALLED, HMM_NIC_REG_STALLED)
+/* BAR0 registers of hmm-nic's own (the shared ones: hmm-common/regs.h) */
 REG32(MR_BASE_LO, HMM_NIC_REG_MR_BASE_LO)
 REG32(MR_BASE_HI, HMM_NIC_REG_MR_BASE_HI)
 REG32(QP_BASE_LO, HMM_NIC_REG_QP_BASE_LO)
@@ -102,6 +70,38 @@ REG32(INV_GO, HMM_NIC_REG_INV_GO)
 #define HMM_NIC_CAPS            (HMM_NIC_CAP_RC | HMM_NIC_CAP_ATOMIC | \
                                  HMM_NIC_CAP_ODP | HMM_NIC_CAP_IMPLICIT)
 #define HMM_NIC_TABLE_ALIGN     64
+
+/* the ABI header and the library agree on the shared registers */
+QEMU_BUILD_BUG_ON(HMM_NIC_REG_ID != HMM_REG_ID ||
+                  HMM_NIC_REG_VERSION != HMM_REG_VERSION ||
+                  HMM_NIC_REG_CAPS != HMM_REG_CAPS ||
+                  HMM_NIC_REG_RESET != HMM_REG_RESET ||
+                  HMM_NIC_REG_STATUS != HMM_REG_STATUS ||
+                  HMM_NIC_REG_ERROR != HMM_REG_ERROR ||
+                  HMM_NIC_REG_ERROR_ADDR_LO != HMM_REG_ERROR_ADDR_LO ||
+                  HMM_NIC_REG_ERROR_ADDR_HI != HMM_REG_ERROR_ADDR_HI ||
+                  HMM_NIC_REG_INTR_STATUS != HMM_REG_INTR_STATUS ||
+                  HMM_NIC_REG_INTR_MASK != HMM_REG_INTR_MASK ||
+                  HMM_NIC_REG_VEC_EQ != HMM_REG_VEC_MAIN ||
+                  HMM_NIC_REG_VEC_ERR != HMM_REG_VEC_ERR ||
+                  HMM_NIC_REG_MAX_MSG != HMM_REG_MAX_XFER ||
+                  HMM_NIC_REG_NUM_VECTORS != HMM_REG_NUM_VECTORS ||
+                  HMM_NIC_REG_SCRATCH != HMM_REG_SCRATCH);
+QEMU_BUILD_BUG_ON(HMM_NIC_REG_CTX_BASE_LO != HMM_REG_CTX_BASE_LO ||
+                  HMM_NIC_REG_CTX_BASE_HI != HMM_REG_CTX_BASE_HI ||
+                  HMM_NIC_REG_CTX_COUNT != HMM_REG_CTX_COUNT ||
+                  HMM_NIC_REG_MMU_CTRL != HMM_REG_MMU_CTRL ||
+                  HMM_NIC_REG_TLB_ENTRIES != HMM_REG_TLB_ENTRIES ||
+                  HMM_NIC_REG_FAULTQ_BASE_LO != HMM_REG_FAULTQ_BASE_LO ||
+                  HMM_NIC_REG_FAULTQ_BASE_HI != HMM_REG_FAULTQ_BASE_HI ||
+                  HMM_NIC_REG_FAULTQ_SIZE != HMM_REG_FAULTQ_SIZE ||
+                  HMM_NIC_REG_FAULTQ_HEAD != HMM_REG_FAULTQ_HEAD ||
+                  HMM_NIC_REG_FAULTQ_TAIL != HMM_REG_FAULTQ_TAIL ||
+                  HMM_NIC_REG_FAULTQ_CTRL != HMM_REG_FAULTQ_CTRL ||
+                  HMM_NIC_REG_FAULT_REPLAY != HMM_REG_FAULT_REPLAY ||
+                  HMM_NIC_REG_FAULT_CANCEL != HMM_REG_FAULT_CANCEL ||
+                  HMM_NIC_REG_VEC_FAULT != HMM_REG_VEC_FAULT ||
+                  HMM_NIC_REG_STALLED != HMM_REG_STALLED);
 
 const char *hmm_nic_err_name(uint32_t err)
 {
@@ -168,6 +168,21 @@ static const HmmMmuConfig hmm_nic_mmu_config = {
     },
 };
 
+static const HmmRegsInfo hmm_nic_regs_info = {
+    .id = HMM_NIC_ID_MAGIC,
+    .version = HMM_NIC_VERSION_MAJOR << 16 | HMM_NIC_VERSION_MINOR,
+    .caps = HMM_NIC_CAPS,
+    .max_xfer = HMM_NIC_MAX_MSG,
+    .num_vectors = HMM_NIC_NUM_VECTORS,
+    .tlb_entries = HMM_NIC_TLB_SIZE,
+    .reset_magic = HMM_NIC_RESET_MAGIC,
+    .intr_all = HMM_NIC_INTR_ALL,
+    .enable = HMM_NIC_ENABLE,
+    .vec_main_default = HMM_NIC_VEC_EQ_DEFAULT,
+    .vec_fault_default = HMM_NIC_VEC_FAULT_DEFAULT,
+    .err_busy = HMM_NIC_ERR_BUSY,
+};
+
 /* ---- reset ------------------------------------------------------------- */
 
 static void hmm_nic_soft_reset(HmmNicState *s, const char *why)
@@ -180,9 +195,7 @@ static void hmm_nic_soft_reset(HmmNicState *s, const char *why)
     hmm_mmu_reset(&s->mmu);
     hmm_ring_reset(&s->eq);
     s->status = HMM_NIC_STATUS_READY;
-    s->vec_eq = HMM_NIC_VEC_EQ_DEFAULT;
-    s->vec_fault = HMM_NIC_VEC_FAULT_DEFAULT;
-    s->scratch = 0;
+    hmm_regs_reset(&s->regs);
     s->mr_base = 0;
     s->qp_base = 0;
     s->qp_count = 0;
@@ -205,7 +218,7 @@ static void hmm_nic_device_reset(DeviceState *dev)
 static uint64_t hmm_nic_mmio_read(void *opaque, hwaddr addr, unsigned size)
 {
     HmmNicState *s = opaque;
-    uint64_t val = 0;
+    uint32_t val = 0;
 
     if (size != 4 || (addr & 3)) {
         hmm_reg_error(&s->core, addr, 0, size,
@@ -213,97 +226,17 @@ static uint64_t hmm_nic_mmio_read(void *opaque, hwaddr addr, unsigned size)
         return 0;
     }
 
+    if (hmm_regs_read(&s->regs, addr, &val)) {
+        trace_hmm_nic_mmio_read(addr, val);
+        return val;
+    }
+
     switch (addr) {
-    case A_ID:
-        val = HMM_NIC_ID_MAGIC;
-        break;
-    case A_VERSION:
-        val = FIELD_DP32(val, VERSION, MAJOR, HMM_NIC_VERSION_MAJOR);
-        val = FIELD_DP32(val, VERSION, MINOR, HMM_NIC_VERSION_MINOR);
-        break;
-    case A_CAPS:
-        val = HMM_NIC_CAPS;
-        break;
-    case A_RESET:
-    case A_FAULT_REPLAY:
-    case A_FAULT_CANCEL:
     case A_SQ_DOORBELL:
     case A_RQ_DOORBELL:
     case A_CQ_ARM:
     case A_INV_GO:
         val = 0;                                /* write-only */
-        break;
-    case A_STATUS:
-        val = s->status;
-        break;
-    case A_ERROR:
-        val = s->core.error;
-        break;
-    case A_ERROR_ADDR_LO:
-        val = extract64(s->core.error_addr, 0, 32);
-        break;
-    case A_ERROR_ADDR_HI:
-        val = extract64(s->core.error_addr, 32, 32);
-        break;
-    case A_INTR_STATUS:
-        val = s->core.intr_status;
-        break;
-    case A_INTR_MASK:
-        val = s->core.intr_mask;
-        break;
-    case A_VEC_EQ:
-        val = s->vec_eq;
-        break;
-    case A_VEC_ERR:
-        val = s->core.vec_err;
-        break;
-    case A_VEC_FAULT:
-        val = s->vec_fault;
-        break;
-    case A_MAX_MSG:
-        val = HMM_NIC_MAX_MSG;
-        break;
-    case A_NUM_VECTORS:
-        val = HMM_NIC_NUM_VECTORS;
-        break;
-    case A_SCRATCH:
-        val = s->scratch;
-        break;
-    case A_CTX_BASE_LO:
-        val = extract64(s->mmu.ctx_base, 0, 32);
-        break;
-    case A_CTX_BASE_HI:
-        val = extract64(s->mmu.ctx_base, 32, 32);
-        break;
-    case A_CTX_COUNT:
-        val = s->mmu.ctx_count;
-        break;
-    case A_MMU_CTRL:
-        val = s->mmu.enabled ? HMM_NIC_ENABLE : 0;
-        break;
-    case A_TLB_ENTRIES:
-        val = HMM_NIC_TLB_SIZE;
-        break;
-    case A_FAULTQ_BASE_LO:
-        val = extract64(s->mmu.faults.ring.base, 0, 32);
-        break;
-    case A_FAULTQ_BASE_HI:
-        val = extract64(s->mmu.faults.ring.base, 32, 32);
-        break;
-    case A_FAULTQ_SIZE:
-        val = s->mmu.faults.ring.size;
-        break;
-    case A_FAULTQ_HEAD:
-        val = s->mmu.faults.ring.head;
-        break;
-    case A_FAULTQ_TAIL:
-        val = s->mmu.faults.ring.tail;
-        break;
-    case A_FAULTQ_CTRL:
-        val = s->mmu.faults.ring.enabled ? HMM_NIC_ENABLE : 0;
-        break;
-    case A_STALLED:
-        val = s->mmu.faults.nstalled;
         break;
     case A_MR_BASE_LO:
         val = extract64(s->mr_base, 0, 32);
@@ -393,23 +326,14 @@ static void hmm_nic_write_ring_config(HmmNicState *s, HmmRing *r,
                                       hwaddr base_lo, hwaddr addr,
                                       uint32_t val, const char *busy)
 {
-    HmmWrite res;
-
-    if (addr == base_lo) {
-        res = hmm_ring_write_base(r, false, val);
-    } else if (addr == base_lo + 4) {
-        res = hmm_ring_write_base(r, true, val);
-    } else {
-        res = hmm_ring_write_size(r, val);
-    }
-    if (res == HMM_WRITE_BUSY) {
+    if (hmm_ring_write_config(r, addr - base_lo, val) == HMM_WRITE_BUSY) {
         trace_hmm_reg_error(busy, addr, val, 4);
         hmm_guest_error(&s->core, HMM_NIC_ERR_BUSY, addr, busy);
     }
 }
 
 QEMU_BUILD_BUG_ON(A_EQ_BASE_HI != A_EQ_BASE_LO + 4 ||
-                  A_FAULTQ_BASE_HI != A_FAULTQ_BASE_LO + 4);
+                  A_EQ_SIZE != A_EQ_BASE_LO + 8);
 
 /* HEAD of a ring the device produces: the driver consumed up to there. */
 static bool hmm_nic_write_ring_head(HmmNicState *s, HmmRing *r, hwaddr addr,
@@ -495,24 +419,6 @@ static void hmm_nic_write_table(HmmNicState *s, hwaddr addr, uint32_t val)
     }
 }
 
-static void hmm_nic_write_mmu_ctrl(HmmNicState *s, uint32_t val)
-{
-    if (hmm_mmu_set_enabled(&s->mmu, val & HMM_NIC_ENABLE) ==
-        HMM_WRITE_BAD_CONFIG) {
-        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_CONFIG, s->mmu.ctx_base,
-                        "MMU enabled with bad context table base/count");
-    }
-}
-
-static void hmm_nic_write_faultq_ctrl(HmmNicState *s, uint32_t val)
-{
-    if (hmm_nic_ring_enable(s, &s->mmu.faults.ring, val,
-                            "fault queue enabled with bad base/size") &&
-        !s->mmu.faults.ring.enabled) {
-        hmm_nic_fail_unposted(s);
-    }
-}
-
 static void hmm_nic_inv_go(HmmNicState *s)
 {
     if (s->inv_ctx >= HMM_NIC_MAX_MR) {
@@ -526,9 +432,50 @@ static void hmm_nic_inv_go(HmmNicState *s)
     hmm_mmu_invalidate(&s->mmu, 0, s->inv_ctx, s->inv_va, s->inv_len);
 }
 
+/* What a write to a shared register asks of hmm-nic. */
+static void hmm_nic_shared_write(HmmNicState *s, HmmRegWrite what,
+                                 uint32_t val)
+{
+    switch (what) {
+    case HMM_REG_DO_RESET:
+        hmm_nic_soft_reset(s, "register");
+        break;
+    case HMM_REG_MMU_BAD_CONFIG:
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_CONFIG, s->mmu.ctx_base,
+                        "MMU enabled with bad context table base/count");
+        break;
+    case HMM_REG_FAULTQ_BAD_CONFIG:
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_CONFIG,
+                        s->mmu.faults.ring.base,
+                        "fault queue enabled with bad base/size");
+        break;
+    case HMM_REG_FAULTQ_DISABLED:
+        hmm_nic_fail_unposted(s);
+        break;
+    case HMM_REG_FAULTQ_CONSUMED:
+        hmm_nic_kick(s);                        /* held records may fit now */
+        break;
+    case HMM_REG_FAULTQ_BAD_HEAD:
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_CONFIG, val,
+                        "FAULTQ_HEAD out of range");
+        break;
+    case HMM_REG_DO_REPLAY:
+        hmm_nic_fault_replay(s);
+        break;
+    case HMM_REG_DO_CANCEL:
+        hmm_nic_fault_cancel(s, val);
+        break;
+    case HMM_REG_NOT_SHARED:
+    case HMM_REG_DONE:
+        break;
+    }
+}
+
 static void hmm_nic_mmio_write_reg(HmmNicState *s, hwaddr addr, uint64_t val,
                                    unsigned size)
 {
+    HmmRegWrite what;
+
     if (size != 4 || (addr & 3)) {
         hmm_reg_error(&s->core, addr, val, size,
                       "bad register write size/alignment");
@@ -536,89 +483,16 @@ static void hmm_nic_mmio_write_reg(HmmNicState *s, hwaddr addr, uint64_t val,
     }
     trace_hmm_nic_mmio_write(addr, val);
 
+    what = hmm_regs_write(&s->regs, addr, val);
+    if (what != HMM_REG_NOT_SHARED) {
+        hmm_nic_shared_write(s, what, val);
+        return;
+    }
+
     switch (addr) {
-    case A_ID:
-    case A_VERSION:
-    case A_CAPS:
-    case A_STATUS:
-    case A_ERROR:
-    case A_ERROR_ADDR_LO:
-    case A_ERROR_ADDR_HI:
-    case A_MAX_MSG:
-    case A_NUM_VECTORS:
-    case A_TLB_ENTRIES:
-    case A_FAULTQ_TAIL:
-    case A_STALLED:
     case A_EQ_TAIL:
         hmm_reg_error(&s->core, addr, val, size,
                       "write to read-only register");
-        break;
-    case A_RESET:
-        if (val != HMM_NIC_RESET_MAGIC) {
-            hmm_reg_error(&s->core, addr, val, size, "bad RESET magic");
-            break;
-        }
-        hmm_nic_soft_reset(s, "register");
-        break;
-    case A_INTR_STATUS:
-        hmm_irq_ack(&s->core, val);             /* RW1C */
-        break;
-    case A_INTR_MASK:
-        hmm_irq_set_mask(&s->core, val & HMM_NIC_INTR_ALL);
-        break;
-    case A_VEC_EQ:
-        hmm_irq_write_vector(&s->core, addr, &s->vec_eq, val);
-        break;
-    case A_VEC_ERR:
-        hmm_irq_write_vector(&s->core, addr, &s->core.vec_err, val);
-        break;
-    case A_VEC_FAULT:
-        hmm_irq_write_vector(&s->core, addr, &s->vec_fault, val);
-        break;
-    case A_SCRATCH:
-        s->scratch = val;
-        break;
-    case A_CTX_BASE_LO:
-    case A_CTX_BASE_HI:
-    case A_CTX_COUNT:
-        if (s->mmu.enabled) {
-            trace_hmm_reg_error("context table written while MMU enabled",
-                                addr, val, size);
-            hmm_guest_error(&s->core, HMM_NIC_ERR_BUSY, addr,
-                            "context table reconfigured while MMU enabled");
-        } else if (addr == A_CTX_BASE_LO) {
-            s->mmu.ctx_base = deposit64(s->mmu.ctx_base, 0, 32, val);
-        } else if (addr == A_CTX_BASE_HI) {
-            s->mmu.ctx_base = deposit64(s->mmu.ctx_base, 32, 32, val);
-        } else {
-            s->mmu.ctx_count = val;
-        }
-        break;
-    case A_MMU_CTRL:
-        hmm_nic_write_mmu_ctrl(s, val);
-        break;
-    case A_FAULTQ_BASE_LO:
-    case A_FAULTQ_BASE_HI:
-    case A_FAULTQ_SIZE:
-        hmm_nic_write_ring_config(s, &s->mmu.faults.ring, A_FAULTQ_BASE_LO,
-                                  addr, val,
-                                  "fault queue reconfigured while enabled");
-        break;
-    case A_FAULTQ_CTRL:
-        hmm_nic_write_faultq_ctrl(s, val);
-        break;
-    case A_FAULTQ_HEAD:
-        if (hmm_nic_write_ring_head(s, &s->mmu.faults.ring, addr, val,
-                "FAULTQ_HEAD write while fault queue disabled",
-                "FAULTQ_HEAD out of range")) {
-            hmm_nic_kick(s);                    /* held records may fit now */
-        }
-        break;
-    case A_FAULT_REPLAY:
-        hmm_nic_fault_replay(s);
-        break;
-    case A_FAULT_CANCEL:
-        hmm_nic_fault_cancel(s, val);
         break;
     case A_MR_BASE_LO:
     case A_MR_BASE_HI:
@@ -778,6 +652,7 @@ static void hmm_nic_instance_init(Object *obj)
 
     hmm_core_init(&s->core, PCI_DEVICE(obj), &hmm_nic_core_info);
     hmm_mmu_init(&s->mmu, &s->core, &hmm_nic_mmu_config);
+    hmm_regs_init(&s->regs, &hmm_nic_regs_info, &s->core, &s->mmu, &s->status);
     hmm_ring_init(&s->eq, "eq", sizeof(struct hmm_nic_eqe),
                   &hmm_nic_eq_limits);
 

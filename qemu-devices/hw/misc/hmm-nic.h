@@ -17,6 +17,7 @@
 #include "hmm-common/core.h"
 #include "hmm-common/ring.h"
 #include "hmm-common/mmu.h"
+#include "hmm-common/regs.h"
 #include "hw/misc/hmm_nic_regs.h"
 
 #define TYPE_HMM_NIC "hmm-nic"
@@ -93,12 +94,10 @@ struct HmmNicState {
     HmmCore core;           /* ERROR, INTR_*, VEC_ERR, DMA trace, counters */
     HmmRing eq;             /* event queue */
     HmmMmu mmu;             /* CTX_*, MMU_CTRL, TLB, FAULTQ_*, faults */
+    HmmRegs regs;           /* the shared registers: vectors, SCRATCH */
 
     /* registers */
     uint32_t status;
-    uint32_t vec_eq;
-    uint32_t vec_fault;
-    uint32_t scratch;
     uint64_t mr_base;
     uint64_t qp_base;
     uint32_t qp_count;

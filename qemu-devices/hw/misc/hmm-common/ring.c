@@ -49,6 +49,12 @@ HmmWrite hmm_ring_write_size(HmmRing *r, uint32_t val)
     return HMM_WRITE_OK;
 }
 
+HmmWrite hmm_ring_write_config(HmmRing *r, unsigned reg, uint32_t val)
+{
+    return reg == 8 ? hmm_ring_write_size(r, val)
+                    : hmm_ring_write_base(r, reg == 4, val);
+}
+
 static bool hmm_ring_config_ok(const HmmRing *r)
 {
     return !(r->base & (r->limits.align - 1)) &&

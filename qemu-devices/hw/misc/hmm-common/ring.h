@@ -48,6 +48,8 @@ void hmm_ring_reset(HmmRing *r);
 /* guest register writes */
 HmmWrite hmm_ring_write_base(HmmRing *r, bool high, uint32_t val);
 HmmWrite hmm_ring_write_size(HmmRing *r, uint32_t val);
+/* every ring's BASE_LO, BASE_HI, SIZE: @reg is 0, 4 or 8 past BASE_LO */
+HmmWrite hmm_ring_write_config(HmmRing *r, unsigned reg, uint32_t val);
 HmmWrite hmm_ring_set_enabled(HmmRing *r, bool enable);
 HmmWrite hmm_ring_write_tail(HmmRing *r, uint32_t tail);
 HmmWrite hmm_ring_write_head(HmmRing *r, uint32_t head);
