@@ -53,7 +53,7 @@
 
 #define HMM_NIC_ID_MAGIC		0x484d4e43	/* "HMNC" */
 #define HMM_NIC_VERSION_MAJOR		1
-#define HMM_NIC_VERSION_MINOR		0
+#define HMM_NIC_VERSION_MINOR		1	/* 1.1: RNR timer */
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 /* 0x000-0x03c: identity, reset, errors and interrupts, as on hmm-gpu */
@@ -285,7 +285,8 @@ struct hmm_nic_qp {
 	uint32_t	access;		/* HMM_NIC_ACCESS_REMOTE_*: what peers may do */
 	uint32_t	flags;		/* HMM_NIC_QP_* */
 	uint8_t		rnr_retry;	/* 7: forever */
-	uint8_t		rsvd0[3];
+	uint8_t		min_rnr_timer;	/* IB encoding: how long peers wait (RNR) */
+	uint8_t		rsvd0[2];
 	uint32_t	rsvd1[2];
 };
 
@@ -298,6 +299,7 @@ enum hmm_nic_qp_state {
 };
 
 #define HMM_NIC_QPT_RC			2	/* IB_QPT_RC */
+#define HMM_NIC_RNR_RETRY_FOREVER	7
 
 #define HMM_NIC_QP_SIG_ALL		(1u << 0)	/* every send WR completes */
 
@@ -319,8 +321,12 @@ enum hmm_nic_qp_state {
  * EV_QP_FATAL); a driver's own move to ERR posts no event.
  *
  * RNR: a SEND or RDMA_WRITE_WITH_IMM whose peer has no receive WQE waits
- * (nothing moved) until RQ_DOORBELL of the peer if rnr_retry is not 0
- * (any non-zero value waits indefinitely: no timers), else completes with
+ * (nothing moved) for the peer's min_rnr_timer (the IB encoding, as
+ * IB_QP_MIN_RNR_TIMER: 1 is 0.01 ms, 14 is 1.28 ms, 0 is 655.36 ms) or
+ * until RQ_DOORBELL of the peer, whichever comes first, then tries again
+ * (rxe's provider has no receive doorbell: the timer is what ends a user
+ * QP's wait). rnr_retry 7 tries forever, 1-6 that many times; when no try
+ * is left (at once for rnr_retry 0) the WR completes with
  * WC_RNR_RETRY_EXC_ERR. A peer QP beyond QP_COUNT, not in RTR/RTS,
  * malformed or connected to another QP (its dest_qpn is not the
  * requester: RC is one to one): WC_RETRY_EXC_ERR (what a real requester

@@ -42,8 +42,8 @@ N = _Abi()
 
 MR = struct.Struct("<QQIIII")  # va length key access flags pdn
 # sq_va rq_va sq_mask rq_mask sq_log2 rq_log2 state type send_cqn recv_cqn
-# dest_qpn pdn access flags rnr_retry
-QP = struct.Struct("<QQIIBBBBIIIIIIB3x8x")
+# dest_qpn pdn access flags rnr_retry min_rnr_timer
+QP = struct.Struct("<QQIIBBBBIIIIIIBB2x8x")
 CQ = struct.Struct("<QIBBH16x")  # va mask log2_elem flags rsvd0
 SEND_WR_HEAD = struct.Struct("<QIIII")  # wr_id reserved opcode send_flags imm
 RDMA = struct.Struct("<QII")  # remote_addr rkey reserved
@@ -147,6 +147,7 @@ class Qp:
     flags: int
     rnr_retry: int
     state: int
+    min_rnr_timer: int = 0
 
 
 @dataclass
@@ -309,6 +310,7 @@ class Nic(PciDev):
         flags: int = 0,
         rnr_retry: int = 7,
         state: int | None = None,
+        min_rnr_timer: int = 0,
     ) -> Qp:
         qp = Qp(
             qpn,
@@ -322,6 +324,7 @@ class Nic(PciDev):
             flags,
             rnr_retry,
             N.QPS_RTS if state is None else state,
+            min_rnr_timer,
         )
         self.qps[qpn] = qp
         self.write_qp(qp)
@@ -333,7 +336,7 @@ class Nic(PciDev):
             QP.pack(
                 qp.sq.va, qp.rq.va, qp.sq.mask, qp.rq.mask, qp.sq.log2, qp.rq.log2,
                 qp.state, N.QPT_RC if type_ is None else type_, qp.send_cqn, qp.recv_cqn,
-                qp.dest, qp.pdn, qp.access, qp.flags, qp.rnr_retry,
+                qp.dest, qp.pdn, qp.access, qp.flags, qp.rnr_retry, qp.min_rnr_timer,
             ),
         )
 

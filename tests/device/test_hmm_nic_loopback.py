@@ -453,6 +453,49 @@ def test_rnr_retry_zero(nic: Nic) -> None:
     expect_qp_error(nic, 0)
 
 
+def test_rnr_timer_ends_a_user_qp_wait(nic: Nic) -> None:
+    """rxe's provider posts receives without a doorbell: the peer's
+    min_rnr_timer (14: 1.28 ms) is what makes the sender try again."""
+    a, b = pair(nic, min_rnr_timer=14)
+    _src, dst = mrs(nic)
+    nic.post_send(a, SendWr(N.WR_SEND, wr_id=0x40, flags=SIG, inline=b"patience"))
+    for _ in range(20):
+        assert nic.cq_pending(0) == 0
+    nic.post_recv(b, 0x41, [(dst.va, 64, dst.key)], ring=False)
+    nic.qt.clock_step(1_200_000)
+    for _ in range(20):
+        assert nic.cq_pending(0) == 0, "tried again before min_rnr_timer"
+    nic.qt.clock_step(100_000)
+    assert nic.poll(0, 1) == [ok(0x40, N.WC_OP_SEND, 8)]
+    assert nic.poll(1, 1) == [ok(0x41, N.WC_OP_RECV, 8, qp_num=1, src_qp=0)]
+    assert nic.qt.read(dst.pa, 8) == b"patience"
+    nic.wait_idle()
+
+
+def test_rnr_retry_count(nic: Nic) -> None:
+    """rnr_retry 2: two tries after the first RNR wait, then RNR_RETRY_EXC_ERR."""
+    a, _ = pair(nic, rnr_retry=2, min_rnr_timer=1)  # 10 us
+    nic.post_send(a, SendWr(N.WR_SEND, wr_id=0x50, inline=b"anyone?"))
+    for step in range(2):
+        for _ in range(20):
+            assert nic.cq_pending(0) == 0, f"failed after {step} tries"
+        nic.qt.clock_step(10_000)
+    (c,) = nic.poll(0, 1)
+    assert (c.wr_id, c.status) == (0x50, N.WC_RNR_RETRY_EXC_ERR)
+    expect_qp_error(nic, 0)
+
+
+def test_reset_during_rnr_wait(nic: Nic) -> None:
+    a, _ = pair(nic, min_rnr_timer=1)
+    nic.post_send(a, SendWr(N.WR_SEND, wr_id=0x60, inline=b"x"))
+    assert nic.reg("STATUS") & N.STATUS_BUSY
+    nic.reset()
+    nic.qt.clock_step(1_000_000)  # the timer of the forgotten wait must not fire
+    assert nic.qt.alive()
+    assert not nic.reg("STATUS") & N.STATUS_BUSY
+    assert nic.reg("ERROR") == N.ERR_NONE
+
+
 # ---- completion and event queues ------------------------------------------------
 
 

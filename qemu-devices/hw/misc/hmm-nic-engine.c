@@ -301,6 +301,7 @@ static uint64_t nic_qp_step(HmmNicState *s, HmmNicQp *qp)
     case NIC_OK:
     case NIC_FAIL:
         qp->wr_done = 0;
+        qp->rnr_naks = 0;
         nic_wr_complete(s, &w);
         if (hmm_nic_alive(s) && !qp->err && qp->sched == NIC_QP_IDLE) {
             hmm_nic_qp_make_runnable(s, qp);
@@ -320,11 +321,10 @@ static uint64_t nic_qp_step(HmmNicState *s, HmmNicQp *qp)
         qp->sched = NIC_QP_STALLED;
         return 0;
     case NIC_RNR:
-        trace_hmm_nic_rnr(qp->qpn, qp->rnr_peer);
+        trace_hmm_nic_rnr(qp->qpn, qp->rnr_peer, qp->rnr_delay_ns);
         s->cnt_rnr_waits++;
         qp->wr_done = 0;
-        qp->sched = NIC_QP_RNR;
-        QTAILQ_INSERT_TAIL(&s->rnr, qp, link);
+        hmm_nic_rnr_wait(s, qp);
         return 0;
     }
     return 0;

@@ -71,6 +71,40 @@ void hmm_nic_qp_make_runnable(HmmNicState *s, HmmNicQp *qp)
     /* runnable: already; stalled: waits for the replay */
 }
 
+/*
+ * @qp found no receive WQE at its peer: it tries again after the peer's
+ * min_rnr_timer, or at the peer's RQ_DOORBELL (hmm_nic_qp_make_runnable()).
+ */
+void hmm_nic_rnr_wait(HmmNicState *s, HmmNicQp *qp)
+{
+    qp->rnr_deadline = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) +
+                       qp->rnr_delay_ns;
+    qp->sched = NIC_QP_RNR;
+    QTAILQ_INSERT_TAIL(&s->rnr, qp, link);
+    timer_mod_anticipate_ns(s->rnr_timer, qp->rnr_deadline);
+}
+
+void hmm_nic_rnr_expire(void *opaque)
+{
+    HmmNicState *s = opaque;
+    int64_t now = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL);
+    int64_t next = INT64_MAX;
+    HmmNicQp *qp, *tmp;
+
+    QTAILQ_FOREACH_SAFE(qp, &s->rnr, link, tmp) {
+        if (qp->rnr_deadline <= now) {
+            trace_hmm_nic_rnr_retry(qp->qpn);
+            hmm_nic_qp_make_runnable(s, qp);
+        } else {
+            next = MIN(next, qp->rnr_deadline);
+        }
+    }
+    if (next != INT64_MAX) {
+        timer_mod_ns(s->rnr_timer, next);
+    }
+    hmm_nic_kick(s);
+}
+
 /* Back to power-on state: indices 0, not in error, scheduled nowhere. */
 void hmm_nic_qp_forget(HmmNicState *s, HmmNicQp *qp)
 {
@@ -79,6 +113,7 @@ void hmm_nic_qp_forget(HmmNicState *s, HmmNicQp *qp)
     qp->rq_ci = 0;
     qp->err = false;
     qp->rnr_peer = 0;
+    qp->rnr_naks = 0;
     qp->wr_done = 0;
     qp->atomic_done = false;
     qp->atomic_old = 0;
@@ -95,6 +130,7 @@ void hmm_nic_drop_all(HmmNicState *s)
         hmm_nic_qp_forget(s, &s->qps[i]);
     }
     memset(s->cqs, 0, HMM_NIC_MAX_CQ * sizeof(*s->cqs));
+    timer_del(s->rnr_timer);
     hmm_mmu_job_init(&s->ring_job, 0, HMM_NIC_RING_CTX);
     hmm_nic_update_busy(s);
 }

@@ -283,6 +283,21 @@ static NicRes nic_remote_seg(HmmNicState *s, NicWr *w,
 }
 
 /*
+ * The RNR NAK delay of IB_QP_MIN_RNR_TIMER's encoding (IBTA table 45), in
+ * units of 10 us; 0 is the longest. Five bits: the rest are ignored.
+ */
+static int64_t nic_rnr_delay_ns(uint8_t min_rnr_timer)
+{
+    static const uint16_t units[32] = {
+        65535, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192,
+        256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
+        12288, 16384, 24576, 32768, 49152,
+    };
+
+    return (int64_t)units[min_rnr_timer & 31] * 10 * SCALE_US;
+}
+
+/*
  * Is there a receive WQE at peer @dqp? NIC_RNR (the QP waits) or NIC_FAIL
  * (rnr_retry 0) if not.
  */
@@ -302,9 +317,11 @@ static NicRes nic_recv_ready(HmmNicState *s, NicWr *w, HmmNicQp *dqp,
     if ((pi & de->rq_mask) != dqp->rq_ci) {
         return NIC_OK;
     }
-    if (!w->e->rnr_retry) {
+    if (w->e->rnr_retry != HMM_NIC_RNR_RETRY_FOREVER &&
+        ++w->qp->rnr_naks > w->e->rnr_retry) {
         return nic_fail(w, HMM_NIC_WC_RNR_RETRY_EXC_ERR, 0);
     }
+    w->qp->rnr_delay_ns = nic_rnr_delay_ns(de->min_rnr_timer);
     return NIC_RNR;
 }
 

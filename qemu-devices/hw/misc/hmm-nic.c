@@ -620,6 +620,7 @@ static void hmm_nic_realize(PCIDevice *pdev, Error **errp)
     /* guarded: DMA that lands on our own BAR fails instead of re-entering */
     s->bh = qemu_bh_new_guarded(hmm_nic_bh, s,
                                 &DEVICE(pdev)->mem_reentrancy_guard);
+    s->rnr_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, hmm_nic_rnr_expire, s);
     hmm_nic_soft_reset(s, "realize");
     hmm_dmatrace_start(&s->core.trace, pdev->devfn);
 }
@@ -631,6 +632,8 @@ static void hmm_nic_exit(PCIDevice *pdev)
     qemu_bh_delete(s->bh);
     s->bh = NULL;
     hmm_nic_drop_all(s);
+    timer_free(s->rnr_timer);
+    s->rnr_timer = NULL;
     hmm_dmatrace_stop(&s->core.trace);
     g_free(s->bounce);
     s->bounce = NULL;

@@ -11,6 +11,7 @@
 #define HW_MISC_HMM_NIC_H
 
 #include "qemu/queue.h"
+#include "qemu/timer.h"
 #include "qemu/units.h"
 #include "hw/pci/pci_device.h"
 #include "qom/object.h"
@@ -67,6 +68,9 @@ typedef struct HmmNicQp {
     uint32_t rq_ci;                 /* next receive WQE to consume (masked) */
     bool err;                       /* the device moved it to ERR */
     uint32_t rnr_peer;              /* NIC_QP_RNR: the QP it waits for */
+    uint32_t rnr_naks;              /* RNR waits of the current WR so far */
+    int64_t rnr_delay_ns;           /* the peer's min_rnr_timer */
+    int64_t rnr_deadline;           /* QEMU_CLOCK_VIRTUAL: when to try again */
     /* the work request at sq_ci, across steps and stalls */
     uint64_t wr_done;               /* payload bytes already moved */
     bool atomic_done;               /* the atomic executed: old is valid */
@@ -113,6 +117,7 @@ struct HmmNicState {
     HmmNicCq *cqs;
     HmmNicQpList runnable;
     HmmNicQpList rnr;
+    QEMUTimer *rnr_timer;   /* the earliest rnr_deadline of the rnr list */
     HmmMmuJob ring_job;     /* translations of the queues (RING_CTX) */
 
     /* read-only QOM counters, cumulative over resets */
@@ -130,6 +135,8 @@ const char *hmm_nic_err_name(uint32_t err);
 /* hmm-nic-engine.c */
 void hmm_nic_bh(void *opaque);
 void hmm_nic_kick(HmmNicState *s);
+void hmm_nic_rnr_wait(HmmNicState *s, HmmNicQp *qp);
+void hmm_nic_rnr_expire(void *opaque);
 void hmm_nic_update_busy(HmmNicState *s);
 void hmm_nic_fatal(HmmNicState *s, uint32_t err, uint64_t addr,
                    const char *what);
