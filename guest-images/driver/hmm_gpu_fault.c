@@ -121,6 +121,11 @@ out_mm:
  * Service one fault: map the faulting page, then fault ahead up to
  * f->ahead_end in windows that end on 2 MiB boundaries, stopping quietly at
  * the first window that fails. *@end is where the mapped range ends.
+ *
+ * A range that was invalidated for as long as hmm_range_fault() retries
+ * (-EBUSY) is not the job's fault: 0 with nothing mapped, so the device
+ * faults again on replay; job_timeout_ms and fatal signals bound how long
+ * that can go on.
  */
 static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 			       unsigned long *pfns, u64 *pages, u64 *fresh, u64 *end)
@@ -186,7 +191,7 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 		}
 		if (n < 0) {
 			if (va == (f->va & PAGE_MASK))
-				return n;
+				return n == -EBUSY ? 0 : n;
 			break;
 		}
 		if (va == (f->va & PAGE_MASK))
@@ -202,8 +207,11 @@ static int hmm_gpu_svm_service(struct hmm_gpu_svm *svm, struct hmm_gpu_fault *f,
 	 * PTE_ATOMIC; take it exclusive (the CPU entry becomes a device
 	 * exclusive one, ours gets PTE_ATOMIC) and let the replay retry.
 	 */
-	if (atomic && !is_device_private_page(hmm_pfn_to_page(first)))
-		return hmm_gpu_svm_exclusive(svm, f->va & PAGE_MASK, 1);
+	if (atomic && !is_device_private_page(hmm_pfn_to_page(first))) {
+		int ret = hmm_gpu_svm_exclusive(svm, f->va & PAGE_MASK, 1);
+
+		return ret == -EBUSY ? 0 : ret;
+	}
 	return 0;
 }
 
@@ -329,16 +337,7 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 			continue;
 
 		f->err = hmm_gpu_svm_service(f->svm, f, gdev->fault_pfns, &pages, &fresh, &end);
-		if (f->err == -EBUSY) {
-			/*
-			 * Invalidated again and again for as long as
-			 * hmm_range_fault() retries: not the job's fault. The
-			 * device faults again on replay; job_timeout_ms and
-			 * fatal signals bound how long that can go on.
-			 */
-			f->err = 0;
-			done_svm = NULL;
-		} else if (f->err) {
+		if (f->err) {
 			f->err = hmm_gpu_fault_errno(f->err);
 			done_svm = NULL;
 		} else {
@@ -439,9 +438,6 @@ int hmm_gpu_svm_prefault(struct hmm_gpu_svm *svm, struct hmm_gpu_op *op,
 	err = hmm_gpu_svm_service(svm, &f, pfns, &pages, &fresh, &mapped_end);
 	if (pfns != small)
 		kfree(pfns);
-	/* The range would not hold still: the device faults instead. */
-	if (err == -EBUSY)
-		err = 0;
 
 	mutex_lock(&svm->lock);
 	svm->stats.faults++;
