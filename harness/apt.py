@@ -172,6 +172,25 @@ class PrivateApt:
         return debs[-1]
 
 
+    def simulate_install(self, packages: list[str], suite: str, status: Path,
+                         logfile: Path) -> str:
+        """``apt-get -s install`` of ``packages`` from ``suite`` (no Recommends) against the
+        dpkg status file ``status``: apt's "Inst name (version ...)" lines, the closure
+        of what ``status`` does not already provide."""
+        opts = [o if not o.startswith("Dir::State::status=") else f"Dir::State::status={status}"
+                for o in self._opts()]
+        with self.locked():
+            out = run(["apt-get", *opts, "-o", "Debug::NoLocking=1", "-s",
+                       "--no-install-recommends", "-t", suite, "install", *packages],
+                      timeout=300, check=False)
+        text = (out.stdout + out.stderr).decode(errors="replace")
+        with open(logfile, "a") as fh:
+            fh.write(f"\n$ apt-get -s install -t {suite} {' '.join(packages)}\n{text}")
+        if out.returncode != 0:
+            raise RuntimeError(f"apt-get -s install -t {suite} {' '.join(packages)} failed "
+                               f"(exit status {out.returncode}); see {logfile}:\n{text[-2000:]}")
+        return text
+
     def download_many(self, specs: list[str], dest: Path, logfile: Path) -> None:
         """``apt-get download`` several ``name=version`` specs in one call (one list load)."""
         dest.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,9 @@ CONFIG_FEATURES: dict[str, str] = {
     "debug_atomic_sleep": "CONFIG_DEBUG_ATOMIC_SLEEP",
     "hung_task": "CONFIG_DETECT_HUNG_TASK",
     "softlockup": "CONFIG_SOFTLOCKUP_DETECTOR",
+    "rdma_rxe": "CONFIG_RDMA_RXE",  # built in: a module would need a modules initramfs
+    "rdma_odp": "CONFIG_INFINIBAND_ON_DEMAND_PAGING",
+    "rdma_user": "CONFIG_INFINIBAND_USER_ACCESS",
 }
 TEST_HMM_KO = "lib/test_hmm.ko"
 

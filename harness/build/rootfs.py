@@ -1,9 +1,14 @@
 """Guest root filesystem: a busybox + dropbear initramfs that boots in seconds.
 
-Everything comes from Debian packages on the host (busybox-static,
-dropbear-bin), so nothing is compiled. The SSH keys are generated per cache
-entry: the client key is authorised for root in the guest, and the guest's
-host key is pinned by the harness.
+busybox and dropbear come from Debian packages on the host (busybox-static,
+dropbear-bin); rdma-core's userspace and the Python its tests run on come
+from Debian's archive as .debs unpacked into the image
+(:mod:`harness.build.guest_debs`), so nothing is compiled. The image has a
+merged /usr (/lib and /lib64 are links into /usr), as those packages expect:
+the host's dropbear libraries land there first and the packages' newer glibc
+replaces the host's. The SSH keys are generated per cache entry: the client
+key is authorised for root in the guest, and the guest's host key is pinned
+by the harness.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from harness.apt import PrivateApt
+from harness.build import guest_debs
 from harness.cache import REPO_ROOT, Cache, InputHash
 from harness.proc import run
 
@@ -96,6 +103,9 @@ def _make_keys(sshdir: Path, logfile: Path) -> str:
 
 
 def _stage(root: Path, sshdir: Path) -> None:
+    for d in ("usr/lib", "usr/lib64"):
+        (root / d).mkdir(parents=True)
+        (root / Path(d).name).symlink_to(d)  # merged /usr: lib -> usr/lib
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run",
               "root/.ssh", "etc/dropbear", "var/log", "opt/hmmlab/bin", "mnt"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -132,12 +142,18 @@ def make_cpio(root: Path, out: Path, logfile: Path) -> None:
     log.debug("cpio %s: %d files, %d bytes", out, len(names), out.stat().st_size)
 
 
-def build_rootfs(cache: Cache, logdir: Path) -> RootfsArtifact:
+def build_rootfs(cache: Cache, logdir: Path,
+                 spec: guest_debs.DebSpec = guest_debs.RDMA) -> RootfsArtifact:
     _check_tools()
+    apt = PrivateApt(cache.path("apt"))
+    downloads = cache.path("downloads", "guest-debs")
+    debs = guest_debs.pinned(apt, spec, downloads, logdir / "apt.log")
     h = InputHash("rootfs").tree(OVERLAY).file(BUSYBOX, "busybox").file(DROPBEAR, "dropbear")
     for lib in _shared_libs(DROPBEAR):
         h.file(lib.resolve(), str(lib))
-    key = h.file(Path(__file__)).hexdigest()
+    h.text("debs", "\n".join(d.spec for d in debs))
+    h.text("debs/layout", repr((spec.prune, spec.keep, spec.gunzip)))
+    key = h.file(Path(guest_debs.__file__)).file(Path(__file__)).hexdigest()
     final = cache.path("rootfs", key)
     sshdir = final / "ssh"
     if not (final / "rootfs.cpio.gz").exists():
@@ -146,6 +162,10 @@ def build_rootfs(cache: Cache, logdir: Path) -> RootfsArtifact:
         with cache.building(final) as tmp:
             _make_keys(tmp / "ssh", logfile)
             _stage(tmp / "root", tmp / "ssh")
+            files = guest_debs.download(apt, debs, downloads, logdir / "apt.log")
+            log.info("rootfs: unpacking %d Debian %s packages", len(files), spec.suite)
+            guest_debs.unpack(files, tmp / "root", logfile)
+            guest_debs.tidy(tmp / "root", spec)
             make_cpio(tmp / "root", tmp / "rootfs.cpio.gz", logfile)
             shutil.rmtree(tmp / "root")
     else:

@@ -54,7 +54,7 @@ OPTIONAL_MODULES = ("virtio_rng", "pvpanic_pci")
 LOAD_LIST = "hmmlab-modules"
 
 # Bump when the unpack/fix-up/initrd steps change (part of the cache key).
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 UNPACK_TIMEOUT = 600
 
 
@@ -231,7 +231,10 @@ def _modules_initrd(root: Path, release: str, out: Path, logfile: Path) -> list[
     builtin = (moddir / "modules.builtin").read_text().split()
     order = load_order(deps, REQUIRED_MODULES, OPTIONAL_MODULES, builtin)
     stage = out.parent / "modules-root"
-    dest = stage / "lib" / "modules" / release
+    # usr/lib: the rootfs has a merged /usr, and a "lib" directory in this
+    # appended archive would replace its /lib -> usr/lib link (rcS still finds
+    # /lib/modules through it)
+    dest = stage / "usr" / "lib" / "modules" / release
     dest.mkdir(parents=True)
     for rel in order:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ _REGISTRY: dict[str, str] = {
     "atomics": "harness.scenarios.dmem",
     "dma-bounce": "harness.scenarios.bounce",
     "bench-svm": "harness.scenarios.bench",
+    "odp-tests": "harness.scenarios.rdma_tests",
 }
 
 

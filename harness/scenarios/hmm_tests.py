@@ -57,7 +57,7 @@ from typing import Any
 from harness import ktap
 from harness.ktap import Outcome
 from harness.results import Status, TestResult
-from harness.scenarios import Session
+from harness.scenarios import Session, columns
 from harness.scenarios.common import (
     BIN,
     HMM_GPU_KO,
@@ -277,21 +277,7 @@ def parse_run(driver: str, output: str, cannot: Mapping[str, str] | None = None,
 def side_by_side(entries: list[TestResult],
                  drivers: Sequence[Driver] = DRIVERS) -> dict[str, Any]:
     """``{"columns": [...], "rows": [{"test": name, <column>: status, ...}], "totals"}``."""
-    cols = [d.label for d in drivers]
-    rows: dict[str, dict[str, str]] = {}
-    for e in entries:
-        parts = e.path.split(".", 2)
-        if len(parts) != 3 or parts[1] not in cols:
-            continue
-        _, driver, name = parts
-        if name in ("load", "unload", "run"):
-            continue
-        row = rows.setdefault(name, {"test": name, **{c: "-" for c in cols}})
-        row[driver] = str(e.status)
-    totals = {c: {s: sum(1 for r in rows.values() if r[c] == s)
-                  for s in ("PASS", "FAIL", "SKIP", "ERROR", "-")} for c in cols}
-    return {"columns": cols, "reference": REFERENCE.label, "rows": list(rows.values()),
-            "totals": totals}
+    return columns.side_by_side(entries, [d.label for d in drivers], REFERENCE.label)
 
 
 def parity(table: dict[str, Any], column: str, not_run: str = "",
@@ -304,38 +290,11 @@ def parity(table: dict[str, Any], column: str, not_run: str = "",
     the column's driver cannot pass, with why (:func:`cannot_pass`); those
     SKIPped there are named, not counted behind.
     """
-    path = f"hmm-tests.parity.{column}"
-    ref = REFERENCE.label
-    if not_run:
-        return TestResult(path, Status.SKIP, log_excerpt=f"nothing to compare: {not_run}")
-    excused = excused or {}
-    rows = table["rows"]
-    ahead = [r for r in rows if r.get(ref) == "PASS" and r.get(column) != "PASS"]
-    skipped = [r["test"] for r in ahead
-               if test_key(r["test"]) in excused and r.get(column) == "SKIP"]
-    behind = [f"{r['test']} ({r.get(column, '-')})" for r in ahead if r["test"] not in skipped]
-    both = sum(1 for r in rows if r.get(ref) == r.get(column) == "PASS")
-    note = "".join(f"\nnot compared, {t}: {excused[test_key(t)]}" for t in skipped)
-    if behind:
-        return TestResult(path, Status.FAIL, log_excerpt=(
-            f"{len(behind)} tests pass on {ref} but not on {column}:\n"
-            + "\n".join(behind) + note))
-    return TestResult(path, Status.PASS,
-                      log_excerpt=f"{both} tests pass on {ref} and on {column}" + note)
+    return columns.parity(table, "hmm-tests", column, not_run, excused, key=test_key,
+                          reference=REFERENCE.label)
 
 
-def format_table(table: dict[str, Any]) -> str:
-    cols = table["columns"]
-    rows = table["rows"]
-    w = max([len("test"), *(len(r["test"]) for r in rows)])
-    cw = {c: max(8, len(c)) for c in cols}
-    lines = [f"{'test':<{w}}  " + "  ".join(f"{c:<{cw[c]}}" for c in cols).rstrip()]
-    lines += [f"{r['test']:<{w}}  " + "  ".join(f"{r[c]:<{cw[c]}}" for c in cols).rstrip()
-              for r in rows]
-    for c in cols:
-        t = table["totals"][c]
-        lines.append(f"{c}: " + ", ".join(f"{n} {k}" for k, n in t.items() if n))
-    return "\n".join(lines)
+format_table = columns.format_table
 
 
 class HmmTests:

@@ -38,6 +38,10 @@ MISSING: dict[str, str] = {
     "gup_test": "kernel built without CONFIG_GUP_TEST",
     "swap": "kernel built without CONFIG_SWAP",
     "ramdisk": "kernel built without a built-in RAM disk (CONFIG_BLK_DEV_RAM=y) to swap on",
+    "rdma_rxe": "kernel built without rxe, the software RoCE (CONFIG_RDMA_RXE=y)",
+    "rdma_odp": "kernel built without RDMA on-demand paging "
+                "(CONFIG_INFINIBAND_ON_DEMAND_PAGING=y)",
+    "rdma_user": "kernel built without RDMA user verbs (CONFIG_INFINIBAND_USER_ACCESS=y)",
 }
 
 

@@ -37,7 +37,7 @@ def test_packaged_default() -> None:
                            DeviceConfig("hmm-gpu", {"vram-size": "8M"}))
     assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race",
                              "svm-migrate", "vram-pressure", "atomics", "svm-reclaim",
-                             "dmirror-edge")
+                             "dmirror-edge", "odp-tests")
     assert cfg.timeouts == Timeouts(boot=120, no_output=60, scenario=300)
 
 
@@ -139,8 +139,8 @@ def test_accel_choice() -> None:
     ("timeouts: 5\n", "timeouts: expected a mapping of keys"),
     ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke" or "hmm-tests" or '
      '"svm-mirror" or "svm-invalidate" or "svm-race" or "svm-reclaim" or "dmirror-edge" or '
-     '"svm-migrate" or "vram-pressure" or "atomics" or "dma-bounce" or "bench-svm", got "smok"; '
-     'did you mean "smoke"?'),
+     '"svm-migrate" or "vram-pressure" or "atomics" or "dma-bounce" or "bench-svm" or '
+     '"odp-tests", got "smok"; did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),

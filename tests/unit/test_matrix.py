@@ -21,7 +21,7 @@ from harness.scenarios import names as scenario_names
 
 SCENARIOS = scenario_names()
 ALL = ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race", "svm-migrate",
-       "vram-pressure", "atomics", "svm-reclaim", "dmirror-edge")
+       "vram-pressure", "atomics", "svm-reclaim", "dmirror-edge", "odp-tests")
 
 
 def load(text: str, name: str = "m.yaml", kernel_tree: str | None = None) -> matrix.Matrix:
