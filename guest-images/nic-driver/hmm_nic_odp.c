@@ -133,10 +133,14 @@ int hmm_nic_odp_map(struct hmm_nic_ib_mr *mr, u64 va, u64 len, bool write, bool 
 	if (!len)
 		return 0;
 	if (!mr->implicit) {
-		if (va < mr->va || va + len > mr->va + mr->length || va + len < va)
+		/* A fault names a whole page, which may start before the region. */
+		u64 start = max(va, mr->va);
+		u64 end = min(va + len, mr->va + mr->length);
+
+		if (va + len < va || start >= end)
 			return -EFAULT;
-		return hmm_nic_odp_map_umem(mr, to_ib_umem_odp(mr->umem), va - mr->iova_off,
-					    len, write, fault);
+		return hmm_nic_odp_map_umem(mr, to_ib_umem_odp(mr->umem), start - mr->iova_off,
+					    end - start, write, fault);
 	}
 	while (len) {
 		u64 chunk = min_t(u64, len, BIT_ULL(HMM_NIC_CHILD_SHIFT) -

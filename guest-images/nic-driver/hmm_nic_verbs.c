@@ -360,6 +360,16 @@ static void hmm_nic_qp_sync(struct hmm_nic_dev *nd, struct hmm_nic_ib_qp *qp)
 		qp->attr.qp_state = IB_QPS_ERR;
 }
 
+static void hmm_nic_qp_reset_queues(struct hmm_nic_ib_qp *qp)
+{
+	struct rxe_queue_buf *sq = qp->sq.buf, *rq = qp->rq.buf;
+
+	WRITE_ONCE(sq->producer_index, 0);
+	WRITE_ONCE(sq->consumer_index, 0);
+	WRITE_ONCE(rq->producer_index, 0);
+	WRITE_ONCE(rq->consumer_index, 0);
+}
+
 static int hmm_nic_check_attr(struct hmm_nic_ib_qp *qp, struct ib_qp_attr *attr, int mask)
 {
 	enum ib_qp_state cur, new;
@@ -435,6 +445,12 @@ int hmm_nic_modify_qp(struct ib_qp *ibqp, struct ib_qp_attr *attr, int mask,
 	if (mask & IB_QP_DEST_QPN)
 		a->dest_qp_num = attr->dest_qp_num;
 
+	/*
+	 * RESET: the device starts its indices of the QP over; so do the
+	 * buffers, whatever the process left in them.
+	 */
+	if ((mask & IB_QP_STATE) && a->qp_state == IB_QPS_RESET)
+		hmm_nic_qp_reset_queues(qp);
 	hmm_nic_qp_write(nd, qp);
 	if (mask & IB_QP_STATE) {
 		/*
