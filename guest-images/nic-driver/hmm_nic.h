@@ -202,6 +202,14 @@ static inline struct hmm_nic_ib_mr *to_nmr(struct ib_mr *ibmr)
 	return container_of(ibmr, struct hmm_nic_ib_mr, ibmr);
 }
 
+extern bool hmm_nic_implicit_odp;
+
+/* Implicit ODP: the device can, and the module parameter allows it. */
+static inline bool hmm_nic_has_implicit(struct hmm_nic_dev *nd)
+{
+	return nd->odp && (nd->caps & HMM_NIC_CAP_IMPLICIT) && hmm_nic_implicit_odp;
+}
+
 static inline u32 hmm_nic_rd(struct hmm_nic_dev *nd, u32 reg)
 {
 	return readl(nd->mmio + reg);

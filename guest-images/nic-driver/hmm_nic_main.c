@@ -11,6 +11,14 @@
 #include "hmm_nic.h"
 #include "hmm_nic_compat.h"
 
+/*
+ * Implicit ODP is implemented but has not yet run against a process: it is
+ * neither advertised nor accepted until it has.
+ */
+bool hmm_nic_implicit_odp;
+module_param_named(implicit_odp, hmm_nic_implicit_odp, bool, 0444);
+MODULE_PARM_DESC(implicit_odp, "Advertise and accept implicit ODP memory regions (default: off)");
+
 static void hmm_nic_wr64(struct hmm_nic_dev *nd, u32 lo, u64 val)
 {
 	hmm_nic_wr(nd, lo, lower_32_bits(val));

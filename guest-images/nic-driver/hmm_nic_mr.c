@@ -125,7 +125,7 @@ struct ib_mr *hmm_nic_reg_user_mr(struct ib_pd *ibpd, u64 start, u64 length,
 			return ERR_PTR(-EOPNOTSUPP);
 		if (!start && length == U64_MAX) {
 			/* Implicit: the whole address space, iova = address. */
-			if (virt || !(nd->caps & HMM_NIC_CAP_IMPLICIT))
+			if (virt || !hmm_nic_has_implicit(nd))
 				return ERR_PTR(-EINVAL);
 		} else if ((virt - start) & ~PAGE_MASK) {
 			return ERR_PTR(-EINVAL);

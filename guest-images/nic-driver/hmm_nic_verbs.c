@@ -59,7 +59,7 @@ int hmm_nic_query_device(struct ib_device *ibdev, struct ib_device_attr *attr,
 	if (nd->odp) {
 		attr->kernel_cap_flags |= IBK_ON_DEMAND_PAGING;
 		odp->general_caps = IB_ODP_SUPPORT;
-		if (nd->caps & HMM_NIC_CAP_IMPLICIT)
+		if (hmm_nic_has_implicit(nd))
 			odp->general_caps |= IB_ODP_SUPPORT_IMPLICIT;
 		odp->per_transport_caps.rc_odp_caps = IB_ODP_SUPPORT_SEND | IB_ODP_SUPPORT_RECV |
 			IB_ODP_SUPPORT_WRITE | IB_ODP_SUPPORT_READ;
