@@ -1,4 +1,4 @@
-"""Guest payload builder: ``hmm_gpu.ko`` and the static workloads.
+"""Guest payload builder: ``hmm_gpu.ko``, ``hmm_nic.ko`` and the static workloads.
 
 The driver is built out of tree against a kernel's build directory (``make
 -C TREE M=scratch W=1 modules``: a built tree, or a distribution's headers)
@@ -8,6 +8,7 @@ packed into ``payload.cpio.gz`` (newc, owned by root), which the launcher
 appends to the rootfs initramfs:
 
     /opt/hmmlab/hmm_gpu.ko
+    /opt/hmmlab/hmm_nic.ko             if the kernel has user verbs and ODP (see below)
     /opt/hmmlab/test_hmm.ko            the kernel's own lib/test_hmm.ko (the baseline), if built
     /opt/hmmlab/kernel.json            what the kernel offers (see below)
     /opt/hmmlab/bin/hmm-gpu-smoke, svm-mirror, svm-invalidate, hmm-bench, ...
@@ -23,6 +24,13 @@ what it cannot with a reason instead of failing: ``features`` (from the
 kernel's .config: "device_private", "test_hmm", ...), ``name`` (for
 reasons: "Debian stock 6.1"), the W=1 warnings the driver build printed, and
 which hmm-tests need device-private memory (:func:`hmm_tests_needs`).
+
+``hmm_nic.ko`` (guest-images/nic-driver/, built the same way against
+``hmm_nic_regs.h`` and the shared ``hmm_gpu_regs.h``) is built only for a
+kernel whose .config has the RDMA core with user verbs and on-demand paging
+(:func:`nic_buildable`); ``kernel.json`` then lists ``hmm_nic.ko`` in
+``modules`` and its W=1 warnings in ``nic_driver_warnings``. Its build
+failing fails the payload, as the GPU driver's does.
 
 The artifact directory also keeps the unstripped module and binaries next to
 the archive, for symbolising oopses.
@@ -41,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.build.kernel import features_of
+from harness.build.kernel import features_of, read_config
 from harness.cache import REPO_ROOT, Cache, InputHash
 from harness.proc import run
 
@@ -50,8 +58,14 @@ log = logging.getLogger(__name__)
 DRIVER_DIR = REPO_ROOT / "guest-images" / "driver"
 WORKLOADS_DIR = REPO_ROOT / "guest-images" / "workloads"
 ABI_HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_gpu_regs.h"
+NIC_DRIVER_DIR = REPO_ROOT / "guest-images" / "nic-driver"
+NIC_ABI_HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_nic_regs.h"
 
 MODULE = "hmm_gpu.ko"
+NIC_MODULE = "hmm_nic.ko"
+# What hmm_nic.ko needs of the kernel: option -> accepted values.
+NIC_CONFIG = {"CONFIG_INFINIBAND_USER_ACCESS": ("y", "m"),
+              "CONFIG_INFINIBAND_ON_DEMAND_PAGING": ("y",)}
 WORKLOADS = ("hmm-gpu-smoke", "svm-mirror", "svm-invalidate", "svm-migrate", "vram-pressure",
              "atomics", "hmm-bench", "dmirror-edge", "svm-race", "svm-reclaim", "svm-one")
 GUEST_DIR = "opt/hmmlab"
@@ -287,11 +301,21 @@ def harness_selects_tests(harness_text: str) -> bool:
     return bool(m) and "T:" in m.group(1)
 
 
-def manifest(k: PayloadKernel, warnings: Iterable[str] = ()) -> dict[str, Any]:
-    """``/opt/hmmlab/kernel.json``: what the scenarios need to know about the kernel."""
+def nic_buildable(config: Path) -> bool:
+    """Whether hmm_nic.ko can be built for (and loaded into) the kernel of ``config``."""
+    have = read_config(config)
+    return all(have.get(opt) in ok for opt, ok in NIC_CONFIG.items())
+
+
+def manifest(k: PayloadKernel, warnings: Iterable[str] = (),
+             nic_warnings: Iterable[str] | None = None) -> dict[str, Any]:
+    """``/opt/hmmlab/kernel.json``: what the scenarios need to know about the kernel.
+
+    ``nic_warnings`` is None when hmm_nic.ko was not built.
+    """
     text = (selftest_dir(k.source) / HMM_TESTS_MAIN).read_text(errors="replace")
     harness = k.source / "tools" / "testing" / "selftests" / "kselftest_harness.h"
-    return {
+    out: dict[str, Any] = {
         "name": k.name,
         "release": k.release,
         "features": sorted(k.features),
@@ -299,6 +323,10 @@ def manifest(k: PayloadKernel, warnings: Iterable[str] = ()) -> dict[str, Any]:
         "hmm_tests": {**hmm_tests_needs(text),
                       "selectable": harness_selects_tests(harness.read_text(errors="replace"))},
     }
+    if nic_warnings is not None:
+        out["modules"] = [MODULE, NIC_MODULE]
+        out["nic_driver_warnings"] = list(nic_warnings)
+    return out
 
 
 def payload_key(kernel: Any) -> str:
@@ -308,6 +336,9 @@ def payload_key(kernel: Any) -> str:
     h.tree(DRIVER_DIR, _sources(DRIVER_DIR))
     h.tree(WORKLOADS_DIR, _sources(WORKLOADS_DIR))
     h.file(ABI_HEADER, label="abi/hmm_gpu_regs.h")
+    if nic_buildable(k.config):
+        h.tree(NIC_DRIVER_DIR, _sources(NIC_DRIVER_DIR))
+        h.file(NIC_ABI_HEADER, label="abi/hmm_nic_regs.h")
     for name in KERNEL_IDENTITY:
         h.file(k.tree / name, label=f"kernel/{name}")
     h.text("kernel/name", k.name)
@@ -329,34 +360,47 @@ def payload_key(kernel: Any) -> str:
 _WARNING = re.compile(r"^(\S+\.[ch]):\d+:\d+: warning: .*$|^WARNING: modpost: .*$", re.M)
 
 
-def driver_warnings(build_output: str, ours: Iterable[str], scratch: Path) -> list[str]:
+def driver_warnings(build_output: str, ours: Iterable[str], scratch: Path,
+                    module: str = MODULE) -> list[str]:
     """The compiler warnings about files named in ``ours`` and modpost's about the
     module, from a kbuild log; paths shown relative to ``scratch``."""
     names = set(ours)
     out = [m.group(0).replace(f"{scratch}/", "") for m in _WARNING.finditer(build_output)
-           if (Path(m.group(1)).name in names if m.group(1) else MODULE in m.group(0))]
+           if (Path(m.group(1)).name in names if m.group(1) else module in m.group(0))]
     return list(dict.fromkeys(out))
 
 
-def _build_module(k: PayloadKernel, scratch: Path, logfile: Path) -> tuple[Path, list[str]]:
-    """``hmm_gpu.ko`` and the compiler warnings (W=1) about our own sources."""
+def _build_module(k: PayloadKernel, scratch: Path, logfile: Path, *,
+                  sources: Path = DRIVER_DIR, headers: Iterable[Path] = (ABI_HEADER,),
+                  module: str = MODULE, abi_var: str = "HMM_GPU_ABI_DIR",
+                  ) -> tuple[Path, list[str]]:
+    """``module`` (``hmm_gpu.ko`` by default) built from a flat copy of ``sources``
+    and the ABI ``headers``, and the compiler warnings (W=1) about our own sources."""
     scratch.mkdir(parents=True)
-    for src in _sources(DRIVER_DIR):
+    for src in _sources(sources):
         shutil.copy2(src, scratch / src.name)
-    shutil.copy2(ABI_HEADER, scratch / ABI_HEADER.name)
+    for header in headers:
+        shutil.copy2(header, scratch / header.name)
     jobs = str(os.cpu_count() or 2)
     logfile.parent.mkdir(parents=True, exist_ok=True)
     logfile.touch()
     before = logfile.stat().st_size
-    run(["make", "-C", k.tree, f"M={scratch}", f"HMM_GPU_ABI_DIR={scratch}", "W=1",
+    run(["make", "-C", k.tree, f"M={scratch}", f"{abi_var}={scratch}", "W=1",
          f"-j{jobs}", "modules"], timeout=MODULE_TIMEOUT, env={"LC_ALL": "C"}, logfile=logfile)
     with open(logfile, "rb") as fh:
         fh.seek(before)
         text = fh.read().decode(errors="replace")
-    ko = scratch / MODULE
+    ko = scratch / module
     if not ko.exists():
-        raise PayloadError(f"payload: the module build produced no {MODULE} (see {logfile})")
-    return ko, driver_warnings(text, (p.name for p in scratch.iterdir()), scratch)
+        raise PayloadError(f"payload: the module build produced no {module} (see {logfile})")
+    return ko, driver_warnings(text, (p.name for p in scratch.iterdir()), scratch, module)
+
+
+def _build_nic_module(k: PayloadKernel, scratch: Path, logfile: Path) -> tuple[Path, list[str]]:
+    """``hmm_nic.ko``: its ABI header includes hmm_gpu_regs.h for the shared MMU layouts."""
+    return _build_module(k, scratch, logfile, sources=NIC_DRIVER_DIR,
+                         headers=(NIC_ABI_HEADER, ABI_HEADER), module=NIC_MODULE,
+                         abi_var="HMM_NIC_ABI_DIR")
 
 
 def _build_workloads(driver_scratch: Path, scratch: Path, ksrc: Path,
@@ -449,22 +493,32 @@ def build_payload(cache: Cache, logdir: Path, kernel: Any) -> Path:
         ko, warnings = _build_module(k, scratch / "driver", logfile)
         for w in warnings:
             log.warning("payload: %s", w)
+        nic: Path | None = None
+        nic_warnings: list[str] | None = None
+        if nic_buildable(k.config):
+            nic, nic_warnings = _build_nic_module(k, scratch / "nic-driver", logfile)
+            for w in nic_warnings:
+                log.warning("payload: %s", w)
         bins = _build_workloads(scratch / "driver", scratch / "workloads", k.source, logfile)
         bins.append(_build_hmm_tests(k.source, scratch / "selftests" / HMM_TESTS, logfile))
 
         root = tmp / "root"
         _install(ko, root / GUEST_DIR / MODULE, 0o644)
+        if nic is not None:
+            _install(nic, root / GUEST_DIR / NIC_MODULE, 0o644)
         if k.test_hmm is not None:
             _install(k.test_hmm, root / GUEST_DIR / "test_hmm.ko", 0o644)
         for b in bins:
             _install(b, root / GUEST_DIR / "bin" / b.name, 0o755)
-        (root / GUEST_DIR / MANIFEST).write_text(json.dumps(manifest(k, warnings), indent=1)
-                                                 + "\n")
+        (root / GUEST_DIR / MANIFEST).write_text(
+            json.dumps(manifest(k, warnings, nic_warnings), indent=1) + "\n")
         os.chmod(root / GUEST_DIR / MANIFEST, 0o644)
         _pack(root, tmp / "payload.cpio.gz", logfile)
 
         # Keep the unstripped products for symbolising; drop the rest.
         _install(ko, tmp / MODULE, 0o644)
+        if nic is not None:
+            _install(nic, tmp / NIC_MODULE, 0o644)
         for b in bins:
             _install(b, tmp / b.name, 0o755)
         shutil.copyfile(root / GUEST_DIR / MANIFEST, tmp / MANIFEST)

@@ -213,3 +213,27 @@ def test_stock_kernel_artifact_is_named_for_reasons(tmp_path: Path) -> None:
 def test_a_tree_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PayloadError, match=r"\.config is missing"):
         PayloadKernel.of(tmp_path)
+
+
+def test_hmm_nic_is_built_only_with_user_verbs_and_odp(tmp_path: Path) -> None:
+    cfg = tmp_path / ".config"
+    for text, ok in (
+        ("CONFIG_INFINIBAND_USER_ACCESS=y\nCONFIG_INFINIBAND_ON_DEMAND_PAGING=y\n", True),
+        ("CONFIG_INFINIBAND_USER_ACCESS=m\nCONFIG_INFINIBAND_ON_DEMAND_PAGING=y\n", True),
+        ("CONFIG_INFINIBAND_USER_ACCESS=y\n# CONFIG_INFINIBAND_ON_DEMAND_PAGING is not set\n",
+         False),
+        ("# CONFIG_INFINIBAND is not set\n", False),
+    ):
+        cfg.write_text(text)
+        assert payload.nic_buildable(cfg) is ok, text
+
+
+def test_manifest_lists_hmm_nic_only_when_built(tmp_path: Path) -> None:
+    src = _source(tmp_path / "src", "mm")
+    tree = _tree(tmp_path / "obj", "CONFIG_HMM_MIRROR=y\n", False, src)
+    k = PayloadKernel.of(tree)
+    (src / "tools/testing/selftests/mm/hmm-tests.c").write_text(HMM_TESTS)
+    assert "modules" not in payload.manifest(k, [])
+    data = payload.manifest(k, [], ["hmm_nic_mr.c:1:1: warning: x"])
+    assert data["modules"] == ["hmm_gpu.ko", "hmm_nic.ko"]
+    assert data["nic_driver_warnings"] == ["hmm_nic_mr.c:1:1: warning: x"]
