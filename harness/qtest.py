@@ -51,6 +51,7 @@ class QTest:
         self.qmp_path: Path | None = self._tmpdir / "qmp.sock" if qmp else None
         self.logfile = logfile or (self._tmpdir / "qemu-stderr.log")
         self._buf = b""
+        self.closed = False  # close() was called: QEMU was stopped on purpose
         self._sock: socket.socket | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -124,6 +125,7 @@ class QTest:
 
     def close(self, timeout: float = 10.0) -> int | None:
         """Stop QEMU (SIGTERM, then SIGKILL if it lingers); returns its exit status."""
+        self.closed = True
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()

@@ -53,7 +53,7 @@
 
 #define HMM_NIC_ID_MAGIC		0x484d4e43	/* "HMNC" */
 #define HMM_NIC_VERSION_MAJOR		1
-#define HMM_NIC_VERSION_MINOR		1	/* 1.1: RNR timer */
+#define HMM_NIC_VERSION_MINOR		2	/* 1.1: RNR timer; 1.2: link */
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 /* 0x000-0x03c: identity, reset, errors and interrupts, as on hmm-gpu */
@@ -142,10 +142,23 @@
 #define HMM_NIC_REG_INV_LEN_HI		0x1a0
 #define HMM_NIC_REG_INV_GO		0x1a4	/* WO: any value */
 
+/*
+ * The port (ABI 1.2). PORT_LID is the device's "lid" property: the address
+ * the driver reports for the port (there is no subnet manager). A QP whose
+ * dest_lid is 0 or PORT_LID is connected inside the device (loopback); any
+ * other dest_lid is reached through the link, the device's "link" chardev
+ * (a unix socket or 127.0.0.1 between two devices, in one QEMU or two).
+ * LINK_STATUS says whether a peer device is connected, and its LID.
+ */
+#define HMM_NIC_REG_PORT_LID		0x1c0	/* RO */
+#define HMM_NIC_REG_LINK_STATUS		0x1c4	/* RO: HMM_NIC_LINK_UP | peer LID << 16 */
+#define HMM_NIC_LINK_UP			(1u << 0)
+
 #define HMM_NIC_CAP_RC			(1u << 0)	/* RC SEND/RECV, WRITE, READ */
 #define HMM_NIC_CAP_ATOMIC		(1u << 1)	/* CMP_AND_SWP, FETCH_AND_ADD */
 #define HMM_NIC_CAP_ODP			(1u << 2)	/* MR faults (MMU) */
 #define HMM_NIC_CAP_IMPLICIT		(1u << 3)	/* HMM_NIC_MR_IMPLICIT */
+#define HMM_NIC_CAP_LINK		(1u << 4)	/* PORT_LID, LINK_STATUS, dest_lid */
 
 #define HMM_NIC_RESET_MAGIC		0x52535421	/* "RST!" */
 
@@ -286,7 +299,7 @@ struct hmm_nic_qp {
 	uint32_t	flags;		/* HMM_NIC_QP_* */
 	uint8_t		rnr_retry;	/* 7: forever */
 	uint8_t		min_rnr_timer;	/* IB encoding: how long peers wait (RNR) */
-	uint8_t		rsvd0[2];
+	uint16_t	dest_lid;	/* 0 or PORT_LID: loopback; else the link */
 	uint32_t	rsvd1[2];
 };
 
@@ -327,7 +340,8 @@ enum hmm_nic_qp_state {
  * (rxe's provider has no receive doorbell: the timer is what ends a user
  * QP's wait). rnr_retry 7 tries forever, 1-6 that many times; when no try
  * is left (at once for rnr_retry 0) the WR completes with
- * WC_RNR_RETRY_EXC_ERR. A peer QP beyond QP_COUNT, not in RTR/RTS,
+ * WC_RNR_RETRY_EXC_ERR. A peer QP (on this device, or on the linked one
+ * when dest_lid names it) beyond QP_COUNT, not in RTR/RTS,
  * malformed or connected to another QP (its dest_qpn is not the
  * requester: RC is one to one): WC_RETRY_EXC_ERR (what a real requester
  * sees when nobody answers).

@@ -91,7 +91,7 @@ def _launcher(
         return driver(qt, enable_msix=msix)
 
     yield _launch
-    dead = [qt for qt in started if not qt.alive()]
+    dead = [qt for qt in started if not qt.closed and not qt.alive()]
     logs = {qt.logfile: qt.log_text() for qt in dead}
     for qt in started:
         qt.close()

@@ -264,6 +264,7 @@ static uint64_t nic_qp_step(HmmNicState *s, HmmNicQp *qp)
     w.index = qp->sq_ci;
     w.cmd[NIC_SIDE_REQ] = HMM_NIC_FAULT_CMD(qp->qpn, w.index, 0);
     w.cmd[NIC_SIDE_RESP] = HMM_NIC_FAULT_CMD(qp->qpn, w.index, 1);
+    w.src_qpn = qp->qpn;
     if (!nic_wqe_fetch(s, &w)) {
         hmm_nic_qp_to_err(s, qp, NULL, HMM_NIC_ERR_QUEUE_READ);
         return 0;
@@ -275,6 +276,8 @@ static uint64_t nic_qp_step(HmmNicState *s, HmmNicQp *qp)
     done = qp->wr_done;
     if (w.status != HMM_NIC_WC_SUCCESS) {
         r = NIC_FAIL;
+    } else if (hmm_nic_remote(s, &e)) {
+        r = hmm_nic_remote_step(s, &w, &done);
     } else {
         switch (w.opcode) {
         case HMM_NIC_WR_SEND:
@@ -323,8 +326,13 @@ static uint64_t nic_qp_step(HmmNicState *s, HmmNicQp *qp)
     case NIC_RNR:
         trace_hmm_nic_rnr(qp->qpn, qp->rnr_peer, qp->rnr_delay_ns);
         s->cnt_rnr_waits++;
-        qp->wr_done = 0;
+        qp->wr_done = done;
         hmm_nic_rnr_wait(s, qp);
+        return 0;
+    case NIC_LINK:
+        qp->wr_done = done;
+        qp->sched = NIC_QP_LINK;
+        s->nlink_wait++;
         return 0;
     }
     return 0;
@@ -518,6 +526,30 @@ static HmmNicQp *nic_qp_of(HmmMmuJob *mj)
     return container_of(mj, HmmNicXlate, mj)->qp;
 }
 
+/* Was @mj the fault of a request from the linked device? It is over. */
+static bool nic_resp_unstalled(HmmNicQp *qp, HmmMmuJob *mj)
+{
+    if (!qp->resp_stalled || mj != &qp->xl[NIC_SIDE_RESP].mj) {
+        return false;
+    }
+    qp->resp_stalled = false;
+    return true;
+}
+
+/* ... and it failed: its requester is told, and its retry will be too. */
+static void nic_resp_failed(HmmNicState *s, HmmNicQp *qp)
+{
+    NicLinkMsg req = {
+        .src_qpn = qp->resp_src_qpn,
+        .dst_qpn = qp->qpn,
+        .psn = qp->resp_psn,
+    };
+    NicLinkMsg resp = { 0 };
+
+    qp->resp_cancelled = true;
+    hmm_nic_link_respond(s, &req, HMM_NIC_WC_REM_ACCESS_ERR, &resp, NULL);
+}
+
 void hmm_nic_fault_replay(HmmNicState *s)
 {
     HmmMmuJob *mj;
@@ -526,9 +558,12 @@ void hmm_nic_fault_replay(HmmNicState *s)
     while ((mj = hmm_fault_unstall(&s->mmu, false))) {
         HmmNicQp *qp = nic_qp_of(mj);
 
+        n++;
+        if (nic_resp_unstalled(qp, mj)) {
+            continue;           /* the requester tries again on its own */
+        }
         qp->sched = NIC_QP_IDLE;
         hmm_nic_qp_make_runnable(s, qp);
-        n++;
     }
     hmm_fault_replayed(&s->mmu, n);
     nic_run_now(s);
@@ -555,6 +590,7 @@ static void nic_fail_stalled(HmmNicState *s, HmmNicQp *qp, uint32_t status,
     w.index = qp->sq_ci & e.sq_mask;
     w.cmd[NIC_SIDE_REQ] = HMM_NIC_FAULT_CMD(qp->qpn, w.index, 0);
     w.cmd[NIC_SIDE_RESP] = HMM_NIC_FAULT_CMD(qp->qpn, w.index, 1);
+    w.src_qpn = qp->qpn;
     if (!nic_wqe_fetch(s, &w)) {
         hmm_nic_qp_to_err(s, qp, NULL, HMM_NIC_ERR_QUEUE_READ);
         return;
@@ -576,6 +612,11 @@ void hmm_nic_fault_cancel(HmmNicState *s, uint32_t token)
         /* what the driver asked for: signalled, not counted as a mistake */
         hmm_error_signal(&s->core, HMM_NIC_ERR_FAULT, mj->fault_va,
                          "faulting work request cancelled");
+        if (nic_resp_unstalled(qp, mj)) {
+            nic_resp_failed(s, qp);
+            hmm_nic_kick(s);
+            break;
+        }
         nic_fail_stalled(s, qp, hmm_nic_access_status(
                              HMM_NIC_FAULT_RESPONDER(mj->cmd_id) ?
                              NIC_SIDE_RESP : NIC_SIDE_REQ),
@@ -606,6 +647,10 @@ void hmm_nic_fail_unposted(HmmNicState *s)
 
         hmm_guest_error(&s->core, HMM_NIC_ERR_FAULT, mj->fault_va,
                         "fault queue disabled with a fault pending");
+        if (nic_resp_unstalled(qp, mj)) {
+            nic_resp_failed(s, qp);
+            continue;
+        }
         nic_fail_stalled(s, qp, hmm_nic_access_status(
                              HMM_NIC_FAULT_RESPONDER(mj->cmd_id) ?
                              NIC_SIDE_RESP : NIC_SIDE_REQ),

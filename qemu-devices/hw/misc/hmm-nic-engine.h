@@ -36,6 +36,7 @@ typedef enum NicRes {
     NIC_MORE,               /* the step's byte budget ran out: continue */
     NIC_STALL,              /* a translation faulted: the QP stalled */
     NIC_RNR,                /* no receive WQE at the peer: wait */
+    NIC_LINK,               /* a request went to the linked device: wait */
     NIC_FAIL,               /* the WR completes with w->status */
 } NicRes;
 
@@ -44,7 +45,7 @@ typedef struct NicSeg {
     uint32_t mr;            /* MR index, the MMU context */
     uint64_t va;
     uint64_t len;
-    const uint8_t *host;    /* inline data / an atomic's old value */
+    uint8_t *host;          /* bytes the device holds: inline data, ... */
 } NicSeg;
 
 typedef struct NicSgl {
@@ -86,6 +87,8 @@ typedef struct NicWr {
     struct hmm_nic_sge sge[HMM_NIC_MAX_SGE];
     uint8_t inline_data[HMM_NIC_MAX_INLINE];
     bool is_inline;
+    uint32_t src_qpn;               /* the requester, for receive CQEs */
+    bool remote_resp;               /* qp responds to the linked device */
     /* outcome */
     uint32_t status;                /* HMM_NIC_WC_* */
     uint32_t vendor_err;            /* HMM_NIC_ERR_* */
@@ -138,6 +141,57 @@ static inline bool hmm_nic_is_atomic(uint32_t opcode)
            opcode == HMM_NIC_WR_ATOMIC_FETCH_AND_ADD;
 }
 
+/*
+ * The link (hmm-nic-link.c): frames between two hmm-nic devices over their
+ * "link" chardevs, each a NicLinkMsg then `len` bytes of payload. Fields
+ * are little-endian on the wire. A request carries at most
+ * HMM_NIC_LINK_CHUNK bytes of a message (SEND, WRITE) or asks for as many
+ * (READ); its response says how it went. Both sides of one stream run
+ * the same QEMU, so this is an internal format, not guest ABI.
+ */
+#define HMM_NIC_LINK_MAGIC      0x314c4e48      /* "HNL1" */
+#define HMM_NIC_LINK_CHUNK      (64 * KiB)
+#define NIC_LINK_RNR            0xffffffffu     /* a response: try again */
+
+enum {
+    NIC_LINK_HELLO = 1,     /* src_lid: who is at the other end */
+    NIC_LINK_REQ = 2,
+    NIC_LINK_RESP = 3,
+};
+
+typedef struct QEMU_PACKED NicLinkMsg {
+    uint32_t magic;
+    uint16_t type;
+    uint16_t src_lid;
+    uint32_t src_qpn;
+    uint32_t dst_qpn;
+    uint32_t psn;           /* names a request; its response has the same */
+    uint32_t opcode;        /* REQ: HMM_NIC_WR_* */
+    uint32_t status;        /* RESP: HMM_NIC_WC_* or NIC_LINK_RNR */
+    uint32_t len;           /* payload bytes after the header */
+    uint64_t offset;        /* REQ: where the chunk is in the message */
+    uint64_t msg_len;       /* REQ: the whole message */
+    uint64_t raddr;
+    uint64_t compare_add;   /* RESP: an atomic's old value */
+    uint64_t swap;
+    uint32_t rkey;
+    uint32_t imm;
+    uint32_t send_flags;
+    uint8_t rnr_timer;      /* RESP (RNR): the responder's min_rnr_timer */
+    uint8_t rsvd[3];
+} NicLinkMsg;
+
+static inline bool hmm_nic_remote(HmmNicState *s, const struct hmm_nic_qp *e)
+{
+    return e->dest_lid && e->dest_lid != s->lid;
+}
+
+/* hmm-nic-link.c */
+bool hmm_nic_link_send(HmmNicState *s, NicLinkMsg *m, const void *payload);
+void hmm_nic_link_respond(HmmNicState *s, const NicLinkMsg *req,
+                          uint32_t status, NicLinkMsg *resp,
+                          const void *payload);
+
 /* hmm-nic-queue.c */
 void hmm_nic_qp_make_runnable(HmmNicState *s, HmmNicQp *qp);
 void hmm_nic_qp_forget(HmmNicState *s, HmmNicQp *qp);
@@ -167,5 +221,9 @@ NicRes hmm_nic_do_send(HmmNicState *s, NicWr *w, uint64_t *done);
 NicRes hmm_nic_do_write(HmmNicState *s, NicWr *w, uint64_t *done);
 NicRes hmm_nic_do_read(HmmNicState *s, NicWr *w, uint64_t *done);
 NicRes hmm_nic_do_atomic(HmmNicState *s, NicWr *w, uint64_t *done);
+/* ... of a WR to the linked device, and a request from it */
+NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done);
+void hmm_nic_remote_request(HmmNicState *s, const NicLinkMsg *m,
+                            uint8_t *payload);
 
 #endif

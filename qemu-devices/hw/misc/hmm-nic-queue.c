@@ -20,7 +20,7 @@
 void hmm_nic_update_busy(HmmNicState *s)
 {
     bool pending = !QTAILQ_EMPTY(&s->runnable) || !QTAILQ_EMPTY(&s->rnr) ||
-                   s->mmu.faults.nstalled;
+                   s->nlink_wait || s->mmu.faults.nstalled;
 
     if (hmm_nic_alive(s) && pending) {
         s->status |= HMM_NIC_STATUS_BUSY;
@@ -52,6 +52,9 @@ static void nic_qp_unschedule(HmmNicState *s, HmmNicQp *qp)
     case NIC_QP_STALLED:
         hmm_fault_withdraw(&s->mmu, &qp->xl[qp->stalled_side].mj);
         break;
+    case NIC_QP_LINK:
+        s->nlink_wait--;
+        break;
     case NIC_QP_IDLE:
         break;
     }
@@ -63,8 +66,8 @@ void hmm_nic_qp_make_runnable(HmmNicState *s, HmmNicQp *qp)
     if (qp->sched == NIC_QP_IDLE) {
         qp->sched = NIC_QP_RUNNABLE;
         QTAILQ_INSERT_TAIL(&s->runnable, qp, link);
-    } else if (qp->sched == NIC_QP_RNR) {
-        QTAILQ_REMOVE(&s->rnr, qp, link);
+    } else if (qp->sched == NIC_QP_RNR || qp->sched == NIC_QP_LINK) {
+        nic_qp_unschedule(s, qp);
         qp->sched = NIC_QP_RUNNABLE;
         QTAILQ_INSERT_TAIL(&s->runnable, qp, link);
     }
@@ -114,6 +117,16 @@ void hmm_nic_qp_forget(HmmNicState *s, HmmNicQp *qp)
     qp->err = false;
     qp->rnr_peer = 0;
     qp->rnr_naks = 0;
+    if (qp->resp_stalled) {
+        hmm_fault_withdraw(&s->mmu, &qp->xl[NIC_SIDE_RESP].mj);
+    }
+    qp->resp_stalled = false;
+    qp->resp_cancelled = false;
+    qp->link_retry = false;
+    qp->link_resp = false;
+    qp->link_end = 0;
+    g_free(qp->link_buf);
+    qp->link_buf = NULL;
     qp->wr_done = 0;
     qp->atomic_done = false;
     qp->atomic_old = 0;

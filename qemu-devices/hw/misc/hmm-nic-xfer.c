@@ -121,7 +121,9 @@ static NicRes nic_xlate(HmmNicState *s, NicWr *w, int side, uint32_t mr,
     case HMM_XLATE_OK:
         return NIC_OK;
     case HMM_XLATE_STALL:
-        w->qp->stalled_side = side;
+        if (!w->remote_resp) {
+            w->qp->stalled_side = side;
+        }
         return NIC_STALL;
     default:
         err = x->err == HMM_MMU_FAULT ? HMM_NIC_ERR_FAULT :
@@ -200,19 +202,23 @@ static NicRes nic_move(HmmNicState *s, NicWr *w, const NicSgl *src,
             spa = x.pa;
             n = MIN(n, x.avail);
         }
-        r = nic_xlate(s, w, dst->side, b->mr, dva, dst->access, &x);
-        if (r != NIC_OK) {
-            return r;
+        if (!b->host) {
+            r = nic_xlate(s, w, dst->side, b->mr, dva, dst->access, &x);
+            if (r != NIC_OK) {
+                return r;
+            }
+            n = MIN(n, x.avail);
         }
-        n = MIN(n, x.avail);
         if (a->host) {
             memcpy(s->bounce, a->host + so, n);
         } else if (hmm_nic_data_dma(s, w, src->side, a->mr, spa, sva, s->bounce,
                                     n, false) != MEMTX_OK) {
             return nic_dma_fail(s, w, src->side, spa);
         }
-        if (hmm_nic_data_dma(s, w, dst->side, b->mr, x.pa, dva, s->bounce, n,
-                             true) != MEMTX_OK) {
+        if (b->host) {
+            memcpy(b->host + dof, s->bounce, n);
+        } else if (hmm_nic_data_dma(s, w, dst->side, b->mr, x.pa, dva,
+                                    s->bounce, n, true) != MEMTX_OK) {
             return nic_dma_fail(s, w, dst->side, x.pa);
         }
         so += n;
@@ -298,6 +304,20 @@ static int64_t nic_rnr_delay_ns(uint8_t min_rnr_timer)
 }
 
 /*
+ * The responder had no receive WQE (or, across the link, a page): NIC_RNR,
+ * the QP waits for @min_rnr_timer, or NIC_FAIL when rnr_retry is used up.
+ */
+static NicRes nic_rnr(NicWr *w, uint8_t min_rnr_timer)
+{
+    if (w->e->rnr_retry != HMM_NIC_RNR_RETRY_FOREVER &&
+        ++w->qp->rnr_naks > w->e->rnr_retry) {
+        return nic_fail(w, HMM_NIC_WC_RNR_RETRY_EXC_ERR, 0);
+    }
+    w->qp->rnr_delay_ns = nic_rnr_delay_ns(min_rnr_timer);
+    return NIC_RNR;
+}
+
+/*
  * Is there a receive WQE at peer @dqp? NIC_RNR (the QP waits) or NIC_FAIL
  * (rnr_retry 0) if not.
  */
@@ -317,12 +337,10 @@ static NicRes nic_recv_ready(HmmNicState *s, NicWr *w, HmmNicQp *dqp,
     if ((pi & de->rq_mask) != dqp->rq_ci) {
         return NIC_OK;
     }
-    if (w->e->rnr_retry != HMM_NIC_RNR_RETRY_FOREVER &&
-        ++w->qp->rnr_naks > w->e->rnr_retry) {
-        return nic_fail(w, HMM_NIC_WC_RNR_RETRY_EXC_ERR, 0);
+    if (w->remote_resp) {
+        return NIC_RNR;         /* the requester's device decides */
     }
-    w->qp->rnr_delay_ns = nic_rnr_delay_ns(de->min_rnr_timer);
-    return NIC_RNR;
+    return nic_rnr(w, de->min_rnr_timer);
 }
 
 typedef struct NicRecv {
@@ -402,7 +420,7 @@ static void nic_recv_complete(HmmNicState *s, NicWr *w, HmmNicQp *dqp,
         .byte_len = status == HMM_NIC_WC_SUCCESS ? w->length : 0,
         .imm = imm ? w->imm : 0,
         .qp_num = dqp->qpn,
-        .src_qp = w->qp->qpn,
+        .src_qp = w->src_qpn,
         .wc_flags = imm ? HMM_NIC_WC_WITH_IMM : 0,
         .solicited = w->send_flags & HMM_NIC_SEND_SOLICITED,
     };
@@ -418,7 +436,7 @@ static void nic_recv_complete(HmmNicState *s, NicWr *w, HmmNicQp *dqp,
         s->cnt_wrs_completed++;
     } else {
         s->cnt_wrs_failed++;
-        if (dqp != w->qp) {
+        if (dqp != w->qp || w->remote_resp) {
             hmm_nic_qp_to_err(s, dqp, de, vendor_err);
         }
     }
@@ -617,8 +635,401 @@ NicRes hmm_nic_do_atomic(HmmNicState *s, NicWr *w, uint64_t *done)
     src.access = HMM_GPU_ACCESS_READ;
     src.seg[0] = (NicSeg) {
         .len = HMM_NIC_ATOMIC_SIZE,
-        .host = (const uint8_t *)&old_le,
+        .host = (uint8_t *)&old_le,
     };
     *done = 0;
     return nic_move(s, w, &src, &dst, HMM_NIC_ATOMIC_SIZE, done);
+}
+
+/* ---- across the link: the requester -------------------------------------- */
+
+/*
+ * @n bytes of the device's own at message offset @off, as a scatter list
+ * that nic_move() indexes by message offset (the first segment only
+ * stands for the bytes before @off and is never touched).
+ */
+static void nic_host_sgl(NicSgl *l, uint8_t *buf, uint64_t off, uint64_t n)
+{
+    l->n = 0;
+    l->side = NIC_SIDE_REQ;
+    l->access = HMM_GPU_ACCESS_READ;
+    if (off) {
+        l->seg[l->n++] = (NicSeg) { .len = off, .host = buf };
+    }
+    l->seg[l->n++] = (NicSeg) { .len = n, .host = buf };
+}
+
+/* What the response to the last request says; NIC_OK: go on. */
+static NicRes nic_remote_answer(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    HmmNicQp *qp = w->qp;
+    NicSgl src, dst;
+    uint64_t old_le;
+    NicRes r;
+
+    if (qp->link_status == NIC_LINK_RNR) {
+        qp->link_resp = false;
+        qp->link_retry = true;          /* the same request again */
+        qp->rnr_peer = UINT32_MAX;      /* no RQ_DOORBELL here ends it */
+        return nic_rnr(w, qp->link_rnr_timer);
+    }
+    if (qp->link_status != HMM_NIC_WC_SUCCESS) {
+        qp->link_resp = false;
+        return nic_fail(w, qp->link_status, 0);
+    }
+    switch (w->opcode) {
+    case HMM_NIC_WR_RDMA_READ:
+        /* the data into the requester's SGEs, which may fault */
+        if (!nic_local_sgl(s, w, HMM_NIC_ACCESS_LOCAL_WRITE,
+                           HMM_GPU_ACCESS_WRITE, &dst)) {
+            qp->link_resp = false;
+            return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
+        }
+        nic_host_sgl(&src, qp->link_buf, *done, qp->link_len);
+        r = nic_move(s, w, &src, &dst, *done + qp->link_len, done);
+        if (r == NIC_MORE) {
+            r = NIC_OK;         /* at most a chunk: the move is done */
+        }
+        if (r != NIC_OK) {
+            if (r == NIC_STALL) {
+                *done = qp->link_end - qp->link_len;    /* all of it again */
+            } else {
+                qp->link_resp = false;
+            }
+            return r;
+        }
+        break;
+    case HMM_NIC_WR_ATOMIC_CMP_AND_SWP:
+    case HMM_NIC_WR_ATOMIC_FETCH_AND_ADD:
+        qp->atomic_done = true;
+        qp->atomic_old = qp->link_old;
+        if (!nic_local_sgl(s, w, HMM_NIC_ACCESS_LOCAL_WRITE,
+                           HMM_GPU_ACCESS_WRITE, &dst)) {
+            qp->link_resp = false;
+            return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
+        }
+        old_le = cpu_to_le64(qp->atomic_old);
+        nic_host_sgl(&src, (uint8_t *)&old_le, 0, HMM_NIC_ATOMIC_SIZE);
+        *done = 0;
+        r = nic_move(s, w, &src, &dst, HMM_NIC_ATOMIC_SIZE, done);
+        if (r != NIC_OK) {
+            if (r != NIC_STALL) {
+                qp->link_resp = false;
+            }
+            return r;
+        }
+        break;
+    default:
+        *done = qp->link_end;
+        break;
+    }
+    qp->link_resp = false;
+    return NIC_OK;
+}
+
+/*
+ * One step of a WR whose peer QP is on the linked device: use the response
+ * that came in, then send the next request (a chunk of the message, or
+ * the whole atomic) and wait for its answer (NIC_LINK).
+ */
+NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    bool atomic = hmm_nic_is_atomic(w->opcode);
+    uint64_t total = atomic ? HMM_NIC_ATOMIC_SIZE : w->length;
+    HmmNicQp *qp = w->qp;
+    NicLinkMsg m = { 0 };
+    uint8_t *chunk = NULL;
+    NicSgl src, dst;
+    uint64_t n = 0, pos;
+    NicRes r;
+
+    if (qp->link_resp) {
+        r = nic_remote_answer(s, w, done);
+        if (r != NIC_OK || *done >= total || atomic) {
+            return r;
+        }
+    }
+    if (!s->link_up || w->e->dest_lid != s->peer_lid) {
+        trace_hmm_nic_peer_error(qp->qpn, w->e->dest_qpn,
+                                 "no linked device has dest_lid");
+        return nic_fail(w, HMM_NIC_WC_RETRY_EXC_ERR, 0);
+    }
+    if (!atomic) {
+        n = MIN(total - *done, (uint64_t)HMM_NIC_LINK_CHUNK);
+    }
+    if (w->opcode != HMM_NIC_WR_RDMA_READ && !atomic) {
+        /* the chunk's bytes, read now: they may fault */
+        if (!nic_local_sgl(s, w, 0, HMM_GPU_ACCESS_READ, &src)) {
+            return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
+        }
+        chunk = g_malloc(MAX(n, 1));
+        nic_host_sgl(&dst, chunk, *done, n);
+        pos = *done;
+        r = nic_move(s, w, &src, &dst, *done + n, &pos);
+        if (r != NIC_OK && r != NIC_MORE) {
+            g_free(chunk);
+            return r;
+        }
+        if (pos != *done + n) {
+            /* a step moves at least a chunk: this would be our bug */
+            g_free(chunk);
+            return nic_fail(w, HMM_NIC_WC_LOC_QP_OP_ERR, 0);
+        }
+        m.len = n;
+    }
+    if (!qp->link_retry) {
+        /* a new request (an RNR retry keeps its PSN); PSNs never repeat */
+        qp->link_psn = ++s->link_psn_next ?: ++s->link_psn_next;
+    }
+    qp->link_retry = false;
+    qp->link_end = *done + n;
+    m.src_qpn = qp->qpn;
+    m.dst_qpn = w->e->dest_qpn;
+    m.psn = qp->link_psn;
+    m.opcode = w->opcode;
+    m.offset = *done;
+    m.msg_len = total;
+    m.raddr = w->raddr;
+    m.rkey = w->rkey;
+    m.imm = w->imm;
+    m.send_flags = w->send_flags;
+    m.compare_add = w->compare_add;
+    m.swap = w->swap;
+    if (w->opcode == HMM_NIC_WR_RDMA_READ) {
+        m.len = 0;
+        m.msg_len = total;
+        m.swap = n;             /* how much of it this request asks for */
+    }
+    hmm_nic_link_send(s, &m, chunk);
+    g_free(chunk);
+    return NIC_LINK;
+}
+
+/* ---- across the link: the responder -------------------------------------- */
+
+/*
+ * The linked device's request @m for our QP dst_qpn, run against our
+ * memory, MRs and receive queue. A page that is not there faults (the
+ * record names the responder side) and the requester is told to try
+ * again after min_rnr_timer, as mlx5's responder answers an ODP fault
+ * with an RNR NAK; if the driver cancels the fault instead, the requester
+ * gets REM_ACCESS_ERR.
+ */
+void hmm_nic_remote_request(HmmNicState *s, const NicLinkMsg *m,
+                            uint8_t *payload)
+{
+    NicLinkMsg resp = { 0 };
+    struct hmm_nic_qp de;
+    HmmNicQp *dqp;
+    NicSgl src, dst;
+    NicRecv rv;
+    g_autofree uint8_t *data = NULL;
+    uint64_t pos, room = 0, n;
+    uint32_t i, status = HMM_NIC_WC_SUCCESS, err;
+    bool last = m->offset + m->len >= m->msg_len;
+    NicWr w;
+    NicRes r = NIC_OK;
+
+    if (m->dst_qpn >= s->qp_count ||
+        !hmm_nic_qp_read(s, m->dst_qpn, &de,
+                         HMM_NIC_FAULT_CMD(m->dst_qpn, 0, 1)) ||
+        (de.state != HMM_NIC_QPS_RTR && de.state != HMM_NIC_QPS_RTS) ||
+        s->qps[m->dst_qpn].err || hmm_nic_qp_check(s, &de, &err) ||
+        de.dest_qpn != m->src_qpn || de.dest_lid != m->src_lid ||
+        !hmm_nic_remote(s, &de)) {
+        trace_hmm_nic_peer_error(m->src_qpn, m->dst_qpn,
+                                 "no QP here is connected to the requester");
+        hmm_nic_link_respond(s, m, HMM_NIC_WC_RETRY_EXC_ERR, &resp, NULL);
+        return;
+    }
+    dqp = &s->qps[m->dst_qpn];
+    if (dqp->resp_cancelled && dqp->resp_psn == m->psn) {
+        dqp->resp_cancelled = false;
+        hmm_nic_link_respond(s, m, HMM_NIC_WC_REM_ACCESS_ERR, &resp, NULL);
+        return;
+    }
+    if (dqp->resp_stalled) {
+        if (dqp->resp_psn == m->psn) {
+            dqp->resp_src_qpn = m->src_qpn;
+        }
+        /* a fault of an earlier request is pending: later ones wait too */
+        resp.rnr_timer = de.min_rnr_timer;
+        hmm_nic_link_respond(s, m, NIC_LINK_RNR, &resp, NULL);
+        return;
+    }
+
+    memset(&w, 0, sizeof(w));
+    w.qp = dqp;
+    w.e = &de;
+    w.remote_resp = true;
+    w.index = m->psn & HMM_NIC_MAX_QUEUE_MASK;
+    w.cmd[NIC_SIDE_REQ] = HMM_NIC_FAULT_CMD(dqp->qpn, w.index, 1);
+    w.cmd[NIC_SIDE_RESP] = w.cmd[NIC_SIDE_REQ];
+    w.src_qpn = m->src_qpn;
+    w.opcode = m->opcode;
+    w.send_flags = m->send_flags;
+    w.imm = m->imm;
+    w.raddr = m->raddr;
+    w.rkey = m->rkey;
+    w.compare_add = m->compare_add;
+    w.swap = m->swap;
+    w.length = m->msg_len;
+    hmm_mmu_job_init(&dqp->xl[NIC_SIDE_RESP].mj, w.cmd[NIC_SIDE_RESP],
+                     UINT32_MAX);
+    nic_host_sgl(&src, payload, m->offset, m->len);
+
+    switch (m->opcode) {
+    case HMM_NIC_WR_SEND:
+    case HMM_NIC_WR_SEND_WITH_IMM:
+        r = nic_recv_ready(s, &w, dqp, &de);
+        if (r != NIC_OK) {
+            break;
+        }
+        if (!nic_recv_fetch(s, &w, dqp, &de, &rv, true, &status)) {
+            nic_recv_complete(s, &w, dqp, &de, &rv, status,
+                              HMM_NIC_ERR_BAD_WQE);
+            r = nic_fail(&w, HMM_NIC_WC_REM_OP_ERR, HMM_NIC_ERR_BAD_WQE);
+            break;
+        }
+        dst.n = 0;
+        dst.side = NIC_SIDE_RESP;
+        dst.access = HMM_GPU_ACCESS_WRITE;
+        for (i = 0; i < rv.num_sge && r == NIC_OK; i++) {
+            if (!rv.sge[i].length) {
+                continue;
+            }
+            if (!nic_check_key(s, w.cmd[NIC_SIDE_RESP], rv.sge[i].lkey,
+                               rv.sge[i].addr, rv.sge[i].length, de.pdn,
+                               HMM_NIC_ACCESS_LOCAL_WRITE, &dst.seg[dst.n])) {
+                nic_recv_complete(s, &w, dqp, &de, &rv,
+                                  HMM_NIC_WC_LOC_PROT_ERR, 0);
+                r = nic_fail(&w, HMM_NIC_WC_REM_OP_ERR, 0);
+                break;
+            }
+            room += rv.sge[i].length;
+            dst.n++;
+        }
+        if (r != NIC_OK) {
+            break;
+        }
+        if (room < m->msg_len) {
+            nic_recv_complete(s, &w, dqp, &de, &rv, HMM_NIC_WC_LOC_LEN_ERR,
+                              0);
+            r = nic_fail(&w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+            break;
+        }
+        pos = m->offset;
+        r = nic_move(s, &w, &src, &dst, m->offset + m->len, &pos);
+        if (r == NIC_OK && last) {
+            nic_recv_complete(s, &w, dqp, &de, &rv, HMM_NIC_WC_SUCCESS, 0);
+        }
+        break;
+    case HMM_NIC_WR_RDMA_WRITE:
+    case HMM_NIC_WR_RDMA_WRITE_WITH_IMM:
+        r = nic_remote_seg(s, &w, &de, HMM_NIC_ACCESS_REMOTE_WRITE,
+                           m->msg_len, &dst, HMM_GPU_ACCESS_WRITE);
+        if (r == NIC_OK && last &&
+            m->opcode == HMM_NIC_WR_RDMA_WRITE_WITH_IMM) {
+            r = nic_recv_ready(s, &w, dqp, &de);
+        }
+        if (r != NIC_OK) {
+            break;
+        }
+        pos = m->offset;
+        r = nic_move(s, &w, &src, &dst, m->offset + m->len, &pos);
+        if (r == NIC_OK && last &&
+            m->opcode == HMM_NIC_WR_RDMA_WRITE_WITH_IMM) {
+            if (!nic_recv_fetch(s, &w, dqp, &de, &rv, false, &status)) {
+                nic_recv_complete(s, &w, dqp, &de, &rv, status,
+                                  HMM_NIC_ERR_QUEUE_READ);
+                r = nic_fail(&w, HMM_NIC_WC_REM_OP_ERR, 0);
+                break;
+            }
+            nic_recv_complete(s, &w, dqp, &de, &rv, HMM_NIC_WC_SUCCESS, 0);
+        }
+        break;
+    case HMM_NIC_WR_RDMA_READ:
+        n = MIN(m->swap, (uint64_t)HMM_NIC_LINK_CHUNK);
+        if (m->offset > m->msg_len || n > m->msg_len - m->offset) {
+            r = nic_fail(&w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+            break;
+        }
+        r = nic_remote_seg(s, &w, &de, HMM_NIC_ACCESS_REMOTE_READ,
+                           m->msg_len, &src, HMM_GPU_ACCESS_READ);
+        if (r != NIC_OK) {
+            break;
+        }
+        data = g_malloc(MAX(n, 1));
+        nic_host_sgl(&dst, data, m->offset, n);
+        pos = m->offset;
+        r = nic_move(s, &w, &src, &dst, m->offset + n, &pos);
+        resp.len = n;
+        break;
+    case HMM_NIC_WR_ATOMIC_CMP_AND_SWP:
+    case HMM_NIC_WR_ATOMIC_FETCH_AND_ADD: {
+        HmmXlateResult x;
+        uint64_t old, new;
+
+        if (m->raddr & (HMM_NIC_ATOMIC_SIZE - 1)) {
+            r = nic_fail(&w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+            break;
+        }
+        r = nic_remote_seg(s, &w, &de, HMM_NIC_ACCESS_REMOTE_ATOMIC,
+                           HMM_NIC_ATOMIC_SIZE, &dst, HMM_GPU_ACCESS_ATOMIC);
+        if (r == NIC_OK) {
+            r = nic_xlate(s, &w, NIC_SIDE_RESP, dst.seg[0].mr, m->raddr,
+                          HMM_GPU_ACCESS_ATOMIC, &x);
+        }
+        if (r != NIC_OK) {
+            break;
+        }
+        if (hmm_nic_data_dma(s, &w, NIC_SIDE_RESP, dst.seg[0].mr, x.pa,
+                             m->raddr, &old, sizeof(old), false) != MEMTX_OK) {
+            r = nic_dma_fail(s, &w, NIC_SIDE_RESP, x.pa);
+            break;
+        }
+        old = le64_to_cpu(old);
+        new = cpu_to_le64(m->opcode == HMM_NIC_WR_ATOMIC_FETCH_AND_ADD ?
+                          old + m->compare_add : m->swap);
+        if ((m->opcode == HMM_NIC_WR_ATOMIC_FETCH_AND_ADD ||
+             old == m->compare_add) &&
+            hmm_nic_data_dma(s, &w, NIC_SIDE_RESP, dst.seg[0].mr, x.pa,
+                             m->raddr, &new, sizeof(new), true) != MEMTX_OK) {
+            r = nic_dma_fail(s, &w, NIC_SIDE_RESP, x.pa);
+            break;
+        }
+        trace_hmm_nic_atomic(dqp->qpn, m->raddr, x.pa, old);
+        resp.compare_add = old;
+        break;
+    }
+    default:
+        r = nic_fail(&w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+        break;
+    }
+
+    switch (r) {
+    case NIC_OK:
+    case NIC_MORE:
+        hmm_nic_link_respond(s, m, HMM_NIC_WC_SUCCESS, &resp, data);
+        break;
+    case NIC_STALL:
+        dqp->resp_stalled = true;
+        dqp->resp_psn = m->psn;
+        dqp->resp_src_qpn = m->src_qpn;
+        /* fall through */
+    case NIC_RNR:
+        resp.len = 0;
+        resp.rnr_timer = de.min_rnr_timer;
+        hmm_nic_link_respond(s, m, NIC_LINK_RNR, &resp, NULL);
+        break;
+    default:
+        resp.len = 0;
+        hmm_nic_link_respond(s, m, w.status, &resp, NULL);
+        break;
+    }
+    if (r == NIC_STALL) {
+        hmm_nic_kick(s);    /* the engine posts the fault record */
+    } else {
+        hmm_nic_update_busy(s);
+    }
 }

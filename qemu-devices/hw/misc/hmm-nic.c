@@ -64,11 +64,14 @@ REG32(INV_VA_HI, HMM_NIC_REG_INV_VA_HI)
 REG32(INV_LEN_LO, HMM_NIC_REG_INV_LEN_LO)
 REG32(INV_LEN_HI, HMM_NIC_REG_INV_LEN_HI)
 REG32(INV_GO, HMM_NIC_REG_INV_GO)
+REG32(PORT_LID, HMM_NIC_REG_PORT_LID)
+REG32(LINK_STATUS, HMM_NIC_REG_LINK_STATUS)
 
 #define HMM_NIC_INTR_ALL        (HMM_NIC_INTR_EQ | HMM_NIC_INTR_ERROR | \
                                  HMM_NIC_INTR_FAULT)
 #define HMM_NIC_CAPS            (HMM_NIC_CAP_RC | HMM_NIC_CAP_ATOMIC | \
-                                 HMM_NIC_CAP_ODP | HMM_NIC_CAP_IMPLICIT)
+                                 HMM_NIC_CAP_ODP | HMM_NIC_CAP_IMPLICIT | \
+                                 HMM_NIC_CAP_LINK)
 #define HMM_NIC_TABLE_ALIGN     64
 
 /* the ABI header and the library agree on the shared registers */
@@ -298,6 +301,12 @@ static uint64_t hmm_nic_mmio_read(void *opaque, hwaddr addr, unsigned size)
     case A_INV_LEN_HI:
         val = extract64(s->inv_len, 32, 32);
         break;
+    case A_PORT_LID:
+        val = s->lid;
+        break;
+    case A_LINK_STATUS:
+        val = s->link_up ? HMM_NIC_LINK_UP | (uint32_t)s->peer_lid << 16 : 0;
+        break;
     default:
         hmm_reg_error(&s->core, addr, 0, size, "read of undefined register");
         return 0;
@@ -491,6 +500,8 @@ static void hmm_nic_mmio_write_reg(HmmNicState *s, hwaddr addr, uint64_t val,
 
     switch (addr) {
     case A_EQ_TAIL:
+    case A_PORT_LID:
+    case A_LINK_STATUS:
         hmm_reg_error(&s->core, addr, val, size,
                       "write to read-only register");
         break;
@@ -589,6 +600,12 @@ static void hmm_nic_realize(PCIDevice *pdev, Error **errp)
     HmmNicState *s = HMM_NIC(pdev);
     uint32_t i;
 
+    /* IB unicast LIDs are 0x0001-0xbfff; 0 in a QP means "this device" */
+    if (s->lid == 0 || s->lid >= 0xc000) {
+        error_setg(errp, "hmm-nic: lid %u is invalid: it must be a unicast "
+                   "LID, 1 to 49151", s->lid);
+        return;
+    }
     pci_config_set_interrupt_pin(pdev->config, 1);
 
     if (pci_bus_is_express(pci_get_bus(pdev))) {
@@ -621,6 +638,7 @@ static void hmm_nic_realize(PCIDevice *pdev, Error **errp)
     s->bh = qemu_bh_new_guarded(hmm_nic_bh, s,
                                 &DEVICE(pdev)->mem_reentrancy_guard);
     s->rnr_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, hmm_nic_rnr_expire, s);
+    hmm_nic_link_realize(s);
     hmm_nic_soft_reset(s, "realize");
     hmm_dmatrace_start(&s->core.trace, pdev->devfn);
 }
@@ -634,6 +652,7 @@ static void hmm_nic_exit(PCIDevice *pdev)
     hmm_nic_drop_all(s);
     timer_free(s->rnr_timer);
     s->rnr_timer = NULL;
+    hmm_nic_link_unrealize(s);
     hmm_dmatrace_stop(&s->core.trace);
     g_free(s->bounce);
     s->bounce = NULL;
@@ -672,6 +691,18 @@ static void hmm_nic_instance_init(Object *obj)
                                    OBJ_PROP_FLAG_READ);
     object_property_add_uint64_ptr(obj, "rnr-waits",
                                    &s->cnt_rnr_waits, OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "link-frames-sent",
+                                   &s->cnt_link_frames_sent,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "link-frames-received",
+                                   &s->cnt_link_frames_received,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "link-bytes-sent",
+                                   &s->cnt_link_bytes_sent,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "link-bytes-received",
+                                   &s->cnt_link_bytes_received,
+                                   OBJ_PROP_FLAG_READ);
 }
 
 /* Queue state lives in guest memory and in-flight DMA; not migrated. */
@@ -682,6 +713,8 @@ static const VMStateDescription vmstate_hmm_nic = {
 
 static const Property hmm_nic_props[] = {
     DEFINE_PROP_CHR("dmatrace", HmmNicState, core.trace.chr),
+    DEFINE_PROP_CHR("link", HmmNicState, link),
+    DEFINE_PROP_UINT16("lid", HmmNicState, lid, 1),
     DEFINE_PROP_UINT32("dmatrace-flush-ms", HmmNicState, core.trace.flush_ms,
                        10),
 };
@@ -697,7 +730,7 @@ static void hmm_nic_class_init(ObjectClass *oc, void *data)
     k->device_id = HMM_NIC_PCI_DEVICE_ID;
     k->revision = HMM_NIC_PCI_REVISION;
     k->class_id = PCI_CLASS_NETWORK_OTHER;
-    dc->desc = "hmmlab emulated RDMA NIC (loopback) for ODP driver testing";
+    dc->desc = "hmmlab emulated RDMA NIC with on-demand paging";
     dc->vmsd = &vmstate_hmm_nic;
     device_class_set_legacy_reset(dc, hmm_nic_device_reset);
     device_class_set_props(dc, hmm_nic_props);

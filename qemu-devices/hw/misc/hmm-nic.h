@@ -13,6 +13,7 @@
 #include "qemu/queue.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
+#include "chardev/char-fe.h"
 #include "hw/pci/pci_device.h"
 #include "qom/object.h"
 #include "hmm-common/core.h"
@@ -40,6 +41,7 @@ typedef enum HmmNicQpSched {
     NIC_QP_RUNNABLE,        /* on HmmNicState.runnable */
     NIC_QP_STALLED,         /* its xl[stalled_side] is on the MMU fault queue */
     NIC_QP_RNR,             /* on HmmNicState.rnr: waits for RQ_DOORBELL */
+    NIC_QP_LINK,            /* a request to the linked device is out */
 } HmmNicQpSched;
 
 /* The two sides of a work request, for translations and trace records. */
@@ -77,6 +79,22 @@ typedef struct HmmNicQp {
     uint64_t atomic_old;
     int stalled_side;               /* NIC_SIDE_*: xl[] on the fault queue */
     HmmNicXlate xl[2];
+
+    /* requester of a WR to the linked device (hmm-nic-link.c) */
+    uint32_t link_psn;              /* of the request out or last answered */
+    uint64_t link_end;              /* the message offset it ends at */
+    bool link_retry;                /* the next request repeats it (RNR) */
+    bool link_resp;                 /* its response is here: */
+    uint32_t link_status;           /* HMM_NIC_WC_* or NIC_LINK_RNR */
+    uint8_t link_rnr_timer;         /* the responder's min_rnr_timer */
+    uint64_t link_old;              /* an atomic's old value */
+    uint32_t link_len;              /* READ: bytes of data in link_buf */
+    uint8_t *link_buf;              /* READ: HMM_NIC_LINK_CHUNK, on demand */
+    /* responder to the linked device: a request of it faulted */
+    bool resp_stalled;          /* xl[NIC_SIDE_RESP] is on the fault queue */
+    uint32_t resp_psn;              /* the request that faulted */
+    uint32_t resp_src_qpn;          /* ... and who sent it */
+    bool resp_cancelled;            /* ... and the driver cancelled it */
 } HmmNicQp;
 
 typedef struct HmmNicCq {
@@ -118,6 +136,17 @@ struct HmmNicState {
     HmmNicQpList runnable;
     HmmNicQpList rnr;
     QEMUTimer *rnr_timer;   /* the earliest rnr_deadline of the rnr list */
+    uint32_t nlink_wait;    /* QPs in NIC_QP_LINK */
+
+    /* the link to another hmm-nic (hmm-nic-link.c) */
+    CharBackend link;       /* property "link" */
+    uint16_t lid;           /* property "lid": PORT_LID */
+    bool link_up;           /* the peer said HELLO */
+    uint16_t peer_lid;
+    uint32_t link_psn_next;
+    GByteArray *link_in;    /* bytes received, not yet a whole frame */
+    GByteArray *link_out;   /* bytes not yet written */
+    guint link_watch;
     HmmMmuJob ring_job;     /* translations of the queues (RING_CTX) */
 
     /* read-only QOM counters, cumulative over resets */
@@ -127,6 +156,10 @@ struct HmmNicState {
     uint64_t cnt_events;
     uint64_t cnt_events_dropped;
     uint64_t cnt_rnr_waits;
+    uint64_t cnt_link_frames_sent;
+    uint64_t cnt_link_frames_received;
+    uint64_t cnt_link_bytes_sent;   /* payload */
+    uint64_t cnt_link_bytes_received;
 };
 
 /* hmm-nic.c */
@@ -147,5 +180,7 @@ void hmm_nic_cq_arm(HmmNicState *s, uint32_t val);
 void hmm_nic_fault_replay(HmmNicState *s);
 void hmm_nic_fault_cancel(HmmNicState *s, uint32_t token);
 void hmm_nic_fail_unposted(HmmNicState *s);
+void hmm_nic_link_realize(HmmNicState *s);
+void hmm_nic_link_unrealize(HmmNicState *s);
 
 #endif
