@@ -28,7 +28,7 @@ KERNELS = ("6.1", "6.12", "7.2", "stock-6.1")
 FLAVORS = ("default", "debug")
 IOMMUS = ("off", "intel-iommu")
 ACCELS = ("auto", "kvm", "tcg")
-DEVICE_TYPES = ("hmm-gpu",)
+DEVICE_TYPES = ("hmm-gpu", "hmm-nic")
 # Properties the launcher sets itself for each device.
 RESERVED_PROPS = ("id", "dmatrace", "bus", "addr")
 TIMEOUT_KEYS = ("boot", "no_output", "scenario")

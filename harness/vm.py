@@ -394,6 +394,9 @@ class LaunchFiles:
     def dmatrace(self, index: int) -> Path:
         return self.run_dir / f"dmatrace-{index}.bin"
 
+    def nic_dmatrace(self, index: int) -> Path:
+        return self.run_dir / f"dmatrace-nic{index}.bin"
+
 
 def iommu_options(iommu: str, accel: AccelChoice) -> tuple[list[str], list[str]]:
     """(extra ``-accel`` options, the vIOMMU's ``-device`` argument(s)).
@@ -442,18 +445,27 @@ def build_command_line(
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=n0,romfile=",
     ]
-    gpu = 0
+    gpu = nic = 0
     for dev in cfg.devices:
         if dev.type == "hmm-gpu":
             chardev = f"dmatrace{gpu}"
             argv += ["-chardev",
                      f"file,id={chardev},path={_qemu_opt(str(files.dmatrace(gpu)))}"]
             opts = [f"hmm-gpu,id=gpu{gpu},dmatrace={chardev}"]
-            opts += [f"{k}={_qemu_opt(v)}" for k, v in dev.props.items()]
-            argv += ["-device", ",".join(opts)]
             gpu += 1
+        elif dev.type == "hmm-nic":
+            chardev = f"nictrace{nic}"
+            argv += ["-chardev",
+                     f"file,id={chardev},path={_qemu_opt(str(files.nic_dmatrace(nic)))}"]
+            # each port its own LID, so two NICs in one guest can be linked
+            opts = [f"hmm-nic,id=nic{nic},dmatrace={chardev}"]
+            if "lid" not in dev.props:
+                opts.append(f"lid={nic + 1}")
+            nic += 1
         else:  # config validation keeps this unreachable
             raise GuestError(f"unknown device type {dev.type}")
+        opts += [f"{k}={_qemu_opt(v)}" for k, v in dev.props.items()]
+        argv += ["-device", ",".join(opts)]
     argv += [
         # a guest panic becomes a QMP GUEST_PANICKED event; QEMU itself does
         # nothing more, so the kernel finishes printing and ends the run

@@ -241,6 +241,12 @@ static int hmm_nic_register(struct hmm_nic_dev *nd)
 	ibdev->num_comp_vectors = 1;
 	ibdev->node_guid = nd->guid;
 	strscpy(ibdev->node_desc, "hmm-nic", sizeof(ibdev->node_desc));
+	/*
+	 * Not in the core's default mask: the rxe provider rings the send
+	 * doorbell with an empty POST_SEND and arms CQs with REQ_NOTIFY_CQ.
+	 */
+	ibdev->uverbs_cmd_mask |= BIT_ULL(IB_USER_VERBS_CMD_POST_SEND) |
+				  BIT_ULL(IB_USER_VERBS_CMD_REQ_NOTIFY_CQ);
 	ib_set_device_ops(ibdev, &hmm_nic_dev_ops);
 	return ib_register_device(ibdev, "hmmnic%d", &nd->pdev->dev);
 }
@@ -281,8 +287,11 @@ static int hmm_nic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 	magic = hmm_nic_rd(nd, HMM_NIC_REG_ID);
 	version = hmm_nic_rd(nd, HMM_NIC_REG_VERSION);
-	if (magic != HMM_NIC_ID_MAGIC || version >> 16 != HMM_NIC_VERSION_MAJOR) {
-		dev_err(&pdev->dev, "not an hmm-nic 1.x (id %#x, version %#x)\n", magic, version);
+	/* Minor 3 is the first with CQ_RESET, which this driver relies on. */
+	if (magic != HMM_NIC_ID_MAGIC || version >> 16 != HMM_NIC_VERSION_MAJOR ||
+	    (version & 0xffff) < HMM_NIC_VERSION_MINOR) {
+		dev_err(&pdev->dev, "not an hmm-nic 1.%u or later (id %#x, version %#x)\n",
+			HMM_NIC_VERSION_MINOR, magic, version);
 		ret = -ENODEV;
 		goto err_dealloc;
 	}

@@ -194,6 +194,8 @@ int hmm_nic_create_cq(struct ib_cq *ibcq, const struct ib_cq_init_attr *attr,
 	/* The rest of the entry before the device may use it. */
 	dma_wmb();
 	WRITE_ONCE(ent->flags, HMM_NIC_CQ_VALID);
+	/* The CQN may be a destroyed CQ's: the device must not go on at its index. */
+	hmm_nic_wr(nd, HMM_NIC_REG_CQ_RESET, cq->cqn);
 	ret = xa_insert_irq(&nd->cqs, cq->cqn, cq, GFP_KERNEL);
 	if (ret)
 		goto err_entry;

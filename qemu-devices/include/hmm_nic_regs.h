@@ -53,7 +53,7 @@
 
 #define HMM_NIC_ID_MAGIC		0x484d4e43	/* "HMNC" */
 #define HMM_NIC_VERSION_MAJOR		1
-#define HMM_NIC_VERSION_MINOR		2	/* 1.1: RNR timer; 1.2: link */
+#define HMM_NIC_VERSION_MINOR		3	/* 1.1: RNR timer; 1.2: link; 1.3: CQ_RESET */
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 /* 0x000-0x03c: identity, reset, errors and interrupts, as on hmm-gpu */
@@ -129,6 +129,7 @@
 #define HMM_NIC_REG_SQ_DOORBELL		0x180	/* QPN: new send WRs were produced */
 #define HMM_NIC_REG_RQ_DOORBELL		0x184	/* QPN: new receive WRs (ends an RNR wait) */
 #define HMM_NIC_REG_CQ_ARM		0x188	/* CQN | HMM_NIC_CQ_ARM_SOLICITED */
+#define HMM_NIC_REG_CQ_RESET		0x18c	/* CQN: start the CQ over (1.3) */
 /*
  * Zap with fence: write INV_CTX, INV_VA and INV_LEN, then INV_GO. When the
  * INV_GO write completes, no DMA the device issues afterwards uses a
@@ -324,8 +325,12 @@ enum hmm_nic_qp_state {
  * changes, and whenever the device reads the QP's entry in state RESET or
  * INIT (doorbells read it; so does a peer's request): a driver that takes
  * a QP through RESET rings RQ_DOORBELL while it is in INIT (as posting its
- * first receives does). A CQ's producer index and arming start over the
- * same way, and when the device finds the CQ entry without CQ_VALID.
+ * first receives does). A CQ's producer index, arming and error start
+ * over at RESET, whenever NIC_CTRL changes, when the device finds the CQ
+ * entry without CQ_VALID, and on CQ_RESET of its CQN (1.3). A driver
+ * writes CQ_RESET after it fills the entry of a new CQ: a CQN freed and
+ * taken again before the device read the entry in between would otherwise
+ * go on at the old CQ's producer index.
  *
  * SQ_DOORBELL of a QP in RESET, INIT or RTR: ERR_QP_STATE. RQ_DOORBELL of
  * a QP in RESET: ERR_QP_STATE. A doorbell of a QP in ERR flushes its

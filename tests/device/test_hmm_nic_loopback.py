@@ -643,3 +643,35 @@ def test_peer_connected_to_another_qp(nic: Nic) -> None:
     assert (e.wr_id, e.status, e.qp_num) == (0x42, N.WC_RETRY_EXC_ERR, 2)
     assert nic.rq_consumer(b) == 0 and nic.qt.read(dst.pa, 8) == b"\0" * 8
     assert nic.qp_state(1) == N.QPS_RTS
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_cq_reset_starts_a_reused_cqn_over(nic: Nic, reset: bool) -> None:
+    """A CQN freed and taken again (a process exits, the next creates a CQ)
+    without the device reading the entry in between: CQ_RESET makes the new
+    CQ start at slot 0; without it the device goes on at the old index,
+    which is what the rxe provider then misreads as completions."""
+    a, _ = pair(nic)
+    src, dst = mrs(nic)
+    wr = SendWr(N.WR_RDMA_WRITE, wr_id=7, flags=SIG, sges=[(src.va, 8, src.key)],
+                remote_addr=dst.va, rkey=dst.key)
+    for _ in range(3):
+        nic.post_send(a, wr)
+        assert nic.poll(0, 1) == [ok(7, N.WC_OP_RDMA_WRITE, 8)]
+    fresh = nic.create_cq(0)  # a new buffer under the same CQN, entry valid throughout
+    if reset:
+        nic.set_reg("CQ_RESET", 0)
+    nic.post_send(a, wr)
+    if reset:
+        assert nic.poll(0, 1) == [ok(7, N.WC_OP_RDMA_WRITE, 8)]
+        assert nic.qt.readl(fresh.pa + N.QBUF_PRODUCER) == 1
+    else:
+        nic.wait(lambda: nic.qt.readl(fresh.pa + N.QBUF_PRODUCER) == 4, "the CQE at the old index")
+    assert nic.reg("ERROR") == N.ERR_NONE
+
+
+def test_cq_reset_beyond_cq_count(nic: Nic) -> None:
+    pair(nic)
+    nic.set_reg("CQ_RESET", nic.reg("CQ_COUNT"))
+    assert nic.reg("ERROR") == N.ERR_BAD_CQN and nic.error_addr() == nic.reg("CQ_COUNT")
+    assert nic.qt.alive()

@@ -485,6 +485,18 @@ void hmm_nic_rq_doorbell(HmmNicState *s, uint32_t qpn)
     nic_run_now(s);
 }
 
+/* CQ_RESET: the CQ starts over, whatever its entry says now. */
+void hmm_nic_cq_reset(HmmNicState *s, uint32_t cqn)
+{
+    trace_hmm_nic_cq_reset(cqn);
+    if (cqn >= s->cq_count) {
+        hmm_guest_error(&s->core, HMM_NIC_ERR_BAD_CQN, cqn,
+                        "CQ_RESET for a CQN beyond CQ_COUNT");
+        return;
+    }
+    memset(&s->cqs[cqn], 0, sizeof(s->cqs[cqn]));
+}
+
 void hmm_nic_cq_arm(HmmNicState *s, uint32_t val)
 {
     uint32_t cqn = val & ~HMM_NIC_CQ_ARM_SOLICITED;

@@ -58,6 +58,7 @@ REG32(EQ_CTRL, HMM_NIC_REG_EQ_CTRL)
 REG32(SQ_DOORBELL, HMM_NIC_REG_SQ_DOORBELL)
 REG32(RQ_DOORBELL, HMM_NIC_REG_RQ_DOORBELL)
 REG32(CQ_ARM, HMM_NIC_REG_CQ_ARM)
+REG32(CQ_RESET, HMM_NIC_REG_CQ_RESET)
 REG32(INV_CTX, HMM_NIC_REG_INV_CTX)
 REG32(INV_VA_LO, HMM_NIC_REG_INV_VA_LO)
 REG32(INV_VA_HI, HMM_NIC_REG_INV_VA_HI)
@@ -238,6 +239,7 @@ static uint64_t hmm_nic_mmio_read(void *opaque, hwaddr addr, unsigned size)
     case A_SQ_DOORBELL:
     case A_RQ_DOORBELL:
     case A_CQ_ARM:
+    case A_CQ_RESET:
     case A_INV_GO:
         val = 0;                                /* write-only */
         break;
@@ -541,6 +543,9 @@ static void hmm_nic_mmio_write_reg(HmmNicState *s, hwaddr addr, uint64_t val,
         break;
     case A_CQ_ARM:
         hmm_nic_cq_arm(s, val);
+        break;
+    case A_CQ_RESET:
+        hmm_nic_cq_reset(s, val);
         break;
     case A_INV_CTX:
         s->inv_ctx = val;

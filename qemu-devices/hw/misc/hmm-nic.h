@@ -177,6 +177,7 @@ void hmm_nic_drop_all(HmmNicState *s);
 void hmm_nic_sq_doorbell(HmmNicState *s, uint32_t qpn);
 void hmm_nic_rq_doorbell(HmmNicState *s, uint32_t qpn);
 void hmm_nic_cq_arm(HmmNicState *s, uint32_t val);
+void hmm_nic_cq_reset(HmmNicState *s, uint32_t cqn);
 void hmm_nic_fault_replay(HmmNicState *s);
 void hmm_nic_fault_cancel(HmmNicState *s, uint32_t token);
 void hmm_nic_fail_unposted(HmmNicState *s);
