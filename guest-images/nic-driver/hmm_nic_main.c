@@ -12,12 +12,12 @@
 #include "hmm_nic_compat.h"
 
 /*
- * Implicit ODP is implemented but has not yet run against a process: it is
- * neither advertised nor accepted until it has.
+ * implicit_odp=0 makes the device look like one without implicit ODP (most
+ * RDMA NICs), so a suite's paths for that case can be run too.
  */
-bool hmm_nic_implicit_odp;
+bool hmm_nic_implicit_odp = true;
 module_param_named(implicit_odp, hmm_nic_implicit_odp, bool, 0444);
-MODULE_PARM_DESC(implicit_odp, "Advertise and accept implicit ODP memory regions (default: off)");
+MODULE_PARM_DESC(implicit_odp, "Advertise and accept implicit ODP memory regions (default: on)");
 
 static void hmm_nic_wr64(struct hmm_nic_dev *nd, u32 lo, u64 val)
 {

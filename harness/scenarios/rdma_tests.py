@@ -2,6 +2,12 @@
 *odp*), unmodified, as Debian's python3-pyverbs ships them, one column per RDMA
 device.
 
+Column ``hmm-nic``: the emulated NIC (a ``{type: hmm-nic}`` device) through
+hmm_nic.ko, which the stock rxe provider drives. It runs on every kernel
+with user verbs and ODP (the device brings the faults; the kernel only
+needs the ODP core), and its module is unloaded after the run, so a leak or
+a hang in its teardown shows.
+
 Column ``rxe``: the kernel's software RoCE over the guest's eth0 (``rdma link
 add rxe0 type rxe netdev eth0``), which has on-demand paging from 6.15 on.
 It is the baseline the emulated hmm-nic will be held to, side by side, as
@@ -19,7 +25,11 @@ skipped (nothing was exercised). ``tables["odp-tests"]`` has every test
 with its status per column (``odp-tests-table.txt``).
 
 A kernel without rxe ODP (before 6.15, or built without rxe or ODP) gets one
-SKIP entry, ``odp-tests.rxe``, with the reason.
+SKIP entry, ``odp-tests.rxe``, with the reason; a run without a hmm-nic device
+or a kernel without user verbs and ODP, ``odp-tests.hmm-nic``. Where both
+columns ran, ``odp-tests.parity.hmm-nic`` FAILs naming every test that passes
+on rxe but not on hmm-nic, except those in ``EXCUSED`` (what hmm-nic does not
+claim), which it names.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 
 from harness import unittest_output
 from harness.build.guest_debs import RDMA_TESTS_DIR
+from harness.config import RunConfig
 from harness.results import Status, TestResult
 from harness.scenarios import Session, columns
 from harness.scenarios.common import Cmd, guest_run
@@ -45,6 +56,7 @@ PATTERN = "odp"
 NETDEV = "eth0"  # the guest's NIC (guest-images/rootfs/overlay/etc/init.d/rcS)
 HUGEPAGES = 8  # the *_huge_* tests map 2 MiB pages for both of their QPs' buffers
 SETUP_TIMEOUT = 60.0
+HMM_NIC_KO = "/opt/hmmlab/hmm_nic.ko"
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,18 @@ class Column:
     odp_since: tuple[int, int]  # the first kernel release where its ODP exists
     setup: str  # shell: create the device (idempotent)
     teardown: str
+    device_type: str = ""  # a device of this type must be in the run's devices
+
+
+HMM_NIC = Column(
+    label="hmm-nic", device="hmmnic0", needs=("rdma_user", "rdma_odp"),
+    odp_since=(0, 0),
+    setup=("grep -q '^hmm_nic ' /proc/modules || insmod " + HMM_NIC_KO + "; "
+           "i=0; while [ ! -e /sys/class/infiniband/hmmnic0 ] && [ $i -lt 50 ]; "
+           "do i=$((i+1)); sleep 0.1; done"),
+    teardown="! grep -q '^hmm_nic ' /proc/modules || rmmod hmm_nic",
+    device_type="hmm-nic",
+)
 
 
 RXE = Column(
@@ -63,8 +87,21 @@ RXE = Column(
     setup=f"[ -e /sys/class/infiniband/rxe0 ] || rdma link add rxe0 type rxe netdev {NETDEV}",
     teardown="[ ! -e /sys/class/infiniband/rxe0 ] || rdma link delete rxe0",
 )
-COLUMNS: tuple[Column, ...] = (RXE,)
+COLUMNS: tuple[Column, ...] = (HMM_NIC, RXE)
 REFERENCE = RXE
+# What hmm-nic does not claim (its odp_caps say so, and the tests SKIP with
+# that reason): the parity check names these instead of counting them behind.
+_QP_EX = "test_odp.OdpTestCase.test_odp_qp_ex_rc_"
+EXCUSED: dict[str, dict[str, str]] = {
+    "hmm-nic": {
+        "test_odp.OdpTestCase.test_odp_ud_traffic":
+            "hmm-nic has RC queue pairs only (no UD)",
+        _QP_EX + "flush": "hmm-nic does not implement IB_WR_FLUSH yet",
+        "test_odp.OdpTestCase.test_mrex_odp_qp_ex_rc_flush":
+            "hmm-nic does not implement IB_WR_FLUSH yet",
+        _QP_EX + "atomic_write": "hmm-nic does not implement IB_WR_ATOMIC_WRITE yet",
+    },
+}
 
 
 def release_of(text: str) -> tuple[int, int] | None:
@@ -73,8 +110,12 @@ def release_of(text: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def column_unmet(col: Column, kernel: GuestKernel | None) -> str | None:
-    """Why ``col`` cannot run on this kernel, or None (also when it is not known)."""
+def column_unmet(col: Column, kernel: GuestKernel | None,
+                 cfg: RunConfig | None = None) -> str | None:
+    """Why ``col`` cannot run on this kernel and devices, or None (also when not known)."""
+    if cfg is not None and col.device_type and not any(
+            d.type == col.device_type for d in cfg.devices):
+        return f"no {col.device_type} device in this run (devices: [{{type: {col.device_type}}}])"
     if kernel is None:
         return None
     release = release_of(kernel.release) or release_of(kernel.name)
@@ -144,7 +185,7 @@ class OdpTests:
         entries: list[TestResult] = []
         ran: list[str] = []
         for col in COLUMNS:
-            why = column_unmet(col, kernel)
+            why = column_unmet(col, kernel, s.cfg)
             if why:
                 s.results.add_status(f"{NAME}.{col.label}", Status.SKIP, why)
                 continue
@@ -156,6 +197,13 @@ class OdpTests:
         for label in columns.empty_columns(table, ran):
             if not s.results.has(f"{NAME}.{label}.run"):
                 s.results.add_status(f"{NAME}.{label}.run", Status.FAIL, "no test ran")
+        for col in COLUMNS:
+            if col is REFERENCE:
+                continue
+            missing = [c.label for c in (REFERENCE, col) if c.label not in ran]
+            not_run = f"{' and '.join(missing)} did not run here" if missing else ""
+            s.results.add(columns.parity(table, NAME, col.label, not_run=not_run,
+                                         excused=EXCUSED.get(col.label)))
         text = columns.format_table(table)
         (s.run_dir / f"{NAME}-table.txt").write_text(text + "\n")
         log.info("%s:\n%s", NAME, text)

@@ -32,9 +32,10 @@ def test_packaged_default() -> None:
     assert cfg.cpus == 2
     assert cfg.accel == "auto"
     # hmm-tests' hmm2 fixtures need /dev/hmm_dmirror0 and 1; gpu2 (small VRAM) is
-    # vram-pressure's
+    # vram-pressure's; nic0 is odp-tests'
     assert cfg.devices == (DeviceConfig("hmm-gpu", {}), DeviceConfig("hmm-gpu", {}),
-                           DeviceConfig("hmm-gpu", {"vram-size": "8M"}))
+                           DeviceConfig("hmm-gpu", {"vram-size": "8M"}),
+                           DeviceConfig("hmm-nic", {}))
     assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race",
                              "svm-migrate", "vram-pressure", "atomics", "svm-reclaim",
                              "dmirror-edge", "odp-tests")

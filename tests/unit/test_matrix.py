@@ -56,7 +56,8 @@ def test_default_matrix_cells() -> None:
         cfg = c.config
         assert (cfg.machine, cfg.cpus, cfg.memory, cfg.kernel_tree) == ("q35", 2, 2048, None)
         assert cfg.devices == (DeviceConfig("hmm-gpu"), DeviceConfig("hmm-gpu"),
-                               DeviceConfig("hmm-gpu", {"vram-size": "8M"}))
+                               DeviceConfig("hmm-gpu", {"vram-size": "8M"}),
+                               DeviceConfig("hmm-nic"))
         assert cfg.scenarios == (ALL if not cfg.cmdline else ("smoke", "dma-bounce"))
     assert m.dropped == ()
     assert m.varying() == ["kernel", "flavor", "iommu", "cmdline", "scenarios"]

@@ -12,7 +12,7 @@ from harness.build.kernel import CONFIG_FEATURES, parse_fragment
 from harness.results import Status, TestResult
 from harness.scenarios import columns, rdma_tests
 from harness.scenarios.kernel import GuestKernel
-from harness.scenarios.rdma_tests import RXE
+from harness.scenarios.rdma_tests import HMM_NIC, RXE
 
 DATA = Path(__file__).parent / "data"
 RXE_OUT = (DATA / "odp_tests_rxe_7.2.txt").read_text()
@@ -53,6 +53,29 @@ def test_guest_kernels_are_built_with_rxe_and_odp(repo_root: Path) -> None:
 ])
 def test_which_kernels_run_the_rxe_column(k: GuestKernel | None, why: str | None) -> None:
     assert rdma_tests.column_unmet(RXE, k) == why
+
+
+NIC_RUN = config.load_text("devices: [{type: hmm-gpu}, {type: hmm-nic}]\n", "t.yaml")
+GPU_RUN = config.load_text("devices: [{type: hmm-gpu}]\n", "t.yaml")
+
+
+@pytest.mark.parametrize(("k", "cfg", "why"), [
+    (kernel("6.1.192-3", "6.1.192"), NIC_RUN, None),
+    (kernel("6.12.117-1", "6.12.117", RDMA - {"rdma_rxe"}), NIC_RUN, None),
+    (kernel("7.2.13-1", "7.2.13"), GPU_RUN,
+     "no hmm-nic device in this run (devices: [{type: hmm-nic}])"),
+    (kernel("Debian stock 6.1", "6.1.0-57-amd64", frozenset()), NIC_RUN,
+     "kernel built without RDMA user verbs (CONFIG_INFINIBAND_USER_ACCESS=y) "
+     "(Debian stock 6.1)"),
+])
+def test_which_runs_have_the_hmm_nic_column(k: GuestKernel, cfg: config.RunConfig,
+                                            why: str | None) -> None:
+    assert rdma_tests.column_unmet(HMM_NIC, k, cfg) == why
+
+
+def test_hmm_nic_is_held_to_rxe() -> None:
+    assert rdma_tests.COLUMNS == (HMM_NIC, RXE) and rdma_tests.REFERENCE is RXE
+    assert HMM_NIC.device == "hmmnic0" and "insmod /opt/hmmlab/hmm_nic.ko;" in HMM_NIC.setup
 
 
 def test_entries_from_the_recorded_rxe_run() -> None:
@@ -137,3 +160,23 @@ def test_table_per_column_and_an_empty_column() -> None:
     parity = columns.parity(table, "odp-tests", "hmm-nic")
     assert parity.status == Status.FAIL
     assert parity.log_excerpt.startswith("15 tests pass on rxe but not on hmm-nic:")
+
+
+def test_parity_names_what_hmm_nic_does_not_claim() -> None:
+    rows = [("test_odp.OdpTestCase.test_odp_rc_traffic", "PASS", "PASS"),
+            ("test_odp.OdpTestCase.test_odp_ud_traffic", "SKIP", "PASS"),
+            ("test_odp.OdpTestCase.test_odp_qp_ex_rc_flush", "SKIP", "PASS")]
+    entries = [TestResult(f"odp-tests.{col}.{t}", Status(st))
+               for t, nic, rxe in rows for col, st in (("hmm-nic", nic), ("rxe", rxe))]
+    table = columns.side_by_side(entries, ["hmm-nic", "rxe"], "rxe", scenario="odp-tests")
+    ok = columns.parity(table, "odp-tests", "hmm-nic",
+                        excused=rdma_tests.EXCUSED["hmm-nic"])
+    assert ok.status == Status.PASS
+    assert "not compared, test_odp.OdpTestCase.test_odp_ud_traffic: hmm-nic has RC" \
+        in ok.log_excerpt
+    # an excused test that FAILs (not SKIPs) on hmm-nic still counts
+    entries[2] = TestResult("odp-tests.hmm-nic.test_odp.OdpTestCase.test_odp_ud_traffic",
+                            Status.FAIL)
+    table = columns.side_by_side(entries, ["hmm-nic", "rxe"], "rxe", scenario="odp-tests")
+    bad = columns.parity(table, "odp-tests", "hmm-nic", excused=rdma_tests.EXCUSED["hmm-nic"])
+    assert bad.status == Status.FAIL
