@@ -30,7 +30,7 @@ IOMMUS = ("off", "intel-iommu")
 ACCELS = ("auto", "kvm", "tcg")
 DEVICE_TYPES = ("hmm-gpu", "hmm-nic")
 # Properties the launcher sets itself for each device.
-RESERVED_PROPS = ("id", "dmatrace", "bus", "addr")
+RESERVED_PROPS = ("id", "dmatrace", "bus", "addr", "link")
 TIMEOUT_KEYS = ("boot", "no_output", "scenario")
 
 
@@ -50,6 +50,9 @@ class ConfigError(ValueError):
 class DeviceConfig:
     type: str
     props: dict[str, str] = field(default_factory=dict)
+    # hmm-nic: the id of the other hmm-nic in this guest its port is cabled to
+    # ("nic1"); the launcher joins the two by a unix socket
+    link: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["devices"] = [asdict(dev) for dev in self.devices]
+        d["devices"] = [{k: v for k, v in asdict(dev).items() if k != "link" or v}
+                        for dev in self.devices]
         d["scenarios"] = list(self.scenarios)
         return d
 
@@ -240,10 +244,11 @@ def _prop_value(r: _Reader, node: Node, key: str) -> str:
 
 
 def _devices(r: _Reader, node: Node) -> tuple[DeviceConfig, ...]:
-    out = []
+    out: list[DeviceConfig] = []
+    links: dict[int, tuple[Node, str]] = {}
     for i, dnode in enumerate(r.sequence(node, "devices", "devices like {type: hmm-gpu}")):
         key = f"devices[{i}]"
-        entries = r.mapping(dnode, key, ("type", "props"))
+        entries = r.mapping(dnode, key, ("type", "props", "link"))
         if "type" not in entries:
             raise r.error(dnode, key, "missing key type (e.g. type: hmm-gpu)")
         dtype = r.choice(entries["type"][1], f"{key}.type", DEVICE_TYPES)
@@ -260,8 +265,60 @@ def _devices(r: _Reader, node: Node) -> tuple[DeviceConfig, ...]:
                 if pname in RESERVED_PROPS:
                     raise r.error(knode, pkey, "set by the launcher itself; remove it")
                 props[pname] = _prop_value(r, vnode, pkey)
-        out.append(DeviceConfig(type=dtype, props=props))
+        link = ""
+        if "link" in entries:
+            lnode = entries["link"][1]
+            link = str(r.scalar(lnode, f"{key}.link", "another hmm-nic's id (nic0, nic1, ...)"))
+            if link and dtype != "hmm-nic":
+                raise r.error(lnode, f"{key}.link", "only a hmm-nic has a link; remove it")
+        out.append(DeviceConfig(type=dtype, props=props, link=link))
+        if link:
+            links[i] = (entries["link"][1], link)
+    _check_links(r, out, links)
     return tuple(out)
+
+
+def nic_ids(devices: Iterable[DeviceConfig]) -> list[str]:
+    """The launcher's id of each hmm-nic, in order ("nic0", "nic1", ...)."""
+    return [f"nic{i}" for i, _ in enumerate(d for d in devices if d.type == "hmm-nic")]
+
+
+def nic_links(devices: Iterable[DeviceConfig]) -> list[tuple[str, str]]:
+    """The cabled pairs of hmm-nic ids, each once, lower id first."""
+    devices = list(devices)
+    nics = [d for d in devices if d.type == "hmm-nic"]
+    pairs = set()
+    for me, d in zip(nic_ids(devices), nics, strict=True):
+        if d.link:
+            pairs.add(tuple(sorted((me, d.link), key=lambda x: int(x[3:]))))
+    return sorted(pairs, key=lambda p: int(p[0][3:]))  # type: ignore[arg-type]
+
+
+def _check_links(r: _Reader, devices: list[DeviceConfig],
+                 nodes: dict[int, tuple[Node, str]]) -> None:
+    ids = {}
+    n = 0
+    for i, d in enumerate(devices):
+        if d.type == "hmm-nic":
+            ids[f"nic{n}"] = i
+            n += 1
+    peer_of: dict[str, str] = {}
+    for i, d in enumerate(devices):
+        if not d.link:
+            continue
+        node, _ = nodes[i]
+        me = next(k for k, v in ids.items() if v == i)
+        key = f"devices[{i}].link"
+        if d.link not in ids:
+            known = ", ".join(ids) or "none"
+            raise r.error(node, key,
+                          f"{d.link!r} is not a hmm-nic of this guest (hmm-nics: {known})")
+        if d.link == me:
+            raise r.error(node, key, f"{me} cannot be linked to itself")
+        for end, other in ((me, d.link), (d.link, me)):
+            if peer_of.setdefault(end, other) != other:
+                raise r.error(node, key, f"{end} is already linked to {peer_of[end]}: "
+                                         "a port has one cable")
 
 
 def _scenarios(r: _Reader, node: Node, known: tuple[str, ...]) -> tuple[str, ...]:

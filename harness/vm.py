@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from qemu.qmp import QMPClient
 
-from harness.config import RunConfig
+from harness.config import RunConfig, nic_links
 from harness.splat import Splat, SplatScanner
 from harness.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
 
@@ -445,6 +445,13 @@ def build_command_line(
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=n0,romfile=",
     ]
+    # a cable between two hmm-nics: a unix socket, the lower id listening
+    cables = {}
+    for a, b in nic_links(cfg.devices):
+        # beside qmp.sock, whose directory keeps sun_path short enough
+        sock = files.qmp_sock.parent / f"l{a[3:]}-{b[3:]}.sock"
+        cables[a] = f"socket,id=link-{a},path={_qemu_opt(str(sock))},server=on,wait=off"
+        cables[b] = f"socket,id=link-{b},path={_qemu_opt(str(sock))}"
     gpu = nic = 0
     for dev in cfg.devices:
         if dev.type == "hmm-gpu":
@@ -461,6 +468,9 @@ def build_command_line(
             opts = [f"hmm-nic,id=nic{nic},dmatrace={chardev}"]
             if "lid" not in dev.props:
                 opts.append(f"lid={nic + 1}")
+            if f"nic{nic}" in cables:
+                argv += ["-chardev", cables[f"nic{nic}"]]
+                opts.append(f"link=link-nic{nic}")
             nic += 1
         else:  # config validation keeps this unreachable
             raise GuestError(f"unknown device type {dev.type}")

@@ -133,6 +133,7 @@ struct hmm_nic_dev {
 	struct pci_dev		*pdev;
 	void __iomem		*mmio;
 	u32			caps;		/* HMM_NIC_CAP_* */
+	u16			lid;		/* PORT_LID: the device's, fixed */
 	bool			odp;		/* 64-bit DMA: ODP allowed */
 	__be64			guid;
 

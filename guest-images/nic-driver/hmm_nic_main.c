@@ -296,6 +296,7 @@ static int hmm_nic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_dealloc;
 	}
 	nd->caps = hmm_nic_rd(nd, HMM_NIC_REG_CAPS);
+	nd->lid = hmm_nic_rd(nd, HMM_NIC_REG_PORT_LID);
 
 	/* ODP needs 64 bits: 6.16+ refuses the DMA-mapping it uses otherwise. */
 	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));

@@ -71,7 +71,9 @@ int hmm_nic_query_device(struct ib_device *ibdev, struct ib_device_attr *attr,
 
 int hmm_nic_query_port(struct ib_device *ibdev, u32 port, struct ib_port_attr *attr)
 {
-	/* The core zeroed *attr. There is no subnet manager: the LID is fixed. */
+	struct hmm_nic_dev *nd = to_nd(ibdev);
+
+	/* The core zeroed *attr. No subnet manager: the device's LID is fixed. */
 	attr->state = IB_PORT_ACTIVE;
 	attr->phys_state = IB_PORT_PHYS_STATE_LINK_UP;
 	attr->max_mtu = IB_MTU_4096;
@@ -79,8 +81,8 @@ int hmm_nic_query_port(struct ib_device *ibdev, u32 port, struct ib_port_attr *a
 	attr->gid_tbl_len = 1;
 	attr->pkey_tbl_len = 1;
 	attr->max_msg_sz = HMM_NIC_MAX_MSG;
-	attr->lid = 1;
-	attr->sm_lid = 1;
+	attr->lid = nd->lid;
+	attr->sm_lid = nd->lid;
 	attr->max_vl_num = 1;
 	attr->active_width = IB_WIDTH_4X;
 	attr->active_speed = IB_SPEED_EDR;
@@ -278,6 +280,9 @@ static void hmm_nic_qp_write(struct hmm_nic_dev *nd, struct hmm_nic_ib_qp *qp)
 			  IB_ACCESS_REMOTE_READ | IB_ACCESS_REMOTE_ATOMIC),
 		.flags = qp->sig_all ? HMM_NIC_QP_SIG_ALL : 0,
 		.rnr_retry = qp->attr.rnr_retry,
+		.min_rnr_timer = qp->attr.min_rnr_timer,
+		/* Our own LID (or none) is loopback; another goes over the link. */
+		.dest_lid = rdma_ah_get_dlid(&qp->attr.ah_attr),
 	};
 
 	memcpy(ent, &new, sizeof(new));

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -203,3 +204,25 @@ def test_every_registered_scenario_can_be_named_and_created() -> None:
 def test_unknown_scenario_lists_the_new_ones() -> None:
     msg = error("scenarios: [svm-mirorr]\n")
     assert "svm-mirorr" in msg and "svm-mirror" in msg and "hmm-tests" in msg
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("devices: [{type: hmm-nic, link: nic0}]\n",
+     "devices[0].link: nic0 cannot be linked to itself"),
+    ("devices: [{type: hmm-nic, link: nic5}]\n",
+     "devices[0].link: 'nic5' is not a hmm-nic of this guest (hmm-nics: nic0)"),
+    ("devices: [{type: hmm-gpu, link: nic0}]\n", "only a hmm-nic has a link; remove it"),
+    ("devices: [{type: hmm-nic, link: nic1}, {type: hmm-nic, link: nic2}, {type: hmm-nic}]\n",
+     "devices[1].link: nic1 is already linked to nic0: a port has one cable"),
+    ("devices: [{type: hmm-nic, props: {link: x}}]\n", "set by the launcher itself"),
+])
+def test_bad_nic_links(text: str, error: str) -> None:
+    with pytest.raises(config.ConfigError, match=re.escape(error)):
+        config.load_text(text, "t.yaml")
+
+
+def test_nic_links_each_pair_once() -> None:
+    cfg = config.load_text("devices: [{type: hmm-gpu}, {type: hmm-nic, link: nic1},"
+                           " {type: hmm-nic, link: nic0}, {type: hmm-nic}]\n", "t.yaml")
+    assert config.nic_ids(cfg.devices) == ["nic0", "nic1", "nic2"]
+    assert config.nic_links(cfg.devices) == [("nic0", "nic1")]

@@ -189,3 +189,16 @@ def test_kvm_probe_abort_falls_back_with_reason(tmp_path: Path) -> None:
 def test_tcg_requested_needs_no_probe(tmp_path: Path) -> None:
     choice = AccelProbe().choose("tcg", tmp_path / "missing-qemu", (), tmp_path / "k")
     assert choice == AccelChoice("tcg", "requested in the config")
+
+
+def test_two_hmm_nics_cabled_by_a_unix_socket() -> None:
+    argv = cmdline("devices: [{type: hmm-nic, link: nic1}, {type: hmm-nic, props: {lid: 9}}]\n")
+    chardevs = opt(argv, "-chardev")
+    assert "socket,id=link-nic0,path=/r/l0-1.sock,server=on,wait=off" in chardevs
+    assert "socket,id=link-nic1,path=/r/l0-1.sock" in chardevs
+    # the listening end is created first: the other connects as QEMU starts
+    assert chardevs.index("socket,id=link-nic1,path=/r/l0-1.sock") > chardevs.index(
+        "socket,id=link-nic0,path=/r/l0-1.sock,server=on,wait=off")
+    assert opt(argv, "-device")[1:3] == [
+        "hmm-nic,id=nic0,dmatrace=nictrace0,lid=1,link=link-nic0",
+        "hmm-nic,id=nic1,dmatrace=nictrace1,link=link-nic1,lid=9"]
