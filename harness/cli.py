@@ -42,6 +42,7 @@ examples:
   hmmlab run --rerun-failed results/<time>   only the cells that did not pass there
   hmmlab trace results/<time>/dmatrace-0.bin --records
   hmmlab bench svm              fault rate, bandwidth, fault latency: hmm_gpu.ko vs test_hmm.ko
+  hmmlab bench odp              perftest bandwidth (ODP, pinned): hmm-nic vs rxe; fault round trip
 
 exit status of `run`: 0 every test passed, 1 a test failed,
 2 an infrastructure problem (build failed, guest hung, QEMU died) got in the way.
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace the kernel axis with your own kernel source tree")
 
     bn = sub.add_parser(
-        "bench", help="measure (not a test): hmm_gpu.ko next to the kernel's test_hmm.ko",
+        "bench", help="measure (not a test): hmm_gpu.ko next to test_hmm.ko, hmm-nic next "
+                      "to rxe",
         description="Boot a guest and run a benchmark against hmm_gpu.ko and test_hmm.ko in "
                     "the same guest, taking turns for several rounds; print each figure's "
                     "median (min-max) per driver, the ratio of the medians and the project's "
@@ -160,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory. `svm`: pages faulted+mapped per second and READ/WRITE "
                     "bandwidth on mirrored memory (4 KiB pages and THP), one fault's round "
                     "trip, migration bandwidth both ways, the CPU fault-back of a migrated "
-                    "page.")
-    bn.add_argument("which", choices=["svm"], help="the benchmark")
+                    "page. `odp`: ib_write_bw/ib_read_bw with --odp and pinned between two "
+                    "cabled hmm-nics next to rxe in the same guest (7.2 unless CONFIG.yaml "
+                    "says otherwise), ODP/pinned ratios, hmm-nic's fault round trip.")
+    bn.add_argument("which", choices=["svm", "odp"], help="the benchmark")
     bn.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
                     help="run file for the guest (default: the packaged default; its "
                          "scenarios are replaced by the benchmark)")
@@ -169,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="results directory (default: ./results/<UTC time>/)")
     bn.add_argument("--rounds", type=_positive_int("a number of rounds"), metavar="N",
                     default=DEFAULT_ROUNDS,
-                    help=f"rounds, each measuring hmm_gpu.ko then test_hmm.ko (default: "
+                    help=f"rounds, each measuring the device then its baseline (default: "
                          f"{DEFAULT_ROUNDS})")
 
     t = sub.add_parser("trace", help="decode a DMA trace file (dmatrace-N.bin)",
@@ -377,6 +381,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if cfg is None:
         return EXIT_INFRA
+    if args.which == "odp" and args.config is None and not cfg.kernel_tree:
+        cfg = dataclasses.replace(cfg, kernel=bench.ODP_KERNEL)
     results_dir = (args.results or default_results_dir()).resolve()
     res, fig = bench.run_bench(cfg, args.which, results_dir, rounds=args.rounds,
                                build=_builder(cfg))

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str] = {
     "dma-bounce": "harness.scenarios.bounce",
     "bench-svm": "harness.scenarios.bench",
     "odp-tests": "harness.scenarios.rdma_tests",
+    "bench-odp": "harness.scenarios.bench_odp",
 }
 
 

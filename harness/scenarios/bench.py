@@ -93,7 +93,8 @@ def _spread(values: Sequence[float | None]) -> dict[str, Any]:
             "values": list(values)}
 
 
-def figures(rounds: Sequence[Round]) -> dict[str, Any]:
+def figures(rounds: Sequence[Round], metrics: Sequence[Metric] = METRICS,
+            columns: Sequence[str] | None = None, what: str = "hmm-bench") -> dict[str, Any]:
     """bench.json's content from each round's hmm-bench JSON lines.
 
     Per metric and driver: the median, min and max over the rounds (and each
@@ -101,9 +102,9 @@ def figures(rounds: Sequence[Round]) -> dict[str, Any]:
     two medians; ``ratio_min``/``ratio_max``: the spread of the rounds' own
     ratios (rounds that measured both drivers).
     """
-    first, second = (d.label for d in BENCH_DRIVERS)
+    first, second = columns or [d.label for d in BENCH_DRIVERS]
     rows = []
-    for m in METRICS:
+    for m in metrics:
         a = [_value(r.get(first), m.key) for r in rounds]
         b = [_value(r.get(second), m.key) for r in rounds]
         row: dict[str, Any] = {"metric": m.key, "label": m.label, "unit": m.unit,
@@ -119,11 +120,13 @@ def figures(rounds: Sequence[Round]) -> dict[str, Any]:
             "target": ({"ratio": m.target, "at_least": m.higher_is_better}
                        if m.target is not None else None),
             "meets_target": m.meets(ratio),
+            "target_text": m.target_text(),
         })
         rows.append(row)
     notes = sorted({str(obj["thp_note"]) for r in rounds for obj in r.values()
                     if obj and obj.get("thp_note")})
     return {"rounds": len(rounds), "columns": [first, second], "ratio": f"{first} / {second}",
+            "what": what,
             "rows": rows, "notes": notes,
             "raw": [{"round": i + 1, **{k: (dict(v) if v else None) for k, v in r.items()}}
                     for i, r in enumerate(rounds)]}
@@ -161,18 +164,16 @@ def format_figures(fig: Mapping[str, Any]) -> str:
     """The table ``hmmlab bench svm`` prints: median (min-max) per driver, the ratio of
     the medians (min-max of the rounds' ratios), the target and whether it is met."""
     cols = fig["columns"]
-    by_key = {m.key: m for m in METRICS}
     table = [["metric", "unit", *(f"{c} median (min-max)" for c in cols),
               "ratio (min-max)", "target", "met"]]
     for r in fig["rows"]:
-        m = by_key.get(r["metric"])
         met = r.get("meets_target")
         table.append([
             r["label"], r["unit"],
             *(_spread_text(r[c]) for c in cols),
             f"{_ratio(r['ratio'])} ({_ratio(r['ratio_min'])}-{_ratio(r['ratio_max'])})"
             if r["ratio"] is not None else "-",
-            m.target_text() if m else "-",
+            r.get("target_text", "-"),
             "-" if met is None else ("yes" if met else "NO"),
         ])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -184,7 +185,8 @@ def format_figures(fig: Mapping[str, Any]) -> str:
     tracked = [r for r in fig["rows"] if r.get("target")]
     met = sum(1 for r in tracked if r.get("meets_target"))
     n = fig["rounds"]
-    lines.append(f"{n} round{'s' if n != 1 else ''}, each hmm-bench on {cols[0]} then on "
+    lines.append(f"{n} round{'s' if n != 1 else ''}, each {fig.get('what', 'hmm-bench')} on "
+                 f"{cols[0]} then on "
                  f"{cols[1]} in the same guest; ratio = {fig['ratio']} of the medians "
                  "(min-max of the rounds' ratios)")
     lines.append(f"targets met: {met} of {len(tracked)}")
