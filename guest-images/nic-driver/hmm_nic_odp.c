@@ -307,7 +307,8 @@ int hmm_nic_advise_mr(struct ib_pd *pd, enum ib_uverbs_advise_mr_advice advice,
 		return -EOPNOTSUPP;
 
 	if (flags & IB_UVERBS_ADVISE_MR_FLAG_FLUSH) {
-		for (i = 0; i < num_sge && !ret; i++) {
+		/* hmm_nic_odp_map() returns the pages it mapped: stop on errors only. */
+		for (i = 0; i < num_sge && ret >= 0; i++) {
 			mr = hmm_nic_prefetch_mr(pd, sgl[i].lkey, write);
 			if (IS_ERR(mr))
 				return PTR_ERR(mr);

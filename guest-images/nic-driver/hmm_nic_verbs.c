@@ -283,6 +283,8 @@ static void hmm_nic_qp_write(struct hmm_nic_dev *nd, struct hmm_nic_ib_qp *qp)
 		.min_rnr_timer = qp->attr.min_rnr_timer,
 		/* Our own LID (or none) is loopback; another goes over the link. */
 		.dest_lid = rdma_ah_get_dlid(&qp->attr.ah_attr),
+		.retry_cnt = qp->attr.retry_cnt,
+		.timeout = qp->attr.timeout,
 	};
 
 	memcpy(ent, &new, sizeof(new));

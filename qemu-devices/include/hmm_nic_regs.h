@@ -53,7 +53,8 @@
 
 #define HMM_NIC_ID_MAGIC		0x484d4e43	/* "HMNC" */
 #define HMM_NIC_VERSION_MAJOR		1
-#define HMM_NIC_VERSION_MINOR		3	/* 1.1: RNR timer; 1.2: link; 1.3: CQ_RESET */
+#define HMM_NIC_VERSION_MINOR		4	/* 1.1: RNR timer; 1.2: link; 1.3: CQ_RESET;
+						   1.4: transport retries */
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 /* 0x000-0x03c: identity, reset, errors and interrupts, as on hmm-gpu */
@@ -301,7 +302,10 @@ struct hmm_nic_qp {
 	uint8_t		rnr_retry;	/* 7: forever */
 	uint8_t		min_rnr_timer;	/* IB encoding: how long peers wait (RNR) */
 	uint16_t	dest_lid;	/* 0 or PORT_LID: loopback; else the link */
-	uint32_t	rsvd1[2];
+	uint8_t		retry_cnt;	/* 1.4: resends when no peer QP answers */
+	uint8_t		timeout;	/* 1.4: IB local ACK timeout, 4.096 us << n */
+	uint16_t	rsvd0;
+	uint32_t	rsvd1;
 };
 
 enum hmm_nic_qp_state {
@@ -348,8 +352,12 @@ enum hmm_nic_qp_state {
  * WC_RNR_RETRY_EXC_ERR. A peer QP (on this device, or on the linked one
  * when dest_lid names it) beyond QP_COUNT, not in RTR/RTS,
  * malformed or connected to another QP (its dest_qpn is not the
- * requester: RC is one to one): WC_RETRY_EXC_ERR (what a real requester
- * sees when nobody answers).
+ * requester: RC is one to one) does not answer; as a real requester
+ * resends a request nobody acknowledged, the device tries again after the
+ * QP's local ACK `timeout` (4.096 us << timeout; 0, infinite in IB, is
+ * taken as the longest, 31), `retry_cnt` times, then completes the WR with
+ * WC_RETRY_EXC_ERR (1.4; before, at once). So a client may start sending
+ * just before its peer reaches RTR, as perftest's do.
  */
 
 struct hmm_nic_cq {

@@ -42,8 +42,8 @@ N = _Abi()
 
 MR = struct.Struct("<QQIIII")  # va length key access flags pdn
 # sq_va rq_va sq_mask rq_mask sq_log2 rq_log2 state type send_cqn recv_cqn
-# dest_qpn pdn access flags rnr_retry min_rnr_timer dest_lid
-QP = struct.Struct("<QQIIBBBBIIIIIIBBH8x")
+# dest_qpn pdn access flags rnr_retry min_rnr_timer dest_lid retry_cnt timeout
+QP = struct.Struct("<QQIIBBBBIIIIIIBBHBB6x")
 CQ = struct.Struct("<QIBBH16x")  # va mask log2_elem flags rsvd0
 SEND_WR_HEAD = struct.Struct("<QIIII")  # wr_id reserved opcode send_flags imm
 RDMA = struct.Struct("<QII")  # remote_addr rkey reserved
@@ -149,6 +149,8 @@ class Qp:
     state: int
     min_rnr_timer: int = 0
     dest_lid: int = 0
+    retry_cnt: int = 0
+    timeout: int = 0
 
 
 @dataclass
@@ -313,6 +315,8 @@ class Nic(PciDev):
         state: int | None = None,
         min_rnr_timer: int = 0,
         dest_lid: int = 0,
+        retry_cnt: int = 0,
+        timeout: int = 0,
     ) -> Qp:
         qp = Qp(
             qpn,
@@ -328,6 +332,8 @@ class Nic(PciDev):
             N.QPS_RTS if state is None else state,
             min_rnr_timer,
             dest_lid,
+            retry_cnt,
+            timeout,
         )
         self.qps[qpn] = qp
         self.write_qp(qp)
@@ -340,7 +346,7 @@ class Nic(PciDev):
                 qp.sq.va, qp.rq.va, qp.sq.mask, qp.rq.mask, qp.sq.log2, qp.rq.log2,
                 qp.state, N.QPT_RC if type_ is None else type_, qp.send_cqn, qp.recv_cqn,
                 qp.dest, qp.pdn, qp.access, qp.flags, qp.rnr_retry, qp.min_rnr_timer,
-                qp.dest_lid,
+                qp.dest_lid, qp.retry_cnt, qp.timeout,
             ),
         )
 

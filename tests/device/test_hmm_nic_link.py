@@ -268,3 +268,23 @@ def test_garbage_on_the_link(launch_nic: LaunchNic, tmp_path: Path) -> None:
         a.wait(lambda: a.qt.alive() and a.reg("LINK_STATUS") == 0, "link down again")
     assert a.reg("ERROR") == N.ERR_NONE
 
+
+
+def test_peer_qp_not_ready_yet_is_tried_again(linked: tuple[Nic, Nic]) -> None:
+    """B's QP is still in INIT when A's SEND arrives (perftest's client may be
+    first): B does not answer, A resends after its local ACK timeout."""
+    a, b = linked
+    qa = connect(a, 2, retry_cnt=7, timeout=10)  # 4.2 ms
+    qb = connect(b, 1, state=N.QPS_INIT)
+    dst = b.reg_mr(1, PAGE)
+    b.post_recv(qb, 0x7, [(dst.va, 64, dst.key)], ring=False)
+    a.post_send(qa, SendWr(N.WR_SEND, wr_id=0x6, flags=SIG, inline=b"early"))
+    for _ in range(2):
+        a.qt.clock_step(4_200_000)
+        assert a.cq_pending(0) == 0
+    qb.state = N.QPS_RTS
+    b.write_qp(qb)
+    a.wait(lambda: (a.qt.clock_step(4_200_000), a.cq_pending(0))[1] == 1, "the resend")
+    (c,) = a.poll(0, 1)
+    assert (c.wr_id, c.status) == (0x6, N.WC_SUCCESS)
+    assert b.qt.read(dst.pa, 5) == b"early"

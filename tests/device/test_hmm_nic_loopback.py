@@ -675,3 +675,40 @@ def test_cq_reset_beyond_cq_count(nic: Nic) -> None:
     nic.set_reg("CQ_RESET", nic.reg("CQ_COUNT"))
     assert nic.reg("ERROR") == N.ERR_BAD_CQN and nic.error_addr() == nic.reg("CQ_COUNT")
     assert nic.qt.alive()
+
+
+def test_peer_not_ready_yet_is_tried_again(nic: Nic) -> None:
+    """A SEND to a peer still in INIT is resent after the local ACK timeout (as
+    perftest's client does before its server reaches RTR), then goes through."""
+    nic.setup()
+    nic.create_cq(0)
+    nic.create_cq(1)
+    a = nic.create_qp(0, dest=1, send_cq=0, recv_cq=1, retry_cnt=7, timeout=10)  # 4.2 ms
+    b = nic.create_qp(1, dest=0, send_cq=0, recv_cq=1, state=N.QPS_INIT)
+    dst = nic.reg_mr(2, 0x1000)
+    nic.post_recv(b, 0x2, [(dst.va, 64, dst.key)])
+    nic.post_send(a, SendWr(N.WR_SEND, wr_id=0x1, flags=SIG, inline=b"ready?"))
+    for _ in range(3):
+        nic.qt.clock_step(4_200_000)  # three tries, each unanswered
+        assert nic.cq_pending(0) == 0 and nic.qp_state(0) == N.QPS_RTS
+    b.state = N.QPS_RTS
+    nic.write_qp(b)
+    nic.wait(lambda: (nic.qt.clock_step(4_200_000), nic.cq_pending(1))[1] == 1, "the resend")
+    assert nic.poll(0, 1) == [ok(0x1, N.WC_OP_SEND, 6)]
+    assert nic.qt.read(dst.pa, 6) == b"ready?"
+
+
+@pytest.mark.parametrize("retry_cnt", [0, 2])
+def test_peer_never_ready_retries_run_out(nic: Nic, retry_cnt: int) -> None:
+    nic.setup()
+    nic.create_cq(0)
+    nic.create_cq(1)
+    a = nic.create_qp(0, dest=1, send_cq=0, recv_cq=1, retry_cnt=retry_cnt, timeout=1)
+    nic.create_qp(1, dest=0, send_cq=0, recv_cq=1, state=N.QPS_INIT)
+    nic.post_send(a, SendWr(N.WR_SEND, wr_id=0x9, flags=SIG, inline=b"x"))
+    if retry_cnt:
+        assert nic.cq_pending(0) == 0  # waiting for the first resend
+    nic.wait(lambda: (nic.qt.clock_step(10_000), nic.cq_pending(0))[1] == 1, "the last try")
+    (c,) = nic.poll(0, 1)
+    assert (c.wr_id, c.status) == (0x9, N.WC_RETRY_EXC_ERR)
+    assert nic.reg("ERROR") == N.ERR_NONE

@@ -305,6 +305,7 @@ static uint64_t nic_qp_step(HmmNicState *s, HmmNicQp *qp)
     case NIC_FAIL:
         qp->wr_done = 0;
         qp->rnr_naks = 0;
+        qp->retries = 0;
         nic_wr_complete(s, &w);
         if (hmm_nic_alive(s) && !qp->err && qp->sched == NIC_QP_IDLE) {
             hmm_nic_qp_make_runnable(s, qp);

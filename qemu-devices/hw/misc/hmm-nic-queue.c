@@ -117,6 +117,7 @@ void hmm_nic_qp_forget(HmmNicState *s, HmmNicQp *qp)
     qp->err = false;
     qp->rnr_peer = 0;
     qp->rnr_naks = 0;
+    qp->retries = 0;
     if (qp->resp_stalled) {
         hmm_fault_withdraw(&s->mmu, &qp->xl[NIC_SIDE_RESP].mj);
     }

@@ -231,7 +231,24 @@ static NicRes nic_move(HmmNicState *s, NicWr *w, const NicSgl *src,
 
 /* ---- the responder ------------------------------------------------------- */
 
-/* The peer QP of @w, ready to respond; NIC_FAIL if there is none. */
+/*
+ * No peer QP answered (not there, not ready, connected elsewhere): wait the
+ * QP's local ACK timeout and send again, retry_cnt times (a NIC_RNR wait
+ * that no RQ_DOORBELL ends), then RETRY_EXC_ERR.
+ */
+static NicRes nic_no_answer(NicWr *w)
+{
+    uint8_t t = w->e->timeout & 31;
+
+    if (++w->qp->retries > w->e->retry_cnt) {
+        return nic_fail(w, HMM_NIC_WC_RETRY_EXC_ERR, 0);
+    }
+    w->qp->rnr_peer = UINT32_MAX;
+    w->qp->rnr_delay_ns = 4096ll << (t ? t : 31);
+    return NIC_RNR;
+}
+
+/* The peer QP of @w, ready to respond; else a retry or NIC_FAIL. */
 static NicRes nic_peer(HmmNicState *s, NicWr *w, HmmNicQp **dqp,
                        struct hmm_nic_qp *de)
 {
@@ -258,7 +275,7 @@ static NicRes nic_peer(HmmNicState *s, NicWr *w, HmmNicQp **dqp,
     }
     if (why) {
         trace_hmm_nic_peer_error(w->qp->qpn, dest, why);
-        return nic_fail(w, HMM_NIC_WC_RETRY_EXC_ERR, 0);
+        return nic_no_answer(w);
     }
     *dqp = &s->qps[dest];
     return NIC_OK;
@@ -463,7 +480,7 @@ NicRes hmm_nic_do_send(HmmNicState *s, NicWr *w, uint64_t *done)
         r = nic_recv_ready(s, w, dqp, &de);
     }
     if (r != NIC_OK) {
-        if (r == NIC_RNR) {
+        if (r == NIC_RNR && dqp) {      /* no receive WQE, not no peer */
             w->qp->rnr_peer = dqp->qpn;
         }
         return r;
@@ -673,6 +690,12 @@ static NicRes nic_remote_answer(HmmNicState *s, NicWr *w, uint64_t *done)
         qp->rnr_peer = UINT32_MAX;      /* no RQ_DOORBELL here ends it */
         return nic_rnr(w, qp->link_rnr_timer);
     }
+    if (qp->link_status == HMM_NIC_WC_RETRY_EXC_ERR) {
+        /* nobody answered there: the same request again, later */
+        qp->link_resp = false;
+        qp->link_retry = true;
+        return nic_no_answer(w);
+    }
     if (qp->link_status != HMM_NIC_WC_SUCCESS) {
         qp->link_resp = false;
         return nic_fail(w, qp->link_status, 0);
@@ -752,7 +775,7 @@ NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done)
     if (!s->link_up || w->e->dest_lid != s->peer_lid) {
         trace_hmm_nic_peer_error(qp->qpn, w->e->dest_qpn,
                                  "no linked device has dest_lid");
-        return nic_fail(w, HMM_NIC_WC_RETRY_EXC_ERR, 0);
+        return nic_no_answer(w);
     }
     if (!atomic) {
         n = MIN(total - *done, (uint64_t)HMM_NIC_LINK_CHUNK);

@@ -71,6 +71,7 @@ typedef struct HmmNicQp {
     bool err;                       /* the device moved it to ERR */
     uint32_t rnr_peer;              /* NIC_QP_RNR: the QP it waits for */
     uint32_t rnr_naks;              /* RNR waits of the current WR so far */
+    uint32_t retries;               /* unanswered tries of the current WR */
     int64_t rnr_delay_ns;           /* the peer's min_rnr_timer */
     int64_t rnr_deadline;           /* QEMU_CLOCK_VIRTUAL: when to try again */
     /* the work request at sq_ci, across steps and stalls */
