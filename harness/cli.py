@@ -176,9 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"rounds, each measuring the device then its baseline (default: "
                          f"{DEFAULT_ROUNDS})")
 
-    t = sub.add_parser("trace", help="decode a DMA trace file (dmatrace-N.bin)",
-                       description="Print a summary of a hmm-gpu DMA trace, or every record.")
+    t = sub.add_parser("trace", help="decode a DMA trace file (dmatrace-N.bin, dmatrace-nicN.bin)",
+                       description="Print a summary of a hmm-gpu or hmm-nic DMA trace, or every "
+                                   "record. The device's engines are named after the file's name "
+                                   "(dmatrace-nicN.bin: hmm-nic) unless --device says otherwise.")
     t.add_argument("file", type=Path, metavar="FILE")
+    t.add_argument("--device", choices=("hmm-gpu", "hmm-nic"), default=None,
+                   help="the device that wrote FILE (default: from the file name)")
     t.add_argument("--records", action="store_true", help="print every record too")
     t.add_argument("--limit", type=int, default=0, metavar="N",
                    help="with --records, print at most N records")
@@ -396,7 +400,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from harness import dmatrace
 
     try:
-        trace = dmatrace.read_trace(args.file)
+        trace = dmatrace.read_trace(args.file, args.device)
     except OSError as e:
         print(f"hmmlab: {args.file}: {e.strerror}", file=sys.stderr)
         return EXIT_INFRA
@@ -404,7 +408,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print(f"hmmlab: {args.file}: {e}", file=sys.stderr)
         return EXIT_FAIL
     h = trace.header
-    print(f"{args.file}: hmm-gpu DMA trace v{h.version}, device {h.slot:02x}.{h.function}")
+    print(f"{args.file}: {trace.device} DMA trace v{h.version}, "
+          f"device {h.slot:02x}.{h.function}")
     if args.records:
         recs = trace.records[: args.limit] if args.limit > 0 else trace.records
         for r in recs:

@@ -1,9 +1,13 @@
-"""Decoder for the hmm-gpu host-side DMA trace stream.
+"""Decoder for the host-side DMA trace stream of hmm-gpu and hmm-nic.
 
 The device writes one ``struct hmm_gpu_trace_hdr`` and then one
 ``struct hmm_gpu_trace_rec`` per DMA it issues to its ``dmatrace`` chardev
 (``qemu-devices/include/hmm_gpu_regs.h``; tests/unit/test_abi.py checks the
-layouts below against that header with a C compiler).
+layouts below against that header with a C compiler). hmm-nic writes the
+same stream; only its engine numbers differ (``enum hmm_nic_trace_engine``
+in ``hmm_nic_regs.h``), and nothing in the stream says which device wrote
+it, so the caller says so, or the file's name does (the launcher names
+hmm-nic's traces ``dmatrace-nicN.bin``).
 """
 
 from __future__ import annotations
@@ -71,6 +75,26 @@ class Engine(IntEnum):
     MIGRATE = 3  # 1.2 copy engine (MIGRATE between system memory and VRAM)
 
 
+class NicEngine(IntEnum):
+    """enum hmm_nic_trace_engine"""
+
+    QUEUE = 0  # WQE fetch, CQE and event writes
+    REQ = 1  # the requester's payload
+    MMU = 2  # walks, fault records, events
+    RESP = 4  # the responder's payload
+
+
+GPU = "hmm-gpu"
+NIC = "hmm-nic"
+# device type -> its engine enum
+ENGINES: dict[str, type[IntEnum]] = {GPU: Engine, NIC: NicEngine}
+
+
+def device_of(path: Path) -> str:
+    """Which device wrote a trace file, from the name the launcher gives it."""
+    return NIC if Path(path).name.startswith("dmatrace-nic") else GPU
+
+
 class Kind(IntEnum):
     """enum hmm_gpu_trace_kind"""
 
@@ -119,8 +143,12 @@ C_CONSTANTS: dict[str, int] = {
 }
 
 
+# hmm_nic_regs.h's constants, for the ABI test
+NIC_C_CONSTANTS: dict[str, int] = {f"HMM_NIC_ENGINE_{e.name}": int(e) for e in NicEngine}
+
+
 class TraceError(ValueError):
-    """The data is not a hmm-gpu DMA trace this decoder understands."""
+    """The data is not a DMA trace this decoder understands."""
 
 
 def _enum(cls: type[IntEnum], value: int) -> IntEnum | int:
@@ -158,7 +186,7 @@ class TraceRecord:
     len: int
     cmd_id: int
     ctx: int
-    engine: Engine | int
+    engine: IntEnum | int  # Engine or NicEngine, as the trace's device numbers them
     kind: Kind | int
     dir: Dir | int
     result: int  # MemTxResult, 0 = OK
@@ -200,13 +228,14 @@ class Trace:
     records: list[TraceRecord] = field(default_factory=list)
     truncated_bytes: int = 0  # an incomplete last record (QEMU killed mid-write)
     problems: list[str] = field(default_factory=list)
+    device: str = GPU  # which engine names the records carry
 
     def data(self) -> list[TraceRecord]:
         return [r for r in self.records if r.kind == Kind.DATA]
 
 
-def decode(data: bytes) -> Trace:
-    """Decode a whole trace stream.
+def decode(data: bytes, device: str = GPU) -> Trace:
+    """Decode a whole trace stream that ``device`` (a key of :data:`ENGINES`) wrote.
 
     Raises :class:`TraceError` if the header is missing or not ours. A
     truncated last record is tolerated and reported in ``truncated_bytes``
@@ -230,7 +259,11 @@ def decode(data: bytes) -> Trace:
         raise TraceError(f"record size {header.rec_size} is smaller than {rec_struct.size} "
                          f"(version {header.version})")
 
-    trace = Trace(header)
+    try:
+        engines = ENGINES[device]
+    except KeyError:
+        raise ValueError(f"unknown device {device!r} (known: {', '.join(ENGINES)})") from None
+    trace = Trace(header, device=device)
     step = header.rec_size  # a larger size means fields appended we do not read
     body = memoryview(data)[HDR_SIZE:]
     whole = len(body) // step
@@ -243,7 +276,7 @@ def decode(data: bytes) -> Trace:
             va = aux = level = 0
         rec = TraceRecord(
             timestamp_ns=ts, addr=addr, len=length, cmd_id=cmd, ctx=ctx,
-            engine=_enum(Engine, eng), kind=_enum(Kind, kind), dir=_enum(Dir, dr),
+            engine=_enum(engines, eng), kind=_enum(Kind, kind), dir=_enum(Dir, dr),
             result=res, va=va, aux=aux, level=level,
         )
         for fname, val in (("engine", rec.engine), ("kind", rec.kind), ("dir", rec.dir)):
@@ -259,8 +292,9 @@ def decode(data: bytes) -> Trace:
     return trace
 
 
-def read_trace(path: Path) -> Trace:
-    return decode(Path(path).read_bytes())
+def read_trace(path: Path, device: str | None = None) -> Trace:
+    """Decode a trace file; ``device`` defaults to what its name says (:func:`device_of`)."""
+    return decode(Path(path).read_bytes(), device or device_of(path))
 
 
 # ---- summary -------------------------------------------------------------------
@@ -275,12 +309,13 @@ class TraceSummary:
     first_ns: int | None
     last_ns: int | None
     problems: list[str]
+    by_engine: dict[str, int] = field(default_factory=dict)  # "MMU" -> records
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "records": self.records, "commands": self.commands, "bytes": self.bytes_by,
             "counts": self.count_by, "errors": self.errors, "first_ns": self.first_ns,
-            "last_ns": self.last_ns, "problems": self.problems,
+            "last_ns": self.last_ns, "problems": self.problems, "engines": self.by_engine,
         }
 
     def format(self) -> str:
@@ -290,6 +325,8 @@ class TraceSummary:
         for key in sorted(self.count_by):
             n, b = self.count_by[key], self.bytes_by[key]
             lines.append(f"  {key:<16} {n:>8} records {b:>12} bytes")
+        if self.by_engine:
+            lines.append("engines: " + ", ".join(f"{k} {n}" for k, n in self.by_engine.items()))
         lines.extend(f"problem: {p}" for p in self.problems)
         return "\n".join(lines)
 
@@ -297,7 +334,9 @@ class TraceSummary:
 def summarize(trace: Trace) -> TraceSummary:
     bytes_by: Counter[str] = Counter()
     count_by: Counter[str] = Counter()
+    by_engine: Counter[str] = Counter()
     for r in trace.records:
+        by_engine[_name(r.engine)] += 1
         key = _name(r.kind) if r.is_event else f"{_name(r.kind)}/{_name(r.dir)}"
         bytes_by[key] += r.len
         count_by[key] += 1
@@ -311,6 +350,7 @@ def summarize(trace: Trace) -> TraceSummary:
         first_ns=min(stamps) if stamps else None,
         last_ns=max(stamps) if stamps else None,
         problems=list(trace.problems),
+        by_engine=dict(by_engine),
     )
 
 

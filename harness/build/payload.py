@@ -13,6 +13,8 @@ appends to the rootfs initramfs:
     /opt/hmmlab/kernel.json            what the kernel offers (see below)
     /opt/hmmlab/bin/hmm-gpu-smoke, svm-mirror, svm-invalidate, hmm-bench, ...
     /opt/hmmlab/bin/hmm-tests          tools/testing/selftests/{mm,vm}/hmm-tests.c, unmodified
+    /opt/hmmlab/bin/odp-rc.py, odp-implicit.py, odp_common.py
+                                       pyverbs workloads, copied as they are (see SCRIPTS)
 
 hmm-tests is built statically from the kernel's own source, so it always
 matches the kernel and test_hmm.ko it runs against (6.1 keeps it in
@@ -68,6 +70,10 @@ NIC_CONFIG = {"CONFIG_INFINIBAND_USER_ACCESS": ("y", "m"),
               "CONFIG_INFINIBAND_ON_DEMAND_PAGING": ("y",)}
 WORKLOADS = ("hmm-gpu-smoke", "svm-mirror", "svm-invalidate", "svm-migrate", "vram-pressure",
              "atomics", "hmm-bench", "dmirror-edge", "svm-race", "svm-reclaim", "svm-one")
+# Python workloads (pyverbs, which the rootfs has: harness.build.guest_debs), installed
+# from guest-images/workloads as they are: script -> mode. The scripts import the
+# module from their own directory.
+SCRIPTS = {"odp-rc.py": 0o755, "odp-implicit.py": 0o755, "odp_common.py": 0o644}
 GUEST_DIR = "opt/hmmlab"
 MANIFEST = "kernel.json"
 
@@ -510,6 +516,8 @@ def build_payload(cache: Cache, logdir: Path, kernel: Any) -> Path:
             _install(k.test_hmm, root / GUEST_DIR / "test_hmm.ko", 0o644)
         for b in bins:
             _install(b, root / GUEST_DIR / "bin" / b.name, 0o755)
+        for name, mode in SCRIPTS.items():
+            _install(WORKLOADS_DIR / name, root / GUEST_DIR / "bin" / name, mode)
         (root / GUEST_DIR / MANIFEST).write_text(
             json.dumps(manifest(k, warnings, nic_warnings), indent=1) + "\n")
         os.chmod(root / GUEST_DIR / MANIFEST, 0o644)

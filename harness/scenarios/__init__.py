@@ -33,6 +33,8 @@ _REGISTRY: dict[str, str] = {
     "dma-bounce": "harness.scenarios.bounce",
     "bench-svm": "harness.scenarios.bench",
     "odp-tests": "harness.scenarios.rdma_tests",
+    "odp-rc": "harness.scenarios.odp",
+    "odp-implicit": "harness.scenarios.odp",
     "bench-odp": "harness.scenarios.bench_odp",
 }
 

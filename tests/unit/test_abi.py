@@ -145,3 +145,34 @@ def test_enum_classes_match_constants() -> None:
     assert {f"HMM_GPU_ENGINE_{e.name}" for e in dmatrace.Engine} | {
         f"HMM_GPU_TRACE_{k.name}" for k in dmatrace.Kind} | {
         f"HMM_GPU_DIR_{d.name}" for d in dmatrace.Dir} <= set(dmatrace.C_CONSTANTS)
+
+
+# ---- hmm-nic: the same records, its own engine numbers (hmm_nic_regs.h) ------------
+
+NIC_HEADER = REPO / "qemu-devices" / "include" / "hmm_nic_regs.h"
+
+
+def test_nic_engines_match_the_header(tmp_path: Path) -> None:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    assert gcc, "the ABI check needs gcc (apt-get install gcc)"
+    lines = ["#include <stdio.h>", "#include <stdint.h>", '#include "hmm_nic_regs.h"',
+             "int main(void) {"]
+    lines += [f'printf("{c} %llu\\n", (unsigned long long)({c}));'
+              for c in dmatrace.NIC_C_CONSTANTS]
+    lines += ["return 0;", "}"]
+    src, exe = tmp_path / "nic.c", tmp_path / "nic"
+    src.write_text("\n".join(lines) + "\n")
+    subprocess.run([gcc, "-std=c11", "-Wall", "-Werror", "-I", str(NIC_HEADER.parent), "-o",
+                    str(exe), str(src)], check=True, timeout=60, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, timeout=10, capture_output=True,
+                         text=True).stdout
+    got = {name: int(v) for name, v in (line.split() for line in out.splitlines())}
+    assert got == dmatrace.NIC_C_CONSTANTS
+
+
+def test_decoder_knows_every_nic_engine() -> None:
+    body = re.search(r"enum hmm_nic_trace_engine\s*\{(.*?)\};", NIC_HEADER.read_text(), re.S)
+    assert body, f"enum hmm_nic_trace_engine not found in {NIC_HEADER}"
+    in_header = set(re.findall(r"^\s*(\w+)\s*=", body.group(1), re.M))
+    assert in_header and in_header == set(dmatrace.NIC_C_CONSTANTS), (
+        in_header ^ set(dmatrace.NIC_C_CONSTANTS))

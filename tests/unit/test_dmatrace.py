@@ -532,3 +532,34 @@ def test_vram_access_spanning_pages_checks_each() -> None:
     recs = [migrate_page(0x5000, True), vram(VA, 0x5800, PAGE)]  # reaches into 0x6000
     out = dmatrace.check_vram_lifetime(recs)
     assert out.problem_count == 1 and "0x6000" in out.problems[0]
+
+
+# ---- hmm-nic's traces: the same records, its own engines ------------------------------
+
+def test_nic_trace_names_its_engines(tmp_path: Path) -> None:
+    data = (hdr() + rec(0x1000, 64, Kind.CMD_FETCH, engine=0)
+            + rec(0x5000, 100, Kind.DATA, Dir.READ, engine=1)
+            + rec(0x9000, 100, Kind.DATA, Dir.WRITE, engine=4)
+            + rec(0x2000, 64, Kind.FAULT_WRITE, Dir.WRITE, engine=2))
+    t = dmatrace.decode(data, dmatrace.NIC)
+    assert t.problems == [] and t.device == "hmm-nic"
+    assert [r.engine for r in t.records] == [dmatrace.NicEngine.QUEUE, dmatrace.NicEngine.REQ,
+                                             dmatrace.NicEngine.RESP, dmatrace.NicEngine.MMU]
+    assert "RESP" in t.records[2].describe()
+    s = dmatrace.summarize(t)
+    assert s.by_engine == {"QUEUE": 1, "REQ": 1, "RESP": 1, "MMU": 1}
+    assert "RESP 1" in s.format()
+    # the same bytes read as a hmm-gpu trace: engine 4 is not one of hmm-gpu's
+    gpu = dmatrace.decode(data)
+    assert gpu.problems == ["record 2: unknown engine 4"]
+    # a file's name says which device wrote it
+    f = tmp_path / "dmatrace-nic0.bin"
+    f.write_bytes(data)
+    assert dmatrace.read_trace(f).device == "hmm-nic"
+    assert dmatrace.read_trace(f, dmatrace.GPU).problems == gpu.problems
+    assert dmatrace.device_of(tmp_path / "dmatrace-1.bin") == "hmm-gpu"
+
+
+def test_unknown_device_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown device 'hmm-foo'"):
+        dmatrace.decode(hdr(), "hmm-foo")

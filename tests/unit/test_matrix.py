@@ -21,7 +21,8 @@ from harness.scenarios import names as scenario_names
 
 SCENARIOS = scenario_names()
 ALL = ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race", "svm-migrate",
-       "vram-pressure", "atomics", "svm-reclaim", "dmirror-edge", "odp-tests")
+       "vram-pressure", "atomics", "svm-reclaim", "dmirror-edge", "odp-tests",
+       "odp-rc", "odp-implicit")
 
 
 def load(text: str, name: str = "m.yaml", kernel_tree: str | None = None) -> matrix.Matrix:

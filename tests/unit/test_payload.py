@@ -237,3 +237,18 @@ def test_manifest_lists_hmm_nic_only_when_built(tmp_path: Path) -> None:
     data = payload.manifest(k, [], ["hmm_nic_mr.c:1:1: warning: x"])
     assert data["modules"] == ["hmm_gpu.ko", "hmm_nic.ko"]
     assert data["nic_driver_warnings"] == ["hmm_nic_mr.c:1:1: warning: x"]
+
+
+def test_python_workloads_are_installed_from_the_sources() -> None:
+    # Each script the payload installs exists, is part of the payload's hash
+    # (a change rebuilds it), and compiles; the executable ones start with a
+    # shebang the guest's python3 answers.
+    sources = {p.name for p in payload._sources(payload.WORKLOADS_DIR)}
+    for name, mode in payload.SCRIPTS.items():
+        path = payload.WORKLOADS_DIR / name
+        assert name in sources, name
+        compile(path.read_text(), str(path), "exec")
+        if mode & 0o111:
+            assert path.read_text().startswith("#!/usr/bin/python3\n"), name
+    # the scripts import their shared module from their own directory
+    assert "odp_common.py" in payload.SCRIPTS
