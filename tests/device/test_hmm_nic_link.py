@@ -288,3 +288,28 @@ def test_peer_qp_not_ready_yet_is_tried_again(linked: tuple[Nic, Nic]) -> None:
     (c,) = a.poll(0, 1)
     assert (c.wr_id, c.status) == (0x6, N.WC_SUCCESS)
     assert b.qt.read(dst.pa, 5) == b"early"
+
+
+def test_doorbell_does_not_cut_a_wait_short(linked: tuple[Nic, Nic]) -> None:
+    """A QP waiting (here: RNR, 655 ms) is not woken by its own SQ doorbell:
+    that sent the request again, which burned RNR retries and, for a QP
+    waiting on the link's response, ran requests twice at the peer
+    (ib_send_bw's server received more messages than the client sent)."""
+    a, b = linked
+    qa = connect(a, 2, rnr_retry=1)
+    qb = connect(b, 1, min_rnr_timer=0)
+    dst = b.reg_mr(1, PAGE)
+    a.post_send(qa, SendWr(N.WR_SEND, wr_id=1, flags=SIG, inline=b"one"))
+    for _ in range(200):  # round trips: A's main loop gets B's RNR answer
+        a.reg("STATUS")
+    for i in (2, 3):
+        a.post_send(qa, SendWr(N.WR_SEND, wr_id=i, flags=SIG, inline=b"more"))
+    for _ in range(50):
+        a.qt.clock_step(1000)  # 50 us: far from the 655 ms
+    assert a.cq_pending(0) == 0, "a doorbell ended the RNR wait"
+    for i in range(3):
+        b.post_recv(qb, 0x10 + i, [(dst.va + 64 * i, 64, dst.key)], ring=False)
+    a.wait(lambda: (a.qt.clock_step(50_000_000), a.cq_pending(0))[1] == 3, "three sends")
+    assert [c.status for c in a.poll(0, 3)] == [N.WC_SUCCESS] * 3
+    assert [r.wr_id for r in b.poll(1, 3)] == [0x10, 0x11, 0x12]
+    assert b.cq_pending(1) == 0 and b.rq_consumer(qb) == 3  # no message twice

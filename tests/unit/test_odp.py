@@ -6,6 +6,8 @@ import struct
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from harness import config, dmatrace, scenarios
 from harness.dmatrace import Dir, Kind, NicEngine, TraceRecord
 from harness.results import Results, Status
@@ -187,3 +189,19 @@ def test_finish_fails_payload_through_a_translation_older_than_its_invalidation(
     assert ok.status == Status.PASS, ok.log_excerpt
     stale = _finish(tmp_path, [], busy(walk, rec(Kind.EV_TLB_INV, va=FAR, aux=4096), dma), [])
     assert stale.status == Status.FAIL and "stale translation" in stale.log_excerpt
+
+
+@pytest.mark.parametrize(("devices", "features", "why"), [
+    ("[{type: hmm-nic}, {type: hmm-nic}]", ("rdma_user", "rdma_odp"), "two cabled hmm-nics"),
+    ("[{type: hmm-nic, link: nic1}, {type: hmm-nic}]", ("rdma_user",),
+     "CONFIG_INFINIBAND_ON_DEMAND_PAGING"),
+])
+def test_perftest_skips(tmp_path: Path, devices: str, features: tuple[str, ...],
+                        why: str) -> None:
+    from harness.scenarios import perftest
+
+    s = _session(tmp_path, devices, features)
+    perftest.make().run(s)
+    (entry,) = s.results.tests
+    assert (entry.path, entry.status) == ("perftest", Status.SKIP)
+    assert why in entry.log_excerpt

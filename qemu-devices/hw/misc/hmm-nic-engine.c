@@ -480,7 +480,7 @@ void hmm_nic_rq_doorbell(HmmNicState *s, uint32_t qpn)
     /* the end of an RNR wait for every QP sending to this one */
     QTAILQ_FOREACH_SAFE(qp, &s->rnr, link, next) {
         if (qp->rnr_peer == qpn) {
-            hmm_nic_qp_make_runnable(s, qp);
+            hmm_nic_qp_wake(s, qp);
         }
     }
     nic_run_now(s);

@@ -194,6 +194,7 @@ void hmm_nic_link_respond(HmmNicState *s, const NicLinkMsg *req,
 
 /* hmm-nic-queue.c */
 void hmm_nic_qp_make_runnable(HmmNicState *s, HmmNicQp *qp);
+void hmm_nic_qp_wake(HmmNicState *s, HmmNicQp *qp);
 void hmm_nic_qp_forget(HmmNicState *s, HmmNicQp *qp);
 bool hmm_nic_table_read(HmmNicState *s, uint64_t addr, void *buf,
                         uint64_t len, uint64_t cmd_id);

@@ -164,7 +164,7 @@ static void nic_link_response(HmmNicState *s, const NicLinkMsg *m,
         memcpy(qp->link_buf, payload, m->len);
         qp->link_len = m->len;
     }
-    hmm_nic_qp_make_runnable(s, qp);
+    hmm_nic_qp_wake(s, qp);
     hmm_nic_kick(s);
 }
 
@@ -180,7 +180,7 @@ static void nic_link_lost(HmmNicState *s)
             qp->link_resp = true;
             qp->link_status = HMM_NIC_WC_RETRY_EXC_ERR;
             qp->link_len = 0;
-            hmm_nic_qp_make_runnable(s, qp);
+            hmm_nic_qp_wake(s, qp);
         }
     }
     hmm_nic_kick(s);

@@ -61,22 +61,36 @@ static void nic_qp_unschedule(HmmNicState *s, HmmNicQp *qp)
     qp->sched = NIC_QP_IDLE;
 }
 
+/*
+ * New work for an idle @qp (a doorbell, the next WR). A QP that waits (an
+ * RNR or retry timer, a response on the link, a fault's replay) goes on
+ * waiting: waking it would send its request again, and a request the peer
+ * already ran would then run twice.
+ */
 void hmm_nic_qp_make_runnable(HmmNicState *s, HmmNicQp *qp)
 {
     if (qp->sched == NIC_QP_IDLE) {
         qp->sched = NIC_QP_RUNNABLE;
         QTAILQ_INSERT_TAIL(&s->runnable, qp, link);
-    } else if (qp->sched == NIC_QP_RNR || qp->sched == NIC_QP_LINK) {
-        nic_qp_unschedule(s, qp);
-        qp->sched = NIC_QP_RUNNABLE;
-        QTAILQ_INSERT_TAIL(&s->runnable, qp, link);
     }
-    /* runnable: already; stalled: waits for the replay */
+}
+
+/*
+ * What @qp waited for came: its RNR or retry timer, its peer's
+ * RQ_DOORBELL, the response on the link (or the link's loss).
+ */
+void hmm_nic_qp_wake(HmmNicState *s, HmmNicQp *qp)
+{
+    if (qp->sched == NIC_QP_RNR || qp->sched == NIC_QP_LINK) {
+        nic_qp_unschedule(s, qp);
+        qp->sched = NIC_QP_IDLE;
+    }
+    hmm_nic_qp_make_runnable(s, qp);
 }
 
 /*
  * @qp found no receive WQE at its peer: it tries again after the peer's
- * min_rnr_timer, or at the peer's RQ_DOORBELL (hmm_nic_qp_make_runnable()).
+ * min_rnr_timer, or at the peer's RQ_DOORBELL (hmm_nic_qp_wake()).
  */
 void hmm_nic_rnr_wait(HmmNicState *s, HmmNicQp *qp)
 {
@@ -97,7 +111,7 @@ void hmm_nic_rnr_expire(void *opaque)
     QTAILQ_FOREACH_SAFE(qp, &s->rnr, link, tmp) {
         if (qp->rnr_deadline <= now) {
             trace_hmm_nic_rnr_retry(qp->qpn);
-            hmm_nic_qp_make_runnable(s, qp);
+            hmm_nic_qp_wake(s, qp);
         } else {
             next = MIN(next, qp->rnr_deadline);
         }
