@@ -481,6 +481,10 @@ def build_command_line(
         # nothing more, so the kernel finishes printing and ends the run
         # through panic=-1 and -no-reboot (the harness kills it if not)
         "-device", "pvpanic-pci", "-action", "panic=none",
+        # entropy from the host: without it a guest kernel may wait long for
+        # its CRNG under TCG (6.1: sshd blocked in getrandom() past the
+        # harness's 60 s hang limit on a loaded machine)
+        "-device", "virtio-rng-pci",
         "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
         "-qmp", f"unix:{_qemu_opt(str(files.qmp_sock))},server=on,wait=off",
         "-D", str(files.qemu_log), "-d", "guest_errors,unimp",

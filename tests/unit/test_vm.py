@@ -58,7 +58,7 @@ def test_default_command_line() -> None:
                             "hmm-gpu,id=gpu2,dmatrace=dmatrace2,vram-size=8M"]
     assert devices[4:] == ["hmm-nic,id=nic0,dmatrace=nictrace0,lid=1,link=link-nic0",
                            "hmm-nic,id=nic1,dmatrace=nictrace1,lid=2,link=link-nic1",
-                           "pvpanic-pci"]  # last: the gpus keep slots 2, 3, 4, nic0 5
+                           "pvpanic-pci", "virtio-rng-pci"]  # last: the gpus keep slots 2-4
     assert opt(argv, "-action") == ["panic=none"]
     assert "file,id=dmatrace0,path=/r/dmatrace-0.bin" in opt(argv, "-chardev")
     assert opt(argv, "-qmp") == ["unix:/r/qmp.sock,server=on,wait=off"]
