@@ -35,6 +35,7 @@ _REGISTRY: dict[str, str] = {
     "odp-tests": "harness.scenarios.rdma_tests",
     "odp-rc": "harness.scenarios.odp",
     "odp-implicit": "harness.scenarios.odp",
+    "odp-gpu": "harness.scenarios.odp_gpu",
     "perftest": "harness.scenarios.perftest",
     "bench-odp": "harness.scenarios.bench_odp",
 }

@@ -29,6 +29,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "svm-migrate": ("device_private",),
     "vram-pressure": ("device_private",),
     "atomics": ("device_private",),
+    "odp-gpu": ("device_private",),  # the ODP MR is over pages in hmm-gpu's VRAM
 }
 
 # feature -> what a kernel without it lacks, as a SKIP reason says it

@@ -39,7 +39,8 @@ def test_packaged_default() -> None:
                            DeviceConfig("hmm-nic", {}, link="nic1"), DeviceConfig("hmm-nic", {}))
     assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race",
                              "svm-migrate", "vram-pressure", "atomics", "svm-reclaim",
-                             "dmirror-edge", "odp-tests", "odp-rc", "odp-implicit", "perftest")
+                             "dmirror-edge", "odp-tests", "odp-rc", "odp-implicit",
+                             "odp-gpu", "perftest")
     assert cfg.timeouts == Timeouts(boot=120, no_output=60, scenario=300)
 
 
@@ -142,8 +143,8 @@ def test_accel_choice() -> None:
     ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke" or "hmm-tests" or '
      '"svm-mirror" or "svm-invalidate" or "svm-race" or "svm-reclaim" or "dmirror-edge" or '
      '"svm-migrate" or "vram-pressure" or "atomics" or "dma-bounce" or "bench-svm" or '
-     '"odp-tests" or "odp-rc" or "odp-implicit" or "perftest" or "bench-odp", got "smok"; '
-     'did you mean "smoke"?'),
+     '"odp-tests" or "odp-rc" or "odp-implicit" or "odp-gpu" or "perftest" or "bench-odp", '
+     'got "smok"; did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),

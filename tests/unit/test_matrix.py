@@ -22,7 +22,7 @@ from harness.scenarios import names as scenario_names
 SCENARIOS = scenario_names()
 ALL = ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race", "svm-migrate",
        "vram-pressure", "atomics", "svm-reclaim", "dmirror-edge", "odp-tests",
-       "odp-rc", "odp-implicit", "perftest")
+       "odp-rc", "odp-implicit", "odp-gpu", "perftest")
 
 
 def load(text: str, name: str = "m.yaml", kernel_tree: str | None = None) -> matrix.Matrix:
