@@ -82,3 +82,11 @@ def test_bench_config_cables_two_nics() -> None:
     assert cfg.scenarios == ("bench-odp",)
     assert config.nic_links(cfg.devices) == [("nic0", "nic1")]
     assert bench.bench_config(config.load(None), "svm").devices == config.load(None).devices
+
+
+def test_the_benchmark_measures_memory_once_faulted_in() -> None:
+    cmd = bench_odp.perftest(bench_odp.PAIRS[0], "write", "odp", 18600, bench_odp.DURATION)
+    assert "ib_write_bw -s 65536 -D 3 --margin 1 -p 18600 --odp -d hmmnic0" in cmd
+    assert "-d hmmnic1 127.0.0.1" in cmd
+    # the perftest scenario: a fixed count, first touch included
+    assert "-n 400" in bench_odp.perftest(bench_odp.PAIRS[0], "send", "odp", 1)
