@@ -217,6 +217,16 @@ def prefetch_problems(act: NicActivity, regions: Sequence[Region],
     return problems
 
 
+def load_hmm_nic(s: Session, name: str) -> bool:
+    """hmm_nic.ko loaded and hmmnic0 there; else a ``<name>.driver`` FAIL entry."""
+    setup = guest_run(s, f"set -e; {HMM_NIC.setup}; [ -e /sys/class/infiniband/{DEVICE} ]",
+                      SETUP_TIMEOUT)
+    if not setup.ok:
+        add_cmd_result(s, f"{name}.driver", setup,
+                       extra_problem=f"hmm_nic.ko did not load or made no {DEVICE}")
+    return setup.ok
+
+
 class OdpWorkload:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -227,11 +237,7 @@ class OdpWorkload:
         if why:
             s.results.add_status(self.name, Status.SKIP, why)
             return
-        setup = guest_run(s, f"set -e; {HMM_NIC.setup}; [ -e /sys/class/infiniband/{DEVICE} ]",
-                          SETUP_TIMEOUT)
-        if not setup.ok:
-            add_cmd_result(s, f"{self.name}.driver", setup,
-                           extra_problem=f"hmm_nic.ko did not load or made no {DEVICE}")
+        if not load_hmm_nic(s, self.name):
             return
         trace = s.run_dir / TRACE
         before = _size(trace)

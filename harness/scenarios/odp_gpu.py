@@ -56,6 +56,7 @@ from harness.scenarios.odp import (
     OdpWorkload,
     Region,
     activity_problems,
+    load_hmm_nic,
     regions_of,
     window_of,
 )
@@ -218,11 +219,7 @@ class OdpGpuWorkload(OdpWorkload):
             add_cmd_result(s, f"{self.name}.driver", gpu,
                            extra_problem=f"hmm_gpu.ko did not load or made no {MIRROR}")
             return
-        setup = guest_run(s, f"set -e; {HMM_NIC.setup}; [ -e /sys/class/infiniband/{DEVICE} ]",
-                          SETUP_TIMEOUT)
-        if not setup.ok:
-            add_cmd_result(s, f"{self.name}.driver", setup,
-                           extra_problem=f"hmm_nic.ko did not load or made no {DEVICE}")
+        if not load_hmm_nic(s, self.name):
             return
         traces = (s.run_dir / NIC_TRACE, s.run_dir / GPU_TRACE)
         before = [_size(p) for p in traces]
