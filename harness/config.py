@@ -278,6 +278,12 @@ def _devices(r: _Reader, node: Node) -> tuple[DeviceConfig, ...]:
     return tuple(out)
 
 
+def gpu_ids(devices: Iterable[DeviceConfig]) -> list[str]:
+    """The launcher's id of each hmm-gpu, in order ("gpu0", "gpu1", ...): counted
+    among the hmm-gpus only, as their QEMU ``id=`` and trace files are."""
+    return [f"gpu{i}" for i, _ in enumerate(d for d in devices if d.type == "hmm-gpu")]
+
+
 def nic_ids(devices: Iterable[DeviceConfig]) -> list[str]:
     """The launcher's id of each hmm-nic, in order ("nic0", "nic1", ...)."""
     return [f"nic{i}" for i, _ in enumerate(d for d in devices if d.type == "hmm-nic")]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from qemu.qmp import QMPClient
 
-from harness.config import RunConfig, nic_links
+from harness.config import RunConfig, gpu_ids, nic_links
 from harness.splat import Splat, SplatScanner
 from harness.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
 
@@ -525,7 +525,7 @@ class Guest:
         self._tmpdir: Path | None = None
         self._stderr: BinaryIO | None = None
         self.files = LaunchFiles(self.run_dir, self._qmp_path())
-        self.gpu_ids = [f"gpu{i}" for i, d in enumerate(cfg.devices) if d.type == "hmm-gpu"]
+        self.gpu_ids = gpu_ids(cfg.devices)
         self.started_at = 0.0
         # QMP events as they come (also appended to qmp-events.jsonl)
         self.events: list[dict[str, Any]] = []

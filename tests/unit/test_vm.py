@@ -16,7 +16,9 @@ from harness.vm import (
     AccelChoice,
     AccelProbe,
     Console,
+    Guest,
     GuestError,
+    GuestImage,
     LaunchFiles,
     build_command_line,
     concat_initrds,
@@ -203,3 +205,16 @@ def test_two_hmm_nics_cabled_by_a_unix_socket() -> None:
     assert opt(argv, "-device")[1:3] == [
         "hmm-nic,id=nic0,dmatrace=nictrace0,lid=1,link=link-nic0",
         "hmm-nic,id=nic1,dmatrace=nictrace1,link=link-nic1,lid=9"]
+
+
+def test_counter_ids_are_the_qemu_ids_whatever_the_device_order() -> None:
+    """QMP qom-get reads /machine/peripheral/<id>: the ids the command line gives
+    the hmm-gpus (counted among hmm-gpus only), also when hmm-nics come first."""
+    yaml = "devices: [{type: hmm-nic, link: nic1}, {type: hmm-nic}, {type: hmm-gpu}]\n"
+    cfg = config.load_text(yaml, "t.yaml", known_scenarios=scenario_names())
+    guest = Guest(cfg, GuestImage(Path("/q"), (), Path("/k"), ()), Path("/r"),
+                  AccelChoice("tcg", "test"))
+    gpus = [d.split(",")[1].removeprefix("id=") for d in opt(cmdline(yaml), "-device")
+            if d.startswith("hmm-gpu,")]
+    assert gpus == ["gpu0"]
+    assert guest.gpu_ids == gpus
