@@ -211,6 +211,7 @@ struct hmm_gpu_dev {
 	struct hmm_gpu_fault_rec *fq;
 	dma_addr_t		fq_dma;
 	u32			fq_head;	/* under lock */
+	struct task_struct	*fault_task;	/* under lock: the fault worker, while it runs */
 	struct workqueue_struct	*fault_wq;
 	struct work_struct	fault_work;
 	ktime_t			fault_irq_time;	/* under lock; 0: none pending */

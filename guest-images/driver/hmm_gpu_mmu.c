@@ -138,6 +138,9 @@ static void hmm_gpu_fault_work(struct work_struct *work)
 	struct hmm_gpu_dev *gdev = container_of(work, struct hmm_gpu_dev, fault_work);
 	unsigned int n;
 
+	spin_lock_irq(&gdev->lock);
+	gdev->fault_task = current;
+	spin_unlock_irq(&gdev->lock);
 	while ((n = hmm_gpu_fault_drain(gdev))) {
 		ktime_t t0 = ktime_get();
 		u64 ns;
@@ -151,6 +154,9 @@ static void hmm_gpu_fault_work(struct work_struct *work)
 		/* A device that faults again at once must not hog the CPU. */
 		cond_resched();
 	}
+	spin_lock_irq(&gdev->lock);
+	gdev->fault_task = NULL;
+	spin_unlock_irq(&gdev->lock);
 }
 
 /*

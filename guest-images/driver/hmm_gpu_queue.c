@@ -15,6 +15,8 @@
 #include <linux/dma-mapping.h>
 #include <linux/iopoll.h>
 #include <linux/module.h>
+#include <linux/sched/debug.h>
+#include <linux/sched/task.h>
 #include <linux/string.h>
 
 #include "hmm_gpu.h"
@@ -359,6 +361,43 @@ void hmm_gpu_reset_work(struct work_struct *work)
 	hmm_gpu_reset(gdev, "fatal error");
 }
 
+/*
+ * Where the device and the driver stand, before a reset wipes it: which
+ * side holds a command that stopped completing (fetched or not, stalled on
+ * a fault, its record drained or not, the fault worker queued or not).
+ */
+static void hmm_gpu_dump_state(struct hmm_gpu_dev *gdev)
+{
+	u32 status = hmm_gpu_read(gdev, HMM_GPU_REG_STATUS);
+	u32 cmdq_head = hmm_gpu_read(gdev, HMM_GPU_REG_CMDQ_HEAD);
+	u32 cmdq_tail = hmm_gpu_read(gdev, HMM_GPU_REG_CMDQ_TAIL);
+	u32 cplq_head = hmm_gpu_read(gdev, HMM_GPU_REG_CPLQ_HEAD);
+	u32 cplq_tail = hmm_gpu_read(gdev, HMM_GPU_REG_CPLQ_TAIL);
+	u32 fq_head = hmm_gpu_read(gdev, HMM_GPU_REG_FAULTQ_HEAD);
+	u32 fq_tail = hmm_gpu_read(gdev, HMM_GPU_REG_FAULTQ_TAIL);
+	u32 stalled = hmm_gpu_read(gdev, HMM_GPU_REG_STALLED);
+	unsigned int busy = work_busy(&gdev->fault_work);
+	struct task_struct *worker;
+
+	spin_lock_irq(&gdev->lock);
+	dev_err(&gdev->pdev->dev,
+		"device: status %#x cmdq %u..%u cplq %u..%u faultq %u..%u stalled %u; driver: sq_tail %u db_tail %u cq_head %u fq_head %u inflight %u fault work%s%s, irqs %llu, records %llu, replays %llu\n",
+		status, cmdq_head, cmdq_tail, cplq_head, cplq_tail, fq_head, fq_tail, stalled,
+		gdev->sq_tail, gdev->db_tail, gdev->cq_head, gdev->fq_head, gdev->inflight,
+		busy & WORK_BUSY_PENDING ? " pending" : "",
+		busy & WORK_BUSY_RUNNING ? " running" : busy ? "" : " idle",
+		gdev->stats.irq_fault, gdev->stats.fault_recs, gdev->stats.replays);
+	worker = gdev->fault_task;
+	if (worker)
+		get_task_struct(worker);
+	spin_unlock_irq(&gdev->lock);
+	/* A fault worker that cannot finish stalls every faulting job. */
+	if (worker) {
+		sched_show_task(worker);
+		put_task_struct(worker);
+	}
+}
+
 /* The batch's commands stopped completing: reset the device to get them back. */
 static void hmm_gpu_timeout(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batch)
 {
@@ -370,6 +409,7 @@ static void hmm_gpu_timeout(struct hmm_gpu_dev *gdev, struct hmm_gpu_batch *batc
 
 	dev_err(&gdev->pdev->dev, "ctx %u: no completion for %u s\n",
 		batch->ctx, HMM_GPU_CMD_TIMEOUT / HZ);
+	hmm_gpu_dump_state(gdev);
 	hmm_gpu_reset(gdev, "timeout");
 }
 
