@@ -3,7 +3,9 @@
  * hmm-bench: HMM mirror figures through the kernel's test_hmm ("dmirror")
  * uAPI only, so the same binary measures hmm_gpu.ko and lib/test_hmm.ko.
  *
- * Usage: hmm-bench [-d /dev/hmm_dmirror0] [-s MiB] [-n LATENCY_SAMPLES] [-r REPEATS]
+ * Usage: hmm-bench [-d /dev/hmm_dmirror0] [-s MiB] [-n LATENCY_SAMPLES] [-r REPEATS] [-l]
+ *
+ * -l: only fault_latency_us (and its p10/p90), nothing else measured.
  *
  * Prints one JSON line:
  *   fault_pages_per_s  pages faulted + mapped per second: a fresh mapping
@@ -228,23 +230,49 @@ static void print_thp(const struct thp_figures *f)
 	       f->fault_rate, f->rd, f->wr, f->huge, (unsigned long long)f->first_faults);
 }
 
+/* @samples times: a 1-page READ of a page the device never saw, timed; sorted. */
+static int fault_latency(int fd, char *buf, int samples, uint64_t *lat)
+{
+	int i;
+
+	for (i = 0; i < samples; i++) {
+		char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			       -1, 0);
+		uint64_t t0;
+		int rc;
+
+		if (p == MAP_FAILED)
+			return -errno;
+		p[0] = 1;
+		t0 = now_ns();
+		rc = dmirror(fd, HMM_DMIRROR_READ, p, buf, 1, NULL);
+		lat[i] = now_ns() - t0;
+		munmap(p, PAGE);
+		if (rc)
+			return rc;
+	}
+	qsort(lat, samples, sizeof(*lat), cmp_u64);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *dev = "/dev/hmm_dmirror0";
 	size_t size = 64ul << 20;
-	int samples = 200, repeats = 4, opt, i, err = 0;
+	int samples = 200, repeats = 4, opt, i, err = 0, latency_only = 0;
 	uint64_t faults = 0, t, tr = 0, tw = 0, *lat;
 	char *mem, *buf;
 	int fd;
 
-	while ((opt = getopt(argc, argv, "d:s:n:r:")) != -1) {
+	while ((opt = getopt(argc, argv, "d:s:n:r:l")) != -1) {
 		switch (opt) {
 		case 'd': dev = optarg; break;
 		case 's': size = strtoul(optarg, NULL, 0) << 20; break;
 		case 'n': samples = atoi(optarg); break;
 		case 'r': repeats = atoi(optarg); break;
+		case 'l': latency_only = 1; break;
 		default:
-			fprintf(stderr, "usage: %s [-d DEV] [-s MiB] [-n N] [-r R]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-d DEV] [-s MiB] [-n N] [-r R] [-l]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -256,6 +284,22 @@ int main(int argc, char **argv)
 		printf("{\"test\": \"bench\", \"ok\": false, \"device\": \"%s\", \"error\": \"open: %s\"}\n",
 		       dev, strerror(errno));
 		return 1;
+	}
+	if (latency_only) {
+		/* -l: the fault round trip alone (hmmlab bench odp compares hmm-nic's with it) */
+		buf = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		lat = calloc(samples, sizeof(*lat));
+		if (buf == MAP_FAILED || !lat)
+			return 2;
+		err = fault_latency(fd, buf, samples, lat);
+		if (err)
+			goto fail;
+		printf("{\"test\": \"bench\", \"ok\": true, \"device\": \"%s\", "
+		       "\"fault_latency_us\": %.2f, \"fault_latency_p10_us\": %.2f, "
+		       "\"fault_latency_p90_us\": %.2f, \"latency_samples\": %d}\n",
+		       dev, lat[samples / 2] / 1e3, lat[samples / 10] / 1e3,
+		       lat[samples * 9 / 10] / 1e3, samples);
+		return 0;
 	}
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -292,23 +336,11 @@ int main(int argc, char **argv)
 
 	/* 3. one fault round trip: 1-page READ of a fresh page */
 	lat = calloc(samples, sizeof(*lat));
-	for (i = 0; i < samples; i++) {
-		char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			       -1, 0);
-		uint64_t t0;
-		int rc;
-
-		p[0] = 1;
-		t0 = now_ns();
-		rc = dmirror(fd, HMM_DMIRROR_READ, p, buf, 1, NULL);
-		lat[i] = now_ns() - t0;
-		munmap(p, PAGE);
-		if (rc) {
-			err = rc;
-			goto fail;
-		}
-	}
-	qsort(lat, samples, sizeof(*lat), cmp_u64);
+	if (!lat)
+		return 2;
+	err = fault_latency(fd, buf, samples, lat);
+	if (err)
+		goto fail;
 
 	/* 4. migration bandwidth: system -> device -> system, data verified */
 	uint64_t tdev = 0, tsys = 0;
