@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyverbs.addr import AHAttr
+from pyverbs.addr import AHAttr, GlobalRoute
 from pyverbs.cq import CQ
 from pyverbs.device import Context
 from pyverbs.libibverbs_enums import (
+    IBV_LINK_LAYER_ETHERNET,
     ibv_access_flags,
     ibv_mtu,
     ibv_qp_type,
@@ -43,6 +44,7 @@ from pyverbs.wr import SGE, RecvWR, SendWR
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PORT = 1
+GID_INDEX = 0  # RoCE (rxe): the port's first GID, as rdma-core's tests default to
 POLL_TIMEOUT = 20.0  # seconds for one completion (a fault is a few ms; a lost one is forever)
 
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
@@ -174,11 +176,16 @@ _WC_OPCODE = {
 
 
 class Loopback:
-    """Two RC QPs on ``dev`` port 1, A connected to B, each with its own CQ."""
+    """Two RC QPs on ``dev`` port 1, A connected to B, each with its own CQ. On an
+    InfiniBand port (hmm-nic) the path is the port's LID; on RoCE (rxe) a GRH to the
+    port's own GID."""
 
     def __init__(self, ctx: Context, pd: PD, depth: int = 64) -> None:
         self.ctx, self.pd = ctx, pd
-        self.lid = ctx.query_port(PORT).lid
+        port = ctx.query_port(PORT)
+        self.lid = port.lid
+        self.gid = (ctx.query_gid(PORT, GID_INDEX)
+                    if port.link_layer == IBV_LINK_LAYER_ETHERNET else None)
         self.cq_a = CQ(ctx, depth)
         self.cq_b = CQ(ctx, depth)
         self.qp_a = self._qp(self.cq_a, depth)
@@ -203,7 +210,11 @@ class Loopback:
         attr.timeout = 14
         attr.retry_cnt = 7
         attr.rnr_retry = 7
-        attr.ah_attr = AHAttr(port_num=PORT, dlid=self.lid, is_global=0)
+        if self.gid is None:
+            attr.ah_attr = AHAttr(port_num=PORT, dlid=self.lid, is_global=0)
+        else:
+            attr.ah_attr = AHAttr(port_num=PORT, dlid=self.lid, is_global=1,
+                                  gr=GlobalRoute(dgid=self.gid, sgid_index=GID_INDEX))
         qp.to_rts(attr)
 
     def close(self) -> None:
