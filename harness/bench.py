@@ -2,8 +2,9 @@
 
 ``svm``: HMM mirror figures, hmm_gpu.ko next to test_hmm.ko (the
 ``bench-svm`` scenario). ``odp``: perftest bandwidth between two cabled
-hmm-nics next to rxe, and hmm-nic's fault round trip (``bench-odp``; its
-guest has the two hmm-nics whatever the configuration's devices, and the
+hmm-nics next to rxe, ODP fault and invalidation costs, and hmm-nic's fault
+round trip next to hmm-gpu's (``bench-odp``; its guest has the two hmm-nics
+and a hmm-gpu whatever the configuration's devices, and the
 7.2 kernel unless a configuration is given: rxe has ODP from 6.15). Boots
 the configuration with only that scenario and gives the table (medians with
 min-max, ratios, targets) to print from ``bench.json``.
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from harness.build import Artifacts
 
 BENCHES = {"svm": "bench-svm", "odp": "bench-odp"}
-ODP_DEVICES = (DeviceConfig("hmm-nic", link="nic1"), DeviceConfig("hmm-nic"))
+# two cabled hmm-nics for perftest; a hmm-gpu for the fault round trip to compare with
+ODP_DEVICES = (DeviceConfig("hmm-nic", link="nic1"), DeviceConfig("hmm-nic"),
+               DeviceConfig("hmm-gpu"))
 ODP_KERNEL = "7.2"  # the default kernel of `hmmlab bench odp`: rxe has ODP from 6.15
 DEFAULT_ROUNDS = 5  # here, not in the scenario: `hmmlab --help` needs it, not paramiko
 

@@ -42,7 +42,8 @@ examples:
   hmmlab run --rerun-failed results/<time>   only the cells that did not pass there
   hmmlab trace results/<time>/dmatrace-0.bin --records
   hmmlab bench svm              fault rate, bandwidth, fault latency: hmm_gpu.ko vs test_hmm.ko
-  hmmlab bench odp              perftest bandwidth (ODP, pinned): hmm-nic vs rxe; fault round trip
+  hmmlab bench odp              perftest bandwidth (ODP, pinned), ODP fault and invalidation
+                                cost: hmm-nic vs rxe; fault round trip: hmm-nic vs hmm-gpu
 
 exit status of `run`: 0 every test passed, 1 a test failed,
 2 an infrastructure problem (build failed, guest hung, QEMU died) got in the way.
@@ -164,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "trip, migration bandwidth both ways, the CPU fault-back of a migrated "
                     "page. `odp`: ib_write_bw/ib_read_bw with --odp and pinned between two "
                     "cabled hmm-nics next to rxe in the same guest (7.2 unless CONFIG.yaml "
-                    "says otherwise), ODP/pinned ratios, hmm-nic's fault round trip.")
+                    "says otherwise), ODP/pinned ratios, the cost of one ODP page fault and "
+                    "one ODP invalidation (hmm-nic next to rxe), and the fault round trip "
+                    "(record to replay, from the DMA traces) of hmm-nic next to hmm-gpu's.")
     bn.add_argument("which", choices=["svm", "odp"], help="the benchmark")
     bn.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
                     help="run file for the guest (default: the packaged default; its "

@@ -755,6 +755,13 @@ class Guest:
         client.connect(time.monotonic() + timeout, abort=self.exit_reason)
         return client
 
+    def qom_get(self, dev_id: str, prop: str, timeout: float = 10.0) -> Any:
+        """One property of device ``dev_id`` (``gpu0``, ``nic1``) over QMP ``qom-get``."""
+        if self.qmp is None:
+            raise GuestError("QMP is not connected")
+        return self.qmp.execute("qom-get", {"path": f"/machine/peripheral/{dev_id}",
+                                            "property": prop}, timeout=timeout)
+
     def counters(self) -> dict[str, dict[str, int | str]]:
         """Each hmm-gpu's counters over QMP ``qom-get`` ({"gpu0": {...}})."""
         out: dict[str, dict[str, int | str]] = {}

@@ -81,6 +81,7 @@ def test_bench_config_cables_two_nics() -> None:
     cfg = bench.bench_config(config.load(None), "odp")
     assert cfg.scenarios == ("bench-odp",)
     assert config.nic_links(cfg.devices) == [("nic0", "nic1")]
+    assert config.gpu_ids(cfg.devices) == ["gpu0"]  # hmm-gpu's fault round trip
     assert bench.bench_config(config.load(None), "svm").devices == config.load(None).devices
 
 
@@ -90,3 +91,65 @@ def test_the_benchmark_measures_memory_once_faulted_in() -> None:
     assert "-d hmmnic1 127.0.0.1" in cmd
     # the perftest scenario: a fixed count, first touch included
     assert "-n 400" in bench_odp.perftest(bench_odp.PAIRS[0], "send", "odp", 1)
+
+
+def _trace_aux(path: Path, events: list[tuple[int, dmatrace.Kind, int]]) -> Path:
+    """Like _trace, with each record's aux (a fault record's or a cancel's token)."""
+    data = dmatrace.HDR.pack(dmatrace.TRACE_MAGIC, dmatrace.TRACE_VERSION, dmatrace.REC_SIZE,
+                             0x18, 0)
+    for ts, kind, aux in events:
+        data += dmatrace.REC.pack(ts, 0, 0, 0, 0, aux, 1, 3, kind, 0, 0, 0, b"\0" * 7)
+    path.write_bytes(data)
+    return path
+
+
+F, R, C = dmatrace.Kind.FAULT_WRITE, dmatrace.Kind.EV_REPLAY, dmatrace.Kind.EV_CANCEL
+
+
+def test_fault_trips_one_per_record_cancelled_ones_none(tmp_path: Path) -> None:
+    t = _trace_aux(tmp_path / "dmatrace-nic0.bin",
+                   [(1000, F, 1), (2000, F, 2), (3000, C, 1), (11000, R, 0),  # 1 cancelled
+                    (20000, F, 3)])                                          # not answered
+    assert bench_odp.fault_trips(t) == [None, 9.0, None]
+
+
+def test_round_trips_are_cut_by_the_rounds_record_counts(tmp_path: Path) -> None:
+    nic = _trace_aux(tmp_path / "dmatrace-nic0.bin",
+                     [(0, F, 1), (1000, R, 0),                      # perftest's, not counted
+                      (10000, F, 2), (14000, R, 0), (20000, F, 3), (26000, R, 0),  # round 1
+                      (30000, F, 4), (38000, R, 0)])                # round 2
+    gpu = _trace_aux(tmp_path / "dmatrace-0.bin",
+                     [(0, F, 1), (2000, R, 0), (5000, F, 2), (9000, R, 0)])
+    spans = [{"hmm-nic": (1, 3), "hmm-gpu": (0, 1)}, {"hmm-nic": (3, 4), "hmm-gpu": (1, 2)}]
+    totals = {"nic0": 4, "gpu0": 2}
+    fig, notes = bench_odp.round_trip_figures(spans, {"hmm-nic": nic, "hmm-gpu": gpu},
+                                              {"hmm-nic": "nic0", "hmm-gpu": "gpu0"},
+                                              totals.get)
+    assert notes == []
+    row = next(r for r in fig["rows"] if r["metric"] == "fault_rt_us")
+    assert row["hmm-nic"]["values"] == [5.0, 8.0]  # medians of (4, 6) and (8)
+    assert row["hmm-gpu"]["values"] == [2.0, 4.0]
+    assert row["ratios"] == [2.5, 2.0]
+    assert row["meets_target"] is False  # 6.5 / 3.0 > 2x
+    assert "fault round trip" in bench_odp.format_odp(
+        {**_empty_fig(), "fault_round_trip": fig})
+
+
+def test_round_trips_refused_when_the_trace_lost_records(tmp_path: Path) -> None:
+    nic = _trace_aux(tmp_path / "dmatrace-nic0.bin", [(0, F, 1), (1000, R, 0)])
+    fig, notes = bench_odp.round_trip_figures([{"hmm-nic": (0, 2)}], {"hmm-nic": nic},
+                                              {"hmm-nic": "nic0"}, {"nic0": 2}.get)
+    assert fig is None
+    assert notes == ["hmm-nic: dmatrace-nic0.bin holds 1 fault records, the device counted 2:"
+                     " no per-round round trips"]
+
+
+def test_last_json() -> None:
+    assert bench_odp.last_json('noise\n{"ok": true, "x": 1}\n') == {"ok": True, "x": 1}
+    assert bench_odp.last_json("no json here") is None
+    assert bench_odp.last_json("{broken\n") is None
+
+
+def _empty_fig() -> dict:
+    from harness.scenarios.bench import figures
+    return figures([], METRICS, COLUMNS, what="perftest")
