@@ -9,7 +9,11 @@
  *   6.10  create_cq gets the uverbs_attr_bundle instead of the udata
  *   6.11  pcim_iomap_region()
  *   6.16  ODP umems keep a struct hmm_dma_map: the driver DMA-maps the
- *         pages it is given (hmm_dma_map_pfn()), access is HMM_PFN_WRITE
+ *         pages it is given (hmm_dma_map_pfn()), access is HMM_PFN_WRITE;
+ *         the ODP caps are uAPI, with IB_ODP_SUPPORT_FLUSH and
+ *         _ATOMIC_WRITE (685f9537a728, "RDMA/core: Move ODP capability
+ *         definitions to uapi"; 6.12 has the FLUSH and ATOMIC_WRITE device
+ *         caps, 6.1 neither)
  *   6.17  reg_user_mr() takes a struct ib_dmah
  *   7.2   ib_umem_get() is ib_umem_get_va() (the first kernel we have
  *         with the new name; the rename may be older)
@@ -110,6 +114,42 @@ static inline int hmm_nic_odp_dma(struct ib_umem_odp *odp, size_t idx,
 	return 0;
 #endif
 }
+
+/*
+ * FLUSH and ATOMIC_WRITE: the device executes them (CAP_FLUSH,
+ * CAP_ATOMIC_WRITE), and the driver claims them where the kernel can say
+ * so for ODP MRs too (6.16+): the device caps, the MR and QP access bits
+ * and the ODP caps. On older kernels it claims none of it, so the core
+ * refuses MRs with FLUSH access and rdma-core's tests skip.
+ */
+#if HMM_NIC_KERNEL_AT_LEAST(6, 16)
+#define HMM_NIC_IB_ACCESS_FLUSH	(IB_ACCESS_FLUSH_GLOBAL | IB_ACCESS_FLUSH_PERSISTENT)
+
+static_assert(HMM_NIC_ACCESS_FLUSH_GLOBAL == IB_ACCESS_FLUSH_GLOBAL);
+static_assert(HMM_NIC_ACCESS_FLUSH_PERSISTENT == IB_ACCESS_FLUSH_PERSISTENT);
+
+static inline void hmm_nic_flush_caps(struct ib_device_attr *attr, u32 caps, bool odp)
+{
+	u32 *rc = &attr->odp_caps.per_transport_caps.rc_odp_caps;
+
+	if (caps & HMM_NIC_CAP_FLUSH) {
+		attr->device_cap_flags |= IB_DEVICE_FLUSH_GLOBAL | IB_DEVICE_FLUSH_PERSISTENT;
+		if (odp)
+			*rc |= IB_ODP_SUPPORT_FLUSH;
+	}
+	if (caps & HMM_NIC_CAP_ATOMIC_WRITE) {
+		attr->device_cap_flags |= IB_DEVICE_ATOMIC_WRITE;
+		if (odp)
+			*rc |= IB_ODP_SUPPORT_ATOMIC_WRITE;
+	}
+}
+#else
+#define HMM_NIC_IB_ACCESS_FLUSH	0
+
+static inline void hmm_nic_flush_caps(struct ib_device_attr *attr, u32 caps, bool odp)
+{
+}
+#endif
 
 /* ---- ib_device_ops whose signature changed -------------------------------- */
 

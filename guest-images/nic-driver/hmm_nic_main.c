@@ -287,7 +287,11 @@ static int hmm_nic_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 	magic = hmm_nic_rd(nd, HMM_NIC_REG_ID);
 	version = hmm_nic_rd(nd, HMM_NIC_REG_VERSION);
-	/* Minor 3 is the first with CQ_RESET, which this driver relies on. */
+	/*
+	 * The device and the driver come from one tree: the driver relies on
+	 * its header's minor (1.3: CQ_RESET, 1.4: the QP's retry_cnt and
+	 * timeout, 1.5: FLUSH and ATOMIC_WRITE, which it claims from CAPS).
+	 */
 	if (magic != HMM_NIC_ID_MAGIC || version >> 16 != HMM_NIC_VERSION_MAJOR ||
 	    (version & 0xffff) < HMM_NIC_VERSION_MINOR) {
 		dev_err(&pdev->dev, "not an hmm-nic 1.%u or later (id %#x, version %#x)\n",

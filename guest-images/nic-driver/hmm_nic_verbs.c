@@ -13,6 +13,7 @@
 #include <rdma/uverbs_ioctl.h>
 
 #include "hmm_nic.h"
+#include "hmm_nic_compat.h"
 
 static_assert(sizeof(struct rxe_send_wqe) == HMM_NIC_SWQE_SGE);
 static_assert(offsetof(struct rxe_send_wqe, dma) == HMM_NIC_SWQE_DMA);
@@ -66,6 +67,7 @@ int hmm_nic_query_device(struct ib_device *ibdev, struct ib_device_attr *attr,
 		if (nd->caps & HMM_NIC_CAP_ATOMIC)
 			odp->per_transport_caps.rc_odp_caps |= IB_ODP_SUPPORT_ATOMIC;
 	}
+	hmm_nic_flush_caps(attr, nd->caps, nd->odp);
 	return 0;
 }
 
@@ -277,7 +279,8 @@ static void hmm_nic_qp_write(struct hmm_nic_dev *nd, struct hmm_nic_ib_qp *qp)
 		.dest_qpn = qp->attr.dest_qp_num,
 		.pdn = to_npd(qp->ibqp.pd)->pdn,
 		.access = qp->attr.qp_access_flags & (IB_ACCESS_REMOTE_WRITE |
-			  IB_ACCESS_REMOTE_READ | IB_ACCESS_REMOTE_ATOMIC),
+			  IB_ACCESS_REMOTE_READ | IB_ACCESS_REMOTE_ATOMIC |
+			  HMM_NIC_IB_ACCESS_FLUSH),
 		.flags = qp->sig_all ? HMM_NIC_QP_SIG_ALL : 0,
 		.rnr_retry = qp->attr.rnr_retry,
 		.min_rnr_timer = qp->attr.min_rnr_timer,

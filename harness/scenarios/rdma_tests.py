@@ -91,15 +91,10 @@ COLUMNS: tuple[Column, ...] = (HMM_NIC, RXE)
 REFERENCE = RXE
 # What hmm-nic does not claim (its odp_caps say so, and the tests SKIP with
 # that reason): the parity check names these instead of counting them behind.
-_QP_EX = "test_odp.OdpTestCase.test_odp_qp_ex_rc_"
 EXCUSED: dict[str, dict[str, str]] = {
     "hmm-nic": {
         "test_odp.OdpTestCase.test_odp_ud_traffic":
             "hmm-nic has RC queue pairs only (no UD)",
-        _QP_EX + "flush": "hmm-nic does not implement IB_WR_FLUSH yet",
-        "test_odp.OdpTestCase.test_mrex_odp_qp_ex_rc_flush":
-            "hmm-nic does not implement IB_WR_FLUSH yet",
-        _QP_EX + "atomic_write": "hmm-nic does not implement IB_WR_ATOMIC_WRITE yet",
     },
 }
 

@@ -53,8 +53,9 @@
 
 #define HMM_NIC_ID_MAGIC		0x484d4e43	/* "HMNC" */
 #define HMM_NIC_VERSION_MAJOR		1
-#define HMM_NIC_VERSION_MINOR		4	/* 1.1: RNR timer; 1.2: link; 1.3: CQ_RESET;
-						   1.4: transport retries */
+#define HMM_NIC_VERSION_MINOR		5	/* 1.1: RNR timer; 1.2: link; 1.3: CQ_RESET;
+						   1.4: transport retries;
+						   1.5: FLUSH, ATOMIC_WRITE */
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 /* 0x000-0x03c: identity, reset, errors and interrupts, as on hmm-gpu */
@@ -161,6 +162,8 @@
 #define HMM_NIC_CAP_ODP			(1u << 2)	/* MR faults (MMU) */
 #define HMM_NIC_CAP_IMPLICIT		(1u << 3)	/* HMM_NIC_MR_IMPLICIT */
 #define HMM_NIC_CAP_LINK		(1u << 4)	/* PORT_LID, LINK_STATUS, dest_lid */
+#define HMM_NIC_CAP_FLUSH		(1u << 5)	/* WR_FLUSH, ACCESS_FLUSH_* (1.5) */
+#define HMM_NIC_CAP_ATOMIC_WRITE	(1u << 6)	/* WR_ATOMIC_WRITE (1.5) */
 
 #define HMM_NIC_RESET_MAGIC		0x52535421	/* "RST!" */
 
@@ -242,6 +245,8 @@ struct hmm_nic_mr {
 #define HMM_NIC_ACCESS_REMOTE_WRITE	(1u << 1)
 #define HMM_NIC_ACCESS_REMOTE_READ	(1u << 2)
 #define HMM_NIC_ACCESS_REMOTE_ATOMIC	(1u << 3)
+#define HMM_NIC_ACCESS_FLUSH_GLOBAL	(1u << 8)	/* 1.5: FLUSH, placement GLOBAL */
+#define HMM_NIC_ACCESS_FLUSH_PERSISTENT	(1u << 9)	/* 1.5: FLUSH, placement PERSISTENT */
 
 #define HMM_NIC_MR_VALID		(1u << 0)
 #define HMM_NIC_MR_ODP			(1u << 1)	/* faults are expected */
@@ -261,8 +266,9 @@ struct hmm_nic_mr {
  * at the responder with WC_LOC_QP_OP_ERR / _LOC_PROT_ERR / _LOC_LEN_ERR
  * (that QP goes to ERR too) and the SEND with WC_REM_OP_ERR (too short:
  * WC_REM_INV_REQ_ERR). A misaligned atomic: WC_REM_INV_REQ_ERR. Malformed
- * send WQEs (ERR_BAD_WQE in ERROR and vendor_err): opcode beyond
- * FETCH_AND_ADD or INLINE with READ/atomics: WC_LOC_QP_OP_ERR; num_sge >
+ * send WQEs (ERR_BAD_WQE in ERROR and vendor_err): an opcode other than
+ * 0..FETCH_AND_ADD, FLUSH and ATOMIC_WRITE, or INLINE with anything but
+ * SEND/WRITE: WC_LOC_QP_OP_ERR; num_sge >
  * MAX_SGE or the SGEs beyond the WQE: WC_LOC_QP_OP_ERR; length != the
  * sum of the SGEs, > MAX_MSG, inline > MAX_INLINE, an atomic without
  * exactly one 8-byte SGE: WC_LOC_LEN_ERR; ERROR_ADDR is then
@@ -388,7 +394,14 @@ struct hmm_nic_send_wr {
 			uint64_t	remote_addr;
 			uint32_t	rkey;
 			uint32_t	reserved;
-		} rdma;
+		} rdma;			/* also ATOMIC_WRITE's */
+		struct {
+			uint64_t	remote_addr;
+			uint32_t	length;	/* unused: dma.length is the range's */
+			uint32_t	rkey;
+			uint8_t		type;	/* HMM_NIC_FLUSH_GLOBAL | _PERSISTENT */
+			uint8_t		level;	/* HMM_NIC_FLUSH_RANGE or _MR */
+		} flush;
 		struct {
 			uint64_t	remote_addr;
 			uint64_t	compare_add;
@@ -432,6 +445,49 @@ struct hmm_nic_dma_info {
 #define HMM_NIC_WR_RDMA_READ		4
 #define HMM_NIC_WR_ATOMIC_CMP_AND_SWP	5
 #define HMM_NIC_WR_ATOMIC_FETCH_AND_ADD	6
+#define HMM_NIC_WR_FLUSH		14	/* 1.5 */
+#define HMM_NIC_WR_ATOMIC_WRITE		15	/* 1.5 */
+
+/* FLUSH: placement types (a mask, IB_FLUSH_*) and selectivity levels */
+#define HMM_NIC_FLUSH_GLOBAL		(1u << 0)
+#define HMM_NIC_FLUSH_PERSISTENT	(1u << 1)
+#define HMM_NIC_FLUSH_RANGE		0
+#define HMM_NIC_FLUSH_MR		1
+
+/*
+ * FLUSH and ATOMIC_WRITE (1.5; CAP_FLUSH, CAP_ATOMIC_WRITE) as the stock rxe
+ * provider writes them and rxe executes them. Neither has SGEs: num_sge
+ * other than 0 or INLINE is WC_LOC_QP_OP_ERR (ERR_BAD_WQE).
+ *
+ * ATOMIC_WRITE: the 8 bytes at HMM_NIC_SWQE_SGE (rxe's dma.atomic_wr) go to
+ * wr.rdma.remote_addr of wr.rdma.rkey; dma.length must be 8 (else
+ * WC_LOC_LEN_ERR, ERR_BAD_WQE). At the responder: the address 8-byte
+ * aligned (else WC_REM_INV_REQ_ERR), then an RDMA WRITE's checks: key, PD,
+ * range, REMOTE_WRITE in the responder QP's and the MR's access (else
+ * WC_REM_ACCESS_ERR). The value is written by one 8-byte DMA. A missing
+ * page faults (responder side) and stalls the QP as a WRITE does; the
+ * replay writes the value (writing it again is the same as once).
+ * Completes with WC_OP_ATOMIC_WRITE, byte_len 8.
+ *
+ * FLUSH: wr.flush.remote_addr, wr.flush.rkey, type (a non-empty mask of
+ * FLUSH_GLOBAL / FLUSH_PERSISTENT) and level (FLUSH_RANGE: [remote_addr,
+ * remote_addr + dma.length); FLUSH_MR: the whole MR, remote_addr and the
+ * length ignored). Another type or level: WC_LOC_QP_OP_ERR (ERR_BAD_WQE).
+ * dma.length is a range, not a message: MAX_MSG does not bound it. At the
+ * responder: ACCESS_FLUSH_GLOBAL (type GLOBAL) and ACCESS_FLUSH_PERSISTENT
+ * (type PERSISTENT) in the QP's and the MR's access, the key and PD
+ * checks, and for FLUSH_RANGE the range inside the MR; else
+ * WC_REM_ACCESS_ERR. Guest memory has no cache in front of it that the
+ * device could write back: what the device wrote is globally visible,
+ * and as persistent as that memory is, once its write completed. The
+ * device then translates every page of the range (READ access), as rxe
+ * maps an ODP range before it flushes it: a page that is not there faults
+ * (responder side) and stalls the QP; the replay goes on from the first
+ * page not yet translated; a cancel completes the FLUSH with
+ * WC_REM_ACCESS_ERR, vendor_err ERR_FAULT. FLUSH_MR of an IMPLICIT MR
+ * translates nothing (the address space has no extent). Completes with
+ * WC_OP_FLUSH, byte_len dma.length.
+ */
 
 #define HMM_NIC_SEND_SIGNALED		(1u << 1)	/* IB_SEND_SIGNALED */
 #define HMM_NIC_SEND_SOLICITED		(1u << 2)	/* IB_SEND_SOLICITED */
@@ -473,6 +529,8 @@ struct hmm_nic_cqe {
 #define HMM_NIC_WC_OP_RDMA_READ		2
 #define HMM_NIC_WC_OP_COMP_SWAP		3
 #define HMM_NIC_WC_OP_FETCH_ADD		4
+#define HMM_NIC_WC_OP_FLUSH		8	/* 1.5 */
+#define HMM_NIC_WC_OP_ATOMIC_WRITE	9	/* 1.5 */
 #define HMM_NIC_WC_OP_RECV		128	/* IB_UVERBS_WC_RECV */
 #define HMM_NIC_WC_OP_RECV_RDMA_WITH_IMM 129
 

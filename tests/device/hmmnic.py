@@ -48,6 +48,7 @@ CQ = struct.Struct("<QIBBH16x")  # va mask log2_elem flags rsvd0
 SEND_WR_HEAD = struct.Struct("<QIIII")  # wr_id reserved opcode send_flags imm
 RDMA = struct.Struct("<QII")  # remote_addr rkey reserved
 ATOMIC = struct.Struct("<QQQII")  # remote_addr compare_add swap rkey reserved
+FLUSH = struct.Struct("<QIIBB")  # remote_addr length(unused) rkey type level
 SGE = struct.Struct("<QII")  # addr length lkey
 DMA_INFO = struct.Struct("<IIIIII")  # length resid cur_sge num_sge sge_offset reserved
 # wr_id status opcode vendor_err byte_len imm qp_num src_qp wc_flags pkey slid sl dlid port rsvd
@@ -176,15 +177,30 @@ class SendWr:
     imm: int = 0
     length: int | None = None  # dma.length; default: sum of the SGEs
     num_sge: int | None = None  # default: len(sges)
+    value: int = 0  # ATOMIC_WRITE: the 8 bytes (rxe's dma.atomic_wr)
+    flush_type: int = N.FLUSH_GLOBAL  # FLUSH: placement type(s)
+    flush_level: int = N.FLUSH_RANGE  # FLUSH: selectivity level
 
     def pack(self, elem: int) -> bytes:
         flags = self.flags | (N.SEND_INLINE if self.inline is not None else 0)
         head = SEND_WR_HEAD.pack(self.wr_id, 0, self.opcode, flags, self.imm)
         if self.opcode in (N.WR_ATOMIC_CMP_AND_SWP, N.WR_ATOMIC_FETCH_AND_ADD):
             union = ATOMIC.pack(self.remote_addr, self.compare_add, self.swap, self.rkey, 0)
+        elif self.opcode == N.WR_FLUSH:
+            union = FLUSH.pack(self.remote_addr, 0, self.rkey, self.flush_type,
+                               self.flush_level)
         else:
             union = RDMA.pack(self.remote_addr, self.rkey, 0)
         wr = (head + union).ljust(N.SWQE_DMA, b"\0")
+        if self.opcode in (N.WR_FLUSH, N.WR_ATOMIC_WRITE) and self.inline is None:
+            # as the rxe provider writes them: no SGEs, dma.length the range
+            # (FLUSH) or 8 with the value where the SGEs would be (ATOMIC_WRITE)
+            atomic_write = self.opcode == N.WR_ATOMIC_WRITE
+            length = self.length if self.length is not None else 8 if atomic_write else 0
+            nsge = 0 if self.num_sge is None else self.num_sge
+            body = struct.pack("<Q", self.value) if atomic_write else b""
+            wqe = wr + DMA_INFO.pack(length, length, 0, nsge, 0, 0) + body
+            return wqe.ljust(elem, b"\0")
         if self.inline is not None:
             length = len(self.inline) if self.length is None else self.length
             body = self.inline

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from hmmgpu import H as G
-from hmmnic import PAGE, RWA, LaunchNic, Mr, N, Nic, Qp, SendWr
+from hmmnic import ACCESS_ALL, PAGE, REMOTE_ALL, RWA, LaunchNic, Mr, N, Nic, Qp, SendWr
 
 from harness.build.qemu import QemuArtifact
 
@@ -140,6 +140,68 @@ def test_atomics_on_the_peer(qps: tuple[Nic, Nic, Qp, Qp]) -> None:
     assert int.from_bytes(a.qt.read(old.pa, 8), "little") == 1000
     assert int.from_bytes(a.qt.read(old.pa + 8, 8), "little") == 1005
     assert int.from_bytes(b.qt.read(tgt.pa + 64, 8), "little") == 77
+
+
+def test_atomic_write_and_flush_on_the_peer(linked: tuple[Nic, Nic]) -> None:
+    """ATOMIC_WRITE and FLUSH (1.5) run at B; the FLUSH faults in B's ODP
+    page that is missing, and A gets its answer after B's replay."""
+    a, b = linked
+    qa = connect(a, 2)
+    connect(b, 1, min_rnr_timer=1, access=REMOTE_ALL | N.ACCESS_FLUSH_GLOBAL)
+    tgt = b.reg_mr(2, 2 * PAGE, access=ACCESS_ALL | N.ACCESS_FLUSH_GLOBAL, mapped=False,
+                   flags=ODP)
+    b.pt.map(2, tgt.va, tgt.pa, RWA)
+    value = 0x1122_3344_5566_7788
+    a.post_send(qa, SendWr(N.WR_ATOMIC_WRITE, wr_id=1, flags=SIG, remote_addr=tgt.va + 16,
+                           rkey=tgt.key, value=value),
+                SendWr(N.WR_FLUSH, wr_id=2, flags=SIG, remote_addr=tgt.va + 8, rkey=tgt.key,
+                       length=2 * PAGE - 8))
+    (f,) = b.faults(1)
+    assert (f.ctx, f.va, f.access) == (2, tgt.va + PAGE, G.ACCESS_READ)
+    assert f.cmd_id >> 63 == 1
+    assert b.qt.readq(tgt.pa + 16) == value
+    b.pt.map(2, tgt.va + PAGE, tgt.pa + PAGE, RWA)
+    b.set_reg("FAULT_REPLAY", 1)
+    a.wait(lambda: (a.qt.clock_step(10_000), a.cq_pending(0))[1] == 2, "FLUSH after the replay")
+    c1, c2 = a.poll(0, 2)
+    assert (c1.wr_id, c1.status, c1.opcode, c1.byte_len) == (1, N.WC_SUCCESS,
+                                                             N.WC_OP_ATOMIC_WRITE, 8)
+    assert (c2.wr_id, c2.status, c2.opcode, c2.byte_len) == (2, N.WC_SUCCESS, N.WC_OP_FLUSH,
+                                                             2 * PAGE - 8)
+    # the whole MR, with any address and length
+    a.post_send(qa, SendWr(N.WR_FLUSH, wr_id=3, flags=SIG, remote_addr=0, rkey=tgt.key,
+                           length=999, flush_level=N.FLUSH_MR))
+    (c,) = a.poll(0, 1)
+    assert (c.wr_id, c.status, c.opcode) == (3, N.WC_SUCCESS, N.WC_OP_FLUSH)
+    assert b.cq_pending(0) == 0 and b.reg("ERROR") == N.ERR_NONE
+    b.wait_idle()
+
+
+@pytest.mark.parametrize("case", ["flush-no-access", "persistent-not-granted",
+                                  "atomic-write-misaligned", "atomic-write-no-remote-write"])
+def test_atomic_write_and_flush_errors_on_the_peer(linked: tuple[Nic, Nic], case: str) -> None:
+    a, b = linked
+    qa = connect(a, 2)
+    connect(b, 1, min_rnr_timer=1, access=N.ACCESS_REMOTE_READ | N.ACCESS_FLUSH_GLOBAL)
+    tgt = b.reg_mr(2, PAGE, access=ACCESS_ALL)
+    status = N.WC_REM_ACCESS_ERR
+    if case == "flush-no-access":
+        wr = SendWr(N.WR_FLUSH, remote_addr=tgt.va, rkey=tgt.key, length=8)
+    elif case == "persistent-not-granted":
+        tgt = b.reg_mr(2, PAGE, access=ACCESS_ALL | N.ACCESS_FLUSH_GLOBAL)
+        wr = SendWr(N.WR_FLUSH, remote_addr=tgt.va, rkey=tgt.key, length=8,
+                    flush_type=N.FLUSH_PERSISTENT)
+    elif case == "atomic-write-misaligned":
+        wr = SendWr(N.WR_ATOMIC_WRITE, remote_addr=tgt.va + 4, rkey=tgt.key, value=1)
+        status = N.WC_REM_INV_REQ_ERR
+    else:
+        wr = SendWr(N.WR_ATOMIC_WRITE, remote_addr=tgt.va, rkey=tgt.key, value=1)
+    wr.wr_id = 0xE
+    a.post_send(qa, wr)
+    (c,) = a.poll(0, 1)
+    assert (c.wr_id, c.status) == (0xE, status)
+    assert a.qp_state(0) == N.QPS_ERR
+    assert b.qt.read(tgt.pa, 16) == b"\0" * 16
 
 
 def test_rnr_until_the_peer_posts_a_receive(qps: tuple[Nic, Nic, Qp, Qp]) -> None:

@@ -47,7 +47,8 @@ def test_identity(nic: Nic) -> None:
     assert nic.cfg_read(0x08, 1) == N.PCI_REVISION
     assert nic.reg("ID") == N.ID_MAGIC
     assert nic.reg("VERSION") == (N.VERSION_MAJOR << 16) | N.VERSION_MINOR
-    assert nic.reg("CAPS") == N.CAP_RC | N.CAP_ATOMIC | N.CAP_ODP | N.CAP_IMPLICIT | N.CAP_LINK
+    assert nic.reg("CAPS") == (N.CAP_RC | N.CAP_ATOMIC | N.CAP_ODP | N.CAP_IMPLICIT |
+                               N.CAP_LINK | N.CAP_FLUSH | N.CAP_ATOMIC_WRITE)
     assert nic.reg("PORT_LID") == 1 and nic.reg("LINK_STATUS") == 0  # no link chardev
     assert nic.reg("MAX_MSG") == N.MAX_MSG
     assert nic.reg("NUM_VECTORS") == N.NUM_VECTORS

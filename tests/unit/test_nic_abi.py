@@ -88,6 +88,31 @@ PAIRS = [
     ("QP type RC", "HMM_NIC_QPT_RC", "IB_UVERBS_QPT_RC"),
 ]
 
+# FLUSH and ATOMIC_WRITE (ABI 1.5): in the uAPI from 6.2 (the access bits,
+# placement and selectivity, rxe's flush WR); compared when the build host's
+# headers have them.
+RXE_UAPI = Path("/usr/include/rdma/rdma_user_rxe.h")
+FLUSH_PAIRS = [
+    *[
+        (f"send WR .{f}", f"offsetof(struct hmm_nic_send_wr, {f})",
+         f"offsetof(struct rxe_send_wr, {f})")
+        for f in ("wr.flush.remote_addr", "wr.flush.length", "wr.flush.rkey", "wr.flush.type",
+                  "wr.flush.level")
+    ],
+    ("send WQE: atomic_wr", "HMM_NIC_SWQE_SGE", "offsetof(struct rxe_send_wqe, dma.atomic_wr)"),
+    *[(f"WR opcode {n}", f"HMM_NIC_WR_{n}", f"IB_UVERBS_WR_{n}")
+      for n in ("FLUSH", "ATOMIC_WRITE")],
+    *[(f"WC opcode {n}", f"HMM_NIC_WC_OP_{n}", f"IB_UVERBS_WC_{n}")
+      for n in ("FLUSH", "ATOMIC_WRITE")],
+    *[(f"access {n}", f"HMM_NIC_ACCESS_{n}", f"IB_UVERBS_ACCESS_{n}")
+      for n in ("FLUSH_GLOBAL", "FLUSH_PERSISTENT")],
+    *[(f"flush {n}", f"HMM_NIC_FLUSH_{n}", f"IB_FLUSH_{n}")
+      for n in ("GLOBAL", "PERSISTENT", "RANGE", "MR")],
+]
+HAS_FLUSH = RXE_UAPI.exists() and "flush" in RXE_UAPI.read_text()
+if HAS_FLUSH:
+    PAIRS += FLUSH_PAIRS
+
 
 def c_program() -> str:
     lines = [
@@ -128,6 +153,12 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[int, int
         i, ours, theirs = line.split()
         res[int(i)] = (int(ours), int(theirs))
     return res
+
+
+@pytest.mark.skipif(HAS_FLUSH, reason="compared in test_matches_kernel_uapi")
+def test_flush_layouts_need_newer_uapi() -> None:
+    pytest.skip(f"{RXE_UAPI} predates FLUSH and ATOMIC_WRITE (6.2): "
+                f"{len(FLUSH_PAIRS)} layouts not compared")
 
 
 @pytest.mark.parametrize("i", range(len(PAIRS)), ids=[p[0] for p in PAIRS])

@@ -165,7 +165,7 @@ def test_table_per_column_and_an_empty_column() -> None:
 def test_parity_names_what_hmm_nic_does_not_claim() -> None:
     rows = [("test_odp.OdpTestCase.test_odp_rc_traffic", "PASS", "PASS"),
             ("test_odp.OdpTestCase.test_odp_ud_traffic", "SKIP", "PASS"),
-            ("test_odp.OdpTestCase.test_odp_qp_ex_rc_flush", "SKIP", "PASS")]
+            ("test_odp.OdpTestCase.test_odp_qp_ex_rc_flush", "PASS", "PASS")]
     entries = [TestResult(f"odp-tests.{col}.{t}", Status(st))
                for t, nic, rxe in rows for col, st in (("hmm-nic", nic), ("rxe", rxe))]
     table = columns.side_by_side(entries, ["hmm-nic", "rxe"], "rxe", scenario="odp-tests")
@@ -174,6 +174,16 @@ def test_parity_names_what_hmm_nic_does_not_claim() -> None:
     assert ok.status == Status.PASS
     assert "not compared, test_odp.OdpTestCase.test_odp_ud_traffic: hmm-nic has RC" \
         in ok.log_excerpt
+    # FLUSH is no longer excused (hmm-nic has it): a SKIP there counts
+    entries[4] = TestResult("odp-tests.hmm-nic.test_odp.OdpTestCase.test_odp_qp_ex_rc_flush",
+                            Status.SKIP)
+    table = columns.side_by_side(entries, ["hmm-nic", "rxe"], "rxe", scenario="odp-tests")
+    flush = columns.parity(table, "odp-tests", "hmm-nic",
+                           excused=rdma_tests.EXCUSED["hmm-nic"])
+    assert flush.status == Status.FAIL
+    assert "test_odp_qp_ex_rc_flush" in flush.log_excerpt
+    entries[4] = TestResult("odp-tests.hmm-nic.test_odp.OdpTestCase.test_odp_qp_ex_rc_flush",
+                            Status.PASS)
     # an excused test that FAILs (not SKIPs) on hmm-nic still counts
     entries[2] = TestResult("odp-tests.hmm-nic.test_odp.OdpTestCase.test_odp_ud_traffic",
                             Status.FAIL)

@@ -31,6 +31,55 @@
 
 /* ---- work requests ------------------------------------------------------- */
 
+/* A malformed send WQE: it completes with w->status, ERR_BAD_WQE. */
+static bool nic_wqe_bad(HmmNicState *s, NicWr *w)
+{
+    w->vendor_err = HMM_NIC_ERR_BAD_WQE;
+    hmm_guest_error(&s->core, HMM_NIC_ERR_BAD_WQE,
+                    HMM_NIC_FAULT_CMD(w->qp->qpn, w->index, 0),
+                    "malformed send WQE (opcode, SGE count or length)");
+    return true;
+}
+
+/*
+ * The rest of a FLUSH or ATOMIC_WRITE WQE (1.5), which has no SGEs:
+ * ATOMIC_WRITE's 8 bytes are where the SGEs would be (rxe's
+ * dma.atomic_wr). FLUSH's dma.length is a range, not a message: MAX_MSG
+ * does not apply.
+ */
+static bool nic_wqe_no_sge(HmmNicState *s, NicWr *w, uint64_t slot)
+{
+    uint64_t fail_va, val;
+
+    if (w->num_sge || w->is_inline) {
+        w->status = HMM_NIC_WC_LOC_QP_OP_ERR;
+        return nic_wqe_bad(s, w);
+    }
+    if (w->opcode == HMM_NIC_WR_FLUSH) {
+        if (!w->flush_type ||
+            (w->flush_type & ~(HMM_NIC_FLUSH_GLOBAL |
+                               HMM_NIC_FLUSH_PERSISTENT)) ||
+            w->flush_level > HMM_NIC_FLUSH_MR) {
+            w->status = HMM_NIC_WC_LOC_QP_OP_ERR;
+            return nic_wqe_bad(s, w);
+        }
+        return true;
+    }
+    if (w->length != HMM_NIC_ATOMIC_SIZE) {
+        w->status = HMM_NIC_WC_LOC_LEN_ERR;
+        return nic_wqe_bad(s, w);
+    }
+    /* HMM_NIC_SQ_LOG2_MIN: the 8 bytes are always inside the slot */
+    if (!hmm_nic_qdma(s, w->cmd[NIC_SIDE_REQ], slot + HMM_NIC_SWQE_SGE, &val,
+                      sizeof(val), false, &fail_va)) {
+        hmm_guest_error(&s->core, HMM_NIC_ERR_QUEUE_READ, fail_va,
+                        "atomic write value read failed");
+        return false;
+    }
+    w->compare_add = le64_to_cpu(val);
+    return true;
+}
+
 /*
  * Fetch and check the send WQE at @qp's consumer index. False if it could
  * not be read at all (the QP goes to ERR without a completion for it);
@@ -66,6 +115,14 @@ static bool nic_wqe_fetch(HmmNicState *s, NicWr *w)
                                            wr.atomic.swap));
         w->rkey = ldl_le_p(head + offsetof(struct hmm_nic_send_wr,
                                            wr.atomic.rkey));
+    } else if (w->opcode == HMM_NIC_WR_FLUSH) {
+        w->raddr = ldq_le_p(head + offsetof(struct hmm_nic_send_wr,
+                                            wr.flush.remote_addr));
+        w->rkey = ldl_le_p(head + offsetof(struct hmm_nic_send_wr,
+                                           wr.flush.rkey));
+        w->flush_type = head[offsetof(struct hmm_nic_send_wr, wr.flush.type)];
+        w->flush_level = head[offsetof(struct hmm_nic_send_wr,
+                                       wr.flush.level)];
     } else {
         w->raddr = ldq_le_p(head + offsetof(struct hmm_nic_send_wr,
                                             wr.rdma.remote_addr));
@@ -81,9 +138,13 @@ static bool nic_wqe_fetch(HmmNicState *s, NicWr *w)
     trace_hmm_nic_wr_start(w->qp->qpn, w->index, w->wr_id, w->opcode,
                            w->send_flags, w->length);
 
-    if (w->opcode > HMM_NIC_WR_ATOMIC_FETCH_AND_ADD) {
+    if (w->opcode > HMM_NIC_WR_ATOMIC_FETCH_AND_ADD &&
+        !hmm_nic_no_sge(w->opcode)) {
         w->status = HMM_NIC_WC_LOC_QP_OP_ERR;
         goto bad;
+    }
+    if (hmm_nic_no_sge(w->opcode)) {
+        return nic_wqe_no_sge(s, w, slot);
     }
     if (w->length > HMM_NIC_MAX_MSG) {
         w->status = HMM_NIC_WC_LOC_LEN_ERR;
@@ -139,11 +200,7 @@ static bool nic_wqe_fetch(HmmNicState *s, NicWr *w)
     return true;
 
 bad:
-    w->vendor_err = HMM_NIC_ERR_BAD_WQE;
-    hmm_guest_error(&s->core, HMM_NIC_ERR_BAD_WQE,
-                    HMM_NIC_FAULT_CMD(w->qp->qpn, w->index, 0),
-                    "malformed send WQE (opcode, SGE count or length)");
-    return true;
+    return nic_wqe_bad(s, w);
 }
 
 /* Complete the WR at the SQ's consumer index and consume it. */
@@ -290,6 +347,12 @@ static uint64_t nic_qp_step(HmmNicState *s, HmmNicQp *qp)
             break;
         case HMM_NIC_WR_RDMA_READ:
             r = hmm_nic_do_read(s, &w, &done);
+            break;
+        case HMM_NIC_WR_ATOMIC_WRITE:
+            r = hmm_nic_do_atomic_write(s, &w, &done);
+            break;
+        case HMM_NIC_WR_FLUSH:
+            r = hmm_nic_do_flush(s, &w, &done);
             break;
         default:
             r = hmm_nic_do_atomic(s, &w, &done);

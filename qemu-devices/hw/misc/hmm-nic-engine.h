@@ -26,6 +26,8 @@
 #define HMM_NIC_MMIO_NS         (50 * SCALE_US)
 #define HMM_NIC_MMIO_BYTES      (256 * KiB)
 #define HMM_NIC_STEP_BYTES      (256 * KiB)
+/* ... and a FLUSH step translates at most this many pages of its range */
+#define HMM_NIC_FLUSH_STEP_PAGES 512
 
 #define HMM_NIC_ATOMIC_SIZE     8
 #define HMM_NIC_QP_STATE_OFF    offsetof(struct hmm_nic_qp, state)
@@ -79,8 +81,10 @@ typedef struct NicWr {
     uint32_t send_flags;
     uint32_t imm;                   /* as stored: big-endian on the wire */
     uint64_t raddr;
-    uint64_t compare_add;
+    uint64_t compare_add;           /* ATOMIC_WRITE: the value to write */
     uint64_t swap;
+    uint8_t flush_type;             /* FLUSH: HMM_NIC_FLUSH_GLOBAL | ... */
+    uint8_t flush_level;            /* FLUSH: HMM_NIC_FLUSH_RANGE or _MR */
     uint32_t rkey;
     uint32_t length;
     uint32_t num_sge;
@@ -123,6 +127,10 @@ static inline uint32_t hmm_nic_wc_opcode(uint32_t wr_opcode)
         return HMM_NIC_WC_OP_COMP_SWAP;
     case HMM_NIC_WR_ATOMIC_FETCH_AND_ADD:
         return HMM_NIC_WC_OP_FETCH_ADD;
+    case HMM_NIC_WR_FLUSH:
+        return HMM_NIC_WC_OP_FLUSH;
+    case HMM_NIC_WR_ATOMIC_WRITE:
+        return HMM_NIC_WC_OP_ATOMIC_WRITE;
     default:
         return HMM_NIC_WC_OP_SEND;
     }
@@ -139,6 +147,12 @@ static inline bool hmm_nic_is_atomic(uint32_t opcode)
 {
     return opcode == HMM_NIC_WR_ATOMIC_CMP_AND_SWP ||
            opcode == HMM_NIC_WR_ATOMIC_FETCH_AND_ADD;
+}
+
+/* Opcodes without SGEs: the WQE itself says everything (1.5). */
+static inline bool hmm_nic_no_sge(uint32_t opcode)
+{
+    return opcode == HMM_NIC_WR_FLUSH || opcode == HMM_NIC_WR_ATOMIC_WRITE;
 }
 
 /*
@@ -172,8 +186,9 @@ typedef struct QEMU_PACKED NicLinkMsg {
     uint64_t offset;        /* REQ: where the chunk is in the message */
     uint64_t msg_len;       /* REQ: the whole message */
     uint64_t raddr;
-    uint64_t compare_add;   /* RESP: an atomic's old value */
-    uint64_t swap;
+    /* REQ: the atomic's operand, ATOMIC_WRITE's value; RESP: old value */
+    uint64_t compare_add;
+    uint64_t swap;          /* REQ: CMP_AND_SWP's; FLUSH: type | level << 8 */
     uint32_t rkey;
     uint32_t imm;
     uint32_t send_flags;
@@ -222,6 +237,8 @@ NicRes hmm_nic_do_send(HmmNicState *s, NicWr *w, uint64_t *done);
 NicRes hmm_nic_do_write(HmmNicState *s, NicWr *w, uint64_t *done);
 NicRes hmm_nic_do_read(HmmNicState *s, NicWr *w, uint64_t *done);
 NicRes hmm_nic_do_atomic(HmmNicState *s, NicWr *w, uint64_t *done);
+NicRes hmm_nic_do_atomic_write(HmmNicState *s, NicWr *w, uint64_t *done);
+NicRes hmm_nic_do_flush(HmmNicState *s, NicWr *w, uint64_t *done);
 /* ... of a WR to the linked device, and a request from it */
 NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done);
 void hmm_nic_remote_request(HmmNicState *s, const NicLinkMsg *m,

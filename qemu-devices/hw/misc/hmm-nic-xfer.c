@@ -20,12 +20,14 @@
 /* ---- access checks and translation --------------------------------------- */
 
 /*
- * Check key @key for an access to [va, va + len) by a QP of protection
- * domain @pdn that needs MR access bits @need, and describe it in @seg.
+ * Check key @key for an access to [va, va + len) (unless !@range: a FLUSH
+ * of the whole MR) by a QP of protection domain @pdn that needs MR access
+ * bits @need, describe it in @seg and return the MR's entry in @mr.
  */
-static bool nic_check_key(HmmNicState *s, uint64_t cmd_id, uint32_t key,
-                          uint64_t va, uint64_t len, uint32_t pdn,
-                          uint32_t need, NicSeg *seg)
+static bool nic_lookup_key(HmmNicState *s, uint64_t cmd_id, uint32_t key,
+                           uint64_t va, uint64_t len, uint32_t pdn,
+                           uint32_t need, bool range, NicSeg *seg,
+                           struct hmm_nic_mr *out)
 {
     uint32_t idx = HMM_NIC_KEY_INDEX(key);
     struct hmm_nic_mr mr;
@@ -50,7 +52,7 @@ static bool nic_check_key(HmmNicState *s, uint64_t cmd_id, uint32_t key,
             why = "key tag does not match the MR";
         } else if (mr.pdn != pdn) {
             why = "MR of another protection domain";
-        } else if (!(mr.flags & HMM_NIC_MR_IMPLICIT) &&
+        } else if (range && !(mr.flags & HMM_NIC_MR_IMPLICIT) &&
                    (va < mr.va || len > mr.length ||
                     va - mr.va > mr.length - len)) {
             why = "range outside the MR";
@@ -66,7 +68,17 @@ static bool nic_check_key(HmmNicState *s, uint64_t cmd_id, uint32_t key,
     seg->va = va;
     seg->len = len;
     seg->host = NULL;
+    if (out) {
+        *out = mr;
+    }
     return true;
+}
+
+static bool nic_check_key(HmmNicState *s, uint64_t cmd_id, uint32_t key,
+                          uint64_t va, uint64_t len, uint32_t pdn,
+                          uint32_t need, NicSeg *seg)
+{
+    return nic_lookup_key(s, cmd_id, key, va, len, pdn, need, true, seg, NULL);
 }
 
 /* The requester's SGEs (or inline data) as a scatter list. */
@@ -658,6 +670,140 @@ NicRes hmm_nic_do_atomic(HmmNicState *s, NicWr *w, uint64_t *done)
     return nic_move(s, w, &src, &dst, HMM_NIC_ATOMIC_SIZE, done);
 }
 
+/*
+ * ATOMIC_WRITE at the responder (peer entry @de): the 8 bytes w->compare_add
+ * to w->raddr, one 8-byte DMA (IBA oA19-28: REMOTE_WRITE, aligned). Writing
+ * the same value again after a fault is the same as writing it once.
+ */
+static NicRes nic_atomic_write_exec(HmmNicState *s, NicWr *w,
+                                    const struct hmm_nic_qp *de)
+{
+    uint64_t val = cpu_to_le64(w->compare_add);
+    HmmXlateResult x;
+    NicSgl rem;
+    NicRes r;
+
+    if (w->raddr & (HMM_NIC_ATOMIC_SIZE - 1)) {
+        trace_hmm_nic_key_error(w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr,
+                                HMM_NIC_ATOMIC_SIZE,
+                                "atomic write not naturally aligned");
+        return nic_fail(w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+    }
+    r = nic_remote_seg(s, w, de, HMM_NIC_ACCESS_REMOTE_WRITE,
+                       HMM_NIC_ATOMIC_SIZE, &rem, HMM_GPU_ACCESS_WRITE);
+    if (r != NIC_OK) {
+        return r;
+    }
+    r = nic_xlate(s, w, NIC_SIDE_RESP, rem.seg[0].mr, w->raddr,
+                  HMM_GPU_ACCESS_WRITE, &x);
+    if (r != NIC_OK) {
+        return r;
+    }
+    /* aligned: the 8 bytes never cross a page */
+    if (hmm_nic_data_dma(s, w, NIC_SIDE_RESP, rem.seg[0].mr, x.pa, w->raddr,
+                         &val, sizeof(val), true) != MEMTX_OK) {
+        return nic_dma_fail(s, w, NIC_SIDE_RESP, x.pa);
+    }
+    trace_hmm_nic_atomic_write(w->qp->qpn, w->raddr, x.pa, w->compare_add);
+    return NIC_OK;
+}
+
+/*
+ * FLUSH at the responder (peer entry @de). Guest memory has no cache the
+ * device could write back: what the device wrote is globally visible (and
+ * as persistent as that memory is) once the write completed. The device
+ * checks the access and translates every page of the range (the whole MR
+ * for FLUSH_MR), as rxe maps an ODP range before it flushes it: a page
+ * that is not there faults, and the flush goes on from *done (bytes of the
+ * range translated) after the replay. @budget: at most
+ * HMM_NIC_FLUSH_STEP_PAGES pages, then NIC_MORE.
+ */
+static NicRes nic_flush_exec(HmmNicState *s, NicWr *w,
+                             const struct hmm_nic_qp *de, uint64_t *done,
+                             bool budget)
+{
+    bool range = w->flush_level == HMM_NIC_FLUSH_RANGE;
+    uint32_t need = 0;
+    struct hmm_nic_mr mr;
+    uint64_t start, len;
+    unsigned pages = 0;
+    NicSeg seg;
+
+    if (w->flush_type & HMM_NIC_FLUSH_GLOBAL) {
+        need |= HMM_NIC_ACCESS_FLUSH_GLOBAL;
+    }
+    if (w->flush_type & HMM_NIC_FLUSH_PERSISTENT) {
+        need |= HMM_NIC_ACCESS_FLUSH_PERSISTENT;
+    }
+    if ((de->access & need) != need) {
+        trace_hmm_nic_key_error(w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr,
+                                w->length,
+                                "destination QP lacks the flush access");
+        return nic_fail(w, HMM_NIC_WC_REM_ACCESS_ERR, 0);
+    }
+    if (!nic_lookup_key(s, w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr,
+                        w->length, de->pdn, need, range, &seg, &mr)) {
+        return nic_fail(w, HMM_NIC_WC_REM_ACCESS_ERR, 0);
+    }
+    if (range) {
+        start = w->raddr;
+        len = w->length;
+    } else if (mr.flags & HMM_NIC_MR_IMPLICIT) {
+        /* the address space has no extent to flush page by page */
+        start = 0;
+        len = 0;
+    } else {
+        start = mr.va;
+        len = mr.length;
+    }
+    while (*done < len) {
+        HmmXlateResult x;
+        NicRes r;
+
+        if (budget && pages >= HMM_NIC_FLUSH_STEP_PAGES) {
+            return NIC_MORE;
+        }
+        r = nic_xlate(s, w, NIC_SIDE_RESP, seg.mr, start + *done,
+                      HMM_GPU_ACCESS_READ, &x);
+        if (r != NIC_OK) {
+            return r;
+        }
+        *done += MIN(x.avail, len - *done);
+        pages++;
+    }
+    trace_hmm_nic_rdma_flush(w->qp->qpn, w->rkey, start, len, w->flush_type,
+                             w->flush_level);
+    return NIC_OK;
+}
+
+/* ATOMIC_WRITE: 8 bytes of the WQE to the peer's MR. */
+NicRes hmm_nic_do_atomic_write(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    struct hmm_nic_qp de;
+    HmmNicQp *dqp = NULL;
+    NicRes r;
+
+    r = nic_peer(s, w, &dqp, &de);
+    if (r != NIC_OK) {
+        return r;
+    }
+    return nic_atomic_write_exec(s, w, &de);
+}
+
+/* FLUSH: a range (or the whole) of the peer's MR, checked and faulted in. */
+NicRes hmm_nic_do_flush(HmmNicState *s, NicWr *w, uint64_t *done)
+{
+    struct hmm_nic_qp de;
+    HmmNicQp *dqp = NULL;
+    NicRes r;
+
+    r = nic_peer(s, w, &dqp, &de);
+    if (r != NIC_OK) {
+        return r;
+    }
+    return nic_flush_exec(s, w, &de, done, true);
+}
+
 /* ---- across the link: the requester -------------------------------------- */
 
 /*
@@ -758,6 +904,8 @@ static NicRes nic_remote_answer(HmmNicState *s, NicWr *w, uint64_t *done)
 NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done)
 {
     bool atomic = hmm_nic_is_atomic(w->opcode);
+    /* one request, no payload chunks: atomics, FLUSH, ATOMIC_WRITE */
+    bool single = atomic || hmm_nic_no_sge(w->opcode);
     uint64_t total = atomic ? HMM_NIC_ATOMIC_SIZE : w->length;
     HmmNicQp *qp = w->qp;
     NicLinkMsg m = { 0 };
@@ -768,7 +916,7 @@ NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done)
 
     if (qp->link_resp) {
         r = nic_remote_answer(s, w, done);
-        if (r != NIC_OK || *done >= total || atomic) {
+        if (r != NIC_OK || *done >= total || single) {
             return r;
         }
     }
@@ -777,10 +925,10 @@ NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done)
                                  "no linked device has dest_lid");
         return nic_no_answer(w);
     }
-    if (!atomic) {
+    if (!single) {
         n = MIN(total - *done, (uint64_t)HMM_NIC_LINK_CHUNK);
     }
-    if (w->opcode != HMM_NIC_WR_RDMA_READ && !atomic) {
+    if (w->opcode != HMM_NIC_WR_RDMA_READ && !single) {
         /* the chunk's bytes, read now: they may fault */
         if (!nic_local_sgl(s, w, 0, HMM_GPU_ACCESS_READ, &src)) {
             return nic_fail(w, HMM_NIC_WC_LOC_PROT_ERR, 0);
@@ -822,6 +970,8 @@ NicRes hmm_nic_remote_step(HmmNicState *s, NicWr *w, uint64_t *done)
         m.len = 0;
         m.msg_len = total;
         m.swap = n;             /* how much of it this request asks for */
+    } else if (w->opcode == HMM_NIC_WR_FLUSH) {
+        m.swap = w->flush_type | (uint64_t)w->flush_level << 8;
     }
     hmm_nic_link_send(s, &m, chunk);
     g_free(chunk);
@@ -896,6 +1046,8 @@ void hmm_nic_remote_request(HmmNicState *s, const NicLinkMsg *m,
     w.rkey = m->rkey;
     w.compare_add = m->compare_add;
     w.swap = m->swap;
+    w.flush_type = m->swap & 0xff;
+    w.flush_level = (m->swap >> 8) & 0xff;
     w.length = m->msg_len;
     hmm_mmu_job_init(&dqp->xl[NIC_SIDE_RESP].mj, w.cmd[NIC_SIDE_RESP],
                      UINT32_MAX);
@@ -1025,6 +1177,25 @@ void hmm_nic_remote_request(HmmNicState *s, const NicLinkMsg *m,
         resp.compare_add = old;
         break;
     }
+    case HMM_NIC_WR_ATOMIC_WRITE:
+        if (m->msg_len != HMM_NIC_ATOMIC_SIZE) {
+            r = nic_fail(&w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+            break;
+        }
+        r = nic_atomic_write_exec(s, &w, &de);
+        break;
+    case HMM_NIC_WR_FLUSH:
+        if (!w.flush_type || (w.flush_type & ~(HMM_NIC_FLUSH_GLOBAL |
+                                               HMM_NIC_FLUSH_PERSISTENT)) ||
+            w.flush_level > HMM_NIC_FLUSH_MR ||
+            m->msg_len > UINT32_MAX) {
+            r = nic_fail(&w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+            break;
+        }
+        /* the whole range in one go: a retry after a fault starts over */
+        pos = 0;
+        r = nic_flush_exec(s, &w, &de, &pos, false);
+        break;
     default:
         r = nic_fail(&w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
         break;

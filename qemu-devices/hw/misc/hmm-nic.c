@@ -72,7 +72,8 @@ REG32(LINK_STATUS, HMM_NIC_REG_LINK_STATUS)
                                  HMM_NIC_INTR_FAULT)
 #define HMM_NIC_CAPS            (HMM_NIC_CAP_RC | HMM_NIC_CAP_ATOMIC | \
                                  HMM_NIC_CAP_ODP | HMM_NIC_CAP_IMPLICIT | \
-                                 HMM_NIC_CAP_LINK)
+                                 HMM_NIC_CAP_LINK | HMM_NIC_CAP_FLUSH | \
+                                 HMM_NIC_CAP_ATOMIC_WRITE)
 #define HMM_NIC_TABLE_ALIGN     64
 
 /* the ABI header and the library agree on the shared registers */
