@@ -135,10 +135,11 @@ def fault_trips(path: Path) -> list[float | None]:
     """One entry per fault record in the trace at ``path``, in order: the us from its
     write to the FAULT_REPLAY that answered it; None if it was cancelled or nothing
     answered it (yet)."""
-    trace = dmatrace.read_trace(path)
+    records = dmatrace.read_kinds(path, (dmatrace.Kind.FAULT_WRITE, dmatrace.Kind.EV_REPLAY,
+                                         dmatrace.Kind.EV_CANCEL))
     out: list[float | None] = []
     pending: dict[int, tuple[int, int]] = {}  # index in out -> (token, write time)
-    for r in trace.records:
+    for r in records:
         if r.kind == dmatrace.Kind.FAULT_WRITE:
             pending[len(out)] = (r.aux, r.timestamp_ns)
             out.append(None)

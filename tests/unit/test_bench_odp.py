@@ -153,3 +153,17 @@ def test_last_json() -> None:
 def _empty_fig() -> dict:
     from harness.scenarios.bench import figures
     return figures([], METRICS, COLUMNS, what="perftest")
+
+
+def test_read_kinds_is_read_trace_filtered(tmp_path: Path) -> None:
+    """The fast scan returns exactly the records a full decode has of those kinds (the
+    kind byte found at its offset, every field decoded), a truncated tail left out."""
+    D, T = dmatrace.Kind.DATA, dmatrace.Kind.EV_TLB_INV
+    path = _trace_aux(tmp_path / "dmatrace-nic0.bin",
+                      [(1, D, 0), (2, F, 7), (3, T, 4096), (4, R, 0), (5, F, 8), (6, C, 8)])
+    path.write_bytes(path.read_bytes() + b"\x05" * 20)  # a record QEMU did not finish
+    kinds = (F, R, C)
+    full = [r for r in dmatrace.read_trace(path).records if r.kind in kinds]
+    assert dmatrace.read_kinds(path, kinds) == full
+    assert [r.timestamp_ns for r in full] == [2, 4, 5, 6]
+    assert [r.timestamp_ns for r in dmatrace.read_kinds(path, (T,))] == [3]
