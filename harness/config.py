@@ -51,8 +51,20 @@ class DeviceConfig:
     type: str
     props: dict[str, str] = field(default_factory=dict)
     # hmm-nic: the id of the other hmm-nic in this guest its port is cabled to
-    # ("nic1"); the launcher joins the two by a unix socket
+    # ("nic1"); the launcher joins the two by a unix socket. PEER: cabled to a
+    # second guest that a scenario boots (odp-cross-vm); this guest's QEMU
+    # listens on the socket, the peer's connects to it.
     link: str = ""
+    # the peer guest's own side of a PEER cable: the socket to connect to (set by
+    # the scenario that boots it, never by a configuration file)
+    peer_socket: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys a configuration file has (link only if set; never peer_socket)."""
+        d: dict[str, Any] = {"type": self.type, "props": dict(self.props)}
+        if self.link:
+            d["link"] = self.link
+        return d
 
 
 @dataclass(frozen=True)
@@ -81,8 +93,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["devices"] = [{k: v for k, v in asdict(dev).items() if k != "link" or v}
-                        for dev in self.devices]
+        d["devices"] = [dev.to_dict() for dev in self.devices]
         d["scenarios"] = list(self.scenarios)
         return d
 
@@ -268,7 +279,8 @@ def _devices(r: _Reader, node: Node) -> tuple[DeviceConfig, ...]:
         link = ""
         if "link" in entries:
             lnode = entries["link"][1]
-            link = str(r.scalar(lnode, f"{key}.link", "another hmm-nic's id (nic0, nic1, ...)"))
+            link = str(r.scalar(lnode, f"{key}.link",
+                                "another hmm-nic's id (nic0, nic1, ...) or peer"))
             if link and dtype != "hmm-nic":
                 raise r.error(lnode, f"{key}.link", "only a hmm-nic has a link; remove it")
         out.append(DeviceConfig(type=dtype, props=props, link=link))
@@ -289,13 +301,23 @@ def nic_ids(devices: Iterable[DeviceConfig]) -> list[str]:
     return [f"nic{i}" for i, _ in enumerate(d for d in devices if d.type == "hmm-nic")]
 
 
+PEER = "peer"  # a hmm-nic's link to a second guest (see DeviceConfig.link)
+
+
+def peer_nics(devices: Iterable[DeviceConfig]) -> list[str]:
+    """The ids of the hmm-nics cabled to a peer guest (``link: peer``)."""
+    devices = list(devices)
+    return [me for me, d in zip(nic_ids(devices), (d for d in devices if d.type == "hmm-nic"),
+                                strict=True) if d.link == PEER]
+
+
 def nic_links(devices: Iterable[DeviceConfig]) -> list[tuple[str, str]]:
     """The cabled pairs of hmm-nic ids, each once, lower id first."""
     devices = list(devices)
     nics = [d for d in devices if d.type == "hmm-nic"]
     pairs = set()
     for me, d in zip(nic_ids(devices), nics, strict=True):
-        if d.link:
+        if d.link and d.link != PEER:
             pairs.add(tuple(sorted((me, d.link), key=lambda x: int(x[3:]))))
     return sorted(pairs, key=lambda p: int(p[0][3:]))  # type: ignore[arg-type]
 
@@ -315,10 +337,13 @@ def _check_links(r: _Reader, devices: list[DeviceConfig],
         node, _ = nodes[i]
         me = next(k for k, v in ids.items() if v == i)
         key = f"devices[{i}].link"
+        if d.link == PEER:
+            continue
         if d.link not in ids:
             known = ", ".join(ids) or "none"
             raise r.error(node, key,
-                          f"{d.link!r} is not a hmm-nic of this guest (hmm-nics: {known})")
+                          f"{d.link!r} is not a hmm-nic of this guest (hmm-nics: {known}) "
+                          f"nor {PEER} (a second guest)")
         if d.link == me:
             raise r.error(node, key, f"{me} cannot be linked to itself")
         for end, other in ((me, d.link), (d.link, me)):

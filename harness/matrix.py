@@ -459,7 +459,7 @@ def _cell_text(base: RunConfig, asg: Assignment) -> str:
     for a in AXES:
         v = asg[a].value
         if a == "devices":
-            v = [dataclasses.asdict(dev) for dev in v]
+            v = [dev.to_dict() for dev in v]
         elif a == "scenarios":
             v = list(v)
         d[a] = v

@@ -243,7 +243,7 @@ class Runner:
                 r.environment["kernel_release"] = self._uname(ssh, guest)
                 if cfg.iommu != "off":
                     self._iommu_enabled(ssh, guest)
-                session = Session(cfg, r.dir, guest, ssh, r)
+                session = Session(cfg, r.dir, guest, ssh, r, artifacts=self.artifacts)
                 ran = self._scenarios(session)
                 ssh = session.ssh  # the probe may have reconnected
                 gone = guest.exit_reason()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from qemu.qmp import QMPClient
 
-from harness.config import RunConfig, gpu_ids, nic_links
+from harness.config import PEER, RunConfig, gpu_ids, nic_links
 from harness.splat import Splat, SplatScanner
 from harness.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
 
@@ -397,6 +397,10 @@ class LaunchFiles:
     def nic_dmatrace(self, index: int) -> Path:
         return self.run_dir / f"dmatrace-nic{index}.bin"
 
+    def peer_sock(self, index: int) -> Path:
+        """hmm-nic ``index``'s cable to a peer guest (``link: peer``), beside qmp.sock."""
+        return self.qmp_sock.parent / f"peer{index}.sock"
+
 
 def iommu_options(iommu: str, accel: AccelChoice) -> tuple[list[str], list[str]]:
     """(extra ``-accel`` options, the vIOMMU's ``-device`` argument(s)).
@@ -470,6 +474,13 @@ def build_command_line(
                 opts.append(f"lid={nic + 1}")
             if f"nic{nic}" in cables:
                 argv += ["-chardev", cables[f"nic{nic}"]]
+                opts.append(f"link=link-nic{nic}")
+            elif dev.link == PEER:
+                # to a second QEMU: this one listens, the peer guest's connects
+                # (dev.peer_socket) when a scenario boots it
+                sock = dev.peer_socket or str(files.peer_sock(nic))
+                server = "" if dev.peer_socket else ",server=on,wait=off"
+                argv += ["-chardev", f"socket,id=link-nic{nic},path={_qemu_opt(sock)}{server}"]
                 opts.append(f"link=link-nic{nic}")
             nic += 1
         else:  # config validation keeps this unreachable

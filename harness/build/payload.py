@@ -13,7 +13,8 @@ appends to the rootfs initramfs:
     /opt/hmmlab/kernel.json            what the kernel offers (see below)
     /opt/hmmlab/bin/hmm-gpu-smoke, svm-mirror, svm-invalidate, hmm-bench, ...
     /opt/hmmlab/bin/hmm-tests          tools/testing/selftests/{mm,vm}/hmm-tests.c, unmodified
-    /opt/hmmlab/bin/odp-rc.py, odp-implicit.py, odp-gpu.py, odp-lat.py, odp_common.py
+    /opt/hmmlab/bin/odp-rc.py, odp-implicit.py, odp-gpu.py, odp-lat.py, odp-xvm.py,
+                                       odp_common.py
                                        pyverbs workloads, copied as they are (see SCRIPTS)
 
 hmm-tests is built statically from the kernel's own source, so it always
@@ -74,7 +75,7 @@ WORKLOADS = ("hmm-gpu-smoke", "svm-mirror", "svm-invalidate", "svm-migrate", "vr
 # from guest-images/workloads as they are: script -> mode. The scripts import the
 # module from their own directory.
 SCRIPTS = {"odp-rc.py": 0o755, "odp-implicit.py": 0o755, "odp-gpu.py": 0o755,
-           "odp-lat.py": 0o755, "odp_common.py": 0o644}
+           "odp-lat.py": 0o755, "odp-xvm.py": 0o755, "odp_common.py": 0o644}
 GUEST_DIR = "opt/hmmlab"
 MANIFEST = "kernel.json"
 

@@ -38,6 +38,7 @@ _REGISTRY: dict[str, str] = {
     "odp-gpu": "harness.scenarios.odp_gpu",
     "perftest": "harness.scenarios.perftest",
     "bench-odp": "harness.scenarios.bench_odp",
+    "odp-cross-vm": "harness.scenarios.odp_xvm",
 }
 
 
@@ -50,6 +51,9 @@ class Session:
     results: Results
     # scenario-private data carried from run() to finish()
     state: dict[str, Any] = field(default_factory=dict)
+    # what booted the guest (harness.build.Artifacts), for a scenario that boots
+    # a second one (odp-cross-vm)
+    artifacts: Any = None
 
 
 class Scenario(Protocol):

@@ -179,3 +179,15 @@ def test_bench_svm_prints_one_table_of_medians(tmp_path: Path,
         "bench.round1.hmm-gpu", "bench.round1.test_hmm",
         "bench.round2.hmm-gpu", "bench.round2.test_hmm"]
     assert all(t["status"] == "PASS" and t["duration"] > 0 for t in rounds)
+
+
+def test_odp_cross_vm_ran_between_two_guests(default_run: Results) -> None:
+    """The default guest's nic2 is cabled to a second guest: odp-cross-vm boots it, and
+    every step of the WRITE/READ traffic into its ODP memory passed, both traces audited
+    (not skipped: the 6.12 kernel has user verbs and ODP)."""
+    got = {t.path: t.status for t in default_run.tests if t.path.startswith("odp-cross-vm")}
+    for step in ("peer.boot", "connect", "write", "peer.check", "read", "peer.change",
+                 "read-changed", "write-again", "peer.check-again", "peer.console",
+                 "dmatrace", "peer.dmatrace"):
+        assert got.get(f"odp-cross-vm.{step}") == Status.PASS, (step, got)
+    assert (default_run.dir / "peer" / "console.log").is_file()

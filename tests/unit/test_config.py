@@ -36,11 +36,12 @@ def test_packaged_default() -> None:
     # vram-pressure's; nic0 is odp-tests'
     assert cfg.devices == (DeviceConfig("hmm-gpu", {}), DeviceConfig("hmm-gpu", {}),
                            DeviceConfig("hmm-gpu", {"vram-size": "8M"}),
-                           DeviceConfig("hmm-nic", {}, link="nic1"), DeviceConfig("hmm-nic", {}))
+                           DeviceConfig("hmm-nic", {}, link="nic1"), DeviceConfig("hmm-nic", {}),
+                           DeviceConfig("hmm-nic", {}, link="peer"))  # odp-cross-vm's
     assert cfg.scenarios == ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race",
                              "svm-migrate", "vram-pressure", "atomics", "svm-reclaim",
                              "dmirror-edge", "odp-tests", "odp-rc", "odp-implicit",
-                             "odp-gpu", "perftest")
+                             "odp-gpu", "perftest", "odp-cross-vm")
     assert cfg.timeouts == Timeouts(boot=120, no_output=60, scenario=300)
 
 
@@ -143,8 +144,8 @@ def test_accel_choice() -> None:
     ("scenarios: [smoke, smok]\n", 'scenarios[1]: expected "smoke" or "hmm-tests" or '
      '"svm-mirror" or "svm-invalidate" or "svm-race" or "svm-reclaim" or "dmirror-edge" or '
      '"svm-migrate" or "vram-pressure" or "atomics" or "dma-bounce" or "bench-svm" or '
-     '"odp-tests" or "odp-rc" or "odp-implicit" or "odp-gpu" or "perftest" or "bench-odp", '
-     'got "smok"; did you mean "smoke"?'),
+     '"odp-tests" or "odp-rc" or "odp-implicit" or "odp-gpu" or "perftest" or "bench-odp" or '
+     '"odp-cross-vm", got "smok"; did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),
@@ -228,3 +229,14 @@ def test_nic_links_each_pair_once() -> None:
                            " {type: hmm-nic, link: nic0}, {type: hmm-nic}]\n", "t.yaml")
     assert config.nic_ids(cfg.devices) == ["nic0", "nic1", "nic2"]
     assert config.nic_links(cfg.devices) == [("nic0", "nic1")]
+
+
+def test_a_nic_cabled_to_a_peer_guest() -> None:
+    """``link: peer``: cabled to a second guest (odp-cross-vm), not to a NIC of this one."""
+    cfg = config.load_text("devices: [{type: hmm-nic, link: nic1}, {type: hmm-nic},"
+                           " {type: hmm-nic, link: peer}]\n", "t.yaml")
+    assert config.nic_links(cfg.devices) == [("nic0", "nic1")]
+    assert config.peer_nics(cfg.devices) == ["nic2"]
+    assert cfg.to_dict()["devices"][2] == {"type": "hmm-nic", "props": {}, "link": "peer"}
+    with pytest.raises(config.ConfigError, match=re.escape("nor peer (a second guest)")):
+        config.load_text("devices: [{type: hmm-nic, link: per}]\n", "t.yaml")

@@ -22,7 +22,7 @@ from harness.scenarios import names as scenario_names
 SCENARIOS = scenario_names()
 ALL = ("smoke", "hmm-tests", "svm-mirror", "svm-invalidate", "svm-race", "svm-migrate",
        "vram-pressure", "atomics", "svm-reclaim", "dmirror-edge", "odp-tests",
-       "odp-rc", "odp-implicit", "odp-gpu", "perftest")
+       "odp-rc", "odp-implicit", "odp-gpu", "perftest", "odp-cross-vm")
 
 
 def load(text: str, name: str = "m.yaml", kernel_tree: str | None = None) -> matrix.Matrix:
@@ -58,7 +58,8 @@ def test_default_matrix_cells() -> None:
         assert (cfg.machine, cfg.cpus, cfg.memory, cfg.kernel_tree) == ("q35", 2, 2048, None)
         assert cfg.devices == (DeviceConfig("hmm-gpu"), DeviceConfig("hmm-gpu"),
                                DeviceConfig("hmm-gpu", {"vram-size": "8M"}),
-                               DeviceConfig("hmm-nic", link="nic1"), DeviceConfig("hmm-nic"))
+                               DeviceConfig("hmm-nic", link="nic1"), DeviceConfig("hmm-nic"),
+                               DeviceConfig("hmm-nic", link="peer"))
         assert cfg.scenarios == (ALL if not cfg.cmdline else ("smoke", "dma-bounce"))
     assert m.dropped == ()
     assert m.varying() == ["kernel", "flavor", "iommu", "cmdline", "scenarios"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import time
@@ -60,6 +61,7 @@ def test_default_command_line() -> None:
                             "hmm-gpu,id=gpu2,dmatrace=dmatrace2,vram-size=8M"]
     assert devices[4:] == ["hmm-nic,id=nic0,dmatrace=nictrace0,lid=1,link=link-nic0",
                            "hmm-nic,id=nic1,dmatrace=nictrace1,lid=2,link=link-nic1",
+                           "hmm-nic,id=nic2,dmatrace=nictrace2,lid=3,link=link-nic2",
                            "pvpanic-pci", "virtio-rng-pci"]  # last: the gpus keep slots 2-4
     assert opt(argv, "-action") == ["panic=none"]
     assert "file,id=dmatrace0,path=/r/dmatrace-0.bin" in opt(argv, "-chardev")
@@ -218,3 +220,19 @@ def test_counter_ids_are_the_qemu_ids_whatever_the_device_order() -> None:
             if d.startswith("hmm-gpu,")]
     assert gpus == ["gpu0"]
     assert guest.gpu_ids == gpus
+
+
+def test_a_peer_cable_listens_here_and_connects_from_the_peer() -> None:
+    """The cell's QEMU listens on peerN.sock beside qmp.sock; the peer guest's QEMU
+    (DeviceConfig.peer_socket, set by odp-cross-vm) connects to that path."""
+    argv = cmdline("devices: [{type: hmm-nic}, {type: hmm-nic, link: peer}]\n")
+    assert "socket,id=link-nic1,path=/r/peer1.sock,server=on,wait=off" in opt(argv, "-chardev")
+    assert "hmm-nic,id=nic1,dmatrace=nictrace1,lid=2,link=link-nic1" in opt(argv, "-device")
+    cfg = config.load_text("", "t.yaml", known_scenarios=scenario_names())
+    peer = dataclasses.replace(cfg, devices=(config.DeviceConfig(
+        "hmm-nic", {"lid": "9"}, link="peer", peer_socket="/r/peer1.sock"),))
+    argv = build_command_line(peer, Path("/q/qemu-system-x86_64"), (), Path("/k/bzImage"),
+                              LaunchFiles(Path("/p"), Path("/p/qmp.sock")),
+                              AccelChoice("tcg", "test"), 2222)
+    assert "socket,id=link-nic0,path=/r/peer1.sock" in opt(argv, "-chardev")
+    assert "hmm-nic,id=nic0,dmatrace=nictrace0,link=link-nic0,lid=9" in opt(argv, "-device")
