@@ -180,8 +180,12 @@ class Loopback:
     InfiniBand port (hmm-nic) the path is the port's LID; on RoCE (rxe) a GRH to the
     port's own GID."""
 
-    def __init__(self, ctx: Context, pd: PD, depth: int = 64) -> None:
+    def __init__(self, ctx: Context, pd: PD, depth: int = 64, spin: bool = False) -> None:
         self.ctx, self.pd = ctx, pd
+        # spin: poll completions without yielding; time.sleep(0) puts the thread to
+        # sleep in the guest (state S) until the next tick, which a latency figure
+        # would measure instead of the device
+        self.spin = spin
         port = ctx.query_port(PORT)
         self.lid = port.lid
         self.gid = (ctx.query_gid(PORT, GID_INDEX)
@@ -243,7 +247,8 @@ class Loopback:
             if time.monotonic() > deadline:
                 raise Mismatch(f"{what}: no completion within {POLL_TIMEOUT:.0f} s "
                                f"(wr_id {wr_id}): the QP stalled")
-            time.sleep(0)
+            if not self.spin:
+                time.sleep(0)
 
     def send(self, src: int, dst: int, length: int, lkey_a: int, lkey_b: int) -> None:
         """A SENDs ``length`` bytes at ``src`` into the receive B posted at ``dst``."""
