@@ -46,7 +46,6 @@ import time
 from pathlib import Path
 
 from odp_common import (
-    ACCESS,
     ODP_ACCESS,
     PAGE,
     PORT,
@@ -56,12 +55,11 @@ from odp_common import (
     mmap_anon,
     peek,
     poke,
+    rc_attr,
 )
-from pyverbs.addr import AHAttr
 from pyverbs.cq import CQ
 from pyverbs.device import Context
 from pyverbs.libibverbs_enums import (
-    ibv_mtu,
     ibv_qp_type,
     ibv_wc_opcode,
     ibv_wc_status,
@@ -69,7 +67,7 @@ from pyverbs.libibverbs_enums import (
 )
 from pyverbs.mr import MR
 from pyverbs.pd import PD
-from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
+from pyverbs.qp import QP, QPCap, QPInitAttr
 from pyverbs.wr import SGE, SendWR
 
 PEER_TIMEOUT = 120.0  # seconds for the other side's self.json
@@ -121,17 +119,7 @@ class Side:
 
     def connect(self, peer: dict[str, int]) -> None:
         self.peer = peer
-        attr = QPAttr(port_num=PORT, path_mtu=ibv_mtu.IBV_MTU_1024)
-        attr.qp_access_flags = ACCESS
-        attr.dest_qp_num = peer["qpn"]
-        attr.rq_psn = attr.sq_psn = 0
-        attr.max_rd_atomic = attr.max_dest_rd_atomic = 1
-        attr.min_rnr_timer = 1
-        attr.timeout = 14
-        attr.retry_cnt = 7
-        attr.rnr_retry = 7
-        attr.ah_attr = AHAttr(port_num=PORT, dlid=peer["lid"], is_global=0)
-        self.qp.to_rts(attr)
+        self.qp.to_rts(rc_attr(peer["qpn"], peer["lid"]))
 
     def _rdma(self, opcode: int, wc_opcode: int, what: str) -> None:
         self.wr_id += 1

@@ -175,6 +175,27 @@ _WC_OPCODE = {
 }
 
 
+def rc_attr(dest_qp_num: int, dlid: int, gid: Any = None) -> QPAttr:
+    """What takes an RC QP to RTS towards QP ``dest_qp_num`` at ``dlid`` (through a GRH
+    to ``gid`` on RoCE): every remote access allowed, PSNs 0, retries as a real
+    requester makes them (the peer may not be in RTR yet)."""
+    attr = QPAttr(port_num=PORT, path_mtu=ibv_mtu.IBV_MTU_1024)
+    attr.qp_access_flags = ACCESS
+    attr.dest_qp_num = dest_qp_num
+    attr.rq_psn = attr.sq_psn = 0
+    attr.max_rd_atomic = attr.max_dest_rd_atomic = 1
+    attr.min_rnr_timer = 1
+    attr.timeout = 14
+    attr.retry_cnt = 7
+    attr.rnr_retry = 7
+    if gid is None:
+        attr.ah_attr = AHAttr(port_num=PORT, dlid=dlid, is_global=0)
+    else:
+        attr.ah_attr = AHAttr(port_num=PORT, dlid=dlid, is_global=1,
+                              gr=GlobalRoute(dgid=gid, sgid_index=GID_INDEX))
+    return attr
+
+
 class Loopback:
     """Two RC QPs on ``dev`` port 1, A connected to B, each with its own CQ. On an
     InfiniBand port (hmm-nic) the path is the port's LID; on RoCE (rxe) a GRH to the
@@ -205,21 +226,7 @@ class Loopback:
         return QP(self.pd, init)
 
     def _connect(self, qp: QP, dest_qp_num: int) -> None:
-        attr = QPAttr(port_num=PORT, path_mtu=ibv_mtu.IBV_MTU_1024)
-        attr.qp_access_flags = ACCESS
-        attr.dest_qp_num = dest_qp_num
-        attr.rq_psn = attr.sq_psn = 0
-        attr.max_rd_atomic = attr.max_dest_rd_atomic = 1
-        attr.min_rnr_timer = 1
-        attr.timeout = 14
-        attr.retry_cnt = 7
-        attr.rnr_retry = 7
-        if self.gid is None:
-            attr.ah_attr = AHAttr(port_num=PORT, dlid=self.lid, is_global=0)
-        else:
-            attr.ah_attr = AHAttr(port_num=PORT, dlid=self.lid, is_global=1,
-                                  gr=GlobalRoute(dgid=self.gid, sgid_index=GID_INDEX))
-        qp.to_rts(attr)
+        qp.to_rts(rc_attr(dest_qp_num, self.lid, self.gid))
 
     def close(self) -> None:
         for obj in (self.qp_a, self.qp_b, self.cq_a, self.cq_b):

@@ -595,6 +595,32 @@ NicRes hmm_nic_do_read(HmmNicState *s, NicWr *w, uint64_t *done)
 }
 
 /*
+ * The responder's 8 bytes of an atomic or ATOMIC_WRITE: naturally aligned
+ * (else WC_REM_INV_REQ_ERR, traced as @misaligned), within an MR of the
+ * peer entry @de that grants @remote_access, translated for @access.
+ */
+static NicRes nic_atomic_target(HmmNicState *s, NicWr *w,
+                                const struct hmm_nic_qp *de,
+                                uint32_t remote_access, uint8_t access,
+                                const char *misaligned, NicSgl *rem,
+                                HmmXlateResult *x)
+{
+    NicRes r;
+
+    if (w->raddr & (HMM_NIC_ATOMIC_SIZE - 1)) {
+        trace_hmm_nic_key_error(w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr,
+                                HMM_NIC_ATOMIC_SIZE, misaligned);
+        return nic_fail(w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
+    }
+    r = nic_remote_seg(s, w, de, remote_access, HMM_NIC_ATOMIC_SIZE, rem,
+                       access);
+    if (r != NIC_OK) {
+        return r;
+    }
+    return nic_xlate(s, w, NIC_SIDE_RESP, rem->seg[0].mr, w->raddr, access, x);
+}
+
+/*
  * CMP_AND_SWP / FETCH_AND_ADD: 8 bytes at the peer, atomic with respect to
  * the device (the BQL serialises everything it does); the old value goes
  * to the requester's SGE. Once executed it is never executed again: a
@@ -621,19 +647,9 @@ NicRes hmm_nic_do_atomic(HmmNicState *s, NicWr *w, uint64_t *done)
         if (r != NIC_OK) {
             return r;
         }
-        if (w->raddr & (HMM_NIC_ATOMIC_SIZE - 1)) {
-            trace_hmm_nic_key_error(w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr,
-                                    HMM_NIC_ATOMIC_SIZE,
-                                    "atomic not naturally aligned");
-            return nic_fail(w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
-        }
-        r = nic_remote_seg(s, w, &de, HMM_NIC_ACCESS_REMOTE_ATOMIC,
-                           HMM_NIC_ATOMIC_SIZE, &rem, HMM_GPU_ACCESS_ATOMIC);
-        if (r != NIC_OK) {
-            return r;
-        }
-        r = nic_xlate(s, w, NIC_SIDE_RESP, rem.seg[0].mr, w->raddr,
-                      HMM_GPU_ACCESS_ATOMIC, &x);
+        r = nic_atomic_target(s, w, &de, HMM_NIC_ACCESS_REMOTE_ATOMIC,
+                              HMM_GPU_ACCESS_ATOMIC,
+                              "atomic not naturally aligned", &rem, &x);
         if (r != NIC_OK) {
             return r;
         }
@@ -683,19 +699,9 @@ static NicRes nic_atomic_write_exec(HmmNicState *s, NicWr *w,
     NicSgl rem;
     NicRes r;
 
-    if (w->raddr & (HMM_NIC_ATOMIC_SIZE - 1)) {
-        trace_hmm_nic_key_error(w->cmd[NIC_SIDE_RESP], w->rkey, w->raddr,
-                                HMM_NIC_ATOMIC_SIZE,
-                                "atomic write not naturally aligned");
-        return nic_fail(w, HMM_NIC_WC_REM_INV_REQ_ERR, 0);
-    }
-    r = nic_remote_seg(s, w, de, HMM_NIC_ACCESS_REMOTE_WRITE,
-                       HMM_NIC_ATOMIC_SIZE, &rem, HMM_GPU_ACCESS_WRITE);
-    if (r != NIC_OK) {
-        return r;
-    }
-    r = nic_xlate(s, w, NIC_SIDE_RESP, rem.seg[0].mr, w->raddr,
-                  HMM_GPU_ACCESS_WRITE, &x);
+    r = nic_atomic_target(s, w, de, HMM_NIC_ACCESS_REMOTE_WRITE,
+                          HMM_GPU_ACCESS_WRITE,
+                          "atomic write not naturally aligned", &rem, &x);
     if (r != NIC_OK) {
         return r;
     }
