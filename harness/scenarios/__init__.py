@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from harness.build import Artifacts
     from harness.config import RunConfig
     from harness.results import Results
     from harness.ssh import SSHClient
@@ -53,7 +54,7 @@ class Session:
     state: dict[str, Any] = field(default_factory=dict)
     # what booted the guest (harness.build.Artifacts), for a scenario that boots
     # a second one (odp-cross-vm)
-    artifacts: Any = None
+    artifacts: Artifacts | None = None
 
 
 class Scenario(Protocol):
