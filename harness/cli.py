@@ -45,8 +45,9 @@ examples:
   hmmlab bench odp              perftest bandwidth (ODP, pinned), ODP fault and invalidation
                                 cost: hmm-nic vs rxe; fault round trip: hmm-nic vs hmm-gpu
 
-exit status of `run`: 0 every test passed, 1 a test failed,
-2 an infrastructure problem (build failed, guest hung, QEMU died) got in the way.
+exit status of `run`: 0 every test passed, 1 a test failed (a hang, a guest that
+died under a test included), 2 an infrastructure problem (build failed, QEMU would
+not start) got in the way or nothing was tested (no test ran, all were skipped).
 """
 
 RUN_HELP = """\

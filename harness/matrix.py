@@ -101,6 +101,13 @@ class Matrix:
     def varying(self) -> list[str]:
         return [a for a, vals in self.axes().items() if len(vals) > 1]
 
+    def empty_reason(self) -> str:
+        """Why a run of this matrix tested nothing when it has no cells."""
+        if not self.dropped:
+            return "the matrix has no cells"
+        return (f"the matrix has no cells after exclude (all {self.combinations} "
+                f"combinations of its axes dropped)")
+
     def cell(self, name: str) -> Cell:
         for c in self.cells:
             if c.name == name:
@@ -607,4 +614,6 @@ def describe(m: Matrix) -> str:
     included = sum(1 for c in m.cells if c.origin != "axes")
     lines.append(f"{count(len(m.cells), 'cell')} ({len(m.cells) - included} of {m.combinations} "
                  f"combinations of the axes, {included} included), {len(m.dropped)} dropped")
+    if not m.cells:
+        lines.append(f"nothing to run: {m.empty_reason()}")
     return "\n".join(lines)

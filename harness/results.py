@@ -7,8 +7,11 @@ or None (JSON null) when nothing measured it: a verdict computed from other
 data, a test that never ran, a sub-test whose time its program did not
 report. It is never a share of some larger time.
 
-Exit status follows tuxrun: 2 when an infrastructure error (an ERROR or MISS
-entry) got in the way, else 1 when a test failed, else 0.
+Which status an event gets is decided in one place, :func:`status_for` (the
+README's "Statuses"); the exit status and why in one other, :func:`verdict`:
+after tuxrun, 2 when an infrastructure error (an ERROR or MISS entry) got in
+the way, or nothing was tested (no entry at all, or every entry a SKIP), else
+1 when a test failed, else 0.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import datetime as dt
 import json
 import logging
 import os
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +43,68 @@ class Status(StrEnum):
     ERROR = "ERROR"  # infrastructure: the test could not be carried out
     MISS = "MISS"  # never ran: its matrix cell was not built, was killed or aborted
     SKIP = "SKIP"
+
+
+class Event(StrEnum):
+    """What happened to a test; :func:`status_for` says which status that is."""
+
+    # PASS
+    HELD = "the test ran and what it checks held"
+    # FAIL: the software under test did something wrong
+    CHECK_FAILED = "a check failed"
+    SPLAT = "the kernel printed a splat, oops or panic"
+    COMMAND_HUNG = "a command in the booted guest ran past its budget"
+    GUEST_HUNG = "the watchdog killed a guest that stopped responding"
+    GUEST_DIED = "the guest died during the test (kernel panic, QEMU exited or aborted)"
+    DEVICE_ERROR = "the device reported an error the test did not expect"
+    # ERROR: the harness or the host could not carry out the test
+    BUILD_FAILED = "a build failed"
+    QEMU_START_FAILED = "QEMU could not start"
+    NEVER_CAME_UP = "the guest never came up and its console shows no splat"
+    SSH_FAILED = "SSH could not be set up or broke"
+    HARNESS_ERROR = "the harness failed (an internal error, a file or reading it missing)"
+    SETUP_FAILED = "a set-up step the test needs (not what it checks) failed"
+    # MISS: never ran
+    NOT_BUILT = "its matrix cell was not built"
+    KILLED = "its matrix cell was killed, or its process ended before it"
+    INTERRUPTED = "the run was interrupted (SIGTERM, Ctrl-C)"
+    GUEST_UNUSABLE = "an earlier step left the guest unusable"
+    # SKIP
+    UNSUPPORTED = "it cannot run here (a kernel feature, device or tool is absent)"
+
+
+_STATUS_OF: dict[Event, Status] = {
+    Event.HELD: Status.PASS,
+    **dict.fromkeys((Event.CHECK_FAILED, Event.SPLAT, Event.COMMAND_HUNG, Event.GUEST_HUNG,
+                     Event.GUEST_DIED, Event.DEVICE_ERROR), Status.FAIL),
+    **dict.fromkeys((Event.BUILD_FAILED, Event.QEMU_START_FAILED, Event.NEVER_CAME_UP,
+                     Event.SSH_FAILED, Event.HARNESS_ERROR, Event.SETUP_FAILED), Status.ERROR),
+    **dict.fromkeys((Event.NOT_BUILT, Event.KILLED, Event.INTERRUPTED, Event.GUEST_UNUSABLE),
+                    Status.MISS),
+    Event.UNSUPPORTED: Status.SKIP,
+}
+
+
+def status_for(event: Event) -> Status:
+    """The status of a test that ``event`` happened to: the one rule every path uses."""
+    return _STATUS_OF[event]
+
+
+def interruption(*, timed_out: bool, guest_gone: bool, splat: bool) -> Event:
+    """What cut off a guest command or a test step that did not finish.
+
+    ``timed_out``: it ran past its budget; ``guest_gone``: QEMU exited, the
+    kernel panicked or the watchdog killed the guest meanwhile; ``splat``: the
+    kernel printed one. Anything else (the SSH connection broke under a
+    guest that still runs, quietly) is the harness's.
+    """
+    if timed_out:
+        return Event.COMMAND_HUNG
+    if guest_gone:
+        return Event.GUEST_DIED
+    if splat:
+        return Event.SPLAT
+    return Event.SSH_FAILED
 
 
 # KCIDB's roll-up order: a group of entries has the status of its first here.
@@ -96,16 +163,45 @@ def default_results_dir(base: Path | None = None) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A run's exit status and, unless it is 0, why in one line."""
+
+    exit_status: int
+    reason: str = ""
+
+
+def _n(counts: Counter[Status], status: Status) -> str:
+    return f"{counts[status]} {status}"
+
+
+def verdict(statuses: Iterable[Status], nothing: str = "no test ran") -> Verdict:
+    """The exit status of a run whose entries have ``statuses`` (one per entry).
+
+    ``nothing`` is the reason when there is no entry at all (a matrix says
+    why it has no cells). A run that tested nothing (no entry, or SKIPs only)
+    is 2, never 0: a CI job must not pass on it.
+    """
+    counts = Counter(statuses)
+    if not counts:
+        return Verdict(EXIT_INFRA, nothing)
+    infra = [_n(counts, s) for s in (Status.ERROR, Status.MISS) if counts[s]]
+    if infra:
+        return Verdict(EXIT_INFRA, " and ".join(infra)
+                       + ": the harness or host got in the way, or tests never ran")
+    if counts[Status.SKIP] == counts.total():
+        return Verdict(EXIT_INFRA, f"every test was skipped ({_n(counts, Status.SKIP)})")
+    if counts[Status.FAIL]:
+        return Verdict(EXIT_FAIL, f"{_n(counts, Status.FAIL)}: a test failed")
+    return Verdict(EXIT_PASS)
+
+
 def exit_code(tests: list[TestResult]) -> int:
-    return exit_code_of({t.status for t in tests})
+    return verdict(t.status for t in tests).exit_status
 
 
-def exit_code_of(statuses: set[Status]) -> int:
-    if statuses & {Status.ERROR, Status.MISS}:
-        return EXIT_INFRA
-    if Status.FAIL in statuses:
-        return EXIT_FAIL
-    return EXIT_PASS
+def exit_code_of(statuses: Iterable[Status]) -> int:
+    return verdict(statuses).exit_status
 
 
 @dataclass
@@ -141,17 +237,22 @@ class Results:
                 return t.status
         return None
 
+    def verdict(self) -> Verdict:
+        return verdict(t.status for t in self.tests)
+
     def exit_code(self) -> int:
-        return exit_code(self.tests)
+        return self.verdict().exit_status
 
     def summary(self) -> dict[str, Any]:
         counts = {str(s): 0 for s in Status}
         for t in self.tests:
             counts[str(t.status)] += 1
+        v = self.verdict()
         return {
             "total": len(self.tests),
             **counts,
-            "exit_status": self.exit_code(),
+            "exit_status": v.exit_status,
+            **({"reason": v.reason} if v.exit_status else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,4 +291,6 @@ class Results:
             f"{s['ERROR']} errors, {s['SKIP']} skipped"
             + (f", {s['MISS']} missing" if s["MISS"] else "")
         )
+        if s.get("reason"):
+            lines.append(f"exit status {s['exit_status']}: {s['reason']}")
         return "\n".join(lines)

@@ -4,8 +4,7 @@ Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails),
 ``console.splat`` (FAIL with the first report's title when the kernel
 printed a BUG/WARNING/Oops/panic at any point, else PASS), ``guest.panic``
 (FAIL, when pvpanic reported a kernel panic), ``guest.hang`` (the watchdog
-found the guest hung and killed it: ERROR, FAIL if the kernel reported a
-lockup or stall first) and, with a vIOMMU, ``iommu.enabled`` and
+found the guest hung and killed it: FAIL) and, with a vIOMMU, ``iommu.enabled`` and
 ``iommu.dmar-faults`` (see harness.iommu).
 
 The decisions (which status an entry gets, which scenarios do not run) are
@@ -42,8 +41,9 @@ import harness
 from harness import iommu
 from harness import scenarios as scenario_registry
 from harness.config import RunConfig
-from harness.results import Results, Status, TestResult, excerpt
+from harness.results import Event, Results, Status, TestResult, excerpt, status_for
 from harness.scenarios import Scenario, Session
+from harness.scenarios.common import cut_off_status
 from harness.splat import Splat
 from harness.ssh import SSHClient, SSHError, SSHTimeout
 from harness.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
@@ -88,15 +88,15 @@ def run_log(path: Path) -> Iterator[None]:
 def boot_failure(error: GuestError, splats: Sequence[Splat], duration: float) -> TestResult:
     """The ``boot`` entry when the guest did not come up.
 
-    A kernel that panicked while booting (QEMU gone, a splat on the console)
-    is a test failure; QEMU dying without one, a hang or a boot timeout is an
-    infrastructure error.
+    A guest that never came up with a splat on its console (a panic, an
+    oops, a lockup while booting) is a test failure; without one (QEMU would
+    not start or died quietly, a silent hang, a boot timeout: a host too slow
+    or the harness) an infrastructure error.
     """
+    status = status_for(Event.SPLAT if splats else Event.NEVER_CAME_UP)
     if isinstance(error, GuestDied):
-        status = Status.FAIL if splats else Status.ERROR
         files = ["console.log", "qemu.stderr"]
     else:
-        status = Status.ERROR
         files = ["console.log", "qemu.stderr", "qemu.log"]
     return TestResult("boot", status, duration, f"{error}\n{error.detail}", files)
 
@@ -109,7 +109,7 @@ def splat_result(splats: Sequence[Splat]) -> TestResult:
     first = splats[0]
     text = "\n\n".join(f"{s.title}\n{s.report}" for s in splats)
     return TestResult(
-        "console.splat", Status.FAIL, None, excerpt(text), ["console.log"],
+        "console.splat", status_for(Event.SPLAT), None, excerpt(text), ["console.log"],
         {"title": first.title, "splats": [s.to_dict() for s in splats]},
     )
 
@@ -122,20 +122,18 @@ def panic_result(event: Mapping[str, Any], splats: Sequence[Splat]) -> TestResul
     text = f"QMP GUEST_PANICKED {json.dumps(dict(event.get('data') or {}), sort_keys=True)}"
     if title is not None:
         text += f"\n{title.title}\n{title.report}"
-    return TestResult("guest.panic", Status.FAIL, None, text,
+    return TestResult("guest.panic", status_for(Event.GUEST_DIED), None, text,
                       ["console.log", "qmp-events.jsonl"],
                       {"title": title.title if title is not None else "kernel panic"})
 
 
 def hang_result(reason: str, splats: Sequence[Splat], console_tail: str,
                 files: Sequence[str]) -> TestResult:
-    """``guest.hang``: the watchdog killed a guest that stopped answering.
-
-    FAIL when the kernel reported a problem first (a soft lockup, hung
-    task, RCU stall... its own diagnosis), else ERROR: a guest frozen in
-    silence may as well be the host starving it.
+    """``guest.hang``: the watchdog killed a guest that stopped answering: FAIL,
+    like the command it cut off (README "Statuses"), with the kernel's own
+    diagnosis (a soft lockup, hung task, RCU stall...) when it gave one.
     """
-    status = Status.FAIL if splats else Status.ERROR
+    status = status_for(Event.GUEST_HUNG)
     text = reason
     if splats:
         text += f"\nthe kernel reported first: {splats[0].title}"
@@ -192,7 +190,8 @@ class Runner:
             self._boot_and_run()
         except Exception as e:  # a harness bug: report it as an infrastructure error
             log.exception("internal error")
-            r.add_status("harness", Status.ERROR, f"internal error: {e}\n{traceback.format_exc()}")
+            r.add_status("harness", status_for(Event.HARNESS_ERROR),
+                         f"internal error: {e}\n{traceback.format_exc()}")
         finally:
             r.write()
         if r.exit_code() == 0:
@@ -221,7 +220,7 @@ class Runner:
         try:
             accel = probe.choose(cfg.accel, image.qemu, image.qemu_datadirs, image.kernel_image)
         except GuestError as e:
-            r.add_status("boot", Status.ERROR, str(e))
+            r.add_status("boot", status_for(Event.QEMU_START_FAILED), str(e))
             return
         r.environment["accel"] = accel.name
         r.environment["accel_reason"] = accel.reason
@@ -238,7 +237,10 @@ class Runner:
                     ssh = guest.ssh(self.artifacts.ssh_key, self.artifacts.ssh_host_pubkey,
                                     SSH_CONNECT_TIMEOUT)
                 except SSHError as e:
-                    r.add_status("ssh.connect", Status.ERROR, str(e))
+                    # SSH's failure, unless the guest died (or splatted) meanwhile
+                    splat = bool(guest.console and guest.console.splats())
+                    r.add_status("ssh.connect", cut_off_status(e, guest.exit_reason(), splat),
+                                 str(e))
                     return
                 r.environment["kernel_release"] = self._uname(ssh, guest)
                 if cfg.iommu != "off":
@@ -263,7 +265,7 @@ class Runner:
                     ssh.close()
                 guest.close()  # whatever happened, no QEMU outlives the run
         except GuestError as e:
-            r.add_status("vm", Status.ERROR, f"{e}\n{e.detail}".strip())
+            r.add_status("vm", status_for(Event.QEMU_START_FAILED), f"{e}\n{e.detail}".strip())
         finally:
             r.environment["qemu_exit_status"] = guest.returncode
             self._splats(guest)
@@ -308,7 +310,9 @@ class Runner:
         try:
             _rc, out, err = ssh.run(iommu.GUEST_LISTING_CMD, 60, abort=guest.exit_reason)
         except SSHError as e:
-            self.results.add(TestResult("iommu.enabled", Status.ERROR, time.monotonic() - t0,
+            self.results.add(TestResult("iommu.enabled", cut_off_status(e, guest.exit_reason(),
+                                                                        False),
+                                        time.monotonic() - t0,
                                         f"could not list the guest's IOMMU groups: {e}"))
             return
         (self.results.dir / "iommu-groups.txt").write_text(out + err)
@@ -355,7 +359,7 @@ class Runner:
             before = len(r.tests)
             ran.append(sc)
             log.info("scenario %s", name)
-            self._guarded(name, lambda sc=sc: sc.run(session))
+            self._guarded(name, lambda sc=sc: sc.run(session), session.guest)
             if i + 1 == len(plan):
                 break
             gone = session.guest.exit_reason()
@@ -367,7 +371,8 @@ class Runner:
             if why:
                 session.state["guest_unanswered"] = unanswered
                 for rest in plan[i + 1:]:
-                    r.add_status(rest if isinstance(rest, str) else rest.name, Status.MISS, why)
+                    r.add_status(rest if isinstance(rest, str) else rest.name,
+                                 status_for(Event.GUEST_UNUSABLE), why)
                 break
         return ran
 
@@ -405,16 +410,24 @@ class Runner:
             return f"{first}; after connecting again: {e}"
         return None if rc == 0 else f"`{PROBE_CMD}` exited with status {rc}: {err.strip()[:200]}"
 
-    def _guarded(self, path: str, fn: Any) -> None:
-        """Run a scenario step; an unexpected exception becomes an ERROR entry."""
+    def _guarded(self, path: str, fn: Any, guest: Guest | None = None) -> None:
+        """Run a scenario step; an exception becomes an entry: a guest command cut
+        off while ``guest`` ran (a scenario's run) as in ``cut_off_status``, else
+        ERROR."""
         t0 = time.monotonic()
         try:
             fn()
         except (GuestError, SSHError) as e:
-            self.results.add(TestResult(path, Status.ERROR, time.monotonic() - t0, str(e)))
+            if guest is not None:
+                splat = bool(guest.console and guest.console.splats())
+                status = cut_off_status(e, guest.exit_reason(), splat)
+            else:  # after the guest: nothing in it was cut off
+                status = status_for(Event.HARNESS_ERROR)
+            self.results.add(TestResult(path, status, time.monotonic() - t0, str(e)))
         except Exception as e:
             log.exception("%s raised", path)
-            self.results.add(TestResult(path, Status.ERROR, time.monotonic() - t0,
+            self.results.add(TestResult(path, status_for(Event.HARNESS_ERROR),
+                                        time.monotonic() - t0,
                                         f"internal error: {e}\n{traceback.format_exc()}"))
 
     def _splats(self, guest: Guest) -> None:
@@ -450,7 +463,8 @@ def run(
                 log.error("build failed: %s", e)
                 log.debug("build failure", exc_info=True)
                 results.config = cfg.to_dict()
-                results.add(TestResult("build", Status.ERROR, time.monotonic() - t0, str(e),
+                results.add(TestResult("build", status_for(Event.BUILD_FAILED),
+                                       time.monotonic() - t0, str(e),
                                        ["run.log"]))
                 results.write()
                 return results

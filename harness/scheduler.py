@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 import harness
 from harness.matrix import Cell, Matrix, safe
 from harness.progress import Progress, count, duration
-from harness.results import Status, exit_code_of, rollup
+from harness.results import Event, Status, rollup, status_for, verdict
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
@@ -150,15 +150,27 @@ def _entry(cell: str, path: str, status: Status, why: str, files: Sequence[str] 
             "output_files": list(files)}
 
 
-def missing_scenarios(cell: Cell, tests: Sequence[dict[str, Any]], why: str
-                      ) -> list[dict[str, Any]]:
-    """MISS for each scenario of the cell with no entry among ``tests`` (merged paths)."""
+def missing_scenarios(cell: Cell, tests: Sequence[dict[str, Any]], why: str,
+                      event: Event = Event.KILLED) -> list[dict[str, Any]]:
+    """MISS for each scenario of the cell with no entry among ``tests`` (merged paths):
+    ``event`` (its cell not built, killed, interrupted) kept it from running."""
+    status = status_for(event)
     out = []
     for sc in cell.config.scenarios:
         prefix = f"{cell.name}.{sc}"
         if not any(t["path"] == prefix or t["path"].startswith(prefix + ".") for t in tests):
-            out.append(_entry(cell.name, sc, Status.MISS, f"not run: {why}"))
+            out.append(_entry(cell.name, sc, status, f"not run: {why}"))
     return out
+
+
+# How a cell's process ends when SIGTERM or Ctrl-C stopped it (harness.cell, Python).
+INTERRUPTED_EXITS = (128 + signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGINT)
+
+
+def cell_end_event(exit_status: int | None) -> Event:
+    """What a cell's process that did not end as a run does (0, 1, 2 and its
+    results.json) went through: stopped by a signal someone sent it, or a crash."""
+    return Event.INTERRUPTED if exit_status in INTERRUPTED_EXITS else Event.HARNESS_ERROR
 
 
 def cell_tests(cell: str, dir_rel: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -201,17 +213,28 @@ class CellOutcome:
                 if t["status"] in (Status.FAIL, Status.ERROR)]
 
 
-def summary(tests: Sequence[dict[str, Any]], outcomes: Sequence[CellOutcome]) -> dict[str, Any]:
+def summary(tests: Sequence[dict[str, Any]], outcomes: Sequence[CellOutcome],
+            nothing: str = "no test ran") -> dict[str, Any]:
+    """Counts and the exit status; ``nothing``: why, when there are no cells at all."""
     counts = {str(s): 0 for s in Status}
     for t in tests:
         counts[t["status"]] += 1
     cells = {str(s): 0 for s in Status}
     for o in outcomes:
         cells[str(o.status)] += 1
-    statuses = {Status(t["status"]) for t in tests} | {o.status for o in outcomes}
+    # a cell without a single entry never ran (the scheduler gives each one, but still)
+    statuses = [Status(t["status"]) for t in tests] + [
+        status_for(Event.INTERRUPTED) for o in outcomes if not o.tests]
+    v = verdict(statuses, nothing)
     return {"total": len(tests), **counts,
             "cells": {"total": len(outcomes), **cells},
-            "exit_status": exit_code_of(statuses)}
+            "exit_status": v.exit_status,
+            **({"reason": v.reason} if v.exit_status else {})}
+
+
+def no_cells_reason(m: Matrix, chosen: Sequence[Cell]) -> str:
+    """Why a matrix run of ``chosen`` cells of ``m`` tested nothing, should it be empty."""
+    return m.empty_reason() if not m.cells else "no cell of the matrix was chosen"
 
 
 def merge(m: Matrix, outcomes: Sequence[CellOutcome], environment: dict[str, Any],
@@ -250,7 +273,8 @@ def merge(m: Matrix, outcomes: Sequence[CellOutcome], environment: dict[str, Any
         "environment": environment,
         "tests": tests,
         "tables": tables,
-        "summary": summary(tests, outcomes),
+        "summary": summary(tests, outcomes,
+                           no_cells_reason(m, [o.cell for o in outcomes])),
     }
 
 
@@ -269,6 +293,8 @@ def table(doc: dict[str, Any]) -> str:
         f"{cs[k]} {k}" for k in ("PASS", "FAIL", "ERROR", "MISS", "SKIP") if cs[k]))
     lines.append(f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "
                  f"{s['ERROR']} errors, {s['SKIP']} skipped, {s['MISS']} missing")
+    if s.get("reason"):
+        lines.append(f"exit status {s['exit_status']}: {s['reason']}")
     return "\n".join(lines)
 
 
@@ -373,8 +399,8 @@ class Scheduler:
             for o in outcomes.values():
                 if not o.tests:  # never started (interrupted before its turn)
                     why = "the matrix run was interrupted before this cell started"
-                    o.tests = [_entry(o.cell.name, "run", Status.MISS, why)]
-                    o.tests += missing_scenarios(o.cell, o.tests, why)
+                    o.tests = [_entry(o.cell.name, "run", status_for(Event.INTERRUPTED), why)]
+                    o.tests += missing_scenarios(o.cell, o.tests, why, Event.INTERRUPTED)
             env = self._environment(builds, outcomes.values(), started, time.monotonic() - t0)
             doc = merge(self.matrix, list(outcomes.values()), env, self.rerun_of)
             _write_json(self.dir / "results.json", doc)
@@ -419,10 +445,11 @@ class Scheduler:
             outcomes[c.name].kernel_build = b.artifacts.kernel_label if b.artifacts else ""
             if b.artifacts is None:
                 o = outcomes[c.name]
-                o.tests = [_entry(c.name, "build", Status.ERROR,
+                o.tests = [_entry(c.name, "build", status_for(Event.BUILD_FAILED),
                                   f"building kernel {b.key.label} failed: {b.error}",
                                   [*b.logs(self.dir), "run.log"], b.seconds)]
-                o.tests += missing_scenarios(c, o.tests, f"the {b.key.label} build failed")
+                o.tests += missing_scenarios(c, o.tests, f"the {b.key.label} build failed",
+                                             Event.NOT_BUILT)
                 progress.finished(c.name, str(o.status), o.counts(), o.bad(), ran=False)
             else:
                 queue.append(c)
@@ -453,7 +480,7 @@ class Scheduler:
             for name, r in running.items():
                 r.killed = "the matrix run was interrupted (Ctrl-C, SIGTERM) while it ran"
                 _stop(r.proc, TERM_GRACE)
-                self._finish(r, Status.MISS)
+                self._finish(r, Event.INTERRUPTED)
                 progress.finished(name, str(r.outcome.status), r.outcome.counts(),
                                   r.outcome.bad())
             raise
@@ -475,7 +502,8 @@ class Scheduler:
         now = time.monotonic()
         return _Running(o, proc, fh, now, now + self.timeout(o.cell))
 
-    def _finish(self, r: _Running, killed_status: Status = Status.ERROR) -> None:
+    def _finish(self, r: _Running, killed: Event = Event.KILLED) -> None:
+        """Read what the cell wrote; ``killed``: what stopped it, if the scheduler did."""
         o, d = r.outcome, self.dir / r.outcome.dir
         r.log.close()
         o.duration = time.monotonic() - r.started
@@ -491,15 +519,16 @@ class Scheduler:
         o.environment = doc.get("environment", {})
         files = [f"{o.dir}/cell.log"]
         if r.killed:
-            o.tests.append(_entry(o.cell.name, "run", killed_status, r.killed, files,
+            o.tests.append(_entry(o.cell.name, "run", status_for(killed), r.killed, files,
                                   o.duration))
         elif o.exit_status not in (0, 1, 2) or problem:
             why = f"the cell's process exited with status {o.exit_status}"
             why += f" and {problem}" if problem else ""
-            o.tests.append(_entry(o.cell.name, "run", Status.ERROR,
+            o.tests.append(_entry(o.cell.name, "run", status_for(cell_end_event(o.exit_status)),
                                   f"{why}\n{_tail(d / 'cell.log')}", files, o.duration))
         why = r.killed or "the cell's process ended before it"
-        o.tests += missing_scenarios(o.cell, o.tests, why)
+        o.tests += missing_scenarios(o.cell, o.tests, why,
+                                     killed if r.killed else Event.KILLED)
 
     def _environment(self, builds: dict[BuildKey, Built], outcomes: Any, started: str,
                      wall: float) -> dict[str, Any]:

@@ -6,9 +6,10 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from harness.results import Status, TestResult
+from harness.results import Event, Status, TestResult, interruption, status_for
 from harness.scenarios import Session
 from harness.ssh import Mark, SSHAborted, SSHError, SSHTimeout
+from harness.vm import GuestError
 
 BIN = "/opt/hmmlab/bin"
 HMM_GPU_KO = "/opt/hmmlab/hmm_gpu.ko"
@@ -25,7 +26,7 @@ class Cmd:
     out: str = ""
     err: str = ""
     error: str = ""  # timeout, QEMU gone, SSH failure
-    status_if_error: Status = Status.ERROR
+    status_if_error: Status = Status.ERROR  # see cut_off_status
     seconds: float = 0.0
     out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.ssh.line_arrivals)
 
@@ -42,6 +43,22 @@ class Cmd:
         return body[-limit:]
 
 
+def cut_off_status(error: SSHError | GuestError, guest_gone: str | None, splat: bool) -> Status:
+    """The status of a guest command or test step that ``error`` cut off.
+
+    ``guest_gone``: why the guest under test is gone (its
+    ``exit_reason()``), if it is; ``splat``: its console shows one. A hang
+    past the budget and a guest that died under the test are the software's
+    failure; a QEMU (a peer's, say) that would not start or an SSH link that
+    broke under a guest still running quietly are the harness's.
+    """
+    if isinstance(error, GuestError) and not guest_gone and not splat:
+        return status_for(Event.QEMU_START_FAILED)
+    return status_for(interruption(
+        timed_out=isinstance(error, SSHTimeout),
+        guest_gone=isinstance(error, SSHAborted) or bool(guest_gone), splat=splat))
+
+
 def guest_run(s: Session, cmd: str, timeout: float) -> Cmd:
     """Run ``cmd`` in the guest; never raises for timeouts, QEMU exits or SSH errors."""
     t0 = time.monotonic()
@@ -49,15 +66,13 @@ def guest_run(s: Session, cmd: str, timeout: float) -> Cmd:
     try:
         r = s.ssh.run(cmd, timeout, abort=s.guest.exit_reason)
         c.rc, c.out, c.err, c.out_marks = r.rc, r.stdout, r.stderr, r.stdout_marks
-    except (SSHTimeout, SSHAborted) as e:
-        c.out, c.err = e.stdout.decode(errors="replace"), e.stderr.decode(errors="replace")
-        c.out_marks = e.stdout_marks
+    except SSHError as e:
+        if isinstance(e, SSHTimeout | SSHAborted):
+            c.out, c.err = e.stdout.decode(errors="replace"), e.stderr.decode(errors="replace")
+            c.out_marks = e.stdout_marks
         c.error = str(e)
         splat = bool(s.guest.console and s.guest.console.splats())
-        # A kernel that died under the test is the test's failure, not infrastructure.
-        c.status_if_error = Status.FAIL if (isinstance(e, SSHAborted) or splat) else Status.ERROR
-    except SSHError as e:
-        c.error = str(e)
+        c.status_if_error = cut_off_status(e, s.guest.exit_reason(), splat)
     c.seconds = time.monotonic() - t0
     return c
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import dmatrace
-from harness.results import Status, TestResult
+from harness.results import Event, Status, TestResult, status_for
 from harness.scenarios import Session
+from harness.scenarios.common import cut_off_status
 from harness.scenarios.kernel import guest_kernel
 from harness.ssh import SSHAborted, SSHError, SSHTimeout
 
@@ -70,12 +71,6 @@ def _brief(obj: dict[str, Any]) -> str:
 
 # ---- decisions (pure) ----------------------------------------------------------------
 
-def step_interrupted_status(splat: bool) -> Status:
-    """A guest command of a setup step cut off (timeout, guest gone, SSH down):
-    a failure when the kernel printed a splat, else infrastructure."""
-    return Status.FAIL if splat else Status.ERROR
-
-
 def driver_build_result(kernel_name: str, warnings: Sequence[str]) -> TestResult:
     """``driver.build``: hmm_gpu.ko must build warning-free (W=1) against every kernel."""
     if warnings:
@@ -113,7 +108,7 @@ def prepare_result(transcript: Sequence[tuple[str, int, str]], duration: float) 
     bad = [(cmd, rc) for cmd, rc, _ in transcript if rc != 0]
     if bad:
         cmd, rc = bad[0]
-        return TestResult("smoke.prepare", Status.ERROR, duration,
+        return TestResult("smoke.prepare", status_for(Event.SETUP_FAILED), duration,
                           f"`{cmd}` exited with status {rc}\n{text}")
     return TestResult("smoke.prepare", Status.PASS, duration, text)
 
@@ -165,12 +160,12 @@ def workload_results(
 
 def workload_interrupted(
     error: SSHTimeout | SSHAborted, splat: bool, duration: float,
-    output_files: Sequence[str] = (),
+    output_files: Sequence[str] = (), guest_gone: str | None = None,
 ) -> tuple[Objs, TestResult]:
-    """The workload did not finish: ``smoke.run`` ERROR (a timeout, or the guest
-    went away quietly) or FAIL (the guest went away after a kernel splat), and
-    the sub-tests it reported before."""
-    status = Status.FAIL if isinstance(error, SSHAborted) and splat else Status.ERROR
+    """The workload did not finish: ``smoke.run`` FAIL (it ran past its budget,
+    or the guest died under it: :func:`~harness.scenarios.common.cut_off_status`),
+    and the sub-tests it reported before."""
+    status = cut_off_status(error, guest_gone, splat)
     partial = error.stdout.decode(errors="replace")
     objs, _ = parse_workload_output(partial)
     return objs, TestResult("smoke.run", status, duration, f"{error}\n{partial[-2000:]}",
@@ -184,19 +179,20 @@ def counters_result(
     """``smoke.counters`` from the device's counters (None: not read).
 
     FAIL on DMA or guest errors, or fewer completed commands than the workload
-    reported; SKIP when the guest died before they could be read; ERROR when
-    QMP could not read them.
+    reported; MISS when the guest died before they could be read (the guest
+    was unusable: never checked); ERROR when QMP could not read them.
     """
     path = "smoke.counters"
     if not counters and guest_gone:
-        return TestResult(path, Status.SKIP,
+        return TestResult(path, status_for(Event.GUEST_UNUSABLE),
                           log_excerpt=f"not read: {guest_gone} before the end of the run")
     if not counters:
-        return TestResult(path, Status.ERROR,
+        return TestResult(path, status_for(Event.HARNESS_ERROR),
                           log_excerpt="device counters could not be read over QMP")
     bad = {k: v for k, v in counters.items() if isinstance(v, str)}
     if bad:
-        return TestResult(path, Status.ERROR, log_excerpt=f"qom-get failed: {json.dumps(bad)}")
+        return TestResult(path, status_for(Event.HARNESS_ERROR),
+                          log_excerpt=f"qom-get failed: {json.dumps(bad)}")
     problems = []
     for name in ("dma-errors", "guest-errors"):
         if counters.get(name, 0) != 0:
@@ -277,6 +273,9 @@ class Smoke:
     def _splat(self, s: Session) -> bool:
         return bool(s.guest.console and s.guest.console.splats())
 
+    def _cut_off(self, s: Session, e: SSHError) -> Status:
+        return cut_off_status(e, s.guest.exit_reason(), self._splat(s))
+
     def _load_driver(self, s: Session) -> bool:
         t0 = time.monotonic()
         dmesg_file = s.run_dir / "driver-load.dmesg"
@@ -289,7 +288,7 @@ class Smoke:
             _, node, _ = self._ssh(s, f"{wait}ls -l /dev/hmm_gpu* 2>&1", LOAD_TIMEOUT)
             _, dmesg, _ = self._ssh(s, "dmesg", LOAD_TIMEOUT)
         except SSHError as e:
-            s.results.add(TestResult("driver.load", step_interrupted_status(self._splat(s)),
+            s.results.add(TestResult("driver.load", self._cut_off(s, e),
                                      time.monotonic() - t0, str(e)))
             return False
         dmesg_file.write_text(dmesg)
@@ -304,7 +303,7 @@ class Smoke:
             try:
                 rc, out, err = self._ssh(s, cmd, LOAD_TIMEOUT)
             except SSHError as e:
-                s.results.add(TestResult("smoke.prepare", step_interrupted_status(self._splat(s)),
+                s.results.add(TestResult("smoke.prepare", self._cut_off(s, e),
                                          time.monotonic() - t0, f"`{cmd}`: {e}"))
                 return False
             transcript.append((cmd, rc, out + err))
@@ -324,11 +323,12 @@ class Smoke:
             out_file.write_bytes(e.stdout)
             err_file.write_bytes(e.stderr)
             s.state["objs"], entry = workload_interrupted(
-                e, self._splat(s), time.monotonic() - t0, files)
+                e, self._splat(s), time.monotonic() - t0, files, s.guest.exit_reason())
             s.results.add(entry)
             return
         except SSHError as e:
-            s.results.add(TestResult("smoke.run", Status.ERROR, time.monotonic() - t0, str(e)))
+            s.results.add(TestResult("smoke.run", self._cut_off(s, e), time.monotonic() - t0,
+                                     str(e)))
             return
         took = time.monotonic() - t0
         # Counters now: later scenarios (SVM faults, cancels) move them too.
@@ -358,7 +358,7 @@ class Smoke:
         t0 = time.monotonic()
         path = s.run_dir / "dmatrace-0.bin"
         if not path.exists():
-            s.results.add(TestResult("smoke.dmatrace", Status.ERROR, None,
+            s.results.add(TestResult("smoke.dmatrace", status_for(Event.HARNESS_ERROR), None,
                                      f"{path.name} was not written", []))
             return
         try:

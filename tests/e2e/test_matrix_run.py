@@ -155,11 +155,12 @@ def test_a_cell_past_its_timeout_is_killed_with_its_qemu(artifacts: Artifacts,
     assert code == 2
     tests = {t["path"]: t for t in doc["tests"]}
     run = tests["6.12.run"]
-    assert run["status"] == "ERROR" and "killed after" in run["log_excerpt"], why(doc)
+    assert run["status"] == "MISS" and "killed after" in run["log_excerpt"], why(doc)
     # hmm-tests was cut short (what it had done is kept) or never started (MISS).
     assert (tests.get("6.12.hmm-tests", {}).get("status") == "MISS"
             or any(p.startswith("6.12.hmm-tests.") for p in tests))
-    assert doc["matrix"]["cells"][0]["status"] == "ERROR"
+    # what ran before the kill keeps its status; the kill itself is MISS
+    assert doc["matrix"]["cells"][0]["status"] in ("MISS", "FAIL", "ERROR")
     assert qemus_under(out_dir) == []
     assert took < 120
 

@@ -166,11 +166,11 @@ def test_no_sub_test_reported(shared: Shared, tmp_path: Path, workload: str, rc:
     assert s.state["objs"] == []  # finish() has nothing to check
 
 
-def test_workload_timeout_is_an_error_and_keeps_its_output(shared: Shared,
-                                                           tmp_path: Path) -> None:
+def test_workload_timeout_is_a_failure_and_keeps_its_output(shared: Shared,
+                                                            tmp_path: Path) -> None:
     s = shared.session(tmp_path, "timeouts: {scenario: 2}\n")
     st = run_smoke(Smoke(workload=f"{SMALL}; sleep 60"), s)
-    assert st == {"driver.load": "PASS", "smoke.run": "ERROR"}
+    assert st == {"driver.load": "PASS", "smoke.run": "FAIL"}  # README "Statuses"
     assert "did not finish within 2s" in entry(s.results, "smoke.run")
     assert len(s.state["objs"]) == 11  # what it reported before is kept for finish()
     assert (tmp_path / "smoke.stdout").read_text().count('"ok": true') == 11

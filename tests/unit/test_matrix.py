@@ -377,3 +377,16 @@ def test_describe_keeps_long_drop_lists_short() -> None:
     assert "  ... and 2 more: intel-iommu needs machine q35 (automatic rule)" in text
     assert text.splitlines()[-1] == "1 cell (0 of 10 combinations of the axes, 1 included), " \
                                     "10 dropped"
+
+
+def test_a_matrix_whose_exclude_drops_everything_says_so() -> None:
+    m = matrix.load_text(textwrap.dedent("""
+        axes:
+          kernel: ["6.1", "6.12"]
+          iommu: ["off"]
+        exclude: [{iommu: "off"}]
+    """), "all-out.yaml")
+    assert m.cells == ()
+    why = "the matrix has no cells after exclude (all 2 combinations of its axes dropped)"
+    assert m.empty_reason() == why
+    assert matrix.describe(m).splitlines()[-1] == f"nothing to run: {why}"

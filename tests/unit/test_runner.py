@@ -20,9 +20,10 @@ import pytest
 from harness import config, dmatrace, runner
 from harness.results import Status, TestResult
 from harness.scenarios import smoke
+from harness.scenarios.common import cut_off_status
 from harness.splat import scan_text
-from harness.ssh import SSHAborted, SSHTimeout
-from harness.vm import BootTimeout, GuestDied, GuestHung
+from harness.ssh import SSHAborted, SSHError, SSHTimeout
+from harness.vm import BootTimeout, GuestDied, GuestError, GuestHung
 
 DATA = Path(__file__).parent / "data"
 WORKLOAD = smoke.WORKLOAD + " -s 4K"
@@ -140,10 +141,18 @@ def test_qemu_dying_without_a_splat_is_an_infrastructure_error() -> None:
 @pytest.mark.parametrize("error", [GuestHung("no console output for 60s"),
                                    BootTimeout('no "hmmlab: ready" within 120s')])
 def test_hung_or_slow_boot_is_an_infrastructure_error(error: Exception) -> None:
-    # even when the console shows a splat: the guest did not die of it
-    entry = runner.boot_failure(error, _splats("lkdtm_warning.console"), 120)  # type: ignore[arg-type]
+    # a console without a splat: a host too slow, or the harness
+    entry = runner.boot_failure(error, [], 120)  # type: ignore[arg-type]
     assert entry.status == Status.ERROR
     assert "qemu.log" in entry.output_files and str(error) in entry.log_excerpt
+
+
+@pytest.mark.parametrize("error", [GuestHung("no console output for 60s"),
+                                   BootTimeout('no "hmmlab: ready" within 120s')])
+def test_a_boot_that_never_ends_after_a_splat_is_a_failure(error: Exception) -> None:
+    # README "Statuses": only a guest that never came up *without* a splat is ERROR
+    entry = runner.boot_failure(error, _splats("lkdtm_warning.console"), 120)  # type: ignore[arg-type]
+    assert entry.status == Status.FAIL
 
 
 def test_clean_console_passes() -> None:
@@ -183,14 +192,16 @@ def test_pvpanic_event_is_a_failure_titled_after_the_panic() -> None:
 HANG = "no console output and no SSH answer for 10s (guest hung)"
 
 
-def test_silent_hang_is_an_infrastructure_error() -> None:
+def test_silent_hang_is_a_failure() -> None:
     # LKDTM HARDLOCKUP on a 1-CPU guest: the kernel cannot say a thing
     console = (DATA / "lkdtm_hardlockup_1cpu.console").read_text()
     splats = scan_text(console)
     assert splats == []
     entry = runner.hang_result(HANG, splats, console[-300:],
                                ["console.log", "hang-registers.txt"])
-    assert (entry.path, entry.status) == ("guest.hang", Status.ERROR)
+    # the watchdog killed a guest that stopped responding: the guest's failure, like
+    # the command the kill cut off (SSHAborted: FAIL), so the cell rolls up as FAIL
+    assert (entry.path, entry.status) == ("guest.hang", Status.FAIL)
     assert entry.log_excerpt.startswith(HANG)
     assert "lkdtm: Performing direct entry HARDLOCKUP" in entry.log_excerpt
     assert entry.output_files == ["console.log", "hang-registers.txt"]
@@ -286,9 +297,28 @@ def test_module_loads_but_no_device_node() -> None:
     assert entry.log_excerpt.startswith("/dev/hmm_gpu0 does not exist after insmod")
 
 
-def test_setup_step_cut_off() -> None:
-    assert smoke.step_interrupted_status(splat=True) == Status.FAIL
-    assert smoke.step_interrupted_status(splat=False) == Status.ERROR
+GONE = "QEMU was killed: no console output and no SSH answer for 60s (guest hung)"
+
+
+@pytest.mark.parametrize(("error", "gone", "splat", "status"), [
+    # ran past its budget: FAIL, whatever the console says
+    (SSHTimeout("insmod x", 60, b"", b""), None, False, Status.FAIL),
+    (SSHTimeout("insmod x", 60, b"", b""), None, True, Status.FAIL),
+    # the guest died (or the watchdog killed it) under the command: FAIL, splat or not
+    (SSHAborted("insmod x", GONE, b"", b""), GONE, False, Status.FAIL),
+    (SSHError("`x`: the SSH connection was lost"), "QEMU exited with status 1", False,
+     Status.FAIL),
+    # the link broke under a guest still running: SSH's problem, unless it splatted
+    (SSHError("`x`: the SSH connection was lost"), None, False, Status.ERROR),
+    (SSHError("`x`: the SSH connection was lost"), None, True, Status.FAIL),
+    # a QEMU that would not start (a peer's) under a guest still running
+    (GuestError("QEMU did not open its QMP socket within 30s"), None, False, Status.ERROR),
+    (GuestDied("QEMU exited at start with status 1"), None, False, Status.ERROR),
+    (GuestError("x"), "QEMU exited with status 1", False, Status.FAIL),
+])
+def test_a_cut_off_command_or_step(error: Exception, gone: str | None, splat: bool,
+                                   status: Status) -> None:
+    assert cut_off_status(error, gone, splat) == status  # type: ignore[arg-type]
 
 
 def test_prepare() -> None:
@@ -366,22 +396,26 @@ def test_duration_without_elapsed_ns_is_absent_not_shared() -> None:
     assert [e.to_dict()["duration"] for e in entries] == [None, 0.003]
 
 
-def test_workload_timeout_is_an_error_and_keeps_what_was_reported() -> None:
+def test_workload_timeout_is_a_failure_and_keeps_what_was_reported() -> None:
     partial = "\n".join(SMOKE_4K.splitlines()[:2]) + "\n"
     e = SSHTimeout(WORKLOAD, 300, partial.encode(), b"")
     objs, entry = smoke.workload_interrupted(e, splat=False, duration=300, output_files=FILES)
-    assert (entry.path, entry.status) == ("smoke.run", Status.ERROR)
+    # a command that hung past its budget in a booted guest: as in scenarios.common
+    assert (entry.path, entry.status) == ("smoke.run", Status.FAIL)
     assert [o["test"] for o in objs] == ["info", "copy"]
     assert entry.log_excerpt.startswith(f"`{WORKLOAD}` did not finish within 300s")
-    # a splat during a timeout does not make it the kernel's fault
-    assert smoke.workload_interrupted(e, splat=True, duration=1)[1].status == Status.ERROR
+    assert smoke.workload_interrupted(e, splat=True, duration=1)[1].status == Status.FAIL
 
 
 def test_guest_dying_under_the_workload() -> None:
-    e = SSHAborted(WORKLOAD, "QEMU exited (status 0) after a kernel splat: Kernel panic",
-                   b"", b"")
+    why = "QEMU exited (status 0) after a kernel splat: Kernel panic"
+    e = SSHAborted(WORKLOAD, why, b"", b"")
     assert smoke.workload_interrupted(e, splat=True, duration=1)[1].status == Status.FAIL
-    assert smoke.workload_interrupted(e, splat=False, duration=1)[1].status == Status.ERROR
+    # quietly too (QEMU aborted, the watchdog killed it): it died under the test, as
+    # scenarios.common.guest_run has it
+    assert smoke.workload_interrupted(e, splat=False, duration=1)[1].status == Status.FAIL
+    assert smoke.workload_interrupted(e, splat=False, duration=1,
+                                      guest_gone=why)[1].status == Status.FAIL
 
 
 # ---- smoke: device counters -------------------------------------------------------------------
@@ -413,8 +447,9 @@ def test_counters_after_an_injected_fatal_error() -> None:
 
 def test_counters_not_read() -> None:
     gone = "QEMU exited (status 0) after a kernel splat: Kernel panic - not syncing: dumptest"
-    skipped = smoke.counters_result(None, _objs(), gone)
-    assert skipped.status == Status.SKIP and gone in skipped.log_excerpt
+    missed = smoke.counters_result(None, _objs(), gone)
+    # never read because the guest was unusable: MISS (they could run here, they did not)
+    assert missed.status == Status.MISS and gone in missed.log_excerpt
     assert smoke.counters_result(None, _objs()).status == Status.ERROR
     broken = dict(COUNTERS_4K, **{"dma-errors": "error: Disconnected"})
     entry = smoke.counters_result(broken, _objs())

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness import matrix
+from harness import cli, matrix
 from harness.build import Artifacts
 from harness.matrix import Cell
 from harness.progress import Progress, duration, eta
@@ -152,6 +152,7 @@ def test_merge() -> None:
 
 @pytest.mark.parametrize(("statuses", "code"), [
     (["PASS", "SKIP"], 0), (["PASS", "FAIL"], 1), (["FAIL", "ERROR"], 2), (["PASS", "MISS"], 2),
+    (["SKIP", "SKIP"], 2),  # nothing was tested: not a pass
 ])
 def test_merged_exit_status(statuses: list[str], code: int) -> None:
     m = load(TWO)
@@ -208,6 +209,10 @@ elif mode == "hang":
     open(os.path.join(d, "child.pid"), "w").write(str(child.pid))
     print("cell hangs", flush=True)
     time.sleep(300)
+elif mode == "term":  # stopped by someone else's SIGTERM, before any results
+    import signal
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
 else:
     print("cell crashes: Traceback ...", flush=True)
     sys.exit(3)
@@ -255,12 +260,13 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
     assert time.monotonic() - t0 < 60
     assert doc == json.loads((tmp_path / "results.json").read_text())
     status = {c["name"]: c["status"] for c in doc["matrix"]["cells"]}
-    assert status == {"6.1": "PASS", "6.1-iommu": "ERROR", "6.12": "ERROR",
+    # README "Statuses": a cell killed (here past its timeout) never ran: MISS
+    assert status == {"6.1": "PASS", "6.1-iommu": "MISS", "6.12": "ERROR",
                       "6.12-iommu": "PASS", "7.2": "ERROR", "7.2-iommu": "ERROR"}
     tests = {t["path"]: t for t in doc["tests"]}
 
     hung = tests["6.1-iommu.run"]
-    assert hung["status"] == "ERROR"
+    assert hung["status"] == "MISS"
     assert "killed after" in hung["log_excerpt"] and "timeout" in hung["log_excerpt"]
     assert tests["6.1-iommu.smoke"]["status"] == "MISS"
     # The cell's own child (its QEMU) went with it.
@@ -290,3 +296,61 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
     junit = (tmp_path / "junit.xml").read_text()
     assert 'name="6.1-iommu"' in junit and "not run" in junit
     assert (tmp_path / "index.html").exists()
+
+
+EVERYTHING_EXCLUDED = """
+    axes:
+      kernel: ["6.1", "6.12"]
+    exclude: [{kernel: "6.1"}, {kernel: "6.12"}]
+    base: {scenarios: [smoke]}
+"""
+
+
+def test_a_matrix_without_cells_is_not_a_pass() -> None:
+    m = load(EVERYTHING_EXCLUDED)
+    assert m.cells == ()
+    s = merge(m, [], {})["summary"]
+    assert s["exit_status"] == 2
+    assert s["reason"] == ("the matrix has no cells after exclude (all 2 combinations of its "
+                           "axes dropped)")
+
+
+def test_a_cell_that_only_skipped_is_not_a_pass() -> None:
+    m = load(TWO)
+    o = outcome(m.cells[0], cell_doc(("hmm-tests", "SKIP"), ("smoke", "SKIP")))
+    doc = merge(m, [o], {})
+    assert (doc["summary"]["exit_status"], doc["summary"]["reason"]) == (
+        2, "every test was skipped (2 SKIP)")
+    assert table(doc).splitlines()[-1] == "exit status 2: every test was skipped (2 SKIP)"
+
+
+def test_hmmlab_run_of_a_matrix_without_cells_exits_2_and_says_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(textwrap.dedent(EVERYTHING_EXCLUDED))
+    out = tmp_path / "results"
+    assert cli.main(["run", str(path), "--results", str(out)]) == 2
+    said = capsys.readouterr().out
+    assert "exit status 2: the matrix has no cells after exclude" in said
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["summary"]["exit_status"] == 2
+    assert doc["summary"]["reason"].startswith("the matrix has no cells after exclude")
+    assert (out / "index.html").exists()  # the report copes with no cells
+
+
+def test_a_cell_stopped_by_sigterm_is_miss(tmp_path: Path) -> None:
+    m = load("""
+        axes:
+          kernel: ["6.12"]
+        base: {scenarios: [smoke]}
+    """)
+
+    def command(cell: Cell, cell_dir: Path, artifacts: Path) -> list[str]:
+        return [sys.executable, "-c", FAKE_CELL, str(cell_dir), "term"]
+
+    doc = Scheduler(m, m.cells, tmp_path, jobs=1, jobs_reason="test", build=fake_artifacts,
+                    command=command, timeout=lambda c: 60.0).run()
+    tests = {t["path"]: t["status"] for t in doc["tests"]}
+    # interrupted (SIGTERM, Ctrl-C): never ran, not a harness crash
+    assert tests == {"6.12.run": "MISS", "6.12.smoke": "MISS"}
+    assert doc["summary"]["exit_status"] == 2
