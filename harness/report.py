@@ -31,6 +31,8 @@ from urllib.parse import quote
 import jinja2
 import junitparser
 
+from harness.results import Status, verdict
+
 RESULTS_JSON = "results.json"
 JUNIT_XML = "junit.xml"
 INDEX_HTML = "index.html"
@@ -136,6 +138,7 @@ class Run:
     exit_status: int
     written: dt.datetime
     hmm_tests: dict[str, dict[str, Any]]  # cell name -> tables["hmm-tests"] of that cell
+    reason: str = ""  # why the exit status is not 0 (summary.reason)
 
     @property
     def entries(self) -> list[Entry]:
@@ -217,13 +220,13 @@ def _single_cell_name(config: dict[str, Any]) -> str:
     return "-".join(p for p in parts if p)
 
 
-def _exit_status(r: _Reader, summary: dict[str, Any], entries: list[Entry]) -> int:
+def _exit_status(r: _Reader, summary: dict[str, Any], entries: list[Entry]) -> tuple[int, str]:
+    """The exit status and why, as results.json says, else by harness.results' rule."""
     if "exit_status" in summary:
-        return r.get(summary, "exit_status", int, "summary")
-    statuses = {e.status for e in entries}
-    if statuses & {"ERROR", "MISS"}:
-        return 2
-    return 1 if "FAIL" in statuses else 0
+        return (r.get(summary, "exit_status", int, "summary"),
+                clean_text(str(summary.get("reason") or "")))
+    v = verdict(Status(e.status) for e in entries)
+    return v.exit_status, v.reason
 
 
 def load(results_dir: Path) -> Run:
@@ -255,8 +258,9 @@ def load(results_dir: Path) -> Run:
                     or config.get("kernel", "")), status=worst(e.status for e in entries),
                     duration=None, entries=entries)
         hmm = {name: tables["hmm-tests"]} if isinstance(tables.get("hmm-tests"), dict) else {}
+        code, why = _exit_status(r, summary, entries)
         return Run(results_dir, "single", str(config.get("source", "")), env, list(axes),
-                   [cell], _exit_status(r, summary, entries), written, hmm)
+                   [cell], code, written, hmm, why)
 
     if version != 2 or doc.get("kind") != "matrix":
         raise r.fail("version", f"{version!r} (kind {doc.get('kind')!r}) is not a results.json "
@@ -303,8 +307,9 @@ def load(results_dir: Path) -> Run:
     axes = [str(a) for a in varying or axis_values] or sorted({a for c in cells
                                                                 for a in c.axes})
     entries = [e for c in cells for e in c.entries]
+    code, why = _exit_status(r, summary, entries)
     return Run(results_dir, "matrix", str(matrix.get("source", "")), env, axes, cells,
-               _exit_status(r, summary, entries), written, hmm)
+               code, written, hmm, why)
 
 
 # --- JUnit -----------------------------------------------------------------

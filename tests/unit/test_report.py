@@ -19,9 +19,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import junitparser
+import markupsafe
 import pytest
 
 from harness import report
+from harness.results import Results, Status
 
 DATA = Path(__file__).parent / "data" / "report"
 # Files a results tree has but that tests never name; the page lists them per cell.
@@ -249,7 +251,8 @@ def test_html_single_run_from_real_results(single: Path) -> None:
     assert "exit 0 (all passed)" in text and "default.yaml" in text
     groups = re.findall(r'<tbody class="group" data-group="([^"]+)"', text)
     assert groups[:3] == ["boot", "driver", "smoke"] and "hmm-tests" in groups
-    assert "No failures, errors or missing tests." in text
+    assert '<p id="nothing-failed">Nothing failed: no FAIL, ERROR or MISS.</p>' in text
+    assert text.index('id="nothing-failed"') < text.index('id="matrix-table"')
 
 
 def test_html_escapes_log_excerpts(matrix: Path) -> None:
@@ -295,6 +298,43 @@ def test_html_failures_section_lists_bad_entries_with_excerpts(matrix: Path) -> 
     assert "Failures (6)" in text
     assert len(re.findall(r'<div class="failure" data-status="(FAIL|ERROR|MISS)"', section)) == 6
     assert "data mismatch at 0x1000" in section and "BUG: KASAN: slab-use-after-free" in section
+
+
+def test_html_opens_with_what_failed_above_the_matrix(matrix: Path) -> None:
+    report.write_reports(matrix)
+    text, _ = page(matrix)
+    doc = json.loads((matrix / "results.json").read_text())
+    failures, cells, table = (text.index('<h2 id="failures">'), text.index('<h2 id="cells">'),
+                              text.index('id="matrix-table"'))
+    assert text.index("</header>") < failures < cells < table
+    section = text[failures:cells]
+    bad = [t for t in doc["tests"] if t["status"] in ("FAIL", "ERROR", "MISS")]
+    assert bad
+    for t in bad:
+        path = t["path"][len(t["cell"]) + 1:]
+        assert f'<code class="path">{path}</code>' in section, path
+        piece = report.clean_text(t["log_excerpt"]).strip().splitlines()[-1][:40]
+        assert str(markupsafe.escape(piece)) in section, piece
+    assert 'id="nothing-failed"' not in text
+
+
+def test_html_without_failures_says_so_in_one_line(single: Path) -> None:
+    report.write_reports(single)
+    text, _ = page(single)
+    notes = re.findall(r'<p id="nothing-failed">[^<]*</p>', text)
+    assert notes == ['<p id="nothing-failed">Nothing failed: no FAIL, ERROR or MISS.</p>']
+    assert text.index('<h2 id="failures">') < text.index('id="matrix-table"')
+
+
+def test_html_of_a_run_that_tested_nothing_gives_the_reason(tmp_path: Path) -> None:
+    r = Results(tmp_path / "run", config={"kernel": "6.12"})
+    r.add_status("hmm-tests", Status.SKIP, "no hmm-tests in this kernel")
+    r.write()
+    report.write_reports(r.dir)
+    text = (r.dir / "index.html").read_text()
+    assert "exit 2 (infrastructure error)" in text
+    assert '<span id="exit-reason">every test was skipped (1 SKIP)</span>' in text
+    assert "Nothing failed: no FAIL, ERROR or MISS (but see the exit status above)." in text
 
 
 def test_html_hmm_tests_table_per_cell_and_driver(matrix: Path) -> None:
