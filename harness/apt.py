@@ -101,6 +101,7 @@ class PrivateApt:
     suites: tuple[str, ...] = ("bookworm", "trixie", "sid")
     security_suites: tuple[str, ...] = ("bookworm-security",)
     host_config: Path = HOST_CONFIG  # the host's apt configuration directory (read only)
+    sources: str | None = None  # a deb822 sources text instead of the Debian suites above
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -159,6 +160,8 @@ class PrivateApt:
         return {"APT_CONFIG": str(f)}
 
     def sources_text(self) -> str:
+        if self.sources is not None:
+            return self.sources
         mirror = host_mirror(self.host_config)
         text = (
             "Types: deb deb-src\n"
@@ -228,6 +231,21 @@ class PrivateApt:
             if name and version and name.group(1) in found:
                 found[name.group(1)].add(version.group(1))
         return {p: sorted(v) for p, v in found.items()}
+
+    def candidate(self, spec: str) -> str:
+        """The version ``apt-get download SPEC`` (``name`` or ``name/suite``) would fetch
+        now, from the lists (no download)."""
+        with self.locked():
+            cp = run(["apt-get", *self._opts(), "download", "--print-uris", spec],
+                     timeout=300, check=False, env=self._prepare())
+        out = cp.stdout.decode(errors="replace")
+        name = re.split(r"[=/]", spec, maxsplit=1)[0]
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].startswith(f"{name}_"):
+                return fields[1].split("_")[1].replace("%3a", ":")
+        raise RuntimeError(f"apt has no candidate for {spec} (exit status {cp.returncode}): "
+                           f"{(out + cp.stderr.decode(errors='replace')).strip()[-500:]}")
 
     def search_names(self, regex: str) -> list[str]:
         """Binary package names matching ``regex`` (``apt-cache search --names-only``)."""
