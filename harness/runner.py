@@ -210,6 +210,7 @@ class Runner:
             "kernel_version": getattr(a, "kernel_version", ""),
             "kernel_image": str(a.kernel_image),
             "initrds": [str(p) for p in a.initrds],
+            **getattr(a, "build_info", {}),  # exact versions and keys of what was built
         }
 
     def _boot_and_run(self) -> None:

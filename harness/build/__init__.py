@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.cache import Cache
 
@@ -36,6 +36,8 @@ class Artifacts:
     kernel_features: frozenset[str] = frozenset()
     kernel_label: str = ""  # "6.12.107-1", "6.12.107-1+debug", "stock 6.1.0-56", "tree:<describe>"
     kernel: KernelArtifact | None = None  # everything about the kernel (source, config, ...)
+    # The exact inputs, for results.json's environment (:func:`build_environment`).
+    build_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def build_all_timed(
     log.info("build: qemu %.0fs, kernel %.0fs, rootfs %.0fs, driver+workloads %.0fs",
              times.qemu, times.kernel, times.rootfs, times.payload)
     arts = Artifacts(
+        build_info=build_environment(kern, qemu, rootfs.initrd),
         qemu=qemu.binary,
         qemu_datadirs=qemu.datadirs,
         kernel_image=kern.image,
@@ -96,3 +99,28 @@ def build_all_timed(
         kernel=kern,
     )
     return arts, times
+
+
+def build_environment(kern: KernelArtifact, qemu: Any, rootfs_initrd: Path) -> dict[str, Any]:
+    """What exactly was built, for results.json: the kernel's source package and
+    version, its build's uname -r and key, the QEMU source version and tree key, the
+    toolchain, the rootfs key, and the build's warnings (e.g. the kernel source is not
+    the archive's candidate because the archive could not be reached)."""
+    from harness.build import toolchain
+
+    tools = toolchain.versions()
+    return {
+        "kernel_source_package": kern.source_package,
+        "kernel_source_version": kern.version,
+        "kernel_source": str(kern.source or ""),
+        "kernel_build_release": kern.release,
+        "kernel_key": kern.key,
+        "qemu_source_version": getattr(qemu, "version", ""),
+        "qemu_tree_key": getattr(qemu, "tree_key", ""),
+        "qemu_key": Path(qemu.binary).parent.name,
+        "gcc": tools["gcc"],
+        "make": tools["make"],
+        "binutils": tools["binutils"],
+        "rootfs_key": rootfs_initrd.parent.name,
+        "build_warnings": list(kern.warnings),
+    }

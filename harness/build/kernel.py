@@ -24,10 +24,12 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from harness.apt import PrivateApt
+from harness.build import toolchain
 from harness.cache import REPO_ROOT, Cache, InputHash
 from harness.proc import run, run_with_progress
 
@@ -55,14 +57,40 @@ SUITES: dict[str, str | None] = {
 }
 FLAVORS = ("default", "debug")
 
-# The cache key covers this recipe (the make steps) rather than this file's
-# bytes, so editing the labels or feature table below does not rebuild every
-# kernel. Bump RECIPE_VERSION whenever the build steps change.
-RECIPE_VERSION = 2
-RECIPE = (
-    f"v{RECIPE_VERSION}: make ARCH=x86_64 O=obj tinyconfig; merge_config.sh -m fragments; "
-    "make olddefconfig; check fragments; make -jN bzImage modules"
+# The build recipe as data: _configure and _make run exactly these commands
+# (placeholders filled in), and the cache key hashes them, so a changed step
+# is a new key without anyone remembering to bump a number. {jobs} is left out
+# of the key (make -j does not change what is built); paths are placeholders.
+CONFIG_STEPS: tuple[tuple[str, ...], ...] = (
+    ("make", "-C", "{src}", "O={obj}", "ARCH=x86_64", "tinyconfig"),
+    # cwd=obj: merge_config.sh writes its scratch files into the current directory,
+    # which must never be a developer's source tree.
+    ("{src}/scripts/kconfig/merge_config.sh", "-m", "-O", "{obj}", "{obj}/.config",
+     "{fragments}"),
+    ("make", "-C", "{src}", "O={obj}", "ARCH=x86_64", "olddefconfig"),
 )
+BUILD_STEP: tuple[str, ...] = ("make", "-C", "{src}", "O={obj}", "ARCH=x86_64", "-j{jobs}",
+                               "bzImage", "modules")
+# Removed after the build (only vmlinux links against them).
+JUNK = ("vmlinux.o", "vmlinux.a")
+
+
+def recipe_text() -> str:
+    """The recipe as it enters the key: every command template, in order."""
+    steps = [*CONFIG_STEPS, ("check fragments against .config",), BUILD_STEP, ("rm", *JUNK)]
+    return "\n".join(" ".join(step) for step in steps)
+
+
+def _expand(step: Sequence[str], src: Path, obj: Path, frags: Sequence[Path] = (),
+            jobs: str = "1") -> list[str]:
+    out: list[str] = []
+    for arg in step:
+        if arg == "{fragments}":
+            out.extend(str(f) for f in frags)
+        else:
+            out.append(arg.format(src=src, obj=obj, jobs=jobs))
+    return out
+
 
 BUILD_TIMEOUT = 3 * 3600  # the debug flavor (KASAN, lockdep) takes longest
 CONFIG_TIMEOUT = 300
@@ -117,6 +145,9 @@ class KernelArtifact:
     initrds: tuple[Path, ...] = ()  # initramfs parts the kernel needs (stock: its modules)
     series: str = ""  # "6.12", "stock-6.1", or the tree's X.Y
     flavor: str = "default"
+    source_package: str = ""  # "linux-source-6.12" (Debian kernels)
+    key: str = ""  # its cache key (the last part of tree's directory name)
+    warnings: tuple[str, ...] = ()  # e.g. the source is not the archive's candidate
 
 
 # --- config fragments -------------------------------------------------------
@@ -228,28 +259,68 @@ def debian_version_key(versions: Iterable[str]) -> list[str]:
     return sorted(versions, key=functools.cmp_to_key(cmp))
 
 
-def source_deb(cache: Cache, package: str, logdir: Path, version: str | None = None,
-               suite: str | None = None) -> Path:
-    """The linux-source .deb: the newest one already downloaded, else the archive's candidate.
+@dataclass(frozen=True)
+class SourceChoice:
+    deb: Path  # downloads/[<suite>/]<package>_<version>_all.deb
+    version: str
+    warning: str = ""  # why this is not the archive's candidate (recorded in results.json)
 
-    With ``suite``, only that suite's package (kept in ``downloads/<suite>/``).
-    Once downloaded, a source stays pinned (warm runs need no network and
-    build the same kernel); delete it from ``downloads/`` to move on.
+
+def _downloaded(downloads: Path, package: str) -> dict[str, Path]:
+    return {d.name.split("_")[1]: d for d in downloads.glob(f"{package}_*_all.deb")}
+
+
+def resolve_source(cache: Cache, package: str, logdir: Path, suite: str | None = None,
+                   apt: PrivateApt | None = None) -> SourceChoice:
+    """The linux-source .deb to build: the archive's candidate now, downloaded if needed.
+
+    The candidate comes from the private lists (refreshed once a day), so a
+    developer's warm cache and a cold CI run build the same version. When the
+    archive cannot be reached (lists cannot be refreshed, or the candidate
+    cannot be downloaded) the newest source already downloaded is used, with a
+    warning the caller records. With ``suite``, only that suite's package
+    (kept in ``downloads/<suite>/``).
     """
     downloads = cache.path("downloads", suite) if suite else cache.path("downloads")
-    if version is not None:
-        exact = downloads / f"{package}_{version}_all.deb"
-        if exact.exists():
-            return exact
-    else:
-        debs = {d.name.split("_")[1]: d for d in downloads.glob(f"{package}_*_all.deb")}
-        if debs:
-            return debs[debian_version_key(debs)[-1]]
-    apt = PrivateApt(cache.path("apt"))
+    apt = apt or PrivateApt(cache.path("apt"))
+    spec = f"{package}/{suite}" if suite else package
+    alog = logdir / "apt.log"
+    try:
+        apt.ensure_lists(alog)
+        version = apt.candidate(spec)
+        exact = downloads / f"{package}_{version.replace(':', '%3a')}_all.deb"
+        if not exact.exists():
+            log.info("kernel: downloading %s=%s", package, version)
+            apt.download(f"{package}={version}", downloads, alog)
+        if not exact.exists():
+            raise RuntimeError(f"apt-get download {package}={version} left no {exact.name}")
+        return SourceChoice(exact, version)
+    except RuntimeError as e:  # a failed apt command (CommandError) included
+        have = _downloaded(downloads, package)
+        if not have:
+            raise KernelError(f"{spec}: the archive cannot be reached and no source is "
+                              f"downloaded in {downloads}: {e}") from e
+        version = debian_version_key(have)[-1]
+        warning = (f"{spec}: could not resolve the archive's candidate ({str(e).strip()[:300]});"
+                   f" building {version}, the newest source already downloaded")
+        log.warning("kernel: %s", warning)
+        return SourceChoice(have[version], version, warning)
+
+
+def source_deb(cache: Cache, package: str, logdir: Path, version: str | None = None,
+               suite: str | None = None, apt: PrivateApt | None = None) -> Path:
+    """The linux-source .deb of ``version`` (downloaded if needed), or without a version
+    the archive's candidate (:func:`resolve_source`)."""
+    if version is None:
+        return resolve_source(cache, package, logdir, suite, apt).deb
+    downloads = cache.path("downloads", suite) if suite else cache.path("downloads")
+    exact = downloads / f"{package}_{version}_all.deb"
+    if exact.exists():
+        return exact
+    apt = apt or PrivateApt(cache.path("apt"))
     apt.ensure_lists(logdir / "apt.log")
-    spec = f"{package}={version}" if version else f"{package}/{suite}" if suite else package
-    log.info("kernel: downloading %s", spec)
-    return apt.download(spec, downloads, logdir / "apt.log")
+    log.info("kernel: downloading %s=%s", package, version)
+    return apt.download(f"{package}={version}", downloads, logdir / "apt.log")
 
 
 # Kept for callers of the old name.
@@ -290,13 +361,8 @@ def _kernel_release(obj: Path) -> str:
 
 
 def _configure(src: Path, obj: Path, frags: Sequence[Path], klog: Path) -> None:
-    make = ["make", "-C", src, f"O={obj}", "ARCH=x86_64"]
-    run([*make, "tinyconfig"], timeout=CONFIG_TIMEOUT, logfile=klog)
-    # cwd=obj: merge_config.sh writes its scratch files into the current directory,
-    # which must never be a developer's source tree.
-    run([src / "scripts" / "kconfig" / "merge_config.sh", "-m", "-O", obj,
-         obj / ".config", *frags], cwd=obj, timeout=CONFIG_TIMEOUT, logfile=klog)
-    run([*make, "olddefconfig"], timeout=CONFIG_TIMEOUT, logfile=klog)
+    for step in CONFIG_STEPS:
+        run(_expand(step, src, obj, frags), cwd=obj, timeout=CONFIG_TIMEOUT, logfile=klog)
     check_config(obj / ".config", frags)
 
 
@@ -304,8 +370,7 @@ def _make(src: Path, obj: Path, klog: Path, label: str) -> None:
     jobs = str(os.cpu_count() or 2)
     log.info("kernel: building %s (trimmed config, -j%s; several minutes cold, log %s)",
              label, jobs, klog)
-    run_with_progress(["make", "-C", src, f"O={obj}", "ARCH=x86_64", f"-j{jobs}",
-                       "bzImage", "modules"],
+    run_with_progress(_expand(BUILD_STEP, src, obj, jobs=jobs),
                       label=f"kernel {label}", timeout=BUILD_TIMEOUT, logfile=klog)
 
 
@@ -319,11 +384,16 @@ def _artifact(version: str, obj: Path, src: Path, label: str, series: str,
     )
 
 
-def debian_key(deb_name: str, flavor: str, frags: Sequence[Path]) -> str:
+def debian_key(deb_name: str, flavor: str, frags: Sequence[Path],
+               tools: dict[str, str] | None = None) -> str:
+    """The key of a Debian kernel: the exact source package (its .deb name carries the
+    version), the flavor, the fragments' bytes, the recipe's commands and the
+    toolchain (``tools``, default the host's now: :mod:`harness.build.toolchain`)."""
     h = InputHash("kernel").text("package", deb_name).text("flavor", flavor)
     for f in frags:
         h.file(f, label=f"fragment/{f.name}")
-    return h.text("recipe", RECIPE).hexdigest()
+    h.text("recipe", recipe_text())
+    return toolchain.add_to(h, tools).hexdigest()
 
 
 def build_kernel(cache: Cache, logdir: Path, series: str = "6.12",
@@ -333,17 +403,20 @@ def build_kernel(cache: Cache, logdir: Path, series: str = "6.12",
         raise KernelError(f"kernel {series!r} is not known; choose one of {', '.join(SOURCES)}")
     package = SOURCES[series]
     frags = fragments(series, flavor)
-    deb = source_deb(cache, package, logdir, suite=SUITES[series])
-    version = deb.name.split("_")[1]
+    choice = resolve_source(cache, package, logdir, suite=SUITES[series])
+    deb, version = choice.deb, choice.version
+    extra: dict[str, Any] = {"source_package": package,
+                             "warnings": (choice.warning,) if choice.warning else ()}
     label = version if flavor == "default" else f"{version}+{flavor}"
     key = debian_key(deb.name, flavor, frags)
+    extra["key"] = key
     final = cache.path("kernel", f"{series}-{flavor}-{key}")
     image = final / "arch" / "x86" / "boot" / "bzImage"
     stamp = final / ".hmmlab-complete"
     src = cache.path("linux-src", version)
     if stamp.exists() and image.exists() and (src / "Makefile").exists():
         log.info("kernel: %s cached (%s)", label, final)
-        return _artifact(version, final, src, label, series, flavor)
+        return replace(_artifact(version, final, src, label, series, flavor), **extra)
 
     src = unpack_source(cache, deb, package, logdir)
     klog = logdir / f"kernel-{series}-{flavor}.log"
@@ -359,7 +432,7 @@ def build_kernel(cache: Cache, logdir: Path, series: str = "6.12",
         _configure(src, final, frags, klog)
         _make(src, final, klog, label)
         # Only vmlinux links against these; modules and selftests never do.
-        for junk in ("vmlinux.o", "vmlinux.a"):
+        for junk in JUNK:
             (final / junk).unlink(missing_ok=True)
     except BaseException:
         log.error("kernel: %s build failed; log kept in %s", label, klog)
@@ -367,7 +440,7 @@ def build_kernel(cache: Cache, logdir: Path, series: str = "6.12",
         raise
     stamp.write_text(version + "\n")
     # The `source` symlink kbuild writes points into linux-src; both live in the cache.
-    return _artifact(version, final, src, label, series, flavor)
+    return replace(_artifact(version, final, src, label, series, flavor), **extra)
 
 
 # --- a developer's own tree -------------------------------------------------------
@@ -477,15 +550,17 @@ def tree_build_dir(cache: Cache, tree: Path, flavor: str, frags: Sequence[Path])
     h = InputHash("kernel-tree-dir").text("path", str(tree.resolve())).text("flavor", flavor)
     for f in frags:
         h.file(f, label=f"fragment/{f.name}")
-    return cache.path("kernel", f"tree-{flavor}-{h.text('recipe', RECIPE).hexdigest()}")
+    return cache.path("kernel", f"tree-{flavor}-{h.text('recipe', recipe_text()).hexdigest()}")
 
 
-def tree_key(tree: Path, flavor: str, frags: Sequence[Path], state: TreeState) -> str:
+def tree_key(tree: Path, flavor: str, frags: Sequence[Path], state: TreeState,
+             tools: dict[str, str] | None = None) -> str:
     h = InputHash("kernel-tree").text("path", str(tree.resolve())).text("flavor", flavor)
     h.text("state", state.digest)
     for f in frags:
         h.file(f, label=f"fragment/{f.name}")
-    return h.text("recipe", RECIPE).hexdigest()
+    h.text("recipe", recipe_text())
+    return toolchain.add_to(h, tools).hexdigest()
 
 
 def build_tree_kernel(cache: Cache, logdir: Path, tree: Path,

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.build import toolchain
 from harness.build.kernel import features_of, read_config
 from harness.cache import REPO_ROOT, Cache, InputHash
 from harness.proc import run
@@ -337,8 +338,10 @@ def manifest(k: PayloadKernel, warnings: Iterable[str] = (),
     return out
 
 
-def payload_key(kernel: Any) -> str:
-    """Hash of everything the payload is built from."""
+def payload_key(kernel: Any, tools: dict[str, str] | None = None) -> str:
+    """Hash of everything the payload is built from: our sources, the kernel's identity
+    and hmm-tests sources, the builder (this file) and the toolchain (gcc, make,
+    binutils: ``tools``, default the host's now)."""
     k = kernel if isinstance(kernel, PayloadKernel) else PayloadKernel.of(kernel)
     h = InputHash("payload")
     h.tree(DRIVER_DIR, _sources(DRIVER_DIR))
@@ -359,8 +362,7 @@ def payload_key(kernel: Any) -> str:
     h.file(k.source / "lib" / "test_hmm_uapi.h", label="src/lib/test_hmm_uapi.h")
     sdir = selftest_dir(k.source)
     h.file(sdir / "Makefile", label=f"src/{sdir.relative_to(k.source).as_posix()}/Makefile")
-    cc = run(["gcc", "--version"], timeout=60).stdout.decode(errors="replace")
-    h.text("gcc", cc.splitlines()[0] if cc else "")
+    toolchain.add_to(h, tools)
     h.file(Path(__file__), label="payload.py")
     return h.hexdigest()
 

@@ -3,11 +3,16 @@
 Layout under the cache (see docs/architecture.md):
 
 - ``downloads/``               the Debian source package (orig + debian tarballs, .dsc)
-- ``qemu-src/<ver>/``          unpacked source, patched once, then overlaid with our files
+- ``qemu-src/<ver>-<treekey>/`` unpacked source, patched once, then overlaid with our
+                               files; TREEKEY covers the version, the patch list and
+                               every patch's bytes, so a changed patch gets a fresh tree.
+                               The overlay is synced into the tree on every build (a
+                               changed device file rewritten, a removed one deleted),
+                               so device edits stay incremental
 - ``tools/meson-<v>/``         a venv with the meson configure needs (bookworm's is too old)
-- ``qemu-build/<basehash>/``   build directory; BASEHASH covers the glue (Kconfig,
-                               meson.build) but not the device sources, so an edit
-                               to a device .c/.h is an incremental ninja rebuild
+- ``qemu-build/<buildkey>/``   build directory; BUILDKEY covers the tree and the glue
+                               (Kconfig, meson.build) but not the device sources, so an
+                               edit to a device .c/.h is an incremental ninja rebuild
 - ``qemu/<fullhash>/``         the finished binary; FULLHASH covers everything, so a warm
                                run returns without touching the tree
 """
@@ -100,10 +105,16 @@ CONFIGURE_TIMEOUT = 900
 NINJA_TIMEOUT = 3 * 3600
 
 
+TREE_KEY_FILE = "tree-key"  # next to the binary: the source tree it was built from
+OVERLAY_MANIFEST = ".hmmlab-overlay"  # in the tree: the files apply_overlay copied
+
+
 @dataclass(frozen=True)
 class QemuArtifact:
     binary: Path  # qemu-system-x86_64
     datadirs: tuple[Path, ...]  # for -L, in order (only those that exist)
+    version: str = DEB_VERSION  # the Debian source package version
+    tree_key: str = ""  # qemu-src/<version>-<tree_key>: version, patches and their bytes
 
 
 class BuildDepsMissing(RuntimeError):
@@ -142,6 +153,22 @@ def base_hash() -> str:
     for rel in GLUE_FILES:
         h.file(DEVICE_DIR / rel, label=rel)
     return h.hexdigest()
+
+
+def tree_key(downloads: Path) -> str:
+    """The unpacked, patched source tree: version, tarballs and each patch's bytes."""
+    h = InputHash("qemu-src").text("version", DEB_VERSION).text("orig", ORIG_TARBALL)
+    h.text("debian", DEBIAN_TARBALL).text("patches", " ".join(DEBIAN_PATCHES))
+    for patch in DEBIAN_PATCHES:
+        data = run(["tar", "-xJOf", downloads / DEBIAN_TARBALL, f"debian/patches/{patch}"],
+                   timeout=300).stdout
+        h.text(f"patch/{patch}", data.decode(errors="surrogateescape"))
+    return h.hexdigest()
+
+
+def build_key(tree: str) -> str:
+    """The build directory: the tree it configures and the glue (not the device sources)."""
+    return InputHash("qemu-build-dir").text("base", base_hash()).text("tree", tree).hexdigest()
 
 
 def full_hash() -> str:
@@ -210,8 +237,8 @@ def fetch_source(cache: Cache, logfile: Path) -> Path:
 
 
 def unpack_source(cache: Cache, downloads: Path, logfile: Path) -> Path:
-    """Unpack the orig tarball once and apply the Debian patches we need."""
-    final = cache.path("qemu-src", QEMU_VERSION)
+    """Unpack the orig tarball and apply the Debian patches we need, once per tree key."""
+    final = cache.path("qemu-src", f"{QEMU_VERSION}-{tree_key(downloads)}")
     if (final / "configure").is_file():
         return final
     log.info("qemu: unpacking %s", ORIG_TARBALL)
@@ -292,13 +319,25 @@ def splice_fragment(original: str, fragment: str) -> str:
 
 
 def apply_overlay(src: Path) -> list[str]:
-    """Copy device files and splice glue into the QEMU tree; returns what changed."""
+    """Copy device files and splice glue into the QEMU tree; returns what changed.
+
+    A device file copied by an earlier build and gone from qemu-devices/ now is
+    deleted from the tree (the manifest remembers what was copied), so the tree
+    never keeps a stale source.
+    """
     changed: list[str] = []
-    for repo_file, rel in device_files():
+    manifest = src / OVERLAY_MANIFEST
+    before = set(manifest.read_text().split()) if manifest.is_file() else set()
+    files = device_files()
+    for rel in sorted(before - {rel for _, rel in files}):
+        (src / rel).unlink(missing_ok=True)
+        changed.append(f"{rel} (removed)")
+    for repo_file, rel in files:
         dest = src / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if _write_if_changed(dest, repo_file.read_bytes()):
             changed.append(rel)
+    _write_if_changed(manifest, "".join(f"{rel}\n" for _, rel in files).encode())
     for rel in (*GLUE_FILES, *TRACE_FILES):
         dest = src / rel
         new = splice_fragment(dest.read_text(), (DEVICE_DIR / rel).read_text())
@@ -334,13 +373,13 @@ def build_qemu(cache: Cache, logdir: Path) -> QemuArtifact:
     final = cache.path("qemu", fullhash)
     binary = final / TARGET
     if binary.is_file():
-        return QemuArtifact(binary=binary, datadirs=_datadirs())
+        return _artifact(final)
 
     logdir.mkdir(parents=True, exist_ok=True)
     logfile = logdir / "qemu-build.log"
     with _locked(cache.path("qemu-build", ".lock")):
         if binary.is_file():  # another process finished it while we waited
-            return QemuArtifact(binary=binary, datadirs=_datadirs())
+            return _artifact(final)
         check_build_deps()
         start = time.monotonic()
         downloads = fetch_source(cache, logfile)
@@ -349,7 +388,8 @@ def build_qemu(cache: Cache, logdir: Path) -> QemuArtifact:
         changed = apply_overlay(src)
         if changed:
             log.info("qemu: overlay updated: %s", ", ".join(changed))
-        build = cache.path("qemu-build", base_hash())
+        tkey = src.name.removeprefix(f"{QEMU_VERSION}-")
+        build = cache.path("qemu-build", build_key(tkey))
         configure(src, build, python, logfile)
         run_with_progress(
             ["ninja", "-C", build, TARGET],
@@ -359,8 +399,15 @@ def build_qemu(cache: Cache, logdir: Path) -> QemuArtifact:
         )
         with cache.building(final) as tmp:
             shutil.copy2(build / TARGET, tmp / TARGET)
+            (tmp / TREE_KEY_FILE).write_text(tkey + "\n")
         log.info("qemu: %s ready in %.0fs", binary, time.monotonic() - start)
-    return QemuArtifact(binary=binary, datadirs=_datadirs())
+    return _artifact(final)
+
+
+def _artifact(final: Path) -> QemuArtifact:
+    f = final / TREE_KEY_FILE
+    tkey = f.read_text().strip() if f.is_file() else ""  # built before the key was recorded
+    return QemuArtifact(binary=final / TARGET, datadirs=_datadirs(), tree_key=tkey)
 
 
 def main() -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.apt import PrivateApt
+from harness.build import toolchain
 from harness.build.kernel import (
     KernelArtifact,
     KernelError,
@@ -53,9 +54,15 @@ REQUIRED_MODULES = ("virtio_pci", "virtio_net")
 OPTIONAL_MODULES = ("virtio_rng", "pvpanic_pci")
 LOAD_LIST = "hmmlab-modules"
 
-# Bump when the unpack/fix-up/initrd steps change (part of the cache key).
-RECIPE_VERSION = 3
 UNPACK_TIMEOUT = 600
+# The recipe is this file's code (unpack, path fix-up, the modules initrd) run
+# with the host's depmod, cpio and gzip: their bytes and versions are the key,
+# no hand-bumped number. (A rebuild is an unpack of four .debs: seconds.)
+RECIPE_TOOLS: dict[str, tuple[str, ...]] = {
+    "depmod": ("depmod", "--version"),
+    "cpio": ("cpio", "--version"),
+    "gzip": ("gzip", "--version"),
+}
 
 
 @dataclass(frozen=True)
@@ -140,30 +147,44 @@ def _downloaded_choice(downloads: Path, series: str) -> StockChoice | None:
     return max((c for c in found if c.version == newest), key=lambda c: int(c.abi))
 
 
-def choose_stock(cache: Cache, series: str, logdir: Path) -> StockChoice:
+def choose_stock(cache: Cache, series: str, logdir: Path,
+                 apt: PrivateApt | None = None) -> tuple[StockChoice, str]:
+    """The archive's newest complete stock kernel now (downloaded if needed), and a
+    warning ("" if none): when the archive cannot be reached, the newest complete
+    set already downloaded, with the warning saying so."""
     downloads = cache.path("downloads")
-    choice = _downloaded_choice(downloads, series)
-    if choice is not None:
-        return choice
-    apt = PrivateApt(cache.path("apt"))
-    apt.ensure_lists(logdir / "apt.log")
-    names = apt.search_names(image_regex(series))
-    # only the newest few ABIs need their companions looked up
-    pat = re.compile(image_regex(series))
-    abis = sorted((int(m.group(1)) for n in names if (m := pat.match(n))), reverse=True)[:3]
-    wanted = set(names)
-    for abi in abis:
-        probe = StockChoice(series, str(abi), "")
-        wanted.update((*probe.packages().values(), probe.source_package))
-    choice = select_stock(series, apt.versions_of(sorted(wanted)))
-    log.info("kernel: stock-%s is %s (%s)", series, choice.release, choice.version)
-    apt.download_many([f"{pkg}={choice.version}" for pkg in choice.packages().values()],
-                      downloads, logdir / "apt.log")
-    missing = [n for n in choice.deb_names().values() if not (downloads / n).exists()]
-    if missing:
-        raise KernelError(f"stock-{series}: apt-get download left no {', '.join(missing)} "
-                          f"in {downloads} (see {logdir / 'apt.log'})")
-    return choice
+    apt = apt or PrivateApt(cache.path("apt"))
+    try:
+        apt.ensure_lists(logdir / "apt.log")
+        names = apt.search_names(image_regex(series))
+        # only the newest few ABIs need their companions looked up
+        pat = re.compile(image_regex(series))
+        abis = sorted((int(m.group(1)) for n in names if (m := pat.match(n))),
+                      reverse=True)[:3]
+        wanted = set(names)
+        for abi in abis:
+            probe = StockChoice(series, str(abi), "")
+            wanted.update((*probe.packages().values(), probe.source_package))
+        choice = select_stock(series, apt.versions_of(sorted(wanted)))
+        missing = [n for n in choice.deb_names().values() if not (downloads / n).exists()]
+        if missing:
+            log.info("kernel: stock-%s is %s (%s)", series, choice.release, choice.version)
+            apt.download_many([f"{pkg}={choice.version}" for pkg in choice.packages().values()],
+                              downloads, logdir / "apt.log")
+        missing = [n for n in choice.deb_names().values() if not (downloads / n).exists()]
+        if missing:
+            raise KernelError(f"stock-{series}: apt-get download left no {', '.join(missing)} "
+                              f"in {downloads} (see {logdir / 'apt.log'})")
+        return choice, ""
+    except RuntimeError as e:  # apt failed (CommandError), or the download did
+        have = _downloaded_choice(downloads, series)
+        if have is None:
+            raise
+        warning = (f"stock-{series}: could not resolve the archive's newest image "
+                   f"({str(e).strip()[:300]}); using {have.release} {have.version}, the newest "
+                   "already downloaded")
+        log.warning("kernel: %s", warning)
+        return have, warning
 
 
 # --- the guest's modules ---------------------------------------------------------
@@ -287,8 +308,11 @@ def _fix_paths(root: Path, choice: StockChoice) -> None:
         p.symlink_to(Path("../../..") / target.relative_to(root))
 
 
-def stock_key(choice: StockChoice) -> str:
-    h = InputHash("stock").text("recipe", str(RECIPE_VERSION))
+def stock_key(choice: StockChoice, tools: dict[str, str] | None = None) -> str:
+    h = InputHash("stock").file(Path(__file__), label="harness/build/stock.py")
+    for name, line in sorted((tools if tools is not None
+                              else toolchain.versions(RECIPE_TOOLS)).items()):
+        h.text(f"tool/{name}", line)
     for role, name in sorted(choice.deb_names().items()):
         h.text(role, name)
     h.text("modules", " ".join((*REQUIRED_MODULES, *OPTIONAL_MODULES)))
@@ -301,12 +325,13 @@ def build_stock(cache: Cache, logdir: Path, kernel: str = "stock-6.1") -> Kernel
         raise KernelError(f"kernel {kernel!r} is not a stock kernel; choose one of "
                           f"{', '.join(STOCK)}")
     series = STOCK[kernel]
-    choice = choose_stock(cache, series, logdir)
+    choice, warning = choose_stock(cache, series, logdir)
     # The same Debian version's source: hmm-tests and test_hmm_uapi.h for the payload.
     src_deb = source_deb(cache, choice.source_package, logdir, choice.version)
     src = unpack_source(cache, src_deb, choice.source_package, logdir)
 
-    final = cache.path("kernel", f"stock-{choice.release}-{stock_key(choice)}")
+    key = stock_key(choice)
+    final = cache.path("kernel", f"stock-{choice.release}-{key}")
     root = final / "root"
     initrd = final / "modules.cpio.gz"
     stamp = final / ".hmmlab-complete"
@@ -354,4 +379,7 @@ def build_stock(cache: Cache, logdir: Path, kernel: str = "stock-6.1") -> Kernel
         initrds=(initrd,),
         series=kernel,
         flavor="default",
+        source_package=choice.source_package,
+        key=key,
+        warnings=(warning,) if warning else (),
     )

@@ -52,6 +52,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness import ktap
@@ -108,6 +109,44 @@ DRIVERS = (HMM_GPU, HMM_GPU_DEVFAULT, TEST_HMM)
 REFERENCE = TEST_HMM  # what the hmm-gpu columns must keep up with
 # driver label -> the kernel features it cannot load without
 DRIVER_NEEDS: dict[str, tuple[str, ...]] = {"test_hmm": ("test_hmm",)}
+
+
+# What kselftest_harness.h runs: every TEST_F of a fixture once per variant of it.
+_TEST_F = re.compile(r"^\s*TEST_F(?:_TIMEOUT)?\(\s*(\w+)\s*,", re.M)
+_VARIANT_ADD = re.compile(r"^\s*FIXTURE_VARIANT_ADD\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.M)
+SELFTEST_FILES = ("tools/testing/selftests/mm/hmm-tests.c",  # 6.3+
+                  "tools/testing/selftests/vm/hmm-tests.c")  # 6.1
+
+
+def hmm_tests_source(kernel_source: Path) -> Path:
+    """hmm-tests.c of a kernel source tree (selftests/mm, or selftests/vm before 6.3)."""
+    for rel in SELFTEST_FILES:
+        if (kernel_source / rel).is_file():
+            return kernel_source / rel
+    raise FileNotFoundError(f"{kernel_source}: no {' or '.join(SELFTEST_FILES)}")
+
+
+def expected_counts(text: str) -> dict[str, int]:
+    """How many tests hmm-tests.c runs per "fixture.variant" (a fixture without variants:
+    "fixture"), counted from its source: its TEST_Fs, once per FIXTURE_VARIANT_ADD."""
+    tests: dict[str, int] = {}
+    for fixture in _TEST_F.findall(text):
+        tests[fixture] = tests.get(fixture, 0) + 1
+    variants: dict[str, list[str]] = {}
+    for fixture, variant in _VARIANT_ADD.findall(text):
+        variants.setdefault(fixture, []).append(variant)
+    out: dict[str, int] = {}
+    for fixture, n in tests.items():
+        for v in variants.get(fixture, [""]):
+            out[f"{fixture}.{v}" if v else fixture] = n
+    return out
+
+
+def expected_device_private(kernel_source: Path) -> int:
+    """The number of device-private tests (every fixture's ``*_device_private`` variant)
+    the hmm-tests of ``kernel_source`` runs."""
+    counts = expected_counts(hmm_tests_source(kernel_source).read_text(errors="replace"))
+    return sum(n for name, n in counts.items() if name.endswith("_device_private"))
 
 
 def driver_unmet(d: Driver, kernel: GuestKernel | None) -> str | None:

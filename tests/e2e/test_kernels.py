@@ -1,10 +1,11 @@
 """End to end: the default scenarios on 6.1, 7.2 and Debian's stock 6.1.
 
 hmm_gpu.ko builds warning-free against each (``driver.build``) and every
-scenario that passes on 6.12 passes on 6.1 and 7.2. On 7.2, hmm-tests has
-38 tests: hmm-gpu passes all of them, migrate_anon_huge_fault's PMD-mapped
-device-private THP included, in both fault modes (columns hmm-gpu,
-hmm-gpu-devfault).
+scenario that passes on 6.12 passes on 6.1 and 7.2. hmm-tests has as many
+device-private tests as the booted kernel's hmm-tests.c says (29 on 6.1, 38
+on 7.2 at the time of writing): hmm-gpu passes all of them on 7.2,
+migrate_anon_huge_fault's PMD-mapped device-private THP included, in both
+fault modes (columns hmm-gpu, hmm-gpu-devfault).
 Stock 6.1 has no CONFIG_DEVICE_PRIVATE and no test_hmm.ko: what needs them
 SKIPs with the reason, everything else passes.
 
@@ -15,6 +16,7 @@ never skip.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from harness import config, runner
 from harness.build import build_all
 from harness.cache import Cache
 from harness.results import Results, Status
+from harness.scenarios.hmm_tests import expected_device_private
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +53,13 @@ def _kernel(res: Results) -> str:
     return str(res.config.get("kernel"))
 
 
+def _expected_private(res: Results) -> int:
+    """The device-private tests of the booted kernel's own hmm-tests.c (results.json
+    records the kernel source the artifact was built from)."""
+    env = json.loads((res.dir / "results.json").read_text())["environment"]
+    return expected_device_private(Path(env["kernel_source"]))
+
+
 def test_everything_passes_or_skips_with_a_reason(run: Results) -> None:
     assert run.exit_code() == 0, run.failures()
     assert run.status_of("driver.build") == Status.PASS
@@ -65,11 +75,11 @@ def test_hmm_tests_per_kernel(run: Results) -> None:
     private = {n: r for n, r in rows.items() if "_device_private." in n}
     columns = table["columns"]
     assert columns == ["hmm-gpu", "hmm-gpu-devfault", "test_hmm"]
+    want = _expected_private(run)
     if kernel == "stock-6.1":
-        assert len(private) == 29
+        assert len(private) == want
         assert all(r[c] == "SKIP" for r in rows.values() for c in columns)
         return
-    want = {"6.1": 29, "7.2": 38}[kernel]
     assert len(private) == want, sorted(private)
     assert all(r["test_hmm"] == "PASS" for r in private.values())
     for column in ("hmm-gpu", "hmm-gpu-devfault"):

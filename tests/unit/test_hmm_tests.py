@@ -6,12 +6,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from harness.cache import Cache
 from harness.results import Status
 from harness.scenarios.hmm_tests import (
     DRIVERS,
     cannot_pass,
     driver_unmet,
+    expected_counts,
+    expected_device_private,
     format_table,
+    hmm_tests_source,
     parity,
     parse_run,
     side_by_side,
@@ -289,3 +295,32 @@ def test_columns_load_hmm_gpu_in_both_fault_modes() -> None:
 def test_on_a_kernel_without_device_memory_both_hmm_gpu_columns_are_not_run() -> None:
     assert driver_unmet(DEVFAULT, STOCK) == driver_unmet(GPU, STOCK)
     assert driver_unmet(DEVFAULT, BUILT) is None
+
+
+# --- expected counts, from the kernel's own hmm-tests.c -------------------------------
+
+LINUX_SRC = Cache.default().path("linux-src")
+
+
+def test_counts_every_test_f_once_per_variant() -> None:
+    text = ("FIXTURE(hmm) {};\nFIXTURE_VARIANT_ADD(hmm, hmm_device_private) {};\n"
+            "FIXTURE_VARIANT_ADD(hmm, hmm_device_coherent) {};\nFIXTURE(solo) {};\n"
+            "TEST_F(hmm, open_close) {}\nTEST_F_TIMEOUT(hmm, big, 600) {}\n"
+            "TEST_F(solo, one) {}\n")
+    assert expected_counts(text) == {"hmm.hmm_device_private": 2,
+                                     "hmm.hmm_device_coherent": 2, "solo": 1}
+
+
+@pytest.mark.parametrize("series,want", [("6.1", 29), ("6.12", 29), ("7.2", 38)])
+def test_device_private_counts_of_the_real_sources(series: str, want: int) -> None:
+    trees = sorted(d for d in LINUX_SRC.glob(f"{series}.*")
+                   if d.name.split(".")[:2] == series.split("."))
+    if not trees:
+        pytest.skip(f"no linux-source-{series} unpacked in {LINUX_SRC} (build that kernel)")
+    for tree in trees:
+        assert expected_device_private(tree) == want, tree
+        text = hmm_tests_source(tree).read_text()
+        counts = expected_counts(text)
+        # the hmm2 fixture's three tests, in both variants
+        assert counts["hmm2.hmm2_device_private"] == 3
+        assert counts["hmm.hmm_device_coherent"] == want - 3

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.apt import PrivateApt
 from harness.build import kernel as k
 from harness.build.kernel import KernelError
 from harness.cache import Cache
@@ -146,6 +147,42 @@ def test_debian_key_follows_fragment_flavor_and_package(tmp_path: Path) -> None:
     assert base != k.debian_key("linux-source-6.12_6.12.107-1_all.deb", "default", [f])
 
 
+def fake_tool(bindir: Path, name: str, first_line: str) -> None:
+    """Another version of a host tool, first on PATH (prints ``first_line`` for --version)."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    f = bindir / name
+    f.write_text(f"#!/bin/sh\necho '{first_line}'\n")
+    f.chmod(0o755)
+
+
+def test_debian_key_follows_the_host_compiler(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    f = write(tmp_path / "hmm.config", "CONFIG_A=y\n")
+    deb = "linux-source-6.12_6.12.107-1_all.deb"
+    base = k.debian_key(deb, "default", [f])
+    assert base == k.debian_key(deb, "default", [f])
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    fake_tool(tmp_path / "bin", "gcc", "gcc (Debian 14.2.0-19) 14.2.0")
+    assert k.debian_key(deb, "default", [f]) != base
+    gcc14 = k.debian_key(deb, "default", [f])
+    fake_tool(tmp_path / "bin", "ld", "GNU ld (GNU Binutils for Debian) 2.44")
+    assert k.debian_key(deb, "default", [f]) not in (base, gcc14)
+    tools = {"gcc": "gcc (Debian 12.2.0-14) 12.2.0", "make": "GNU Make 4.3", "binutils": "x"}
+    other = {**tools, "gcc": "gcc (Debian 12.2.0-14+deb12u1) 12.2.0"}
+    assert k.debian_key(deb, "default", [f], tools) != k.debian_key(deb, "default", [f], other)
+
+
+def test_debian_key_follows_the_recipe_commands(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    f = write(tmp_path / "hmm.config", "CONFIG_A=y\n")
+    deb = "linux-source-6.12_6.12.107-1_all.deb"
+    base = k.debian_key(deb, "default", [f])
+    monkeypatch.setattr(k, "BUILD_STEP", (*k.BUILD_STEP, "headers_install"))
+    assert k.debian_key(deb, "default", [f]) != base
+    # what _make runs is what the key hashed
+    assert k._expand(k.BUILD_STEP, Path("/s"), Path("/o"), jobs="2")[-1] == "headers_install"
+
+
 def test_lock_names_per_series_flavor_and_tree(tmp_path: Path) -> None:
     names = {k.lock_name("6.12", "default"), k.lock_name("6.12", "debug"),
              k.lock_name("7.2", "default"), k.lock_name("6.12", "default", tmp_path),
@@ -160,25 +197,63 @@ def test_debian_versions_sort_by_debian_rules() -> None:
         "6.1.192-1~bpo", "6.1.192-1", "6.1.192-2"]
 
 
-def test_source_deb_prefers_the_newest_download(tmp_path: Path) -> None:
-    cache = Cache(tmp_path)
-    dl = cache.path("downloads")
-    for v in ("6.12.94-1", "6.12.107-1"):
-        write(dl / f"linux-source-6.12_{v}_all.deb", "")
-    got = k.source_deb(cache, "linux-source-6.12", tmp_path / "logs")
-    assert got.name == "linux-source-6.12_6.12.107-1_all.deb"
-    got = k.source_deb(cache, "linux-source-6.12", tmp_path / "logs", "6.12.94-1")
-    assert got.name == "linux-source-6.12_6.12.94-1_all.deb"
+def deb_repo(root: Path, package: str, versions: list[str]) -> str:
+    """A flat apt repository offering ``package`` at ``versions`` (real .debs, built
+    with dpkg-deb); returns its deb822 sources text."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    for v in versions:
+        pkg = root / f"build-{v}"
+        (pkg / "DEBIAN").mkdir(parents=True)
+        (pkg / "DEBIAN" / "control").write_text(
+            f"Package: {package}\nVersion: {v}\nArchitecture: all\nMaintainer: t <t@t>\n"
+            "Description: test\n")
+        subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(pkg),
+                        str(repo / f"{package}_{v}_all.deb")], check=True, timeout=60,
+                       capture_output=True)
+    packages = subprocess.run(["dpkg-scanpackages", "."], cwd=repo, check=True, timeout=60,
+                              capture_output=True).stdout
+    (repo / "Packages").write_bytes(packages)
+    return f"Types: deb\nURIs: file:{repo}\nSuites: ./\nTrusted: yes\n"
 
 
-def test_a_suite_pinned_source_ignores_other_suites_downloads(tmp_path: Path) -> None:
-    cache = Cache(tmp_path)
+needs_dpkg_dev = pytest.mark.skipif(shutil.which("dpkg-scanpackages") is None,
+                                    reason="dpkg-scanpackages (dpkg-dev) is not installed")
+
+
+@needs_dpkg_dev
+def test_the_archive_candidate_wins_over_an_older_download(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    write(cache.path("downloads") / "linux-source-9.9_9.9.1-1_all.deb", "")
+    apt = PrivateApt(tmp_path / "apt", sources=deb_repo(tmp_path, "linux-source-9.9",
+                                                        ["9.9.1-1", "9.9.3-1"]))
+    got = k.source_deb(cache, "linux-source-9.9", tmp_path / "logs", apt=apt)
+    assert got == cache.path("downloads") / "linux-source-9.9_9.9.3-1_all.deb"
+    assert got.stat().st_size > 0  # really downloaded
+    choice = k.resolve_source(cache, "linux-source-9.9", tmp_path / "logs", apt=apt)
+    assert (choice.version, choice.warning) == ("9.9.3-1", "")
+    # an exact version asked for is that version
+    got = k.source_deb(cache, "linux-source-9.9", tmp_path / "logs", "9.9.1-1", apt=apt)
+    assert got.name == "linux-source-9.9_9.9.1-1_all.deb"
+
+
+def test_unreachable_archive_falls_back_to_the_newest_download_with_a_warning(
+        tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
     # bookworm-security's backport, downloaded by an unpinned call, sorts higher
     write(cache.path("downloads") / "linux-source-6.12_6.12.117-1~deb12u1_all.deb", "")
-    write(cache.path("downloads", "trixie") / "linux-source-6.12_6.12.107-1_all.deb", "")
-    got = k.source_deb(cache, "linux-source-6.12", tmp_path / "logs", suite="trixie")
-    assert got == cache.path("downloads", "trixie") / "linux-source-6.12_6.12.107-1_all.deb"
+    for v in ("6.12.94-1", "6.12.107-1"):
+        write(cache.path("downloads", "trixie") / f"linux-source-6.12_{v}_all.deb", "")
+    gone = f"Types: deb\nURIs: file:{tmp_path}/no-such-repo\nSuites: ./\nTrusted: yes\n"
+    apt = PrivateApt(tmp_path / "apt", sources=gone)
+    choice = k.resolve_source(cache, "linux-source-6.12", tmp_path / "logs", suite="trixie",
+                              apt=apt)
+    assert choice.deb == cache.path("downloads", "trixie") / "linux-source-6.12_6.12.107-1_all.deb"
+    assert "linux-source-6.12/trixie: could not resolve the archive's candidate" in choice.warning
+    assert "building 6.12.107-1, the newest source already downloaded" in choice.warning
     assert set(k.SUITES) == set(k.SOURCES)
+    with pytest.raises(KernelError, match="no source is downloaded"):
+        k.resolve_source(cache, "linux-source-7.2", tmp_path / "logs", suite="sid", apt=apt)
 
 
 def test_unknown_series_names_the_choices(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,17 @@ def test_downloaded_set_is_used_without_apt(tmp_path: Path) -> None:
     assert stock._downloaded_choice(tmp_path, "6.1") == StockChoice("6.1", "55", "6.1.192-1")
     (tmp_path / "linux-source-6.1_6.1.192-2_all.deb").write_text("")
     assert stock._downloaded_choice(tmp_path, "6.1") == StockChoice("6.1", "56", "6.1.192-2")
+
+
+def test_stock_key_follows_the_recipe_tools_not_a_number(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    c = StockChoice("6.1", "56", "6.1.192-2")
+    base = stock.stock_key(c)
+    assert not hasattr(stock, "RECIPE_VERSION")
+    (tmp_path / "depmod").write_text("#!/bin/sh\necho 'kmod version 99'\n")
+    (tmp_path / "depmod").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert stock.stock_key(c) != base
 
 
 def test_stock_key_follows_the_packages() -> None:

@@ -4,6 +4,7 @@ device-private memory, what the guest's kernel.json says, which warnings count."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -208,6 +209,28 @@ def test_stock_kernel_artifact_is_named_for_reasons(tmp_path: Path) -> None:
                                           "hmm.benchmark_thp_migration"}
     assert g.hmm_test_names()[:2] == ["hmm.hmm_device_private.anon_read",
                                       "hmm.hmm_device_coherent.anon_read"]
+
+
+def test_payload_key_follows_the_toolchain(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _source(tmp_path / "src", "mm")
+    tree = _tree(tmp_path / "obj", "CONFIG_DEVICE_PRIVATE=y\n", True, src)
+    (tree / "Module.symvers").write_text("")
+    (tree / "Makefile").write_text("")
+    k = PayloadKernel.of(tree)
+    base = payload.payload_key(k)
+    assert base == payload.payload_key(k)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    seen = {base}
+    for tool, line in (("gcc", "gcc (Debian 14.2.0-19) 14.2.0"), ("make", "GNU Make 4.4.1"),
+                       ("ld", "GNU ld (GNU Binutils for Debian) 2.44")):
+        (bindir / tool).write_text(f"#!/bin/sh\necho '{line}'\n")
+        (bindir / tool).chmod(0o755)
+        key = payload.payload_key(k)
+        assert key not in seen, tool
+        seen.add(key)
 
 
 def test_a_tree_without_config_is_refused(tmp_path: Path) -> None:
