@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -85,15 +86,32 @@ def run_log(path: Path) -> Iterator[None]:
 
 # ---- decisions (pure) ----------------------------------------------------------------
 
-def boot_failure(error: GuestError, splats: Sequence[Splat], duration: float) -> TestResult:
+# QEMU ending on one of these crashed (an abort or a bad access in a device model,
+# hmm-gpu's or hmm-nic's included): the product failed. The harness itself only
+# ever sends SIGTERM and SIGKILL.
+CRASH_SIGNALS = frozenset({signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL,
+                           signal.SIGFPE, signal.SIGTRAP})
+
+
+def qemu_crashed(returncode: int | None) -> bool:
+    """Whether QEMU's exit status says it crashed (killed by a crash signal)."""
+    return returncode is not None and returncode < 0 and -returncode in CRASH_SIGNALS
+
+
+def boot_failure(error: GuestError, splats: Sequence[Splat], duration: float,
+                 qemu_status: int | None = None) -> TestResult:
     """The ``boot`` entry when the guest did not come up.
 
     A guest that never came up with a splat on its console (a panic, an
-    oops, a lockup while booting) is a test failure; without one (QEMU would
-    not start or died quietly, a silent hang, a boot timeout: a host too slow
-    or the harness) an infrastructure error.
+    oops, a lockup while booting), or whose QEMU crashed (``qemu_status`` a
+    crash signal: an abort inside a device model), is a test failure;
+    otherwise (QEMU would not start or exited with an error, a silent hang, a
+    boot timeout: a host too slow or the harness) an infrastructure error.
     """
-    status = status_for(Event.SPLAT if splats else Event.NEVER_CAME_UP)
+    if isinstance(error, GuestDied) and qemu_crashed(qemu_status):
+        status = status_for(Event.GUEST_DIED)
+    else:
+        status = status_for(Event.SPLAT if splats else Event.NEVER_CAME_UP)
     if isinstance(error, GuestDied):
         files = ["console.log", "qemu.stderr"]
     else:
@@ -284,7 +302,7 @@ class Runner:
             took = guest.wait_ready()
         except GuestError as e:
             splats = guest.console.splats() if guest.console else []
-            r.add(boot_failure(e, splats, time.monotonic() - t0))
+            r.add(boot_failure(e, splats, time.monotonic() - t0, guest.returncode))
             return False
         r.environment["boot_seconds"] = round(took, 2)
         r.add(TestResult("boot", Status.PASS, time.monotonic() - t0,

@@ -494,3 +494,14 @@ def test_malformed_maps_fail() -> None:
     entry = smoke.dmatrace_result(dmatrace.decode(TRACE_4K), objs, 0.01)
     assert entry.status == Status.FAIL
     assert "malformed" in entry.log_excerpt
+
+
+def test_qemu_crashing_while_booting_is_a_failure() -> None:
+    # An abort inside a device model (hmm-gpu, hmm-nic) is the product failing
+    # (README "Statuses"), even with nothing on the guest's console.
+    died = GuestDied("QEMU exited with status -6 before the guest was ready")
+    assert runner.boot_failure(died, [], 0.4, qemu_status=-6).status == Status.FAIL
+    assert runner.boot_failure(died, [], 0.4, qemu_status=-11).status == Status.FAIL
+    # Killed by the harness, or exiting with an error: not a crash.
+    assert runner.boot_failure(died, [], 0.4, qemu_status=-9).status == Status.ERROR
+    assert runner.boot_failure(died, [], 0.4, qemu_status=1).status == Status.ERROR
