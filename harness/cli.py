@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.bench import DEFAULT_ROUNDS
-from harness.config import ConfigError, RunConfig
-from harness.results import EXIT_FAIL, EXIT_INFRA
+from harness.core.config import ConfigError, RunConfig
+from harness.core.results import EXIT_FAIL, EXIT_INFRA
+from harness.run.bench import DEFAULT_ROUNDS
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
-    from harness.matrix import Matrix
+    from harness.matrix.expand import Matrix
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _build_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(kernel, flavor) pairs to build: the ones asked for, else the default matrix's."""
     if args.kernel or args.flavor or _kernel_tree(args):
         return [(args.kernel or "6.12", args.flavor or "default")]
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     m = matrix.load(None)
     return list(dict.fromkeys((c.config.kernel, c.config.flavor) for c in m.cells))
@@ -204,7 +204,7 @@ def _build_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from harness.build import build_all
-    from harness.cache import Cache
+    from harness.build.cache import Cache
 
     cache = Cache.default()
     logdir = args.logs or cache.path("logs")
@@ -250,7 +250,7 @@ def _kernel_tree(args: argparse.Namespace) -> str | None:
 
 def _load_config(args: argparse.Namespace) -> RunConfig | None:
     """The run configuration, or None after printing what is wrong with it."""
-    from harness import config
+    from harness.core import config
 
     try:
         cfg = config.load(args.config)
@@ -265,7 +265,7 @@ def _builder(cfg: RunConfig) -> Callable[[Path], Artifacts]:
     """Builds (or finds cached) everything a run of ``cfg`` needs."""
 
     def build(logdir: Path) -> Artifacts:
-        from harness.scheduler import BuildKey, build_with_harness
+        from harness.matrix.scheduler import BuildKey, build_with_harness
 
         return build_with_harness(BuildKey(cfg.kernel, cfg.flavor, cfg.kernel_tree), logdir)
 
@@ -274,7 +274,7 @@ def _builder(cfg: RunConfig) -> Callable[[Path], Artifacts]:
 
 def _is_matrix(path: Path | None) -> bool:
     """Whether FILE is a matrix (no FILE: the default matrix)."""
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     if path is None:
         return True
@@ -287,8 +287,9 @@ def _is_matrix(path: Path | None) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     if _is_matrix(args.config) or args.rerun_failed is not None:
         return cmd_run_matrix(args)
-    from harness import runner, scheduler
-    from harness.results import default_results_dir
+    from harness.core.results import default_results_dir
+    from harness.matrix import scheduler
+    from harness.run import runner
 
     for flag, value in (("-j", args.jobs), ("--cell-timeout", args.cell_timeout)):
         if value is not None:
@@ -307,7 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _load_matrix(path: Path | None, tree: str | None) -> Matrix | None:
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     try:
         return matrix.load(path, kernel_tree=tree)
@@ -317,8 +318,8 @@ def _load_matrix(path: Path | None, tree: str | None) -> Matrix | None:
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
-    from harness import scheduler
-    from harness.results import default_results_dir
+    from harness.core.results import default_results_dir
+    from harness.matrix import scheduler
 
     tree = _kernel_tree(args)
     path = args.config
@@ -372,7 +373,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     m = _load_matrix(args.config, _kernel_tree(args))
     if m is None:
@@ -382,8 +383,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness import bench
-    from harness.results import default_results_dir
+    from harness.core.results import default_results_dir
+    from harness.run import bench
 
     cfg = _load_config(args)
     if cfg is None:
@@ -400,7 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from harness import dmatrace
+    from harness.checks import dmatrace
 
     try:
         trace = dmatrace.read_trace(args.file, args.device)

@@ -52,9 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.build.cache import REPO_ROOT, Cache, InputHash
 from harness.build.kernel import features_of, read_config
-from harness.cache import REPO_ROOT, Cache, InputHash
-from harness.proc import run
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 

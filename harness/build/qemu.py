@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.apt import PrivateApt
-from harness.cache import REPO_ROOT, Cache, InputHash
-from harness.proc import run, run_with_progress
+from harness.build.apt import PrivateApt
+from harness.build.cache import REPO_ROOT, Cache, InputHash
+from harness.core.proc import run, run_with_progress
 
 log = logging.getLogger(__name__)
 

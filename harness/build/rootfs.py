@@ -23,10 +23,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from harness.apt import PrivateApt
 from harness.build import guest_debs
-from harness.cache import REPO_ROOT, Cache, InputHash
-from harness.proc import run
+from harness.build.apt import PrivateApt
+from harness.build.cache import REPO_ROOT, Cache, InputHash
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.apt import PrivateApt
+from harness.build.apt import PrivateApt
+from harness.build.cache import Cache, InputHash
 from harness.build.kernel import (
     KernelArtifact,
     KernelError,
@@ -38,8 +39,7 @@ from harness.build.kernel import (
     source_deb,
     unpack_source,
 )
-from harness.cache import Cache, InputHash
-from harness.proc import run
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
-    from harness.config import RunConfig
-    from harness.results import Results
-    from harness.ssh import SSHClient
-    from harness.vm import Guest
+    from harness.core.config import RunConfig
+    from harness.core.results import Results
+    from harness.guest.ssh import SSHClient
+    from harness.guest.vm import Guest
 
 # name -> module with a make() returning the Scenario (imported only when used)
 _REGISTRY: dict[str, str] = {

@@ -6,9 +6,9 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from harness.results import Status, TestResult
+from harness.core.results import Status, TestResult
+from harness.guest.ssh import Mark, SSHAborted, SSHError, SSHTimeout
 from harness.scenarios import Session
-from harness.ssh import Mark, SSHAborted, SSHError, SSHTimeout
 
 BIN = "/opt/hmmlab/bin"
 HMM_GPU_KO = "/opt/hmmlab/hmm_gpu.ko"
@@ -27,7 +27,7 @@ class Cmd:
     error: str = ""  # timeout, QEMU gone, SSH failure
     status_if_error: Status = Status.ERROR
     seconds: float = 0.0
-    out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.ssh.line_arrivals)
+    out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.guest.ssh.line_arrivals)
 
     @property
     def ok(self) -> bool:

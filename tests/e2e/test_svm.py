@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from harness import config, runner
 from harness.build import Artifacts
 from harness.cli import main
-from harness.results import Results, Status
+from harness.core import config
+from harness.core.results import Results, Status
+from harness.run import runner
 from harness.scenarios.bench import format_figures
 
 pytestmark = pytest.mark.e2e

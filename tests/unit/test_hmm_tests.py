@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from harness.results import Status
+from harness.core.results import Status
+from harness.guest.ssh import Arrival, MarkedStream, line_arrivals
 from harness.scenarios.hmm_tests import (
     DRIVERS,
     cannot_pass,
@@ -17,7 +18,6 @@ from harness.scenarios.hmm_tests import (
     side_by_side,
 )
 from harness.scenarios.kernel import GuestKernel
-from harness.ssh import Arrival, MarkedStream, line_arrivals
 
 DATA = Path(__file__).parent / "data"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.build import kernel as k
+from harness.build.cache import Cache
 from harness.build.kernel import KernelError
-from harness.cache import Cache
 
 REPO_FRAGMENTS = sorted(k.FRAGMENT_DIR.glob("*.config"))
 

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 import junitparser
 import pytest
 
-from harness import report
+from harness.report import report
 
 DATA = Path(__file__).parent / "data" / "report"
 # Files a results tree has but that tests never name; the page lists them per cell.

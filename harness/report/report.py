@@ -467,7 +467,7 @@ def hmm_tests_rows(run: Run) -> list[dict[str, Any]]:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("harness", "templates"),
+        loader=jinja2.PackageLoader("harness.report", "templates"),
         autoescape=True,  # every log excerpt is untrusted text
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

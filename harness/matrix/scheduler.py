@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import harness
-from harness.matrix import Cell, Matrix, safe
-from harness.progress import Progress, count, duration
-from harness.results import Status, exit_code_of, rollup
+from harness.core.progress import Progress, count, duration
+from harness.core.results import Status, exit_code_of, rollup
+from harness.matrix.expand import Cell, Matrix, safe
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
@@ -279,7 +279,7 @@ BuildFn = Callable[[BuildKey, Path], "Artifacts"]
 
 def build_with_harness(key: BuildKey, logdir: Path) -> Artifacts:
     from harness.build import build_all
-    from harness.cache import Cache
+    from harness.build.cache import Cache
 
     return build_all(Cache.default(), logdir, kernel=key.kernel, flavor=key.flavor,
                      kernel_tree=Path(key.kernel_tree) if key.kernel_tree else None)
@@ -324,8 +324,8 @@ CommandFn = Callable[[Cell, Path, Path], list[str]]
 
 
 def cell_command(cell: Cell, cell_dir: Path, artifacts: Path) -> list[str]:
-    """The command line of a cell's own process (:mod:`harness.cell`)."""
-    argv = [sys.executable, "-m", "harness.cell", "--config", str(cell_dir / "cell.yaml"),
+    """The command line of a cell's own process (:mod:`harness.matrix.cell`)."""
+    argv = [sys.executable, "-m", "harness.matrix.cell", "--config", str(cell_dir / "cell.yaml"),
             "--artifacts", str(artifacts), "--results", str(cell_dir)]
     if cell.config.kernel_tree:
         argv += ["--kernel-tree", cell.config.kernel_tree]
@@ -348,7 +348,7 @@ class Scheduler:
     def run(self) -> dict[str, Any]:
         """Build, run every cell, write results.json; returns its content."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        from harness.runner import run_log
+        from harness.run.runner import run_log
 
         t0 = time.monotonic()
         started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -403,7 +403,7 @@ class Scheduler:
                 log.debug("build failure", exc_info=True)
             b.seconds = time.monotonic() - t0
             if b.artifacts is not None:
-                from harness.cell import save_artifacts
+                from harness.matrix.cell import save_artifacts
 
                 save_artifacts(b.artifacts, b.dir)
                 log.info("build %s: ready in %s", key.label, duration(b.seconds))
@@ -549,7 +549,7 @@ def _write_json(path: Path, doc: Any) -> None:
 def write_reports(results_dir: Path) -> None:
     """junit.xml and index.html from results.json; a problem there must not hide the
     results, so it is logged, not raised."""
-    from harness import report
+    from harness.report import report
 
     try:
         paths = report.write_reports(results_dir)

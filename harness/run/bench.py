@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.config import DeviceConfig, RunConfig
-from harness.results import EXIT_FAIL, Results
+from harness.core.config import DeviceConfig, RunConfig
+from harness.core.results import EXIT_FAIL, Results
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
@@ -43,7 +43,7 @@ def bench_config(cfg: RunConfig, which: str) -> RunConfig:
 def run_bench(cfg: RunConfig, which: str, results_dir: Path, *, rounds: int = DEFAULT_ROUNDS,
               build: Callable[[Path], Artifacts] | None = None,
               artifacts: Artifacts | None = None) -> tuple[Results, dict[str, Any] | None]:
-    from harness import runner
+    from harness.run import runner
     from harness.scenarios.bench import BenchSvm
     from harness.scenarios.bench_odp import BenchOdp
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.proc import run
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 

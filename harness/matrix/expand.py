@@ -12,7 +12,7 @@ tells it from a run file)::
     pairwise: false                                 # all-pairs instead of all combinations
 
 Each cell is ``base`` (over ``default.yaml``) with one value of every axis,
-checked as a run file (:func:`harness.config.load_text`). Every error names
+checked as a run file (:func:`harness.core.config.load_text`). Every error names
 the file, the line and the key.
 """
 
@@ -32,9 +32,17 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from harness import config
-from harness.config import ConfigError, DeviceConfig, RunConfig, _compose, _line, _Reader, _show
-from harness.progress import count
+from harness.core import config
+from harness.core.config import (
+    ConfigError,
+    DeviceConfig,
+    RunConfig,
+    _compose,
+    _line,
+    _Reader,
+    _show,
+)
+from harness.core.progress import count
 
 DEFAULT_NAME = "matrix-default.yaml"
 DEFAULT_SOURCE = "<default matrix>"
@@ -546,7 +554,7 @@ def _known_scenarios() -> tuple[str, ...]:
 
 
 def default_text() -> str:
-    return resources.files("harness").joinpath(DEFAULT_NAME).read_text()
+    return resources.files("harness.matrix").joinpath(DEFAULT_NAME).read_text()
 
 
 def is_matrix_text(text: str) -> bool:

@@ -423,7 +423,7 @@ def parse_keys(
 
 
 def default_text() -> str:
-    return resources.files("harness").joinpath(DEFAULT_NAME).read_text()
+    return resources.files("harness.core").joinpath(DEFAULT_NAME).read_text()
 
 
 def load_text(
