@@ -7,12 +7,12 @@ import dataclasses
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.core.config import ConfigError, RunConfig
+from harness.core.logs import setup_logging
 from harness.core.results import EXIT_FAIL, EXIT_INFRA
 from harness.run.bench import DEFAULT_ROUNDS
 
@@ -70,38 +70,6 @@ cells. Without FILE the embedded default matrix runs. A matrix runs each cell
 in its own process, in parallel (-j), into cells/<cell>/ of the results
 directory, with a merged results.json at its top.
 """
-
-
-class ElapsedFormatter(logging.Formatter):
-    """``[mm:ss.s] message``, time counted from the start of the command."""
-
-    def __init__(self, start: float, tracebacks: bool) -> None:
-        super().__init__()
-        self.start = start
-        self.tracebacks = tracebacks
-
-    def format(self, record: logging.LogRecord) -> str:
-        t = max(0.0, record.created - self.start)
-        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
-        text = f"[{int(t // 60):02d}:{t % 60:04.1f}] {level}{record.getMessage()}"
-        if record.exc_info and self.tracebacks:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-def setup_logging(verbose: bool) -> logging.Handler:
-    """INFO (DEBUG with -v) to stderr; run.log handlers are added per run."""
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
-    handler.setFormatter(ElapsedFormatter(time.time(), tracebacks=verbose))
-    root.addHandler(handler)
-    # Libraries that log every packet at DEBUG.
-    for name, level in (("paramiko", logging.WARNING), ("qemu.qmp", logging.WARNING),
-                        ("asyncio", logging.WARNING)):
-        logging.getLogger(name).setLevel(level)
-    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:

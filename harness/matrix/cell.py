@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel-tree", metavar="PATH")
     args = p.parse_args(argv)
 
-    from harness.cli import setup_logging
     from harness.core import config
     from harness.core.config import ConfigError
+    from harness.core.logs import setup_logging
     from harness.core.results import EXIT_INFRA
     from harness.run import runner
 
