@@ -32,6 +32,10 @@ DEVICE_TYPES = ("hmm-gpu", "hmm-nic")
 # Properties the launcher sets itself for each device.
 RESERVED_PROPS = ("id", "dmatrace", "bus", "addr", "link")
 TIMEOUT_KEYS = ("boot", "no_output", "scenario")
+# Rounds of a bench scenario (hmmlab bench --rounds). Here, in core, because both
+# the bench scenarios and the CLI need it: not in a scenario (`hmmlab --help`
+# would import paramiko), not in harness/run (scenarios are below run).
+DEFAULT_ROUNDS = 5
 
 
 class ConfigError(ValueError):

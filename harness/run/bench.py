@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.core.config import DeviceConfig, RunConfig
+from harness.core.config import DEFAULT_ROUNDS, DeviceConfig, RunConfig
 from harness.core.results import EXIT_FAIL, Results
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ BENCHES = {"svm": "bench-svm", "odp": "bench-odp"}
 ODP_DEVICES = (DeviceConfig("hmm-nic", link="nic1"), DeviceConfig("hmm-nic"),
                DeviceConfig("hmm-gpu"))
 ODP_KERNEL = "7.2"  # the default kernel of `hmmlab bench odp`: rxe has ODP from 6.15
-DEFAULT_ROUNDS = 5  # here, not in the scenario: `hmmlab --help` needs it, not paramiko
 
 
 def bench_config(cfg: RunConfig, which: str) -> RunConfig:

@@ -53,9 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.checks import dmatrace
-from harness.core.config import nic_links
+from harness.core.config import DEFAULT_ROUNDS, nic_links
 from harness.core.results import Status, TestResult
-from harness.run.bench import DEFAULT_ROUNDS
 from harness.scenarios import Session
 from harness.scenarios.bench import Metric, figures, format_figures
 from harness.scenarios.common import HMM_GPU_KO, guest_run, load_module
