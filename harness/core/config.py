@@ -385,9 +385,9 @@ def _compose(text: str, source: str) -> Node | None:
 
 
 def _known_scenarios() -> tuple[str, ...]:
-    from harness.scenarios import names
+    from harness.core.catalog import SCENARIOS
 
-    return names()
+    return tuple(SCENARIOS)
 
 
 def _apply(
