@@ -256,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _is_matrix(args.config) or args.rerun_failed is not None:
         return cmd_run_matrix(args)
     from harness.core.results import default_results_dir
-    from harness.matrix import scheduler
+    from harness.report import publish
     from harness.run import runner
 
     for flag, value in (("-j", args.jobs), ("--cell-timeout", args.cell_timeout)):
@@ -269,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
     res = runner.run(cfg, results_dir, build=_builder(cfg))
-    scheduler.write_reports(results_dir)
+    publish.write_reports(results_dir)
     print(res.table())
     print(f"results: {results_dir}")
     return res.exit_code()
@@ -288,6 +288,7 @@ def _load_matrix(path: Path | None, tree: str | None) -> Matrix | None:
 def cmd_run_matrix(args: argparse.Namespace) -> int:
     from harness.core.results import default_results_dir
     from harness.matrix import scheduler
+    from harness.report import publish
 
     tree = _kernel_tree(args)
     path = args.config
@@ -331,7 +332,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
                                    timeout=timeout, rerun_of=rerun_of)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-    print(scheduler.table(doc))
+    print(publish.table(doc))
     print(f"results: {results_dir}")
     return int(doc["summary"]["exit_status"])
 

@@ -36,6 +36,7 @@ import harness
 from harness.core.progress import Progress, count, duration
 from harness.core.results import Status, exit_code_of, rollup
 from harness.matrix.expand import Cell, Matrix, safe
+from harness.report.publish import write_reports
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
@@ -252,24 +253,6 @@ def merge(m: Matrix, outcomes: Sequence[CellOutcome], environment: dict[str, Any
         "tables": tables,
         "summary": summary(tests, outcomes),
     }
-
-
-def table(doc: dict[str, Any]) -> str:
-    """The terminal's closing summary: one line per cell, then the totals."""
-    cells = doc["matrix"]["cells"]
-    width = max((len(c["name"]) for c in cells), default=4)
-    lines = []
-    for c in cells:
-        what = ", ".join(f"{n} {s}" for s, n in c["summary"].items() if n)
-        lines.append(f"{c['name']:<{width}}  {c['status']:<5}  {duration(c['duration']):>6}  "
-                     f"{what}")
-    s = doc["summary"]
-    cs = s["cells"]
-    lines.append(f"{count(cs['total'], 'cell')}: " + ", ".join(
-        f"{cs[k]} {k}" for k in ("PASS", "FAIL", "ERROR", "MISS", "SKIP") if cs[k]))
-    lines.append(f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "
-                 f"{s['ERROR']} errors, {s['SKIP']} skipped, {s['MISS']} missing")
-    return "\n".join(lines)
 
 
 # ---- building -------------------------------------------------------------------------------
@@ -544,20 +527,6 @@ def _write_json(path: Path, doc: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def write_reports(results_dir: Path) -> None:
-    """junit.xml and index.html from results.json; a problem there must not hide the
-    results, so it is logged, not raised."""
-    from harness.report import report
-
-    try:
-        paths = report.write_reports(results_dir)
-    except Exception as e:
-        log.error("writing the reports failed: %s", e)
-        log.debug("report failure", exc_info=True)
-        return
-    log.info("reports: %s", ", ".join(str(p) for p in paths))
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,

@@ -31,8 +31,8 @@ from harness.matrix.scheduler import (
     merge,
     missing_scenarios,
     rerun_selection,
-    table,
 )
+from harness.report.publish import table
 from harness.scenarios import hmm_tests
 
 
