@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import harness
+from harness.core.files import atomic_write
 from harness.core.progress import Progress, count, duration
 from harness.core.results import Status, exit_code_of, rollup
 from harness.matrix.expand import Cell, Matrix, safe
@@ -524,9 +525,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=2) + "\n")
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,

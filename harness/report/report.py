@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from urllib.parse import quote
 
 import jinja2
 import junitparser
+
+from harness.core.files import atomic_write, replacing
 
 RESULTS_JSON = "results.json"
 JUNIT_XML = "junit.xml"
@@ -357,9 +358,8 @@ def junit_xml(run: Run) -> junitparser.JUnitXml:
 
 
 def write_junit(run: Run, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    junit_xml(run).write(str(tmp), pretty=True)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        junit_xml(run).write(str(tmp), pretty=True)
     return path
 
 
@@ -504,10 +504,7 @@ def render_html(run: Run) -> str:
 
 
 def write_html(run: Run, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(run), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, render_html(run))
 
 
 def write_reports(results_dir: Path) -> list[Path]:
