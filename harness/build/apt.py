@@ -8,7 +8,6 @@ the stock images and headers) land there first.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.core.files import flock
 from harness.core.proc import run
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,8 @@ class PrivateApt:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """One apt invocation at a time on this state (several builders share it)."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        with open(self.state / ".hmmlab.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with flock(self.state / ".hmmlab.lock"):
+            yield
 
     def sources_text(self) -> str:
         mirror = host_mirror()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -11,6 +10,8 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.core.files import flock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,18 +77,11 @@ class Cache:
         once; the second waits and then finds it cached instead of building
         into the same directory.
         """
-        lockdir = self.root / "locks"
-        lockdir.mkdir(parents=True, exist_ok=True)
-        with open(lockdir / f"{name}.lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for another hmmlab process to finish building %s", name)
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        def waiting() -> None:
+            log.info("waiting for another hmmlab process to finish building %s", name)
+
+        with flock(self.root / "locks" / f"{name}.lock", waiting):
+            yield
 
     @contextmanager
     def building(self, final: Path):
