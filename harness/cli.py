@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.build.cache import SourceNotFound
 from harness.core.config import ConfigError, RunConfig
 from harness.core.logs import setup_logging
 from harness.core.results import EXIT_FAIL, EXIT_INFRA
@@ -402,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hmmlab: interrupted", file=sys.stderr)
         return 130
+    except SourceNotFound as e:
+        print(f"hmmlab: {e}", file=sys.stderr)
+        return EXIT_INFRA
     finally:
         logging.getLogger().removeHandler(handler)
 
