@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.build.cache import SourceNotFound
-from harness.core.config import ConfigError, RunConfig
+from harness.core.config import DEFAULT_ROUNDS, ConfigError, RunConfig
 from harness.core.logs import setup_logging
 from harness.core.results import EXIT_FAIL, EXIT_INFRA
-from harness.run.bench import DEFAULT_ROUNDS
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
