@@ -7,6 +7,7 @@ needs no source works; what does says how to point at it; HMMLAB_SOURCE does.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A --target install of the wheel built from this tree."""
     top = tmp_path_factory.mktemp("install")
+    # a copy: setuptools leaves build/ and *.egg-info in the tree it builds
+    src = top / "src"
+    shutil.copytree(REPO / "harness", src / "harness",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "pyproject.toml", src)
     wheel = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(top / "dist"),
-         str(REPO)], capture_output=True, text=True, timeout=600)
+         str(src)], capture_output=True, text=True, timeout=600)
     if wheel.returncode != 0:
         # pip fetches setuptools for the isolated build; without an index it cannot
         pytest.skip(f"pip wheel could not build the project here: {wheel.stderr[-500:]}")
