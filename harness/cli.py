@@ -7,18 +7,18 @@ import dataclasses
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.bench import DEFAULT_ROUNDS
-from harness.config import ConfigError, RunConfig
-from harness.results import EXIT_FAIL, EXIT_INFRA
+from harness.build.cache import SourceNotFound
+from harness.core.config import DEFAULT_ROUNDS, ConfigError, RunConfig
+from harness.core.logs import setup_logging
+from harness.core.results import EXIT_FAIL, EXIT_INFRA
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
-    from harness.matrix import Matrix
+    from harness.matrix.expand import Matrix
 
 log = logging.getLogger(__name__)
 
@@ -71,38 +71,6 @@ cells. Without FILE the embedded default matrix runs. A matrix runs each cell
 in its own process, in parallel (-j), into cells/<cell>/ of the results
 directory, with a merged results.json at its top.
 """
-
-
-class ElapsedFormatter(logging.Formatter):
-    """``[mm:ss.s] message``, time counted from the start of the command."""
-
-    def __init__(self, start: float, tracebacks: bool) -> None:
-        super().__init__()
-        self.start = start
-        self.tracebacks = tracebacks
-
-    def format(self, record: logging.LogRecord) -> str:
-        t = max(0.0, record.created - self.start)
-        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
-        text = f"[{int(t // 60):02d}:{t % 60:04.1f}] {level}{record.getMessage()}"
-        if record.exc_info and self.tracebacks:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-def setup_logging(verbose: bool) -> logging.Handler:
-    """INFO (DEBUG with -v) to stderr; run.log handlers are added per run."""
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
-    handler.setFormatter(ElapsedFormatter(time.time(), tracebacks=verbose))
-    root.addHandler(handler)
-    # Libraries that log every packet at DEBUG.
-    for name, level in (("paramiko", logging.WARNING), ("qemu.qmp", logging.WARNING),
-                        ("asyncio", logging.WARNING)):
-        logging.getLogger(name).setLevel(level)
-    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +165,7 @@ def _build_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(kernel, flavor) pairs to build: the ones asked for, else the default matrix's."""
     if args.kernel or args.flavor or _kernel_tree(args):
         return [(args.kernel or "6.12", args.flavor or "default")]
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     m = matrix.load(None)
     return list(dict.fromkeys((c.config.kernel, c.config.flavor) for c in m.cells))
@@ -205,7 +173,7 @@ def _build_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from harness.build import build_all
-    from harness.cache import Cache
+    from harness.build.cache import Cache
 
     cache = Cache.default()
     logdir = args.logs or cache.path("logs")
@@ -251,7 +219,7 @@ def _kernel_tree(args: argparse.Namespace) -> str | None:
 
 def _load_config(args: argparse.Namespace) -> RunConfig | None:
     """The run configuration, or None after printing what is wrong with it."""
-    from harness import config
+    from harness.core import config
 
     try:
         cfg = config.load(args.config)
@@ -266,7 +234,7 @@ def _builder(cfg: RunConfig) -> Callable[[Path], Artifacts]:
     """Builds (or finds cached) everything a run of ``cfg`` needs."""
 
     def build(logdir: Path) -> Artifacts:
-        from harness.scheduler import BuildKey, build_with_harness
+        from harness.matrix.scheduler import BuildKey, build_with_harness
 
         return build_with_harness(BuildKey(cfg.kernel, cfg.flavor, cfg.kernel_tree), logdir)
 
@@ -275,7 +243,7 @@ def _builder(cfg: RunConfig) -> Callable[[Path], Artifacts]:
 
 def _is_matrix(path: Path | None) -> bool:
     """Whether FILE is a matrix (no FILE: the default matrix)."""
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     if path is None:
         return True
@@ -288,8 +256,9 @@ def _is_matrix(path: Path | None) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     if _is_matrix(args.config) or args.rerun_failed is not None:
         return cmd_run_matrix(args)
-    from harness import runner, scheduler
-    from harness.results import default_results_dir
+    from harness.core.results import default_results_dir
+    from harness.report import publish
+    from harness.run import runner
 
     for flag, value in (("-j", args.jobs), ("--cell-timeout", args.cell_timeout)):
         if value is not None:
@@ -301,14 +270,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
     res = runner.run(cfg, results_dir, build=_builder(cfg))
-    scheduler.write_reports(results_dir)
+    publish.write_reports(results_dir)
     print(res.table())
     print(f"results: {results_dir}")
     return res.exit_code()
 
 
 def _load_matrix(path: Path | None, tree: str | None) -> Matrix | None:
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     try:
         return matrix.load(path, kernel_tree=tree)
@@ -318,8 +287,9 @@ def _load_matrix(path: Path | None, tree: str | None) -> Matrix | None:
 
 
 def cmd_run_matrix(args: argparse.Namespace) -> int:
-    from harness import scheduler
-    from harness.results import default_results_dir
+    from harness.core.results import default_results_dir
+    from harness.matrix import scheduler
+    from harness.report import publish
 
     tree = _kernel_tree(args)
     path = args.config
@@ -363,7 +333,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
                                    timeout=timeout, rerun_of=rerun_of)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-    print(scheduler.table(doc))
+    print(publish.table(doc))
     print(f"results: {results_dir}")
     return int(doc["summary"]["exit_status"])
 
@@ -373,7 +343,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from harness import matrix
+    from harness.matrix import expand as matrix
 
     m = _load_matrix(args.config, _kernel_tree(args))
     if m is None:
@@ -383,8 +353,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness import bench
-    from harness.results import default_results_dir
+    from harness.core.results import default_results_dir
+    from harness.run import bench
 
     cfg = _load_config(args)
     if cfg is None:
@@ -401,7 +371,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from harness import dmatrace
+    from harness.checks import dmatrace
 
     try:
         trace = dmatrace.read_trace(args.file, args.device)
@@ -433,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hmmlab: interrupted", file=sys.stderr)
         return 130
+    except SourceNotFound as e:
+        print(f"hmmlab: {e}", file=sys.stderr)
+        return EXIT_INFRA
     finally:
         logging.getLogger().removeHandler(handler)
 

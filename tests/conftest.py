@@ -15,7 +15,7 @@ import pytest
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
-    from harness.vm import AccelChoice, AccelProbe
+    from harness.guest.vm import AccelChoice, AccelProbe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def artifacts() -> Artifacts:
     from harness.build import build_all
-    from harness.cache import Cache
+    from harness.build.cache import Cache
 
     cache = Cache.default()
     kernel = os.environ.get("HMMLAB_KERNEL", "6.12")
@@ -49,7 +49,7 @@ def results_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def accel_probe() -> AccelProbe:
     """One KVM probe for the whole session (pass as ``runner.run(probe=...)``)."""
-    from harness.vm import AccelProbe
+    from harness.guest.vm import AccelProbe
 
     return AccelProbe()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.cache import Cache
+from harness.build.cache import Cache
 
 if TYPE_CHECKING:
     from harness.build.kernel import KernelArtifact

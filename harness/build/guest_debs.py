@@ -4,7 +4,7 @@ The busybox initramfs gets rdma-core's userspace (libibverbs and its
 providers, the verbs utilities, pyverbs with rdma-core's own tests,
 perftest, iproute2's ``rdma`` tool) and the Python it runs on, as Debian
 ships them. Nothing is installed on the host: apt runs against the harness's
-private state (:class:`harness.apt.PrivateApt`) in simulation mode to compute
+private state (:class:`harness.build.apt.PrivateApt`) in simulation mode to compute
 the dependency closure, downloads exactly those versions, and each .deb is
 unpacked into the image with ``dpkg-deb -x`` (no maintainer scripts run).
 
@@ -34,8 +34,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.apt import PrivateApt
-from harness.proc import run
+from harness.build.apt import PrivateApt
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness.apt import PrivateApt
 from harness.build import toolchain
-from harness.cache import REPO_ROOT, Cache, InputHash
-from harness.proc import run, run_with_progress
+from harness.build.apt import PrivateApt
+from harness.build.cache import REPO_ROOT, Cache, InputHash
+from harness.core.proc import run, run_with_progress
 
 log = logging.getLogger(__name__)
 

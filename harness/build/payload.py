@@ -41,6 +41,7 @@ the archive, for symbolising oopses.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -53,9 +54,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.build import toolchain
+from harness.build.cache import REPO_ROOT, Cache, InputHash
 from harness.build.kernel import features_of, read_config
-from harness.cache import REPO_ROOT, Cache, InputHash
-from harness.proc import run
+from harness.core.files import pack_cpio
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +366,7 @@ def payload_key(kernel: Any, tools: dict[str, str] | None = None) -> str:
     h.file(sdir / "Makefile", label=f"src/{sdir.relative_to(k.source).as_posix()}/Makefile")
     toolchain.add_to(h, tools)
     h.file(Path(__file__), label="payload.py")
+    h.text("pack_cpio", inspect.getsource(pack_cpio))  # the archive is its output too
     return h.hexdigest()
 
 
@@ -459,26 +462,6 @@ def _install(src: Path, dst: Path, mode: int) -> None:
     os.chmod(dst, mode)
 
 
-def _pack(root: Path, out: Path, logfile: Path) -> None:
-    """``root`` as a gzip-compressed newc cpio owned by root, reproducibly.
-
-    The archive carries no "." entry: it is appended to the rootfs and must
-    not change the mode of the guest's / when unpacked over it.
-    """
-    paths = sorted(root.rglob("*"))
-    for p in paths:
-        if p.is_dir():
-            os.chmod(p, 0o755)
-    for p in (*paths, root):
-        os.utime(p, (0, 0), follow_symlinks=False)
-    listing = "".join(f"./{p.relative_to(root).as_posix()}\n" for p in paths).encode()
-    with open(logfile, "ab") as fh:
-        fh.write(b"\n$ cpio -o -H newc --owner=0:0 --reproducible | gzip -9n\n")
-    archive = run(["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0", "--reproducible"],
-                  cwd=root, timeout=PACK_TIMEOUT, input_bytes=listing).stdout
-    out.write_bytes(run(["gzip", "-9n"], timeout=PACK_TIMEOUT, input_bytes=archive).stdout)
-
-
 def build_payload(cache: Cache, logdir: Path, kernel: Any) -> Path:
     """Build (or find cached) ``payload.cpio.gz`` for ``kernel``; returns its path.
 
@@ -525,7 +508,7 @@ def build_payload(cache: Cache, logdir: Path, kernel: Any) -> Path:
         (root / GUEST_DIR / MANIFEST).write_text(
             json.dumps(manifest(k, warnings, nic_warnings), indent=1) + "\n")
         os.chmod(root / GUEST_DIR / MANIFEST, 0o644)
-        _pack(root, tmp / "payload.cpio.gz", logfile)
+        pack_cpio(root, tmp / "payload.cpio.gz", logfile, overlay=True, timeout=PACK_TIMEOUT)
 
         # Keep the unstripped products for symbolising; drop the rest.
         _install(ko, tmp / MODULE, 0o644)

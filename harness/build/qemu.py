@@ -19,21 +19,19 @@ Layout under the cache (see docs/architecture.md):
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.apt import PrivateApt
-from harness.cache import REPO_ROOT, Cache, InputHash
-from harness.proc import run, run_with_progress
+from harness.build.apt import PrivateApt
+from harness.build.cache import REPO_ROOT, Cache, InputHash
+from harness.core.files import atomic_write, flock
+from harness.core.proc import run, run_with_progress
 
 log = logging.getLogger(__name__)
 
@@ -209,18 +207,6 @@ def check_build_deps() -> None:
         )
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise QEMU builds: they share one source tree."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def fetch_source(cache: Cache, logfile: Path) -> Path:
     downloads = cache.path("downloads")
     wanted = (ORIG_TARBALL, DEBIAN_TARBALL, DSC_FILE)
@@ -295,9 +281,7 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
     """Write only on a content change, so ninja/meson see unchanged mtimes."""
     if path.is_file() and path.read_bytes() == data:
         return False
-    tmp = path.with_name(path.name + ".hmmlab-tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return True
 
 
@@ -377,7 +361,7 @@ def build_qemu(cache: Cache, logdir: Path) -> QemuArtifact:
 
     logdir.mkdir(parents=True, exist_ok=True)
     logfile = logdir / "qemu-build.log"
-    with _locked(cache.path("qemu-build", ".lock")):
+    with flock(cache.path("qemu-build", ".lock")):  # QEMU builds share one source tree
         if binary.is_file():  # another process finished it while we waited
             return _artifact(final)
         check_build_deps()

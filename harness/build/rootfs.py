@@ -13,6 +13,7 @@ by the harness.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -23,10 +24,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from harness.apt import PrivateApt
 from harness.build import guest_debs
-from harness.cache import REPO_ROOT, Cache, InputHash
-from harness.proc import run
+from harness.build.apt import PrivateApt
+from harness.build.cache import REPO_ROOT, Cache, InputHash
+from harness.core.files import pack_cpio
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +134,6 @@ def _stage(root: Path, sshdir: Path) -> None:
     os.chmod(root / "tmp", 0o1777)
 
 
-def make_cpio(root: Path, out: Path, logfile: Path) -> None:
-    """Pack ``root`` as a gzip-compressed newc cpio owned by root (an initramfs)."""
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
-    listing = ("\n".join([".", *names]) + "\n").encode()
-    cpio = run(["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0"], cwd=root,
-               timeout=300, input_bytes=listing).stdout
-    out.write_bytes(run(["gzip", "-9n"], timeout=300, input_bytes=cpio).stdout)
-    log.debug("cpio %s: %d files, %d bytes", out, len(names), out.stat().st_size)
-
-
 def build_rootfs(cache: Cache, logdir: Path,
                  spec: guest_debs.DebSpec = guest_debs.RDMA) -> RootfsArtifact:
     _check_tools()
@@ -153,6 +145,7 @@ def build_rootfs(cache: Cache, logdir: Path,
         h.file(lib.resolve(), str(lib))
     h.text("debs", "\n".join(d.spec for d in debs))
     h.text("debs/layout", repr((spec.prune, spec.keep, spec.gunzip)))
+    h.text("pack_cpio", inspect.getsource(pack_cpio))  # the archive is its output too
     key = h.file(Path(guest_debs.__file__)).file(Path(__file__)).hexdigest()
     final = cache.path("rootfs", key)
     sshdir = final / "ssh"
@@ -166,7 +159,7 @@ def build_rootfs(cache: Cache, logdir: Path,
             log.info("rootfs: unpacking %d Debian %s packages", len(files), spec.suite)
             guest_debs.unpack(files, tmp / "root", logfile)
             guest_debs.tidy(tmp / "root", spec)
-            make_cpio(tmp / "root", tmp / "rootfs.cpio.gz", logfile)
+            pack_cpio(tmp / "root", tmp / "rootfs.cpio.gz", logfile, overlay=False)
             shutil.rmtree(tmp / "root")
     else:
         log.info("rootfs: cached (%s)", final)

@@ -22,15 +22,15 @@ Stock 6.1 has no DEVICE_PRIVATE and no TEST_HMM; the artifact's features say so.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.apt import PrivateApt
 from harness.build import toolchain
+from harness.build.apt import PrivateApt
+from harness.build.cache import Cache, InputHash
 from harness.build.kernel import (
     KernelArtifact,
     KernelError,
@@ -39,8 +39,8 @@ from harness.build.kernel import (
     source_deb,
     unpack_source,
 )
-from harness.cache import Cache, InputHash
-from harness.proc import run
+from harness.core.files import pack_cpio
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -265,25 +265,9 @@ def _modules_initrd(root: Path, release: str, out: Path, logfile: Path) -> list[
         "".join(f"{rel}: {' '.join(deps[rel])}\n".replace(": \n", ":\n") for rel in order))
     shutil.copy2(moddir / "modules.builtin", dest / "modules.builtin")
     (dest / LOAD_LIST).write_text("".join(f"{rel}\n" for rel in order))
-    pack_cpio(stage, out, logfile)
+    pack_cpio(stage, out, logfile, overlay=True)
     shutil.rmtree(stage)
     return order
-
-
-def pack_cpio(root: Path, out: Path, logfile: Path) -> None:
-    """``root`` as a gzipped newc cpio owned by root, reproducibly, without a "." entry:
-    it is appended to the rootfs and must not change the mode of the guest's /."""
-    paths = sorted(root.rglob("*"))
-    for p in paths:
-        if p.is_dir():
-            p.chmod(0o755)
-        os.utime(p, (0, 0), follow_symlinks=False)
-    listing = "".join(f"./{p.relative_to(root).as_posix()}\n" for p in paths).encode()
-    with open(logfile, "ab") as fh:
-        fh.write(f"\n$ cpio -o -H newc --owner=0:0 --reproducible | gzip -9n > {out}\n".encode())
-    archive = run(["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0", "--reproducible"],
-                  cwd=root, timeout=300, input_bytes=listing).stdout
-    out.write_bytes(run(["gzip", "-9n"], timeout=300, input_bytes=archive).stdout)
 
 
 # --- unpack and fix-up ------------------------------------------------------------

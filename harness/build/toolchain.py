@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 
-from harness.cache import InputHash
-from harness.proc import run
+from harness.build.cache import InputHash
+from harness.core.proc import run
 
 # tool -> the argv that prints its version on the first line
 TOOLS: dict[str, tuple[str, ...]] = {

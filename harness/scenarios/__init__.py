@@ -12,35 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from harness.core.catalog import SCENARIOS
+
 if TYPE_CHECKING:
     from harness.build import Artifacts
-    from harness.config import RunConfig
-    from harness.results import Results
-    from harness.ssh import SSHClient
-    from harness.vm import Guest
+    from harness.core.config import RunConfig
+    from harness.core.results import Results
+    from harness.guest.ssh import SSHClient
+    from harness.guest.vm import Guest
 
 # name -> module with a make() returning the Scenario (imported only when used)
-_REGISTRY: dict[str, str] = {
-    "smoke": "harness.scenarios.smoke",
-    "hmm-tests": "harness.scenarios.hmm_tests",
-    "svm-mirror": "harness.scenarios.svm",
-    "svm-invalidate": "harness.scenarios.svm",
-    "svm-race": "harness.scenarios.svm",
-    "svm-reclaim": "harness.scenarios.svm",
-    "dmirror-edge": "harness.scenarios.svm",
-    "svm-migrate": "harness.scenarios.dmem",
-    "vram-pressure": "harness.scenarios.dmem",
-    "atomics": "harness.scenarios.dmem",
-    "dma-bounce": "harness.scenarios.bounce",
-    "bench-svm": "harness.scenarios.bench",
-    "odp-tests": "harness.scenarios.rdma_tests",
-    "odp-rc": "harness.scenarios.odp",
-    "odp-implicit": "harness.scenarios.odp",
-    "odp-gpu": "harness.scenarios.odp_gpu",
-    "perftest": "harness.scenarios.perftest",
-    "bench-odp": "harness.scenarios.bench_odp",
-    "odp-cross-vm": "harness.scenarios.odp_xvm",
-}
+_REGISTRY: dict[str, str] = SCENARIOS
 
 
 @dataclass

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.bench import DEFAULT_ROUNDS
-from harness.results import Status, TestResult
+from harness.core.config import DEFAULT_ROUNDS
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import add_cmd_result, guest_run, load_module, unload_module
 from harness.scenarios.hmm_tests import DRIVERS, HMM_GPU, NODES, TEST_HMM, Driver, HmmTests

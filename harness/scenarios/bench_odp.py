@@ -52,10 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import dmatrace
-from harness.bench import DEFAULT_ROUNDS
-from harness.config import nic_links
-from harness.results import Status, TestResult
+from harness.checks import dmatrace
+from harness.core.config import DEFAULT_ROUNDS, nic_links
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.bench import Metric, figures, format_figures
 from harness.scenarios.common import HMM_GPU_KO, guest_run, load_module

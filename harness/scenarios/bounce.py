@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import json
 
-from harness.results import Status
+from harness.core.results import Status
 from harness.scenarios import Session
 from harness.scenarios.common import (
     BIN,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from harness.results import Status, TestResult
+from harness.core.results import Status, TestResult
 
 # entries of a column that are not tests (its driver's load, the run itself, ...)
 META = ("load", "unload", "run", "setup", "teardown")

@@ -6,10 +6,10 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from harness.results import Event, Status, TestResult, interruption, status_for
+from harness.core.results import Event, Status, TestResult, interruption, status_for
+from harness.guest.ssh import Mark, SSHAborted, SSHError, SSHTimeout
+from harness.guest.vm import GuestError
 from harness.scenarios import Session
-from harness.ssh import Mark, SSHAborted, SSHError, SSHTimeout
-from harness.vm import GuestError
 
 BIN = "/opt/hmmlab/bin"
 HMM_GPU_KO = "/opt/hmmlab/hmm_gpu.ko"
@@ -28,7 +28,7 @@ class Cmd:
     error: str = ""  # timeout, QEMU gone, SSH failure
     status_if_error: Status = Status.ERROR  # see cut_off_status
     seconds: float = 0.0
-    out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.ssh.line_arrivals)
+    out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.guest.ssh.line_arrivals)
 
     @property
     def ok(self) -> bool:

@@ -55,9 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import ktap
-from harness.ktap import Outcome
-from harness.results import Status, TestResult
+from harness.checks import ktap
+from harness.checks.ktap import Outcome
+from harness.core.results import Status, TestResult
+from harness.guest.ssh import Arrival, line_arrivals
 from harness.scenarios import Session, columns
 from harness.scenarios.common import (
     BIN,
@@ -69,7 +70,6 @@ from harness.scenarios.common import (
     unload_module,
 )
 from harness.scenarios.kernel import GuestKernel, guest_kernel, unmet
-from harness.ssh import Arrival, line_arrivals
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def test_seconds(lines: Sequence[str], flat: Sequence[tuple[str, ktap.KtapResult
     A test starts when its ``#  RUN name ...`` line arrives (kselftest flushes
     it just before forking the test; without one, when the previous result
     line arrived) and ends when its result line does. Both in the same read:
-    unknown (None). ``arrivals`` are :func:`harness.ssh.line_arrivals` of
+    unknown (None). ``arrivals`` are :func:`harness.guest.ssh.line_arrivals` of
     ``lines``.
     """
     def at(i: int | None) -> Arrival | None:
@@ -288,7 +288,7 @@ def parse_run(driver: str, output: str, cannot: Mapping[str, str] | None = None,
     """hmm-tests output → result entries for ``driver``; also problems with the stream.
 
     ``cannot``: see :func:`status_of`. ``arrivals``: when each line of
-    ``output`` reached the host (:func:`harness.ssh.line_arrivals`); without
+    ``output`` reached the host (:func:`harness.guest.ssh.line_arrivals`); without
     them no test has a duration.
     """
     doc = ktap.parse(output)

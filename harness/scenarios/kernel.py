@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.results import Status
+from harness.core.results import Status
 from harness.scenarios import Session
 from harness.scenarios.common import guest_run
 

@@ -18,7 +18,7 @@ file's size before and after it: :func:`window_of`) must show ODP at work,
 on both the requester and the responder, no fault the driver cancelled
 (every access of these workloads is valid), and no payload DMA through a
 translation older than the invalidation covering it
-(:func:`harness.dmatrace.check_invalidations`). odp-implicit's buffers must
+(:func:`harness.checks.dmatrace.check_invalidations`). odp-implicit's buffers must
 each have faulted in every 1 GiB (every implicit child) they span, and
 ``odp-implicit.dmatrace.prefetch-flush``: an operation whose bytes were
 prefetched with PREFETCH_WRITE and FLAG_FLUSH just before (synchronously,
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import dmatrace
-from harness.dmatrace import Kind, NicEngine, TraceRecord
-from harness.results import Status, TestResult
+from harness.checks import dmatrace
+from harness.checks.dmatrace import Kind, NicEngine, TraceRecord
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, Cmd, add_cmd_result, guest_run
 from harness.scenarios.kernel import guest_kernel

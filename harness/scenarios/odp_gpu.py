@@ -24,9 +24,9 @@ main thread waits for the completion, so no other copy out can fall in
 those windows. Without a vIOMMU both devices see guest physical addresses,
 and each such copy's destination must be the page the NIC then mapped (its
 leaf walk of the faulting address after the replay). Both traces also get
-the stale-translation check (:func:`harness.dmatrace.check_invalidations`)
+the stale-translation check (:func:`harness.checks.dmatrace.check_invalidations`)
 and hmm-gpu's the VRAM lifetime check
-(:func:`harness.dmatrace.check_vram_lifetime`).
+(:func:`harness.checks.dmatrace.check_vram_lifetime`).
 
 SKIPs without a hmm-gpu or a hmm-nic device in the run, or on a kernel
 without device-private memory, RDMA user verbs or ODP. Loads hmm_gpu.ko
@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import dmatrace
-from harness.dmatrace import Dir, Engine, Kind, TraceRecord, Translation
-from harness.results import Status, TestResult
+from harness.checks import dmatrace
+from harness.checks.dmatrace import Dir, Engine, Kind, TraceRecord, Translation
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
 from harness.scenarios.kernel import guest_kernel, scenario_unmet

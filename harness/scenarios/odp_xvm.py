@@ -25,7 +25,7 @@ After the peer is shut down: ``odp-cross-vm.peer.console`` (no oops or
 lockdep report in the peer), and for each side's trace the records written
 while the workload ran must show ODP at work (faults, replays; on the peer
 the invalidations) and no payload DMA through a translation older than the
-invalidation covering it (:func:`harness.dmatrace.check_invalidations`):
+invalidation covering it (:func:`harness.checks.dmatrace.check_invalidations`):
 ``odp-cross-vm.dmatrace`` and ``odp-cross-vm.peer.dmatrace``. The peer's
 files are under ``peer/`` in the results directory.
 
@@ -42,9 +42,9 @@ import shlex
 import time
 from pathlib import Path
 
-from harness import dmatrace
-from harness.config import PEER, DeviceConfig, RunConfig, nic_ids, peer_nics
-from harness.results import Status, TestResult
+from harness.checks import dmatrace
+from harness.core.config import PEER, DeviceConfig, RunConfig, nic_ids, peer_nics
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, add_cmd_result, guest_run
 from harness.scenarios.kernel import guest_kernel
@@ -105,7 +105,7 @@ class OdpCrossVm:
         index = nic_ids(s.cfg.devices).index(peers[0])
         here_dev = f"hmmnic{index}"
         socket = s.guest.files.peer_sock(index)
-        from harness.vm import Guest, GuestError  # the launcher, for the second guest
+        from harness.guest.vm import Guest, GuestError  # the launcher, for the second guest
 
         peer_dir = s.run_dir / "peer"
         peer_dir.mkdir(exist_ok=True)

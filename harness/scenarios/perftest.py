@@ -14,8 +14,8 @@ user verbs and ODP.
 
 from __future__ import annotations
 
-from harness.config import nic_links
-from harness.results import Status, TestResult
+from harness.core.config import nic_links
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.bench_odp import PAIRS, parse_bw, perftest
 from harness.scenarios.common import guest_run

@@ -16,7 +16,7 @@ hmm-tests holds hmm-gpu to test_hmm.ko (:mod:`harness.scenarios.columns`).
 In each column: ``ibv_devinfo -v`` of the device (its port must be ACTIVE
 and it must offer ODP), then ``run_tests.py --dev <dev> -v -k odp`` with the
 scenario timeout, parsed into one entry per test
-(:mod:`harness.unittest_output`): ``odp-tests.<column>.<module>.<class>.<test>``,
+(:mod:`harness.checks.unittest_output`): ``odp-tests.<column>.<module>.<class>.<test>``,
 PASS / FAIL (an ERROR in unittest's words is a FAIL) / SKIP with
 rdma-core's reason. unittest -v prints no durations, so the entries have
 none. ``odp-tests.<column>.run`` FAILs when the run itself went wrong: it
@@ -39,14 +39,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness import unittest_output
 from harness.build.guest_debs import RDMA_TESTS_DIR
-from harness.config import RunConfig
-from harness.results import Status, TestResult
+from harness.checks import unittest_output
+from harness.checks.unittest_output import UnitTestResult, UnitTestRun, Verdict
+from harness.core.config import RunConfig
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session, columns
 from harness.scenarios.common import Cmd, guest_run
 from harness.scenarios.kernel import GuestKernel, guest_kernel, unmet
-from harness.unittest_output import UnitTestResult, UnitTestRun, Verdict
 
 log = logging.getLogger(__name__)
 

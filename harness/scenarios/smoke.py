@@ -23,12 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness import dmatrace
-from harness.results import Event, Status, TestResult, status_for
+from harness.checks import dmatrace
+from harness.core.results import Event, Status, TestResult, status_for
+from harness.guest.ssh import SSHAborted, SSHError, SSHTimeout
 from harness.scenarios import Session
 from harness.scenarios.common import cut_off_status
 from harness.scenarios.kernel import guest_kernel
-from harness.ssh import SSHAborted, SSHError, SSHTimeout
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ DONTNEED the device reads zeros). Entries ``svm-invalidate.<op>``, and,
 after QEMU has exited, ``svm-invalidate.dmatrace``: over every device's
 trace, each data DMA of a VA job used a translation the device walked after
 the last TLB invalidation covering that address in that context
-(:func:`harness.dmatrace.check_invalidations`).
+(:func:`harness.checks.dmatrace.check_invalidations`).
 
 ``svm-race``: ``/opt/hmmlab/bin/svm-race``: device FILL/READ jobs, CPU reads,
 migrations to VRAM and back and fork()s on the same 64 pages at once, for
@@ -23,7 +23,7 @@ forked child shares changes the child's copy). The driver's
 the page-table update in which a migration of the same page must force a
 retry, and between the context's and a fault's own notifier calls. After
 QEMU has exited, ``svm-race.dmatrace`` runs the invalidation check above
-and :func:`harness.dmatrace.check_vram_lifetime` (no leaf walk or VA job
+and :func:`harness.checks.dmatrace.check_vram_lifetime` (no leaf walk or VA job
 reached a VRAM page after its data was copied out).
 
 ``svm-reclaim``: ``/opt/hmmlab/bin/svm-reclaim``: pages freed lazily
@@ -52,8 +52,8 @@ import json
 import time
 from typing import Any
 
-from harness import dmatrace
-from harness.results import Status, TestResult
+from harness.checks import dmatrace
+from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
 from harness.scenarios.kernel import guest_kernel, skip_unsupported, unmet

@@ -9,9 +9,9 @@ import pytest
 from hmmgpu import Gpu, Launch, PciDev
 from hmmnic import LaunchNic, Nic
 
+from harness.build.cache import Cache
 from harness.build.qemu import QemuArtifact, build_qemu
-from harness.cache import Cache
-from harness.qtest import QTest
+from harness.guest.qtest import QTest
 
 # Trace events worth having in the QEMU log of a failed test (the log
 # backend prints to stderr, which QTest keeps in a file). MMIO accesses are

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from hmmgpu import CTX_TABLE, Gpu, H, PageTables, read_va, write_va
 
 from harness.build.qemu import DATADIRS
-from harness.qtest import QTest
+from harness.guest.qtest import QTest
 
 VA = 0x7F12_0000_0000
 DATA_PA = 0x0800_0000  # 128 MiB: backing of the mapped range
@@ -112,8 +112,8 @@ def main() -> int:
     a = ap.parse_args()
     binary = a.qemu
     if binary is None:
+        from harness.build.cache import Cache
         from harness.build.qemu import build_qemu
-        from harness.cache import Cache
 
         cache = Cache.default()
         binary = build_qemu(cache, cache.path("logs")).binary

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cache import REPO_ROOT
-from harness.qtest import QTest
+from harness.build.cache import REPO_ROOT
+from harness.guest.qtest import QTest
 
 HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_gpu_regs.h"
 

@@ -25,7 +25,7 @@ from hmmgpu import (
 )
 from hmmgpu import H as G  # the shared MMU layouts (PTE bits, access, trace kinds)
 
-from harness.qtest import QTest
+from harness.guest.qtest import QTest
 
 HEADER = REPO_ROOT / "qemu-devices" / "include" / "hmm_nic_regs.h"
 ABI = parse_header(HEADER, "HMM_NIC_", skip=("HMM_NIC_STATIC_ASSERT",))

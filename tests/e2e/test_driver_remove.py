@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
 from harness.build import Artifacts
-from harness.ssh import SSHClient
-from harness.vm import AccelChoice, Guest, GuestImage
+from harness.core import config
+from harness.guest.ssh import SSHClient
+from harness.guest.vm import AccelChoice, Guest, GuestImage
 
 pytestmark = pytest.mark.e2e
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, dmatrace, runner
 from harness.build import Artifacts
-from harness.results import Results, Status
+from harness.checks import dmatrace
+from harness.core import config
+from harness.core.results import Results, Status
+from harness.guest.vm import AccelProbe
+from harness.run import runner
 from harness.scenarios import Scenario, Session
 from harness.scenarios.smoke import Smoke
-from harness.vm import AccelProbe
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.build import kernel as k
-from harness.cache import Cache
+from harness.build.cache import Cache
 
 pytestmark = [
     pytest.mark.e2e,

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from harness import config, runner
 from harness.build import build_all
-from harness.cache import Cache
-from harness.results import Results, Status
+from harness.build.cache import Cache
+from harness.core import config
+from harness.core.results import Results, Status
+from harness.run import runner
 from harness.scenarios.hmm_tests import expected_device_private
 
 pytestmark = pytest.mark.e2e

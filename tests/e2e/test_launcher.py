@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
 from harness.build import Artifacts
-from harness.vm import AccelChoice, BootTimeout, Guest, GuestDied, GuestHung, GuestImage
+from harness.core import config
+from harness.guest.vm import AccelChoice, BootTimeout, Guest, GuestDied, GuestHung, GuestImage
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def test_taken_host_port_is_retried(artifacts: Artifacts, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from harness import vm
+    from harness.guest import vm
 
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

@@ -104,7 +104,7 @@ def test_two_cells_pass_and_merge(artifacts: Artifacts, tmp_path: Path) -> None:
     assert doc["summary"]["cells"]["PASS"] == 2 and doc["summary"]["exit_status"] == 0
     assert doc["environment"]["builds"]["6.12"]["status"] == "PASS"
     assert (out_dir / "run.log").stat().st_size > 0
-    # The reports made from it (harness.report): JUnit for CI, a page for people.
+    # The reports made from it (harness.report.report): JUnit for CI, a page for people.
     assert "6.12-iommu" in (out_dir / "index.html").read_text()
     assert 'name="6.12-iommu"' in (out_dir / "junit.xml").read_text()
     print(f"two-cell matrix: {took:.1f}s wall, cells "

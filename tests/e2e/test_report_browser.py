@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness import report
+from harness.report import report
 
 pytestmark = pytest.mark.browser
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, runner
 from harness.build import Artifacts
-from harness.results import Results, Status
+from harness.core import config
+from harness.core.results import Results, Status
+from harness.run import runner
 
 _REGS = (Path(__file__).resolve().parents[2] / "qemu-devices" / "include"
          / "hmm_gpu_regs.h").read_text()

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, runner
 from harness.build import Artifacts
-from harness.results import Results, Status
+from harness.core import config
+from harness.core.results import Results, Status
+from harness.guest.ssh import SSHClient, SSHError
+from harness.guest.vm import AccelChoice, Guest, GuestImage
+from harness.run import runner
 from harness.scenarios import Session
 from harness.scenarios.smoke import Smoke
-from harness.ssh import SSHClient, SSHError
-from harness.vm import AccelChoice, Guest, GuestImage
 
 pytestmark = pytest.mark.e2e
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
 from harness.build import Artifacts
-from harness.ssh import SSHAborted, SSHClient, SSHError, SSHTimeout, line_arrivals
-from harness.vm import AccelChoice, Guest, GuestImage
+from harness.core import config
+from harness.guest.ssh import SSHAborted, SSHClient, SSHError, SSHTimeout, line_arrivals
+from harness.guest.vm import AccelChoice, Guest, GuestImage
 
 pytestmark = pytest.mark.e2e
 
@@ -205,7 +205,7 @@ def test_connect_retries_until_sshd_listens(booted: Booted, ssh: SSHClient,
     ssh.run("kill $(cat /run/dropbear.pid)", timeout=10)
     try:
         ssh.run(f"setsid sh -c 'sleep 2; {DROPBEAR}' </dev/null >/dev/null 2>&1 &", 10)
-        caplog.set_level(logging.DEBUG, logger="harness.ssh")
+        caplog.set_level(logging.DEBUG, logger="harness.guest.ssh")
         t0 = time.monotonic()
         with booted.connect(within=30) as c:
             took = time.monotonic() - t0

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from harness import config, runner
 from harness.build import Artifacts
 from harness.cli import main
-from harness.results import Results, Status
+from harness.core import config
+from harness.core.results import Results, Status
+from harness.run import runner
 from harness.scenarios.bench import format_figures
 from harness.scenarios.hmm_tests import expected_counts, expected_device_private, hmm_tests_source
 

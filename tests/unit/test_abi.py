@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import dmatrace
+from harness.checks import dmatrace
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = REPO / "qemu-devices" / "include" / "hmm_gpu_regs.h"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.apt import PrivateApt, host_acquire
+from harness.build.apt import PrivateApt, host_acquire
 
 pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="no apt-get here")
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from harness.bench import report
-from harness.results import Results, Status
+from harness.core.results import Results, Status
+from harness.run.bench import report
 from harness.scenarios.bench import METRICS, BenchSvm, complete, figures, format_figures
 
 

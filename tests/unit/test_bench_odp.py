@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import bench, config, dmatrace
+from harness.checks import dmatrace
+from harness.core import config
+from harness.run import bench
 from harness.scenarios import bench_odp
 from harness.scenarios.bench_odp import COLUMNS, METRICS, parse_bw, with_ratios
 

@@ -36,11 +36,11 @@ def test_artifacts_pickle_round_trip() -> None:
 
 
 def test_results_environment_records_what_exactly_was_built(tmp_path: Path) -> None:
-    from harness import config
     from harness.build import build_environment
     from harness.build.qemu import QemuArtifact
-    from harness.results import Results
-    from harness.runner import Runner
+    from harness.core import config
+    from harness.core.results import Results
+    from harness.run.runner import Runner
 
     k = KernelArtifact("6.12.117-1", Path("/c/kernel/6.12-default-abc"), Path("/b"),
                        source=Path("/c/linux-src/6.12.117-1"), release="6.12.117",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
-from harness.config import ConfigError, DeviceConfig, Timeouts
+from harness.core import config
+from harness.core.config import ConfigError, DeviceConfig, Timeouts
 from harness.scenarios import names as scenario_names
 
 SCENARIOS = scenario_names()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import dmatrace
-from harness.dmatrace import Dir, Engine, Kind, TraceError
+from harness.checks import dmatrace
+from harness.checks.dmatrace import Dir, Engine, Kind, TraceError
 
 PAGE = 4096
 

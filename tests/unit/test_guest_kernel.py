@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.results import Status
+from harness.core.results import Status
 from harness.scenarios.kernel import REQUIRES, scenario_unmet, unmet
 from harness.scenarios.smoke import driver_build_result
 from harness.scenarios.svm import sub_test_status

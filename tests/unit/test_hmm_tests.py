@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cache import Cache
-from harness.results import Status
+from harness.build.cache import Cache
+from harness.core.results import Status
+from harness.guest.ssh import Arrival, MarkedStream, line_arrivals
 from harness.scenarios.hmm_tests import (
     DRIVERS,
     cannot_pass,
@@ -23,7 +24,6 @@ from harness.scenarios.hmm_tests import (
     side_by_side,
 )
 from harness.scenarios.kernel import GuestKernel
-from harness.ssh import Arrival, MarkedStream, line_arrivals
 
 DATA = Path(__file__).parent / "data"
 

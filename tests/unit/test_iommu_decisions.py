@@ -1,6 +1,6 @@
 """vIOMMU decisions on text captured from real 6.12 guests and QEMU 10.0.
 
-iommu_listing_*.txt: harness.iommu.GUEST_LISTING_CMD's output in a q35 guest
+iommu_listing_*.txt: harness.checks.iommu.GUEST_LISTING_CMD's output in a q35 guest
 without a vIOMMU, with intel-iommu translating (the harness's command line)
 and with intel-iommu in passthrough (``iommu.passthrough=1``).
 iommu_dmar_fault.*: the console and QEMU stderr of a guest whose gpu0 was
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import iommu
-from harness.results import Status
+from harness.checks import iommu
+from harness.core.results import Status
 
 DATA = Path(__file__).parent / "data"
 

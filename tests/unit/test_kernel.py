@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.apt import PrivateApt
 from harness.build import kernel as k
+from harness.build.apt import PrivateApt
+from harness.build.cache import Cache
 from harness.build.kernel import KernelError
-from harness.cache import Cache
 
 REPO_FRAGMENTS = sorted(k.FRAGMENT_DIR.glob("*.config"))
 

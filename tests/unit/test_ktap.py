@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import ktap
-from harness.ktap import Outcome
+from harness.checks import ktap
+from harness.checks.ktap import Outcome
 
 DATA = Path(__file__).parent / "data"
 

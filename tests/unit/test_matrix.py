@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from harness import config, matrix
 from harness.cli import main
-from harness.config import ConfigError, DeviceConfig
-from harness.matrix import AXES
+from harness.core import config
+from harness.core.config import ConfigError, DeviceConfig
+from harness.matrix import expand as matrix
+from harness.matrix.expand import AXES
 from harness.scenarios import names as scenario_names
 
 SCENARIOS = scenario_names()

@@ -8,9 +8,11 @@ from typing import Any, cast
 
 import pytest
 
-from harness import config, dmatrace, scenarios
-from harness.dmatrace import Dir, Kind, NicEngine, TraceRecord
-from harness.results import Results, Status
+from harness import scenarios
+from harness.checks import dmatrace
+from harness.checks.dmatrace import Dir, Kind, NicEngine, TraceRecord
+from harness.core import config
+from harness.core.results import Results, Status
 from harness.scenarios import Session, odp
 from harness.scenarios.kernel import GuestKernel
 

@@ -6,9 +6,11 @@ import struct
 from pathlib import Path
 from typing import Any, cast
 
-from harness import config, dmatrace, scenarios
-from harness.dmatrace import Dir, Engine, Kind, NicEngine, TraceRecord
-from harness.results import Results, Status
+from harness import scenarios
+from harness.checks import dmatrace
+from harness.checks.dmatrace import Dir, Engine, Kind, NicEngine, TraceRecord
+from harness.core import config
+from harness.core.results import Results, Status
 from harness.scenarios import Session, odp, odp_gpu
 from harness.scenarios.kernel import GuestKernel
 

@@ -1,4 +1,4 @@
-"""harness.proc against real subprocesses: timeouts, logs, failures."""
+"""harness.core.proc against real subprocesses: timeouts, logs, failures."""
 
 import logging
 import time
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.proc import CommandError, run, run_with_progress
+from harness.core.proc import CommandError, run, run_with_progress
 
 
 def test_progress_step_that_hangs_silently_times_out(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_progress_step_that_hangs_silently_times_out(tmp_path: Path) -> None:
 
 def test_progress_logs_output_and_beats_while_quiet(tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="harness.proc")
+    caplog.set_level(logging.INFO, logger="harness.core.proc")
     log = tmp_path / "l.log"
     run_with_progress(["sh", "-c", "echo '[1/2] first'; sleep 2.5; echo '[2/2] last'"],
                       label="step", timeout=30, logfile=log, interval=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.build import qemu
-from harness.cache import Cache
+from harness.build.cache import Cache
 
 PATCH = """--- a/hw/hello.c
 +++ b/hw/hello.c

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import config, scenarios, unittest_output
+from harness import scenarios
 from harness.build.guest_debs import RDMA_TESTS_DIR
 from harness.build.kernel import CONFIG_FEATURES, parse_fragment
-from harness.results import Status, TestResult
+from harness.checks import unittest_output
+from harness.core import config
+from harness.core.results import Status, TestResult
 from harness.scenarios import columns, rdma_tests
 from harness.scenarios.kernel import GuestKernel
 from harness.scenarios.rdma_tests import HMM_NIC, RXE

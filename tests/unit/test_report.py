@@ -22,8 +22,8 @@ import junitparser
 import markupsafe
 import pytest
 
-from harness import report
-from harness.results import Results, Status
+from harness.core.results import Results, Status
+from harness.report import report
 
 DATA = Path(__file__).parent / "data" / "report"
 # Files a results tree has but that tests never name; the page lists them per cell.

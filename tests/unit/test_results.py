@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import (
+from harness.core.results import (
     EXIT_FAIL,
     EXIT_INFRA,
     EXIT_PASS,

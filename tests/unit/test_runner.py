@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 
-from harness import config, dmatrace, runner
-from harness.results import Status, TestResult
+from harness.checks import dmatrace
+from harness.checks.splat import scan_text
+from harness.core import config
+from harness.core.results import Status, TestResult
+from harness.guest.ssh import SSHAborted, SSHError, SSHTimeout
+from harness.guest.vm import BootTimeout, GuestDied, GuestError, GuestHung
+from harness.run import runner
 from harness.scenarios import smoke
 from harness.scenarios.common import cut_off_status
-from harness.splat import scan_text
-from harness.ssh import SSHAborted, SSHError, SSHTimeout
-from harness.vm import BootTimeout, GuestDied, GuestError, GuestHung
 
 DATA = Path(__file__).parent / "data"
 WORKLOAD = smoke.WORKLOAD + " -s 4K"

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from harness import cli, matrix
+from harness import cli
 from harness.build import Artifacts
-from harness.matrix import Cell
-from harness.progress import Progress, duration, eta
-from harness.scenarios import hmm_tests
-from harness.scheduler import (
+from harness.core.progress import Progress, duration, eta
+from harness.matrix import expand as matrix
+from harness.matrix.expand import Cell
+from harness.matrix.scheduler import (
     SCENARIO_COMMANDS,
     BuildKey,
     CellOutcome,
@@ -32,8 +32,9 @@ from harness.scheduler import (
     merge,
     missing_scenarios,
     rerun_selection,
-    table,
 )
+from harness.report.publish import table
+from harness.scenarios import hmm_tests
 
 
 def load(text: str, kernel_tree: str | None = None) -> matrix.Matrix:
@@ -292,7 +293,7 @@ def test_hung_crashing_and_unbuilt_cells_do_not_stop_the_others(tmp_path: Path) 
     assert (tmp_path / "cells/6.1/cell.log").read_text().strip() == "cell passed"
     assert (tmp_path / "matrix.yaml").read_text() == m.text
     assert (tmp_path / "build/6.1/artifacts.json").exists()
-    # harness.report read the merged results: the MISS entries are JUnit errors.
+    # harness.report.report read the merged results: the MISS entries are JUnit errors.
     junit = (tmp_path / "junit.xml").read_text()
     assert 'name="6.1-iommu"' in junit and "not run" in junit
     assert (tmp_path / "index.html").exists()

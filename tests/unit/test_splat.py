@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.splat import SplatScanner, scan_text, strip_prefix, title_of
+from harness.checks.splat import SplatScanner, scan_text, strip_prefix, title_of
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness.ssh import (
+from harness.guest.ssh import (
     Arrival,
     CommandResult,
     MarkedStream,

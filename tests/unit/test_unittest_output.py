@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import unittest_output
-from harness.unittest_output import Verdict
+from harness.checks import unittest_output
+from harness.checks.unittest_output import Verdict
 
 DATA = Path(__file__).parent / "data"
 # rdma-core 65.0's run_tests.py --dev rxe0 -v -k odp, Python 3.14, in a 7.2 guest

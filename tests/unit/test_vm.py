@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
-from harness.scenarios import names as scenario_names
-from harness.splat import SplatScanner
-from harness.vm import (
+from harness.checks.splat import SplatScanner
+from harness.core import config
+from harness.guest.vm import (
     AccelChoice,
     AccelProbe,
     Console,
@@ -24,6 +23,7 @@ from harness.vm import (
     build_command_line,
     concat_initrds,
 )
+from harness.scenarios import names as scenario_names
 
 
 def opt(argv: list[str], flag: str) -> list[str]:

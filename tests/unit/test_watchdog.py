@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.watchdog import Probe, Watchdog, hung, ssh_answers
+from harness.guest.watchdog import Probe, Watchdog, hung, ssh_answers
 
 
 @pytest.mark.parametrize(("now", "console", "answer", "failed", "verdict"), [

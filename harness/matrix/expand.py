@@ -12,7 +12,7 @@ tells it from a run file)::
     pairwise: false                                 # all-pairs instead of all combinations
 
 Each cell is ``base`` (over ``default.yaml``) with one value of every axis,
-checked as a run file (:func:`harness.config.load_text`). Every error names
+checked as a run file (:func:`harness.core.config.load_text`). Every error names
 the file, the line and the key.
 """
 
@@ -32,9 +32,17 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from harness import config
-from harness.config import ConfigError, DeviceConfig, RunConfig, _compose, _line, _Reader, _show
-from harness.progress import count
+from harness.core import config
+from harness.core.config import (
+    ConfigError,
+    DeviceConfig,
+    Reader,
+    RunConfig,
+    compose,
+    line_of,
+    show,
+)
+from harness.core.progress import count
 
 DEFAULT_NAME = "matrix-default.yaml"
 DEFAULT_SOURCE = "<default matrix>"
@@ -167,7 +175,7 @@ def _devices_name(devices: tuple[DeviceConfig, ...]) -> str:
 
 # ---- reading --------------------------------------------------------------------------------
 
-class _MatrixReader(_Reader):
+class _MatrixReader(Reader):
     def __init__(self, source: str, text: str, known: tuple[str, ...]) -> None:
         super().__init__(source)
         self.text = text
@@ -212,14 +220,14 @@ class _MatrixReader(_Reader):
     def boolean(self, node: Node, key: str) -> bool:
         value = self.scalar(node, key, "true or false")
         if not isinstance(value, bool):
-            raise self.error(node, key, f"expected true or false, got {_show(node)}")
+            raise self.error(node, key, f"expected true or false, got {show(node)}")
         return value
 
     def set_name(self, node: Node, key: str) -> str:
         name = self.scalar(node, key, "a set name")
         if not isinstance(name, str) or not _SET_NAME_RE.match(name):
             raise self.error(node, key, "a set name is letters, digits and ._+- "
-                                        f"(it becomes part of cell names), got {_show(node)}")
+                                        f"(it becomes part of cell names), got {show(node)}")
         return name
 
 
@@ -263,7 +271,7 @@ def _read_named_sets(r: _MatrixReader, axis: str, node: Node, key: str) -> list[
     if not isinstance(node, MappingNode):
         what = "device lists" if axis == "devices" else "scenario lists"
         raise r.error(node, key, f"expected named sets, like {{name: [...]}}, of {what}, "
-                                 f"got {_show(node)}")
+                                 f"got {show(node)}")
     out: list[AxisValue] = []
     for knode, vnode in node.value:
         name = r.set_name(knode, key)
@@ -291,7 +299,7 @@ def _scenario_set(r: _MatrixReader, node: Node, key: str,
         choices = [*sets, *r.known]
         close = difflib.get_close_matches(name, choices, n=1)
         hint = f'; did you mean "{close[0]}"?' if close else ""
-        raise r.error(node, key, f"not a scenario set or scenario: {_show(node)}{hint} "
+        raise r.error(node, key, f"not a scenario set or scenario: {show(node)}{hint} "
                                  f"(known: {', '.join(choices)})")
     value = tuple(r.field("scenarios", node, key))
     if not value:
@@ -316,7 +324,7 @@ def _assignment(r: _MatrixReader, node: Node, key: str, spec_sets: dict[str, dic
                 name = str(vnode.value)
                 if name not in sets:
                     known = ", ".join(sets) or "none: name sets under axes.devices"
-                    raise r.error(vnode, akey, f"no device set named {_show(vnode)} "
+                    raise r.error(vnode, akey, f"no device set named {show(vnode)} "
                                                f"(known: {known}), or give a list of devices")
                 out[axis] = sets[name]
             else:
@@ -332,7 +340,7 @@ def _assignment(r: _MatrixReader, node: Node, key: str, spec_sets: dict[str, dic
 
 
 def _read(text: str, source: str, known: tuple[str, ...]) -> _Spec:
-    root = _compose(text, source)
+    root = compose(text, source)
     r = _MatrixReader(source, text, known)
     if root is None:
         raise ConfigError(source, None, "axes", "empty file: a matrix needs axes:")
@@ -355,20 +363,20 @@ def _read(text: str, source: str, known: tuple[str, ...]) -> _Spec:
                 if isinstance(knode, ScalarNode) and knode.value in axes:
                     raise r.error(knode, f"base.{knode.value}",
                                   f"{knode.value} is an axis here (line "
-                                  f"{_line(axes_entries[knode.value][0])}): set it in one place")
+                                  f"{line_of(axes_entries[knode.value][0])}): set it in one place")
             base = r.base(bnode)
         elif not (isinstance(bnode, ScalarNode) and bnode.value == ""):
-            raise r.error(bnode, "base", f"expected run-file keys, got {_show(bnode)}")
+            raise r.error(bnode, "base", f"expected run-file keys, got {show(bnode)}")
 
     sets = {a: {v.name: v for v in axes.get(a, [])} for a in ("devices", "scenarios")}
-    include = [(_assignment(r, n, f"include[{i}]", sets), _line(n))
+    include = [(_assignment(r, n, f"include[{i}]", sets), line_of(n))
                for i, n in enumerate(r.sequence(entries["include"][1], "include", "cells"))
                ] if "include" in entries else []
-    exclude = [(_assignment(r, n, f"exclude[{i}]", sets), _line(n))
+    exclude = [(_assignment(r, n, f"exclude[{i}]", sets), line_of(n))
                for i, n in enumerate(r.sequence(entries["exclude"][1], "exclude", "cells"))
                ] if "exclude" in entries else []
     pairwise = r.boolean(entries["pairwise"][1], "pairwise") if "pairwise" in entries else False
-    return _Spec(base, axes, sets, include, exclude, pairwise, _line(axes_knode))
+    return _Spec(base, axes, sets, include, exclude, pairwise, line_of(axes_knode))
 
 
 # ---- expansion ------------------------------------------------------------------------------
@@ -553,7 +561,7 @@ def _known_scenarios() -> tuple[str, ...]:
 
 
 def default_text() -> str:
-    return resources.files("harness").joinpath(DEFAULT_NAME).read_text()
+    return resources.files("harness.matrix").joinpath(DEFAULT_NAME).read_text()
 
 
 def is_matrix_text(text: str) -> bool:

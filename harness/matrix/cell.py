@@ -1,9 +1,9 @@
-"""One matrix cell, in its own process: ``python -m harness.cell``.
+"""One matrix cell, in its own process: ``python -m harness.matrix.cell``.
 
 The scheduler starts one per cell so that a cell that crashes or hangs
 cannot take the others down. The cell gets its run file (``cell.yaml``) and
 the artifacts the scheduler built (``artifacts.pickle``: it builds
-nothing itself) and runs :func:`harness.runner.run` into its own directory. Exit
+nothing itself) and runs :func:`harness.run.runner.run` into its own directory. Exit
 status as ``hmmlab run``: 0, 1 or 2.
 
 SIGTERM (the scheduler's timeout or Ctrl-C) unwinds like Ctrl-C: the runner
@@ -77,7 +77,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.cell",
+    p = argparse.ArgumentParser(prog="python -m harness.matrix.cell",
                                 description="Run one matrix cell (the scheduler starts this).")
     p.add_argument("--config", type=Path, required=True, help="the cell's run file")
     p.add_argument("--artifacts", type=Path, required=True, help="artifacts.pickle")
@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel-tree", metavar="PATH")
     args = p.parse_args(argv)
 
-    from harness import config, runner
-    from harness.cli import setup_logging
-    from harness.config import ConfigError
-    from harness.results import EXIT_INFRA
+    from harness.core import config
+    from harness.core.config import ConfigError
+    from harness.core.logs import setup_logging
+    from harness.core.results import EXIT_INFRA
+    from harness.run import runner
 
     signal.signal(signal.SIGTERM, _terminated)
     _die_with_parent()

@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import harness
-from harness.matrix import Cell, Matrix, safe
-from harness.progress import Progress, count, duration
-from harness.results import Event, Status, rollup, status_for, verdict
+from harness.core.files import atomic_write
+from harness.core.progress import Progress, count, duration
+from harness.core.results import Event, Status, rollup, status_for, verdict
+from harness.matrix.expand import Cell, Matrix, safe
+from harness.report.publish import write_reports
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
@@ -163,7 +165,7 @@ def missing_scenarios(cell: Cell, tests: Sequence[dict[str, Any]], why: str,
     return out
 
 
-# How a cell's process ends when SIGTERM or Ctrl-C stopped it (harness.cell, Python).
+# How a cell's process ends when SIGTERM or Ctrl-C stopped it (harness.matrix.cell, Python).
 INTERRUPTED_EXITS = (128 + signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGINT)
 
 
@@ -278,26 +280,6 @@ def merge(m: Matrix, outcomes: Sequence[CellOutcome], environment: dict[str, Any
     }
 
 
-def table(doc: dict[str, Any]) -> str:
-    """The terminal's closing summary: one line per cell, then the totals."""
-    cells = doc["matrix"]["cells"]
-    width = max((len(c["name"]) for c in cells), default=4)
-    lines = []
-    for c in cells:
-        what = ", ".join(f"{n} {s}" for s, n in c["summary"].items() if n)
-        lines.append(f"{c['name']:<{width}}  {c['status']:<5}  {duration(c['duration']):>6}  "
-                     f"{what}")
-    s = doc["summary"]
-    cs = s["cells"]
-    lines.append(f"{count(cs['total'], 'cell')}: " + ", ".join(
-        f"{cs[k]} {k}" for k in ("PASS", "FAIL", "ERROR", "MISS", "SKIP") if cs[k]))
-    lines.append(f"{s['total']} tests: {s['PASS']} passed, {s['FAIL']} failed, "
-                 f"{s['ERROR']} errors, {s['SKIP']} skipped, {s['MISS']} missing")
-    if s.get("reason"):
-        lines.append(f"exit status {s['exit_status']}: {s['reason']}")
-    return "\n".join(lines)
-
-
 # ---- building -------------------------------------------------------------------------------
 
 BuildFn = Callable[[BuildKey, Path], "Artifacts"]
@@ -305,7 +287,7 @@ BuildFn = Callable[[BuildKey, Path], "Artifacts"]
 
 def build_with_harness(key: BuildKey, logdir: Path) -> Artifacts:
     from harness.build import build_all
-    from harness.cache import Cache
+    from harness.build.cache import Cache
 
     return build_all(Cache.default(), logdir, kernel=key.kernel, flavor=key.flavor,
                      kernel_tree=Path(key.kernel_tree) if key.kernel_tree else None)
@@ -350,8 +332,8 @@ CommandFn = Callable[[Cell, Path, Path], list[str]]
 
 
 def cell_command(cell: Cell, cell_dir: Path, artifacts: Path) -> list[str]:
-    """The command line of a cell's own process (:mod:`harness.cell`)."""
-    argv = [sys.executable, "-m", "harness.cell", "--config", str(cell_dir / "cell.yaml"),
+    """The command line of a cell's own process (:mod:`harness.matrix.cell`)."""
+    argv = [sys.executable, "-m", "harness.matrix.cell", "--config", str(cell_dir / "cell.yaml"),
             "--artifacts", str(artifacts), "--results", str(cell_dir)]
     if cell.config.kernel_tree:
         argv += ["--kernel-tree", cell.config.kernel_tree]
@@ -374,7 +356,7 @@ class Scheduler:
     def run(self) -> dict[str, Any]:
         """Build, run every cell, write results.json; returns its content."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        from harness.runner import run_log
+        from harness.run.runner import run_log
 
         t0 = time.monotonic()
         started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -429,7 +411,7 @@ class Scheduler:
                 log.debug("build failure", exc_info=True)
             b.seconds = time.monotonic() - t0
             if b.artifacts is not None:
-                from harness.cell import save_artifacts
+                from harness.matrix.cell import save_artifacts
 
                 save_artifacts(b.artifacts, b.dir)
                 log.info("build %s: ready in %s", key.label, duration(b.seconds))
@@ -570,23 +552,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_reports(results_dir: Path) -> None:
-    """junit.xml and index.html from results.json; a problem there must not hide the
-    results, so it is logged, not raised."""
-    from harness import report
-
-    try:
-        paths = report.write_reports(results_dir)
-    except Exception as e:
-        log.error("writing the reports failed: %s", e)
-        log.debug("report failure", exc_info=True)
-        return
-    log.info("reports: %s", ", ".join(str(p) for p in paths))
+    atomic_write(path, json.dumps(doc, indent=2) + "\n")
 
 
 def run_matrix(m: Matrix, results_dir: Path, *, cells: Sequence[Cell] | None = None,

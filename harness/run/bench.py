@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.config import DeviceConfig, RunConfig
-from harness.results import EXIT_FAIL, Results
+from harness.core.config import DEFAULT_ROUNDS, DeviceConfig, RunConfig
+from harness.core.results import EXIT_FAIL, Results
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
@@ -29,7 +29,6 @@ BENCHES = {"svm": "bench-svm", "odp": "bench-odp"}
 ODP_DEVICES = (DeviceConfig("hmm-nic", link="nic1"), DeviceConfig("hmm-nic"),
                DeviceConfig("hmm-gpu"))
 ODP_KERNEL = "7.2"  # the default kernel of `hmmlab bench odp`: rxe has ODP from 6.15
-DEFAULT_ROUNDS = 5  # here, not in the scenario: `hmmlab --help` needs it, not paramiko
 
 
 def bench_config(cfg: RunConfig, which: str) -> RunConfig:
@@ -43,7 +42,7 @@ def bench_config(cfg: RunConfig, which: str) -> RunConfig:
 def run_bench(cfg: RunConfig, which: str, results_dir: Path, *, rounds: int = DEFAULT_ROUNDS,
               build: Callable[[Path], Artifacts] | None = None,
               artifacts: Artifacts | None = None) -> tuple[Results, dict[str, Any] | None]:
-    from harness import runner
+    from harness.run import runner
     from harness.scenarios.bench import BenchSvm
     from harness.scenarios.bench_odp import BenchOdp
 

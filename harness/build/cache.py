@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -12,9 +11,53 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness.core.files import flock
 
 log = logging.getLogger(__name__)
+
+SOURCE_ENV = "HMMLAB_SOURCE"
+
+
+class SourceNotFound(RuntimeError):
+    """The hmmlab source tree (guest-images/, qemu-devices/) is needed and not found."""
+
+
+def _is_source(d: Path) -> bool:
+    return (d / "guest-images").is_dir() and (d / "qemu-devices").is_dir()
+
+
+def find_source_root(cwd: Path | None = None) -> Path:
+    """The tree holding guest-images/ and qemu-devices/, which the builders read.
+
+    $HMMLAB_SOURCE if set; else the checkout this harness runs from (the
+    devices and drivers must match this very code); else the first directory
+    from ``cwd`` up that holds both (an installed harness run inside a checkout).
+    """
+    env = os.environ.get(SOURCE_ENV)
+    if env:
+        root = Path(env).expanduser().resolve()
+        if not _is_source(root):
+            raise SourceNotFound(f"{SOURCE_ENV}={env}: no guest-images/ and qemu-devices/ there")
+        return root
+    here = Path(__file__).resolve().parents[2]
+    if _is_source(here):
+        return here
+    start = (cwd or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if _is_source(d):
+            return d
+    raise SourceNotFound(
+        "this needs the hmmlab source tree (guest-images/ and qemu-devices/), which is "
+        f"not around {start}: run hmmlab from inside a checkout, or set "
+        f"{SOURCE_ENV}=/path/to/hmmlab")
+
+
+def __getattr__(name: str) -> Path:
+    # REPO_ROOT is looked up when a builder is imported, not with this module:
+    # commands that need no source (--help, matrix list, trace) work without one.
+    if name == "REPO_ROOT":
+        return find_source_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_cache_dir() -> Path:
@@ -76,18 +119,11 @@ class Cache:
         once; the second waits and then finds it cached instead of building
         into the same directory.
         """
-        lockdir = self.root / "locks"
-        lockdir.mkdir(parents=True, exist_ok=True)
-        with open(lockdir / f"{name}.lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for another hmmlab process to finish building %s", name)
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        def waiting() -> None:
+            log.info("waiting for another hmmlab process to finish building %s", name)
+
+        with flock(self.root / "locks" / f"{name}.lock", waiting):
+            yield
 
     @contextmanager
     def building(self, final: Path):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ from urllib.parse import quote
 import jinja2
 import junitparser
 
-from harness.results import Status, verdict
+from harness.core.files import atomic_write, replacing
+from harness.core.results import Status, verdict
 
 RESULTS_JSON = "results.json"
 JUNIT_XML = "junit.xml"
@@ -221,7 +221,7 @@ def _single_cell_name(config: dict[str, Any]) -> str:
 
 
 def _exit_status(r: _Reader, summary: dict[str, Any], entries: list[Entry]) -> tuple[int, str]:
-    """The exit status and why, as results.json says, else by harness.results' rule."""
+    """The exit status and why, as results.json says, else by harness.core.results. rule."""
     if "exit_status" in summary:
         return (r.get(summary, "exit_status", int, "summary"),
                 clean_text(str(summary.get("reason") or "")))
@@ -362,9 +362,8 @@ def junit_xml(run: Run) -> junitparser.JUnitXml:
 
 
 def write_junit(run: Run, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    junit_xml(run).write(str(tmp), pretty=True)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        junit_xml(run).write(str(tmp), pretty=True)
     return path
 
 
@@ -472,7 +471,7 @@ def hmm_tests_rows(run: Run) -> list[dict[str, Any]]:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("harness", "templates"),
+        loader=jinja2.PackageLoader("harness.report", "templates"),
         autoescape=True,  # every log excerpt is untrusted text
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -509,10 +508,7 @@ def render_html(run: Run) -> str:
 
 
 def write_html(run: Run, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(run), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, render_html(run))
 
 
 def write_reports(results_dir: Path) -> list[Path]:

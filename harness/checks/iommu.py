@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from harness.results import Status, TestResult
+from harness.core.results import Status, TestResult
 
 HMM_GPU_PCI_ID = ("0x1234", "0x4d47")  # qemu-devices/include/hmm_gpu_regs.h
 TRANSLATED_DOMAINS = ("DMA", "DMA-FQ")

@@ -17,7 +17,6 @@ the stock images and headers) land there first.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -28,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.proc import run
+from harness.core.files import flock
+from harness.core.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,8 @@ class PrivateApt:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """One apt invocation at a time on this state (several builders share it)."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        with open(self.state / ".hmmlab.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with flock(self.state / ".hmmlab.lock"):
+            yield
 
     @property
     def config_file(self) -> Path:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from harness.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +270,7 @@ class Results:
     def write(self) -> Path:
         """Write ``results.json`` atomically (a reader never sees half a file)."""
         path = self.dir / "results.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
     def failures(self, tail: int = 1500) -> str:
         """Every entry that is neither PASS nor SKIP, with the end of its log."""

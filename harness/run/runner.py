@@ -5,7 +5,7 @@ Entries it adds itself: ``boot``, ``ssh.connect`` (only when it fails),
 printed a BUG/WARNING/Oops/panic at any point, else PASS), ``guest.panic``
 (FAIL, when pvpanic reported a kernel panic), ``guest.hang`` (the watchdog
 found the guest hung and killed it: FAIL) and, with a vIOMMU, ``iommu.enabled`` and
-``iommu.dmar-faults`` (see harness.iommu).
+``iommu.dmar-faults`` (see harness.checks.iommu).
 
 The decisions (which status an entry gets, which scenarios do not run) are
 pure functions of what was observed: :func:`boot_failure`,
@@ -39,15 +39,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import harness
-from harness import iommu
 from harness import scenarios as scenario_registry
-from harness.config import RunConfig
-from harness.results import Event, Results, Status, TestResult, excerpt, status_for
+from harness.checks import iommu
+from harness.checks.splat import Splat
+from harness.core.config import RunConfig
+from harness.core.results import Event, Results, Status, TestResult, excerpt, status_for
+from harness.guest.ssh import SSHClient, SSHError, SSHTimeout
+from harness.guest.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
 from harness.scenarios import Scenario, Session
 from harness.scenarios.common import cut_off_status
-from harness.splat import Splat
-from harness.ssh import SSHClient, SSHError, SSHTimeout
-from harness.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
 
 if TYPE_CHECKING:
     from harness.build import Artifacts
@@ -168,7 +168,7 @@ def needs_probe(entries: Sequence[TestResult]) -> bool:
 def not_run_reason(name: str, guest_gone: str | None, unanswered: str | None) -> str | None:
     """Why the scenarios after ``name`` cannot run (they are MISS), or None to go on.
 
-    ``guest_gone``: why QEMU is gone (:meth:`harness.vm.Guest.exit_reason`).
+    ``guest_gone``: why QEMU is gone (:meth:`harness.guest.vm.Guest.exit_reason`).
     ``unanswered``: why the guest did not answer the probe after ``name``
     failed (None: it answered, or was not probed). Anything else, a failure
     included, lets the next scenario run.

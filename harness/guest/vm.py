@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from qemu.qmp import QMPClient
 
-from harness.config import PEER, RunConfig, gpu_ids, nic_links
-from harness.splat import Splat, SplatScanner
-from harness.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
+from harness.checks.splat import Splat, SplatScanner
+from harness.core.config import PEER, RunConfig, gpu_ids, nic_links
+from harness.guest.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
 
 if TYPE_CHECKING:
-    from harness.ssh import SSHClient
+    from harness.guest.ssh import SSHClient
 
 log = logging.getLogger(__name__)
 
@@ -720,7 +720,7 @@ class Guest:
         return took
 
     def watch(self) -> None:
-        """Start the watchdog of a booted guest (idempotent; see harness.watchdog)."""
+        """Start the watchdog of a booted guest (idempotent; see harness.guest.watchdog)."""
         if self.watchdog is not None or self.console is None:
             return
         console = self.console
@@ -760,7 +760,7 @@ class Guest:
     # -- SSH, QMP --
 
     def ssh(self, key_file: Path, host_pubkey: str, timeout: float = 60.0) -> SSHClient:
-        from harness.ssh import SSHClient
+        from harness.guest.ssh import SSHClient
 
         client = SSHClient("127.0.0.1", self.ssh_port, key_file, host_pubkey)
         client.connect(time.monotonic() + timeout, abort=self.exit_reason)

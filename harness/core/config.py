@@ -32,6 +32,10 @@ DEVICE_TYPES = ("hmm-gpu", "hmm-nic")
 # Properties the launcher sets itself for each device.
 RESERVED_PROPS = ("id", "dmatrace", "bus", "addr", "link")
 TIMEOUT_KEYS = ("boot", "no_output", "scenario")
+# Rounds of a bench scenario (hmmlab bench --rounds). Here, in core, because both
+# the bench scenarios and the CLI need it: not in a scenario (`hmmlab --help`
+# would import paramiko), not in harness/run (scenarios are below run).
+DEFAULT_ROUNDS = 5
 
 
 class ConfigError(ValueError):
@@ -100,7 +104,8 @@ class RunConfig:
 
 # ---- YAML nodes ---------------------------------------------------------------
 
-def _line(node: Node) -> int:
+def line_of(node: Node) -> int:
+    """The 1-based line ``node`` starts on, for error messages."""
     return node.start_mark.line + 1
 
 
@@ -108,25 +113,26 @@ def _scalar_value(node: ScalarNode) -> Any:
     return SafeConstructor().construct_object(node, deep=True)  # type: ignore[no-untyped-call]
 
 
-def _show(node: Node) -> str:
+def show(node: Node) -> str:
+    """``node`` as an error message quotes what it got: a scalar, "a list", "a mapping"."""
     if isinstance(node, ScalarNode):
         return f'"{node.value}"' if node.value != "" else "nothing"
     return "a list" if isinstance(node, SequenceNode) else "a mapping"
 
 
-class _Reader:
+class Reader:
     """Turns composed YAML nodes into checked values, raising located errors."""
 
     def __init__(self, source: str) -> None:
         self.source = source
 
     def error(self, node: Node | None, key: str, message: str) -> ConfigError:
-        return ConfigError(self.source, _line(node) if node is not None else None, key, message)
+        return ConfigError(self.source, line_of(node) if node is not None else None, key, message)
 
     def mapping(self, node: Node, key: str, allowed: Iterable[str]) -> dict[str, tuple[Node, Node]]:
         """Mapping entries by key name: {name: (key_node, value_node)}; unknown keys fail."""
         if not isinstance(node, MappingNode):
-            raise self.error(node, key, f"expected a mapping of keys, got {_show(node)}")
+            raise self.error(node, key, f"expected a mapping of keys, got {show(node)}")
         allowed = list(allowed)
         out: dict[str, tuple[Node, Node]] = {}
         for knode, vnode in node.value:
@@ -142,18 +148,18 @@ class _Reader:
                 )
             if name in out:
                 raise self.error(
-                    knode, full, f"duplicate key (first given on line {_line(out[name][0])})"
+                    knode, full, f"duplicate key (first given on line {line_of(out[name][0])})"
                 )
             out[name] = (knode, vnode)
         return out
 
     def scalar(self, node: Node, key: str, what: str) -> Any:
         if not isinstance(node, ScalarNode):
-            raise self.error(node, key, f"expected {what}, got {_show(node)}")
+            raise self.error(node, key, f"expected {what}, got {show(node)}")
         try:
             return _scalar_value(node)
         except yaml.YAMLError as e:
-            raise self.error(node, key, f"expected {what}, got {_show(node)} ({e})") from e
+            raise self.error(node, key, f"expected {what}, got {show(node)} ({e})") from e
 
     def choice(self, node: Node, key: str, choices: Iterable[str]) -> str:
         choices = list(choices)
@@ -162,26 +168,26 @@ class _Reader:
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f'; did you mean "{close[0]}"?' if close else ""
-            raise self.error(node, key, f"expected {what}, got {_show(node)}{hint}")
+            raise self.error(node, key, f"expected {what}, got {show(node)}{hint}")
         return value
 
     def integer(self, node: Node, key: str, lo: int, hi: int) -> int:
         value = self.scalar(node, key, f"an integer from {lo} to {hi}")
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise self.error(node, key, f"expected an integer from {lo} to {hi}, got {_show(node)}")
+            raise self.error(node, key, f"expected an integer from {lo} to {hi}, got {show(node)}")
         return value
 
     def seconds(self, node: Node, key: str) -> float:
         value = self.scalar(node, key, "a number of seconds")
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self.error(node, key, f"expected a positive number of seconds, got {_show(node)}")
+            raise self.error(node, key, f"expected a positive number of seconds, got {show(node)}")
         return float(value)
 
     def sequence(self, node: Node, key: str, what: str) -> list[Node]:
         if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
             return []
         if not isinstance(node, SequenceNode):
-            raise self.error(node, key, f"expected a list of {what}, got {_show(node)}")
+            raise self.error(node, key, f"expected a list of {what}, got {show(node)}")
         return list(node.value)
 
 
@@ -208,12 +214,12 @@ def parse_memory(value: Any) -> int | None:
     return None
 
 
-def _kernel(r: _Reader, node: Node) -> str:
+def _kernel(r: Reader, node: Node) -> str:
     # Take the text as written: an unquoted 6.10 must not become the float 6.1.
     if not isinstance(node, ScalarNode) or str(node.value) not in KERNELS:
         raise r.error(node, "kernel",
                       f"expected one of {', '.join(KERNELS)} (or run with --kernel-tree PATH), "
-                      f"got {_show(node)}")
+                      f"got {show(node)}")
     return str(node.value)
 
 
@@ -222,12 +228,12 @@ OWN_CMDLINE = ("console=", "earlyprintk=", "panic=", "net.ifnames=")
 _CMDLINE_RE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 
 
-def _cmdline(r: _Reader, node: Node) -> str:
+def _cmdline(r: Reader, node: Node) -> str:
     value = r.scalar(node, "cmdline", 'kernel arguments, like "swiotlb=force"')
     text = "" if value is None else str(value).strip()
     if text and (not isinstance(value, str) or not _CMDLINE_RE.fullmatch(text)):
         raise r.error(node, "cmdline", "expected kernel arguments separated by single spaces "
-                                       f"(printable ASCII, no quotes needed), got {_show(node)}")
+                                       f"(printable ASCII, no quotes needed), got {show(node)}")
     own = next((a for a in text.split() for o in OWN_CMDLINE if a.startswith(o)), None)
     if own:
         raise r.error(node, "cmdline", f"{own} is the harness's own (serial console, panic "
@@ -235,26 +241,26 @@ def _cmdline(r: _Reader, node: Node) -> str:
     return text
 
 
-def _memory(r: _Reader, node: Node) -> int:
+def _memory(r: Reader, node: Node) -> int:
     value = r.scalar(node, "memory", 'MiB as an integer or like "1G"')
     mib = parse_memory(value)
     if mib is None:
-        raise r.error(node, "memory", f'expected MiB as an integer or like "1G", got {_show(node)}')
+        raise r.error(node, "memory", f'expected MiB as an integer or like "1G", got {show(node)}')
     if not 128 <= mib <= 64 * 1024:
         raise r.error(node, "memory", f"expected 128 MiB to 64G, got {mib} MiB")
     return mib
 
 
-def _prop_value(r: _Reader, node: Node, key: str) -> str:
+def _prop_value(r: Reader, node: Node, key: str) -> str:
     value = r.scalar(node, key, "a string, number or boolean")
     if isinstance(value, bool):
         return "on" if value else "off"
     if value is None or not isinstance(value, str | int | float):
-        raise r.error(node, key, f"expected a string, number or boolean, got {_show(node)}")
+        raise r.error(node, key, f"expected a string, number or boolean, got {show(node)}")
     return str(value)
 
 
-def _devices(r: _Reader, node: Node) -> tuple[DeviceConfig, ...]:
+def _devices(r: Reader, node: Node) -> tuple[DeviceConfig, ...]:
     out: list[DeviceConfig] = []
     links: dict[int, tuple[Node, str]] = {}
     for i, dnode in enumerate(r.sequence(node, "devices", "devices like {type: hmm-gpu}")):
@@ -267,7 +273,7 @@ def _devices(r: _Reader, node: Node) -> tuple[DeviceConfig, ...]:
         if "props" in entries:
             pnode = entries["props"][1]
             if not isinstance(pnode, MappingNode):
-                raise r.error(pnode, f"{key}.props", f"expected a mapping, got {_show(pnode)}")
+                raise r.error(pnode, f"{key}.props", f"expected a mapping, got {show(pnode)}")
             for knode, vnode in pnode.value:
                 pname = str(knode.value)
                 pkey = f"{key}.props.{pname}"
@@ -322,7 +328,7 @@ def nic_links(devices: Iterable[DeviceConfig]) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: int(p[0][3:]))  # type: ignore[arg-type]
 
 
-def _check_links(r: _Reader, devices: list[DeviceConfig],
+def _check_links(r: Reader, devices: list[DeviceConfig],
                  nodes: dict[int, tuple[Node, str]]) -> None:
     ids = {}
     n = 0
@@ -352,14 +358,14 @@ def _check_links(r: _Reader, devices: list[DeviceConfig],
                                          "a port has one cable")
 
 
-def _scenarios(r: _Reader, node: Node, known: tuple[str, ...]) -> tuple[str, ...]:
+def _scenarios(r: Reader, node: Node, known: tuple[str, ...]) -> tuple[str, ...]:
     out = []
     for i, snode in enumerate(r.sequence(node, "scenarios", "scenario names")):
         out.append(r.choice(snode, f"scenarios[{i}]", known))
     return tuple(out)
 
 
-def _timeouts(r: _Reader, node: Node, base: Timeouts) -> Timeouts:
+def _timeouts(r: Reader, node: Node, base: Timeouts) -> Timeouts:
     entries = r.mapping(node, "timeouts", TIMEOUT_KEYS)
     values = asdict(base)
     for name, (_k, vnode) in entries.items():
@@ -369,7 +375,8 @@ def _timeouts(r: _Reader, node: Node, base: Timeouts) -> Timeouts:
 
 # ---- loading ---------------------------------------------------------------------
 
-def _compose(text: str, source: str) -> Node | None:
+def compose(text: str, source: str) -> Node | None:
+    """YAML text as nodes (with their lines), None if empty; bad YAML is a ConfigError."""
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
@@ -381,19 +388,19 @@ def _compose(text: str, source: str) -> Node | None:
 
 
 def _known_scenarios() -> tuple[str, ...]:
-    from harness.scenarios import names
+    from harness.core.catalog import SCENARIOS
 
-    return names()
+    return tuple(SCENARIOS)
 
 
 def _apply(
     cfg: dict[str, Any], text: str, source: str, known_scenarios: tuple[str, ...]
 ) -> dict[str, Any]:
     """Overlay the keys of one YAML document onto ``cfg`` (a dict of parsed fields)."""
-    root = _compose(text, source)
+    root = compose(text, source)
     if root is None:  # empty file: all defaults
         return cfg
-    r = _Reader(source)
+    r = Reader(source)
     parsers: dict[str, Callable[[Node], Any]] = {
         "kernel": lambda n: _kernel(r, n),
         "flavor": lambda n: r.choice(n, "flavor", FLAVORS),
@@ -423,7 +430,7 @@ def parse_keys(
 
 
 def default_text() -> str:
-    return resources.files("harness").joinpath(DEFAULT_NAME).read_text()
+    return resources.files("harness.core").joinpath(DEFAULT_NAME).read_text()
 
 
 def load_text(
@@ -455,7 +462,7 @@ def _key_line(text: str, key: str) -> int | None:
     if isinstance(root, MappingNode):
         for knode, _v in root.value:
             if knode.value == key:
-                return _line(knode)
+                return line_of(knode)
     return None
 
 

@@ -1,0 +1,3 @@
+"""Parsers and checks of what a guest and QEMU produced: kernel splats, KTAP,
+the DMA trace, IOMMU decisions, unittest output.
+"""
