@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from qemu.qmp import QMPClient
 
 from harness.config import PEER, RunConfig, gpu_ids, nic_links
+from harness.proc import pdeathsig_preexec
 from harness.splat import Splat, SplatScanner
 from harness.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
 
@@ -163,7 +164,7 @@ class AccelProbe:
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT, preexec_fn=pdeathsig_preexec(signal.SIGKILL),
             )
         except OSError as e:
             return AccelChoice("tcg", f"KVM probe could not start QEMU: {e}")
@@ -602,6 +603,9 @@ class Guest:
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
             cwd=self.run_dir,
+            # QEMU dies with the harness, even a SIGKILLed one (nothing else would end it;
+            # guests are started on the main thread, which lives as long as the run)
+            preexec_fn=pdeathsig_preexec(signal.SIGKILL),
         )
         assert self.proc.stdout is not None
         self.console = Console(self.proc.stdout, self.files.console, self.scanner)
