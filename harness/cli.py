@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 from harness.build.cache import SourceNotFound
 from harness.core.config import DEFAULT_ROUNDS, ConfigError, RunConfig
 from harness.core.logs import setup_logging
+from harness.core.proc import sigterm_interrupts
 from harness.core.results import EXIT_FAIL, EXIT_INFRA
 
 if TYPE_CHECKING:
@@ -269,7 +269,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INFRA
     results_dir = (args.results or default_results_dir()).resolve()
-    res = runner.run(cfg, results_dir, build=_builder(cfg))
+    # A SIGTERM (a CI job's timeout) ends the guest and writes results.json like Ctrl-C:
+    # the scenario that ran and those after it are MISS.
+    try:
+        with sigterm_interrupts():
+            res = runner.run(cfg, results_dir, build=_builder(cfg))
+    except KeyboardInterrupt as e:
+        print(f"hmmlab: interrupted ({e or 'Ctrl-C'}); results so far: {results_dir}",
+              file=sys.stderr)
+        return EXIT_INFRA
     publish.write_reports(results_dir)
     print(res.table())
     print(f"results: {results_dir}")
@@ -327,19 +335,12 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     results_dir = (args.results or default_results_dir()).resolve()
     timeout = (lambda _c: args.cell_timeout) if args.cell_timeout else None
     # A SIGTERM (a CI job's timeout) stops the cells and writes results.json like Ctrl-C.
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with sigterm_interrupts():
         doc = scheduler.run_matrix(m, results_dir, cells=cells, jobs=args.jobs,
                                    timeout=timeout, rerun_of=rerun_of)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
     print(publish.table(doc))
     print(f"results: {results_dir}")
     return int(doc["summary"]["exit_status"])
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

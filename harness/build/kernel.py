@@ -121,6 +121,9 @@ CONFIG_FEATURES: dict[str, str] = {
     "debug_atomic_sleep": "CONFIG_DEBUG_ATOMIC_SLEEP",
     "hung_task": "CONFIG_DETECT_HUNG_TASK",
     "softlockup": "CONFIG_SOFTLOCKUP_DETECTOR",
+    "rcu_stall": "CONFIG_RCU_STALL_COMMON",
+    "sysrq": "CONFIG_MAGIC_SYSRQ",
+    "sysrq_keyboard": "CONFIG_KEYBOARD_ATKBD",  # QMP send-key types sysrq-w on it
     "rdma_rxe": "CONFIG_RDMA_RXE",  # built in: a module would need a modules initramfs
     "rdma_odp": "CONFIG_INFINIBAND_ON_DEMAND_PAGING",
     "rdma_user": "CONFIG_INFINIBAND_USER_ACCESS",

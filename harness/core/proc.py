@@ -1,17 +1,117 @@
-"""Subprocess helpers: every external command has a timeout and a log."""
+"""Subprocess helpers: every external command has a timeout and a log.
+
+Each command runs in a session (so a process group) of its own, and a
+timeout or an interrupt kills the whole group: ``make`` and the compilers it
+started, not ``make`` alone. Also here, shared by every process the harness
+starts: :func:`sigterm_interrupts` (SIGTERM unwinds like Ctrl-C) and
+:func:`die_with_parent` (PR_SET_PDEATHSIG).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import selectors
 import shlex
+import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# After SIGTERM, how long a group gets before SIGKILL (make removes its
+# half-written targets on SIGTERM).
+KILL_GRACE = 3.0
+
+
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """A signal handler: the signal unwinds the main thread like Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """During the block SIGTERM (a CI job's timeout, the scheduler ending a cell) raises
+    KeyboardInterrupt, so the code's own cleanup runs: guests end, results.json is
+    written."""
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None  # not Linux
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies, however the
+    parent dies (SIGKILL included). Returns False where prctl is missing.
+
+    The kernel sends it when the *thread* that forked this process ends: start such
+    processes from a thread that lives as long as they should (the main thread).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    parent = os.getppid()
+    prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), sig)
+    return True
+
+
+def pdeathsig_preexec(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for Popen: the child gets ``sig`` when the harness dies. libc is
+    looked up here, in the parent: the child only makes the call."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, sig)
+
+    return preexec
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None:
+    """End ``proc``'s process group (it leads one: start_new_session): SIGTERM, then
+    SIGKILL to whatever is left after ``grace``; reap ``proc``."""
+    pgid = proc.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break  # nobody left in the group
+        if sig == signal.SIGTERM:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+    # the leader is gone; its children may not be yet (SIGKILL'd above if so)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _wait_group(proc: subprocess.Popen[bytes], timeout: float,
+                input_bytes: bytes | None) -> tuple[bytes, bytes]:
+    """``proc.communicate`` within ``timeout``; on a timeout or an interrupt the whole
+    group is killed before the exception goes on."""
+    try:
+        out, err = proc.communicate(input=input_bytes, timeout=timeout)
+    except BaseException:
+        kill_group(proc)
+        raise
+    return out or b"", err or b""
 
 
 class CommandError(RuntimeError):
@@ -62,24 +162,29 @@ def run(
         with open(logfile, "ab") as fh:
             fh.write(f"\n$ {shlex.join(args)}\n".encode())
             fh.flush()
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=full_env, stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+                start_new_session=True,
+            )
             try:
-                cp = subprocess.run(
-                    args, cwd=cwd, env=full_env, stdout=fh, stderr=subprocess.STDOUT,
-                    timeout=timeout, input=input_bytes,
-                    stdin=None if input_bytes is not None else subprocess.DEVNULL,
-                )
+                out, err = _wait_group(proc, timeout, input_bytes)
             except subprocess.TimeoutExpired as e:
                 raise CommandError(args, None, logfile, _tail(logfile)) from e
+            cp = subprocess.CompletedProcess(args, proc.returncode, out, err)
         if check and cp.returncode != 0:
             raise CommandError(args, cp.returncode, logfile, _tail(logfile))
     else:
+        proc = subprocess.Popen(
+            args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            cp = subprocess.run(
-                args, cwd=cwd, env=full_env, capture_output=True, timeout=timeout,
-                input=input_bytes, stdin=None if input_bytes is not None else subprocess.DEVNULL,
-            )
+            out, err = _wait_group(proc, timeout, input_bytes)
         except subprocess.TimeoutExpired as e:
             raise CommandError(args, None, None, "") from e
+        cp = subprocess.CompletedProcess(args, proc.returncode, out, err)
         if check and cp.returncode != 0:
             tail = (cp.stdout + cp.stderr).decode(errors="replace")[-3000:]
             raise CommandError(args, cp.returncode, None, tail)
@@ -116,7 +221,7 @@ def run_with_progress(
         fh.flush()
         proc = subprocess.Popen(
             args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )
         assert proc.stdout is not None
         # Poll rather than iterate: a step that hangs silently must still hit
@@ -145,15 +250,14 @@ def run_with_progress(
                         break
             rc = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
         except subprocess.TimeoutExpired as e:
-            proc.kill()
-            proc.wait()
+            kill_group(proc)
             raise CommandError(args, None, logfile, _tail(logfile)) from e
         except BaseException:
-            proc.kill()
-            proc.wait()
+            kill_group(proc)
             raise
         finally:
             sel.close()
+            proc.stdout.close()
     if rc != 0:
         raise CommandError(args, rc, logfile, _tail(logfile))
     log.info("%s: done in %ds", label, time.monotonic() - start)

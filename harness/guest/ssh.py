@@ -84,10 +84,11 @@ class MarkedStream:
 
 class SSHTimeout(SSHError):
     def __init__(self, cmd: str, timeout: float, stdout: bytes, stderr: bytes,
-                 marks: Sequence[Mark] = ()) -> None:
+                 marks: Sequence[Mark] = (), dump: str = "") -> None:
         self.stdout = stdout
         self.stderr = stderr
         self.stdout_marks = tuple(marks)
+        self.dump = dump  # what SSHClient.on_timeout gave: the guest kernel's stacks
         super().__init__(f"`{cmd}` did not finish within {timeout:.0f}s")
 
 
@@ -152,6 +153,9 @@ class SSHClient:
         self.key_file = Path(key_file)
         self.host_key = host_key_from_line(host_pubkey)
         self._client: paramiko.SSHClient | None = None
+        # called with the command when one times out, before anything is closed; what it
+        # returns (the guest's blocked tasks, harness.vm) goes into SSHTimeout.dump
+        self.on_timeout: Callable[[str], str] | None = None
 
     def _new_client(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
@@ -258,8 +262,11 @@ class SSHClient:
                     break
             now = time.monotonic()
             if now > deadline:
+                # before the channel closes: that may end the command, and its state
+                dump = self._timed_out(cmd)
                 chan.close()
-                raise SSHTimeout(cmd, timeout, bytes(stdout.data), bytes(err), stdout.marks)
+                raise SSHTimeout(cmd, timeout, bytes(stdout.data), bytes(err), stdout.marks,
+                                 dump)
             if abort is not None and now - last_abort_check > 1.0:
                 last_abort_check = now
                 if why := abort():
@@ -279,6 +286,15 @@ class SSHClient:
                 raise SSHAborted(cmd, why, bytes(stdout.data), bytes(err), stdout.marks)
             raise SSHError(f"`{cmd}`: the SSH connection was lost before the command finished")
         return rc, bytes(stdout.data), bytes(err), stdout.marks
+
+    def _timed_out(self, cmd: str) -> str:
+        if self.on_timeout is None:
+            return ""
+        try:
+            return self.on_timeout(cmd)
+        except Exception as e:  # the timeout is the news; a failed dump must not hide it
+            log.warning("dump after `%s` timed out: %s", cmd, e)
+            return ""
 
     @property
     def connected(self) -> bool:

@@ -33,6 +33,7 @@ from qemu.qmp import QMPClient
 
 from harness.checks.splat import Splat, SplatScanner
 from harness.core.config import PEER, RunConfig, gpu_ids, nic_links
+from harness.core.proc import pdeathsig_preexec
 from harness.guest.watchdog import PANIC_GRACE, Watchdog, panic_not_ended, ssh_answers
 
 if TYPE_CHECKING:
@@ -48,8 +49,22 @@ DEVICE_COUNTERS = (
 )
 KERNEL_CMDLINE = (
     "console=ttyS0,115200 earlyprintk=serial panic=-1 loglevel=7 printk.time=1 "
-    "net.ifnames=0"
+    "net.ifnames=0 sysrq_always_enabled"
 )
+# A task blocked this long gets the hung-task detector's report (with its stack).
+# The kernel's 120 s is longer than most command budgets (60 s for a module load),
+# so a stuck command would time out first and leave no report; 30 s is far above
+# any wait a healthy TCG guest has in D state. The debug flavor (KASAN, lockdep)
+# runs several times slower: 60 s there, so slow is not taken for hung. The
+# detector checks every timeout period, so a report comes after 1-2 periods.
+HUNG_TASK_TIMEOUT = {"default": 30, "debug": 60}
+# Magic SysRq keys typed over QMP when a guest command times out: w (the
+# blocked tasks, with stacks). Not l (every CPU's stack): its NMI backtrace
+# handler runs long under TCG and the kernel reports "INFO: NMI handler ...
+# took too long", a splat the guest did not have.
+SYSRQ_DUMP_KEYS = ("w",)
+SYSRQ_DUMP_WAIT = 10.0  # for the reports to reach the console (they are slow on TCG)
+SYSRQ_QUIET = 1.0  # the dump is over when the console has been quiet this long
 # With intel-iommu: translate (never passthrough, whatever the kernel's
 # default), and invalidate the IOTLB at every unmap (strict) rather than in
 # batches (lazy): a device DMA after dma_unmap then faults at once instead of
@@ -163,7 +178,7 @@ class AccelProbe:
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT, preexec_fn=pdeathsig_preexec(signal.SIGKILL),
             )
         except OSError as e:
             return AccelChoice("tcg", f"KVM probe could not start QEMU: {e}")
@@ -391,6 +406,10 @@ class LaunchFiles:
     def hang_registers(self) -> Path:
         return self.run_dir / "hang-registers.txt"
 
+    @property
+    def blocked_tasks(self) -> Path:
+        return self.run_dir / "blocked-tasks.txt"
+
     def dmatrace(self, index: int) -> Path:
         return self.run_dir / f"dmatrace-{index}.bin"
 
@@ -421,7 +440,9 @@ def iommu_options(iommu: str, accel: AccelChoice) -> tuple[list[str], list[str]]
 
 def kernel_cmdline(cfg: RunConfig) -> str:
     """Ours, the vIOMMU's, then the run file's ``cmdline`` (the last word wins)."""
-    return " ".join(a for a in (KERNEL_CMDLINE, IOMMU_CMDLINE[cfg.iommu], cfg.cmdline) if a)
+    hung = f"hung_task_timeout_secs={HUNG_TASK_TIMEOUT.get(cfg.flavor, 60)}"
+    return " ".join(a for a in (KERNEL_CMDLINE, hung, IOMMU_CMDLINE[cfg.iommu], cfg.cmdline)
+                    if a)
 
 
 def build_command_line(
@@ -602,6 +623,9 @@ class Guest:
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
             cwd=self.run_dir,
+            # QEMU dies with the harness, even a SIGKILLed one (nothing else would end it;
+            # guests are started on the main thread, which lives as long as the run)
+            preexec_fn=pdeathsig_preexec(signal.SIGKILL),
         )
         assert self.proc.stdout is not None
         self.console = Console(self.proc.stdout, self.files.console, self.scanner)
@@ -736,8 +760,11 @@ class Guest:
         self.watchdog.start()
 
     def _end_hung(self, reason: str) -> None:
-        """The watchdog's verdict: save the vCPU state, then end QEMU."""
+        """The watchdog's verdict: save the vCPU state (and the kernel's, if it still
+        answers sysrq), then end QEMU."""
         log.warning("watchdog: %s; dumping vCPU registers and killing QEMU", reason)
+        if self.panicked_at is None:
+            self.dump_blocked_tasks(f"watchdog: {reason}")
         saved = self.dump_hang_state()
         self.killed_because = reason + (
             f" (vCPU registers in {self.files.hang_registers.name})" if saved else "")
@@ -757,12 +784,47 @@ class Guest:
             log.warning("could not dump the vCPU registers: %s", e)
             return False
 
+    def dump_blocked_tasks(self, why: str, wait: float = SYSRQ_DUMP_WAIT) -> str:
+        """Have the kernel print its blocked tasks with their stacks (SysRq w, typed on
+        the guest's keyboard over QMP ``send-key``: that works with user space stuck)
+        and return those console lines; they are also appended to blocked-tasks.txt.
+        "" when QEMU is gone or the kernel printed nothing within ``wait``."""
+        if self.qmp is None or self.console is None or self.proc is None or (
+                self.proc.poll() is not None):
+            return ""
+        log.info("sysrq-%s: %s", "".join(SYSRQ_DUMP_KEYS), why)
+        mark = self.console.mark()
+        for key in SYSRQ_DUMP_KEYS:
+            try:
+                self.qmp.execute("send-key", {"keys": [
+                    {"type": "qcode", "data": k} for k in ("alt", "sysrq", key)]}, timeout=5)
+            except Exception as e:
+                log.warning("could not type sysrq-%s over QMP: %s", key, e)
+                return ""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            started = sum("sysrq: " in line for line in self.console.since(mark))
+            quiet = time.monotonic() - self.console.last_output >= SYSRQ_QUIET
+            if started >= len(SYSRQ_DUMP_KEYS) and quiet:
+                break
+            time.sleep(0.2)
+        lines = self.console.since(mark)
+        if not any("sysrq: " in line for line in lines):
+            log.warning("sysrq: the guest kernel printed nothing within %.0fs", wait)
+            return ""
+        text = "\n".join(lines)
+        with contextlib.suppress(OSError), open(self.files.blocked_tasks, "a") as f:
+            f.write(f"=== {why}\n{text}\n")
+        return text
+
     # -- SSH, QMP --
 
     def ssh(self, key_file: Path, host_pubkey: str, timeout: float = 60.0) -> SSHClient:
         from harness.guest.ssh import SSHClient
 
         client = SSHClient("127.0.0.1", self.ssh_port, key_file, host_pubkey)
+        # a command that times out leaves the kernel's view of it (see harness.ssh)
+        client.on_timeout = lambda cmd: self.dump_blocked_tasks(f"`{cmd}` timed out")
         client.connect(time.monotonic() + timeout, abort=self.exit_reason)
         return client
 

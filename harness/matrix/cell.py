@@ -13,20 +13,16 @@ stops QEMU and writes the results.json it has so far.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
-import os
 import pickle
 import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from harness.build import Artifacts
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from harness.core.proc import die_with_parent, raise_interrupt
 
 
 def save_artifacts(a: Artifacts, directory: Path) -> Path:
@@ -59,23 +55,6 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _die_with_parent() -> None:
-    """SIGTERM this cell when the scheduler dies, however it dies (the cell runs in a
-    session of its own, so nothing else would stop it and its QEMU)."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return  # not Linux: the scheduler's own timeouts still apply
-    if os.getppid() != parent:  # it died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.matrix.cell",
                                 description="Run one matrix cell (the scheduler starts this).")
@@ -91,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     from harness.core.results import EXIT_INFRA
     from harness.run import runner
 
-    signal.signal(signal.SIGTERM, _terminated)
-    _die_with_parent()
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    # SIGTERM this cell when the scheduler dies, however it dies (the cell runs in a
+    # session of its own, so nothing else would stop it and its QEMU)
+    die_with_parent(signal.SIGTERM)
     setup_logging(verbose=False)
     try:
         cfg = config.load(args.config)

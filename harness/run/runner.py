@@ -34,7 +34,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,6 +196,9 @@ class Runner:
     # Scenario objects to run instead of creating cfg.scenarios by name (for
     # programmatic use, e.g. a Smoke with another workload command).
     scenarios: Sequence[Scenario] | None = None
+    # what an interrupt cuts short (see _interrupted)
+    _running: str | None = field(default=None, init=False)
+    _finished: set[str] = field(default_factory=set, init=False)
 
     def execute(self) -> Results:
         """Run everything and write results.json; never raises for guest problems."""
@@ -210,11 +213,31 @@ class Runner:
             log.exception("internal error")
             r.add_status("harness", status_for(Event.HARNESS_ERROR),
                          f"internal error: {e}\n{traceback.format_exc()}")
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the guest has ended by now
+            self._interrupted(str(e) or "Ctrl-C")
+            raise
         finally:
             r.write()
         if r.exit_code() == 0:
             (r.dir / "initrd.img").unlink(missing_ok=True)  # rebuilt from the cache at will
         return r
+
+    def _interrupted(self, why: str) -> None:
+        """MISS for what the interrupt cut short: the scenario running, the ones after."""
+        r = self.results
+        log.warning("interrupted (%s): the scenarios not finished are MISS", why)
+        r.environment["interrupted"] = why
+        if not r.has("boot"):
+            r.add_status("boot", Status.MISS, f"interrupted ({why}) before the guest was up")
+        plan = (list(self.scenarios) if self.scenarios is not None else list(self.cfg.scenarios))
+        for item in plan:
+            name = item if isinstance(item, str) else item.name
+            if name in self._finished:
+                continue
+            if name == self._running:
+                r.add_status(name, Status.MISS, f"interrupted ({why}) while it ran")
+            else:
+                r.add_status(name, Status.MISS, f"not run: interrupted ({why})")
 
     def _host_environment(self) -> dict[str, Any]:
         a = self.artifacts
@@ -378,7 +401,10 @@ class Runner:
             before = len(r.tests)
             ran.append(sc)
             log.info("scenario %s", name)
+            self._running = name
             self._guarded(name, lambda sc=sc: sc.run(session), session.guest)
+            self._running = None
+            self._finished.add(name)
             if i + 1 == len(plan):
                 break
             gone = session.guest.exit_reason()
@@ -478,6 +504,14 @@ def run(
             t0 = time.monotonic()
             try:
                 artifacts = build(results_dir / "build-logs")
+            except KeyboardInterrupt as e:  # the build step's processes are gone already
+                results.config = cfg.to_dict()
+                results.environment["interrupted"] = str(e) or "Ctrl-C"
+                results.add(TestResult("build", Status.MISS, time.monotonic() - t0,
+                                       f"interrupted ({e or 'Ctrl-C'}) while it ran",
+                                       ["run.log"]))
+                results.write()
+                raise
             except Exception as e:
                 log.error("build failed: %s", e)
                 log.debug("build failure", exc_info=True)

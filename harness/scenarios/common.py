@@ -15,6 +15,7 @@ BIN = "/opt/hmmlab/bin"
 HMM_GPU_KO = "/opt/hmmlab/hmm_gpu.ko"
 TEST_HMM_KO = "/opt/hmmlab/test_hmm.ko"
 MODULE_TIMEOUT = 60.0
+BLOCKED_TASKS = "blocked-tasks.txt"  # harness.vm.LaunchFiles.blocked_tasks
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Cmd:
     status_if_error: Status = Status.ERROR  # see cut_off_status
     seconds: float = 0.0
     out_marks: tuple[Mark, ...] = ()  # when stdout came (harness.guest.ssh.line_arrivals)
+    # after a timeout: the guest kernel's blocked tasks with their stacks (sysrq-w)
+    dump: str = ""
 
     @property
     def ok(self) -> bool:
@@ -40,7 +43,13 @@ class Cmd:
             body += f"\n({self.error})"
         elif self.rc != 0:
             body += f"\n(exit status {self.rc})"
-        return body[-limit:]
+        if not self.dump:
+            return body[-limit:]
+        # the stacks say where it hung: they get their own share of the excerpt
+        dump = (f"\nthe guest kernel's blocked tasks at the timeout (sysrq-w, also in "
+                f"{BLOCKED_TASKS}):\n")
+        dump += self.dump[:limit]
+        return body[-limit:] + dump
 
 
 def cut_off_status(error: SSHError | GuestError, guest_gone: str | None, splat: bool) -> Status:
@@ -71,6 +80,7 @@ def guest_run(s: Session, cmd: str, timeout: float) -> Cmd:
             c.out, c.err = e.stdout.decode(errors="replace"), e.stderr.decode(errors="replace")
             c.out_marks = e.stdout_marks
         c.error = str(e)
+        c.dump = e.dump if isinstance(e, SSHTimeout) else ""
         splat = bool(s.guest.console and s.guest.console.splats())
         c.status_if_error = cut_off_status(e, s.guest.exit_reason(), splat)
     c.seconds = time.monotonic() - t0
@@ -115,5 +125,8 @@ def add_cmd_result(s: Session, path: str, c: Cmd, files: list[str] | None = None
     else:
         status = Status.PASS
     text = "\n".join(x for x in (extra_problem, c.text()) if x)
-    s.results.add(TestResult(path, status, c.seconds, text, files or []))
+    files = list(files or [])
+    if c.dump:
+        files += [f for f in (BLOCKED_TASKS, "console.log") if f not in files]
+    s.results.add(TestResult(path, status, c.seconds, text, files))
     return status == Status.PASS

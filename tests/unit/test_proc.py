@@ -1,6 +1,10 @@
 """harness.core.proc against real subprocesses: timeouts, logs, failures."""
 
+import contextlib
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -41,3 +45,73 @@ def test_run_timeout_and_capture(tmp_path: Path) -> None:
     assert run(["sh", "-c", "echo hi"], timeout=10).stdout == b"hi\n"
     with pytest.raises(CommandError):
         run(["sleep", "30"], timeout=1)
+
+
+# ---- a timed-out or interrupted step leaves no process behind ------------------------
+
+def _makefile(tmp_path: Path) -> Path:
+    """A Makefile whose recipe starts a long "compiler": a shell that waits for its own
+    child (as cc1 under gcc under make), and records both pids."""
+    pids = tmp_path / "pids"
+    (tmp_path / "Makefile").write_text(
+        f"all:\n\tsh -c 'sleep 300 & echo $$$$ $$! > {pids}; wait'\n")
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _survivors(pids_file: Path, wait: float = 5.0) -> list[int]:
+    """The recorded pids still running ``wait`` seconds on (they are killed then, so a
+    failing test leaves nothing behind either)."""
+    for _ in range(50):  # make may not have started the recipe yet
+        if pids_file.exists() and len(pids_file.read_text().split()) == 2:
+            break
+        time.sleep(0.1)
+    pids = [int(p) for p in pids_file.read_text().split()]
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+    return left
+
+
+def test_progress_timeout_kills_makes_children(tmp_path: Path) -> None:
+    pids = _makefile(tmp_path)
+    with pytest.raises(CommandError) as e:
+        run_with_progress(["make", "-C", str(tmp_path)], label="make", timeout=3,
+                          logfile=tmp_path / "make.log")
+    assert e.value.rc is None
+    assert _survivors(pids) == []
+
+
+def test_progress_interrupt_kills_makes_children(tmp_path: Path) -> None:
+    pids = _makefile(tmp_path)
+    # Ctrl-C (or the harness's SIGTERM handler) arrives while the step runs
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_with_progress(["make", "-C", str(tmp_path)], label="make", timeout=60,
+                              logfile=tmp_path / "make.log")
+    finally:
+        timer.cancel()
+    assert _survivors(pids) == []
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_run_timeout_kills_makes_children(tmp_path: Path, logged: bool) -> None:
+    pids = _makefile(tmp_path)
+    with pytest.raises(CommandError) as e:
+        run(["make", "-C", str(tmp_path)], timeout=3,
+            logfile=tmp_path / "make.log" if logged else None)
+    assert e.value.rc is None
+    assert _survivors(pids) == []

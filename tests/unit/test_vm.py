@@ -109,7 +109,16 @@ def test_run_file_cmdline_comes_last() -> None:
     assert append[0] == "console=ttyS0,115200"
     assert append[-5:] == ["intel_iommu=on", "iommu.passthrough=0", "iommu.strict=1",
                            "swiotlb=force", "iommu.strict=0"]  # the last word wins
-    assert opt(cmdline(), "-append")[0].split()[-1] == "net.ifnames=0"
+    assert opt(cmdline(), "-append")[0].split()[-1] == "hung_task_timeout_secs=30"
+
+
+@pytest.mark.parametrize(("flavor", "seconds"), [("default", 30), ("debug", 60)])
+def test_hang_reports_fit_in_the_command_budgets(flavor: str, seconds: int) -> None:
+    """The hung-task detector reports before a module load (60 s) times out, the slower
+    debug flavor later; sysrq works whatever the rootfs sets (the timeout dump)."""
+    append = opt(cmdline(f"flavor: {flavor}\n"), "-append")[0].split()
+    assert f"hung_task_timeout_secs={seconds}" in append
+    assert "sysrq_always_enabled" in append
 
 
 def test_no_viommu_by_default() -> None:
