@@ -277,6 +277,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:
         print(f"hmmlab: interrupted ({e or 'Ctrl-C'}); results so far: {results_dir}",
               file=sys.stderr)
+        if (results_dir / "results.json").exists():
+            publish.write_reports(results_dir)  # what ran, in the same report as ever
         return EXIT_INFRA
     publish.write_reports(results_dir)
     print(res.table())

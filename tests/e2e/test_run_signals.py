@@ -108,6 +108,9 @@ def test_sigterm_ends_the_guest_and_writes_the_results(artifacts: Artifacts,
         assert "not run: interrupted" in tests["svm-mirror"]["log_excerpt"]
         assert not any(path.startswith("svm-mirror.") for path in tests)
         assert doc["environment"]["interrupted"] == f"signal {signal.SIGTERM}"
+        # the report a finished run gets, opening with what did not pass
+        assert "hmm-tests" in (out_dir / "index.html").read_text()
+        assert (out_dir / "junit.xml").exists()
         assert doc["summary"]["exit_status"] == 2
         assert doc["environment"]["qemu_exit_status"] is not None  # it ended, not left
     finally:
