@@ -238,7 +238,7 @@ def unpack(debs: list[Path], root: Path, logfile: Path) -> None:
 def tidy(root: Path, spec: DebSpec) -> None:
     """Drop ``spec.prune`` (but ``spec.keep``) and gunzip ``spec.gunzip``'s files."""
     with tempfile.TemporaryDirectory(prefix="hmmlab-keep-") as tmp:
-        saved = []
+        saved: list[str] = []
         for k in spec.keep:
             if (root / k).exists():
                 shutil.move(root / k, Path(tmp) / str(len(saved)))

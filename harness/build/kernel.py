@@ -482,8 +482,8 @@ def tree_state(tree: Path) -> TreeState:
     h = hashlib.sha256()
     if is_git_tree(tree):
         head = _git(tree, "rev-parse", "HEAD").stdout.decode().strip()
-        describe = _git(tree, "describe", "--always", "--tags", "--abbrev=12").stdout
-        describe = describe.decode().strip()
+        describe = _git(tree, "describe", "--always", "--tags",
+                        "--abbrev=12").stdout.decode().strip()
         status = _git(tree, "status", "--porcelain=v1", "-z", "--untracked-files=all").stdout
         h.update(f"git\0{head}\0".encode())
         if status:

@@ -271,7 +271,7 @@ def _bodies(text: str) -> dict[str, str]:
     return out
 
 
-def hmm_tests_needs(text: str) -> dict[str, list[str]]:
+def hmm_tests_needs(text: str) -> dict[str, Any]:
     """Which hmm-tests tests need device-private memory, from hmm-tests.c's source.
 
     A test needs it when its body, or a function of the file it calls
@@ -309,7 +309,7 @@ def harness_selects_tests(harness_text: str) -> bool:
     (no device-private memory) cannot be made of it.
     """
     m = re.search(r'getopt\([^,]+,[^,]+,\s*"([^"]*)"', harness_text)
-    return bool(m) and "T:" in m.group(1)
+    return m is not None and "T:" in m.group(1)
 
 
 def nic_buildable(config: Path) -> bool:

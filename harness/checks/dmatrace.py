@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 TRACE_MAGIC = 0x31435254474D4D48  # "HMMGTRC1"
 TRACE_VERSION = 2  # what the device writes since ABI 1.1
@@ -621,7 +621,7 @@ class InvalidateCheck:
         return "\n".join(lines)
 
 
-def leaf_of(rec: TraceRecord) -> Translation | bool | None:
+def leaf_of(rec: TraceRecord) -> Translation | Literal[False] | None:
     """What a PTW record says about the walk it is part of.
 
     Returns a :class:`Translation` for a valid leaf (a level-0 entry, or a

@@ -110,7 +110,7 @@ def line_of(node: Node) -> int:
 
 
 def _scalar_value(node: ScalarNode) -> Any:
-    return SafeConstructor().construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return SafeConstructor().construct_object(node, deep=True)
 
 
 def show(node: Node) -> str:

@@ -49,7 +49,7 @@ def sigterm_interrupts() -> Iterator[None]:
 
 def _prctl() -> Callable[..., int] | None:
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None  # not Linux
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from qemu.qmp import QMPClient
 
@@ -274,7 +274,7 @@ class Console:
     thread always reads.
     """
 
-    def __init__(self, stream: BinaryIO, logfile: Path, scanner: SplatScanner,
+    def __init__(self, stream: IO[bytes], logfile: Path, scanner: SplatScanner,
                  ready_line: str = READY_LINE) -> None:
         self._stream = stream
         self._log = open(logfile, "wb")  # noqa: SIM115 - closed by the thread
@@ -499,9 +499,9 @@ def build_command_line(
             elif dev.link == PEER:
                 # to a second QEMU: this one listens, the peer guest's connects
                 # (dev.peer_socket) when a scenario boots it
-                sock = dev.peer_socket or str(files.peer_sock(nic))
+                peer = dev.peer_socket or str(files.peer_sock(nic))
                 server = "" if dev.peer_socket else ",server=on,wait=off"
-                argv += ["-chardev", f"socket,id=link-nic{nic},path={_qemu_opt(sock)}{server}"]
+                argv += ["-chardev", f"socket,id=link-nic{nic},path={_qemu_opt(peer)}{server}"]
                 opts.append(f"link=link-nic{nic}")
             nic += 1
         else:  # config validation keeps this unreachable

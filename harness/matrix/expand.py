@@ -428,10 +428,10 @@ def _pairwise(values: dict[str, list[AxisValue]], why_not: Callable[[Assignment]
     allowed = [r for r in itertools.product(*[range(len(values[a])) for a in multi])
                if why_not(assign(r)) is None]
     missing: set[tuple[int, int, int, int]] = set()
-    for r in allowed:
-        missing |= pairs(r)
-    for r in rows:
-        missing -= pairs(r)
+    for combo in allowed:
+        missing |= pairs(combo)
+    for row in rows:
+        missing -= pairs(row)
     while missing:
         best = max(allowed, key=lambda r: len(pairs(r) & missing))
         rows.append(list(best))

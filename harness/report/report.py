@@ -301,14 +301,14 @@ def load(results_dir: Path) -> Run:
     hmm = {k: v for k, v in hmm_all.items() if isinstance(v, dict)} if isinstance(
         hmm_all, dict) else {}
     # Column headers show the axes that tell cells apart; all of them if none does.
-    varying = matrix.get("varying")
-    if not isinstance(varying, list) or not varying:
-        varying = [a for a, v in axis_values.items() if isinstance(v, list) and len(v) > 1]
-    axes = [str(a) for a in varying or axis_values] or sorted({a for c in cells
-                                                                for a in c.axes})
+    listed = matrix.get("varying")
+    varying = [str(a) for a in listed] if isinstance(listed, list) and listed else [
+        a for a, v in axis_values.items() if isinstance(v, list) and len(v) > 1]
+    columns = [str(a) for a in varying or axis_values] or sorted({a for c in cells
+                                                                   for a in c.axes})
     entries = [e for c in cells for e in c.entries]
     code, why = _exit_status(r, summary, entries)
-    return Run(results_dir, "matrix", str(matrix.get("source", "")), env, axes, cells,
+    return Run(results_dir, "matrix", str(matrix.get("source", "")), env, columns, cells,
                code, written, hmm, why)
 
 
@@ -441,9 +441,9 @@ def matrix_groups(run: Run) -> list[Group]:
                                                      for _ in run.cells]))
         label = path[len(name) + 1:] if path != name else "(whole)"
         g.rows.append(Row(path, label, by_cell))
-        for i, e in enumerate(by_cell):
-            if e is not None:
-                g.rollup[i][e.status] += 1
+        for i, entry in enumerate(by_cell):
+            if entry is not None:
+                g.rollup[i][entry.status] += 1
     return list(groups.values())
 
 

@@ -136,7 +136,7 @@ def panic_result(event: Mapping[str, Any], splats: Sequence[Splat]) -> TestResul
     """``guest.panic``: FAIL, from pvpanic's GUEST_PANICKED event and the
     console's panic report (when it got that far)."""
     panics = [s for s in splats if s.title.startswith("Kernel panic")]
-    title = (panics or list(splats) or [None])[-1]
+    title = panics[-1] if panics else (splats[-1] if splats else None)
     text = f"QMP GUEST_PANICKED {json.dumps(dict(event.get('data') or {}), sort_keys=True)}"
     if title is not None:
         text += f"\n{title.title}\n{title.report}"

@@ -251,8 +251,8 @@ def round_trip_figures(spans: Sequence[dict[str, tuple[int, int] | None]],
         trips[col] = t
     if not any(any(sp.get(c) for sp in spans) for c in trips):
         return None, notes
-    rounds = [{col: (trip_figures(trips[col][sp[col][0]:sp[col][1]])
-                     if col in trips and sp.get(col) else None) for col in RT_COLUMNS}
+    rounds = [{col: (trip_figures(trips[col][span[0]:span[1]])
+                     if col in trips and (span := sp.get(col)) else None) for col in RT_COLUMNS}
               for sp in spans]
     return figures(rounds, RT_METRICS, RT_COLUMNS, what="fault round trip"), notes
 

@@ -176,7 +176,7 @@ def cannot_pass(kernel: GuestKernel | None) -> dict[str, str]:
     with why. A test one driver passes and another does not is never here: it
     is that driver's FAIL, and its parity entry's."""
     why = unmet(("device_private",), kernel.features, kernel.name) if kernel else None
-    if not why:
+    if not why or kernel is None:
         return {}
     return {t: f"needs device-private memory: {why}" for t in kernel.hmm_tests_device_private}
 

@@ -292,7 +292,8 @@ class OdpWorkload:
         except (OSError, dmatrace.TraceError) as e:
             s.results.add_status(path_name, Status.ERROR, f"{path.name}: {e}")
             return
-        w = window_of(*sizes, rec_size=trace.header.rec_size)
+        before, after = sizes
+        w = window_of(before, after, rec_size=trace.header.rec_size)
         records = trace.records[w.first:w.end]
         regions = regions_of(objs)
         act = NicActivity.of(records, regions)
