@@ -24,7 +24,9 @@ from harness.build import build_all
 from harness.cache import Cache
 from harness.results import Results, Status
 
-pytestmark = pytest.mark.e2e
+# the module fixture builds a kernel (if not cached) and runs the default scenarios:
+# 7.2's took 472 s loaded
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 NO_DP = "kernel built without CONFIG_DEVICE_PRIVATE (Debian stock 6.1)"
 

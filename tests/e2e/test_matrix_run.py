@@ -21,10 +21,10 @@ import pytest
 
 from harness.build import Artifacts
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 HMMLAB_TIMEOUT = 900
+# above the CLI's own timeout, so that one fires first with its output
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(HMMLAB_TIMEOUT + 300)]
 
 
 def hmmlab(*args: str) -> tuple[int, str, float]:
