@@ -77,6 +77,33 @@ def test_real_splat_titles(booted: tuple[Guest, SSHClient], what: str, title: st
     assert guest.exit_reason() is None  # an oops is not fatal: the guest keeps running
 
 
+USER_SPACE = [
+    "WARNING: this line comes from user space, not from the kernel",
+    "BUG: neither does this one",
+    "Oops: nor this",
+]
+
+
+def test_user_space_warning_lines_are_not_splats(booted: tuple[Guest, SSHClient]) -> None:
+    """Lines a program writes to the console that look like a kernel report's
+    first line are not splats; a real WARNING after them still is, alone."""
+    guest, ssh = booted
+    assert guest.console is not None
+    # a newline first: getty's "Please press Enter" prompt leaves its line open
+    lines = "; ".join(f"echo '{line}' > /dev/console" for line in ["", *USER_SPACE])
+    ssh.run(f"{lines}; echo 'hmmlab-test: user space done' > /dev/console", 30)
+    deadline = time.monotonic() + 60
+    while "hmmlab-test: user space done" not in guest.console.tail(5):
+        assert time.monotonic() < deadline, guest.console.tail(20)
+        time.sleep(0.2)
+    assert guest.console.splats() == []
+    provoke(ssh, guest, "WARNING")
+    titles = wait_for_splats(guest)
+    console = (guest.run_dir / "console.log").read_text(errors="replace")
+    assert all(line in console for line in USER_SPACE)
+    assert titles == ["WARNING in lkdtm_WARNING"], console[-3000:]
+
+
 def test_panic_ends_the_guest(booted: tuple[Guest, SSHClient]) -> None:
     guest, ssh = booted
     provoke(ssh, guest, "PANIC")
