@@ -8,6 +8,14 @@ end of its trace and gives it a short title that stays the same when the
 same bug fires again (no addresses, PIDs or durations), such as
 ``BUG: KASAN: slab-use-after-free in dmirror_fops``, ``WARNING in
 hmm_gpu_probe`` or ``INFO: task hung in hmm_gpu_wait``.
+
+User space shares the console (init's messages, anything written to
+/dev/console), and a program may well print ``WARNING: ...`` or ``BUG: ...``.
+The kernel's lines carry a printk prefix (hmmlab guests boot with
+``printk.time=1``: ``[   12.345678] ``); user space's do not. A report whose
+first line has no prefix counts only once a ``CPU: N PID: N`` line without a
+prefix follows (a console without printk times, such as the kernel docs'
+examples); otherwise it is dropped, and a prefixed report start ends it.
 """
 
 from __future__ import annotations
@@ -92,6 +100,9 @@ _WARN_RES = (
     re.compile(r"^WARNING: CPU: \d+ PID: \d+ at \S+ " + _FUNC),
     re.compile(r"^WARNING: at \S+ " + _FUNC),
 )
+# The task context every kernel report prints: "CPU: 1 PID: 60 Comm: sh" (6.x),
+# "CPU: 1 UID: 0 PID: 60 Comm: sh" (7.x), or the 6.x WARNING line itself.
+_CONTEXT_RE = re.compile(r"\bCPU: \d+ (?:UID: \d+ )?PID: \d+")
 _STRIP_ADDR_RE = re.compile(r",?(?: for)? (?:address|addr):? ?(?:0x)?[0-9a-fA-F]+.*$")
 
 
@@ -108,6 +119,11 @@ class Splat:
 def strip_prefix(line: str) -> str:
     """The printk message without timestamp/caller-id prefixes and line ending."""
     return _PREFIX_RE.sub("", line.rstrip("\r\n").replace("\r", ""), count=1)
+
+
+def has_prefix(line: str) -> bool:
+    """Whether the line starts with a printk prefix (timestamp, caller id or level)."""
+    return bool(_PREFIX_RE.match(line.replace("\r", "")).group(0))  # type: ignore[union-attr]
 
 
 def _kind(msg: str) -> str | None:
@@ -218,6 +234,9 @@ class SplatScanner:
         # lockdep's "lock held when returning to user space" has no trace: it
         # ends with its held-lock list, of this many entries still to come
         self._locks_left: int | None = None
+        # the open report's first line had no printk prefix and no kernel
+        # context has confirmed it yet: user space's, until shown otherwise
+        self._unconfirmed = False
 
     @property
     def open(self) -> bool:
@@ -230,13 +249,18 @@ class SplatScanner:
         msg = strip_prefix(raw)
         done: Splat | None = None
 
+        prefixed = has_prefix(raw)
         if self._raw:
             kind = _kind(msg)
             ended = (self._trace_closed and not self._framed and kind is None
                      and not _TAIL_RE.match(msg))
-            if kind == "primary" or ended:
+            if self._unconfirmed and kind is not None and prefixed:
+                self._drop()  # a kernel report starts inside user space's text
+            elif kind == "primary" or ended:
                 done = self._close()
             else:
+                if self._unconfirmed and not prefixed and _CONTEXT_RE.search(msg):
+                    self._unconfirmed = False
                 self._append(raw, msg)
                 if (
                     _END_RE.match(msg)
@@ -254,6 +278,7 @@ class SplatScanner:
             self._raw, self._msgs, self._start = [], [], self._lineno
             self._framed = self._pending_rule is not None and bool(_FRAMED_START.match(msg))
             self._trace_closed = False
+            self._unconfirmed = not prefixed and not _CONTEXT_RE.search(msg)
             if self._pending_rule is not None:
                 self._raw.append(self._pending_rule)
                 self._start -= 1
@@ -276,21 +301,28 @@ class SplatScanner:
         self._raw.append(raw)
         self._msgs.append(msg)
 
-    def _close(self) -> Splat:
-        splat = Splat(title_of(self._msgs), "\n".join(self._raw), self._start)
-        self.splats.append(splat)
+    def _close(self) -> Splat | None:
+        """End the open report; it is a splat unless it was user space's."""
+        splat = None
+        if not self._unconfirmed:
+            splat = Splat(title_of(self._msgs), "\n".join(self._raw), self._start)
+            self.splats.append(splat)
+        self._drop()
+        return splat
+
+    def _drop(self) -> None:
         self._raw, self._msgs = [], []
         self._trace_closed = False
         self._framed = False
         self._locks_left = None
-        return splat
+        self._unconfirmed = False
 
     def current(self) -> list[Splat]:
         """The reports so far, including an open one whose call trace has
         ended: lockdep, hung-task and lockup reports end with their trace,
         but only the next line proves it, and the console may stay quiet."""
         out = list(self.splats)
-        if self._raw and self._trace_closed and not self._framed:
+        if self._raw and self._trace_closed and not self._framed and not self._unconfirmed:
             out.append(Splat(title_of(self._msgs), "\n".join(self._raw), self._start))
         return out
 

@@ -139,10 +139,16 @@ def _stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
 
 
 class AccelProbe:
-    """Chooses KVM or TCG; the KVM probe runs once per (qemu, kernel) per instance."""
+    """Chooses KVM or TCG; the KVM probe runs once per (qemu, kernel) per instance.
 
-    def __init__(self, timeout: float = KVM_PROBE_TIMEOUT) -> None:
+    ``kvm_device`` is the node that must open before QEMU is tried; tests name
+    another file so the probe's QEMU path runs on hosts without KVM.
+    """
+
+    def __init__(self, timeout: float = KVM_PROBE_TIMEOUT,
+                 kvm_device: Path = Path("/dev/kvm")) -> None:
         self.timeout = timeout
+        self.kvm_device = kvm_device
         self._cache: dict[tuple[str, str], AccelChoice] = {}
 
     def choose(
@@ -160,10 +166,10 @@ class AccelProbe:
 
     def _probe(self, qemu: Path, datadirs: Sequence[Path], kernel: Path) -> AccelChoice:
         try:
-            fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(self.kvm_device, os.O_RDWR | os.O_CLOEXEC)
             os.close(fd)
         except OSError as e:
-            choice = AccelChoice("tcg", f"/dev/kvm: {e.strerror}")
+            choice = AccelChoice("tcg", f"{self.kvm_device}: {e.strerror}")
             log.info("accelerator: TCG (%s)", choice.reason)
             return choice
         # /dev/kvm opens, but nested KVM may still abort or spin: boot the

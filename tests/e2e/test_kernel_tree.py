@@ -20,6 +20,7 @@ from harness.build.cache import Cache
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.timeout(3600),  # a whole kernel build, twice on a loaded machine
     pytest.mark.skipif(not os.environ.get("HMMLAB_SLOW_TESTS"),
                        reason="builds a whole kernel from a source tree (~5 min on 2 cores); "
                               "set HMMLAB_SLOW_TESTS=1 to run it"),

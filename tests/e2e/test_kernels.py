@@ -28,7 +28,9 @@ from harness.core.results import Results, Status
 from harness.run import runner
 from harness.scenarios.hmm_tests import expected_device_private
 
-pytestmark = pytest.mark.e2e
+# the module fixture builds a kernel (if not cached) and runs the default scenarios:
+# 7.2's took 472 s loaded
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 NO_DP = "kernel built without CONFIG_DEVICE_PRIVATE (Debian stock 6.1)"
 

@@ -7,7 +7,6 @@ quickly, keeps the logs and leaves no QEMU running.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,14 @@ def cfg(text: str) -> config.RunConfig:
 
 def test_hung_guest_is_killed_and_logs_kept(artifacts: Artifacts, tmp_path: Path) -> None:
     image = GuestImage.from_artifacts(artifacts)
-    guest = Guest(cfg("timeouts: {no_output: 3, boot: 60}\n"), image, tmp_path, TCG)
+    # the boot timeout is far off: only the no-output watchdog can end this (GuestHung,
+    # not BootTimeout)
+    guest = Guest(cfg("timeouts: {no_output: 3, boot: 600}\n"), image, tmp_path, TCG)
     with guest:
         assert guest.qmp is not None
         guest.qmp.execute("stop")  # a vCPU that makes no progress prints nothing
-        t0 = time.monotonic()
         with pytest.raises(GuestHung, match="no console output for 3s"):
             guest.wait_ready()
-        assert time.monotonic() - t0 < 15
         assert guest.returncode is not None  # killed, not left running
     assert (tmp_path / "console.log").exists()
     assert (tmp_path / "hang-registers.txt").read_text().strip()

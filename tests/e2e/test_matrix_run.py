@@ -21,10 +21,10 @@ import pytest
 
 from harness.build import Artifacts
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 HMMLAB_TIMEOUT = 900
+# above the CLI's own timeout, so that one fires first with its output
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(HMMLAB_TIMEOUT + 300)]
 
 
 def hmmlab(*args: str) -> tuple[int, str, float]:
@@ -150,19 +150,21 @@ def test_a_cell_past_its_timeout_is_killed_with_its_qemu(artifacts: Artifacts,
           scenarios: [smoke, hmm-tests]
     """)
     out_dir = tmp_path / "results"
-    code, _out, took = hmmlab("run", str(m), "--results", str(out_dir), "--cell-timeout", "5")
+    code, _out, _took = hmmlab("run", str(m), "--results", str(out_dir), "--cell-timeout", "5")
     doc = results(out_dir)
     assert code == 2
     tests = {t["path"]: t for t in doc["tests"]}
     run = tests["6.12.run"]
-    assert run["status"] == "MISS" and "killed after" in run["log_excerpt"], why(doc)
+    assert run["status"] == "MISS", why(doc)
+    # the scheduler's kill at the 5 s given, not the cell's own end, stopped it
+    assert run["log_excerpt"].startswith("killed after ")
+    assert "the cell's timeout (5s, from its timeouts) passed" in run["log_excerpt"]
     # hmm-tests was cut short (what it had done is kept) or never started (MISS).
     assert (tests.get("6.12.hmm-tests", {}).get("status") == "MISS"
             or any(p.startswith("6.12.hmm-tests.") for p in tests))
     # what ran before the kill keeps its status; the kill itself is MISS
     assert doc["matrix"]["cells"][0]["status"] in ("MISS", "FAIL", "ERROR")
     assert qemus_under(out_dir) == []
-    assert took < 120
 
 
 def test_an_interrupted_matrix_still_writes_its_results(artifacts: Artifacts,
@@ -185,10 +187,10 @@ def test_an_interrupted_matrix_still_writes_its_results(artifacts: Artifacts,
         seen.append(line)
         if "cell 6.12: started" in line:
             break
-    deadline = time.monotonic() + 60
-    while not (out_dir / "cells/6.12/console.log").exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300
+    while not qemus_under(out_dir):  # the cell's QEMU runs: the interrupt must end it too
+        assert time.monotonic() < deadline, "the first cell's QEMU never started"
         time.sleep(0.2)
-    time.sleep(2)
     p.terminate()  # what a CI job's timeout does
     rest, _ = p.communicate(timeout=120)
     print("".join(seen) + rest)

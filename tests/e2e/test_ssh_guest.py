@@ -77,9 +77,7 @@ def test_large_output_on_both_streams_does_not_hang(ssh: SSHClient) -> None:
     """4 MiB on each stream at once: more than an SSH window, so both must be drained."""
     cmd = ("yes 0123456789abcdef | head -c 4194304 >&2 & "
            "yes fedcba9876543210 | head -c 4194304; wait")
-    t0 = time.monotonic()
-    res = ssh.run(cmd, timeout=60)
-    assert time.monotonic() - t0 < 30
+    res = ssh.run(cmd, timeout=300)  # a deadlock would end in SSHTimeout, not a result
     assert res.rc == 0
     assert (len(res.stdout), len(res.stderr)) == (4 * MiB, 4 * MiB)
     assert res.stdout == ("fedcba9876543210\n" * (4 * MiB // 17 + 1))[:4 * MiB]
@@ -87,34 +85,42 @@ def test_large_output_on_both_streams_does_not_hang(ssh: SSHClient) -> None:
 
 
 def test_when_each_line_arrived(ssh: SSHClient) -> None:
-    """Lines printed 0.3 s and 1 s apart reach the host that far apart, each in its
-    own read: what hmm-tests' per-test durations are made of."""
-    res = ssh.run("echo a; sleep 0.3; echo b; sleep 1; echo c", timeout=20)
+    """Lines printed apart reach the host apart, in order, each in its own read: what
+    hmm-tests' per-test durations are made of. Load may delay a line, never bring it
+    early, so only the lower bounds are tight (less the delay of the earlier line)."""
+    res = ssh.run("echo a; sleep 0.3; echo b; sleep 2; echo c", timeout=120)
     a, b, c = line_arrivals(res.stdout, res.stdout_marks)
     assert a and b and c and len({a.read, b.read, c.read}) == 3
-    assert 0.25 < b.time - a.time < 0.6, (a, b)
-    assert 0.95 < c.time - b.time < 1.4, (b, c)
+    assert a.time < b.time < c.time, (a, b, c)
+    assert c.time - b.time > 1.5 and c.time - b.time > b.time - a.time, (a, b, c)
     with pytest.raises(SSHTimeout) as exc:  # a command cut short keeps its marks
-        ssh.run("echo x; sleep 0.5; echo y; sleep 30", timeout=3)
+        ssh.run("echo x; sleep 2; echo y; sleep 300", timeout=20)
     x, y = line_arrivals(exc.value.stdout.decode(), exc.value.stdout_marks)
-    assert x and y and 0.45 < y.time - x.time < 1.0
+    assert x and y and x.read != y.read and y.time - x.time > 1.5, (x, y)
 
 
 def test_timeout(ssh: SSHClient) -> None:
+    """The command's timeout ends it, long before the command would end itself."""
     t0 = time.monotonic()
-    with pytest.raises(SSHTimeout, match="did not finish within 1s") as exc:
-        ssh.run("echo partial; echo more >&2; sleep 20", timeout=1)
-    assert time.monotonic() - t0 < 5
+    with pytest.raises(SSHTimeout, match="did not finish within 2s") as exc:
+        ssh.run("echo partial; echo more >&2; sleep 600", timeout=2)
+    assert 2 <= time.monotonic() - t0 < 300
     assert (exc.value.stdout, exc.value.stderr) == (b"partial\n", b"more\n")
     assert ssh.run("echo still here", timeout=10).stdout == "still here\n"  # connection kept
 
 
 def test_abort(ssh: SSHClient) -> None:
-    t0 = time.monotonic()
-    reasons = iter([None, None, "QEMU exited with status 0"])
+    """The abort check is asked while the command runs; its first reason ends the
+    command (an SSHAborted, not the SSHTimeout of the command's own timeout)."""
+    asked: list[float] = []
+
+    def abort() -> str | None:
+        asked.append(time.monotonic())
+        return "QEMU exited with status 0" if len(asked) == 3 else None
+
     with pytest.raises(SSHAborted, match="aborted: QEMU exited with status 0") as exc:
-        ssh.run("echo started; sleep 20", timeout=30, abort=lambda: next(reasons))
-    assert time.monotonic() - t0 < 10  # checked about once a second
+        ssh.run("echo started; sleep 600", timeout=600, abort=abort)
+    assert len(asked) == 3  # not asked again once it gave a reason
     assert exc.value.stdout == b"started\n"
 
 
@@ -135,21 +141,27 @@ def test_put_into_a_missing_directory_fails(ssh: SSHClient, tmp_path: Path) -> N
         ssh.put(tmp_path / "f", "/no/such/dir/f")
 
 
-def test_host_key_mismatch_is_rejected_at_once(booted: Booted, other_ed25519_key: Path) -> None:
+def retries(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("ssh attempt")]
+
+
+def test_host_key_mismatch_is_rejected_at_once(booted: Booted, other_ed25519_key: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     """A different pinned key (say, from another rootfs build) is never retried."""
+    caplog.set_level(logging.DEBUG, logger="harness.guest.ssh")
     c = booted.client(pinned=other_ed25519_key.with_suffix(".pub").read_text())
-    t0 = time.monotonic()
     with pytest.raises(SSHError, match="host key mismatch"):
-        c.connect(time.monotonic() + 30)
-    assert time.monotonic() - t0 < 5
+        c.connect(time.monotonic() + 600)
+    assert retries(caplog) == []
 
 
-def test_wrong_client_key_is_rejected(booted: Booted, other_ed25519_key: Path) -> None:
+def test_wrong_client_key_is_rejected(booted: Booted, other_ed25519_key: Path,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="harness.guest.ssh")
     c = booted.client(key=other_ed25519_key)
-    t0 = time.monotonic()
     with pytest.raises(SSHError, match=r"authentication as root with .* failed"):
-        c.connect(time.monotonic() + 30)
-    assert time.monotonic() - t0 < 5
+        c.connect(time.monotonic() + 600)
+    assert retries(caplog) == []
 
 
 @pytest.fixture
@@ -167,18 +179,18 @@ def test_gives_up_at_the_deadline(artifacts: Artifacts, refused_port: int) -> No
     c = SSHClient("127.0.0.1", refused_port, artifacts.ssh_key, artifacts.ssh_host_pubkey)
     t0 = time.monotonic()
     with pytest.raises(SSHError, match=r"could not connect to root@127.0.0.1:\d+ after "
-                                       r"[2-9] attempts: .*Unable to connect to port"):
-        c.connect(time.monotonic() + 2)
-    assert 2 <= time.monotonic() - t0 < 4
+                                       r"[2-9]\d* attempts: .*Unable to connect to port"):
+        c.connect(time.monotonic() + 3)
+    assert 3 <= time.monotonic() - t0 < 60  # retried until the deadline, then gave up
 
 
 def test_abort_while_connecting(artifacts: Artifacts, refused_port: int) -> None:
     c = SSHClient("127.0.0.1", refused_port, artifacts.ssh_key, artifacts.ssh_host_pubkey)
-    reasons = iter([None, "QEMU exited with status 1"])
+    reasons = iter([None, "QEMU exited with status 1"])  # a third call would raise
     t0 = time.monotonic()
     with pytest.raises(SSHError, match="gave up connecting: QEMU exited with status 1"):
-        c.connect(time.monotonic() + 30, abort=lambda: next(reasons))
-    assert time.monotonic() - t0 < 5
+        c.connect(time.monotonic() + 600, abort=lambda: next(reasons))
+    assert time.monotonic() - t0 < 300  # the abort, not the deadline, ended it
 
 
 # ---- guests of their own ------------------------------------------------------------------
@@ -221,11 +233,10 @@ def test_guest_dying_under_a_command_aborts_it(artifacts: Artifacts, accel: Acce
     with guest_for(artifacts, accel, tmp_path) as guest:
         guest.wait_ready()
         with guest.ssh(artifacts.ssh_key, artifacts.ssh_host_pubkey, 60) as c:
-            t0 = time.monotonic()
+            # the abort ends it (SSHAborted), long before the timeout would (SSHTimeout)
             with pytest.raises(SSHAborted, match="aborted: QEMU exited") as exc:
-                c.run(f"echo going; sleep 0.5; echo PANIC > {LKDTM}; sleep 60", timeout=60,
+                c.run(f"echo going; sleep 0.5; echo PANIC > {LKDTM}; sleep 600", timeout=600,
                       abort=guest.exit_reason)
-            assert time.monotonic() - t0 < 15
             assert exc.value.stdout == b"going\n"
             with pytest.raises(SSHError):  # the connection is gone for good
                 c.run("true", timeout=5)

@@ -13,24 +13,57 @@ import pytest
 from harness.core.proc import CommandError, run, run_with_progress
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+
+
 def test_progress_step_that_hangs_silently_times_out(tmp_path: Path) -> None:
+    """A silent step that never ends is killed at its timeout, not at its own end."""
+    pidfile = tmp_path / "pid"
     t0 = time.monotonic()
     with pytest.raises(CommandError) as e:
-        run_with_progress(["sleep", "30"], label="hang", timeout=2, logfile=tmp_path / "l.log")
-    assert time.monotonic() - t0 < 10
+        run_with_progress(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 600"], label="hang",
+                          timeout=2, logfile=tmp_path / "l.log")
+    assert 2 <= time.monotonic() - t0 < 300
     assert e.value.rc is None and "timed out" in str(e.value)
+    assert not alive(int(pidfile.read_text()))
 
 
-def test_progress_logs_output_and_beats_while_quiet(tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="harness.core.proc")
-    log = tmp_path / "l.log"
-    run_with_progress(["sh", "-c", "echo '[1/2] first'; sleep 2.5; echo '[2/2] last'"],
-                      label="step", timeout=30, logfile=log, interval=1)
+class OnHeartbeat(logging.Handler):
+    """Creates ``go`` when a heartbeat naming ``line`` is logged."""
+
+    def __init__(self, go: Path, line: str) -> None:
+        super().__init__()
+        self.go, self.line = go, line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("step:") and self.line in msg:
+            self.go.touch()
+
+
+def test_progress_logs_output_and_beats_while_quiet(tmp_path: Path) -> None:
+    """The step stays silent until a heartbeat naming its latest line has been
+    logged (it waits for the file the heartbeat makes), then finishes."""
+    log, go = tmp_path / "l.log", tmp_path / "go"
+    handler = OnHeartbeat(go, "[1/2] first")
+    logger = logging.getLogger("harness.core.proc")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        run_with_progress(["sh", "-c", f"echo '[1/2] first'; while [ ! -e {go} ]; do sleep 0.1;"
+                           " done; echo '[2/2] last'"],
+                          label="step", timeout=120, logfile=log, interval=1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
     text = log.read_text()
     assert "[1/2] first" in text and "[2/2] last" in text
-    # a heartbeat came during the silent sleep, naming the latest line
-    assert any("step:" in r.message and "[1/2] first" in r.message for r in caplog.records)
 
 
 def test_progress_failure_names_the_log(tmp_path: Path) -> None:
@@ -43,8 +76,9 @@ def test_progress_failure_names_the_log(tmp_path: Path) -> None:
 
 def test_run_timeout_and_capture(tmp_path: Path) -> None:
     assert run(["sh", "-c", "echo hi"], timeout=10).stdout == b"hi\n"
-    with pytest.raises(CommandError):
-        run(["sleep", "30"], timeout=1)
+    with pytest.raises(CommandError, match="timed out") as e:
+        run(["sleep", "600"], timeout=1)
+    assert e.value.rc is None
 
 
 # ---- a timed-out or interrupted step leaves no process behind ------------------------

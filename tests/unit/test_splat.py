@@ -342,3 +342,55 @@ def test_user_return_report_does_not_swallow_what_follows() -> None:
     splat = scan_text((DATA / "debug_lockdep_user_return.console").read_text())[0]
     assert "segfault" not in splat.report
     assert len(splat.report.splitlines()) == 7
+
+
+# ---- user space on the console ------------------------------------------------------------
+
+def test_user_space_lines_on_a_real_console_are_not_splats() -> None:
+    """A 6.12 guest's console (tests/e2e/test_splats.py): a program wrote
+    "WARNING: ...", "BUG: ..." and "Oops: ..." to /dev/console, then LKDTM made the
+    kernel WARN. Only the kernel's report counts, from its own first line."""
+    text = (DATA / "user_space_warning.console").read_text()
+    lines = text.splitlines()
+    assert "BUG: neither does this one" in lines  # user space's, no printk prefix
+    (splat,) = scan_text(text)
+    assert splat.title == "WARNING in lkdtm_WARNING"
+    assert "WARNING: CPU: 0 PID: 78 at drivers/misc/lkdtm/bugs.c:112" in lines[splat.line - 1]
+    assert "user space" not in splat.report and "neither" not in splat.report
+
+
+def test_user_space_lines_alone_are_not_splats() -> None:
+    lines = (DATA / "user_space_warning.console").read_text().splitlines()
+    user = lines[:lines.index("hmmlab-test: user space done") + 1]
+    scanner = SplatScanner()
+    assert [scanner.feed(line) for line in user] == [None] * len(user)
+    assert scanner.current() == []
+    assert scanner.flush() is None and scanner.splats == []
+
+
+def test_a_kernel_report_right_after_user_space_text_is_found() -> None:
+    """A user-space "BUG:" line is still open when the kernel's report begins: the
+    kernel's starts where its prefixed first line is, even a secondary one (Oops)."""
+    null = (DATA / "splat_null.txt").read_text().splitlines()
+    start = next(i for i, line in enumerate(null) if "BUG: kernel NULL pointer" in line)
+    text = "\n".join(["BUG: from user space", "more user space", *null[start:]])
+    (splat,) = scan_text(text)
+    assert splat.title == "BUG: kernel NULL pointer dereference in hmm_gpu_probe"
+    assert splat.line == 3
+    oops = next(ln for ln in null if "Oops:" in ln)
+    (splat,) = scan_text("\n".join(["BUG: from user space", oops,
+                                    "[    1.0] RIP: 0010:f+0x1/0x2"]))
+    assert splat.title == "Oops in f" and splat.line == 2
+
+
+def test_a_console_without_printk_times_still_has_splats() -> None:
+    """Without timestamps a report counts once its "CPU: N PID: N" line comes: the
+    real LKDTM console with every printk prefix taken off."""
+    text = "\n".join(strip_prefix(line)
+                     for line in (DATA / "lkdtm_warning.console").read_text().splitlines())
+    assert "[" not in text.splitlines()[0]
+    assert [s.title for s in scan_text(text)] == ["WARNING in lkdtm_WARNING"]
+    text7 = "\n".join(strip_prefix(line) for line in
+                      (DATA / "lkdtm_exception_7.2.console").read_text().splitlines())
+    assert [s.title for s in scan_text(text7)] == [
+        "BUG: kernel NULL pointer dereference in lkdtm_EXCEPTION"]

@@ -170,34 +170,64 @@ def fake_qemu(tmp_path: Path, body: str) -> Path:
     return exe
 
 
+def openable_kvm(tmp_path: Path) -> Path:
+    """A file that opens read-write where /dev/kvm would: the probe goes on to run QEMU
+    (the stand-in below) whether or not this host has KVM."""
+    dev = tmp_path / "kvm"
+    dev.touch()
+    return dev
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+
+
 def test_kvm_probe_success_is_cached(tmp_path: Path) -> None:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("no /dev/kvm to open: the probe stops before running QEMU")
     count = tmp_path / "count"
-    qemu = fake_qemu(tmp_path, f'echo x >> {count}; echo "Linux version 6.12"; sleep 30')
-    probe = AccelProbe(timeout=5)
+    qemu = fake_qemu(tmp_path, f'echo x >> {count}; echo "Linux version 6.12"; exec sleep 300')
+    probe = AccelProbe(timeout=60, kvm_device=openable_kvm(tmp_path))
     k = tmp_path / "bzImage"
-    assert probe.choose("auto", qemu, (), k).name == "kvm"
+    assert probe.choose("auto", qemu, (), k) == AccelChoice("kvm",
+                                                            "probe booted a kernel under KVM")
     assert probe.choose("kvm", qemu, (), k).name == "kvm"
     assert count.read_text().count("x") == 1
 
 
-def test_kvm_probe_hang_falls_back_to_tcg(tmp_path: Path) -> None:
-    qemu = fake_qemu(tmp_path, "sleep 30")
-    probe = AccelProbe(timeout=1)
+@pytest.mark.parametrize(("body", "why"), [
+    ("exec sleep 300", "no console output"),  # nested KVM spinning before the kernel prints
+    ("echo 'qemu: KVM starting'; exec sleep 300", "qemu: KVM starting"),
+])
+def test_kvm_probe_hang_falls_back_to_tcg(tmp_path: Path, body: str, why: str) -> None:
+    """A QEMU that never prints the kernel banner and never exits: the probe gives
+    up after its timeout, kills it and chooses TCG, saying why."""
+    pidfile = tmp_path / "qemu.pid"
+    qemu = fake_qemu(tmp_path, f"echo $$ > {pidfile}; {body}")
+    probe = AccelProbe(timeout=2, kvm_device=openable_kvm(tmp_path))
     t0 = time.monotonic()
     choice = probe.choose("auto", qemu, (), tmp_path / "bzImage")
-    assert choice.name == "tcg" and time.monotonic() - t0 < 10
-    with pytest.raises(GuestError, match="kvm was requested"):
+    assert time.monotonic() - t0 >= 2  # it waited its timeout, the stand-in really ran
+    assert choice == AccelChoice(
+        "tcg", f"KVM probe printed no kernel banner within 2s ({why})")
+    assert not pid_alive(int(pidfile.read_text()))  # the hung QEMU did not outlive the probe
+    with pytest.raises(GuestError, match=r"kvm was requested but KVM does not work: KVM probe"):
         probe.choose("kvm", qemu, (), tmp_path / "bzImage")
 
 
 def test_kvm_probe_abort_falls_back_with_reason(tmp_path: Path) -> None:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("no /dev/kvm to open: the probe stops before running QEMU")
     qemu = fake_qemu(tmp_path, "echo 'kvm_buf_set_msrs: Assertion failed.' >&2; exit 134")
-    choice = AccelProbe(timeout=5).choose("auto", qemu, (), tmp_path / "bzImage")
+    choice = AccelProbe(timeout=60, kvm_device=openable_kvm(tmp_path)).choose(
+        "auto", qemu, (), tmp_path / "bzImage")
     assert choice.name == "tcg" and "Assertion failed" in choice.reason
+
+
+def test_no_kvm_device_means_tcg_without_running_qemu(tmp_path: Path) -> None:
+    choice = AccelProbe(kvm_device=tmp_path / "no-kvm").choose(
+        "auto", tmp_path / "missing-qemu", (), tmp_path / "bzImage")
+    assert choice == AccelChoice("tcg", f"{tmp_path / 'no-kvm'}: No such file or directory")
 
 
 def test_tcg_requested_needs_no_probe(tmp_path: Path) -> None:
