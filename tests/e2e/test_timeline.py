@@ -1,7 +1,7 @@
 """End to end: a run writes timeline.pftrace, and it decodes into the run.
 
-One hmm-gpu, smoke and svm-mirror (the driver services device faults with
-prefault off... or on: svm-mirror faults either way). The test decodes the
+One hmm-gpu, smoke and svm-mirror (whose workloads make the device fault).
+The test decodes the
 timeline with Perfetto's protos and checks: the scenarios' slices are there,
 the device's faults lie inside svm-mirror's slice on the virtual clock, and
 each fault has a flow to the replay that released it. It prints how far the
