@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class TimelineConfig:
+    """timeline.pftrace after the run (harness.report.timeline)."""
+
+    enabled: bool = True
+    dmas: bool = False  # every DMA as an event too: millions on a big run
+
+
+@dataclass(frozen=True)
 class RunConfig:
     kernel: str
     flavor: str
@@ -91,6 +99,7 @@ class RunConfig:
     devices: tuple[DeviceConfig, ...]
     scenarios: tuple[str, ...]
     timeouts: Timeouts
+    timeline: TimelineConfig = TimelineConfig()
     source: str = "<default>"
     # A developer's own kernel source tree (--kernel-tree); overrides kernel.
     kernel_tree: str | None = None
@@ -373,6 +382,22 @@ def _timeouts(r: Reader, node: Node, base: Timeouts) -> Timeouts:
     return Timeouts(**values)
 
 
+def _timeline(r: Reader, node: Node, base: TimelineConfig) -> TimelineConfig:
+    """``timeline: false`` (none), or a mapping of TimelineConfig's keys."""
+    if isinstance(node, ScalarNode):
+        value = r.scalar(node, "timeline", "true, false or a mapping")
+        if not isinstance(value, bool):
+            raise r.error(node, "timeline", f"expected true, false or a mapping, got {show(node)}")
+        return replace(base, enabled=value)
+    values = asdict(base)
+    for name, (_k, vnode) in r.mapping(node, "timeline", values).items():
+        value = r.scalar(vnode, f"timeline.{name}", "true or false")
+        if not isinstance(value, bool):
+            raise r.error(vnode, f"timeline.{name}", f"expected true or false, got {show(vnode)}")
+        values[name] = value
+    return TimelineConfig(**values)
+
+
 # ---- loading ---------------------------------------------------------------------
 
 def compose(text: str, source: str) -> Node | None:
@@ -413,6 +438,7 @@ def _apply(
         "devices": lambda n: _devices(r, n),
         "scenarios": lambda n: _scenarios(r, n, known_scenarios),
         "timeouts": lambda n: _timeouts(r, n, cfg.get("timeouts", Timeouts())),
+        "timeline": lambda n: _timeline(r, n, cfg.get("timeline", TimelineConfig())),
     }
     out = dict(cfg)
     for name, (_k, vnode) in r.mapping(root, "", parsers).items():

@@ -46,6 +46,7 @@ from harness.core.config import RunConfig
 from harness.core.results import Event, Results, Status, TestResult, excerpt, status_for
 from harness.guest.ssh import SSHClient, SSHError, SSHTimeout
 from harness.guest.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
+from harness.report import timeline
 from harness.scenarios import Scenario, Session
 from harness.scenarios.common import cut_off_status
 
@@ -199,6 +200,10 @@ class Runner:
     # what an interrupt cuts short (see _interrupted)
     _running: str | None = field(default=None, init=False)
     _finished: set[str] = field(default_factory=set, init=False)
+    # for the timeline: what the harness did (host monotonic ns), and a (wall,
+    # monotonic) pair from just after QEMU started, to place QMP's event stamps
+    _spans: list[timeline.Span] = field(default_factory=list, init=False)
+    _clock_pair: tuple[int, int] | None = field(default=None, init=False)
 
     def execute(self) -> Results:
         """Run everything and write results.json; never raises for guest problems."""
@@ -317,17 +322,31 @@ class Runner:
         if session is not None:
             for sc in ran:
                 self._guarded(f"{sc.name}.finish", lambda sc=sc: sc.finish(session))
+        if cfg.timeline.enabled and self._clock_pair is not None:  # QEMU ran: traces are whole
+            self._guarded("timeline", self._timeline)
+
+    def _timeline(self) -> None:
+        r = self.results
+        assert self._clock_pair is not None
+        clock = timeline.VirtualClock.from_qmp_events(r.dir / "qmp-events.jsonl",
+                                                      *self._clock_pair)
+        stats = timeline.write(r.dir, self._spans, clock, dmas=self.cfg.timeline.dmas)
+        r.environment["timeline"] = stats.to_dict()
+        log.info("timeline: %s, %.1f MB in %.1fs", stats.path, stats.bytes / 1e6, stats.seconds)
 
     def _boot(self, guest: Guest, t0: float) -> bool:
         r = self.results
+        start = time.monotonic_ns()
         try:
             guest.start()
+            self._clock_pair = (time.time_ns(), time.monotonic_ns())
             took = guest.wait_ready()
         except GuestError as e:
             splats = guest.console.splats() if guest.console else []
             r.add(boot_failure(e, splats, time.monotonic() - t0, guest.returncode))
             return False
         r.environment["boot_seconds"] = round(took, 2)
+        self._spans.append(timeline.Span("boot", start, time.monotonic_ns(), "run"))
         r.add(TestResult("boot", Status.PASS, time.monotonic() - t0,
                          guest.console.tail(5) if guest.console else "", ["console.log"]))
         return True
@@ -402,7 +421,10 @@ class Runner:
             ran.append(sc)
             log.info("scenario %s", name)
             self._running = name
+            start = time.monotonic_ns()
             self._guarded(name, lambda sc=sc: sc.run(session), session.guest)
+            self._spans.append(timeline.Span(name, start, time.monotonic_ns(), args={
+                t.path: str(t.status) for t in r.tests[before:]}))
             self._running = None
             self._finished.add(name)
             if i + 1 == len(plan):
