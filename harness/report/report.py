@@ -14,6 +14,8 @@ FAIL is ``<failure>``, ERROR is ``<error>``, SKIP is ``<skipped>``, and MISS
 HTML: one static page (inline CSS, no script, no network), rendered by Jinja2
 with autoescape from ``templates/report.html.j2``; every link is relative to
 the results directory, so the directory can be copied or archived whole.
+Per cell it shows plots of the cell's DMA traces (:mod:`harness.report.plots`,
+inline SVG) and links the cell's Perfetto timeline when there is one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import junitparser
 
 from harness.core.files import atomic_write, replacing
 from harness.core.results import Status, verdict
+from harness.report import plots
 
 RESULTS_JSON = "results.json"
 JUNIT_XML = "junit.xml"
@@ -45,8 +48,8 @@ EXIT_MEANING = {0: "all passed", 1: "a test failed", 2: "infrastructure error"}
 # Logs and traces a cell directory may hold, in the order the page lists them.
 CELL_FILES = (
     "console.log", "run.log", "qemu.log", "qemu.stderr", "qemu.cmdline",
-    "dmatrace-*.bin", "hmm-tests-*.log", "hmm-tests-table.txt", "cell.log", "cell.yaml",
-    "results.json",
+    "dmatrace-*.bin", "timeline.pftrace", "hmm-tests-*.log", "hmm-tests-table.txt",
+    "cell.log", "cell.yaml", "results.json",
 )
 # A matrix run's own files, next to results.json.
 TOP_FILES = ("run.log", "matrix.yaml")
@@ -469,6 +472,14 @@ def hmm_tests_rows(run: Run) -> list[dict[str, Any]]:
     return out
 
 
+def cell_plots(run: Run) -> dict[str, plots.CellPlots]:
+    """Each cell's trace plots, read from its directory (the report is a function of
+    the results directory alone)."""
+    return {c.name: plots.cell_plots(run.results_dir / c.dir if c.dir else run.results_dir,
+                                     prefix=f"cell{i}")
+            for i, c in enumerate(run.cells, 1)}
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("harness.report", "templates"),
@@ -504,6 +515,9 @@ def render_html(run: Run) -> str:
         failures=[e for e in run.entries if e.status in BAD],
         empty_bad_cells=[c for c in run.cells if not c.entries and c.status in BAD],
         hmm_rows=hmm_tests_rows(run),
+        plots=cell_plots(run),
+        rel=_rel,
+        href=_href,
     )
 
 

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.browser
 DATA = Path(__file__).parent.parent / "unit" / "data" / "report"
 TIMEOUT = 90  # s per browser run; one takes 1-3 s here
 WINDOW = (1400, 1500)
+# matplotlib's first default line colours (C0 blue, C1 orange, C2 green): the plots' lines
+PLOT_COLOURS = {"C0": (0x1F, 0x77, 0xB4), "C1": (0xFF, 0x7F, 0x0E), "C2": (0x2C, 0xA0, 0x2C)}
 # The page's status colours (templates/report.html.j2), as a person sees them.
 COLOURS = {"PASS": (0xC8, 0xF0, 0xCF), "FAIL": (0xFF, 0x8F, 0x8F), "ERROR": (0xD9, 0xB8, 0xFF),
            "MISS": (0xC4, 0xC7, 0xCC), "SKIP": (0xFF, 0xF1, 0xA8)}
@@ -147,3 +149,49 @@ def test_browser_screenshot_shows_every_status_colour(tmp_path: Path) -> None:
     for status, rgb in COLOURS.items():
         n = counts.get(rgb, 0)
         assert n > 500, f"{status} colour {rgb} painted on only {n} pixels"
+
+
+def test_browser_shows_the_trace_plots(tmp_path: Path) -> None:
+    """The real matrix with real DMA traces in its first cell: the plots are in the
+    rendered DOM as SVG, and painted (their line colours on the screenshot)."""
+    chromium = find_chromium()
+    tree = make_tree("matrix-real", tmp_path / "real")
+    for f in (DATA / "traces").glob("dmatrace-*.bin"):
+        shutil.copy(f, tree / "cells/6.12" / f.name)
+    report.write_reports(tree)
+    cp = browse(chromium, tmp_path / "dom", "--dump-dom", (tree / "index.html").as_uri())
+    section = cp.stdout[cp.stdout.index('id="plots-1"'):cp.stdout.index('id="plots-2"')]
+    assert section.count("<svg") == 4, section[:2000]
+    for title in ("DMA (MiB/s)", "events per second", "VRAM in use (MiB)", "fault latency"):
+        assert title in section
+    assert "<svg" not in cp.stdout[cp.stdout.index('id="plots-2"'):]
+    assert Dom(cp.stdout).scripts == 0
+    # The plots are at the bottom of a long page: a window tall enough for all of it.
+    shot = tmp_path / "plots.png"
+    height = 9000
+    browse(chromium, tmp_path / "shot", f"--screenshot={shot}",
+           f"--window-size={WINDOW[0]},{height}", (tree / "index.html").as_uri())
+    keep = os.environ.get("HMMLAB_REPORT_PLOTS_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+    img = Image.open(shot).convert("RGB")
+    counts = {rgb: n for n, rgb in img.getcolors(maxcolors=WINDOW[0] * height)}
+    painted = {name: counts.get(rgb, 0) for name, rgb in PLOT_COLOURS.items()}
+    # thin anti-aliased lines: only their cores have the exact colour (here about
+    # 1800, 900 and 100 pixels); the page without plots has none
+    assert sum(painted.values()) > 1000 and min(painted.values()) > 30, \
+        f"plot line colours painted on {painted} pixels: the plots are not visible"
+    # where the plots are painted, the page is not blank: the box around the
+    # plot-coloured pixels holds lines, text and axes in many colours
+    px = img.load()
+    hits = [(x, y) for y in range(0, height, 2) for x in range(0, WINDOW[0], 2)
+            if px[x, y] in PLOT_COLOURS.values()]
+    assert hits, "no plot pixels"
+    xs, ys = [x for x, _ in hits], [y for _, y in hits]
+    box = img.crop((min(xs), min(ys), max(xs) + 1, max(ys) + 1))
+    box_colours = box.getcolors(maxcolors=box.size[0] * box.size[1])
+    assert len(box_colours) > 50
+    white = dict((rgb, n) for n, rgb in box_colours).get((255, 255, 255), 0)
+    # axes, ticks, text and lines cover about 5 % of the box here; a blank one, none
+    assert white < 0.99 * box.size[0] * box.size[1], \
+        f"the plot area {box.size} is (nearly) blank: {white} white pixels"

@@ -5,7 +5,11 @@ entries, all PASS or SKIP); ``data/report/matrix-real/results.json`` a real
 two-cell matrix run (smoke only, iommu off and intel-iommu);
 ``data/report/matrix/results.json`` a small hand-made matrix run (version 2)
 with every status, dotted cell names, a ``<script>`` in a log excerpt and
-control characters in another.
+control characters in another. ``data/report/traces`` holds real DMA traces of
+one cell of a default matrix run (6.12): hmm-gpu 1's whole trace
+(dmatrace-1.bin) and 6000 records of hmm-gpu 0's (dmatrace-0.bin, records
+1414500-1420499 after its header: 35 faults, 12 replays, 4 cancels, 102
+migration copies).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from urllib.parse import unquote, urlsplit
 
 import junitparser
 import markupsafe
+import numpy as np
 import pytest
 
+from harness.checks import dmatrace
 from harness.core.results import Results, Status
-from harness.report import report
+from harness.report import plots, report
 
 DATA = Path(__file__).parent / "data" / "report"
 # Files a results tree has but that tests never name; the page lists them per cell.
@@ -481,3 +487,204 @@ def test_a_cell_without_tests_still_shows_in_junit_and_html(matrix: Path) -> Non
 def test_clean_text() -> None:
     assert report.clean_text("a\x1b[1;31mred\x1b[0m\tb\x00c\x7f\udc80\n") == (
         "ared\tb\\x00c\\x7f\\udc80\n")
+
+
+# --- trace plots -----------------------------------------------------------------
+
+TRACES = DATA / "traces"
+AXIS_TITLES = {  # plot -> the axis titles its SVG must carry, as text
+    "dma": ["DMA (MiB/s)", plots.TIME_AXIS],
+    "events": ["events per second", plots.TIME_AXIS],
+    "vram": ["VRAM in use (MiB)", plots.TIME_AXIS],
+    "latency": ["faults", "fault latency (µs, fault record to replay or cancel)"],
+}
+
+
+class Sections(HTMLParser):
+    """Per cell section of the Traces part: its figures, the texts in each <svg>,
+    its notes and links."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.cells: dict[str, dict] = {}
+        self._cell: dict | None = None
+        self._plot: str | None = None
+        self._svg_depth = 0
+        self._note = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "section" and "cell-plots" in a.get("class", ""):
+            self._cell = self.cells[a["data-cell"]] = {"plots": {}, "notes": [], "hrefs": []}
+        if self._cell is None:
+            return
+        if tag == "figure":
+            self._plot = a["data-plot"]
+            self._cell["plots"][self._plot] = {"svgs": 0, "texts": []}
+        if tag == "svg":
+            self._svg_depth += 1
+            if self._plot:
+                self._cell["plots"][self._plot]["svgs"] += 1
+        if tag == "a":
+            self._cell["hrefs"].append(a["href"])
+        self._note = tag == "p" and "plot-note" in a.get("class", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self._cell = None
+        if tag == "figure":
+            self._plot = None
+        if tag == "svg":
+            self._svg_depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is None:
+            return
+        if self._plot and self._svg_depth and data.strip():
+            self._cell["plots"][self._plot]["texts"].append(data.strip())
+        if self._note and data.strip():
+            self._cell["notes"].append(data.strip())
+
+
+def traced_tree(tmp_path: Path) -> Path:
+    """The real two-cell matrix; its first cell (6.12) has the real traces."""
+    tree = make_tree("matrix-real", tmp_path / "real")
+    for f in (tree / "cells/6.12").glob("dmatrace-*.bin"):
+        f.unlink()
+    for f in TRACES.glob("dmatrace-*.bin"):
+        shutil.copy(f, tree / "cells/6.12" / f.name)
+    return tree
+
+
+def test_html_cell_with_traces_gets_its_plots(tmp_path: Path) -> None:
+    tree = traced_tree(tmp_path)
+    (tree / "cells/6.12/timeline.pftrace").write_bytes(b"\x0a\x00")
+    report.write_reports(tree)
+    text, p = page(tree)
+    cells = Sections(text).cells
+    assert list(cells) == ["6.12", "6.12-iommu"]
+    traced = cells["6.12"]
+    assert list(traced["plots"]) == ["dma", "events", "vram", "latency"]
+    for name, titles in AXIS_TITLES.items():
+        plot = traced["plots"][name]
+        assert plot["svgs"] == 1, name
+        for title in titles:
+            assert title in plot["texts"], (name, title, plot["texts"][:40])
+    # one panel per device in the time plots, legends name the kinds
+    assert {"hmm-gpu 0", "hmm-gpu 1", "DATA", "PTW"} <= set(traced["plots"]["dma"]["texts"])
+    assert {"faults", "replays", "cancels", "TLB invalidations"} <= set(
+        traced["plots"]["events"]["texts"])
+    assert traced["notes"] == []
+    # the timeline is linked, with how to open it
+    assert "cells/6.12/timeline.pftrace" in traced["hrefs"]
+    assert "https://ui.perfetto.dev" in traced["hrefs"]
+    assert (tree / "cells/6.12/timeline.pftrace").is_file()
+    assert "cells/6.12/timeline.pftrace" in p.hrefs and "#plots-1" in p.hrefs
+    # a cell without a (valid) trace says so, and draws nothing
+    plain = cells["6.12-iommu"]
+    assert plain["plots"] == {}
+    assert "https://ui.perfetto.dev" not in plain["hrefs"]
+    assert any("no plots" in n and "bad magic" in n for n in plain["notes"]), plain["notes"]
+    # element ids stay unique with several SVGs inline
+    ids = re.findall(r'\bid="([^"]+)"', text)
+    assert len(ids) == len(set(ids))
+    assert "<script" not in text.lower()
+
+
+def test_html_cell_without_any_trace_gets_a_note(tmp_path: Path) -> None:
+    tree = make_tree("matrix-real", tmp_path / "real")
+    for f in tree.glob("cells/*/dmatrace-*.bin"):
+        f.unlink()
+    report.write_reports(tree)
+    cells = Sections(page(tree)[0]).cells
+    assert list(cells) == ["6.12", "6.12-iommu"]
+    for cell in cells.values():
+        assert cell["plots"] == {}
+        assert cell["notes"] == ["No DMA trace in this cell (no device, or tracing was off)."]
+
+
+def oracle_latencies(records: list[dmatrace.TraceRecord]) -> tuple[list[int], int]:
+    """Fault latencies the slow, obvious way, over dmatrace's record objects."""
+    out, open_ = [], 0
+    for i, r in enumerate(records):
+        if r.kind != dmatrace.Kind.FAULT_WRITE:
+            continue
+        for later in records[i + 1:]:
+            if later.kind == dmatrace.Kind.EV_REPLAY or (
+                    later.kind == dmatrace.Kind.EV_CANCEL and later.aux == r.aux):
+                out.append(later.timestamp_ns - r.timestamp_ns)
+                break
+        else:
+            open_ += 1
+    return sorted(out), open_
+
+
+@pytest.mark.parametrize("name", ["dmatrace-0.bin", "dmatrace-1.bin"])
+def test_reduced_trace_agrees_with_the_record_decoder(name: str) -> None:
+    """The binned figures of a real trace against dmatrace's record-by-record
+    decoder: bytes per kind, event counts, fault latencies."""
+    path = TRACES / name
+    trace = dmatrace.read_trace(path)
+    device, recs = plots.read_records(path)
+    assert device == dmatrace.GPU and len(recs) == len(trace.records)
+    t0 = trace.records[0].timestamp_ns
+    width = -(-(trace.records[-1].timestamp_ns - t0 + 1) // plots.BINS)
+    s = plots.reduce_trace(path, device, recs, t0, width)
+    summary = dmatrace.summarize(trace)
+    for kind, bins in s.dma.items():
+        want = sum(b for k, b in summary.bytes_by.items() if k.split("/")[0] == kind)
+        assert bins.sum() == want, kind
+    assert set(s.dma) == {k.split("/")[0] for k, b in summary.bytes_by.items()
+                          if b and not k.startswith(("VRAM", "EV_"))}
+    for kind, what in plots.EVENTS.items():
+        n = sum(1 for r in trace.records if r.kind == kind)
+        assert (s.events[what].sum() if what in s.events else 0) == n, what
+    want, open_ = oracle_latencies(trace.records)
+    assert sorted(s.latency_ns.tolist()) == want and s.unresolved == open_
+    assert len(want) > 10
+    # chunk boundaries change nothing (the VRAM state and record indices carry over)
+    small = plots.reduce_trace(path, device, recs, t0, width, chunk=97)
+    assert {k: v.tolist() for k, v in small.dma.items()} == {
+        k: v.tolist() for k, v in s.dma.items()}
+    assert s.vram_pages is not None and small.vram_pages is not None
+    assert small.vram_pages.tolist() == s.vram_pages.tolist()
+    assert sorted(small.latency_ns.tolist()) == want
+
+
+def test_fault_latency_ends_at_the_first_replay_or_own_cancel() -> None:
+    # faults at records 0, 2, 5, 9, 10 (tokens 1-5); a replay at 4; cancels:
+    # token 2 at 3 (before the replay), 3 at 6, 1 at 7 (after the replay), 6 at 11
+    # (nobody's: fault 5 stays open); time = record index * 10
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    lat, open_ = plots.fault_latencies(
+        f_idx=i64(0, 2, 5, 9, 10), f_ts=i64(0, 20, 50, 90, 100), f_tok=i64(1, 2, 3, 4, 5),
+        r_idx=i64(4), r_ts=i64(40),
+        c_idx=i64(3, 6, 7, 11), c_ts=i64(30, 60, 70, 110), c_tok=i64(2, 3, 1, 6))
+    assert lat.tolist() == [40, 10, 10] and open_ == 2
+
+
+def test_vram_pages_follow_the_copies_across_chunks() -> None:
+    v = plots.VramPages()
+    # page 5 filled then emptied, page 6 filled
+    assert v.deltas(np.array([5, 5, 6]), np.array([True, False, True])).tolist() == [1, -1, 1]
+    # next chunk: 5 copied out again (a migration that did not complete): no change;
+    # 6 emptied, 6 emptied again, 5 filled, 9 copied out without ever being filled
+    assert v.deltas(np.array([5, 6, 6, 5, 9]),
+                    np.array([False, False, False, True, False])).tolist() == [0, -1, 0, 1, 0]
+
+
+def test_broken_and_empty_traces_are_notes_not_failures(tmp_path: Path) -> None:
+    shutil.copy(TRACES / "dmatrace-1.bin", tmp_path / "dmatrace-1.bin")
+    (tmp_path / "dmatrace-2.bin").write_bytes(b"")
+    head = (TRACES / "dmatrace-1.bin").read_bytes()[:dmatrace.HDR_SIZE]
+    (tmp_path / "dmatrace-3.bin").write_bytes(head + b"\x00" * 40)  # half a record
+    (tmp_path / "dmatrace-4.bin").write_bytes(b"not a trace, just text\n" * 3)
+    out = plots.cell_plots(tmp_path)
+    assert [p.id for p in out.plots] == ["dma", "events", "vram", "latency"]
+    assert out.notes[:2] == ["dmatrace-2.bin: no plots: empty trace: the device wrote no header",
+                             "dmatrace-3.bin: no records"]
+    assert re.fullmatch(r"dmatrace-4\.bin: no plots: bad magic 0x[0-9a-f]{16} "
+                        r"\(want 0x31435254474d4d48\): not a hmm-gpu trace", out.notes[2])
+    assert len(out.notes) == 3
+    assert out.timeline is None
