@@ -1158,3 +1158,101 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
             problem(f"record {i} (t={r[_TS]}): {_name(_enum(Dir, r[_DIR]))} cmd={r[_CMD]} "
                     f"ctx={r[_CTX]} va=0x{r[_VA]:x} touched VRAM offset 0x{off:x}: {why}")
     return out
+
+
+# ---- queries (hmmlab trace) ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Query:
+    """Which records to pick; every given condition must hold."""
+
+    kinds: tuple[int, ...] = ()  # these kinds only
+    addr: tuple[int, int] | None = None  # DMA overlapping [lo, hi): addr/len, not events
+    t_from: int | None = None  # timestamp_ns >= t_from
+    t_to: int | None = None  # timestamp_ns < t_to
+    ctx: int | None = None
+
+    def mask(self, c: np.ndarray) -> np.ndarray:
+        m = np.ones(len(c), bool)
+        if self.kinds:
+            m &= _table(self.kinds)[c["kind"]]
+        if self.addr is not None:
+            lo, hi = self.addr
+            addr = c["addr"]
+            # [addr, addr + max(len, 1)) overlaps [lo, hi); events carry no DMA address
+            m &= ~_EVENT[c["kind"]] & (addr < hi) & (addr + np.maximum(c["len"], 1) > lo)
+        if self.t_from is not None:
+            m &= c["timestamp_ns"] >= self.t_from
+        if self.t_to is not None:
+            m &= c["timestamp_ns"] < self.t_to
+        if self.ctx is not None:
+            m &= c["ctx"] == self.ctx
+        return m
+
+
+def select(trace: Trace, query: Query, limit: int | None = None) -> np.ndarray:
+    """Indices of the records ``query`` picks, in order, at most ``limit``: a chunked
+    scan that stops once it has enough."""
+    found: list[np.ndarray] = []
+    n = 0
+    for lo in range(0, len(trace.rows), CHUNK):
+        hit = np.flatnonzero(query.mask(trace.rows[lo:lo + CHUNK])) + lo
+        found.append(hit)
+        n += len(hit)
+        if limit is not None and n >= limit:
+            break
+    idx = np.concatenate(found) if found else np.zeros(0, np.int64)
+    return idx if limit is None else idx[:limit]
+
+
+def fault_lives(trace: Trace, key: int, limit: int = 10) -> list[np.ndarray]:
+    """The life of each fault whose record has ``key`` as its token or whose va is in
+    the page of ``key``: record indices, in order, of the fault record; the walks of
+    that page in its context just before it (the miss) and after its answer (the
+    rewalk); TLB invalidations of the page in between; the answer (the next replay,
+    or the cancel of its token) and the first access of the page after it."""
+    rows = trace.rows
+    page = key >> PAGE_SHIFT
+    faults = select(trace, Query(kinds=(Kind.FAULT_WRITE,)))
+    f_rows = rows[faults]
+    faults = faults[(f_rows["aux"] == key) | ((f_rows["va"] >> PAGE_SHIFT) == page)][:limit]
+    lives = []
+    for f in faults.tolist():
+        ctx, va, token = (int(rows[f][c]) for c in ("ctx", "va", "aux"))
+        vpage = va >> PAGE_SHIFT
+        # the walk that missed: the PTWs of the page in the records just before
+        lo = max(0, f - 64)
+        before = rows[lo:f]
+        walk = lo + np.flatnonzero((before["kind"] == Kind.PTW) & (before["ctx"] == ctx)
+                                   & ((before["va"] >> PAGE_SHIFT) == vpage))
+        # the answer: the first replay after it, or its token's cancel
+        answer = None
+        for lo2 in range(f + 1, len(rows), CHUNK):
+            c = rows[lo2:lo2 + CHUNK]
+            hit = (c["kind"] == Kind.EV_REPLAY) | ((c["kind"] == Kind.EV_CANCEL)
+                                                  & (c["aux"] == token))
+            if hit.any():
+                answer = lo2 + int(hit.argmax())
+                break
+        end = answer if answer is not None else len(rows) - 1
+        tail: list[int] = []
+        if answer is not None:
+            # after the answer: the rewalk of the page and the first access of it
+            for lo3 in range(answer + 1, len(rows), CHUNK):
+                c = rows[lo3:lo3 + CHUNK]
+                mine = (c["ctx"] == ctx) & ((c["va"] >> PAGE_SHIFT) == vpage)
+                use = np.flatnonzero(mine & _DATA_OR_VRAM[c["kind"]])
+                stop = int(use[0]) + 1 if len(use) else len(c)
+                tail.extend((lo3 + np.flatnonzero(mine[:stop] & (
+                    (c["kind"][:stop] == Kind.PTW) | _DATA_OR_VRAM[c["kind"][:stop]]))).tolist())
+                if len(use):
+                    break
+        mid = rows[f + 1:end]
+        inv = mid["kind"] == Kind.EV_TLB_INV
+        covers = inv & (mid["ctx"] == ctx) & (
+            (mid["aux"] == ALL) | ((mid["va"] <= va) & (va - mid["va"] < mid["aux"])))
+        between = (f + 1 + np.flatnonzero(covers)).tolist()
+        lives.append(np.array(sorted({*walk.tolist(), f, *between,
+                                      *([answer] if answer is not None else []), *tail}),
+                              np.int64))
+    return lives

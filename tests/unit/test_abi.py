@@ -183,7 +183,7 @@ def test_numpy_record_dtype_matches_the_header(c_values: dict[str, tuple[int, ..
     record per sizeof(struct hmm_gpu_trace_rec)."""
     dt = dmatrace.rec_dtype()
     assert dt.itemsize == c_values["sizeof hmm_gpu_trace_rec"][0]
-    assert dmatrace.REC_DTYPE == dt
+    assert dt == dmatrace.REC_DTYPE
     for name in dt.names or ():
         fdt, off = dt.fields[name][:2]
         assert (off, fdt.itemsize) == c_values[f"field hmm_gpu_trace_rec.{name}"], name
