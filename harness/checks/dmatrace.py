@@ -718,7 +718,7 @@ def check_trace(expectations: Sequence[Expectation], trace: Trace,
     ctxs = None
     if expectations and all(e.ctx is not None for e in expectations):
         # Only the workload's own contexts (the driver may DMA for itself too).
-        ctxs = np.array(sorted({e.ctx for e in expectations}), np.uint64)
+        ctxs = np.array(sorted({e.ctx or 0 for e in expectations}), np.uint64)
     # indices of the XFER DATA records and of the completions, chunk by chunk
     data_idx, cpl_idx = [], []
     for lo in range(0, len(rows), CHUNK):
