@@ -905,7 +905,7 @@ def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
     small: dict[int, dict[int, Translation]] = {}
     huge: dict[int, dict[int, Translation]] = {}
     hshift = pt_shift(1)
-    paired: set[int] = set()  # WRITE records already checked with their READ
+    paired = -1  # the WRITE record already checked with its READ (the one before it)
 
     def problem(text: str) -> None:
         out.problem_count += 1
@@ -946,7 +946,7 @@ def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
         else:
             # VRAM accesses of VA jobs (PTE_VRAM pages) are checked like DMA:
             # reaching a VRAM page through a stale translation is the same bug.
-            if i in paired:
+            if i == paired:
                 continue
             if (nxt is not None and nxt[_KIND] in (Kind.DATA, Kind.VRAM)
                     and r[_DIR] == Dir.READ and nxt[_DIR] == Dir.WRITE and nxt[_VA] == va
@@ -954,7 +954,7 @@ def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
                     and nxt[_ADDR] != r[_ADDR]):
                 # READ_VA / WRITE_VA: one side is the VA, the other a bus address
                 # (tagged with the same va). One of them must be the translation.
-                paired.add(i + 1)
+                paired = i + 1
                 out.data_checked += 2
                 side_r = _translated(i, r, small, huge)
                 side_w = _translated(i + 1, nxt, small, huge)
@@ -1103,14 +1103,18 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
     # VRAM page number (offset >> 12) -> record indices and directions of its copies
     copies: dict[int, list[int]] = {}
     is_in: dict[int, list[bool]] = {}
-    uses: list[tuple[int, int, tuple[int, ...], str]] = []  # (index, page, row, what)
+    # (record index, VRAM page) of every use: ints only, the row is fetched again
+    # for the few that are reported
+    use_at: list[int] = []
+    use_page: list[int] = []
 
     def problem(text: str) -> None:
         out.problem_count += 1
         if len(out.problems) < limit:
             out.problems.append(text)
 
-    for i, r, _ in _selected(rows_of(records), _pick_vram_audit):
+    rows = rows_of(records)
+    for i, r, _ in _selected(rows, _pick_vram_audit):
         kind = r[_KIND]
         if kind == Kind.DATA:
             if r[_RES] != 0 or r[_DIR] not in (Dir.READ, Dir.WRITE):
@@ -1126,16 +1130,18 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
             leaf = _leaf(r[_VA], r[_AUX], r[_LEVEL])
             assert leaf
             out.walks += 1
-            for p in range(leaf[2] >> PAGE_SHIFT, (leaf[2] + leaf[1]) >> PAGE_SHIFT):
-                uses.append((i, p, r, "walk"))
+            first = leaf[2] >> PAGE_SHIFT
+            npages = leaf[1] >> PAGE_SHIFT
+            use_at.extend([i] * npages)
+            use_page.extend(range(first, first + npages))
         else:
             out.accesses += 1
             last = (r[_ADDR] + max(r[_LEN], 1) - 1) >> PAGE_SHIFT
-            for p in range(r[_ADDR] >> PAGE_SHIFT, last + 1):
-                uses.append((i, p, r, "access"))
+            use_at.extend([i] * (last + 1 - (r[_ADDR] >> PAGE_SHIFT)))
+            use_page.extend(range(r[_ADDR] >> PAGE_SHIFT, last + 1))
 
     reported: set[tuple[int, int]] = set()  # one problem per record and page
-    for i, page, r, what in uses:
+    for i, page in zip(use_at, use_page, strict=True):
         idx = copies.get(page, [])
         k = bisect.bisect_left(idx, i)
         prev_in = is_in[page][k - 1] if k > 0 else None
@@ -1151,7 +1157,8 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
             continue
         reported.add((i, page))
         off = page << PAGE_SHIFT
-        if what == "walk":
+        r = rows[i].tolist()
+        if r[_KIND] == Kind.PTW:
             problem(f"record {i} (t={r[_TS]}): ctx={r[_CTX]} walk of va=0x{r[_VA]:x} "
                     f"found a leaf mapping VRAM offset 0x{off:x}: {why}")
         else:
