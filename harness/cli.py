@@ -148,16 +148,41 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"rounds, each measuring the device then its baseline (default: "
                          f"{DEFAULT_ROUNDS})")
 
-    t = sub.add_parser("trace", help="decode a DMA trace file (dmatrace-N.bin, dmatrace-nicN.bin)",
-                       description="Print a summary of a hmm-gpu or hmm-nic DMA trace, or every "
-                                   "record. The device's engines are named after the file's name "
-                                   "(dmatrace-nicN.bin: hmm-nic) unless --device says otherwise.")
+    t = sub.add_parser(
+        "trace", help="decode and query a DMA trace file (dmatrace-N.bin, dmatrace-nicN.bin)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print a summary of a hmm-gpu or hmm-nic DMA trace (records, bytes and "
+                    "errors by kind and direction, by engine), or the records a query picks. "
+                    "The device's engines are named after the file's name "
+                    "(dmatrace-nicN.bin: hmm-nic) unless --device says otherwise.",
+        epilog="queries (combine them; numbers in decimal or 0x hex):\n"
+               "  hmmlab trace F --records --limit 20      the first 20 records (decodes only"
+               " them)\n"
+               "  hmmlab trace F --kind PTW --kind EV_TLB_INV   walks and invalidations\n"
+               "  hmmlab trace F --addr 0x1000000-0x1200000 DMA overlapping that bus/guest-"
+               "physical range\n"
+               "  hmmlab trace F --from 2e9 --to 2.5e9     records with 2 s <= timestamp < 2.5 s\n"
+               "  hmmlab trace F --fault 0x7f12345000      a fault's life: fault record, walks,\n"
+               "                                           invalidations, replay/cancel, rewalk,"
+               " access\n"
+               "                                           (by faulting VA page or token)\n"
+               "  hmmlab trace F --json ...                one JSON object for scripts")
     t.add_argument("file", type=Path, metavar="FILE")
     t.add_argument("--device", choices=("hmm-gpu", "hmm-nic"), default=None,
                    help="the device that wrote FILE (default: from the file name)")
     t.add_argument("--records", action="store_true", help="print every record too")
     t.add_argument("--limit", type=int, default=0, metavar="N",
-                   help="with --records, print at most N records")
+                   help="print at most N records (without a query, only those are decoded)")
+    t.add_argument("--kind", action="append", default=[], metavar="KIND",
+                   help="only records of this kind (DATA, PTW, EV_TLB_INV, ...; repeatable)")
+    t.add_argument("--addr", metavar="LO-HI",
+                   help="only DMA overlapping the address range [LO, HI)")
+    t.add_argument("--from", dest="t_from", metavar="NS", help="only records at or after NS")
+    t.add_argument("--to", dest="t_to", metavar="NS", help="only records before NS")
+    t.add_argument("--ctx", metavar="N", help="only records of device context N")
+    t.add_argument("--fault", metavar="VA|TOKEN",
+                   help="the life of the faults on this VA's page, or with this token")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
@@ -373,11 +398,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code
 
 
+def _number(text: str) -> int:
+    """An address or time: decimal, 0x hex, or 2.5e9 (a float written for nanoseconds)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        return int(float(text))
+
+
+def _trace_query(args: argparse.Namespace) -> object:
+    from harness.checks import dmatrace
+
+    addr = None
+    if args.addr:
+        lo, sep, hi = args.addr.partition("-")
+        if not sep:
+            raise ValueError(f"--addr {args.addr}: want LO-HI")
+        addr = (_number(lo), _number(hi))
+    kinds = tuple(int(dmatrace.Kind[k.upper()]) for k in args.kind)
+    return dmatrace.Query(kinds=kinds, addr=addr,
+                          t_from=_number(args.t_from) if args.t_from else None,
+                          t_to=_number(args.t_to) if args.t_to else None,
+                          ctx=_number(args.ctx) if args.ctx else None)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
+    import json
+
     from harness.checks import dmatrace
 
     try:
-        trace = dmatrace.read_trace(args.file, args.device)
+        query = _trace_query(args)
+        fault = _number(args.fault) if args.fault else None
+    except (ValueError, KeyError) as e:
+        print(f"hmmlab: trace: bad query: {e}", file=sys.stderr)
+        return EXIT_INFRA
+    assert isinstance(query, dmatrace.Query)
+    filtered = query != dmatrace.Query()
+    # Printing the first records only decodes those; anything else reads it all.
+    head_only = args.limit > 0 and args.records and not filtered and fault is None
+    try:
+        trace = dmatrace.read_trace(args.file, args.device,
+                                    limit=args.limit if head_only else None)
     except OSError as e:
         print(f"hmmlab: {args.file}: {e.strerror}", file=sys.stderr)
         return EXIT_INFRA
@@ -385,15 +447,36 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print(f"hmmlab: {args.file}: {e}", file=sys.stderr)
         return EXIT_FAIL
     h = trace.header
-    print(f"{args.file}: {trace.device} DMA trace v{h.version}, "
-          f"device {h.slot:02x}.{h.function}")
-    if args.records:
-        recs = trace.records[: args.limit] if args.limit > 0 else trace.records
-        for r in recs:
-            print(r.describe())
-        if len(recs) < len(trace.records):
-            print(f"... {len(trace.records) - len(recs)} more")
-    print(dmatrace.summarize(trace).format())
+    out: dict[str, object] = {"file": str(args.file), "device": trace.device,
+                              "version": h.version, "devfn": h.devfn}
+    lines = [f"{args.file}: {trace.device} DMA trace v{h.version}, "
+             f"device {h.slot:02x}.{h.function}"]
+    recs = trace.records
+    if head_only:
+        total = max(0, args.file.stat().st_size - dmatrace.HDR_SIZE) // h.rec_size
+        out["records"] = [r.to_dict() for r in recs]
+        lines += [r.describe() for r in recs]
+        if total > len(recs):
+            lines.append(f"... {total - len(recs)} more")
+    elif fault is not None:
+        lives = dmatrace.fault_lives(trace, fault, limit=args.limit or 10)
+        out["faults"] = [[{"index": i, **recs[i].to_dict()} for i in life.tolist()]
+                         for life in lives]
+        lines.append(f"{len(lives)} faults on the page of 0x{fault:x} or with token {fault}")
+        for n, life in enumerate(lives):
+            lines.append(f"fault {n + 1}:")
+            lines += [f"  #{i:<9} {recs[i].describe()}" for i in life.tolist()]
+    elif filtered or args.records:
+        idx = dmatrace.select(trace, query, limit=args.limit or None)
+        out["records"] = [{"index": i, **recs[i].to_dict()} for i in idx.tolist()]
+        lines += [f"#{i:<9} {recs[i].describe()}" for i in idx.tolist()]
+        if args.limit and len(idx) == args.limit:
+            lines.append(f"(stopped at --limit {args.limit})")
+    if not head_only:
+        summary = dmatrace.summarize(trace)
+        out["summary"] = summary.to_dict()
+        lines.append(summary.format())
+    print(json.dumps(out, indent=1) if args.json else "\n".join(lines))
     return EXIT_FAIL if trace.problems else 0
 
 

@@ -176,3 +176,24 @@ def test_decoder_knows_every_nic_engine() -> None:
     in_header = set(re.findall(r"^\s*(\w+)\s*=", body.group(1), re.M))
     assert in_header and in_header == set(dmatrace.NIC_C_CONSTANTS), (
         in_header ^ set(dmatrace.NIC_C_CONSTANTS))
+
+
+def test_numpy_record_dtype_matches_the_header(c_values: dict[str, tuple[int, ...]]) -> None:
+    """The bulk decoder's dtype: every field at the C offset with the C size, one
+    record per sizeof(struct hmm_gpu_trace_rec)."""
+    dt = dmatrace.rec_dtype()
+    assert dt.itemsize == c_values["sizeof hmm_gpu_trace_rec"][0]
+    assert dt == dmatrace.REC_DTYPE
+    for name in dt.names or ():
+        fdt, off = dt.fields[name][:2]
+        assert (off, fdt.itemsize) == c_values[f"field hmm_gpu_trace_rec.{name}"], name
+        assert fdt.kind == "u" and fdt.byteorder in ("<", "|", "="), name
+    # every field of the header but the reserved bytes is decoded
+    assert set(dt.names or ()) == set(header_struct_members("hmm_gpu_trace_rec")) - {"rsvd"}
+
+
+def test_numpy_v1_dtype_is_the_old_layout() -> None:
+    v1 = dmatrace.rec_dtype(1)
+    assert v1.itemsize == dmatrace.REC_V1_SIZE
+    assert python_layout(dmatrace.REC_V1_FORMAT, v1.names or ()) == {
+        n: (v1.fields[n][1], v1.fields[n][0].itemsize) for n in v1.names or ()}

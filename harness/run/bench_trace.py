@@ -1,0 +1,135 @@
+"""Benchmark (figures, not a test) of trace decoding and checking, old path vs new.
+
+    python -m harness.run.bench_trace [--runs N] [--old-max-mb M] FILE...
+
+Per file and path, ``--runs`` times in a fresh child process: decode the trace and
+run what a cell runs over it (the summary, the stale-translation audit, the VRAM
+lifetime audit). Printed: records/s (median, min-max), the child's peak RSS
+(ru_maxrss less the RSS after the imports; it counts the pages of the mapped file
+the new path touched) and, for
+the new path, its peak heap (tracemalloc: numpy's arrays and the audits' tables),
+both against the file's size. The old path (:mod:`harness.checks.dmatrace_ref`, the
+record-at-a-time decoder) needs several times the file's size of memory; it is
+skipped for files over ``--old-max-mb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TARGET_RATE = 20e6  # records/s, issue 12
+CHILD_TIMEOUT = 3600  # s: the old path on a 200 MB trace takes minutes
+
+
+def _child(path: Path, which: str, heap: bool) -> dict[str, Any]:
+    """One decode + check pass, in this (fresh) process."""
+    if which == "new":
+        from harness.checks import dmatrace as mod
+    else:
+        from harness.checks import dmatrace_ref as mod  # type: ignore[no-redef]
+    # the interpreter and its imports are not the work's: measured from here
+    base = _rss_now()
+    if heap:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    trace = mod.read_trace(path)
+    mod.summarize(trace)
+    inv = mod.check_invalidations(trace.records)
+    vram = mod.check_vram_lifetime(trace.records)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "records": len(trace.records),
+            "problems": inv.problem_count + vram.problem_count,
+            "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base,
+            "heap_peak": tracemalloc.get_traced_memory()[1] if heap else None}
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _run_child(path: Path, which: str, heap: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "harness.run.bench_trace", "--child", which, str(path)]
+    if heap:
+        cmd.append("--heap")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    return dict(json.loads(out.stdout.splitlines()[-1]))
+
+
+@dataclass
+class Figures:
+    which: str
+    rates: list[float]  # records/s per run
+    maxrss: list[int]
+    heap: list[int]
+    records: int
+    problems: int
+
+    def line(self, size: int) -> str:
+        med = statistics.median(self.rates)
+        text = (f"  {self.which}: {med / 1e6:7.2f} M records/s "
+                f"({min(self.rates) / 1e6:.2f}-{max(self.rates) / 1e6:.2f}, "
+                f"{len(self.rates)} runs), peak RSS +{statistics.median(self.maxrss) / 2**20:7.1f} "
+                f"MiB = {statistics.median(self.maxrss) / size:.2f}x the file")
+        if self.heap:
+            text += (f", peak heap {statistics.median(self.heap) / 2**20:.1f} MiB = "
+                     f"{statistics.median(self.heap) / size:.2f}x")
+        return text
+
+
+def measure(path: Path, which: str, runs: int) -> Figures:
+    rates, rss, heap = [], [], []
+    rec = problems = 0
+    for _ in range(runs):
+        r = _run_child(path, which, heap=False)
+        rates.append(r["records"] / r["seconds"])
+        rss.append(r["maxrss"])
+        rec, problems = r["records"], r["problems"]
+    if which == "new":  # tracemalloc slows the old path down many times: new only
+        heap.append(_run_child(path, which, heap=True)["heap_peak"])
+    return Figures(which, rates, rss, heap, rec, problems)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--old-max-mb", type=float, default=200)
+    ap.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
+    ap.add_argument("--heap", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.files[0], args.child, args.heap)))
+        return 0
+    print(f"decode + summary + stale-translation and VRAM audits, {os.cpu_count()} CPUs; "
+          f"target >= {TARGET_RATE / 1e6:.0f} M records/s, peak memory <= the file's size")
+    for path in args.files:
+        size = path.stat().st_size
+        new = measure(path, "new", args.runs)
+        print(f"{path} ({size / 2**20:.1f} MiB, {new.records} records)")
+        print(new.line(size))
+        if size <= args.old_max_mb * 2**20:
+            old = measure(path, "old", args.runs)
+            print(old.line(size))
+            print(f"  new/old: {statistics.median(new.rates) / statistics.median(old.rates):.1f}x"
+                  f" faster; same problem count: {new.problems == old.problems}")
+        else:
+            print(f"  old: not run (file over --old-max-mb {args.old_max_mb:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

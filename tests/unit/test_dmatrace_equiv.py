@@ -1,0 +1,223 @@
+"""The numpy trace decoder and checks give exactly what the record-at-a-time ones gave.
+
+:mod:`harness.checks.dmatrace_ref` is the implementation before the rewrite, kept
+unchanged. Both run on a slice of a real trace (checked in), on every real trace of a
+sensible size this machine's result directories hold, on mutated copies of the real
+slice and on random streams built to hit the tricky cases (READ_VA/WRITE_VA pairs, 2 MiB
+leaves, non-present walks, whole-context and wrapping invalidations, multi-page DMA,
+VRAM pages copied in and out, unknown enum values, truncated tails, version 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import random
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from harness.checks import dmatrace as new
+from harness.checks import dmatrace_ref as old
+from harness.checks.dmatrace import Dir, Engine, Kind
+
+DATA = Path(__file__).parent / "data"
+REAL = DATA / "dmatrace-real-6.12-iommu.bin"  # 4096 records of a 6.12-iommu cell's gpu0
+PAGE = 4096
+ALL = (1 << 64) - 1
+
+
+def as_ints(r: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in dataclasses.astuple(r))
+
+
+def expectations_for(mod: Any, ncmds: bool, ctx: bool) -> list[Any]:
+    """Made-up requests: on a real trace they produce many problems (and so many messages
+    to compare), over the grouped and the pooled paths."""
+    objs = [{"test": f"t{i}", "len": (i + 1) * PAGE,
+             "maps": [{"role": "src", "dma": hex(0x1000_0000 * i), "len": 1 << 30},
+                      {"role": "dst", "dma": hex(0x1000_0000 * i + (1 << 30)), "len": 1 << 28}],
+             **({"ncmds": 3} if ncmds else {}), **({"ctx": i % 3} if ctx else {})}
+            for i in range(4)]
+    return [mod.expectation_from_result(o) for o in objs]
+
+
+def assert_same(data: bytes, device: str = new.GPU) -> None:
+    a, b = new.decode(data, device), old.decode(data, device)
+    assert a.header == new.TraceHeader(*dataclasses.astuple(b.header))
+    assert (a.truncated_bytes, a.problems, a.device) == (b.truncated_bytes, b.problems, b.device)
+    assert len(a.records) == len(b.records)
+    assert [as_ints(r) for r in a.records] == [as_ints(r) for r in b.records]
+    assert [r.describe() for r in a.records[:200]] == [r.describe() for r in b.records[:200]]
+    assert new.summarize(a).to_dict() == old.summarize(b).to_dict()
+    assert new.summarize(a).format() == old.summarize(b).format()
+    for limit in (50, 10_000):
+        ia = new.check_invalidations(a.records, limit)
+        ib = old.check_invalidations(b.records, limit)
+        assert (ia.to_dict(), ia.problems) == (ib.to_dict(), ib.problems)
+        va = new.check_vram_lifetime(a.records, limit)
+        vb = old.check_vram_lifetime(b.records, limit)
+        assert (va.to_dict(), va.problems) == (vb.to_dict(), vb.problems)
+    # a window of the records, as the scenarios pass one
+    n = len(a.records)
+    ia = new.check_invalidations(a.records[n // 3:n // 2])
+    ib = old.check_invalidations(b.records[n // 3:n // 2])
+    assert (ia.to_dict(), ia.problems) == (ib.to_dict(), ib.problems)
+    for ncmds in (True, False):
+        for ctx in (True, False):
+            for only_first in (True, False):
+                assert (new.check_trace(expectations_for(new, ncmds, ctx), a, only_first)
+                        == old.check_trace(expectations_for(old, ncmds, ctx), b, only_first))
+
+
+def test_real_slice_checked_in() -> None:
+    data = REAL.read_bytes()
+    assert len(data) == new.HDR_SIZE + 4096 * new.REC_SIZE
+    assert_same(data)
+    # the slice cuts VRAM pages' history: the audits have problems to agree on
+    assert new.check_vram_lifetime(new.decode(data).records).problem_count > 0
+
+
+def real_traces() -> list[str]:
+    """Real traces of this machine's result directories, 1-12 MB (a few seconds each
+    for the old decoder), at most three."""
+    found = sorted({os.path.realpath(p) for p in glob.glob("/tmp/*/cells/*/dmatrace-*.bin")
+                    + glob.glob("/tmp/*/*/cells/*/dmatrace-*.bin")
+                    if 1 << 20 <= os.path.getsize(p) <= 12 << 20})
+    return found[:3]
+
+
+@pytest.mark.parametrize("path", real_traces() or [None])
+def test_real_traces_of_this_machine(path: str | None) -> None:
+    if path is None:
+        pytest.skip("no real trace of 1-12 MB under /tmp/*/cells (run a matrix first)")
+    assert_same(Path(path).read_bytes(), new.device_of(Path(path)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_mutated_real_slice(seed: int) -> None:
+    """The real slice with records dropped, failed, moved and re-kinded: walks go
+    missing, DMAs land elsewhere, the audits fire."""
+    rnd = random.Random(seed)
+    data = bytearray(REAL.read_bytes())
+    nrec = (len(data) - new.HDR_SIZE) // new.REC_SIZE
+    for _ in range(rnd.randrange(5, 200)):
+        off = new.HDR_SIZE + rnd.randrange(nrec) * new.REC_SIZE
+        what = rnd.randrange(5)
+        if what == 0:  # a different kind (a walk or an event vanishes, or appears)
+            data[off + 53] = rnd.choice([0, 1, 2, 4, 7, 16, 17, 18, 9])
+        elif what == 1:  # a failed DMA / walk
+            data[off + 55] = rnd.randrange(1, 4)
+        elif what == 2:  # another address
+            struct.pack_into("<Q", data, off + 8, rnd.getrandbits(40) & ~0xFFF)
+        elif what == 3:  # another length (multi-page, or zero)
+            struct.pack_into("<Q", data, off + 16, rnd.choice([0, 1, PAGE, 3 * PAGE + 5]))
+        else:  # an invalidation of everything, or wrapping
+            data[off + 53] = Kind.EV_TLB_INV
+            struct.pack_into("<Q", data, off + 40, rnd.choice([ALL, ALL - 5, 0, 1 << 21]))
+    assert_same(bytes(data))
+
+
+def rec2(kind: int, addr: int = 0, length: int = 0, direction: int = Dir.READ, cmd: int = 1,
+         ctx: int = 1, engine: int = Engine.COPY, va: int = 0, aux: int = 0, level: int = 0,
+         result: int = 0, ts: int = 0) -> bytes:
+    return struct.pack("<QQQQQQIBBBBB7s", ts, addr, length, cmd, va, aux, ctx, engine, kind,
+                       direction, result, level, b"\0" * 7)
+
+
+def random_stream(rnd: random.Random, n: int) -> bytes:
+    """Device-like activity over a few pages of a few contexts, so that walks,
+    invalidations and accesses meet."""
+    vas = [0x7F00_0000_0000 + p * PAGE for p in range(0, 1024, 37)] + [0x7F00_0020_0000]
+    out = [struct.pack("<QIIII", new.TRACE_MAGIC, 2, 64, 0x18, 0)]
+    for i in range(n):
+        ctx = rnd.randrange(3)
+        va = rnd.choice(vas) + rnd.choice([0, 0, 8, PAGE - 8])
+        pa = rnd.randrange(64) * PAGE
+        c = rnd.randrange(12)
+        if c < 3:  # a walk: a leaf, a 2 MiB leaf, a non-present or an intermediate entry
+            level = rnd.choice([0, 0, 1, 2])
+            pte = pa | new.PTE_VALID | rnd.choice([0, new.PTE_VRAM]) | rnd.choice(
+                [0, new.PTE_LEAF]) if rnd.random() < 0.85 else 0
+            out.append(rec2(Kind.PTW, 0x9000, 8, ctx=ctx, engine=Engine.MMU, va=va, aux=pte,
+                            level=level, result=int(rnd.random() < 0.05), ts=i))
+        elif c == 3:
+            length = rnd.choice([PAGE, 2 * PAGE, 1 << 21, 0, ALL, 5 * PAGE])
+            out.append(rec2(Kind.EV_TLB_INV, direction=Dir.NONE, ctx=ctx, engine=Engine.MMU,
+                            va=va & ~0xFFF, aux=length, ts=i))
+        elif c < 7:  # a VA job's access, sometimes a READ_VA/WRITE_VA pair
+            kind = rnd.choice([Kind.DATA, Kind.DATA, Kind.VRAM])
+            length = rnd.choice([8, PAGE, 2 * PAGE + 16])
+            out.append(rec2(kind, pa, length, Dir.READ, cmd=i, ctx=ctx, va=va, ts=i))
+            if rnd.random() < 0.5:
+                out.append(rec2(kind, pa + PAGE * rnd.choice([0, 1]), length, Dir.WRITE, cmd=i,
+                                ctx=ctx, va=va, ts=i))
+        elif c < 9:  # a migration copy into or out of VRAM
+            out.append(rec2(Kind.DATA, 0x5000_0000, PAGE, rnd.choice([Dir.READ, Dir.WRITE]),
+                            cmd=i, engine=Engine.MIGRATE, aux=pa,
+                            result=int(rnd.random() < 0.05), ts=i))
+        elif c == 9:  # an XFER command
+            out.append(rec2(Kind.DATA, pa, PAGE, rnd.choice([Dir.READ, Dir.WRITE]),
+                            cmd=rnd.randrange(4), ctx=ctx, ts=i))
+        elif c == 10:
+            out.append(rec2(Kind.CPL_WRITE, 0x2000, 32, Dir.WRITE, cmd=rnd.randrange(4),
+                            ctx=ctx, engine=Engine.QUEUE, ts=i))
+        else:  # something odd: unknown enum values, odd directions
+            out.append(rec2(rnd.choice([Kind.DATA, 9, 19]), pa, 8, rnd.choice([0, 1, 2, 7]),
+                            ctx=ctx, engine=rnd.choice([0, 1, 2, 3, 6]), ts=i))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_streams(seed: int) -> None:
+    rnd = random.Random(seed)
+    data = random_stream(rnd, rnd.randrange(50, 3000))
+    assert_same(data)
+    assert_same(data + b"\x07" * rnd.randrange(1, 64))  # a record QEMU did not finish
+    assert_same(data, new.NIC)
+
+
+def test_version_1_and_larger_records() -> None:
+    v1 = [struct.pack("<QIIII", new.TRACE_MAGIC, 1, 40, 0x18, 0)]
+    v1 += [struct.pack("<QQQQIBBBB", i, 0x1000 * i, PAGE, i % 3, 1, 1, 2, i % 2, 0)
+           for i in range(100)]
+    assert_same(b"".join(v1))
+    wide = [struct.pack("<QIIII", new.TRACE_MAGIC, 2, 80, 0x18, 0)]
+    wide += [rec2(Kind.DATA, 0x1000 * i, PAGE, i % 2, cmd=i) + b"\xee" * 16 for i in range(50)]
+    assert_same(b"".join(wide))
+
+
+def test_records_are_a_view_not_a_copy() -> None:
+    """The decoder maps the file and reads it in place."""
+    t = new.read_trace(REAL)
+    assert not t.rows.flags.owndata and t.rows.base is not None
+    assert isinstance(t.records[10:20], new.Records)
+    assert t.records[10:20][0] == t.records[10]
+
+
+def test_the_checks_stream_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With chunks smaller than the trace, the answers are the same (what a trace larger
+    than memory goes through)."""
+    data = random_stream(random.Random(99), 2000)
+    whole = new.decode(data)
+    want = (new.summarize(whole).to_dict(), new.check_invalidations(whole.records).problems,
+            new.check_vram_lifetime(whole.records).problems)
+    monkeypatch.setattr(new, "CHUNK", 97)
+    got = (new.summarize(whole).to_dict(), new.check_invalidations(whole.records).problems,
+           new.check_vram_lifetime(whole.records).problems)
+    assert got == want
+
+
+def test_decode_with_a_limit_reads_only_the_first_records(tmp_path: Path) -> None:
+    """A 4096-record trace followed by garbage: with a limit the garbage is never
+    looked at (no unknown-enum problems, no truncation)."""
+    f = tmp_path / "dmatrace-0.bin"
+    f.write_bytes(REAL.read_bytes() + b"\xff" * (64 * 1000 + 5))
+    t = new.read_trace(f, limit=3)
+    assert len(t.records) == 3 and t.problems == [] and t.truncated_bytes == 0
+    assert new.read_trace(f).problems != []
+    assert np.array_equal(t.rows, new.read_trace(REAL).rows[:3])
