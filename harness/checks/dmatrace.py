@@ -22,6 +22,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.checks import tracefile
+
 TRACE_MAGIC = 0x31435254474D4D48  # "HMMGTRC1"
 TRACE_VERSION = 2  # what the device writes since ABI 1.1
 READ_VERSIONS = (1, 2)  # version 1 (40-byte records, no va/aux/level) is still read
@@ -301,7 +303,7 @@ def _record(rec_struct: struct.Struct, version: int, buf: Any, offset: int,
 
 def read_trace(path: Path, device: str | None = None) -> Trace:
     """Decode a trace file; ``device`` defaults to what its name says (:func:`device_of`)."""
-    return decode(Path(path).read_bytes(), device or device_of(path))
+    return decode(tracefile.read_bytes(Path(path)), device or device_of(path))
 
 
 # where a record's kind byte is: after timestamp..aux (v2) or ..ctx (v1), and the engine
@@ -314,6 +316,9 @@ def read_kinds(path: Path, kinds: Iterable[Kind], device: str | None = None) -> 
     would, into several times the file's size of memory). Header errors as
     :func:`decode`; a truncated last record is left out."""
     path = Path(path)
+    if tracefile.is_compressed(path):  # until the bulk decoder: decode all, then filter
+        wanted_kinds = set(kinds)
+        return [r for r in read_trace(path, device).records if r.kind in wanted_kinds]
     engines = ENGINES[device or device_of(path)]
     with path.open("rb") as f:
         head = f.read(HDR_SIZE)
