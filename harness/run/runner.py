@@ -217,6 +217,7 @@ class Runner:
             self._interrupted(str(e) or "Ctrl-C")
             raise
         finally:
+            r.environment["disk_bytes"] = disk_bytes(r.dir)  # traces, logs: what the run cost
             r.write()
         if r.exit_code() == 0:
             (r.dir / "initrd.img").unlink(missing_ok=True)  # rebuilt from the cache at will
@@ -478,6 +479,17 @@ class Runner:
     def _splats(self, guest: Guest) -> None:
         if guest.console is not None:
             self.results.add(splat_result(guest.console.splats()))
+
+
+def disk_bytes(root: Path) -> int:
+    """What a directory tree takes on disk: allocated blocks, as du counts them."""
+    total = 0
+    for p in root.rglob("*"):
+        try:
+            total += p.lstat().st_blocks * 512
+        except OSError:  # gone meanwhile (a file QEMU or a scenario removed)
+            continue
+    return total
 
 
 def run(
