@@ -99,3 +99,5 @@ def test_disk_bytes_counts_allocated_blocks(tmp_path: Path) -> None:
         fh.truncate(64 << 20)  # 64 MiB long, nothing allocated
     got = disk_bytes(tmp_path)
     assert (1 << 20) <= got < (1 << 20) + (256 << 10)
+    (tmp_path / "initrd.img").write_bytes(os.urandom(1 << 20))
+    assert disk_bytes(tmp_path, skip=("initrd.img",)) == got < disk_bytes(tmp_path)
