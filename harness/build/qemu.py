@@ -65,7 +65,16 @@ CONFIGURE_FLAGS = (
     "--disable-user",
     "--disable-install-blobs",
     "--enable-trace-backends=log,simple",
+    "--enable-zstd",  # the devices' trace writer compresses (hmm-common/dmatrace.c)
 )
+
+# libzstd for that writer. The host needs no libzstd-dev: the -dev package is
+# fetched with the private apt, unpacked in the cache and its static library
+# linked in (no system-wide install; the binary needs no libzstd at run time).
+# Pinned like the QEMU source, so the cache key names exactly what is linked.
+ZSTD_DEV_PACKAGE = "libzstd-dev"
+ZSTD_DEV_VERSION = "1.5.4+dfsg2-5+deb12u1"
+ZSTD_LIBDIR = "usr/lib/x86_64-linux-gnu"
 
 DEVICE_DIR = REPO_ROOT / "qemu-devices"
 # Every file below these qemu-devices/ directories is copied verbatim to the
@@ -148,6 +157,7 @@ def base_hash() -> str:
     h.text("patches", " ".join(DEBIAN_PATCHES))
     h.text("configure", " ".join(CONFIGURE_FLAGS))
     h.text("meson", MESON_VERSION)
+    h.text("zstd", f"{ZSTD_DEV_PACKAGE}={ZSTD_DEV_VERSION}")
     for rel in GLUE_FILES:
         h.file(DEVICE_DIR / rel, label=rel)
     return h.hexdigest()
@@ -277,6 +287,43 @@ def ensure_tools(cache: Cache, logfile: Path) -> Path:
     return python
 
 
+def ensure_zstd(cache: Cache, logfile: Path) -> Path:
+    """The private libzstd-dev, unpacked once; returns the directory of its .pc file."""
+    final = cache.path("tools", f"libzstd-dev-{ZSTD_DEV_VERSION}")
+    pcdir = final / "pkgconfig"
+    if (pcdir / "libzstd.pc").is_file():
+        return pcdir
+    log.info("qemu: fetching %s=%s", ZSTD_DEV_PACKAGE, ZSTD_DEV_VERSION)
+    apt = PrivateApt(state=cache.path("apt"))
+    apt.ensure_lists(logfile)
+    deb = apt.download(f"{ZSTD_DEV_PACKAGE}={ZSTD_DEV_VERSION}", cache.path("downloads"),
+                       logfile)
+    with cache.building(final) as tmp:
+        run(["dpkg-deb", "-x", deb, tmp], timeout=300, logfile=logfile)
+        if not (tmp / ZSTD_LIBDIR / "libzstd.a").is_file():
+            raise RuntimeError(f"{deb} has no {ZSTD_LIBDIR}/libzstd.a")
+        (tmp / "pkgconfig").mkdir()
+        # paths name the final directory: cache.building renames tmp to it
+        version = ZSTD_DEV_VERSION.split("+")[0]
+        (tmp / "pkgconfig" / "libzstd.pc").write_text(
+            f"prefix={final}/usr\n"
+            "includedir=${prefix}/include\n"
+            f"libdir={final}/{ZSTD_LIBDIR}\n\n"
+            "Name: zstd\n"
+            "Description: libzstd (hmmlab's private copy of the Debian -dev package)\n"
+            f"Version: {version}\n"
+            "Libs: ${libdir}/libzstd.a\n"
+            "Cflags: -I${includedir}\n"
+        )
+    return pcdir
+
+
+def _pkgconfig_env(pcdir: Path) -> dict[str, str]:
+    """Our libzstd.pc first; the host's other libraries as before."""
+    path = os.environ.get("PKG_CONFIG_PATH", "")
+    return {"PKG_CONFIG_PATH": f"{pcdir}:{path}" if path else str(pcdir)}
+
+
 def _write_if_changed(path: Path, data: bytes) -> bool:
     """Write only on a content change, so ninja/meson see unchanged mtimes."""
     if path.is_file() and path.read_bytes() == data:
@@ -330,7 +377,8 @@ def apply_overlay(src: Path) -> list[str]:
     return changed
 
 
-def configure(src: Path, build: Path, python: Path, logfile: Path) -> None:
+def configure(src: Path, build: Path, python: Path, logfile: Path,
+              env: dict[str, str] | None = None) -> None:
     stamp = build / ".hmmlab-configured"
     if stamp.is_file() and (build / "build.ninja").is_file():
         return
@@ -339,7 +387,7 @@ def configure(src: Path, build: Path, python: Path, logfile: Path) -> None:
     build.mkdir(parents=True)
     log.info("qemu: configuring in %s", build)
     # configure finds meson through this python's venv (bookworm's meson is too old)
-    env = {"PATH": f"{python.parent}:{os.environ.get('PATH', '')}"}
+    env = {**(env or {}), "PATH": f"{python.parent}:{os.environ.get('PATH', '')}"}
     run_with_progress(
         [src / "configure", f"--python={python}", *CONFIGURE_FLAGS],
         label="qemu configure",
@@ -369,15 +417,18 @@ def build_qemu(cache: Cache, logdir: Path) -> QemuArtifact:
         downloads = fetch_source(cache, logfile)
         src = unpack_source(cache, downloads, logfile)
         python = ensure_tools(cache, logfile)
+        # meson re-runs itself from ninja when a build file changes: same env both times
+        pcenv = _pkgconfig_env(ensure_zstd(cache, logfile))
         changed = apply_overlay(src)
         if changed:
             log.info("qemu: overlay updated: %s", ", ".join(changed))
         tkey = src.name.removeprefix(f"{QEMU_VERSION}-")
         build = cache.path("qemu-build", build_key(tkey))
-        configure(src, build, python, logfile)
+        configure(src, build, python, logfile, env=pcenv)
         run_with_progress(
             ["ninja", "-C", build, TARGET],
             label="qemu build",
+            env=pcenv,
             timeout=NINJA_TIMEOUT,
             logfile=logfile,
         )

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.checks import tracefile
+
 TRACE_MAGIC = 0x31435254474D4D48  # "HMMGTRC1"
 TRACE_VERSION = 2  # what the device writes since ABI 1.1
 READ_VERSIONS = (1, 2)  # version 1 (40-byte records, no va/aux/level) is still read
@@ -352,11 +354,8 @@ TraceBuffer = bytes | bytearray | memoryview | mmap.mmap
 def trace_buffer(path: Path) -> TraceBuffer:
     """The bytes of a trace file, memory-mapped (read-only) so that nothing is read
     before it is used. The one place that knows how a trace is stored."""
-    with Path(path).open("rb") as f:
-        try:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file cannot be mapped
-            return b""
+    # raw (before the writer compressed) mapped; zstd frames decoded (harness.checks.tracefile)
+    return tracefile.trace_buffer(Path(path))
 
 
 def _header(data: TraceBuffer) -> TraceHeader:

@@ -222,6 +222,9 @@ class Runner:
             self._interrupted(str(e) or "Ctrl-C")
             raise
         finally:
+            # traces, logs: what the run leaves (a passed run's initrd is removed below)
+            r.environment["disk_bytes"] = disk_bytes(
+                r.dir, skip=("initrd.img",) if r.exit_code() == 0 else ())
             r.write()
         if r.exit_code() == 0:
             (r.dir / "initrd.img").unlink(missing_ok=True)  # rebuilt from the cache at will
@@ -500,6 +503,20 @@ class Runner:
     def _splats(self, guest: Guest) -> None:
         if guest.console is not None:
             self.results.add(splat_result(guest.console.splats()))
+
+
+def disk_bytes(root: Path, skip: Sequence[str] = ()) -> int:
+    """What a directory tree takes on disk: allocated blocks, as du counts them;
+    the top-level files named in ``skip`` left out."""
+    total = 0
+    for p in root.rglob("*"):
+        if p.parent == root and p.name in skip:
+            continue
+        try:
+            total += p.lstat().st_blocks * 512
+        except OSError:  # gone meanwhile (a file QEMU or a scenario removed)
+            continue
+    return total
 
 
 def run(

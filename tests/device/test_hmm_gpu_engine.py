@@ -23,6 +23,8 @@ from hmmgpu import (
 )
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from harness.checks import tracefile
+
 pytestmark = pytest.mark.device
 
 
@@ -221,7 +223,7 @@ def test_reset_clears_state(gpu: Gpu) -> None:
 
 
 def _trace_cmd_ids(path: Path) -> list[int]:
-    body = path.read_bytes()[TRACE_HDR.size :]
+    body = tracefile.read_bytes(path)[TRACE_HDR.size :]
     return [TRACE_REC.unpack_from(body, i)[3]
             for i in range(0, len(body) - len(body) % TRACE_REC.size, TRACE_REC.size)]
 
@@ -267,7 +269,7 @@ def test_dmatrace_stream(launch: Launch, tmp_path: Path) -> None:
     gpu.qt.write(SRC, data)
     gpu.run(copy(SRC, DST, len(data), cmd_id=0xC0FFEE, ctx=42))
     gpu.run(fill(0x0000_4000_0000_0000, 16, 0, cmd_id=0xBAD))  # a failing data DMA
-    raw = path.read_bytes()
+    raw = tracefile.read_bytes(path)
 
     magic, version, rec_size, devfn, rsvd = TRACE_HDR.unpack_from(raw, 0)
     assert (magic, version, rec_size, devfn, rsvd) == (

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from hmmgpu import DST, SRC, Gpu, H, Launch, copy, parse_trace
 
+from harness.checks import tracefile
+
 pytestmark = pytest.mark.device
 
 ASTRAY = 1 << 47
@@ -55,7 +57,7 @@ def test_knob_sends_data_dma_astray_once(launch: Launch, tmp_path: Path) -> None
     assert gpu.qt.alive()
 
     # the device flushes its trace at the end of every engine run
-    data = [r for r in parse_trace(trace.read_bytes()) if r.kind == H.TRACE_DATA]
+    data = [r for r in parse_trace(tracefile.read_bytes(trace)) if r.kind == H.TRACE_DATA]
     # the record shows where the DMA really went, and that it failed
     assert (data[0].addr, data[0].result != 0) == (SRC ^ ASTRAY, True)
     assert [(r.addr, r.result) for r in data[1:]] == [(SRC, 0), (DST, 0)]

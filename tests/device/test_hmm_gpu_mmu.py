@@ -29,6 +29,8 @@ from hmmgpu import (
     write_va,
 )
 
+from harness.checks import tracefile
+
 pytestmark = pytest.mark.device
 
 RW = H.PTE_READ | H.PTE_WRITE
@@ -353,7 +355,7 @@ def test_tlb_hits_avoid_walks(launch: Launch, tmp_path: Path) -> None:
     gpu.run(fill_va(VA + 8, 8, 2, ctx=1, cmd_id=2), read_va(VA, DST, 16, ctx=1, cmd_id=3))
     gpu.run(fill_va(VA + (4 << 20), 8, 3, ctx=1, cmd_id=4))
     gpu.run(fill_va(VA + (5 << 20) + 8, 8, 4, ctx=1, cmd_id=5))  # same 2 MiB page: hit
-    ptw = [r for r in parse_trace(path.read_bytes()) if r.kind == H.TRACE_PTW]
+    ptw = [r for r in parse_trace(tracefile.read_bytes(path)) if r.kind == H.TRACE_PTW]
     want = [(1, 3), (1, 2), (1, 1), (1, 0), (4, 3), (4, 2), (4, 1)]  # 4K, then 2M walk
     assert [(r.cmd_id, r.level) for r in ptw] == want
     assert gpu.qt.readq(DATA_PA) == 1 and gpu.qt.readq(DATA_PA + 8) == 2
@@ -415,7 +417,7 @@ def test_trace_v2_records(launch: Launch, tmp_path: Path) -> None:
     gpu.set_reg("FAULT_CANCEL", rec.token)
     gpu.reap(1)
     gpu.run(tlb_inv(VA, 0x2000, ctx=1, cmd_id=3))
-    recs = parse_trace(path.read_bytes())
+    recs = parse_trace(tracefile.read_bytes(path))
     mmu_e, cp = H.ENGINE_MMU, H.ENGINE_COPY
     j1 = [r for r in recs if r.cmd_id == 1]
     # CMD_FETCH, CTX_FETCH, 4 x PTW, DATA read (bus), DATA write (VA), CPL_WRITE

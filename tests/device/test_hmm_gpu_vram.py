@@ -39,6 +39,7 @@ from test_hmm_gpu_errors import RAM_END, expect_error, expect_recovers
 from test_hmm_gpu_mmu import DATA_PA, RW, RWA, VA, mmu
 
 from harness.build.qemu import QemuArtifact
+from harness.checks import tracefile
 
 pytestmark = pytest.mark.device
 
@@ -187,7 +188,7 @@ def test_migrate_trace(launch: Launch, tmp_path: Path) -> None:
     gpu.run(migrate(COPY_LIST, 2, TO, cmd_id=0x77))
     gpu.qt.write(COPY_LIST + 0x100, copy_list([(0x1000, DST)]))
     gpu.run(migrate(COPY_LIST + 0x100, 1, FROM, cmd_id=0x78))
-    recs = [r for r in parse_trace(path.read_bytes()) if r.engine == H.ENGINE_MIGRATE]
+    recs = [r for r in parse_trace(tracefile.read_bytes(path)) if r.engine == H.ENGINE_MIGRATE]
     got = [(r.kind, r.dir, r.addr, r.length, r.aux, r.cmd_id, r.result) for r in recs]
     M = H.TRACE_COPY_LIST
     assert got == [
@@ -214,7 +215,7 @@ def test_read_va_from_vram_page_is_not_dma(launch: Launch, tmp_path: Path) -> No
     (c,) = gpu.run(read_va(VA + 100, DST, 2 * P - 200, ctx=1, cmd_id=0xAB))
     assert (c.status, c.nbytes) == (H.ERR_NONE, 2 * P - 200)
     assert gpu.qt.read(DST, 2 * P - 200) == (vpage + spage)[100 : 2 * P - 100]
-    recs = [r for r in parse_trace(path.read_bytes()) if r.cmd_id == 0xAB]
+    recs = [r for r in parse_trace(tracefile.read_bytes(path)) if r.cmd_id == 0xAB]
     data = [
         (r.kind, r.dir, r.addr, r.length, r.va)
         for r in recs
@@ -589,7 +590,7 @@ def test_failed_list_fetch_in_trace(launch: Launch, tmp_path: Path) -> None:
     gpu.setup()
     (c,) = gpu.run(migrate(NOT_RAM, 3, TO, cmd_id=0x51))
     assert (c.status, c.nbytes) == (H.ERR_DMA_READ, 0)
-    recs = [r for r in parse_trace(path.read_bytes()) if r.cmd_id == 0x51]
+    recs = [r for r in parse_trace(tracefile.read_bytes(path)) if r.cmd_id == 0x51]
     kinds = [(r.engine, r.kind) for r in recs]
     assert kinds == [
         (H.ENGINE_QUEUE, H.TRACE_CMD_FETCH),

@@ -27,6 +27,8 @@ from hmmnic import (
     SendWr,
 )
 
+from harness.checks import tracefile
+
 pytestmark = pytest.mark.device
 
 SIG = N.SEND_SIGNALED
@@ -357,7 +359,7 @@ def test_dmatrace_engines(launch_nic: LaunchNic, tmp_path: Path) -> None:
                             sges=[(src.va + PAGE, 64, src.key)], remote_addr=dst.va + PAGE,
                             rkey=dst.key))
     nic.poll(0, 1)
-    recs = parse_trace(path.read_bytes())
+    recs = parse_trace(tracefile.read_bytes(path))
     assert recs, "empty trace"
     engines = {N.ENGINE_QUEUE, N.ENGINE_REQ, N.ENGINE_MMU, N.ENGINE_RESP}
     assert {r.engine for r in recs} <= engines
@@ -388,7 +390,7 @@ def test_dmatrace_engines(launch_nic: LaunchNic, tmp_path: Path) -> None:
     kinds = {r.kind for r in mmu}
     assert {G.TRACE_CTX_FETCH, G.TRACE_PTW, G.TRACE_FAULT_WRITE, G.TRACE_EV_REPLAY} <= kinds
     assert all(r.result == 0 for r in recs)
-    assert len(path.read_bytes()) % TRACE_REC.size == 24 % TRACE_REC.size
+    assert len(tracefile.read_bytes(path)) % TRACE_REC.size == 24 % TRACE_REC.size
 
 
 def two_stalled_one_record_slot(nic: Nic) -> tuple[Mr, Mr]:

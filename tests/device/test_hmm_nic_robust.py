@@ -28,6 +28,8 @@ from hmmnic import (
     SendWr,
 )
 
+from harness.checks import tracefile
+
 pytestmark = pytest.mark.device
 
 SIG = N.SEND_SIGNALED
@@ -63,7 +65,7 @@ def test_large_write_spans_steps(launch_nic: LaunchNic, tmp_path: Path) -> None:
     assert nic.qom_get("wrs-failed") == 0
     # every byte the counters saw since realize is in the stream, and the
     # payload exactly once
-    recs = parse_trace(path.read_bytes())
+    recs = parse_trace(tracefile.read_bytes(path))
     dma = [r for r in recs if r.dir != G.DIR_NONE and r.result == 0]
     reads = sum(r.length for r in dma if r.dir == G.DIR_READ)
     writes = sum(r.length for r in dma if r.dir == G.DIR_WRITE)

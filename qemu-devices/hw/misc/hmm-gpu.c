@@ -610,6 +610,8 @@ static const Property hmm_gpu_props[] = {
     DEFINE_PROP_CHR("dmatrace", HmmGpuState, core.trace.chr),
     DEFINE_PROP_UINT32("dmatrace-flush-ms", HmmGpuState, core.trace.flush_ms,
                        10),
+    DEFINE_PROP_UINT32("dmatrace-queue", HmmGpuState, core.trace.queue_max,
+                       HMM_DMATRACE_QUEUE),
     DEFINE_PROP_SIZE("vram-size", HmmGpuState, vram_size,
                      HMM_GPU_VRAM_DEFAULT),
 };

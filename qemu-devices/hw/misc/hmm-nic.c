@@ -723,6 +723,8 @@ static const Property hmm_nic_props[] = {
     DEFINE_PROP_UINT16("lid", HmmNicState, lid, 1),
     DEFINE_PROP_UINT32("dmatrace-flush-ms", HmmNicState, core.trace.flush_ms,
                        10),
+    DEFINE_PROP_UINT32("dmatrace-queue", HmmNicState, core.trace.queue_max,
+                       HMM_DMATRACE_QUEUE),
 };
 
 static void hmm_nic_class_init(ObjectClass *oc, void *data)

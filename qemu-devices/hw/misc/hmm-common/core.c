@@ -32,6 +32,9 @@ void hmm_core_init(HmmCore *c, PCIDevice *pdev, const HmmCoreInfo *info)
                                    &c->cnt_irqs_raised, OBJ_PROP_FLAG_READ);
     object_property_add_uint64_ptr(obj, "guest-errors",
                                    &c->cnt_guest_errors, OBJ_PROP_FLAG_READ);
+    /* trace records lost because the trace writer fell behind */
+    object_property_add_uint64_ptr(obj, "dmatrace-dropped",
+                                   &c->trace.dropped, OBJ_PROP_FLAG_READ);
     /* qom-set N: the next N data DMAs go astray (hmm_dma_data_addr) */
     object_property_add_uint32_ptr(obj, "inject-dma-fault",
                                    &c->inject_dma_fault,
