@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,53 +40,12 @@ EVENTS = {Kind.FAULT_WRITE: "faults", Kind.EV_REPLAY: "replays", Kind.EV_CANCEL:
 NKINDS = 256  # every value the kind byte can take: an unknown kind is counted apart
 TIME_AXIS = "time (s, QEMU virtual clock)"
 
-_STRUCT_CODES = {"Q": "<u8", "I": "<u4", "H": "<u2", "B": "u1"}
-
-
-def _dtype(fmt: str, names: Iterable[str], itemsize: int) -> np.dtype[Any]:
-    """The numpy dtype of a little-endian ``struct`` format (dmatrace's record layout),
-    padded to the header's record size."""
-    formats: list[str] = []
-    for count, code in re.findall(r"(\d*)([QIHBs])", fmt):
-        if code == "s":
-            formats.append(f"V{count or 1}")
-        else:
-            formats.extend([_STRUCT_CODES[code]] * int(count or 1))
-    names = list(names)
-    offsets = np.cumsum([0] + [np.dtype(f).itemsize for f in formats[:-1]]).tolist()
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                     "itemsize": itemsize})
-
-
 def read_records(path: Path) -> tuple[str, np.ndarray]:
     """The one place the report reads a trace: (device, records) where records is
-    a structured array with dmatrace's field names (REC_FIELDS), a memory map for
-    a version-2 trace. Raises dmatrace.TraceError for what is not a trace.
-
-    The header is checked by dmatrace.decode and the layout comes from its
-    REC_FORMAT; when dmatrace itself returns numpy arrays over the file
-    (issue 12 item 1), this becomes a call to that.
-    """
+    dmatrace's structured array (REC_DTYPE columns; a view of the mapped file, or
+    of the decoded zstd frames). Raises dmatrace.TraceError for what is not a trace."""
     device = dmatrace.device_of(path)
-    with path.open("rb") as f:
-        head = f.read(dmatrace.HDR_SIZE)
-    header = dmatrace.decode(head, device).header
-    dtype = _dtype(dmatrace.REC_FORMAT, dmatrace.REC_FIELDS,
-                   max(header.rec_size, dmatrace.REC_SIZE))
-    if header.version < 2:
-        # Old traces (no va/aux/level) are small: the record decoder, as columns.
-        recs = dmatrace.read_trace(path, device).records
-        out = np.zeros(len(recs), dtype=dtype)
-        for name in dmatrace.REC_FIELDS:
-            if name != "rsvd":
-                out[name] = [int(getattr(r, name)) for r in recs]
-        return device, out
-    whole = (path.stat().st_size - dmatrace.HDR_SIZE) // header.rec_size
-    if whole <= 0:
-        return device, np.zeros(0, dtype=dtype)
-    # a truncated last record (QEMU killed mid-write) is left out
-    return device, np.memmap(path, dtype=dtype, mode="r", offset=dmatrace.HDR_SIZE,
-                             shape=(whole,))
+    return device, dmatrace.read_trace(path, device).rows
 
 
 def device_label(path: Path) -> str:

@@ -26,7 +26,6 @@ import bisect
 import heapq
 import json
 import re
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,79 +53,41 @@ CHUNK_RECORDS = 1 << 20  # records per read (64 MiB of v2 records)
 
 # ---- the one adapter onto the DMA trace decoder --------------------------------------
 
-_NP_TYPES = {"Q": "<u8", "I": "<u4", "B": "u1"}
-
-
-def _dtype(fmt: str, names: Sequence[str]) -> np.dtype[Any]:
-    """A numpy record type from one of dmatrace's struct formats (so the two agree)."""
-    fields: list[tuple[str, str]] = []
-    for name, (count, code) in zip(names, re.findall(r"(\d*)([QIBs])", fmt[1:]), strict=True):
-        fields.append((name, f"V{count}" if code == "s" else _NP_TYPES[code]))
-    dt = np.dtype(fields)
-    assert dt.itemsize == struct.calcsize(fmt), (fmt, dt)
-    return dt
-
-
-_V1_FIELDS = ("timestamp_ns", "addr", "len", "cmd_id", "ctx", "engine", "kind", "dir", "result")
-DTYPES = {2: _dtype(dmatrace.REC_FORMAT, dmatrace.REC_FIELDS),
-          1: _dtype(dmatrace.REC_V1_FORMAT, _V1_FIELDS)}
 
 
 @dataclass
 class TraceFile:
-    """A DMA trace file, read in chunks of records as numpy structured arrays.
+    """A DMA trace file's records, read in chunks as numpy structured arrays.
 
-    The one place this module touches the trace format: the header is checked
-    by :func:`harness.checks.dmatrace.decode`, the record layout comes from its
-    struct formats. (When the decoder reads in bulk itself, this is where to
-    switch to it.)
+    The one place this module touches the trace format: dmatrace decodes it
+    (a view of the mapped file, or of the decoded zstd frames).
     """
 
     path: Path
     device: str
-    version: int
-    rec_size: int
-    records: int
+    rows: np.ndarray
 
     @classmethod
     def open(cls, path: Path) -> TraceFile:
         device = dmatrace.device_of(path)
-        with path.open("rb") as f:
-            header = dmatrace.decode(f.read(dmatrace.HDR_SIZE), device).header
-        version = 2 if header.version >= 2 else 1
-        body = path.stat().st_size - dmatrace.HDR_SIZE
-        return cls(path, device, version, header.rec_size, body // header.rec_size)
+        return cls(path, device, dmatrace.read_trace(path, device).rows)
+
+    @property
+    def records(self) -> int:
+        return len(self.rows)
 
     def chunks(self, size: int = CHUNK_RECORDS) -> Iterator[tuple[int, np.ndarray]]:
         """(index of the first record, records) over the whole file; a truncated
         last record is left out."""
-        if self.records == 0:
-            return
-        dt = DTYPES[self.version]
-        if self.rec_size != dt.itemsize:  # newer fields appended: keep ours, skip theirs
-            dt = np.dtype({"names": dt.names, "formats": [dt.fields[n][0] for n in dt.names],
-                           "offsets": [dt.fields[n][1] for n in dt.names],
-                           "itemsize": self.rec_size})
-        # read, not mapped: a map's pages count in the process's RSS, and the
-        # trace may be larger than memory
-        with self.path.open("rb") as f:
-            f.seek(dmatrace.HDR_SIZE)
-            for first in range(0, self.records, size):
-                n = min(size, self.records - first)
-                yield first, np.fromfile(f, dt, n)
+        for first in range(0, self.records, size):
+            yield first, self.rows[first:first + size]
 
     def span(self) -> tuple[int, int] | None:
         """Timestamps of the first and last record (the device writes them in
         time order), None for an empty trace."""
         if self.records == 0:
             return None
-        dt = DTYPES[self.version]
-        with self.path.open("rb") as f:
-            f.seek(dmatrace.HDR_SIZE)
-            first = np.fromfile(f, dt, 1)
-            f.seek(dmatrace.HDR_SIZE + (self.records - 1) * self.rec_size)
-            last = np.fromfile(f, dt, 1)
-        return int(first["timestamp_ns"][0]), int(last["timestamp_ns"][0])
+        return int(self.rows["timestamp_ns"][0]), int(self.rows["timestamp_ns"][-1])
 
 
 @dataclass
@@ -176,7 +137,7 @@ def scan(tf: TraceFile, kinds: Sequence[int]) -> Scan:
             k3 = (kv >> 16, (kv >> 8) & 0xFF, kv & 0xFF)
             sums[k3] = sums[k3] + got if k3 in sums else got
     if not out:
-        return Scan(np.zeros(0, np.int64), np.zeros(0, DTYPES[tf.version]))
+        return Scan(np.zeros(0, np.int64), tf.rows[:0])
     return Scan(np.concatenate(idx), np.concatenate(out), lo, bin_ns, nbins, sums)
 
 
