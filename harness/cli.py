@@ -425,7 +425,7 @@ def _trace_query(args: argparse.Namespace) -> object:
 def cmd_trace(args: argparse.Namespace) -> int:
     import json
 
-    from harness.checks import dmatrace
+    from harness.checks import dmatrace, tracefile
 
     try:
         query = _trace_query(args)
@@ -453,7 +453,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
              f"device {h.slot:02x}.{h.function}"]
     recs = trace.records
     if head_only:
-        total = max(0, args.file.stat().st_size - dmatrace.HDR_SIZE) // h.rec_size
+        total = max(0, tracefile.stream_size(args.file) - dmatrace.HDR_SIZE) // h.rec_size
         out["records"] = [r.to_dict() for r in recs]
         lines += [r.describe() for r in recs]
         if total > len(recs):

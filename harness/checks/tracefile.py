@@ -183,6 +183,17 @@ def scan(path: Path) -> TraceIndex:
     return idx
 
 
+def stream_size(path: Path) -> int:
+    """How many bytes of the trace stream a file holds so far (the decoded size of its
+    complete frames; a raw file's own size; 0 before the device made it). What a
+    scenario notes before and after a workload to find the records it wrote: the
+    size on disk of a compressed file says nothing about where its records are."""
+    try:
+        return scan(path).decoded_size
+    except FileNotFoundError:
+        return 0
+
+
 def iter_chunks(path: Path, skip: int = 0, index: TraceIndex | None = None) -> Iterator[bytes]:
     """The decoded stream piece by piece (a frame each, or RAW_BLOCK of a raw file),
     from decoded offset ``skip`` on; frames wholly before it are not decompressed.

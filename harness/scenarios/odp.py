@@ -36,11 +36,11 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness.checks import dmatrace
 from harness.checks.dmatrace import Kind, NicEngine, TraceRecord
+from harness.checks.tracefile import stream_size
 from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, Cmd, add_cmd_result, guest_run
@@ -240,12 +240,12 @@ class OdpWorkload:
         if not load_hmm_nic(s, self.name):
             return
         trace = s.run_dir / TRACE
-        before = _size(trace)
+        before = stream_size(trace)
         cmd = (f"python3 {self.script} -d {DEVICE} {ARGS[self.name]} 2>/tmp/{self.name}.err; "
                f"rc=$?; cat /tmp/{self.name}.err >&2; exit $rc")
         run = guest_run(s, cmd, s.cfg.timeouts.scenario)
         time.sleep(SETTLE)
-        s.state[f"{self.name}.window"] = (before, _size(trace))
+        s.state[f"{self.name}.window"] = (before, stream_size(trace))
         self._results(s, run)
         teardown = guest_run(s, HMM_NIC.teardown, SETUP_TIMEOUT)
         if not teardown.ok:
@@ -318,11 +318,6 @@ class OdpWorkload:
                                   "window": [w.first, w.end]}))
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def make(name: str) -> OdpWorkload:

@@ -40,11 +40,11 @@ import bisect
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness.checks import dmatrace
 from harness.checks.dmatrace import Dir, Engine, Kind, TraceRecord, Translation
+from harness.checks.tracefile import stream_size
 from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
@@ -222,12 +222,12 @@ class OdpGpuWorkload(OdpWorkload):
         if not load_hmm_nic(s, self.name):
             return
         traces = (s.run_dir / NIC_TRACE, s.run_dir / GPU_TRACE)
-        before = [_size(p) for p in traces]
+        before = [stream_size(p) for p in traces]
         cmd = (f"python3 {self.script} {ARGS} 2>/tmp/{self.name}.err; "
                f"rc=$?; cat /tmp/{self.name}.err >&2; exit $rc")
         run = guest_run(s, cmd, s.cfg.timeouts.scenario)
         time.sleep(SETTLE)
-        s.state[f"{self.name}.windows"] = [(b, _size(p)) for b, p in zip(before, traces,
+        s.state[f"{self.name}.windows"] = [(b, stream_size(p)) for b, p in zip(before, traces,
                                                                          strict=True)]
         self._results(s, run)
         teardown = guest_run(s, HMM_NIC.teardown, SETUP_TIMEOUT)
@@ -292,11 +292,6 @@ class OdpGpuWorkload(OdpWorkload):
                                 GPU_TRACE: [gpu_w.first, gpu_w.end]}}))
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def make(name: str = NAME) -> OdpGpuWorkload:

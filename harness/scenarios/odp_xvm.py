@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from harness.checks import dmatrace
+from harness.checks.tracefile import stream_size
 from harness.core.config import PEER, DeviceConfig, RunConfig, nic_ids, peer_nics
 from harness.core.results import Status, TestResult
 from harness.scenarios import Session
@@ -148,7 +149,7 @@ class OdpCrossVm:
                 return
         here_trace = s.run_dir / f"dmatrace-nic{int(here_dev[6:])}.bin"
         peer_trace = ps.run_dir / "dmatrace-nic0.bin"
-        sizes = {"here": _size(here_trace), "peer": _size(peer_trace)}
+        sizes = {"here": stream_size(here_trace), "peer": stream_size(peer_trace)}
         devs = {"here": here_dev, "peer": "hmmnic0"}
         for name, side in sides.items():
             start = guest_run(side, f"rm -rf {DIR}; mkdir -p {DIR}; "
@@ -201,8 +202,8 @@ class OdpCrossVm:
                 log.warning("%s: %s", name, e)
         time.sleep(SETTLE)
         s.state[f"{NAME}.windows"] = {
-            "here": (here_trace, sizes["here"], _size(here_trace)),
-            "peer": (peer_trace, sizes["peer"], _size(peer_trace)),
+            "here": (here_trace, sizes["here"], stream_size(here_trace)),
+            "peer": (peer_trace, sizes["peer"], stream_size(peer_trace)),
         }
         for side in sides.values():
             guest_run(side, f"sleep 1; {HMM_NIC.teardown}", SETUP_TIMEOUT)
@@ -266,11 +267,6 @@ class OdpCrossVm:
                                                    "invalidate_check": audit.to_dict()}))
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def make() -> OdpCrossVm:

@@ -13,6 +13,7 @@ import zstandard
 
 from harness.checks import dmatrace, tracefile
 from harness.run.runner import disk_bytes
+from harness.scenarios.odp import window_of
 
 DATA = Path(__file__).parent / "data"
 FRAMES = DATA / "dmatrace-frames.zst.bin"  # 1 + 8 x 255 FILLs, flush_ms 0: a frame per run
@@ -101,3 +102,16 @@ def test_disk_bytes_counts_allocated_blocks(tmp_path: Path) -> None:
     assert (1 << 20) <= got < (1 << 20) + (256 << 10)
     (tmp_path / "initrd.img").write_bytes(os.urandom(1 << 20))
     assert disk_bytes(tmp_path, skip=("initrd.img",)) == got < disk_bytes(tmp_path)
+
+
+def test_stream_size_places_records_in_a_compressed_file() -> None:
+    # Scenarios note a trace's size before and after a workload and take the records
+    # in between (scenarios.odp.window_of): for zstd frames that must be the stream's
+    # size, not the file's (the odp audits then saw records of other workloads).
+    stream = tracefile.stream_size(FRAMES)
+    assert stream == len(tracefile.read_bytes(FRAMES))
+    assert stream != FRAMES.stat().st_size
+    trace = dmatrace.read_trace(FRAMES)
+    w = window_of(0, stream, rec_size=trace.header.rec_size)
+    assert (w.first, w.end) == (0, len(trace.rows))
+    assert tracefile.stream_size(FRAMES.with_name("no-such-trace.bin")) == 0
