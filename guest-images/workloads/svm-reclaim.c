@@ -19,6 +19,8 @@
  */
 #include "svm-common.h"
 
+#include <sched.h>
+
 #define PAGE 4096ul
 #define PM_PRESENT (1ull << 63)
 #define PM_SWAP (1ull << 62)
@@ -56,6 +58,19 @@ static int pagemap_count(const char *p, unsigned long n, uint64_t bit, unsigned 
  * cannot isolate this time (still in another CPU's LRU batch after the
  * swap-in, or locked by a racing fault), so try for up to a second.
  */
+static void pin_to_this_cpu(void)
+{
+	int cpu = sched_getcpu();
+	cpu_set_t set;
+
+	if (cpu < 0)
+		return;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		fprintf(stderr, "svm-reclaim: sched_setaffinity: %s\n", strerror(errno));
+}
+
 static int swap_out(char *p, unsigned long n, unsigned long *out)
 {
 	int tries, rc = 0;
@@ -181,6 +196,13 @@ int main(int argc, char **argv)
 		jprintf("{\"test\": \"bind\", \"ok\": false, \"error\": \"%s\"}", strerror(-fd));
 		return 1;
 	}
+	/*
+	 * One CPU for the whole program: a folio waits in the per-CPU LRU batch of
+	 * the CPU that faulted it in, and MADV_PAGEOUT drains only its own CPU's,
+	 * so a page touched on the other CPU cannot be isolated (not reclaimed,
+	 * "swapped 0") until that CPU happens to drain.
+	 */
+	pin_to_this_cpu();
 	lazyfree(npages);
 	if (swap)
 		swap_round_trip(npages);

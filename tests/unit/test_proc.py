@@ -129,7 +129,10 @@ def test_progress_timeout_kills_makes_children(tmp_path: Path) -> None:
 
 def test_progress_interrupt_kills_makes_children(tmp_path: Path) -> None:
     pids = _makefile(tmp_path)
-    # Ctrl-C (or the harness's SIGTERM handler) arrives while the step runs
+    # Ctrl-C (or the harness's SIGTERM handler) arrives while the step runs. Python
+    # raises KeyboardInterrupt on SIGINT only if SIGINT was not ignored when it started
+    # (a background job of a non-interactive shell inherits it ignored): say so here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -138,6 +141,7 @@ def test_progress_interrupt_kills_makes_children(tmp_path: Path) -> None:
                               logfile=tmp_path / "make.log")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert _survivors(pids) == []
 
 
