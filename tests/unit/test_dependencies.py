@@ -45,8 +45,10 @@ def third_party_imports(top: Path) -> dict[str, set[str]]:
                 mod = name.split(".")[0]
                 if mod in sys.stdlib_module_names or mod in ("__future__", "harness", "tests"):
                     continue
-                # pytest puts a test's directory on sys.path: tests/device's helpers
-                if (path.parent / f"{mod}.py").exists() or (path.parent / mod).is_dir():
+                # pytest puts a test's directory on sys.path (tests/device's helpers),
+                # and tests/ itself, the directory of the top conftest.py
+                if any((d / f"{mod}.py").exists() or (d / mod).is_dir()
+                       for d in (path.parent, REPO / "tests")):
                     continue
                 found.setdefault(mod, set()).add(str(path.relative_to(REPO)))
     return found

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
+from timeline_events import decode, slices
 
 from harness.build import Artifacts
 from harness.checks.dmatrace import Kind, read_kinds
@@ -22,7 +23,6 @@ from harness.core import config
 from harness.core.results import Results
 from harness.report import timeline
 from harness.run import runner
-from tests.unit.test_timeline import decode, slices
 
 pytestmark = pytest.mark.e2e
 
