@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import qemus_under
 
 from harness.build import Artifacts
 
@@ -52,20 +53,6 @@ def why(doc: dict[str, Any]) -> str:
     bad = [t for t in doc["tests"] if t["status"] not in ("PASS", "SKIP")]
     return "\n".join(f"{t['path']}: {t['status']}: {t['log_excerpt'][-800:]}" for t in bad)
 
-
-def qemus_under(d: Path) -> list[str]:
-    """Command lines of live processes that mention ``d`` (a cell's QEMU does)."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(d) in cmd and "qemu" in cmd:
-            out.append(cmd)
-    return out
 
 
 def test_two_cells_pass_and_merge(artifacts: Artifacts, tmp_path: Path) -> None:

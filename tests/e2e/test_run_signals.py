@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import qemus_under
 
 from harness.build import Artifacts
 
@@ -32,21 +33,6 @@ scenarios: [smoke, hmm-tests, svm-mirror]
 UP_TIMEOUT = 600  # boot and smoke under TCG on a loaded 2-core host
 EXIT_TIMEOUT = 90  # ending QEMU (SIGTERM, 5 s, SIGKILL) and writing the results
 
-
-def qemus_under(d: Path) -> list[int]:
-    """Live processes whose command line names ``d`` (the run's QEMU does: -D, -chardev)."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if str(d) in cmd and "qemu" in cmd and state != "Z":
-            out.append(int(proc.name))
-    return out
 
 
 def start(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:

@@ -1,7 +1,7 @@
 """The numpy trace decoder and checks give exactly what the record-at-a-time ones gave.
 
-:mod:`harness.checks.dmatrace_ref` is the implementation before the rewrite, kept
-unchanged. Both run on a slice of a real trace (checked in), on every real trace of a
+``tests/dmatrace_ref.py`` is the implementation before the rewrite, kept unchanged
+as the oracle. Both run on a slice of a real trace (checked in), on every real trace of a
 sensible size this machine's result directories hold, on mutated copies of the real
 slice and on random streams built to hit the tricky cases (READ_VA/WRITE_VA pairs, 2 MiB
 leaves, non-present walks, whole-context and wrapping invalidations, multi-page DMA,
@@ -18,11 +18,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import dmatrace_ref as old  # tests/ is on sys.path (its conftest.py)
 import numpy as np
 import pytest
 
 from harness.checks import dmatrace as new
-from harness.checks import dmatrace_ref as old
 from harness.checks.dmatrace import Dir, Engine, Kind
 
 DATA = Path(__file__).parent / "data"
