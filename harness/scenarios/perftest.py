@@ -85,7 +85,8 @@ class Perftest:
             return
         for i, op in enumerate(OPS):
             c = guest_run(s, perftest(pair, op, "odp", PORT + i), s.cfg.timeouts.scenario)
-            log_text, seconds, extra = "", c.seconds, {}
+            log_text, seconds = "", c.seconds
+            extra: dict[str, str | float] = {}
             why = handshake_failure(c)
             if why is not None:
                 log.warning("%s.ib_%s_bw: perftest's handshake failed (%s): once more",
