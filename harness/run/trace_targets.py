@@ -109,9 +109,9 @@ def _doc(path: Path) -> dict[str, Any]:
 
 
 def find_cell(run_dir: Path) -> tuple[Path, float | None]:
-    """The 7.2 cell's directory in ``run_dir`` and its wall time if the matrix
-    recorded one: a matrix's cell named 7.2 (else of kernel 7.2, else the first),
-    an earlier ``bench trace``'s cell, or a single run itself."""
+    """The 7.2 cell's directory in ``run_dir`` and its wall time if the matrix (or an
+    earlier ``bench trace``) recorded one: a matrix's cell named 7.2 (else of kernel
+    7.2, else the first), an earlier ``bench trace``'s cell, or a single run itself."""
     doc = _doc(run_dir / "results.json")
     if doc.get("kind") == "matrix":
         cells = [c for c in doc.get("matrix", {}).get("cells", []) if isinstance(c, dict)]
@@ -125,7 +125,9 @@ def find_cell(run_dir: Path) -> tuple[Path, float | None]:
         return (run_dir / str(best.get("dir") or f"cells/{best['name']}"),
                 float(wall) if isinstance(wall, int | float) else None)
     if not doc and (run_dir / CELL_DIR / "results.json").is_file():
-        return run_dir / CELL_DIR, None
+        # an earlier bench trace: the wall time it measured around its cell
+        wall = _doc(run_dir / BENCH_JSON).get("checks", {}).get("wall_s")
+        return run_dir / CELL_DIR, float(wall) if isinstance(wall, int | float) else None
     if not doc:
         raise ValueError(f"{run_dir}: no results.json (give a run's results directory)")
     return run_dir, None
@@ -381,10 +383,13 @@ def run_targets(cfg: RunConfig, results_dir: Path, build: Callable[[Path], Artif
     from harness.scenarios.bench_trace import BenchTrace
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        artifacts = build(results_dir / "build-logs")
-    except Exception as e:
-        return None, f"build failed: {e}", EXIT_INFRA
+    earlier = from_run / ONOFF_DIR / BENCH_JSON if from_run is not None else None
+    artifacts = None
+    if from_run is None or earlier is None or not earlier.is_file():  # a guest to boot
+        try:
+            artifacts = build(results_dir / "build-logs")
+        except Exception as e:
+            return None, f"build failed: {e}", EXIT_INFRA
     problems: list[Results] = []
     wall: float | None = None
     if from_run is None:
@@ -400,7 +405,6 @@ def run_targets(cfg: RunConfig, results_dir: Path, build: Callable[[Path], Artif
             cell_dir, wall = find_cell(from_run)
         except ValueError as e:
             return None, str(e), EXIT_INFRA
-    earlier = from_run / ONOFF_DIR / BENCH_JSON if from_run is not None else None
     onoff: dict[str, Any] | None = None
     note = ""
     if earlier is not None and earlier.is_file():

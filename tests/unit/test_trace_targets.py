@@ -172,3 +172,34 @@ def test_workloads_are_pointed_at_one_device() -> None:
 def test_from_run_is_for_bench_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "svm", "--from-run", str(tmp_path)]) == 2
     assert "--from-run is for bench trace" in capsys.readouterr().err
+
+
+def test_from_an_earlier_bench_trace_no_guest_runs(tmp_path: Path) -> None:
+    """Everything from an earlier ``bench trace``'s directory: nothing is built or booted,
+    bench.json and the table come from its files (the decode figures measured anew)."""
+    run = tmp_path / "earlier"
+    (run / "cell").mkdir(parents=True)
+    shutil.copy(ZST, run / "cell/dmatrace-0.bin")
+    (run / "cell/results.json").write_text(json.dumps({
+        "version": 1, "environment": {"disk_bytes": 7_000_000},
+        "tests": [{"path": "smoke.dmatrace", "duration": 3.0}]}))
+    (run / "bench.json").write_text(json.dumps({"checks": {"wall_s": 60.0}}))
+    (run / "onoff").mkdir()
+    (run / "onoff/bench.json").write_text(json.dumps(onoff.figures(
+        [{"name": "hmm-bench", "records_per_s": 1e6}], "hmm-bench",
+        [{"traced": 10.3, "untraced": 10.0, "ratio": 1.03}], 0)))
+
+    def no_build(logdir: Path) -> None:
+        raise AssertionError("nothing to boot: no build")
+
+    out = tmp_path / "out"
+    fig, text, code = tt.run_targets(config.load(None), out, no_build,  # type: ignore[arg-type]
+                                     runs=1, from_run=run)
+    assert code == 0 and fig is not None and tt.complete(fig)
+    assert json.loads((out / "bench.json").read_text())["rows"] == fig["rows"]
+    rows = {r["key"]: r for r in fig["rows"]}
+    assert rows["checks"]["after"] == "5.0% (3 of 60 s)"
+    assert rows["onoff"]["after"] == "1.030x (1.030-1.030)" and rows["onoff"]["met"]
+    assert rows["disk"]["met"] is True  # the fixture: zstd frames of FILL records
+    assert "the cell's results directory 7.0 MB" in text
+    assert not (out / "cell").exists() and not (out / "onoff").exists()
