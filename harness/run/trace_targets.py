@@ -320,7 +320,8 @@ def notes(fig: dict[str, Any]) -> list[str]:
     else:
         out.append("decode: no hmm-gpu trace in the run")
     dsk = fig["disk"]
-    out.append(f"disk: the cell's {dsk['files']} trace files; the cell's "
+    out.append(f"disk: the cell's {dsk['files']} trace file{'s' if dsk['files'] != 1 else ''}; "
+               "the cell's "
                f"results directory {disk.size_text(fig.get('cell_disk_bytes'))}")
     chk = fig["checks"]
     out.append(f"checks: {chk['source']}"
