@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.checks import dmatrace, tracefile
-from harness.core.config import RunConfig
+from harness.core.config import RunConfig, TimelineConfig
 from harness.core.results import EXIT_FAIL, EXIT_INFRA, Results
 from harness.report import disk
 from harness.run import bench_trace
@@ -95,9 +95,12 @@ def cell_config(cfg: RunConfig) -> RunConfig:
 
 
 def onoff_config(cfg: RunConfig) -> RunConfig:
+    """The on/off guest: two hmm-gpus, one untraced, and only the measurement (no
+    timeline: nobody reads it, and it would cost the run a pass over the trace)."""
     from harness.scenarios.bench_trace import DEVICES, NAME
 
-    return dataclasses.replace(cfg, devices=DEVICES, scenarios=(NAME,))
+    return dataclasses.replace(cfg, devices=DEVICES, scenarios=(NAME,),
+                               timeline=TimelineConfig(enabled=False))
 
 
 def _doc(path: Path) -> dict[str, Any]:

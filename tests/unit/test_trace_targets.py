@@ -26,7 +26,7 @@ def test_the_cell_is_the_default_runs_gpu_part() -> None:
     assert {d.type for d in cfg.devices} == {"hmm-gpu"} and len(cfg.devices) == 3
     assert cfg.scenarios == tt.GPU_SCENARIOS
     oo = tt.onoff_config(cfg)
-    assert oo.scenarios == ("bench-trace",)
+    assert oo.scenarios == ("bench-trace",) and not oo.timeline.enabled
     assert [d.trace for d in oo.devices] == [True, False]
     assert onoff.gpus(oo.devices) == (0, 1)
     assert onoff.gpus(cfg.devices) is None  # every GPU traced: no pair to compare
