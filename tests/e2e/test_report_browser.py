@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.report import report
+from harness.report import disk, report
 
 pytestmark = pytest.mark.browser
 
@@ -188,7 +188,8 @@ def test_browser_shows_the_trace_plots(tmp_path: Path) -> None:
     assert "in the results directory; DMA traces" in dom.disk["run"], dom.disk
     raw = sum(f.stat().st_size for f in (DATA / "traces").glob("dmatrace-*.bin"))
     # the first cell (6.12) has the traces, raw ones: on disk as much as their records
-    assert f"for {raw / 1e6:.1f} MB of records (1.00x), 2 files" in dom.disk["cell-1"], dom.disk
+    assert f"for {disk.size_text(raw)} of records (1.00x), 2 files" in dom.disk["cell-1"], \
+        dom.disk
     # The plots are at the bottom of a long page: a window tall enough for all of it.
     shot = tmp_path / "plots.png"
     height = 9000
