@@ -307,8 +307,9 @@ def notes(fig: dict[str, Any]) -> list[str]:
     dec = fig.get("decode")
     if dec:
         out.append(f"trace: {dec['trace']} ({disk.size_text(dec['file_bytes'])} on disk, "
-                   f"{disk.size_text(dec['raw_bytes'])} raw); {dec['runs']} runs each, "
-                   "fresh processes; decode + summary + stale-translation and VRAM audits")
+                   f"{disk.size_text(dec['raw_bytes'])} raw); {dec['runs']} "
+                   f"run{'s' if dec['runs'] != 1 else ''} each in fresh processes; decode + "
+                   "summary + stale-translation and VRAM audits")
         new = dec.get("new")
         if new:
             heap = new.get("heap_over_size")
