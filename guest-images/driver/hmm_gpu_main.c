@@ -24,6 +24,9 @@
 #include "hmm_gpu_compat.h"
 #include "hmm_gpu_uapi.h"
 
+#define CREATE_TRACE_POINTS
+#include "hmm_gpu_trace.h"
+
 static DEFINE_IDA(hmm_gpu_ida);
 static struct dentry *hmm_gpu_debugfs_root;
 

@@ -12,6 +12,7 @@
 #include <linux/slab.h>
 
 #include "hmm_gpu.h"
+#include "hmm_gpu_trace.h"
 
 static void hmm_gpu_fault_work(struct work_struct *work);
 
@@ -121,6 +122,7 @@ static unsigned int hmm_gpu_fault_drain(struct hmm_gpu_dev *gdev)
 		f->token = le16_to_cpu((__force __le16)rec->token);
 		f->access = rec->access;
 		f->reason = rec->reason;
+		trace_hmm_gpu_fault_begin(gdev->pdev, f->token, f->ctx, f->va, f->access);
 		gdev->fq_head = (gdev->fq_head + 1) % HMM_GPU_FAULTQ_ENTRIES;
 	}
 	if (n) {
