@@ -153,6 +153,8 @@ static void hmm_gpu_fault_work(struct work_struct *work)
 		gdev->stats.fault_service_ns += ns;
 		gdev->stats.fault_service_max_ns = max(gdev->stats.fault_service_max_ns, ns);
 		spin_unlock_irq(&gdev->lock);
+		/* Time line points where the faults are, 10 ms apart at most. */
+		hmm_gpu_clock_sync_periodic(gdev);
 		/* A device that faults again at once must not hog the CPU. */
 		cond_resched();
 	}

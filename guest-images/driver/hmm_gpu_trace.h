@@ -6,7 +6,8 @@
  * them up with the device's DMA trace (docs/device-abi.md, "The driver's
  * tracepoints"). Every event starts with dev=pci_name(), whose devfn is the
  * one in the DMA trace file's header. The driver stamps nothing itself: the
- * ring buffer's clock is the one to read.
+ * ring buffer's clock is the one to read, set to "mono", the clock
+ * hmm_gpu_clock_sync() tells the device.
  */
 #undef TRACE_SYSTEM
 #define TRACE_SYSTEM hmm_gpu
@@ -68,6 +69,25 @@ TRACE_DEFINE_ENUM(HMM_GPU_FAULT_DROP);
 			 { HMM_GPU_FAULT_REPLAY,	"replay" },		\
 			 { HMM_GPU_FAULT_CANCEL,	"cancel" },		\
 			 { HMM_GPU_FAULT_DROP,		"drop" })
+
+TRACE_EVENT(hmm_gpu_clock_sync,
+	TP_PROTO(struct pci_dev *pdev, u64 guest_ns, u64 rtt_ns, u32 seq),
+	TP_ARGS(pdev, guest_ns, rtt_ns, seq),
+	TP_STRUCT__entry(
+		__array(char, dev, HMM_GPU_TRACE_DEV_LEN)
+		__field(u64, guest_ns)
+		__field(u64, rtt_ns)
+		__field(u32, seq)
+	),
+	TP_fast_assign(
+		strscpy(__entry->dev, pci_name(pdev), sizeof(__entry->dev));
+		__entry->guest_ns = guest_ns;
+		__entry->rtt_ns = rtt_ns;
+		__entry->seq = seq;
+	),
+	TP_printk("dev=%s guest_ns=%llu rtt_ns=%llu seq=%u",
+		  __entry->dev, __entry->guest_ns, __entry->rtt_ns, __entry->seq)
+);
 
 TRACE_EVENT(hmm_gpu_fault_begin,
 	TP_PROTO(struct pci_dev *pdev, u16 token, u32 ctx, u64 va, u8 access),
