@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import zstandard
 
 ZSTD_MAGIC = 0xFD2FB528
@@ -224,7 +225,7 @@ def read_bytes(path: Path) -> bytes:
     return b"".join(iter_chunks(path))
 
 
-def trace_buffer(path: Path) -> bytes | bytearray | mmap.mmap:
+def trace_buffer(path: Path) -> bytes | mmap.mmap | memoryview:
     """The decoded stream as one buffer: a raw file is mapped (no copy; pages come
     from the page cache on demand), a compressed one decoded into memory.
     Either supports the buffer protocol (``numpy.frombuffer``, ``memoryview``)."""
@@ -234,10 +235,22 @@ def trace_buffer(path: Path) -> bytes | bytearray | mmap.mmap:
         with open(path, "rb") as fh:
             return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     idx = scan(path)
-    out = bytearray(idx.decoded_size)
+    # a numpy buffer rather than a bytearray: numpy asks for huge pages for it, and a
+    # fresh buffer's page faults cost more than the decompression itself; each frame
+    # is decompressed straight into its place
+    out = np.empty(idx.decoded_size, np.uint8)
     view = memoryview(out)
+    dctx = zstandard.ZstdDecompressor()
     pos = 0
-    for piece in iter_chunks(path, index=idx):
-        view[pos:pos + len(piece)] = piece
-        pos += len(piece)
-    return out
+    with open(path, "rb") as fh:
+        for frame in idx.frames:
+            fh.seek(frame.offset)
+            reader = dctx.stream_reader(fh.read(frame.size))
+            end = pos + frame.content_size
+            while pos < end:
+                got = reader.readinto(view[pos:end])
+                if not got:
+                    raise TraceFileError(f"{path}: the frame at {frame.offset} decodes to "
+                                         f"{end - pos} bytes fewer than its header says")
+                pos += got
+    return view
