@@ -272,7 +272,7 @@ _REC_DTYPE_V1 = rec_dtype(1)
 # records per pass of the streaming checks: bounds their temporaries (a few bytes per
 # record each) whatever the trace's size; the mapped file itself is paged in and out
 # by the kernel
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 # records per block of strided reads (a field of a row is a strided read that loads the
 # whole row): 2 MiB of rows, so that a block's reads after its first hit the CPU's cache
 _BLOCK = 1 << 15

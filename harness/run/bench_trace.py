@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_child(args.files[0], args.child, args.heap)))
         return 0
     print(f"decode + summary + stale-translation and VRAM audits, {os.cpu_count()} CPUs; "
-          f"target >= {TARGET_RATE / 1e6:.0f} M records/s, peak memory <= the file's size")
+          f"target >= {TARGET_RATE / 1e6:.0f} M records/s, the checks' peak memory <= the decoded "
+          "trace's size")
     for path in args.files:
         size = path.stat().st_size
         decoded = tracefile.stream_size(path)
