@@ -896,8 +896,21 @@ def _packed(ctx: np.ndarray, key: np.ndarray, room: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Near:
+    """What :func:`_neighbours` found: per asked element the latest event of its key
+    before it and (if asked for) the first after it, -1 for none; and the sort
+    itself (per sorted position: the element, its packed key, whether an event)."""
+
+    prev: np.ndarray
+    next: np.ndarray | None
+    at: np.ndarray
+    key: np.ndarray
+    event: np.ndarray
+
+
 def _neighbours(ctx: np.ndarray, key: np.ndarray, event: np.ndarray, asks: np.ndarray,
-                after: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                after: bool = False) -> _Near:
     """For elements laid out in time order, each with a (ctx, key) and a flag ``event``:
     at each element of ``asks`` (indices), the index of the latest event of the same
     (ctx, key) before it (-1: none) and, with ``after``, of the first event after it.
@@ -925,7 +938,15 @@ def _neighbours(ctx: np.ndarray, key: np.ndarray, event: np.ndarray, asks: np.nd
         nxt = np.empty(n, np.int64)
         nxt[at] = following
         nxt = nxt[asks]
-    return out[asks], nxt
+    return _Near(out[asks], nxt, at, high, ev)
+
+
+def _run_edges(key: np.ndarray, last: bool) -> np.ndarray:
+    """Where each run of equal values in ``key`` ends (``last``) or starts."""
+    if not len(key):
+        return np.zeros(0, bool)
+    change = key[1:] != key[:-1]
+    return np.r_[change, True] if last else np.r_[True, change]
 
 
 def _gather(col: np.ndarray, idx: np.ndarray, fill: Any) -> np.ndarray:
@@ -1050,8 +1071,7 @@ def _lookup(tlb: _Tlb, ch: _Chunk, set_cat: int) -> tuple[_Tlb, np.ndarray, _Tlb
     entry[:carried] = np.arange(carried)
     entry[carried + np.flatnonzero(cat == set_cat)] = np.arange(carried, len(seen.key))
     asks = np.concatenate([carried + q_at, n_el + np.arange(len(k_key))])
-    prev, _ = _neighbours(ctx, keys, event, asks)
-    live = entry[prev]  # prev -1 reads the sentinel
+    live = entry[_neighbours(ctx, keys, event, asks).prev]  # prev -1 reads the sentinel
     at_end = live[nq:]
     return seen, live[:nq], seen.take(at_end[at_end >= 0])
 
@@ -1415,7 +1435,8 @@ def _vram_chunk(out: VramCheck, c: np.ndarray, lo: int, last: _Last, waiting: _W
     e_rec = np.concatenate([l_rec, lo + at[owner]])
     e_in = np.concatenate([l_in, (dr == Dir.READ)[owner]])
     uses = np.flatnonzero(~is_ev)
-    prev, nxt = _neighbours(np.zeros(len(pages), np.uint64), pages, is_ev, uses, after=True)
+    near = _neighbours(np.zeros(len(pages), np.uint64), pages, is_ev, uses, after=True)
+    prev, nxt = near.prev, near.next
     assert nxt is not None
     u_page, u_rec = pages[uses], e_rec[uses]
     never = prev < 0
@@ -1424,24 +1445,27 @@ def _vram_chunk(out: VramCheck, c: np.ndarray, lo: int, last: _Last, waiting: _W
     found.append((u_rec[never], u_page[never], np.full(int(never.sum()), -1), np.full(
         int(never.sum()), -1)))
     found.append((u_rec[reused], u_page[reused], e_rec[prev[reused]], e_rec[nxt[reused]]))
+    # from the sort by page: each page's first copy in this chunk, and its last copy
+    # (carried or this chunk's)
+    s_ev = np.flatnonzero(near.event)
+    k_ev = near.key[s_ev]
+    last_el = near.at[s_ev[_run_edges(k_ev, last=True)]]
+    s_c = s_ev[near.at[s_ev] >= carried]
+    k_c = near.key[s_c]
+    first_el = near.at[s_c[_run_edges(k_c, last=False)]]  # by page, ascending
     # the waiting uses of earlier chunks meet their page's first copy in this one
     w_rec, w_page, w_prev = waiting
-    c_pages = pages[carried:][is_ev[carried:]]
-    c_first = carried + np.flatnonzero(is_ev[carried:])
-    f_page, f_at = np.unique(c_pages, return_index=True)
+    f_page = pages[first_el]
     k = np.minimum(np.searchsorted(f_page, w_page), max(len(f_page) - 1, 0))
     met = (f_page[k] == w_page) if len(f_page) else np.zeros(len(w_page), bool)
-    f_el = c_first[f_at[k]] if len(f_page) else np.zeros(len(w_page), np.int64)
+    f_el = first_el[k] if len(f_page) else np.zeros(len(w_page), np.int64)
     bad = met & e_in[f_el]
     found.append((w_rec[bad], w_page[bad], w_prev[bad], e_rec[f_el[bad]]))
     still = freed & (nxt < 0)
     waiting = (np.concatenate([w_rec[~met], u_rec[still]]),
                np.concatenate([w_page[~met], u_page[still]]),
                np.concatenate([w_prev[~met], e_rec[prev[still]]]))
-    # each page's last copy: the last of its copies in (carried, then this chunk's)
-    ev = np.flatnonzero(is_ev)[::-1]
-    l_page, at = np.unique(pages[ev], return_index=True)
-    return (l_page, e_rec[ev[at]], e_in[ev[at]]), waiting
+    return (pages[last_el], e_rec[last_el], e_in[last_el]), waiting
 
 
 # ---- queries (hmmlab trace) ----------------------------------------------------------
