@@ -13,9 +13,11 @@ hmm-nic's traces ``dmatrace-nicN.bin``).
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -276,6 +278,8 @@ CHUNK = 1 << 18
 # records per block of strided reads (a field of a row is a strided read that loads the
 # whole row): 2 MiB of rows, so that a block's reads after its first hit the CPU's cache
 _BLOCK = 1 << 15
+# threads the checks spread their work over: numpy's loops run without the GIL
+WORKERS = min(2, os.cpu_count() or 1)
 
 
 def _widen(rows: np.ndarray) -> np.ndarray:
@@ -498,23 +502,50 @@ class TraceSummary:
         return "\n".join(lines)
 
 
-def summarize(trace: Trace) -> TraceSummary:
-    """Counts and bytes by kind (and direction), per engine: per block of rows (in the
-    CPU's cache) bincounts; Python sees only the few (kind, dir) and engine values."""
-    rows = trace.rows
-    engines = ENGINES[trace.device]
+@dataclass
+class _Tally:
+    """summarize's counts over a range of records; tallies of ranges add up."""
+
     # bin kind * 4 + dir (3 for an event, whose dir is not told); a DMA record with an
     # unknown dir (> NONE) is counted apart, in ``odd``
-    counts = np.zeros(_SUM_BINS, np.int64)
-    bytes_by_bin: dict[int, int] = {}
-    odd: dict[tuple[int, int], list[int]] = {}  # (kind, dir) -> [records, bytes]
-    per_engine = np.zeros(256, np.int64)
-    engine_first: dict[int, int] = {}  # engine -> its first record, for the order
-    cmds: set[int] = set()
-    errors = 0
-    first = last = None
-    for lo in range(0, len(rows), CHUNK):
-        c = rows[lo:lo + CHUNK]
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(_SUM_BINS, np.int64))
+    nbytes: dict[int, int] = field(default_factory=dict)  # bin -> bytes
+    odd: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (kind, dir) -> n, b
+    per_engine: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    engine_first: dict[int, int] = field(default_factory=dict)  # engine -> first record
+    cmds: set[int] = field(default_factory=set)
+    errors: int = 0
+    first: int | None = None
+    last: int | None = None
+
+    def add(self, o: _Tally) -> None:
+        self.counts += o.counts
+        for k, v in o.nbytes.items():
+            self.nbytes[k] = self.nbytes.get(k, 0) + v
+        for kd, (n, b) in o.odd.items():
+            acc = self.odd.setdefault(kd, [0, 0])
+            acc[0] += n
+            acc[1] += b
+        self.per_engine += o.per_engine
+        for e, i in o.engine_first.items():
+            self.engine_first[e] = min(i, self.engine_first.get(e, i))
+        self.cmds |= o.cmds
+        self.errors += o.errors
+        self.first = o.first if self.first is None or o.first is None else min(self.first,
+                                                                               o.first)
+        self.last = o.last if self.last is None or o.last is None else max(self.last, o.last)
+        if self.first is None:
+            self.first = o.first
+        if self.last is None:
+            self.last = o.last
+
+
+def _tally(rows: np.ndarray, lo: int, hi: int) -> _Tally:
+    """Per block of rows (in the CPU's cache) bincounts; Python sees only the few
+    (kind, dir) and engine values."""
+    t = _Tally()
+    for clo in range(lo, hi, CHUNK):
+        c = rows[clo:min(clo + CHUNK, hi)]
         # per-bin byte sums in float64 are exact: a chunk's 32-bit halves add up to < 2**53
         low = np.zeros(_SUM_BINS)
         high = np.zeros(_SUM_BINS)
@@ -527,7 +558,7 @@ def summarize(trace: Trace) -> TraceSummary:
             key = kind.astype(np.intp) * 4 + np.where(event, 3, dr)
             plain = event | (dr <= Dir.NONE)
             if not plain.all():
-                _count_odd(odd, kind[~plain], dr[~plain], ln[~plain])
+                _count_odd(t.odd, kind[~plain], dr[~plain], ln[~plain])
                 key[~plain] = _SUM_BINS - 1
             c_counts += np.bincount(key, minlength=_SUM_BINS)
             low += np.bincount(key, ln & np.uint64(0xFFFFFFFF), _SUM_BINS)
@@ -536,37 +567,62 @@ def summarize(trace: Trace) -> TraceSummary:
                 high += np.bincount(key, up, _SUM_BINS)
             e_counts = np.bincount(eng, minlength=256)
             for e in np.flatnonzero(e_counts).tolist():
-                if e not in engine_first:
-                    engine_first[e] = lo + blo + int(np.argmax(eng == e))
-            per_engine += e_counts
+                if e not in t.engine_first:
+                    t.engine_first[e] = clo + blo + int(np.argmax(eng == e))
+            t.per_engine += e_counts
             cmd = b["cmd_id"][kind == Kind.DATA]
             if len(cmd):  # a command's records come together: runs first
                 data_cmds.append(cmd[np.r_[True, cmd[1:] != cmd[:-1]]])
-            errors += int(np.count_nonzero(b["result"]))
+            t.errors += int(np.count_nonzero(b["result"]))
             ts = b["timestamp_ns"]
             if len(ts):
                 lo_ts, hi_ts = int(ts.min()), int(ts.max())
-                first = lo_ts if first is None else min(first, lo_ts)
-                last = hi_ts if last is None else max(last, hi_ts)
-        counts += c_counts
+                t.first = lo_ts if t.first is None else min(t.first, lo_ts)
+                t.last = hi_ts if t.last is None else max(t.last, hi_ts)
+        t.counts += c_counts
         for k in np.flatnonzero(c_counts[:-1]).tolist():
-            bytes_by_bin[k] = bytes_by_bin.get(k, 0) + int(low[k]) + (int(high[k]) << 32)
+            t.nbytes[k] = t.nbytes.get(k, 0) + int(low[k]) + (int(high[k]) << 32)
         if data_cmds:
-            cmds.update(np.unique(np.concatenate(data_cmds)).tolist())
+            t.cmds.update(np.unique(np.concatenate(data_cmds)).tolist())
+    return t
+
+
+def _parts(n: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of whole chunks, one per worker thread (numpy's loops run
+    without the GIL: the threads share the CPUs)."""
+    chunks = -(-n // CHUNK)
+    per = -(-chunks // max(1, min(WORKERS, chunks)))
+    return [(lo, min(lo + per * CHUNK, n)) for lo in range(0, n, per * CHUNK)] or [(0, 0)]
+
+
+def summarize(trace: Trace) -> TraceSummary:
+    """Counts and bytes by kind (and direction), per engine: ranges of the records
+    tallied on :data:`WORKERS` threads, then added up."""
+    rows = trace.rows
+    engines = ENGINES[trace.device]
+    parts = _parts(len(rows))
+    if len(parts) == 1:
+        tallies = [_tally(rows, *parts[0])]
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            tallies = list(pool.map(lambda p: _tally(rows, *p), parts))
+    t = tallies[0]
+    for other in tallies[1:]:
+        t.add(other)
     bytes_by: dict[str, int] = {}
     count_by: dict[str, int] = {}
-    named = [(k >> 2, 0x100 if k & 3 == 3 else k & 3, int(counts[k]), bytes_by_bin[k])
-             for k in sorted(bytes_by_bin)]
-    for (k, d), (n, nbytes) in [*(((k, d), (n, b)) for k, d, n, b in named), *odd.items()]:
+    named = [((k >> 2, 0x100 if k & 3 == 3 else k & 3), (int(t.counts[k]), b))
+             for k, b in sorted(t.nbytes.items())]
+    for (k, d), (n, nbytes) in [*named, *((kd, (nb[0], nb[1])) for kd, nb in t.odd.items())]:
         kname = _name(_enum(Kind, k))
         name = kname if d == 0x100 else f"{kname}/{_name(_enum(Dir, d))}"
         count_by[name] = count_by.get(name, 0) + n
         bytes_by[name] = bytes_by.get(name, 0) + nbytes
-    by_engine = {_name(_enum(engines, e)): int(per_engine[e])
-                 for e in sorted(engine_first, key=engine_first.__getitem__)}
+    by_engine = {_name(_enum(engines, e)): int(t.per_engine[e])
+                 for e in sorted(t.engine_first, key=t.engine_first.__getitem__)}
     return TraceSummary(
-        records=len(rows), commands=len(cmds), bytes_by=bytes_by, count_by=count_by,
-        errors=errors, first_ns=first, last_ns=last, problems=list(trace.problems),
+        records=len(rows), commands=len(t.cmds), bytes_by=bytes_by, count_by=count_by,
+        errors=t.errors, first_ns=t.first, last_ns=t.last, problems=list(trace.problems),
         by_engine=by_engine,
     )
 
