@@ -1132,23 +1132,36 @@ def _lookup(tlb: _Tlb, ch: _Chunk, set_cat: int) -> tuple[_Tlb, np.ndarray, _Tlb
     return seen, live[:nq], seen.take(at_end[at_end >= 0])
 
 
-def _columns(c: np.ndarray, pick: Callable[[np.ndarray], np.ndarray], fields: Sequence[str]
-             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The records of ``c`` that ``pick`` selects: their indices in ``c``, and the given
-    fields of them, each a contiguous array. A block of rows at a time: a field of a
-    row is a strided read that loads the whole row, so every read of a block after
-    its first comes from the CPU's cache."""
+def _columns(c: np.ndarray, picks: Sequence[Callable[[np.ndarray], np.ndarray]],
+             fields: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray]]:
+    """The records of ``c`` that any of ``picks`` selects: their indices in ``c``, the
+    given fields of them (each a contiguous array) and, per pick, which of them it
+    took. A block of rows at a time: a field of a row is a strided read that loads
+    the whole row, so every read of a block after its first comes from the CPU's
+    cache, and the picks share them."""
     idx: list[np.ndarray] = []
     cols: dict[str, list[np.ndarray]] = {f: [] for f in fields}
+    took: list[list[np.ndarray]] = [[] for _ in picks]
     for lo in range(0, len(c), _BLOCK):
         b = c[lo:lo + _BLOCK]
-        sel = np.flatnonzero(pick(b))
+        masks = [pick(b) for pick in picks]
+        union = masks[0]
+        for m in masks[1:]:
+            union = union | m
+        sel = np.flatnonzero(union)
         idx.append(sel + lo)
         for f in fields:
             cols[f].append(b[f][sel])
+        if len(picks) > 1:
+            for t, m in zip(took, masks, strict=True):
+                t.append(m[sel])
     if not idx:
-        return np.zeros(0, np.int64), {f: c[f][:0].copy() for f in fields}
-    return np.concatenate(idx), {f: np.concatenate(v) for f, v in cols.items()}
+        return (np.zeros(0, np.int64), {f: c[f][:0].copy() for f in fields},
+                [np.zeros(0, bool) for _ in picks])
+    at = np.concatenate(idx)
+    flags = ([np.concatenate(t) for t in took] if len(picks) > 1
+             else [np.ones(len(at), bool)])
+    return at, {f: np.concatenate(v) for f, v in cols.items()}, flags
 
 
 def _pick_invalidation_audit(b: np.ndarray) -> np.ndarray:
@@ -1183,24 +1196,50 @@ def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
     position finds each use's latest put or drop (:func:`_neighbours`); only
     the records with a problem become Python objects, for the messages.
     """
-    out = InvalidateCheck()
-    small, huge = _Tlb(PAGE_SHIFT), _Tlb(pt_shift(1))
+    inv, _ = audit(records, vram=False, limit=limit)
+    assert inv is not None
+    return inv
+
+
+def audit(records: Sequence[TraceRecord] | np.ndarray, invalidations: bool = True,
+          vram: bool = True, limit: int = 50) -> tuple[InvalidateCheck | None, VramCheck | None]:
+    """:func:`check_invalidations` and :func:`check_vram_lifetime` (those asked for) in
+    one pass over the records: each block's fields are read once for both."""
     rows = rows_of(records)
     n = len(rows)
+    inv = InvalidateCheck() if invalidations else None
+    small, huge = _Tlb(PAGE_SHIFT), _Tlb(pt_shift(1))
+    vr = VramCheck() if vram else None
+    # each VRAM page's last copy so far: its record and whether it copied in
+    last = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, bool))
+    # uses after a copy out, waiting for the page's next copy: record, page, the copy out
+    waiting = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
+    found: list[tuple[np.ndarray, ...]] = []  # (record, page, copy before, copy after)
+    picks = ([_pick_invalidation_audit] if inv else []) + ([_pick_vram_audit] if vr else [])
     lo = 0
     while lo < n:
         # one record more: the WRITE_VA partner of a READ_VA at the chunk's end
-        at, cols = _columns(rows[lo:lo + CHUNK + 1], _pick_invalidation_audit, _AUDIT_FIELDS)
+        at, cols, took = _columns(rows[lo:lo + CHUNK + 1], picks, _AUDIT_FIELDS)
         length = min(CHUNK, n - lo)
-        starts = _pair_starts(at, cols)
-        if len(starts) and at[starts[-1]] == length - 1:
-            length += 1  # the pair stays in this chunk
-        keep = int(np.searchsorted(at, length))
-        small, huge = _invalidations_chunk(out, rows, lo, at[:keep],
-                                           {f: v[:keep] for f, v in cols.items()},
-                                           starts[starts < keep - 1], small, huge, limit)
+        if inv is not None:
+            mine = took[0]
+            a_i = at if len(picks) == 1 else at[mine]
+            c_i = cols if len(picks) == 1 else {f: v[mine] for f, v in cols.items()}
+            starts = _pair_starts(a_i, c_i)
+            if len(starts) and a_i[starts[-1]] == length - 1:
+                length += 1  # the pair stays in this chunk
+            keep = int(np.searchsorted(a_i, length))
+            small, huge = _invalidations_chunk(inv, rows, lo, a_i[:keep],
+                                               {f: v[:keep] for f, v in c_i.items()},
+                                               starts[starts < keep - 1], small, huge, limit)
+        if vr is not None:
+            mine = took[-1] & (at < length)
+            last, waiting = _vram_chunk(vr, lo, at[mine], {f: v[mine] for f, v in cols.items()},
+                                        last, waiting, found)
         lo += length
-    return out
+    if vr is not None:
+        _vram_problems(vr, rows, found, limit)
+    return inv, vr
 
 
 def _pair_starts(at: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -1415,15 +1454,13 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
     (:func:`_neighbours`); each page's last copy is carried to the next chunk,
     and so are the uses after a copy out whose next copy is not seen yet.
     """
-    out = VramCheck()
-    rows = rows_of(records)
-    # each VRAM page's last copy so far: its record and whether it copied in
-    last = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, bool))
-    # uses after a copy out, waiting for the page's next copy: record, page, the copy out
-    waiting = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
-    found: list[tuple[np.ndarray, ...]] = []  # (record, page, copy before, copy after)
-    for lo in range(0, len(rows), CHUNK):
-        last, waiting = _vram_chunk(out, rows[lo:lo + CHUNK], lo, last, waiting, found)
+    _, out = audit(records, invalidations=False, limit=limit)
+    assert out is not None
+    return out
+
+
+def _vram_problems(out: VramCheck, rows: np.ndarray, found: list[tuple[np.ndarray, ...]],
+                   limit: int) -> None:
     rec, page, before, after = (np.concatenate(f) for f in zip(*found, strict=True)) if found \
         else (np.zeros(0, np.int64),) * 4
     out.problem_count = len(rec)
@@ -1443,7 +1480,6 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
             out.problems.append(f"record {i} (t={r[_TS]}): {_name(_enum(Dir, r[_DIR]))} "
                                 f"cmd={r[_CMD]} ctx={r[_CTX]} va=0x{r[_VA]:x} touched VRAM "
                                 f"offset 0x{off:x}: {why}")
-    return out
 
 
 _Last = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -1460,9 +1496,9 @@ def _pick_vram_audit(b: np.ndarray) -> np.ndarray:
     return copy | walk | ((kind == Kind.VRAM) & (b["va"] != 0))
 
 
-def _vram_chunk(out: VramCheck, c: np.ndarray, lo: int, last: _Last, waiting: _Waiting,
-                found: list[tuple[np.ndarray, ...]]) -> tuple[_Last, _Waiting]:
-    at, cols = _columns(c, _pick_vram_audit, ("kind", "dir", "aux", "level", "addr", "len"))
+def _vram_chunk(out: VramCheck, lo: int, at: np.ndarray, cols: dict[str, np.ndarray],
+                last: _Last, waiting: _Waiting, found: list[tuple[np.ndarray, ...]]
+                ) -> tuple[_Last, _Waiting]:
     if not len(at):
         return last, waiting
     kind, dr, aux, addr = cols["kind"], cols["dir"], cols["aux"], cols["addr"]
