@@ -1217,7 +1217,7 @@ def audit(records: Sequence[TraceRecord] | np.ndarray, invalidations: bool = Tru
     found: list[tuple[np.ndarray, ...]] = []  # (record, page, copy before, copy after)
     picks = ([_pick_invalidation_audit] if inv else []) + ([_pick_vram_audit] if vr else [])
     lo = 0
-    while lo < n:
+    while lo < n and picks:
         # one record more: the WRITE_VA partner of a READ_VA at the chunk's end
         at, cols, took = _columns(rows[lo:lo + CHUNK + 1], picks, _AUDIT_FIELDS)
         length = min(CHUNK, n - lo)

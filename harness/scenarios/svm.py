@@ -175,14 +175,15 @@ class SvmWorkload:
                 problems.append(f"{path.name}: trace version {trace.header.version} has no "
                                 "VA/PTW records (the device predates ABI 1.1)")
                 continue
-            if "invalidate" in checks:
-                out = dmatrace.check_invalidations(trace.records)
+            # one pass over the records for the audits asked for
+            out, vram = dmatrace.audit(trace.records, invalidations="invalidate" in checks,
+                                       vram="vram" in checks)
+            if out is not None:
                 checked += out.data_checked
                 stats.setdefault(path.name, {})["invalidate"] = out.to_dict()
                 texts.append(f"{path.name}: {out.format()}")
                 problems.extend(f"{path.name}: {p}" for p in out.problems)
-            if "vram" in checks:
-                vram = dmatrace.check_vram_lifetime(trace.records)
+            if vram is not None:
                 stats.setdefault(path.name, {})["vram"] = vram.to_dict()
                 texts.append(f"{path.name}: {vram.format()}")
                 problems.extend(f"{path.name}: {p}" for p in vram.problems)
