@@ -506,11 +506,9 @@ class TraceSummary:
 class _Tally:
     """summarize's counts over a range of records; tallies of ranges add up."""
 
-    # bin kind * 4 + dir (3 for an event, whose dir is not told); a DMA record with an
-    # unknown dir (> NONE) is counted apart, in ``odd``
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(_SUM_BINS, np.int64))
-    nbytes: dict[int, int] = field(default_factory=dict)  # bin -> bytes
-    odd: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (kind, dir) -> n, b
+    # per kind | dir << 8 (the two bytes side by side in a record): records and bytes
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(1 << 16, np.int64))
+    nbytes: dict[int, int] = field(default_factory=dict)
     per_engine: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     engine_first: dict[int, int] = field(default_factory=dict)  # engine -> first record
     cmds: set[int] = field(default_factory=set)
@@ -522,65 +520,79 @@ class _Tally:
         self.counts += o.counts
         for k, v in o.nbytes.items():
             self.nbytes[k] = self.nbytes.get(k, 0) + v
-        for kd, (n, b) in o.odd.items():
-            acc = self.odd.setdefault(kd, [0, 0])
-            acc[0] += n
-            acc[1] += b
         self.per_engine += o.per_engine
         for e, i in o.engine_first.items():
             self.engine_first[e] = min(i, self.engine_first.get(e, i))
         self.cmds |= o.cmds
         self.errors += o.errors
-        self.first = o.first if self.first is None or o.first is None else min(self.first,
-                                                                               o.first)
-        self.last = o.last if self.last is None or o.last is None else max(self.last, o.last)
-        if self.first is None:
-            self.first = o.first
-        if self.last is None:
-            self.last = o.last
+        if o.first is not None:
+            self.first = o.first if self.first is None else min(self.first, o.first)
+        if o.last is not None:
+            self.last = o.last if self.last is None else max(self.last, o.last)
+
+
+# a record's 64-bit words: where each field is (word, bit shift), from REC_DTYPE
+_WORD = {name: (off // 8, off % 8 * 8) for name, (_, off) in
+         ((n, REC_DTYPE.fields[n][:2]) for n in COLUMNS)}
+assert _WORD["dir"] == (_WORD["kind"][0], _WORD["kind"][1] + 8), "kind, dir side by side"
+assert all(_WORD[f][0] == _WORD["kind"][0] for f in ("engine", "result"))
+
+
+def _words(c: np.ndarray) -> np.ndarray:
+    """Records as rows of 64-bit words (a view; a copy in REC_DTYPE's layout for rows
+    that are not contiguous or whose size is not a multiple of 8)."""
+    if c.dtype.itemsize % 8 or c.dtype.fields != REC_DTYPE.fields or (
+            len(c) > 1 and c.strides[0] != c.dtype.itemsize):
+        packed = np.zeros(len(c), REC_DTYPE)
+        for name in COLUMNS:
+            packed[name] = c[name]
+        c = packed
+    return c.view(np.uint64).reshape(len(c), c.dtype.itemsize // 8)
+
+
+def _field(w6: np.ndarray, name: str, bits: int = 8) -> np.ndarray:
+    return (w6 >> np.uint64(_WORD[name][1])) & np.uint64((1 << bits) - 1)
 
 
 def _tally(rows: np.ndarray, lo: int, hi: int) -> _Tally:
-    """Per block of rows (in the CPU's cache) bincounts; Python sees only the few
-    (kind, dir) and engine values."""
+    """Per chunk bincounts of kind | dir << 8 and of the engines, from each block's
+    word of kind, dir, engine and result read once (in the CPU's cache); Python sees
+    only the few values present."""
     t = _Tally()
+    kw, ts_w, len_w, cmd_w = (_WORD[f][0] for f in ("kind", "timestamp_ns", "len", "cmd_id"))
     for clo in range(lo, hi, CHUNK):
-        c = rows[clo:min(clo + CHUNK, hi)]
-        # per-bin byte sums in float64 are exact: a chunk's 32-bit halves add up to < 2**53
-        low = np.zeros(_SUM_BINS)
-        high = np.zeros(_SUM_BINS)
-        c_counts = np.zeros(_SUM_BINS, np.int64)
+        w = _words(rows[clo:min(clo + CHUNK, hi)])
+        key = np.empty(len(w), np.uint16)
+        ln = np.empty(len(w), np.uint64)
         data_cmds: list[np.ndarray] = []
-        for blo in range(0, len(c), _BLOCK):
-            b = c[blo:blo + _BLOCK]
-            kind, dr, ln, eng = b["kind"], b["dir"], b["len"], b["engine"]
-            event = _EVENT[kind]
-            key = kind.astype(np.intp) * 4 + np.where(event, 3, dr)
-            plain = event | (dr <= Dir.NONE)
-            if not plain.all():
-                _count_odd(t.odd, kind[~plain], dr[~plain], ln[~plain])
-                key[~plain] = _SUM_BINS - 1
-            c_counts += np.bincount(key, minlength=_SUM_BINS)
-            low += np.bincount(key, ln & np.uint64(0xFFFFFFFF), _SUM_BINS)
-            up = ln >> np.uint64(32)
-            if up.any():
-                high += np.bincount(key, up, _SUM_BINS)
-            e_counts = np.bincount(eng, minlength=256)
+        for blo in range(0, len(w), _BLOCK):
+            b = w[blo:blo + _BLOCK]
+            w6 = np.ascontiguousarray(b[:, kw])
+            k2 = _field(w6, "kind", 16)
+            key[blo:blo + len(b)] = k2
+            ln[blo:blo + len(b)] = b[:, len_w]
+            eng = _field(w6, "engine")
+            e_counts = np.bincount(eng.astype(np.intp), minlength=256)
             for e in np.flatnonzero(e_counts).tolist():
                 if e not in t.engine_first:
                     t.engine_first[e] = clo + blo + int(np.argmax(eng == e))
             t.per_engine += e_counts
-            cmd = b["cmd_id"][kind == Kind.DATA]
+            cmd = b[:, cmd_w][(k2 & np.uint64(0xFF)) == Kind.DATA]
             if len(cmd):  # a command's records come together: runs first
                 data_cmds.append(cmd[np.r_[True, cmd[1:] != cmd[:-1]]])
-            t.errors += int(np.count_nonzero(b["result"]))
-            ts = b["timestamp_ns"]
+            t.errors += int(np.count_nonzero(_field(w6, "result")))
+            ts = b[:, ts_w]
             if len(ts):
                 lo_ts, hi_ts = int(ts.min()), int(ts.max())
                 t.first = lo_ts if t.first is None else min(t.first, lo_ts)
                 t.last = hi_ts if t.last is None else max(t.last, hi_ts)
-        t.counts += c_counts
-        for k in np.flatnonzero(c_counts[:-1]).tolist():
+        counts = np.bincount(key, minlength=1 << 16)
+        t.counts += counts
+        # per-key byte sums in float64 are exact: a chunk's 32-bit halves add up to < 2**53
+        low = np.bincount(key, ln & np.uint64(0xFFFFFFFF), 1 << 16)
+        up = ln >> np.uint64(32)
+        high = np.bincount(key, up, 1 << 16) if up.any() else low * 0
+        for k in np.flatnonzero(counts).tolist():
             t.nbytes[k] = t.nbytes.get(k, 0) + int(low[k]) + (int(high[k]) << 32)
         if data_cmds:
             t.cmds.update(np.unique(np.concatenate(data_cmds)).tolist())
@@ -611,12 +623,12 @@ def summarize(trace: Trace) -> TraceSummary:
         t.add(other)
     bytes_by: dict[str, int] = {}
     count_by: dict[str, int] = {}
-    named = [((k >> 2, 0x100 if k & 3 == 3 else k & 3), (int(t.counts[k]), b))
-             for k, b in sorted(t.nbytes.items())]
-    for (k, d), (n, nbytes) in [*named, *((kd, (nb[0], nb[1])) for kd, nb in t.odd.items())]:
-        kname = _name(_enum(Kind, k))
-        name = kname if d == 0x100 else f"{kname}/{_name(_enum(Dir, d))}"
-        count_by[name] = count_by.get(name, 0) + n
+    for k, nbytes in sorted(t.nbytes.items()):
+        kind = _enum(Kind, k & 0xFF)
+        # an event's direction is not told: events are counted by kind alone
+        event = isinstance(kind, Kind) and kind.is_event
+        name = _name(kind) if event else f"{_name(kind)}/{_name(_enum(Dir, k >> 8))}"
+        count_by[name] = count_by.get(name, 0) + int(t.counts[k])
         bytes_by[name] = bytes_by.get(name, 0) + nbytes
     by_engine = {_name(_enum(engines, e)): int(t.per_engine[e])
                  for e in sorted(t.engine_first, key=t.engine_first.__getitem__)}
@@ -625,19 +637,6 @@ def summarize(trace: Trace) -> TraceSummary:
         errors=t.errors, first_ns=t.first, last_ns=t.last, problems=list(trace.problems),
         by_engine=by_engine,
     )
-
-
-_SUM_BINS = 256 * 4 + 1  # kind * 4 + dir, and the bin of the odd ones
-
-
-def _count_odd(odd: dict[tuple[int, int], list[int]], kind: np.ndarray, dr: np.ndarray,
-               ln: np.ndarray) -> None:
-    """Count DMA records with an unknown direction (rare: a broken trace) one by one."""
-    for k, d, n in zip(kind.tolist(), dr.tolist(), ln.tolist(), strict=True):
-        acc = odd.setdefault((k, d), [0, 0])
-        acc[0] += 1
-        acc[1] += n
-
 
 
 # ---- checking DMA against the workload's mappings ----------------------------------
