@@ -1131,39 +1131,38 @@ def _lookup(tlb: _Tlb, ch: _Chunk, set_cat: int) -> tuple[_Tlb, np.ndarray, _Tlb
     return seen, live[:nq], seen.take(at_end[at_end >= 0])
 
 
-def _columns(c: np.ndarray, picks: Sequence[Callable[[np.ndarray], np.ndarray]],
-             fields: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray]]:
-    """The records of ``c`` that any of ``picks`` selects: their indices in ``c``, the
-    given fields of them (each a contiguous array) and, per pick, which of them it
-    took. A block of rows at a time: a field of a row is a strided read that loads
-    the whole row, so every read of a block after its first comes from the CPU's
-    cache, and the picks share them."""
-    idx: list[np.ndarray] = []
-    cols: dict[str, list[np.ndarray]] = {f: [] for f in fields}
-    took: list[list[np.ndarray]] = [[] for _ in picks]
+_Pick = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+def _columns(c: np.ndarray, kinds: np.ndarray, specs: Sequence[tuple[_Pick, Sequence[str]]]
+             ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per (pick, fields) of ``specs``: the records of ``c`` it selects (their indices
+    in ``c``) and those fields of them, each a contiguous array. A block of rows at a
+    time (a field of a row is a strided read that loads the whole row; the block's
+    later reads come from the CPU's cache): the records whose kind ``kinds`` (a lookup
+    table) names are gathered once, and the picks look at those alone."""
+    wanted = sorted({f for _, fs in specs for f in fs} | _PICK_FIELDS)
+    out: list[tuple[list[np.ndarray], dict[str, list[np.ndarray]]]] = [
+        ([], {f: [] for f in fs}) for _, fs in specs]
     for lo in range(0, len(c), _BLOCK):
         b = c[lo:lo + _BLOCK]
-        masks = [pick(b) for pick in picks]
-        union = masks[0]
-        for m in masks[1:]:
-            union = union | m
-        sel = np.flatnonzero(union)
-        idx.append(sel + lo)
-        for f in fields:
-            cols[f].append(b[f][sel])
-        if len(picks) > 1:
-            for t, m in zip(took, masks, strict=True):
-                t.append(m[sel])
-    if not idx:
-        return (np.zeros(0, np.int64), {f: c[f][:0].copy() for f in fields},
-                [np.zeros(0, bool) for _ in picks])
-    at = np.concatenate(idx)
-    flags = ([np.concatenate(t) for t in took] if len(picks) > 1
-             else [np.ones(len(at), bool)])
-    return at, {f: np.concatenate(v) for f, v in cols.items()}, flags
+        cand = np.flatnonzero(kinds[b["kind"]])
+        got = {f: b[f][cand] for f in wanted}
+        for (pick, fields), (idx, cols) in zip(specs, out, strict=True):
+            m = pick(got)
+            idx.append(cand[m] + lo)
+            for f in fields:
+                cols[f].append(got[f][m])
+    return [(np.concatenate(idx) if idx else np.zeros(0, np.int64),
+             {f: np.concatenate(v) if v else np.zeros(0, REC_DTYPE.fields[f][0])
+              for f, v in cols.items()}) for idx, cols in out]
 
 
-def _pick_invalidation_audit(b: np.ndarray) -> np.ndarray:
+# what the picks look at
+_PICK_FIELDS = {"kind", "aux", "level", "result", "va", "engine", "dir"}
+
+
+def _pick_invalidation_audit(b: Mapping[str, np.ndarray]) -> np.ndarray:
     kind, aux, level = b["kind"], b["aux"], b["level"]
     leafy = (((aux & np.uint64(PTE_VALID)) == 0) | (level == 0)
              | ((level == 1) & ((aux & np.uint64(PTE_LEAF)) != 0)))
@@ -1172,6 +1171,7 @@ def _pick_invalidation_audit(b: np.ndarray) -> np.ndarray:
 
 
 _AUDIT_FIELDS = ("kind", "ctx", "va", "aux", "level", "addr", "len", "dir", "cmd_id")
+_VRAM_FIELDS = ("kind", "dir", "aux", "level", "addr", "len")
 
 
 def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
@@ -1214,16 +1214,16 @@ def audit(records: Sequence[TraceRecord] | np.ndarray, invalidations: bool = Tru
     # uses after a copy out, waiting for the page's next copy: record, page, the copy out
     waiting = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
     found: list[tuple[np.ndarray, ...]] = []  # (record, page, copy before, copy after)
-    picks = ([_pick_invalidation_audit] if inv else []) + ([_pick_vram_audit] if vr else [])
+    specs = (([(_pick_invalidation_audit, _AUDIT_FIELDS)] if inv else [])
+             + ([(_pick_vram_audit, _VRAM_FIELDS)] if vr else []))
+    kinds = _table(k for k in (Kind.PTW, Kind.EV_TLB_INV, Kind.DATA, Kind.VRAM))
     lo = 0
-    while lo < n and picks:
+    while lo < n and specs:
         # one record more: the WRITE_VA partner of a READ_VA at the chunk's end
-        at, cols, took = _columns(rows[lo:lo + CHUNK + 1], picks, _AUDIT_FIELDS)
+        picked = _columns(rows[lo:lo + CHUNK + 1], kinds, specs)
         length = min(CHUNK, n - lo)
         if inv is not None:
-            mine = took[0]
-            a_i = at if len(picks) == 1 else at[mine]
-            c_i = cols if len(picks) == 1 else {f: v[mine] for f, v in cols.items()}
+            a_i, c_i = picked[0]
             starts = _pair_starts(a_i, c_i)
             if len(starts) and a_i[starts[-1]] == length - 1:
                 length += 1  # the pair stays in this chunk
@@ -1232,8 +1232,9 @@ def audit(records: Sequence[TraceRecord] | np.ndarray, invalidations: bool = Tru
                                                {f: v[:keep] for f, v in c_i.items()},
                                                starts[starts < keep - 1], small, huge, limit)
         if vr is not None:
-            mine = took[-1] & (at < length)
-            last, waiting = _vram_chunk(vr, lo, at[mine], {f: v[mine] for f, v in cols.items()},
+            a_v, c_v = picked[-1]
+            keep = int(np.searchsorted(a_v, length))
+            last, waiting = _vram_chunk(vr, lo, a_v[:keep], {f: v[:keep] for f, v in c_v.items()},
                                         last, waiting, found)
         lo += length
     if vr is not None:
@@ -1485,7 +1486,7 @@ _Last = tuple[np.ndarray, np.ndarray, np.ndarray]
 _Waiting = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _pick_vram_audit(b: np.ndarray) -> np.ndarray:
+def _pick_vram_audit(b: Mapping[str, np.ndarray]) -> np.ndarray:
     kind, aux, level = b["kind"], b["aux"], b["level"]
     ok = b["result"] == 0
     copy = (kind == Kind.DATA) & (b["engine"] == Engine.MIGRATE) & ok & (b["dir"] <= Dir.WRITE)
