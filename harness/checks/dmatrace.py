@@ -423,8 +423,8 @@ def decode(data: TraceBuffer, device: str = GPU, limit: int | None = None) -> Tr
 def _enum_problems(rows: np.ndarray, device: str) -> list[str]:
     known = {"engine": _known(ENGINES[device]), "kind": _known(Kind), "dir": _known(Dir)}
     out: list[str] = []
-    for lo in range(0, len(rows), CHUNK):
-        chunk = rows[lo:lo + CHUNK]
+    for lo in range(0, len(rows), _BLOCK):  # a block's reads after its first hit the cache
+        chunk = rows[lo:lo + _BLOCK]
         bad = {f: ~ok[chunk[f]] for f, ok in known.items()}
         for i in np.flatnonzero(bad["engine"] | bad["kind"] | bad["dir"]).tolist():
             for f in ("engine", "kind", "dir"):
