@@ -532,8 +532,8 @@ class _Tally:
 
 
 # a record's 64-bit words: where each field is (word, bit shift), from REC_DTYPE
-_WORD = {name: (off // 8, off % 8 * 8) for name, (_, off) in
-         ((n, REC_DTYPE.fields[n][:2]) for n in COLUMNS)}
+_REC_FIELDS: Mapping[str, Any] = REC_DTYPE.fields or {}
+_WORD = {name: (_REC_FIELDS[name][1] // 8, _REC_FIELDS[name][1] % 8 * 8) for name in COLUMNS}
 assert _WORD["dir"] == (_WORD["kind"][0], _WORD["kind"][1] + 8), "kind, dir side by side"
 assert all(_WORD[f][0] == _WORD["kind"][0] for f in ("engine", "result"))
 
@@ -1154,7 +1154,7 @@ def _columns(c: np.ndarray, kinds: np.ndarray, specs: Sequence[tuple[_Pick, Sequ
             for f in fields:
                 cols[f].append(got[f][m])
     return [(np.concatenate(idx) if idx else np.zeros(0, np.int64),
-             {f: np.concatenate(v) if v else np.zeros(0, REC_DTYPE.fields[f][0])
+             {f: np.concatenate(v) if v else np.zeros(0, _REC_FIELDS[f][0])
               for f, v in cols.items()}) for idx, cols in out]
 
 

@@ -63,6 +63,7 @@ def _child(path: Path, which: str, heap: bool) -> dict[str, Any]:
     t2 = time.perf_counter()
     if hasattr(mod, "audit"):  # both audits in one pass, as svm-race runs them
         inv, vram = mod.audit(trace.records)
+        assert inv is not None and vram is not None
     else:
         inv = mod.check_invalidations(trace.records)
         vram = mod.check_vram_lifetime(trace.records)
