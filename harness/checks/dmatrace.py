@@ -1217,26 +1217,42 @@ def audit(records: Sequence[TraceRecord] | np.ndarray, invalidations: bool = Tru
     specs = (([(_pick_invalidation_audit, _AUDIT_FIELDS)] if inv else [])
              + ([(_pick_vram_audit, _VRAM_FIELDS)] if vr else []))
     kinds = _table(k for k in (Kind.PTW, Kind.EV_TLB_INV, Kind.DATA, Kind.VRAM))
+    # with both audits, a chunk's VRAM audit runs on a second thread while the
+    # stale-translation one runs here: they share only the chunk's columns
+    pool = ThreadPoolExecutor(1) if inv is not None and vr is not None and WORKERS > 1 else None
     lo = 0
-    while lo < n and specs:
-        # one record more: the WRITE_VA partner of a READ_VA at the chunk's end
-        picked = _columns(rows[lo:lo + CHUNK + 1], kinds, specs)
-        length = min(CHUNK, n - lo)
-        if inv is not None:
-            a_i, c_i = picked[0]
-            starts = _pair_starts(a_i, c_i)
-            if len(starts) and a_i[starts[-1]] == length - 1:
-                length += 1  # the pair stays in this chunk
-            keep = int(np.searchsorted(a_i, length))
-            small, huge = _invalidations_chunk(inv, rows, lo, a_i[:keep],
-                                               {f: v[:keep] for f, v in c_i.items()},
-                                               starts[starts < keep - 1], small, huge, limit)
-        if vr is not None:
-            a_v, c_v = picked[-1]
-            keep = int(np.searchsorted(a_v, length))
-            last, waiting = _vram_chunk(vr, lo, a_v[:keep], {f: v[:keep] for f, v in c_v.items()},
-                                        last, waiting, found)
-        lo += length
+    try:
+        while lo < n and specs:
+            # one record more: the WRITE_VA partner of a READ_VA at the chunk's end
+            picked = _columns(rows[lo:lo + CHUNK + 1], kinds, specs)
+            length = min(CHUNK, n - lo)
+            if inv is not None:
+                a_i, c_i = picked[0]
+                starts = _pair_starts(a_i, c_i)
+                if len(starts) and a_i[starts[-1]] == length - 1:
+                    length += 1  # the pair stays in this chunk
+            later = None
+            if vr is not None:
+                a_v, c_v = picked[-1]
+                keep = int(np.searchsorted(a_v, length))
+                args = (vr, lo, a_v[:keep], {f: v[:keep] for f, v in c_v.items()}, last,
+                        waiting, found)
+                if pool is not None:
+                    later = pool.submit(_vram_chunk, *args)
+                else:
+                    last, waiting = _vram_chunk(*args)
+            if inv is not None:
+                keep = int(np.searchsorted(a_i, length))
+                small, huge = _invalidations_chunk(inv, rows, lo, a_i[:keep],
+                                                   {f: v[:keep] for f, v in c_i.items()},
+                                                   starts[starts < keep - 1], small, huge,
+                                                   limit)
+            if later is not None:
+                last, waiting = later.result()
+            lo += length
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if vr is not None:
         _vram_problems(vr, rows, found, limit)
     return inv, vr
