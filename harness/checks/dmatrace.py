@@ -1126,9 +1126,41 @@ def _lookup(tlb: _Tlb, ch: _Chunk, set_cat: int) -> tuple[_Tlb, np.ndarray, _Tlb
     entry[:carried] = np.arange(carried)
     entry[carried + np.flatnonzero(cat == set_cat)] = np.arange(carried, len(seen.key))
     asks = np.concatenate([carried + q_at, n_el + np.arange(len(k_key))])
-    live = entry[_neighbours(ctx, keys, event, asks).prev]  # prev -1 reads the sentinel
+    # a question about a (ctx, key) that no walk ever put in has no answer: left out
+    # of the sort when the keys that had one are few (the 2 MiB table: a VA job's
+    # pages are asked there too)
+    asked = _had_entry(k_ctx, k_key, ctx[carried + q_at], key[q_at]) if len(k_key) < (
+        len(q_at) >> 4) else None
+    if asked is not None and not asked.all():
+        keep = np.ones(len(keys), bool)
+        keep[carried + q_at[~asked]] = False
+        at = np.flatnonzero(keep)  # the elements left, still in time order
+        where = np.full(len(keys), -1, np.int64)
+        where[at] = np.arange(len(at))
+        near = _neighbours(ctx[at], keys[at], event[at], where[asks[np.r_[asked, np.ones(
+            len(k_key), bool)]]])
+        prev = np.full(len(asks), -1, np.int64)
+        found = np.where(near.prev >= 0, at[near.prev], -1)
+        prev[np.r_[asked, np.ones(len(k_key), bool)]] = found
+    else:
+        prev = _neighbours(ctx, keys, event, asks).prev
+    live = entry[prev]  # prev -1 reads the sentinel
     at_end = live[nq:]
     return seen, live[:nq], seen.take(at_end[at_end >= 0])
+
+
+def _had_entry(k_ctx: np.ndarray, k_key: np.ndarray, ctx: np.ndarray, key: np.ndarray
+               ) -> np.ndarray | None:
+    """Whether each (ctx, key) is one of the sorted, distinct (k_ctx, k_key); None when
+    the pairs do not pack into a word (then nobody is left out)."""
+    cb = _bits(int(max(k_ctx.max(), ctx.max(initial=0))))
+    kb = _bits(int(max(k_key.max(), key.max(initial=0))))
+    if cb + kb > 64:
+        return None
+    packed = (k_ctx << np.uint64(kb)) | k_key  # sorted: (ctx, key) order
+    q = (ctx << np.uint64(kb)) | key
+    i = np.minimum(np.searchsorted(packed, q), len(packed) - 1)
+    return packed[i] == q
 
 
 _Pick = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -1536,9 +1568,15 @@ def _vram_chunk(out: VramCheck, lo: int, at: np.ndarray, cols: dict[str, np.ndar
     npages = np.where(is_copy, 1, np.where(walk, np.where(huge, 512, 1),
                                            span.astype(np.int64) + 1))
     owner, within = _spread(npages)
+    c_pages = first[owner] + within.astype(np.uint64)
+    # the carried last copies of the pages this chunk uses go into its sort; the
+    # others wait aside (most pages of a big VRAM are not used in a given chunk)
     l_page, l_rec, l_in = last
+    used = _members(l_page, c_pages[~is_copy[owner]])
+    aside = (l_page[~used], l_rec[~used], l_in[~used])
+    l_page, l_rec, l_in = l_page[used], l_rec[used], l_in[used]
     carried = len(l_page)
-    pages = np.concatenate([l_page, first[owner] + within.astype(np.uint64)])
+    pages = np.concatenate([l_page, c_pages])
     is_ev = np.concatenate([np.ones(carried, bool), is_copy[owner]])
     e_rec = np.concatenate([l_rec, lo + at[owner]])
     e_in = np.concatenate([l_in, (dr == Dir.READ)[owner]])
@@ -1573,7 +1611,27 @@ def _vram_chunk(out: VramCheck, lo: int, at: np.ndarray, cols: dict[str, np.ndar
     waiting = (np.concatenate([w_rec[~met], u_rec[still]]),
                np.concatenate([w_page[~met], u_page[still]]),
                np.concatenate([w_prev[~met], e_rec[prev[still]]]))
-    return (pages[last_el], e_rec[last_el], e_in[last_el]), waiting
+    # each page's last copy after the chunk: the sort's, else the one set aside
+    n_page = pages[last_el]
+    kept = ~_members(n_page, aside[0], among=True)
+    merged = [np.concatenate([a, b]) for a, b in zip(
+        (n_page, e_rec[last_el], e_in[last_el]), (x[kept] for x in aside), strict=True)]
+    order = np.argsort(merged[0], kind="stable")  # two sorted runs: a merge
+    return (merged[0][order], merged[1][order], merged[2][order]), waiting
+
+
+def _members(sorted_keys: np.ndarray, keys: np.ndarray, among: bool = False) -> np.ndarray:
+    """Which of ``sorted_keys`` (sorted, distinct) are in ``keys``; with ``among``,
+    which of ``keys`` are in ``sorted_keys``."""
+    if not len(sorted_keys) or not len(keys):
+        return np.zeros(len(keys) if among else len(sorted_keys), bool)
+    i = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    hit = sorted_keys[i] == keys
+    if among:
+        return hit
+    out = np.zeros(len(sorted_keys), bool)
+    out[i[hit]] = True
+    return out
 
 
 # ---- queries (hmmlab trace) ----------------------------------------------------------
