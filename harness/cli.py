@@ -44,6 +44,8 @@ examples:
   hmmlab bench svm              fault rate, bandwidth, fault latency: hmm_gpu.ko vs test_hmm.ko
   hmmlab bench odp              perftest bandwidth (ODP, pinned), ODP fault and invalidation
                                 cost: hmm-nic vs rxe; fault round trip: hmm-nic vs hmm-gpu
+  hmmlab bench trace            the DMA trace's targets before and after: decode+check rate,
+                                memory, bytes on disk, checks' share of a 7.2 run, tracing on/off
 
 exit status of `run`: 0 every test passed, 1 a test failed (a hang, a guest that
 died under a test included), 2 an infrastructure problem (build failed, QEMU would
@@ -70,6 +72,38 @@ include:/exclude: cells; pairwise: true. `hmmlab matrix list FILE` shows the
 cells. Without FILE the embedded default matrix runs. A matrix runs each cell
 in its own process, in parallel (-j), into cells/<cell>/ of the results
 directory, with a merged results.json at its top.
+"""
+
+
+BENCH_HELP = """\
+Measure (not a test) and print a table of figures, each median (min-max)
+over rounds or runs, next to its baseline and the project's target; bench.json
+in the results directory has every round's raw data.
+
+svm    hmm_gpu.ko next to test_hmm.ko in the same guest, taking turns: pages
+       faulted+mapped per second, READ/WRITE bandwidth on mirrored memory (4 KiB
+       pages and THP), one fault's round trip, migration bandwidth both ways,
+       the CPU fault-back of a migrated page (--rounds).
+odp    ib_write_bw/ib_read_bw with --odp and pinned between two cabled hmm-nics
+       next to rxe in the same guest (7.2 unless CONFIG.yaml says otherwise),
+       ODP/pinned ratios, the cost of one ODP page fault and one ODP
+       invalidation, the fault round trip (record to replay, from the DMA
+       traces) of hmm-nic next to hmm-gpu's (--rounds).
+trace  the DMA trace's targets (issue 12), each before and after:
+       decode+check records/s and the checks' peak memory against the trace's
+       size (the old decoder next to the new, on the run's biggest hmm-gpu
+       trace, --runs fresh processes each); the traces' bytes on disk against
+       their raw stream; a 7.2 cell's post-run checks against its wall time;
+       a workload's wall time with tracing on against off (two hmm-gpus in one
+       guest, one with trace: false; the DMA-heaviest of hmm-bench,
+       svm-migrate and vram-pressure, --runs rounds). Runs a 7.2 guest with
+       the GPU scenarios (CONFIG.yaml's kernel if given) into DIR/cell, or
+       takes the 7.2 cell of --from-run, and the on/off guest into DIR/onoff.
+
+examples:
+  hmmlab bench svm --rounds 5
+  hmmlab bench trace --runs 3                    everything, into results/<time>
+  hmmlab bench trace --from-run results/<time>   the trace figures of that run
 """
 
 
@@ -125,19 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser(
         "bench", help="measure (not a test): hmm_gpu.ko next to test_hmm.ko, hmm-nic next "
                       "to rxe",
-        description="Boot a guest and run a benchmark against hmm_gpu.ko and test_hmm.ko in "
-                    "the same guest, taking turns for several rounds; print each figure's "
-                    "median (min-max) per driver, the ratio of the medians and the project's "
-                    "targets, and write bench.json (every round's raw data) to the results "
-                    "directory. `svm`: pages faulted+mapped per second and READ/WRITE "
-                    "bandwidth on mirrored memory (4 KiB pages and THP), one fault's round "
-                    "trip, migration bandwidth both ways, the CPU fault-back of a migrated "
-                    "page. `odp`: ib_write_bw/ib_read_bw with --odp and pinned between two "
-                    "cabled hmm-nics next to rxe in the same guest (7.2 unless CONFIG.yaml "
-                    "says otherwise), ODP/pinned ratios, the cost of one ODP page fault and "
-                    "one ODP invalidation (hmm-nic next to rxe), and the fault round trip "
-                    "(record to replay, from the DMA traces) of hmm-nic next to hmm-gpu's.")
-    bn.add_argument("which", choices=["svm", "odp"], help="the benchmark")
+        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bn.add_argument("which", choices=["svm", "odp", "trace"], help="the benchmark")
     bn.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
                     help="run file for the guest (default: the packaged default; its "
                          "scenarios are replaced by the benchmark)")
@@ -147,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
                     default=DEFAULT_ROUNDS,
                     help=f"rounds, each measuring the device then its baseline (default: "
                          f"{DEFAULT_ROUNDS})")
+    bn.add_argument("--runs", type=_positive_int("a number of runs"), metavar="N", default=3,
+                    help="trace: fresh processes per decode+check figure, and rounds of "
+                         "tracing on/off (default: 3)")
+    bn.add_argument("--from-run", type=Path, metavar="DIR",
+                    help="trace: take the trace figures from this run's results (a run, a "
+                         "matrix: its 7.2 cell, or an earlier bench trace) instead of "
+                         "running the 7.2 guest")
 
     t = sub.add_parser(
         "trace", help="decode and query a DMA trace file (dmatrace-N.bin, dmatrace-nicN.bin)",
@@ -387,12 +417,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if cfg is None:
         return EXIT_INFRA
+    if args.which != "trace" and args.from_run is not None:
+        print("hmmlab: --from-run is for bench trace", file=sys.stderr)
+        return EXIT_INFRA
+    if args.which == "trace":
+        return cmd_bench_trace(args, cfg)
     if args.which == "odp" and args.config is None and not cfg.kernel_tree:
         cfg = dataclasses.replace(cfg, kernel=bench.ODP_KERNEL)
     results_dir = (args.results or default_results_dir()).resolve()
     res, fig = bench.run_bench(cfg, args.which, results_dir, rounds=args.rounds,
                                build=_builder(cfg))
     text, code = bench.report(res, fig)
+    print(text)
+    print(f"results: {results_dir}" + (" (bench.json)" if fig else ""))
+    return code
+
+
+def cmd_bench_trace(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from harness.core.results import default_results_dir
+    from harness.run import trace_targets
+
+    if args.config is None and not cfg.kernel_tree:
+        cfg = dataclasses.replace(cfg, kernel=trace_targets.CELL_KERNEL)
+    results_dir = (args.results or default_results_dir()).resolve()
+    from_run = args.from_run.resolve() if args.from_run is not None else None
+    with sigterm_interrupts():
+        fig, text, code = trace_targets.run_targets(cfg, results_dir, _builder(cfg),
+                                                    runs=args.runs, from_run=from_run)
     print(text)
     print(f"results: {results_dir}" + (" (bench.json)" if fig else ""))
     return code

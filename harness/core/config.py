@@ -62,12 +62,18 @@ class DeviceConfig:
     # the peer guest's own side of a PEER cable: the socket to connect to (set by
     # the scenario that boots it, never by a configuration file)
     peer_socket: str = ""
+    # False: no dmatrace chardev, so the device records nothing (the writer never
+    # starts): `hmmlab bench trace` measures tracing on against off this way
+    trace: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """The keys a configuration file has (link only if set; never peer_socket)."""
+        """The keys a configuration file has (link and trace only if not the default;
+        never peer_socket)."""
         d: dict[str, Any] = {"type": self.type, "props": dict(self.props)}
         if self.link:
             d["link"] = self.link
+        if not self.trace:
+            d["trace"] = False
         return d
 
 
@@ -274,7 +280,7 @@ def _devices(r: Reader, node: Node) -> tuple[DeviceConfig, ...]:
     links: dict[int, tuple[Node, str]] = {}
     for i, dnode in enumerate(r.sequence(node, "devices", "devices like {type: hmm-gpu}")):
         key = f"devices[{i}]"
-        entries = r.mapping(dnode, key, ("type", "props", "link"))
+        entries = r.mapping(dnode, key, ("type", "props", "link", "trace"))
         if "type" not in entries:
             raise r.error(dnode, key, "missing key type (e.g. type: hmm-gpu)")
         dtype = r.choice(entries["type"][1], f"{key}.type", DEVICE_TYPES)
@@ -298,7 +304,13 @@ def _devices(r: Reader, node: Node) -> tuple[DeviceConfig, ...]:
                                 "another hmm-nic's id (nic0, nic1, ...) or peer"))
             if link and dtype != "hmm-nic":
                 raise r.error(lnode, f"{key}.link", "only a hmm-nic has a link; remove it")
-        out.append(DeviceConfig(type=dtype, props=props, link=link))
+        trace = True
+        if "trace" in entries:
+            tnode = entries["trace"][1]
+            trace = r.scalar(tnode, f"{key}.trace", "true or false")
+            if not isinstance(trace, bool):
+                raise r.error(tnode, f"{key}.trace", f"expected true or false, got {show(tnode)}")
+        out.append(DeviceConfig(type=dtype, props=props, link=link, trace=trace))
         if link:
             links[i] = (entries["link"][1], link)
     _check_links(r, out, links)

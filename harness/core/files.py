@@ -6,7 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from harness.core.proc import run
@@ -29,6 +29,20 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def disk_bytes(root: Path, skip: Sequence[str] = ()) -> int:
+    """What a directory tree takes on disk: allocated blocks, as du counts them;
+    the top-level files named in ``skip`` left out."""
+    total = 0
+    for p in root.rglob("*"):
+        if p.parent == root and p.name in skip:
+            continue
+        try:
+            total += p.lstat().st_blocks * 512
+        except OSError:  # gone meanwhile (a file QEMU or a scenario removed)
+            continue
+    return total
 
 
 def atomic_write(path: Path, data: str | bytes) -> Path:

@@ -486,17 +486,21 @@ def build_command_line(
     gpu = nic = 0
     for dev in cfg.devices:
         if dev.type == "hmm-gpu":
-            chardev = f"dmatrace{gpu}"
-            argv += ["-chardev",
-                     f"file,id={chardev},path={_qemu_opt(str(files.dmatrace(gpu)))}"]
-            opts = [f"hmm-gpu,id=gpu{gpu},dmatrace={chardev}"]
+            opts = [f"hmm-gpu,id=gpu{gpu}"]
+            if dev.trace:  # without the chardev the device records nothing
+                chardev = f"dmatrace{gpu}"
+                argv += ["-chardev",
+                         f"file,id={chardev},path={_qemu_opt(str(files.dmatrace(gpu)))}"]
+                opts.append(f"dmatrace={chardev}")
             gpu += 1
         elif dev.type == "hmm-nic":
-            chardev = f"nictrace{nic}"
-            argv += ["-chardev",
-                     f"file,id={chardev},path={_qemu_opt(str(files.nic_dmatrace(nic)))}"]
+            opts = [f"hmm-nic,id=nic{nic}"]
+            if dev.trace:
+                chardev = f"nictrace{nic}"
+                argv += ["-chardev",
+                         f"file,id={chardev},path={_qemu_opt(str(files.nic_dmatrace(nic)))}"]
+                opts.append(f"dmatrace={chardev}")
             # each port its own LID, so two NICs in one guest can be linked
-            opts = [f"hmm-nic,id=nic{nic},dmatrace={chardev}"]
             if "lid" not in dev.props:
                 opts.append(f"lid={nic + 1}")
             if f"nic{nic}" in cables:

@@ -34,7 +34,7 @@ import junitparser
 
 from harness.core.files import atomic_write, replacing
 from harness.core.results import Status, verdict
-from harness.report import plots
+from harness.report import disk, plots
 
 RESULTS_JSON = "results.json"
 JUNIT_XML = "junit.xml"
@@ -480,6 +480,14 @@ def cell_plots(run: Run) -> dict[str, plots.CellPlots]:
             for i, c in enumerate(run.cells, 1)}
 
 
+def cell_disks(run: Run) -> dict[str, disk.DiskUse]:
+    """Each cell's disk use: a single run's from its environment, a matrix cell's from
+    the cell's own results.json (the merged one does not carry it)."""
+    return {c.name: disk.cell_disk(run.results_dir / c.dir if c.dir else run.results_dir,
+                                   run.environment if run.kind == "single" else None)
+            for c in run.cells}
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("harness.report", "templates"),
@@ -494,7 +502,12 @@ def _environment() -> jinja2.Environment:
 
 def render_html(run: Run) -> str:
     env = run.environment
+    disks = cell_disks(run)
     return _environment().get_template("report.html.j2").render(
+        disks=disks,
+        run_disk=disk.run_disk(run.results_dir, disks.values()),
+        size_text=disk.size_text,
+        traces_text=disk.traces_text,
         run=run,
         counts=run.counts(),
         statuses=STATUSES,

@@ -43,6 +43,7 @@ from harness import scenarios as scenario_registry
 from harness.checks import iommu
 from harness.checks.splat import Splat
 from harness.core.config import RunConfig
+from harness.core.files import disk_bytes
 from harness.core.results import Event, Results, Status, TestResult, excerpt, status_for
 from harness.guest.ssh import SSHClient, SSHError, SSHTimeout
 from harness.guest.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
@@ -522,20 +523,6 @@ class Runner:
     def _splats(self, guest: Guest) -> None:
         if guest.console is not None:
             self.results.add(splat_result(guest.console.splats()))
-
-
-def disk_bytes(root: Path, skip: Sequence[str] = ()) -> int:
-    """What a directory tree takes on disk: allocated blocks, as du counts them;
-    the top-level files named in ``skip`` left out."""
-    total = 0
-    for p in root.rglob("*"):
-        if p.parent == root and p.name in skip:
-            continue
-        try:
-            total += p.lstat().st_blocks * 512
-        except OSError:  # gone meanwhile (a file QEMU or a scenario removed)
-            continue
-    return total
 
 
 def run(

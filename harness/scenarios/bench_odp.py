@@ -121,12 +121,34 @@ def parse_bw(text: str) -> float | None:
     return float(rows[-1][3]) if rows else None
 
 
+LISTEN_WAIT_S = 60  # for perftest's server to listen on its port (a TCG guest under load)
+SERVER_MARK = "--- server"  # between the client's output and the server's
+
+
+def wait_listen(port: int, pid: str, seconds: float = LISTEN_WAIT_S) -> str:
+    """Shell (busybox) that waits until a TCP socket listens on ``port`` (state 0A in
+    /proc/net/tcp or tcp6), the process ``pid`` is gone, or ``seconds`` have passed;
+    it says so when it stops waiting for another reason than the listening socket."""
+    polls = int(seconds * 10)
+    return (f"n=0; until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | "
+            f"awk '$4 == \"0A\" && $2 ~ /:{port:04X}$/ {{f = 1}} END {{exit !f}}'; do "
+            f"kill -0 {pid} 2>/dev/null || {{ echo 'server gone before listening'; break; }}; "
+            f"n=$((n + 1)); [ $n -ge {polls} ] && "
+            f"{{ echo 'server not listening after {seconds:g} s'; break; }}; sleep 0.1; done")
+
+
 def perftest(pair: Pair, test: str, mode: str, port: int, measure: str = f"-n {ITERS}") -> str:
+    """Server in the background, the client once the server listens (not after a
+    fixed sleep: on a loaded TCG guest the server's start can take longer and the
+    client's connect is then refused). A client that failed leaves the server
+    waiting for it: it is ended after 5 s rather than at its timeout."""
     odp = " --odp" if mode == "odp" else ""
     base = f"ib_{test}_bw -s {SIZE} {measure} -p {port}{odp}"
     return (f"timeout 100 {base} -d {pair.server} > /tmp/bench-srv.txt 2>&1 & srv=$!; "
-            f"sleep 1; timeout 100 {base} -d {pair.client} 127.0.0.1; rc=$?; "
-            "wait $srv; src=$?; echo '--- server'; cat /tmp/bench-srv.txt; "
+            f"{wait_listen(port, '$srv')}; "
+            f"timeout 100 {base} -d {pair.client} 127.0.0.1; rc=$?; "
+            "[ $rc -ne 0 ] && { sleep 5; kill $srv 2>/dev/null; }; "
+            f"wait $srv; src=$?; echo '{SERVER_MARK}'; cat /tmp/bench-srv.txt; "
             "[ $rc -eq 0 ] && [ $src -eq 0 ]")
 
 

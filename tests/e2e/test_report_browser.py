@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.report import report
+from harness.report import disk, report
 
 pytestmark = pytest.mark.browser
 
@@ -82,6 +82,9 @@ class Dom(HTMLParser):
         self.tds: list[dict[str, str]] = []
         self.scripts = 0
         self._in_matrix = False
+        self.disk: dict[str, str] = {}  # "run", "cell-N" (the N-th row): disk use shown
+        self._disk: str | None = None
+        self._row = ""
         self.feed(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -95,6 +98,20 @@ class Dom(HTMLParser):
             self.columns.append(a["data-cell"])
         if self._in_matrix and tag == "td" and "data-status" in a:
             self.tds.append(a)
+        if tag == "tr" and a.get("id", "").startswith("cell-"):
+            self._row = a["id"]
+        if tag == "dd" and a.get("id") == "disk":
+            self._disk = "run"
+        if tag == "td" and "disk" in a.get("class", "").split():
+            self._disk = self._row
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("dd", "td"):
+            self._disk = None
+
+    def handle_data(self, data: str) -> None:
+        if self._disk is not None:
+            self.disk[self._disk] = self.disk.get(self._disk, "") + data
 
 
 def make_tree(kind: str, dest: Path) -> Path:
@@ -166,6 +183,13 @@ def test_browser_shows_the_trace_plots(tmp_path: Path) -> None:
         assert title in section
     assert "<svg" not in cp.stdout[cp.stdout.index('id="plots-2"'):]
     assert Dom(cp.stdout).scripts == 0
+    # disk use: the run's line in the header, the traced cell's in its row
+    dom = Dom(cp.stdout)
+    assert "in the results directory; DMA traces" in dom.disk["run"], dom.disk
+    raw = sum(f.stat().st_size for f in (DATA / "traces").glob("dmatrace-*.bin"))
+    # the first cell (6.12) has the traces, raw ones: on disk as much as their records
+    assert f"for {disk.size_text(raw)} of records (1.00x), 2 files" in dom.disk["cell-1"], \
+        dom.disk
     # The plots are at the bottom of a long page: a window tall enough for all of it.
     shot = tmp_path / "plots.png"
     height = 9000

@@ -145,7 +145,7 @@ def test_accel_choice() -> None:
      '"svm-mirror" or "svm-invalidate" or "svm-race" or "svm-reclaim" or "dmirror-edge" or '
      '"svm-migrate" or "vram-pressure" or "atomics" or "dma-bounce" or "bench-svm" or '
      '"odp-tests" or "odp-rc" or "odp-implicit" or "odp-gpu" or "perftest" or "bench-odp" or '
-     '"odp-cross-vm", got "smok"; did you mean "smoke"?'),
+     '"odp-cross-vm" or "bench-trace", got "smok"; did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),
@@ -240,3 +240,15 @@ def test_a_nic_cabled_to_a_peer_guest() -> None:
     assert cfg.to_dict()["devices"][2] == {"type": "hmm-nic", "props": {}, "link": "peer"}
     with pytest.raises(config.ConfigError, match=re.escape("nor peer (a second guest)")):
         config.load_text("devices: [{type: hmm-nic, link: per}]\n", "t.yaml")
+
+
+def test_device_trace_false() -> None:
+    """``trace: false``: the device gets no DMA trace (bench trace's untraced GPU)."""
+    cfg = config.load_text("devices: [{type: hmm-gpu}, {type: hmm-gpu, trace: false}]\n",
+                           "t.yaml")
+    assert [d.trace for d in cfg.devices] == [True, False]
+    assert cfg.to_dict()["devices"] == [{"type": "hmm-gpu", "props": {}},
+                                        {"type": "hmm-gpu", "props": {}, "trace": False}]
+    with pytest.raises(ConfigError, match=r"t.yaml:1: devices\[0\].trace: expected true or "
+                                          r"false, got \"sometimes\""):
+        config.load_text("devices: [{type: hmm-gpu, trace: sometimes}]\n", "t.yaml")

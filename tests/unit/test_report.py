@@ -27,7 +27,8 @@ import markupsafe
 import numpy as np
 import pytest
 
-from harness.checks import dmatrace
+from harness.checks import dmatrace, tracefile
+from harness.core.files import disk_bytes
 from harness.core.results import Results, Status
 from harness.report import plots, report
 
@@ -688,3 +689,88 @@ def test_broken_and_empty_traces_are_notes_not_failures(tmp_path: Path) -> None:
                         r"\(want 0x31435254474d4d48\): not a hmm-gpu trace", out.notes[2])
     assert len(out.notes) == 3
     assert out.timeline is None
+
+
+# --- disk use ----------------------------------------------------------------
+
+ZST = Path(__file__).parent / "data" / "dmatrace-frames.zst.bin"  # zstd frames, as QEMU writes
+
+
+class DiskCells(HTMLParser):
+    """The header's disk line and each cell's disk column."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.header: dict[str, str] = {}
+        self.cells: list[dict[str, str]] = []
+        self.texts: dict[int, list[str]] = {}  # 0: the header, n: the n-th cell
+        self._in = -1
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "dd" and a.get("id") == "disk":
+            self.header, self._in = a, 0
+        elif tag == "td" and "disk" in a.get("class", "").split():
+            self.cells.append(a)
+            self._in = len(self.cells)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("dd", "td"):
+            self._in = -1
+
+    def handle_data(self, data: str) -> None:
+        if self._in >= 0:
+            self.texts.setdefault(self._in, []).append(data)
+
+
+def test_html_shows_disk_use_per_cell_and_for_the_run(tmp_path: Path) -> None:
+    tree = make_tree("matrix-real", tmp_path / "real")
+    for f in tree.glob("cells/*/dmatrace-*.bin"):
+        f.unlink()
+    first = tree / "cells/6.12"
+    shutil.copy(ZST, first / "dmatrace-0.bin")  # compressed
+    shutil.copy(TRACES / "dmatrace-1.bin", first / "dmatrace-1.bin")  # raw (older run)
+    (first / "results.json").write_text(json.dumps({"environment": {"disk_bytes": 123_400_000}}))
+    report.write_reports(tree)
+    d = DiskCells(page(tree)[0])
+    raw0 = len(tracefile.read_bytes(ZST))
+    zst, raw1 = ZST.stat().st_size, (TRACES / "dmatrace-1.bin").stat().st_size
+    assert zst < raw0  # the fixture is compressed
+    # the first cell: what its run recorded, and its traces, on disk against raw
+    assert d.cells[0]["data-bytes"] == "123400000"
+    assert int(d.cells[0]["data-trace-bytes"]) == zst + raw1
+    assert int(d.cells[0]["data-trace-raw-bytes"]) == raw0 + raw1
+    text = " ".join(d.texts[1])
+    assert "123.4 MB" in text and "2 files" in text
+    assert f"({(zst + raw1) / (raw0 + raw1):.2f}x)" in text
+    # the second: no disk_bytes recorded (an older run), no trace
+    assert d.cells[1]["data-bytes"] == "" and " ".join(d.texts[2]) == "not recorded"
+    # the run: the results directory as it is, and every cell's traces
+    assert int(d.header["data-bytes"]) == disk_bytes(tree, skip=("index.html",)) > 0
+    assert int(d.header["data-trace-bytes"]) == zst + raw1
+    assert "in the results directory; DMA traces" in " ".join(d.texts[0])
+
+
+def test_single_run_disk_use_from_its_environment(single: Path) -> None:
+    doc = json.loads((single / "results.json").read_text())
+    doc["environment"]["disk_bytes"] = 5_000_000
+    (single / "results.json").write_text(json.dumps(doc))
+    report.write_reports(single)
+    d = DiskCells(page(single)[0])
+    assert [c["data-bytes"] for c in d.cells] == ["5000000"]
+    assert "5.0 MB" in " ".join(d.texts[1])
+
+
+def test_disk_sizes_in_words() -> None:
+    from harness.report import disk
+
+    assert disk.size_text(None) == "not recorded"
+    assert disk.size_text(999) == "999 B"
+    assert disk.size_text(1_500_000) == "1.5 MB"
+    assert disk.size_text(2_340_000_000) == "2.3 GB"
+    assert disk.traces_text(disk.TraceDisk()) == "no DMA trace"
+    t = disk.TraceDisk(2, 25_000_000, 100_000_000)
+    assert t.ratio == 0.25
+    assert disk.traces_text(t) == ("DMA traces 25.0 MB on disk for 100.0 MB of records "
+                                   "(0.25x), 2 files")

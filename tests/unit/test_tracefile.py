@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from harness.checks import dmatrace, tracefile
-from harness.run.runner import disk_bytes
+from harness.core.files import disk_bytes
 from harness.scenarios.odp import window_of
 
 DATA = Path(__file__).parent / "data"

@@ -86,6 +86,17 @@ def test_two_gpus_with_props_each_get_a_trace() -> None:
     assert "file,id=dmatrace1,path=/r/dmatrace-1.bin" in chardevs
 
 
+def test_a_device_with_trace_false_has_no_trace_chardev() -> None:
+    argv = cmdline("devices:\n  - type: hmm-gpu\n  - type: hmm-gpu\n    trace: false\n"
+                   "  - type: hmm-nic\n    trace: false\n")
+    devices = opt(argv, "-device")
+    assert devices[1:4] == ["hmm-gpu,id=gpu0,dmatrace=dmatrace0", "hmm-gpu,id=gpu1",
+                            "hmm-nic,id=nic0,lid=1"]
+    chardevs = " ".join(opt(argv, "-chardev"))
+    assert "dmatrace-0.bin" in chardevs
+    assert "dmatrace-1.bin" not in chardevs and "nictrace0" not in chardevs
+
+
 def test_intel_iommu_comes_before_the_pci_devices() -> None:
     argv = cmdline('iommu: intel-iommu\n')
     devices = opt(argv, "-device")
