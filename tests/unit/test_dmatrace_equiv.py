@@ -401,3 +401,20 @@ def test_device_like_random_traces(seed: int, chunk: int, monkeypatch: pytest.Mo
         a = new.decode(data)
         assert new.check_invalidations(a.records).problem_count > 0
     assert new.check_vram_lifetime(new.decode(data).records).problem_count > 0
+
+
+def test_kernel_addresses_and_many_keys() -> None:
+    """VAs near the top of the address space (a kernel mapping, or garbage) make
+    (ctx, page) too wide to pack beside a position: the audits renumber the keys, and
+    still agree with the oracle; so do VRAM offsets beyond 16 bits of pages."""
+    rnd = random.Random(7)
+    data = bytearray(Device(rnd, 0.05).run(3000))
+    high = 0xFFF0_0000_0000_0000
+    for off in range(new.HDR_SIZE, len(data), new.REC_SIZE):
+        (va,) = struct.unpack_from("<Q", data, off + 32)
+        if va:
+            struct.pack_into("<Q", data, off + 32, (va + high) & ALL)
+        if data[off + 53] == Kind.DATA and data[off + 52] == Engine.MIGRATE:
+            (aux,) = struct.unpack_from("<Q", data, off + 40)
+            struct.pack_into("<Q", data, off + 40, aux + (1 << 32))  # a 4 GiB VRAM
+    assert_audits_same(bytes(data), new.GPU)
