@@ -13,9 +13,11 @@ hmm-nic's traces ``dmatrace-nicN.bin``).
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -276,7 +278,12 @@ _REC_DTYPE_V1 = rec_dtype(1)
 # records per pass of the streaming checks: bounds their temporaries (a few bytes per
 # record each) whatever the trace's size; the mapped file itself is paged in and out
 # by the kernel
-CHUNK = 1 << 20
+CHUNK = 1 << 18
+# records per block of strided reads (a field of a row is a strided read that loads the
+# whole row): 2 MiB of rows, so that a block's reads after its first hit the CPU's cache
+_BLOCK = 1 << 15
+# threads the checks spread their work over: numpy's loops run without the GIL
+WORKERS = min(2, os.cpu_count() or 1)
 
 
 def _widen(rows: np.ndarray) -> np.ndarray:
@@ -420,8 +427,8 @@ def decode(data: TraceBuffer, device: str = GPU, limit: int | None = None) -> Tr
 def _enum_problems(rows: np.ndarray, device: str) -> list[str]:
     known = {"engine": _known(ENGINES[device]), "kind": _known(Kind), "dir": _known(Dir)}
     out: list[str] = []
-    for lo in range(0, len(rows), CHUNK):
-        chunk = rows[lo:lo + CHUNK]
+    for lo in range(0, len(rows), _BLOCK):  # a block's reads after its first hit the cache
+        chunk = rows[lo:lo + _BLOCK]
         bad = {f: ~ok[chunk[f]] for f, ok in known.items()}
         for i in np.flatnonzero(bad["engine"] | bad["kind"] | bad["dir"]).tolist():
             for f in ("engine", "kind", "dir"):
@@ -499,53 +506,139 @@ class TraceSummary:
         return "\n".join(lines)
 
 
+@dataclass
+class _Tally:
+    """summarize's counts over a range of records; tallies of ranges add up."""
+
+    # per kind | dir << 8 (the two bytes side by side in a record): records and bytes
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(1 << 16, np.int64))
+    nbytes: dict[int, int] = field(default_factory=dict)
+    per_engine: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    engine_first: dict[int, int] = field(default_factory=dict)  # engine -> first record
+    cmds: set[int] = field(default_factory=set)
+    errors: int = 0
+    first: int | None = None
+    last: int | None = None
+
+    def add(self, o: _Tally) -> None:
+        self.counts += o.counts
+        for k, v in o.nbytes.items():
+            self.nbytes[k] = self.nbytes.get(k, 0) + v
+        self.per_engine += o.per_engine
+        for e, i in o.engine_first.items():
+            self.engine_first[e] = min(i, self.engine_first.get(e, i))
+        self.cmds |= o.cmds
+        self.errors += o.errors
+        if o.first is not None:
+            self.first = o.first if self.first is None else min(self.first, o.first)
+        if o.last is not None:
+            self.last = o.last if self.last is None else max(self.last, o.last)
+
+
+# a record's 64-bit words: where each field is (word, bit shift), from REC_DTYPE
+_REC_FIELDS: Mapping[str, Any] = REC_DTYPE.fields or {}
+_WORD = {name: (_REC_FIELDS[name][1] // 8, _REC_FIELDS[name][1] % 8 * 8) for name in COLUMNS}
+assert _WORD["dir"] == (_WORD["kind"][0], _WORD["kind"][1] + 8), "kind, dir side by side"
+assert all(_WORD[f][0] == _WORD["kind"][0] for f in ("engine", "result"))
+
+
+def _words(c: np.ndarray) -> np.ndarray:
+    """Records as rows of 64-bit words (a view; a copy in REC_DTYPE's layout for rows
+    that are not contiguous or whose size is not a multiple of 8)."""
+    if c.dtype.itemsize % 8 or c.dtype.fields != REC_DTYPE.fields or (
+            len(c) > 1 and c.strides[0] != c.dtype.itemsize):
+        packed = np.zeros(len(c), REC_DTYPE)
+        for name in COLUMNS:
+            packed[name] = c[name]
+        c = packed
+    return c.view(np.uint64).reshape(len(c), c.dtype.itemsize // 8)
+
+
+def _field(w6: np.ndarray, name: str, bits: int = 8) -> np.ndarray:
+    return (w6 >> np.uint64(_WORD[name][1])) & np.uint64((1 << bits) - 1)
+
+
+def _tally(rows: np.ndarray, lo: int, hi: int) -> _Tally:
+    """Per chunk bincounts of kind | dir << 8 and of the engines, from each block's
+    word of kind, dir, engine and result read once (in the CPU's cache); Python sees
+    only the few values present."""
+    t = _Tally()
+    kw, ts_w, len_w, cmd_w = (_WORD[f][0] for f in ("kind", "timestamp_ns", "len", "cmd_id"))
+    for clo in range(lo, hi, CHUNK):
+        w = _words(rows[clo:min(clo + CHUNK, hi)])
+        key = np.empty(len(w), np.uint16)
+        ln = np.empty(len(w), np.uint64)
+        data_cmds: list[np.ndarray] = []
+        for blo in range(0, len(w), _BLOCK):
+            b = w[blo:blo + _BLOCK]
+            w6 = np.ascontiguousarray(b[:, kw])
+            k2 = _field(w6, "kind", 16)
+            key[blo:blo + len(b)] = k2
+            ln[blo:blo + len(b)] = b[:, len_w]
+            eng = _field(w6, "engine")
+            e_counts = np.bincount(eng.astype(np.intp), minlength=256)
+            for e in np.flatnonzero(e_counts).tolist():
+                if e not in t.engine_first:
+                    t.engine_first[e] = clo + blo + int(np.argmax(eng == e))
+            t.per_engine += e_counts
+            cmd = b[:, cmd_w][(k2 & np.uint64(0xFF)) == Kind.DATA]
+            if len(cmd):  # a command's records come together: runs first
+                data_cmds.append(cmd[np.r_[True, cmd[1:] != cmd[:-1]]])
+            t.errors += int(np.count_nonzero(_field(w6, "result")))
+            ts = b[:, ts_w]
+            if len(ts):
+                lo_ts, hi_ts = int(ts.min()), int(ts.max())
+                t.first = lo_ts if t.first is None else min(t.first, lo_ts)
+                t.last = hi_ts if t.last is None else max(t.last, hi_ts)
+        counts = np.bincount(key, minlength=1 << 16)
+        t.counts += counts
+        # per-key byte sums in float64 are exact: a chunk's 32-bit halves add up to < 2**53
+        low = np.bincount(key, ln & np.uint64(0xFFFFFFFF), 1 << 16)
+        up = ln >> np.uint64(32)
+        high = np.bincount(key, up, 1 << 16) if up.any() else low * 0
+        for k in np.flatnonzero(counts).tolist():
+            t.nbytes[k] = t.nbytes.get(k, 0) + int(low[k]) + (int(high[k]) << 32)
+        if data_cmds:
+            t.cmds.update(np.unique(np.concatenate(data_cmds)).tolist())
+    return t
+
+
+def _parts(n: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of whole chunks, one per worker thread (numpy's loops run
+    without the GIL: the threads share the CPUs)."""
+    chunks = -(-n // CHUNK)
+    per = -(-chunks // max(1, min(WORKERS, chunks)))
+    return [(lo, min(lo + per * CHUNK, n)) for lo in range(0, n, per * CHUNK)] or [(0, 0)]
+
+
 def summarize(trace: Trace) -> TraceSummary:
-    """Counts and bytes by kind (and direction), per engine, in chunked numpy passes."""
+    """Counts and bytes by kind (and direction), per engine: ranges of the records
+    tallied on :data:`WORKERS` threads, then added up."""
     rows = trace.rows
     engines = ENGINES[trace.device]
-    # (kind, dir) -> [records, bytes]; engine -> (first record index, records): the
-    # engine dict keeps the order of first appearance, as the record walk did
-    per_key: dict[tuple[int, int], list[int]] = {}
-    per_engine: dict[int, list[int]] = {}
-    cmds: set[int] = set()
-    errors = 0
-    first = last = None
-    for lo in range(0, len(rows), CHUNK):
-        c = rows[lo:lo + CHUNK]
-        kind = c["kind"]
-        event = _EVENT[kind]
-        # events are keyed by kind alone: their dir is folded to one value (0x100)
-        key = kind.astype(np.uint16) << 9 | np.where(event, 0x100, c["dir"].astype(np.uint16))
-        uniq, inv = np.unique(key, return_inverse=True)
-        lens = c["len"]
-        for j, k in enumerate(uniq.tolist()):
-            sel = inv == j
-            acc = per_key.setdefault((k >> 9, k & 0x1FF), [0, 0])
-            acc[0] += int(sel.sum())
-            acc[1] += int(lens[sel].sum(dtype=np.uint64))
-        eng = c["engine"]
-        e_uniq, e_first, e_count = np.unique(eng, return_index=True, return_counts=True)
-        for e, f, n in zip(e_uniq.tolist(), e_first.tolist(), e_count.tolist(), strict=True):
-            per_engine.setdefault(e, [lo + f, 0])[1] += n
-        cmds.update(np.unique(c["cmd_id"][kind == int(Kind.DATA)]).tolist())
-        errors += int(np.count_nonzero(c["result"]))
-        ts = c["timestamp_ns"]
-        if len(ts):
-            lo_ts, hi_ts = int(ts.min()), int(ts.max())
-            first = lo_ts if first is None else min(first, lo_ts)
-            last = hi_ts if last is None else max(last, hi_ts)
+    parts = _parts(len(rows))
+    if len(parts) == 1:
+        tallies = [_tally(rows, *parts[0])]
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            tallies = list(pool.map(lambda p: _tally(rows, *p), parts))
+    t = tallies[0]
+    for other in tallies[1:]:
+        t.add(other)
     bytes_by: dict[str, int] = {}
     count_by: dict[str, int] = {}
-    for (k, d), (n, b) in per_key.items():
-        kname = _name(_enum(Kind, k))
-        name = kname if d == 0x100 else f"{kname}/{_name(_enum(Dir, d))}"
-        count_by[name] = count_by.get(name, 0) + n
-        bytes_by[name] = bytes_by.get(name, 0) + b
-    by_engine = {_name(_enum(engines, e)): n
-                 for e, (_, n) in sorted(per_engine.items(), key=lambda kv: kv[1][0])}
+    for k, nbytes in sorted(t.nbytes.items()):
+        kind = _enum(Kind, k & 0xFF)
+        # an event's direction is not told: events are counted by kind alone
+        event = isinstance(kind, Kind) and kind.is_event
+        name = _name(kind) if event else f"{_name(kind)}/{_name(_enum(Dir, k >> 8))}"
+        count_by[name] = count_by.get(name, 0) + int(t.counts[k])
+        bytes_by[name] = bytes_by.get(name, 0) + nbytes
+    by_engine = {_name(_enum(engines, e)): int(t.per_engine[e])
+                 for e in sorted(t.engine_first, key=t.engine_first.__getitem__)}
     return TraceSummary(
-        records=len(rows), commands=len(cmds), bytes_by=bytes_by, count_by=count_by,
-        errors=errors, first_ns=first, last_ns=last, problems=list(trace.problems),
+        records=len(rows), commands=len(t.cmds), bytes_by=bytes_by, count_by=count_by,
+        errors=t.errors, first_ns=t.first, last_ns=t.last, problems=list(trace.problems),
         by_engine=by_engine,
     )
 
@@ -832,30 +925,517 @@ class InvalidateCheck:
         return "\n".join(lines)
 
 
-def _selected(rows: np.ndarray, pick: Callable[[np.ndarray], np.ndarray]
-              ) -> Iterator[tuple[int, tuple[int, ...], tuple[int, ...] | None]]:
-    """(index, row, next row if it is the next record and selected too) of the records
-    ``pick`` selects, chunk by chunk: the stateful audits see only the records that
-    matter to them, as tuples of ints (TraceRecord's field order), never objects."""
-    idx = np.concatenate([np.flatnonzero(pick(rows[lo:lo + CHUNK])) + lo
-                          for lo in range(0, len(rows), CHUNK)] or [np.zeros(0, np.int64)])
-    block = 1 << 16
-    for lo in range(0, len(idx), block):
-        part = idx[lo:lo + block + 1]  # one more: the lookahead of the block's last
-        vals = rows[part].tolist()
-        where = part.tolist()
-        for j in range(min(block, len(where))):
-            nxt = vals[j + 1] if j + 1 < len(where) and where[j + 1] == where[j] + 1 else None
-            yield where[j], vals[j], nxt
+# ---- the audits' vectorised machinery ------------------------------------------------
 
-
-# column positions in a row tuple (COLUMNS' order)
+# column positions in a row tuple (COLUMNS' order), for the messages
 _TS, _ADDR, _LEN, _CMD, _CTX, _ENG, _KIND, _DIR, _RES, _VA, _AUX, _LEVEL = range(len(COLUMNS))
 _DATA_OR_VRAM = _table((Kind.DATA, Kind.VRAM))
+_U0 = np.uint64(0)
+_PAGE_OFF = np.uint64((1 << PAGE_SHIFT) - 1)
+
+
+def _bits(n: int) -> int:
+    return int(n).bit_length()
+
+
+def _packed(ctx: np.ndarray, key: np.ndarray, room: int) -> np.ndarray:
+    """One uint64 per (ctx, key) pair, equal exactly where the pairs are, in at most
+    ``64 - room`` bits (the low ``room`` bits of a word are left for a position). The
+    pair is packed as it is when it fits (context ids and page numbers are small in
+    practice), else renumbered densely (np.unique)."""
+    ctx = ctx.astype(np.uint64, copy=False)
+    key = key.astype(np.uint64, copy=False)
+    if not len(key):
+        return key
+    cb, kb = _bits(int(ctx.max())), _bits(int(key.max()))
+    if cb + kb > 64 - room:
+        key = np.unique(key, return_inverse=True)[1].astype(np.uint64).reshape(-1)
+        kb = _bits(len(key))
+    out = (ctx << np.uint64(kb)) | key
+    if cb + kb > 64 - room:
+        out = np.unique(out, return_inverse=True)[1].astype(np.uint64).reshape(-1)
+    return out
+
+
+@dataclass
+class _Near:
+    """What :func:`_neighbours` found: per asked element the latest event of its key
+    before it and (if asked for) the first after it, -1 for none; and the sort
+    itself (per sorted position: the element, its packed key, whether an event)."""
+
+    prev: np.ndarray
+    next: np.ndarray | None
+    at: np.ndarray
+    key: np.ndarray
+    event: np.ndarray
+
+
+def _neighbours(ctx: np.ndarray, key: np.ndarray, event: np.ndarray, asks: np.ndarray,
+                after: bool = False) -> _Near:
+    """For elements laid out in time order, each with a (ctx, key) and a flag ``event``:
+    at each element of ``asks`` (indices), the index of the latest event of the same
+    (ctx, key) before it (-1: none) and, with ``after``, of the first event after it.
+
+    What a per-key state machine walked in order would have at that element, as one
+    sort of packed (key, position) words and a running maximum (minimum) over them."""
+    n = len(key)
+    eb = _bits(n)
+    low = np.uint64((1 << eb) - 1)
+    packed = _packed(ctx, key, eb)
+    if n and int(packed.max()) < 1 << 16:
+        # few keys (a VRAM's pages): a stable radix argsort of 16-bit keys keeps each
+        # key's elements in time order, several times faster than sorting the words
+        at = np.argsort(packed.astype(np.uint16), kind="stable")
+        v = (packed[at] << np.uint64(eb)) | (at.astype(np.uint64) + np.uint64(1))
+    else:
+        v = (packed << np.uint64(eb)) | np.arange(1, n + 1, dtype=np.uint64)
+        v.sort()
+        at = (v & low).astype(np.int64) - 1  # the element each sorted word stands for
+    ev = event[at]
+    high = v >> np.uint64(eb)
+    last = np.maximum.accumulate(np.where(ev, v, _U0))
+    prev = np.where((last != 0) & ((last >> np.uint64(eb)) == high),
+                    (last & low).astype(np.int64) - 1, -1)
+    out = np.empty(n, np.int64)
+    out[at] = prev
+    nxt = None
+    if after:
+        first = np.minimum.accumulate(np.where(ev, v, np.uint64(ALL))[::-1])[::-1]
+        following = np.where((first != ALL) & ((first >> np.uint64(eb)) == high),
+                             (first & low).astype(np.int64) - 1, -1)
+        nxt = np.empty(n, np.int64)
+        nxt[at] = following
+        nxt = nxt[asks]
+    return _Near(out[asks], nxt, at, high, ev)
+
+
+def _run_edges(key: np.ndarray, last: bool) -> np.ndarray:
+    """Where each run of equal values in ``key`` ends (``last``) or starts."""
+    if not len(key):
+        return np.zeros(0, bool)
+    change = key[1:] != key[:-1]
+    return np.r_[change, True] if last else np.r_[True, change]
+
+
+def _gather(col: np.ndarray, idx: np.ndarray, fill: Any) -> np.ndarray:
+    """``col[idx]``, ``fill`` where idx is -1 (or ``col`` empty)."""
+    if not len(col):
+        return np.full(len(idx), fill, col.dtype)
+    return np.where(idx >= 0, col[idx], fill)
+
+
+def _spread(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For items with ``counts`` elements each, laid out one item after the other:
+    the item of each element and its position within the item."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(len(owner)) - starts[owner]
+
+
+# What a selected record is to the stale-translation audit
+_USE, _SET4K, _SET2M, _CLEAR, _INV = range(5)
+
+
+@dataclass
+class _Tlb:
+    """One table of the simulated device MMU between chunks of the trace: the live
+    translations, one per (ctx, key), key = va >> ``shift``."""
+
+    shift: int
+    ctx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    key: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    rec: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the PTW's index
+    base: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # its va
+    pa: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    vram: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def take(self, j: np.ndarray) -> _Tlb:
+        return _Tlb(self.shift, self.ctx[j], self.key[j], self.rec[j], self.base[j],
+                    self.pa[j], self.vram[j])
+
+
+@dataclass
+class _Chunk:
+    """The records of one chunk the stale-translation audit selected, as columns."""
+
+    rec: np.ndarray  # record index in the trace
+    cat: np.ndarray  # _USE, _SET4K, ...
+    ctx: np.ndarray  # uint64
+    va: np.ndarray
+    aux: np.ndarray
+    first: np.ndarray  # a use's first 4 KiB page (va >> 12)
+    ask: np.ndarray  # how many pages of it to look up (0: it is a READ_VA's partner)
+
+
+def _lookup(tlb: _Tlb, ch: _Chunk, set_cat: int) -> tuple[_Tlb, np.ndarray, _Tlb]:
+    """Run one table of the MMU over a chunk: walks of ``set_cat`` put translations in,
+    non-present walks and TLB invalidations take them out. Returns the table the
+    chunk's uses saw (the carried entries, then the chunk's walks), for each page of
+    each use (in order) the index in it of the live translation of that page (-1:
+    none), and the table at the chunk's end."""
+    shift = np.uint64(tlb.shift)
+    mine = np.flatnonzero(ch.cat == set_cat)
+    size = np.uint64(1 << tlb.shift)
+    aux = ch.aux[mine]
+    pa = aux & np.uint64(PTE_ADDR_MASK) & ~(size - np.uint64(1))
+    seen = _Tlb(tlb.shift, np.concatenate([tlb.ctx, ch.ctx[mine]]),
+                np.concatenate([tlb.key, ch.va[mine] >> shift]),
+                np.concatenate([tlb.rec, ch.rec[mine]]),
+                np.concatenate([tlb.base, ch.va[mine] & ~(size - np.uint64(1))]),
+                np.concatenate([tlb.pa, pa]),
+                np.concatenate([tlb.vram, (aux & np.uint64(PTE_VRAM)) != 0]))
+    is_use = ch.cat == _USE
+    nq = int(ch.ask.sum())
+    carried = len(tlb.key)
+    if not len(seen.key):  # nothing was ever mapped here: every page misses
+        return seen, np.full(nq, -1, np.int64), tlb
+    # the (ctx, key)s that ever held a translation, sorted: what an invalidation can drop
+    order = np.lexsort((seen.key, seen.ctx))
+    k_ctx, k_key = seen.ctx[order], seen.key[order]
+    uniq = np.r_[True, (k_ctx[1:] != k_ctx[:-1]) | (k_key[1:] != k_key[:-1])]
+    k_ctx, k_key = k_ctx[uniq], k_key[uniq]
+    # each invalidation becomes one "drop" per such key in its range (all of its ctx's
+    # for a whole-context one)
+    inv = np.flatnonzero(ch.cat == _INV)
+    i_ctx, i_va, i_len = ch.ctx[inv], ch.va[inv], ch.aux[inv]
+    a = np.searchsorted(k_ctx, i_ctx, "left")
+    b = np.searchsorted(k_ctx, i_ctx, "right")
+    whole = (i_len == np.uint64(ALL)) | (i_len > np.uint64(ALL) - i_va)
+    ranged = ~whole & (i_len != 0)
+    b[~whole & ~ranged] = a[~whole & ~ranged]
+    if ranged.any():
+        lo_k = i_va >> shift
+        hi_k = (i_va + i_len - np.uint64(1)) >> shift
+        for c in np.unique(i_ctx[ranged]).tolist():
+            m = ranged & (i_ctx == c)
+            s, e = int(a[m][0]), int(b[m][0])
+            a[m], b[m] = (s + np.searchsorted(k_key[s:e], lo_k[m], "left"),
+                          s + np.searchsorted(k_key[s:e], hi_k[m], "right"))
+    drops = np.zeros(len(ch.cat), np.int64)
+    drops[inv] = b - a
+    start = np.zeros(len(ch.cat), np.int64)
+    start[inv] = a
+    # the chunk's elements, in trace order: a walk is one (put or drop), an
+    # invalidation its drops, a use one question per page
+    counts = np.where(ch.cat == set_cat, 1, 0) + (ch.cat == _CLEAR) + drops
+    counts[is_use] = ch.ask[is_use]
+    owner, within = _spread(counts)
+    cat = ch.cat[owner]
+    key = np.empty(len(owner), np.uint64)
+    m = (cat == set_cat) | (cat == _CLEAR)
+    key[m] = ch.va[owner[m]] >> shift
+    m = cat == _INV
+    key[m] = k_key[start[owner[m]] + within[m]]
+    m = cat == _USE
+    q_at = np.flatnonzero(m)
+    key[m] = (ch.first[owner[m]] + within[m].astype(np.uint64)) >> (shift - np.uint64(PAGE_SHIFT))
+    # carried entries first, the questions of the chunk's end last
+    n_el = carried + len(owner)
+    ctx = np.concatenate([tlb.ctx, ch.ctx[owner], k_ctx])
+    keys = np.concatenate([tlb.key, key, k_key])
+    event = np.concatenate([np.ones(carried, bool), cat != _USE, np.zeros(len(k_key), bool)])
+    # element -> its entry in ``seen`` (puts only)
+    entry = np.full(len(keys) + 1, -1, np.int64)
+    entry[:carried] = np.arange(carried)
+    entry[carried + np.flatnonzero(cat == set_cat)] = np.arange(carried, len(seen.key))
+    asks = np.concatenate([carried + q_at, n_el + np.arange(len(k_key))])
+    # a question about a (ctx, key) that no walk ever put in has no answer: left out
+    # of the sort when the keys that had one are few (the 2 MiB table: a VA job's
+    # pages are asked there too)
+    asked = _had_entry(k_ctx, k_key, ctx[carried + q_at], key[q_at]) if len(k_key) < (
+        len(q_at) >> 4) else None
+    if asked is not None and not asked.all():
+        keep = np.ones(len(keys), bool)
+        keep[carried + q_at[~asked]] = False
+        at = np.flatnonzero(keep)  # the elements left, still in time order
+        where = np.full(len(keys), -1, np.int64)
+        where[at] = np.arange(len(at))
+        near = _neighbours(ctx[at], keys[at], event[at], where[asks[np.r_[asked, np.ones(
+            len(k_key), bool)]]])
+        prev = np.full(len(asks), -1, np.int64)
+        found = np.where(near.prev >= 0, at[near.prev], -1)
+        prev[np.r_[asked, np.ones(len(k_key), bool)]] = found
+    else:
+        prev = _neighbours(ctx, keys, event, asks).prev
+    live = entry[prev]  # prev -1 reads the sentinel
+    at_end = live[nq:]
+    return seen, live[:nq], seen.take(at_end[at_end >= 0])
+
+
+def _had_entry(k_ctx: np.ndarray, k_key: np.ndarray, ctx: np.ndarray, key: np.ndarray
+               ) -> np.ndarray | None:
+    """Whether each (ctx, key) is one of the sorted, distinct (k_ctx, k_key); None when
+    the pairs do not pack into a word (then nobody is left out)."""
+    cb = _bits(int(max(k_ctx.max(), ctx.max(initial=0))))
+    kb = _bits(int(max(k_key.max(), key.max(initial=0))))
+    if cb + kb > 64:
+        return None
+    packed = (k_ctx << np.uint64(kb)) | k_key  # sorted: (ctx, key) order
+    q = (ctx << np.uint64(kb)) | key
+    i = np.minimum(np.searchsorted(packed, q), len(packed) - 1)
+    return packed[i] == q
+
+
+_Pick = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+def _columns(c: np.ndarray, kinds: np.ndarray, specs: Sequence[tuple[_Pick, Sequence[str]]]
+             ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per (pick, fields) of ``specs``: the records of ``c`` it selects (their indices
+    in ``c``) and those fields of them, each a contiguous array. A block of rows at a
+    time (a field of a row is a strided read that loads the whole row; the block's
+    later reads come from the CPU's cache): the records whose kind ``kinds`` (a lookup
+    table) names are gathered once, and the picks look at those alone."""
+    wanted = sorted({f for _, fs in specs for f in fs} | _PICK_FIELDS)
+    out: list[tuple[list[np.ndarray], dict[str, list[np.ndarray]]]] = [
+        ([], {f: [] for f in fs}) for _, fs in specs]
+    for lo in range(0, len(c), _BLOCK):
+        b = c[lo:lo + _BLOCK]
+        cand = np.flatnonzero(kinds[b["kind"]])
+        got = {f: b[f][cand] for f in wanted}
+        for (pick, fields), (idx, cols) in zip(specs, out, strict=True):
+            m = pick(got)
+            idx.append(cand[m] + lo)
+            for f in fields:
+                cols[f].append(got[f][m])
+    return [(np.concatenate(idx) if idx else np.zeros(0, np.int64),
+             {f: np.concatenate(v) if v else np.zeros(0, _REC_FIELDS[f][0])
+              for f, v in cols.items()}) for idx, cols in out]
+
+
+# what the picks look at
+_PICK_FIELDS = {"kind", "aux", "level", "result", "va", "engine", "dir"}
+
+
+def _pick_invalidation_audit(b: Mapping[str, np.ndarray]) -> np.ndarray:
+    kind, aux, level = b["kind"], b["aux"], b["level"]
+    leafy = (((aux & np.uint64(PTE_VALID)) == 0) | (level == 0)
+             | ((level == 1) & ((aux & np.uint64(PTE_LEAF)) != 0)))
+    return (((kind == Kind.PTW) & (b["result"] == 0) & leafy) | (kind == Kind.EV_TLB_INV)
+            | (_DATA_OR_VRAM[kind] & (b["va"] != 0)))
+
+
+_AUDIT_FIELDS = ("kind", "ctx", "va", "aux", "level", "addr", "len", "dir", "cmd_id")
+_VRAM_FIELDS = ("kind", "dir", "aux", "level", "addr", "len")
+
+
+def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
+                        limit: int = 50) -> InvalidateCheck:
+    """Every data DMA of a VA job used a translation obtained after the last
+    TLB invalidation covering its address in its context.
+
+    The device's MMU is simulated over the trace in order: a leaf PTW puts a
+    translation into a per-context table (a walk ending on a non-present
+    entry removes the walked page's), an EV_TLB_INV removes every translation
+    of its context overlapping its range (``aux`` = length, ~0 = the whole
+    context). Each
+    DATA record with a ``va`` is split at 4 KiB pages; for each page the
+    translation must exist and map exactly to the record's bus address.
+    A DMA that used a translation cached before an invalidation shows up as
+    "no translation" (or as a bus address the current translation does not
+    give), i.e. the device touched a page after the driver unmapped it.
+
+    In chunks of records, the MMU's tables carried from one to the next: per
+    table, one sort of the chunk's walks, drops and uses by (ctx, page) and
+    position finds each use's latest put or drop (:func:`_neighbours`); only
+    the records with a problem become Python objects, for the messages.
+    """
+    inv, _ = audit(records, vram=False, limit=limit)
+    assert inv is not None
+    return inv
+
+
+def audit(records: Sequence[TraceRecord] | np.ndarray, invalidations: bool = True,
+          vram: bool = True, limit: int = 50) -> tuple[InvalidateCheck | None, VramCheck | None]:
+    """:func:`check_invalidations` and :func:`check_vram_lifetime` (those asked for) in
+    one pass over the records: each block's fields are read once for both."""
+    rows = rows_of(records)
+    n = len(rows)
+    inv = InvalidateCheck() if invalidations else None
+    small, huge = _Tlb(PAGE_SHIFT), _Tlb(pt_shift(1))
+    vr = VramCheck() if vram else None
+    # each VRAM page's last copy so far: its record and whether it copied in
+    last = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, bool))
+    # uses after a copy out, waiting for the page's next copy: record, page, the copy out
+    waiting = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
+    found: list[tuple[np.ndarray, ...]] = []  # (record, page, copy before, copy after)
+    specs = (([(_pick_invalidation_audit, _AUDIT_FIELDS)] if inv else [])
+             + ([(_pick_vram_audit, _VRAM_FIELDS)] if vr else []))
+    kinds = _table(k for k in (Kind.PTW, Kind.EV_TLB_INV, Kind.DATA, Kind.VRAM))
+    # with both audits, a chunk's VRAM audit runs on a second thread while the
+    # stale-translation one runs here: they share only the chunk's columns
+    pool = ThreadPoolExecutor(1) if inv is not None and vr is not None and WORKERS > 1 else None
+    lo = 0
+    try:
+        while lo < n and specs:
+            # one record more: the WRITE_VA partner of a READ_VA at the chunk's end
+            picked = _columns(rows[lo:lo + CHUNK + 1], kinds, specs)
+            length = min(CHUNK, n - lo)
+            if inv is not None:
+                a_i, c_i = picked[0]
+                starts = _pair_starts(a_i, c_i)
+                if len(starts) and a_i[starts[-1]] == length - 1:
+                    length += 1  # the pair stays in this chunk
+            later = None
+            if vr is not None:
+                a_v, c_v = picked[-1]
+                keep = int(np.searchsorted(a_v, length))
+                args = (vr, lo, a_v[:keep], {f: v[:keep] for f, v in c_v.items()}, last,
+                        waiting, found)
+                if pool is not None:
+                    later = pool.submit(_vram_chunk, *args)
+                else:
+                    last, waiting = _vram_chunk(*args)
+            if inv is not None:
+                keep = int(np.searchsorted(a_i, length))
+                small, huge = _invalidations_chunk(inv, rows, lo, a_i[:keep],
+                                                   {f: v[:keep] for f, v in c_i.items()},
+                                                   starts[starts < keep - 1], small, huge,
+                                                   limit)
+            if later is not None:
+                last, waiting = later.result()
+            lo += length
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if vr is not None:
+        _vram_problems(vr, rows, found, limit)
+    return inv, vr
+
+
+def _pair_starts(at: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The READ_VA records that have their WRITE_VA partner right after them (indices
+    into the selected records): one side is the VA, the other a bus address (tagged
+    with the same va), the same command, context and length."""
+    use = _DATA_OR_VRAM[cols["kind"]]
+    va, dr, ln, addr = cols["va"], cols["dir"], cols["len"], cols["addr"]
+    return np.flatnonzero(
+        use[:-1] & use[1:] & (at[1:] == at[:-1] + 1) & (dr[:-1] == Dir.READ)
+        & (dr[1:] == Dir.WRITE) & (va[1:] == va[:-1]) & (ln[1:] == ln[:-1])
+        & (cols["cmd_id"][1:] == cols["cmd_id"][:-1]) & (cols["ctx"][1:] == cols["ctx"][:-1])
+        & (addr[1:] != addr[:-1]))
+
+
+def _invalidations_chunk(out: InvalidateCheck, rows: np.ndarray, lo: int, at: np.ndarray,
+                         cols: dict[str, np.ndarray], starts: np.ndarray, small: _Tlb,
+                         huge: _Tlb, limit: int) -> tuple[_Tlb, _Tlb]:
+    kind, aux, va, ln = cols["kind"], cols["aux"], cols["va"], cols["len"]
+    if not len(kind):
+        return small, huge
+    valid = (aux & np.uint64(PTE_VALID)) != 0
+    walk = kind == Kind.PTW
+    cat = np.full(len(kind), _USE, np.uint8)
+    cat[walk & valid & (cols["level"] == 0)] = _SET4K
+    cat[walk & valid & (cols["level"] != 0)] = _SET2M
+    cat[walk & ~valid] = _CLEAR
+    cat[kind == Kind.EV_TLB_INV] = _INV
+    is_use = cat == _USE
+    out.walks += int(np.count_nonzero(walk))
+    out.invalidations += int(np.count_nonzero(cat == _INV))
+    out.data_checked += int(np.count_nonzero(is_use))
+    npages = np.where(is_use & (ln != 0),
+                      (((va & _PAGE_OFF) + ln - np.uint64(1)) >> np.uint64(PAGE_SHIFT))
+                      + np.uint64(1), _U0).astype(np.int64)
+    partner = np.zeros(len(kind), bool)
+    partner[starts + 1] = True
+    out.pages_checked += int(npages[is_use & ~partner].sum()) + int(
+        np.count_nonzero(npages[starts] == 0))  # a pair counts max(pages, 1)
+    # a partner's pages are its READ_VA's (same va and length, nothing in between):
+    # only the READ_VA asks the tables
+    ask = np.where(partner, 0, npages)
+    ch = _Chunk(lo + at, cat, cols["ctx"].astype(np.uint64), va, aux,
+                va >> np.uint64(PAGE_SHIFT), ask)
+    seen_s, t_s, small = _lookup(small, ch, _SET4K)
+    seen_h, t_h, huge = _lookup(huge, ch, _SET2M)
+    # per page asked: the translation it got (the latest walk's of the two tables)
+    q_of = np.repeat(np.arange(len(kind)), ask)
+    r_s, r_h = _gather(seen_s.rec, t_s, -1), _gather(seen_h.rec, t_h, -1)
+    from_h = r_h > r_s
+    found = (r_s >= 0) | from_h
+
+    def pick(col: str, fill: Any) -> np.ndarray:
+        return np.where(from_h, _gather(getattr(seen_h, col), t_h, fill),
+                        _gather(getattr(seen_s, col), t_s, fill))
+
+    t_base, t_pa, t_vram = pick("base", _U0), pick("pa", _U0), pick("vram", False)
+    # whether it gives the use's address (pa - va == addr - va, and on the same side:
+    # the subtractions wrap) in the use's space; for the READ_VA's partner too
+    addr, is_vram = cols["addr"], kind == Kind.VRAM
+    t_delta, t_neg = t_pa - t_base, t_pa < t_base
+
+    def good(q: np.ndarray | slice, rec: np.ndarray) -> np.ndarray:
+        return (found[q] & (t_delta[q] == addr[rec] - va[rec])
+                & (t_neg[q] == (addr[rec] < va[rec])) & (t_vram[q] == is_vram[rec]))
+
+    ok = good(slice(None), q_of)
+    bad = np.bincount(q_of[~ok], minlength=len(kind))
+    paired = np.zeros(len(kind), bool)
+    paired[starts] = True
+    w_q = np.flatnonzero(paired[q_of])
+    ok_w = np.ones(len(q_of), bool)
+    ok_w[w_q] = good(w_q, q_of[w_q] + 1)
+    bad += np.roll(np.bincount(q_of[~ok_w], minlength=len(kind)), 1)
+    lone = is_use & ~paired & ~partner
+    both = starts[(bad[starts] > 0) & (bad[starts + 1] > 0)]
+    out.problem_count += int(bad[lone].sum()) + len(both)
+    if len(out.problems) >= limit:
+        return small, huge
+    # the messages: only the records with a problem, in order
+    q_first = np.cumsum(ask) - ask
+    tabs = (seen_s, seen_h)
+
+    def miss(j: int, m: int, q: int) -> tuple[str, bool]:
+        """The problem of page ``m`` of selected record ``j``, asked as ``q``; whether
+        it had no translation."""
+        i = int(lo + at[j])
+        r = rows[i].tolist()
+        first_va = r[_VA]
+        pva = first_va if m == 0 else ((first_va >> PAGE_SHIFT) + m) << PAGE_SHIFT
+        paddr = r[_ADDR] + (pva - first_va)
+        where = _where(i, r, pva, paddr)
+        if not found[q]:
+            return (f"{where}: no translation of this page since the last TLB invalidation "
+                    "covering it (a stale TLB entry was used)"), True
+        tab, t = (tabs[1], int(t_h[q])) if from_h[q] else (tabs[0], int(t_s[q]))
+        space = "VRAM offset" if tab.vram[t] else "bus address"
+        want = int(tab.pa[t]) + (pva - int(tab.base[t]))
+        return (f"{where}: the current translation (PTW record {int(tab.rec[t])}) maps it "
+                f"to {space} 0x{want:x}"), False
+
+    def misses(j: int, okay: np.ndarray) -> list[tuple[str, bool]]:
+        first = int(q_first[j])
+        pages = np.flatnonzero(~okay[first:first + int(npages[j])]).tolist()
+        return [miss(j, m, first + m) for m in pages]
+
+    in_pair = np.zeros(len(kind), bool)
+    in_pair[both] = True
+    for j in np.flatnonzero((lone & (bad > 0)) | in_pair).tolist():
+        if in_pair[j]:
+            first = int(q_first[j])
+            pages = range(int(npages[j]))
+            found_r = [miss(j, m, first + m) for m in pages if not ok[first + m]]
+            found_w = [miss(j + 1, m, first + m) for m in pages if not ok_w[first + m]]
+            stale = [t for t, none in found_r + found_w if none]
+            out.problems.append((stale or [t for t, _ in found_r + found_w])[0])
+        else:
+            for text, _ in misses(j, ok):
+                if len(out.problems) >= limit:
+                    break
+                out.problems.append(text)
+        if len(out.problems) >= limit:
+            break
+    return small, huge
+
+
+def _where(i: int, r: Sequence[int], va: int, addr: int) -> str:
+    kind = r[_KIND]
+    kname = Kind(kind).name if kind in Kind._value2member_map_ else kind
+    return (f"record {i} (t={r[_TS]}): {kname} {_name(_enum(Dir, r[_DIR]))} cmd={r[_CMD]} "
+            f"ctx={r[_CTX]} va=0x{va:x} addr=0x{addr:x}")
 
 
 def _leaf(va: int, pte: int, level: int) -> tuple[int, int, int, bool] | Literal[False] | None:
-    """:func:`leaf_of` on plain ints: (va base, size, pa, vram) of a valid leaf."""
+    """What a PTW record says, on plain ints: (va base, size, pa, vram) of a valid leaf."""
     if not pte & PTE_VALID:
         return None
     if level == 0 or (level == 1 and pte & PTE_LEAF):
@@ -877,167 +1457,6 @@ def leaf_of(rec: TraceRecord) -> Translation | Literal[False] | None:
         return leaf
     va, size, pa, vram = leaf
     return Translation(va=va, size=size, pa=pa, index=-1, vram=vram)
-
-
-def _pick_invalidation_audit(c: np.ndarray) -> np.ndarray:
-    kind = c["kind"]
-    aux, level = c["aux"], c["level"]
-    leafy = ((aux & PTE_VALID) == 0) | (level == 0) | ((level == 1) & ((aux & PTE_LEAF) != 0))
-    ptw = (kind == Kind.PTW) & (c["result"] == 0) & leafy
-    return ptw | (kind == Kind.EV_TLB_INV) | (_DATA_OR_VRAM[kind] & (c["va"] != 0))
-
-
-def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
-                        limit: int = 50) -> InvalidateCheck:
-    """Every data DMA of a VA job used a translation obtained after the last
-    TLB invalidation covering its address in its context.
-
-    The device's MMU is simulated over the trace in order: a leaf PTW puts a
-    translation into a per-context table (a walk ending on a non-present
-    entry removes the walked page's), an EV_TLB_INV removes every translation
-    of its context overlapping its range (``aux`` = length, ~0 = the whole
-    context). Each
-    DATA record with a ``va`` is split at 4 KiB pages; for each page the
-    translation must exist and map exactly to the record's bus address.
-    A DMA that used a translation cached before an invalidation shows up as
-    "no translation" (or as a bus address the current translation does not
-    give), i.e. the device touched a page after the driver unmapped it.
-
-    Only the walks, invalidations and VA-job accesses are visited, as ints.
-    """
-    out = InvalidateCheck()
-    # ctx -> {va >> 12: Translation} and {va >> 21: Translation}
-    small: dict[int, dict[int, Translation]] = {}
-    huge: dict[int, dict[int, Translation]] = {}
-    hshift = pt_shift(1)
-    paired = -1  # the WRITE record already checked with its READ (the one before it)
-
-    def problem(text: str) -> None:
-        out.problem_count += 1
-        if len(out.problems) < limit:
-            out.problems.append(text)
-
-    rows = rows_of(records)
-    for i, r, nxt in _selected(rows, _pick_invalidation_audit):
-        kind, ctx, va = r[_KIND], r[_CTX], r[_VA]
-        if kind == Kind.PTW:
-            leaf = _leaf(va, r[_AUX], r[_LEVEL])
-            out.walks += 1
-            if leaf is None:
-                # Nothing maps the walked page: the device missed in its TLB
-                # for it, so no translation of that page was cached. Other
-                # pages under the same cleared entry keep theirs until an
-                # invalidation: a driver clears entries (and detaches tables)
-                # before the fence, and a job may legitimately go on using
-                # its cached translations until the fence completes.
-                page = 1 << PAGE_SHIFT
-                _drop(small.get(ctx), huge.get(ctx), va & ~(page - 1), page)
-            elif r[_LEVEL] == 0:
-                assert leaf
-                small.setdefault(ctx, {})[va >> PAGE_SHIFT] = Translation(
-                    leaf[0], leaf[1], leaf[2], i, leaf[3])
-            else:
-                assert leaf
-                huge.setdefault(ctx, {})[va >> hshift] = Translation(
-                    leaf[0], leaf[1], leaf[2], i, leaf[3])
-        elif kind == Kind.EV_TLB_INV:
-            out.invalidations += 1
-            aux = r[_AUX]
-            if aux == ALL or va + aux > ALL:
-                small.pop(ctx, None)
-                huge.pop(ctx, None)
-            else:
-                _drop(small.get(ctx), huge.get(ctx), va, aux)
-        else:
-            # VRAM accesses of VA jobs (PTE_VRAM pages) are checked like DMA:
-            # reaching a VRAM page through a stale translation is the same bug.
-            if i == paired:
-                continue
-            if (nxt is not None and nxt[_KIND] in (Kind.DATA, Kind.VRAM)
-                    and r[_DIR] == Dir.READ and nxt[_DIR] == Dir.WRITE and nxt[_VA] == va
-                    and nxt[_CMD] == r[_CMD] and nxt[_CTX] == ctx and nxt[_LEN] == r[_LEN]
-                    and nxt[_ADDR] != r[_ADDR]):
-                # READ_VA / WRITE_VA: one side is the VA, the other a bus address
-                # (tagged with the same va). One of them must be the translation.
-                paired = i + 1
-                out.data_checked += 2
-                side_r = _translated(i, r, small, huge)
-                side_w = _translated(i + 1, nxt, small, huge)
-                out.pages_checked += max(len(side_r), 1)
-                if any(side_r) and any(side_w):  # neither side is the translated one
-                    misses = [p for p in (*side_r, *side_w) if p]
-                    stale = [p for p in misses if p[4] is None]  # "no translation"
-                    problem(_miss_text((stale or misses)[0]))
-                continue
-            out.data_checked += 1
-            found = _translated(i, r, small, huge)
-            out.pages_checked += len(found)
-            for p in found:
-                if p:
-                    problem(_miss_text(p))
-    return out
-
-
-# a page's problem, formatted only if it is reported: (index, row, va, addr, translation)
-_Miss = tuple[int, Sequence[int], int, int, "Translation | None"]
-
-
-def _translated(i: int, r: Sequence[int], small: dict[int, dict[int, Translation]],
-                huge: dict[int, dict[int, Translation]]) -> list[_Miss | None]:
-    """Per 4 KiB page of the DATA/VRAM record ``r`` (a row tuple): None if its bus
-    address is what the current translation of its va gives, else the problem
-    (see :func:`_miss_text`)."""
-    page = 1 << PAGE_SHIFT
-    hshift = pt_shift(1)
-    out: list[_Miss | None] = []
-    ctx, vram = r[_CTX], r[_KIND] == Kind.VRAM
-    va, addr, left = r[_VA], r[_ADDR], r[_LEN]
-    s_tab, h_tab = small.get(ctx, {}), huge.get(ctx, {})
-    while left > 0:
-        chunk = min(left, page - (va & (page - 1)))
-        s, h = s_tab.get(va >> PAGE_SHIFT), h_tab.get(va >> hshift)
-        t = s if h is None else h if s is None else max(s, h, key=lambda t: t.index)
-        if t is not None and t.pa + (va - t.va) == addr and t.vram == vram:
-            out.append(None)
-        else:
-            out.append((i, r, va, addr, t))
-        va, addr, left = va + chunk, addr + chunk, left - chunk
-    return out
-
-
-def _miss_text(miss: _Miss) -> str:
-    i, r, va, addr, t = miss
-    if t is None:
-        return (f"{_where(i, r, va, addr)}: no translation of this page since the last "
-                "TLB invalidation covering it (a stale TLB entry was used)")
-    space = "VRAM offset" if t.vram else "bus address"
-    return (f"{_where(i, r, va, addr)}: the current translation (PTW record "
-            f"{t.index}) maps it to {space} 0x{t.pa + (va - t.va):x}")
-
-
-def _where(i: int, r: Sequence[int], va: int, addr: int) -> str:
-    kind = r[_KIND]
-    kname = Kind(kind).name if kind in Kind._value2member_map_ else kind
-    return (f"record {i} (t={r[_TS]}): {kname} {_name(_enum(Dir, r[_DIR]))} cmd={r[_CMD]} "
-            f"ctx={r[_CTX]} va=0x{va:x} addr=0x{addr:x}")
-
-
-def _drop(small: dict[int, Translation] | None, huge: dict[int, Translation] | None,
-          lo: int, length: int) -> None:
-    """Remove the translations overlapping [lo, lo + length) from a context's tables."""
-    if length <= 0:
-        return
-    hi = lo + length - 1
-    for table, shift in ((small, PAGE_SHIFT), (huge, pt_shift(1))):
-        if not table:
-            continue
-        klo, khi = lo >> shift, hi >> shift
-        if khi - klo + 1 < len(table):
-            for k in range(klo, khi + 1):
-                table.pop(k, None)
-        else:
-            for k in [k for k in table if klo <= k <= khi]:
-                table.pop(k)
 
 
 # ---- checking that VRAM pages are used only while they hold a page's data -------
@@ -1068,15 +1487,6 @@ class VramCheck:
         return "\n".join(lines)
 
 
-def _pick_vram_audit(c: np.ndarray) -> np.ndarray:
-    kind, aux, level = c["kind"], c["aux"], c["level"]
-    migrate = (kind == Kind.DATA) & (c["engine"] == Engine.MIGRATE)
-    vram_leaf = (((aux & PTE_VALID) != 0) & ((aux & PTE_VRAM) != 0)
-                 & ((level == 0) | ((level == 1) & ((aux & PTE_LEAF) != 0))))
-    walk = (kind == Kind.PTW) & (c["result"] == 0) & vram_leaf
-    return migrate | walk | ((kind == Kind.VRAM) & (c["va"] != 0))
-
-
 def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
                         limit: int = 50) -> VramCheck:
     """Device jobs reach a VRAM page only while it holds a migrated page's data.
@@ -1100,75 +1510,140 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
     Between two copies out the page still held its data; after the last
     copy out of the trace nothing tells, and nothing is reported.
 
-    Only the copies, VRAM leaf walks and VA-job VRAM accesses are visited.
+    In chunks of records: per chunk one sort of its copies and uses by VRAM
+    page and position finds each use's copies before and after it
+    (:func:`_neighbours`); each page's last copy is carried to the next chunk,
+    and so are the uses after a copy out whose next copy is not seen yet.
     """
-    import bisect
+    _, out = audit(records, invalidations=False, limit=limit)
+    assert out is not None
+    return out
 
-    out = VramCheck()
-    # VRAM page number (offset >> 12) -> record indices and directions of its copies
-    copies: dict[int, list[int]] = {}
-    is_in: dict[int, list[bool]] = {}
-    # (record index, VRAM page) of every use: ints only, the row is fetched again
-    # for the few that are reported
-    use_at: list[int] = []
-    use_page: list[int] = []
 
-    def problem(text: str) -> None:
-        out.problem_count += 1
-        if len(out.problems) < limit:
-            out.problems.append(text)
-
-    rows = rows_of(records)
-    for i, r, _ in _selected(rows, _pick_vram_audit):
-        kind = r[_KIND]
-        if kind == Kind.DATA:
-            if r[_RES] != 0 or r[_DIR] not in (Dir.READ, Dir.WRITE):
-                continue
-            page = r[_AUX] >> PAGE_SHIFT
-            copies.setdefault(page, []).append(i)
-            is_in.setdefault(page, []).append(r[_DIR] == Dir.READ)
-            if r[_DIR] == Dir.READ:
-                out.copies_in += 1
-            else:
-                out.copies_out += 1
-        elif kind == Kind.PTW:
-            leaf = _leaf(r[_VA], r[_AUX], r[_LEVEL])
-            assert leaf
-            out.walks += 1
-            first = leaf[2] >> PAGE_SHIFT
-            npages = leaf[1] >> PAGE_SHIFT
-            use_at.extend([i] * npages)
-            use_page.extend(range(first, first + npages))
-        else:
-            out.accesses += 1
-            last = (r[_ADDR] + max(r[_LEN], 1) - 1) >> PAGE_SHIFT
-            use_at.extend([i] * (last + 1 - (r[_ADDR] >> PAGE_SHIFT)))
-            use_page.extend(range(r[_ADDR] >> PAGE_SHIFT, last + 1))
-
-    reported: set[tuple[int, int]] = set()  # one problem per record and page
-    for i, page in zip(use_at, use_page, strict=True):
-        idx = copies.get(page, [])
-        k = bisect.bisect_left(idx, i)
-        prev_in = is_in[page][k - 1] if k > 0 else None
-        next_in = is_in[page][k] if k < len(idx) else None
-        if prev_in is None:
+def _vram_problems(out: VramCheck, rows: np.ndarray, found: list[tuple[np.ndarray, ...]],
+                   limit: int) -> None:
+    rec, page, before, after = (np.concatenate(f) for f in zip(*found, strict=True)) if found \
+        else (np.zeros(0, np.int64),) * 4
+    out.problem_count = len(rec)
+    # in the order of the uses: by record, then page
+    for k in np.lexsort((page, rec))[:limit].tolist():
+        i, off = int(rec[k]), int(page[k]) << PAGE_SHIFT
+        if before[k] < 0:
             why = "no page was ever copied into it"
-        elif not prev_in and next_in:
-            why = (f"its data was copied out (record {idx[k - 1]}) and the next copy is a "
-                   f"new page copied in (record {idx[k]}): it was free in between")
         else:
-            continue
-        if (i, page) in reported:
-            continue
-        reported.add((i, page))
-        off = page << PAGE_SHIFT
+            why = (f"its data was copied out (record {int(before[k])}) and the next copy is a "
+                   f"new page copied in (record {int(after[k])}): it was free in between")
         r = rows[i].tolist()
         if r[_KIND] == Kind.PTW:
-            problem(f"record {i} (t={r[_TS]}): ctx={r[_CTX]} walk of va=0x{r[_VA]:x} "
-                    f"found a leaf mapping VRAM offset 0x{off:x}: {why}")
+            out.problems.append(f"record {i} (t={r[_TS]}): ctx={r[_CTX]} walk of va=0x{r[_VA]:x} "
+                                f"found a leaf mapping VRAM offset 0x{off:x}: {why}")
         else:
-            problem(f"record {i} (t={r[_TS]}): {_name(_enum(Dir, r[_DIR]))} cmd={r[_CMD]} "
-                    f"ctx={r[_CTX]} va=0x{r[_VA]:x} touched VRAM offset 0x{off:x}: {why}")
+            out.problems.append(f"record {i} (t={r[_TS]}): {_name(_enum(Dir, r[_DIR]))} "
+                                f"cmd={r[_CMD]} ctx={r[_CTX]} va=0x{r[_VA]:x} touched VRAM "
+                                f"offset 0x{off:x}: {why}")
+
+
+_Last = tuple[np.ndarray, np.ndarray, np.ndarray]
+_Waiting = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _pick_vram_audit(b: Mapping[str, np.ndarray]) -> np.ndarray:
+    kind, aux, level = b["kind"], b["aux"], b["level"]
+    ok = b["result"] == 0
+    copy = (kind == Kind.DATA) & (b["engine"] == Engine.MIGRATE) & ok & (b["dir"] <= Dir.WRITE)
+    walk = ((kind == Kind.PTW) & ok & ((aux & np.uint64(PTE_VALID | PTE_VRAM))
+                                       == np.uint64(PTE_VALID | PTE_VRAM))
+            & ((level == 0) | ((level == 1) & ((aux & np.uint64(PTE_LEAF)) != 0))))
+    return copy | walk | ((kind == Kind.VRAM) & (b["va"] != 0))
+
+
+def _vram_chunk(out: VramCheck, lo: int, at: np.ndarray, cols: dict[str, np.ndarray],
+                last: _Last, waiting: _Waiting, found: list[tuple[np.ndarray, ...]]
+                ) -> tuple[_Last, _Waiting]:
+    if not len(at):
+        return last, waiting
+    kind, dr, aux, addr = cols["kind"], cols["dir"], cols["aux"], cols["addr"]
+    # what _pick_vram_audit took: copies (MIGRATE DATA), VRAM leaf walks, VRAM accesses
+    is_copy, walk = kind == Kind.DATA, kind == Kind.PTW
+    n_in = int(np.count_nonzero(is_copy & (dr == Dir.READ)))
+    out.copies_in += n_in
+    out.copies_out += int(np.count_nonzero(is_copy)) - n_in
+    out.walks += int(np.count_nonzero(walk))
+    out.accesses += int(np.count_nonzero(kind == Kind.VRAM))
+    # the first VRAM page and the page count of each: a copy's page is aux's; a leaf's
+    # its (4 KiB or 2 MiB) frame's; an access's, those [addr, addr + max(len, 1)) touches
+    huge = cols["level"] == 1
+    frame = aux & np.uint64(PTE_ADDR_MASK) & ~np.where(huge, np.uint64((1 << pt_shift(1)) - 1),
+                                                       _U0)
+    first = np.where(is_copy, aux, np.where(walk, frame, addr)) >> np.uint64(PAGE_SHIFT)
+    span = ((addr & _PAGE_OFF) + np.maximum(cols["len"], np.uint64(1)) - np.uint64(1)) >> np.uint64(
+        PAGE_SHIFT)
+    npages = np.where(is_copy, 1, np.where(walk, np.where(huge, 512, 1),
+                                           span.astype(np.int64) + 1))
+    owner, within = _spread(npages)
+    c_pages = first[owner] + within.astype(np.uint64)
+    # the carried last copies of the pages this chunk uses go into its sort; the
+    # others wait aside (most pages of a big VRAM are not used in a given chunk)
+    l_page, l_rec, l_in = last
+    used = _members(l_page, c_pages[~is_copy[owner]])
+    aside = (l_page[~used], l_rec[~used], l_in[~used])
+    l_page, l_rec, l_in = l_page[used], l_rec[used], l_in[used]
+    carried = len(l_page)
+    pages = np.concatenate([l_page, c_pages])
+    is_ev = np.concatenate([np.ones(carried, bool), is_copy[owner]])
+    e_rec = np.concatenate([l_rec, lo + at[owner]])
+    e_in = np.concatenate([l_in, (dr == Dir.READ)[owner]])
+    uses = np.flatnonzero(~is_ev)
+    near = _neighbours(np.zeros(len(pages), np.uint64), pages, is_ev, uses, after=True)
+    prev, nxt = near.prev, near.next
+    assert nxt is not None
+    u_page, u_rec = pages[uses], e_rec[uses]
+    never = prev < 0
+    freed = ~never & ~e_in[prev]  # after a copy out
+    reused = freed & (nxt >= 0) & e_in[nxt]
+    found.append((u_rec[never], u_page[never], np.full(int(never.sum()), -1), np.full(
+        int(never.sum()), -1)))
+    found.append((u_rec[reused], u_page[reused], e_rec[prev[reused]], e_rec[nxt[reused]]))
+    # from the sort by page: each page's first copy in this chunk, and its last copy
+    # (carried or this chunk's)
+    s_ev = np.flatnonzero(near.event)
+    k_ev = near.key[s_ev]
+    last_el = near.at[s_ev[_run_edges(k_ev, last=True)]]
+    s_c = s_ev[near.at[s_ev] >= carried]
+    k_c = near.key[s_c]
+    first_el = near.at[s_c[_run_edges(k_c, last=False)]]  # by page, ascending
+    # the waiting uses of earlier chunks meet their page's first copy in this one
+    w_rec, w_page, w_prev = waiting
+    f_page = pages[first_el]
+    k = np.minimum(np.searchsorted(f_page, w_page), max(len(f_page) - 1, 0))
+    met = (f_page[k] == w_page) if len(f_page) else np.zeros(len(w_page), bool)
+    f_el = first_el[k] if len(f_page) else np.zeros(len(w_page), np.int64)
+    bad = met & e_in[f_el]
+    found.append((w_rec[bad], w_page[bad], w_prev[bad], e_rec[f_el[bad]]))
+    still = freed & (nxt < 0)
+    waiting = (np.concatenate([w_rec[~met], u_rec[still]]),
+               np.concatenate([w_page[~met], u_page[still]]),
+               np.concatenate([w_prev[~met], e_rec[prev[still]]]))
+    # each page's last copy after the chunk: the sort's, else the one set aside
+    n_page = pages[last_el]
+    kept = ~_members(n_page, aside[0], among=True)
+    merged = [np.concatenate([a, b]) for a, b in zip(
+        (n_page, e_rec[last_el], e_in[last_el]), (x[kept] for x in aside), strict=True)]
+    order = np.argsort(merged[0], kind="stable")  # two sorted runs: a merge
+    return (merged[0][order], merged[1][order], merged[2][order]), waiting
+
+
+def _members(sorted_keys: np.ndarray, keys: np.ndarray, among: bool = False) -> np.ndarray:
+    """Which of ``sorted_keys`` (sorted, distinct) are in ``keys``; with ``among``,
+    which of ``keys`` are in ``sorted_keys``."""
+    if not len(sorted_keys) or not len(keys):
+        return np.zeros(len(keys) if among else len(sorted_keys), bool)
+    i = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    hit = sorted_keys[i] == keys
+    if among:
+        return hit
+    out = np.zeros(len(sorted_keys), bool)
+    out[i[hit]] = True
     return out
 
 

@@ -19,6 +19,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +31,7 @@ SKIPPABLE_MIN, SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F
 DROP_MAGIC = 0x184D2A5D  # HMM_DMATRACE_DROP_MAGIC in dmatrace.h
 DROP_PAYLOAD = struct.Struct("<QQ")  # records dropped here, dropped in all so far
 RAW_BLOCK = 16 << 20  # bytes per piece when streaming a raw file
+DECODE_THREADS = min(2, os.cpu_count() or 1)
 
 
 class TraceFileError(ValueError):
@@ -224,7 +226,7 @@ def read_bytes(path: Path) -> bytes:
     return b"".join(iter_chunks(path))
 
 
-def trace_buffer(path: Path) -> bytes | bytearray | mmap.mmap:
+def trace_buffer(path: Path) -> bytes | mmap.mmap:
     """The decoded stream as one buffer: a raw file is mapped (no copy; pages come
     from the page cache on demand), a compressed one decoded into memory.
     Either supports the buffer protocol (``numpy.frombuffer``, ``memoryview``)."""
@@ -234,10 +236,33 @@ def trace_buffer(path: Path) -> bytes | bytearray | mmap.mmap:
         with open(path, "rb") as fh:
             return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     idx = scan(path)
-    out = bytearray(idx.decoded_size)
+    # anonymous memory the kernel fills in one go (MAP_POPULATE): a fresh buffer's page
+    # faults one by one cost about what decompressing into it does, and huge pages
+    # (numpy's choice) stall for seconds when the kernel must compact memory first.
+    # Each frame is decompressed straight into its place, the frames spread over a
+    # few threads (zstd runs without the GIL).
+    if not idx.decoded_size:
+        return b""
+    out = mmap.mmap(-1, idx.decoded_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                    | getattr(mmap, "MAP_POPULATE", 0))
     view = memoryview(out)
-    pos = 0
-    for piece in iter_chunks(path, index=idx):
-        view[pos:pos + len(piece)] = piece
-        pos += len(piece)
+    starts = [0]
+    for frame in idx.frames:
+        starts.append(starts[-1] + frame.content_size)
+    workers = max(1, min(DECODE_THREADS, len(idx.frames)))
+    with open(path, "rb") as fh, ThreadPoolExecutor(workers) as pool:
+        def decode(k: int) -> None:
+            frame = idx.frames[k]
+            pos, end = starts[k], starts[k + 1]
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                os.pread(fh.fileno(), frame.size, frame.offset))
+            while pos < end:
+                got = reader.readinto(view[pos:end])
+                if not got:
+                    raise TraceFileError(f"{path}: the frame at {frame.offset} decodes to "
+                                         f"{end - pos} bytes fewer than its header says")
+                pos += got
+
+        list(pool.map(decode, range(len(idx.frames))))
+    view.release()
     return out

@@ -216,6 +216,9 @@ class Results:
     tests: list[TestResult] = field(default_factory=list)
     # Side-by-side reports scenarios add (e.g. "hmm-tests": test x driver).
     tables: dict[str, Any] = field(default_factory=dict)
+    # where the cell's time went (seconds): wall_s, guest_s (boot to QEMU's end),
+    # checks_s (the scenarios' post-run checks, per scenario in checks_by), timeline_s
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +267,7 @@ class Results:
             "devices": self.devices,
             "tests": [t.to_dict() for t in self.tests],
             "tables": self.tables,
+            "timings": self.timings,
             "summary": self.summary(),
         }
 

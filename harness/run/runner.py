@@ -209,6 +209,7 @@ class Runner:
     def execute(self) -> Results:
         """Run everything and write results.json; never raises for guest problems."""
         r = self.results
+        wall = time.monotonic()
         r.config = self.cfg.to_dict()
         if self.scenarios is not None:
             r.config["scenarios"] = [sc.name for sc in self.scenarios]
@@ -226,6 +227,7 @@ class Runner:
             # traces, logs: what the run leaves (a passed run's initrd is removed below)
             r.environment["disk_bytes"] = disk_bytes(
                 r.dir, skip=("initrd.img",) if r.exit_code() == 0 else ())
+            self._time_cell(time.monotonic() - wall)
             r.write()
         if r.exit_code() == 0:
             (r.dir / "initrd.img").unlink(missing_ok=True)  # rebuilt from the cache at will
@@ -323,11 +325,28 @@ class Runner:
             self._guest_end(guest)
             if cfg.iommu != "off":
                 self._dmar_faults(guest)
+            r.timings["guest_s"] = round(time.monotonic() - t0, 3)
+        checks: dict[str, float] = {}
         if session is not None:
             for sc in ran:
+                t1 = time.monotonic()
                 self._guarded(f"{sc.name}.finish", lambda sc=sc: sc.finish(session))
+                checks[sc.name] = round(time.monotonic() - t1, 3)
+        r.timings["checks_s"] = round(sum(checks.values()), 3)
+        r.timings["checks_by"] = checks
         if cfg.timeline.enabled and self._clock_pair is not None:  # QEMU ran: traces are whole
+            t1 = time.monotonic()
             self._guarded("timeline", self._timeline)
+            r.timings["timeline_s"] = round(time.monotonic() - t1, 3)
+
+    def _time_cell(self, wall: float) -> None:
+        """The cell's wall time next to what its parts took, logged and in results.json."""
+        t = self.results.timings
+        t["wall_s"] = round(wall, 3)
+        log.info("cell %.1fs: guest %.1fs, post-run checks %.1fs (%.0f%%), timeline %.1fs "
+                 "(%.0f%%)", wall, t.get("guest_s", 0.0), t.get("checks_s", 0.0),
+                 100 * t.get("checks_s", 0.0) / wall if wall else 0,
+                 t.get("timeline_s", 0.0), 100 * t.get("timeline_s", 0.0) / wall if wall else 0)
 
     def _timeline(self) -> None:
         r = self.results

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from harness.checks import dmatrace
 from harness.core.results import Event, Status, TestResult, interruption, status_for
 from harness.guest.ssh import Mark, SSHAborted, SSHError, SSHTimeout
 from harness.guest.vm import GuestError
@@ -130,3 +132,12 @@ def add_cmd_result(s: Session, path: str, c: Cmd, files: list[str] | None = None
         files += [f for f in (BLOCKED_TASKS, "console.log") if f not in files]
     s.results.add(TestResult(path, status, c.seconds, text, files))
     return status == Status.PASS
+
+
+def finished_trace(s: Session, path: Path) -> dmatrace.Trace:
+    """The DMA trace at ``path``, decoded once per run for every scenario's finish (the
+    file is whole once QEMU has exited). Raises dmatrace.TraceError as read_trace."""
+    cache: dict[Path, dmatrace.Trace] = s.state.setdefault("finished_traces", {})
+    if path not in cache:
+        cache[path] = dmatrace.read_trace(path)
+    return cache[path]

@@ -38,6 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from harness.checks import dmatrace
 from harness.checks.dmatrace import Kind, NicEngine, TraceRecord
 from harness.checks.tracefile import stream_size
@@ -124,28 +126,33 @@ class NicActivity:
     region_faults: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, records: Sequence[TraceRecord], regions: Sequence[Region]) -> NicActivity:
-        a = cls(records=len(records))
+    def of(cls, records: Sequence[TraceRecord] | np.ndarray,
+           regions: Sequence[Region]) -> NicActivity:
+        """Counted over the window's rows with numpy; only the fault records (few)
+        become Python ints, for the regions' lists."""
+        rows = dmatrace.rows_of(records)
+        a = cls(records=len(rows))
         for reg in regions:
             a.region_faults.setdefault(f"{reg.test}/{reg.name}", [])
-        for r in records:
-            if r.kind == Kind.FAULT_WRITE:
-                a.faults += 1
-                a.responder_faults += r.cmd_id >> 63
-                a.mrs.add(r.ctx)
-                for reg in regions:
-                    if reg.holds(r.va):
-                        a.region_faults[f"{reg.test}/{reg.name}"].append(r.va)
-            elif r.kind == Kind.EV_REPLAY:
-                a.replays += 1
-            elif r.kind == Kind.EV_CANCEL:
-                a.cancels += 1
-            elif r.kind == Kind.EV_TLB_INV:
-                a.invalidations += 1
-            elif r.kind == Kind.DATA and r.engine == NicEngine.REQ:
-                a.req_data += 1
-            elif r.kind == Kind.DATA and r.engine == NicEngine.RESP:
-                a.resp_data += 1
+        kind, eng = rows["kind"], rows["engine"]
+        faults = rows[kind == Kind.FAULT_WRITE]
+        a.faults = len(faults)
+        a.responder_faults = int(np.count_nonzero(faults["cmd_id"] >> np.uint64(63)))
+        a.mrs = set(np.unique(faults["ctx"]).tolist())
+        a.replays = int(np.count_nonzero(kind == Kind.EV_REPLAY))
+        a.cancels = int(np.count_nonzero(kind == Kind.EV_CANCEL))
+        a.invalidations = int(np.count_nonzero(kind == Kind.EV_TLB_INV))
+        data = kind == Kind.DATA
+        a.req_data = int(np.count_nonzero(data & (eng == NicEngine.REQ)))
+        a.resp_data = int(np.count_nonzero(data & (eng == NicEngine.RESP)))
+        vas = faults["va"]
+        for reg in regions:
+            if not 0 <= reg.addr <= dmatrace.ALL:
+                continue
+            inside = vas >= np.uint64(reg.addr)
+            if reg.addr + reg.length <= dmatrace.ALL:
+                inside &= vas < np.uint64(reg.addr + reg.length)
+            a.region_faults[f"{reg.test}/{reg.name}"].extend(vas[inside].tolist())
         return a
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,6 +42,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from harness.checks import dmatrace
 from harness.checks.dmatrace import Dir, Engine, Kind, TraceRecord, Translation
 from harness.checks.tracefile import stream_size
@@ -70,6 +72,7 @@ MIRROR = "/dev/hmm_dmirror0"
 ARGS = f"-d {DEVICE} -m {MIRROR} -n 20"
 G = "gpu"  # the workload's name for the buffer it migrates to VRAM
 PAGE_MASK = ~0xFFF
+_PAGE_MASK64 = np.uint64(PAGE_MASK & dmatrace.ALL)
 
 
 @dataclass
@@ -118,34 +121,41 @@ def pages_back(objs: Iterable[Mapping[str, Any]]) -> int:
     return total
 
 
-def _is_copy(r: TraceRecord) -> bool:
-    return r.kind == Kind.DATA and r.engine == Engine.MIGRATE and r.ok
-
-
-def correlate(nic: Sequence[TraceRecord], gpu: Sequence[TraceRecord],
+def correlate(nic: Sequence[TraceRecord] | np.ndarray, gpu: Sequence[TraceRecord] | np.ndarray,
               regions: Sequence[Region]) -> Crossing:
     """Which of the GPU's copies out of VRAM happened while the NIC waited for a
     fault on G: a FAULT_WRITE whose ``va`` is in G until the next EV_REPLAY
     (the device replays every stalled request at once), by the records'
     timestamps (QEMU's virtual clock in both traces). A copy's destination
     is "matched" when the NIC's first leaf walk of the faulting page after
-    that replay maps it to the same bus address."""
+    that replay maps it to the same bus address.
+
+    The traces are scanned with numpy; the faults, replays and copies out (few)
+    are walked in Python."""
     cx = Crossing()
-    outs = sorted((r.timestamp_ns, i, r.addr & PAGE_MASK) for i, r in enumerate(gpu)
-                  if _is_copy(r) and r.dir == Dir.WRITE)
+    g_rows, n_rows = dmatrace.rows_of(gpu), dmatrace.rows_of(nic)
+    copy = ((g_rows["kind"] == Kind.DATA) & (g_rows["engine"] == Engine.MIGRATE)
+            & (g_rows["result"] == 0))
+    out_at = np.flatnonzero(copy & (g_rows["dir"] == Dir.WRITE))
+    cx.copies_in = int(np.count_nonzero(copy & (g_rows["dir"] == Dir.READ)))
+    pages = g_rows["addr"][out_at] & _PAGE_MASK64
+    outs = sorted(zip(g_rows["timestamp_ns"][out_at].tolist(), out_at.tolist(),
+                      pages.tolist(), strict=True))
     cx.copies_out = len(outs)
-    cx.copies_in = sum(1 for r in gpu if _is_copy(r) and r.dir == Dir.READ)
     times = [t for t, _, _ in outs]
     # (fault record index, fault time, page) waiting for a replay
     pending: list[tuple[int, int, int]] = []
     # (fault index, fault time, page, replay index, replay time)
     windows: list[tuple[int, int, int, int, int]] = []
-    for i, r in enumerate(nic):
-        if r.kind == Kind.FAULT_WRITE and any(g.holds(r.va) for g in regions):
+    kind = n_rows["kind"]
+    for i in np.flatnonzero((kind == Kind.FAULT_WRITE) | (kind == Kind.EV_REPLAY)).tolist():
+        r = n_rows[i]
+        ts, va = int(r["timestamp_ns"]), int(r["va"])
+        if r["kind"] == Kind.FAULT_WRITE and any(g.holds(va) for g in regions):
             cx.g_faults += 1
-            pending.append((i, r.timestamp_ns, r.va & PAGE_MASK))
-        elif r.kind == Kind.EV_REPLAY and pending:
-            windows += [(fi, ft, page, i, r.timestamp_ns) for fi, ft, page in pending]
+            pending.append((i, ts, va & PAGE_MASK))
+        elif r["kind"] == Kind.EV_REPLAY and pending:
+            windows += [(fi, ft, page, i, ts) for fi, ft, page in pending]
             pending = []
     cx.unreplayed = len(pending)
     during: set[int] = set()
@@ -156,25 +166,26 @@ def correlate(nic: Sequence[TraceRecord], gpu: Sequence[TraceRecord],
             cx.unserved.append((fi, page))
             continue
         during.update(outs[k][1] for k in range(lo, hi))
-        pa = _mapped_after(nic, ri, page)
+        pa = _mapped_after(n_rows, ri, page)
         if pa is not None:
             matched.update(outs[k][1] for k in range(lo, hi) if outs[k][2] == pa)
     cx.during, cx.matched = len(during), len(matched)
     return cx
 
 
-def _mapped_after(nic: Sequence[TraceRecord], start: int, page: int) -> int | None:
+def _mapped_after(nic: np.ndarray, start: int, page: int) -> int | None:
     """The bus address of ``page`` in the NIC's first leaf walk of it after record
-    ``start``, or None."""
-    for i in range(start, len(nic)):
-        r = nic[i]
-        if r.kind != Kind.PTW or not r.ok or r.va & PAGE_MASK != page:
-            continue
-        leaf = dmatrace.leaf_of(r)
-        if isinstance(leaf, Translation):
-            return leaf.pa + (page - leaf.va) if not leaf.vram else None
-        if leaf is None:
-            return None
+    ``start``, or None (a chunked numpy scan for the walks of the page)."""
+    for lo in range(start, len(nic), dmatrace.CHUNK):
+        c = nic[lo:lo + dmatrace.CHUNK]
+        for i in np.flatnonzero((c["kind"] == Kind.PTW) & (c["result"] == 0) & (
+                (c["va"] & _PAGE_MASK64) == np.uint64(page))).tolist():
+            r = dmatrace.Records(c[i:i + 1])[0]
+            leaf = dmatrace.leaf_of(r)
+            if isinstance(leaf, Translation):
+                return leaf.pa + (page - leaf.va) if not leaf.vram else None
+            if leaf is None:
+                return None
     return None
 
 
@@ -266,8 +277,8 @@ class OdpGpuWorkload(OdpWorkload):
         act = NicActivity.of(nic, regions)
         cx = correlate(nic, gpu, regions)
         nic_audit = dmatrace.check_invalidations(nic)
-        gpu_audit = dmatrace.check_invalidations(gpu)
-        vram = dmatrace.check_vram_lifetime(gpu)
+        gpu_audit, vram = dmatrace.audit(gpu)  # one pass for both
+        assert gpu_audit is not None and vram is not None
         back = pages_back(objs)
         problems = (activity_problems(act)
                     + crossing_problems(cx, back, s.cfg.iommu == "off")

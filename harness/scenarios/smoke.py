@@ -27,7 +27,7 @@ from harness.checks import dmatrace
 from harness.core.results import Event, Status, TestResult, status_for
 from harness.guest.ssh import SSHAborted, SSHError, SSHTimeout
 from harness.scenarios import Session
-from harness.scenarios.common import cut_off_status
+from harness.scenarios.common import cut_off_status, finished_trace
 from harness.scenarios.kernel import guest_kernel
 
 log = logging.getLogger(__name__)
@@ -362,7 +362,7 @@ class Smoke:
                                      f"{path.name} was not written", []))
             return
         try:
-            trace = dmatrace.read_trace(path)
+            trace = finished_trace(s, path)
         except dmatrace.TraceError as e:
             s.results.add(TestResult("smoke.dmatrace", Status.FAIL, time.monotonic() - t0,
                                      f"{path.name}: {e}", [path.name]))

@@ -50,12 +50,20 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from harness.checks import dmatrace
 from harness.core.results import Status, TestResult
 from harness.scenarios import Session
-from harness.scenarios.common import BIN, HMM_GPU_KO, add_cmd_result, guest_run, load_module
+from harness.scenarios.common import (
+    BIN,
+    HMM_GPU_KO,
+    add_cmd_result,
+    finished_trace,
+    guest_run,
+    load_module,
+)
 from harness.scenarios.kernel import guest_kernel, skip_unsupported, unmet
 from harness.scenarios.smoke import parse_workload_output, reported_seconds
 
@@ -167,7 +175,7 @@ class SvmWorkload:
         checked = 0
         for path in traces:
             try:
-                trace = dmatrace.read_trace(path)
+                trace = finished_trace(s, path)
             except dmatrace.TraceError as e:
                 problems.append(f"{path.name}: {e}")
                 continue
@@ -175,14 +183,15 @@ class SvmWorkload:
                 problems.append(f"{path.name}: trace version {trace.header.version} has no "
                                 "VA/PTW records (the device predates ABI 1.1)")
                 continue
-            if "invalidate" in checks:
-                out = dmatrace.check_invalidations(trace.records)
+            both = _audits(s, path, trace)
+            out = both[0] if "invalidate" in checks else None
+            vram = both[1] if "vram" in checks else None
+            if out is not None:
                 checked += out.data_checked
                 stats.setdefault(path.name, {})["invalidate"] = out.to_dict()
                 texts.append(f"{path.name}: {out.format()}")
                 problems.extend(f"{path.name}: {p}" for p in out.problems)
-            if "vram" in checks:
-                vram = dmatrace.check_vram_lifetime(trace.records)
+            if vram is not None:
                 stats.setdefault(path.name, {})["vram"] = vram.to_dict()
                 texts.append(f"{path.name}: {vram.format()}")
                 problems.extend(f"{path.name}: {p}" for p in vram.problems)
@@ -193,6 +202,18 @@ class SvmWorkload:
             time.monotonic() - t0, "\n".join([*problems[:50], *texts]),
             [p.name for p in traces], {"invalidate_check": {
                 k: v.get("invalidate") for k, v in stats.items()}, "checks": stats}))
+
+
+def _audits(s: Session, path: Path, trace: dmatrace.Trace
+            ) -> tuple[dmatrace.InvalidateCheck, dmatrace.VramCheck]:
+    """Both audits of a finished trace, once per run: every scenario that checks the
+    file gets the same answers, and one pass gives both."""
+    cache = s.state.setdefault("svm.audits", {})
+    if path not in cache:
+        inv, vram = dmatrace.audit(trace.records)
+        assert inv is not None and vram is not None
+        cache[path] = (inv, vram)
+    return cache[path]
 
 
 def make(name: str) -> SvmWorkload:

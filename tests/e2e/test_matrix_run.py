@@ -85,6 +85,11 @@ def test_two_cells_pass_and_merge(artifacts: Artifacts, tmp_path: Path) -> None:
         assert (d / "cell.yaml").exists() and (d / "cell.log").exists()
         paths = [t["path"] for t in doc["tests"] if t["cell"] == name]
         assert paths == [f"{name}.{t['path']}" for t in own["tests"]]
+        # where the cell's time went: the guest, smoke's trace check after it, the timeline
+        t = own["timings"]
+        assert t["checks_by"].keys() == {"smoke"} and t["checks_s"] == t["checks_by"]["smoke"]
+        assert min(t["checks_s"], t["timeline_s"], t["guest_s"]) > 0
+        assert t["guest_s"] + t["checks_s"] + t["timeline_s"] <= t["wall_s"]
     boot = next(t for t in doc["tests"] if t["path"] == "6.12-iommu.boot")
     assert boot["output_files"] == ["cells/6.12-iommu/console.log"]
     assert all((out_dir / f).exists() for t in doc["tests"] for f in t["output_files"])
