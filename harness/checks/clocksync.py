@@ -1,0 +1,141 @@
+"""One clock for the guest's ftrace and the device's trace: guest mono ns -> QEMU virtual ns.
+
+The driver reads its clock (ktime_get_mono_fast_ns, what ftrace's ``mono``
+trace_clock prints) and writes the value to hmm-gpu's CLOCK_SYNC_LO/HI
+registers; the device writes an EV_CLOCK_SYNC record stamped with QEMU's
+virtual clock at the HI write, the value in ``va``, and the driver's
+``hmm_gpu_clock_sync`` tracepoint prints the same value (``guest_ns``) and
+how long the two writes took (``rtt_ns``). Each value found on both sides is
+a pair (guest ns, virtual ns); a least-squares line through the pairs maps
+any guest time onto the virtual clock.
+
+How well it lines up (:class:`Alignment`): the residuals of the pairs about
+the line (median and max), the bound the writes put on the offset (the
+driver read its clock up to ``rtt_ns`` before the device stamped it: half
+of it is the error of a constant taken from the middle), and the ftrace
+text's own resolution (1 us) for every other event.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.checks.ftrace import US, Event
+
+# enum hmm_gpu_trace_kind's HMM_GPU_TRACE_EV_CLOCK_SYNC (docs/device-abi.md): va =
+# the guest clock written, aux = the device's sequence number
+EV_CLOCK_SYNC = 19
+SYNC_EVENT = "hmm_gpu_clock_sync"
+
+
+@dataclass(frozen=True)
+class Pair:
+    dev: str  # pci_name() of the device
+    guest_ns: int
+    virtual_ns: int
+    rtt_ns: int  # the driver's: clock after the HI write minus guest_ns
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How well guest and device events line up, in ns of guest time."""
+
+    pairs: int
+    slope: float  # virtual ns per guest ns
+    offset_ns: int  # virtual = slope * (guest - origin) + offset at origin
+    origin_ns: int
+    residual_median_ns: float
+    residual_max_ns: float
+    rtt_half_median_ns: float  # the writes' bound on the constant offset
+    rtt_half_max_ns: float
+    resolution_ns: int = US  # ftrace's text: microseconds
+    unmatched_driver: int = 0  # driver syncs with no device record (and vice versa)
+    unmatched_device: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["slope_ppm"] = round((self.slope - 1.0) * 1e6, 3)
+        for k in ("residual_median_ns", "residual_max_ns", "rtt_half_median_ns",
+                  "rtt_half_max_ns"):
+            d[k] = round(d[k], 1)
+        return d
+
+    def text(self) -> str:
+        return (f"{self.pairs} clock-sync pairs: residual median {self.residual_median_ns:.0f} ns, "
+                f"max {self.residual_max_ns:.0f} ns; write rtt/2 median "
+                f"{self.rtt_half_median_ns:.0f} ns, max {self.rtt_half_max_ns:.0f} ns; "
+                f"slope {(self.slope - 1.0) * 1e6:+.1f} ppm; ftrace text resolution "
+                f"{self.resolution_ns} ns")
+
+
+@dataclass(frozen=True)
+class ClockMap:
+    """Guest mono ns -> virtual ns, and how well it holds."""
+
+    alignment: Alignment
+
+    def to_virtual(self, guest_ns: int) -> int:
+        a = self.alignment
+        return round(a.offset_ns + a.slope * (guest_ns - a.origin_ns))
+
+
+def driver_syncs(events: Iterable[Event]) -> list[tuple[str, int, int]]:
+    """(dev, guest_ns, rtt_ns) of each ``hmm_gpu_clock_sync`` event."""
+    out = []
+    for e in events:
+        if e.name == SYNC_EVENT and "guest_ns" in e.fields:
+            out.append((e.fields.get("dev", ""), e.int_field("guest_ns"), e.int_field("rtt_ns")))
+    return out
+
+
+def pairs(driver: Sequence[tuple[str, int, int]],
+          device: dict[str, Sequence[tuple[int, int]]]) -> tuple[list[Pair], int, int]:
+    """Join the driver's syncs with the devices' EV_CLOCK_SYNC records (``device``:
+    dev -> (virtual ns, guest ns written) each) on (dev, the value written).
+
+    Returns the pairs and how many syncs of either side found no partner (a
+    sync the ring buffer lost, or one written before tracing was on)."""
+    by_value: dict[tuple[str, int], int] = {}
+    for dev, recs in device.items():
+        for virtual, guest in recs:
+            by_value[(dev, guest)] = virtual
+    out: list[Pair] = []
+    used: set[tuple[str, int]] = set()
+    for dev, guest, rtt in driver:
+        key = (dev, guest)
+        if key in by_value and key not in used:
+            used.add(key)
+            out.append(Pair(dev, guest, by_value[key], rtt))
+    return out, len(driver) - len(out), len(by_value) - len(used)
+
+
+def fit(ps: Sequence[Pair], unmatched_driver: int = 0, unmatched_device: int = 0
+        ) -> ClockMap | None:
+    """The least-squares line through the pairs (slope 1 with a single pair); None
+    without any."""
+    if not ps:
+        return None
+    g = np.array([p.guest_ns for p in ps], np.int64)
+    v = np.array([p.virtual_ns for p in ps], np.int64)
+    origin = int(g[0])
+    # centred on the first pair, in float64: ns stay exact over days of guest time
+    x = (g - origin).astype(np.float64)
+    y = (v - int(v[0])).astype(np.float64)
+    if len(ps) >= 2 and np.ptp(x) > 0:
+        slope, icept = np.polyfit(x, y, 1)
+    else:
+        slope, icept = 1.0, float(np.mean(y - x))
+    resid = np.abs(y - (slope * x + icept))
+    rtt = [p.rtt_ns / 2 for p in ps]
+    a = Alignment(
+        pairs=len(ps), slope=float(slope), offset_ns=int(v[0]) + round(icept),
+        origin_ns=origin, residual_median_ns=float(np.median(resid)),
+        residual_max_ns=float(resid.max()), rtt_half_median_ns=float(statistics.median(rtt)),
+        rtt_half_max_ns=float(max(rtt)), unmatched_driver=unmatched_driver,
+        unmatched_device=unmatched_device)
+    return ClockMap(a)

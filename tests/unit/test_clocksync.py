@@ -1,0 +1,64 @@
+"""The clock fit: guest mono ns -> QEMU virtual ns from clock-sync pairs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from harness.checks import clocksync
+from harness.checks.ftrace import parse_line
+
+SLOPE = 1 - 37e-6  # the guest's clock runs 37 ppm fast against the virtual clock
+OFFSET = -12_345_678_901  # virtual = SLOPE * guest + OFFSET
+
+
+def virtual(guest: int) -> int:
+    return round(SLOPE * guest + OFFSET)
+
+
+def test_the_fit_recovers_a_known_slope_and_offset_within_the_noise():
+    rng = random.Random(12)
+    noise = 400  # ns: the device stamps the HI write 0..400 ns after the read
+    guest = [20_000_000_000 + i * 97_000_000 + rng.randrange(1_000_000) for i in range(200)]
+    pairs = [clocksync.Pair("0000:00:04.0", g, virtual(g) + rng.randrange(noise), 900)
+             for g in guest]
+    m = clocksync.fit(pairs)
+    assert m is not None
+    a = m.alignment
+    assert a.pairs == 200
+    assert abs(a.slope - SLOPE) < 0.2e-6  # ppm-exact over 20 s of guest time
+    assert a.residual_max_ns <= noise and a.residual_median_ns <= noise / 2 + 20
+    assert a.rtt_half_median_ns == a.rtt_half_max_ns == 450
+    for g in (guest[0], guest[100], guest[-1], guest[-1] + 10**9):
+        assert abs(m.to_virtual(g) - (virtual(g) + noise / 2)) <= noise
+    d = a.to_dict()
+    assert d["slope_ppm"] == pytest.approx(-37, abs=0.2) and d["resolution_ns"] == 1000
+    assert "200 clock-sync pairs" in a.text()
+
+
+def test_one_pair_gives_slope_one_and_none_gives_no_map():
+    m = clocksync.fit([clocksync.Pair("d", 5_000, 9_000, 100)])
+    assert m is not None and m.alignment.slope == 1.0 and m.to_virtual(6_000) == 10_000
+    assert m.alignment.residual_max_ns == 0
+    assert clocksync.fit([]) is None
+
+
+def test_pairs_join_the_driver_and_the_device_on_the_value_written():
+    lines = [
+        "kworker/0:1-20 [000] ..... 10.000001: hmm_gpu_clock_sync: dev=0000:00:04.0 "
+        "guest_ns=10000000500 rtt_ns=3000 seq=1",
+        "sh-30 [001] ..... 12.000001: hmm_gpu_clock_sync: dev=0000:00:04.0 "
+        "guest_ns=12000000700 rtt_ns=2500 seq=2",
+        "sh-30 [001] ..... 12.000009: hmm_gpu_clock_sync: dev=0000:00:05.0 "
+        "guest_ns=12000008000 rtt_ns=2500 seq=1",
+    ]
+    events = [e for e in map(parse_line, lines) if e is not None]
+    driver = clocksync.driver_syncs(events)
+    assert driver[0] == ("0000:00:04.0", 10_000_000_500, 3000)
+    device = {"0000:00:04.0": [(777, 10_000_000_500), (888, 11_000_000_000)],
+              "0000:00:05.0": [(999, 12_000_008_000)]}
+    ps, no_device, no_driver = clocksync.pairs(driver, device)
+    assert [(p.dev, p.guest_ns, p.virtual_ns) for p in ps] == [
+        ("0000:00:04.0", 10_000_000_500, 777), ("0000:00:05.0", 12_000_008_000, 999)]
+    assert (no_device, no_driver) == (1, 1)  # a sync each side the other lacks
