@@ -107,6 +107,8 @@ def load_module(s: Session, ko: str, name: str, nodes: tuple[str, ...],
         f"ls -l {' '.join(shlex.quote(n) for n in nodes)} 2>&1; {checks} || exit 11"
     )
     c = guest_run(s, script, MODULE_TIMEOUT)
+    if s.ftrace is not None:
+        s.ftrace.module_loaded()
     c.cmd = f"insmod {' '.join(x for x in (ko, args) if x)} (and wait for {', '.join(nodes)})"
     return c
 
