@@ -597,8 +597,8 @@ def expand(spec: _Spec, source: str, text: str, known: tuple[str, ...],
     out = []
     for (asg, origin), name in zip(unique, names, strict=True):
         keys: dict[str, Any] = {}
-        for where, values, _line in spec.cell_keys:
-            if _matches(asg, where):
+        for match, values, _line in spec.cell_keys:
+            if _matches(asg, match):
                 keys.update(values)
         text_ = _cell_text(spec.base, asg, keys)
         cfg = config.load_text(text_, f"{source}[{name}]", known)
