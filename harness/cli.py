@@ -44,6 +44,7 @@ examples:
   hmmlab bench svm              fault rate, bandwidth, fault latency: hmm_gpu.ko vs test_hmm.ko
   hmmlab bench odp              perftest bandwidth (ODP, pinned), ODP fault and invalidation
                                 cost: hmm-nic vs rxe; fault round trip: hmm-nic vs hmm-gpu
+  hmmlab bench ftrace           what the guest's ftrace costs: hmm-bench, tracing on vs off
 
 exit status of `run`: 0 every test passed, 1 a test failed (a hang, a guest that
 died under a test included), 2 an infrastructure problem (build failed, QEMU would
@@ -136,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "cabled hmm-nics next to rxe in the same guest (7.2 unless CONFIG.yaml "
                     "says otherwise), ODP/pinned ratios, the cost of one ODP page fault and "
                     "one ODP invalidation (hmm-nic next to rxe), and the fault round trip "
-                    "(record to replay, from the DMA traces) of hmm-nic next to hmm-gpu's.")
-    bn.add_argument("which", choices=["svm", "odp"], help="the benchmark")
+                    "(record to replay, from the DMA traces) of hmm-nic next to hmm-gpu's. "
+                    "`ftrace`: hmm-bench's figures with the guest's ftrace on (the run "
+                    "file's ftrace events) next to off, in the same guest.")
+    bn.add_argument("which", choices=["svm", "odp", "ftrace"], help="the benchmark")
     bn.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
                     help="run file for the guest (default: the packaged default; its "
                          "scenarios are replaced by the benchmark)")

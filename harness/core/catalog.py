@@ -25,4 +25,5 @@ SCENARIOS: dict[str, str] = {
     "perftest": "harness.scenarios.perftest",
     "bench-odp": "harness.scenarios.bench_odp",
     "odp-cross-vm": "harness.scenarios.odp_xvm",
+    "bench-ftrace": "harness.scenarios.bench_ftrace",
 }
