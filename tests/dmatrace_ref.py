@@ -1,5 +1,6 @@
 """The record-at-a-time DMA trace decoder and checks, as they were before the numpy
-rewrite of :mod:`harness.checks.dmatrace` (commit 672d996): kept, unchanged, as the
+rewrite of :mod:`harness.checks.dmatrace` (commit 672d996): kept, unchanged (but for
+what ABI additions need: 1.4's EV_CLOCK_SYNC, which the checks ignore), as the
 reference the new implementation is tested against on real and synthetic traces, and
 as the "old" column of ``hmmlab bench trace``. Not used by the scenarios.
 
@@ -116,6 +117,7 @@ class Kind(IntEnum):
     EV_TLB_INV = 16  # event: TLB_INVALIDATE completed (va, aux = len, ~0 = all)
     EV_REPLAY = 17  # event: FAULT_REPLAY
     EV_CANCEL = 18  # event: FAULT_CANCEL (aux = token)
+    EV_CLOCK_SYNC = 19  # event (1.4): the driver's clock (va = guest ns, aux = sequence number)
 
     @property
     def is_event(self) -> bool:
@@ -218,6 +220,8 @@ class TraceRecord:
         if self.kind == Kind.EV_TLB_INV:
             span = "all" if self.aux == ALL else f"len=0x{self.aux:x}"
             return head + f"va=0x{self.va:x} {span} cmd={self.cmd_id} ctx={self.ctx}"
+        if self.kind == Kind.EV_CLOCK_SYNC:
+            return head + f"guest_ns={self.va} seq={self.aux}"
         if self.is_event:
             return head + f"aux=0x{self.aux:x} cmd={self.cmd_id} ctx={self.ctx}"
         text = (head + f"{_name(self.dir):<5} addr=0x{self.addr:x} len={self.len} "
@@ -520,9 +524,10 @@ def check_trace(expectations: Sequence[Expectation], trace: Trace,
     problems = [f"trace: {p}" for p in trace.problems if not p.startswith("truncated")]
     records = trace.records
     if only_first:
-        cut = next((i for i, r in enumerate(records)
-                    if r.va or r.engine == Engine.MMU
-                    or r.kind not in (Kind.CMD_FETCH, Kind.CPL_WRITE, Kind.DATA)), len(records))
+        cut = next((i for i, r in enumerate(records) if r.kind != Kind.EV_CLOCK_SYNC
+                    and (r.va or r.engine == Engine.MMU
+                         or r.kind not in (Kind.CMD_FETCH, Kind.CPL_WRITE, Kind.DATA))),
+                   len(records))
         records = records[:cut]
     # XFER jobs are the copy engine's bus-address (va 0) DMA; MIGRATE's is
     # also va 0 but on the MIGRATE engine

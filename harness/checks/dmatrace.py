@@ -114,6 +114,8 @@ class Kind(IntEnum):
     EV_TLB_INV = 16  # event: TLB_INVALIDATE completed (va, aux = len, ~0 = all)
     EV_REPLAY = 17  # event: FAULT_REPLAY
     EV_CANCEL = 18  # event: FAULT_CANCEL (aux = token)
+    EV_CLOCK_SYNC = 19  # event (1.4): the driver's clock (va = guest ns, aux = sequence number)
+    CLOCK_SYNC = 19  # alias of EV_CLOCK_SYNC
 
     @property
     def is_event(self) -> bool:
@@ -216,6 +218,8 @@ class TraceRecord:
         if self.kind == Kind.EV_TLB_INV:
             span = "all" if self.aux == ALL else f"len=0x{self.aux:x}"
             return head + f"va=0x{self.va:x} {span} cmd={self.cmd_id} ctx={self.ctx}"
+        if self.kind == Kind.EV_CLOCK_SYNC:
+            return head + f"guest_ns={self.va} seq={self.aux}"
         if self.is_event:
             return head + f"aux=0x{self.aux:x} cmd={self.cmd_id} ctx={self.ctx}"
         text = (head + f"{_name(self.dir):<5} addr=0x{self.addr:x} len={self.len} "
@@ -678,11 +682,13 @@ def check_records(exp: Expectation, records: Sequence[TraceRecord] | np.ndarray)
 
 def _first_mmu_activity(rows: np.ndarray) -> int:
     """Index of the first record of the device's MMU work (a walk, an event, a DMA of a
-    VA job), or len(rows)."""
-    plain = _table((Kind.CMD_FETCH, Kind.CPL_WRITE, Kind.DATA))
+    VA job), or len(rows). A clock sync is no work of the device's: the driver writes
+    one at probe and the harness around every scenario."""
+    plain = _table((Kind.CMD_FETCH, Kind.CPL_WRITE, Kind.DATA, Kind.EV_CLOCK_SYNC))
     for lo in range(0, len(rows), CHUNK):
         c = rows[lo:lo + CHUNK]
-        hit = (c["va"] != 0) | (c["engine"] == Engine.MMU) | ~plain[c["kind"]]
+        sync = c["kind"] == Kind.EV_CLOCK_SYNC
+        hit = (((c["va"] != 0) | (c["engine"] == Engine.MMU)) & ~sync) | ~plain[c["kind"]]
         if hit.any():
             return lo + int(hit.argmax())
     return len(rows)

@@ -40,7 +40,8 @@
 
 #define HMM_GPU_ID_MAGIC		0x484d4d47	/* "HMMG" */
 #define HMM_GPU_VERSION_MAJOR		1
-#define HMM_GPU_VERSION_MINOR		3	/* 1.1: MMU, faults, TLB; 1.2: VRAM; 1.3: F_IRQ_LATE */
+/* 1.1: MMU, faults, TLB; 1.2: VRAM; 1.3: F_IRQ_LATE; 1.4: CLOCK_SYNC */
+#define HMM_GPU_VERSION_MINOR		4
 
 /* ---- BAR0 registers ---------------------------------------------------- */
 #define HMM_GPU_REG_ID			0x000	/* RO: HMM_GPU_ID_MAGIC */
@@ -98,9 +99,18 @@
 #define HMM_GPU_REG_VRAM_SIZE_LO	0x0d0	/* RO: bytes (property vram-size) */
 #define HMM_GPU_REG_VRAM_SIZE_HI	0x0d4
 
+/*
+ * Clock sync (1.4): the driver writes its trace clock (ns) here, LO then
+ * HI. LO only latches; the HI write completes the value, emits one
+ * EV_CLOCK_SYNC trace record and clears the latch (HI alone: low bits 0).
+ */
+#define HMM_GPU_REG_CLOCK_SYNC_LO	0x0d8	/* WO: low 32 bits, latched */
+#define HMM_GPU_REG_CLOCK_SYNC_HI	0x0dc	/* WO: high 32 bits, emits */
+
 #define HMM_GPU_CAP_DMA_ENGINE		(1u << 0)	/* COPY/FILL on bus addrs */
 #define HMM_GPU_CAP_MMU			(1u << 1)	/* VA jobs, faults, TLB */
 #define HMM_GPU_CAP_VRAM		(1u << 2)	/* VRAM, MIGRATE, PTE_VRAM */
+#define HMM_GPU_CAP_CLOCK_SYNC		(1u << 3)	/* CLOCK_SYNC_LO/HI */
 
 #define HMM_GPU_RESET_MAGIC		0x52535421	/* "RST!" */
 
@@ -346,6 +356,11 @@ enum hmm_gpu_trace_kind {
 	HMM_GPU_TRACE_EV_TLB_INV	= 16,	/* va, aux = len; at completion */
 	HMM_GPU_TRACE_EV_REPLAY		= 17,
 	HMM_GPU_TRACE_EV_CANCEL		= 18,	/* aux = token */
+	/*
+	 * 1.4, engine QUEUE: a CLOCK_SYNC_HI write. va = the guest clock value
+	 * written (ns), aux = the device's sequence number (1, 2, ...).
+	 */
+	HMM_GPU_TRACE_EV_CLOCK_SYNC	= 19,
 };
 
 #define HMM_GPU_DIR_READ		0	/* device reads memory */

@@ -38,7 +38,7 @@ def test_identity(gpu: Gpu) -> None:
     assert gpu.cfg_read(0x08, 1) == H.PCI_REVISION
     assert gpu.reg("ID") == H.ID_MAGIC
     assert gpu.reg("VERSION") == (H.VERSION_MAJOR << 16) | H.VERSION_MINOR
-    assert gpu.reg("CAPS") == H.CAP_DMA_ENGINE | H.CAP_MMU | H.CAP_VRAM
+    assert gpu.reg("CAPS") == H.CAP_DMA_ENGINE | H.CAP_MMU | H.CAP_VRAM | H.CAP_CLOCK_SYNC
     assert gpu.reg("TLB_ENTRIES") == H.TLB_SIZE
     assert gpu.reg("VEC_FAULT") == H.VEC_FAULT_DEFAULT == 2
     assert H.NUM_VECTORS == 3

@@ -141,7 +141,7 @@ def test_pte_bits_in_header() -> None:
 def test_enum_classes_match_constants() -> None:
     assert {e.name for e in dmatrace.Engine} == {"QUEUE", "COPY", "MMU", "MIGRATE"}
     assert {k.name for k in dmatrace.Kind if k.is_event} == {"EV_TLB_INV", "EV_REPLAY",
-                                                              "EV_CANCEL"}
+                                                              "EV_CANCEL", "EV_CLOCK_SYNC"}
     assert {f"HMM_GPU_ENGINE_{e.name}" for e in dmatrace.Engine} | {
         f"HMM_GPU_TRACE_{k.name}" for k in dmatrace.Kind} | {
         f"HMM_GPU_DIR_{d.name}" for d in dmatrace.Dir} <= set(dmatrace.C_CONSTANTS)

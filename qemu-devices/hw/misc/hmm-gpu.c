@@ -20,6 +20,10 @@
  * (memcpy), and page-table leaves with PTE_VRAM point VA jobs at VRAM
  * offsets, which they access directly without system-memory DMA.
  *
+ * ABI 1.4 adds CLOCK_SYNC: the driver writes its trace clock into a register
+ * pair and the device records it in the DMA trace with the virtual time of
+ * the write, so guest and device events can be put on one time line.
+ *
  * This file is the register front end and the QOM device; the engine is in
  * hmm-gpu-engine.c. What a second device needs too (rings, interrupts and
  * error reporting, DMA accounting and the DMA trace stream, the device MMU
@@ -46,6 +50,7 @@
 #include "hw/registerfields.h"
 #include "migration/vmstate.h"
 #include "hmm-gpu.h"
+#include "hmm-common/dma.h"
 #include "trace.h"
 
 /* BAR0 registers of hmm-gpu's own (the shared ones: hmm-common/regs.h) */
@@ -63,6 +68,8 @@ REG32(CPLQ_TAIL, HMM_GPU_REG_CPLQ_TAIL)
 REG32(CPLQ_CTRL, HMM_GPU_REG_CPLQ_CTRL)
 REG32(VRAM_SIZE_LO, HMM_GPU_REG_VRAM_SIZE_LO)
 REG32(VRAM_SIZE_HI, HMM_GPU_REG_VRAM_SIZE_HI)
+REG32(CLOCK_SYNC_LO, HMM_GPU_REG_CLOCK_SYNC_LO)
+REG32(CLOCK_SYNC_HI, HMM_GPU_REG_CLOCK_SYNC_HI)
 
 /* the ABI header and the library agree on the shared registers */
 QEMU_BUILD_BUG_ON(HMM_GPU_REG_ID != HMM_REG_ID ||
@@ -174,7 +181,8 @@ static const HmmMmuConfig hmm_gpu_mmu_config = {
 static const HmmRegsInfo hmm_gpu_regs_info = {
     .id = HMM_GPU_ID_MAGIC,
     .version = HMM_GPU_VERSION_MAJOR << 16 | HMM_GPU_VERSION_MINOR,
-    .caps = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU | HMM_GPU_CAP_VRAM,
+    .caps = HMM_GPU_CAP_DMA_ENGINE | HMM_GPU_CAP_MMU | HMM_GPU_CAP_VRAM |
+            HMM_GPU_CAP_CLOCK_SYNC,
     .max_xfer = HMM_GPU_MAX_XFER,
     .num_vectors = HMM_GPU_NUM_VECTORS,
     .tlb_entries = HMM_GPU_TLB_SIZE,
@@ -199,6 +207,7 @@ static void hmm_gpu_soft_reset(HmmGpuState *s, const char *why)
     hmm_ring_reset(&s->cmdq);
     hmm_ring_reset(&s->cplq);
     s->status = HMM_GPU_STATUS_READY;
+    s->clock_sync_lo = 0;
     hmm_regs_reset(&s->regs);
     hmm_core_reset(&s->core);
 }
@@ -267,6 +276,10 @@ static uint64_t hmm_gpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
         break;
     case A_VRAM_SIZE_HI:
         val = extract64(s->vram_size, 32, 32);
+        break;
+    case A_CLOCK_SYNC_LO:
+    case A_CLOCK_SYNC_HI:
+        val = 0;                                /* write-only */
         break;
     default:
         hmm_reg_error(&s->core, addr, 0, size, "read of undefined register");
@@ -347,6 +360,27 @@ static bool hmm_gpu_write_ring_index(HmmGpuState *s, HmmWrite res,
     }
 }
 
+/*
+ * CLOCK_SYNC_HI: the guest's trace clock, @guest_ns, at (about) this
+ * virtual time. The record's timestamp is the virtual clock of this write
+ * (the write starts a run of its own), which is the pair a tool maps guest
+ * time onto device time with.
+ */
+static void hmm_gpu_clock_sync(HmmGpuState *s, uint64_t guest_ns)
+{
+    HmmDmaRec r = {
+        .engine = HMM_GPU_ENGINE_QUEUE,
+        .kind = HMM_GPU_TRACE_EV_CLOCK_SYNC,
+        .dir = HMM_GPU_DIR_NONE,
+        .va = guest_ns,
+        .aux = ++s->cnt_clock_syncs,
+        .res = MEMTX_OK,
+    };
+
+    trace_hmm_gpu_clock_sync(guest_ns, r.aux);
+    hmm_dma_note(&s->core, &r);
+}
+
 /* What a write to a shared register asks of hmm-gpu. */
 static void hmm_gpu_shared_write(HmmGpuState *s, HmmRegWrite what,
                                  hwaddr addr, uint32_t val)
@@ -422,6 +456,13 @@ static void hmm_gpu_mmio_write_reg(HmmGpuState *s, hwaddr addr, uint64_t val,
         hmm_gpu_write_ring_config(s, &s->cplq, A_CPLQ_BASE_LO, addr, val,
                                   "completion queue reconfigured while "
                                   "enabled");
+        break;
+    case A_CLOCK_SYNC_LO:
+        s->clock_sync_lo = val;
+        break;
+    case A_CLOCK_SYNC_HI:
+        hmm_gpu_clock_sync(s, deposit64(s->clock_sync_lo, 32, 32, val));
+        s->clock_sync_lo = 0;                   /* one value per LO/HI pair */
         break;
     case A_CMDQ_CTRL:
         hmm_gpu_write_cmdq_ctrl(s, val);
@@ -597,6 +638,8 @@ static void hmm_gpu_instance_init(Object *obj)
                                    OBJ_PROP_FLAG_READ);
     object_property_add_uint64_ptr(obj, "vram-bytes-written",
                                    &s->cnt_vram_write_bytes,
+                                   OBJ_PROP_FLAG_READ);
+    object_property_add_uint64_ptr(obj, "clock-syncs", &s->cnt_clock_syncs,
                                    OBJ_PROP_FLAG_READ);
 }
 

@@ -74,6 +74,7 @@ struct HmmGpuState {
     HmmRegs regs;           /* the shared registers: vectors, SCRATCH */
 
     uint32_t status;
+    uint32_t clock_sync_lo; /* CLOCK_SYNC_LO latched until the HI write */
 
     /* in-flight jobs: runnable, done, or stalled (in mmu) */
     HmmGpuJobList runnable;
@@ -89,6 +90,7 @@ struct HmmGpuState {
     uint64_t cnt_migrate_from_vram; /* pages */
     uint64_t cnt_vram_read_bytes;
     uint64_t cnt_vram_write_bytes;
+    uint64_t cnt_clock_syncs;       /* also EV_CLOCK_SYNC's sequence number */
 };
 
 /* hmm-gpu.c */
