@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from harness.checks.dmatrace import Kind
 from harness.checks.ftrace import US, Event
 
-# enum hmm_gpu_trace_kind's HMM_GPU_TRACE_EV_CLOCK_SYNC (docs/device-abi.md): va =
-# the guest clock written, aux = the device's sequence number
-EV_CLOCK_SYNC = 19
+# the device's record of a sync (docs/device-abi.md): va = the guest clock written,
+# aux = the device's sequence number
+EV_CLOCK_SYNC = int(Kind.EV_CLOCK_SYNC)
 SYNC_EVENT = "hmm_gpu_clock_sync"
 
 
