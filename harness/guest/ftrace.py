@@ -9,7 +9,9 @@ others are recorded as missing), ``tracing_on``. Around each scenario
 ``clock_sync`` (a clock-sync pair at each edge; a driver without the
 attribute is recorded, and the run goes on); after it, the per-CPU buffer
 statistics and the ``trace`` text, appended to ``ftrace.txt`` under a
-``# hmmlab: scenario <name>`` line, and the buffer emptied.
+``# hmmlab: scenario <name>`` line, and the buffer emptied. (While the text
+is read the kernel pauses recording: the harness's own commands then are
+not in it.)
 
 A module's trace events exist only while it is loaded, and a kernel before
 6.14 cannot enable them ahead of the load (``set_event``'s ``:mod:``). So
@@ -229,7 +231,8 @@ class Collector:
             return
         parts = _sections(out)
         st.syncs += [s for s in parts.get("syncs", "").split("\n") if s]
-        self.enabled = parts.get("set_event", "").split()
+        # a union: a module unloaded by now had its events on while it was there
+        self.enabled = list(dict.fromkeys(self.enabled + parts.get("set_event", "").split()))
         for key, text in parts.items():
             if key.startswith("stats "):
                 lost = ftrace.lost_of(ftrace.parse_stats(text))
@@ -248,6 +251,11 @@ class Collector:
         if st.lost:
             log.warning("ftrace: %s: events lost per CPU %s (buffer_kb %d)", name, st.lost,
                         self.cfg.buffer_kb)
+
+    def unread(self, name: str, why: str) -> None:
+        """The scenario's trace could not be read (the guest is gone): say so."""
+        st = self.scenarios.setdefault(name, ScenarioTrace(name))
+        st.error = (st.error + "; " if st.error else "") + f"trace not read: {why}"
 
     def summary(self) -> dict[str, Any]:
         """results.json's ``environment.ftrace``."""

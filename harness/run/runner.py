@@ -459,8 +459,11 @@ class Runner:
             self._guarded(name, lambda sc=sc: sc.run(session), session.guest)
             self._spans.append(timeline.Span(name, start, time.monotonic_ns(), args={
                 t.path: str(t.status) for t in r.tests[before:]}))
-            if self._ftrace is not None and not session.guest.exit_reason():
-                self._ftrace.end(name)
+            if self._ftrace is not None:
+                if gone_now := session.guest.exit_reason():
+                    self._ftrace.unread(name, gone_now)
+                else:
+                    self._ftrace.end(name)
             self._running = None
             self._finished.add(name)
             if i + 1 == len(plan):
