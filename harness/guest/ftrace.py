@@ -157,7 +157,8 @@ class Collector:
             raise FtraceError(f"tracefs: {(err or out).strip()}")
         out = self._sh(
             "echo 0 > tracing_on && echo mono > trace_clock && "
-            f"echo {int(self.cfg.buffer_kb)} > buffer_size_kb && : > set_event && : > trace; "
+            f"echo {int(self.cfg.buffer_kb)} > buffer_size_kb && : > set_event && : > trace "
+            "|| exit 12; "
             f"echo '## clock'; cat trace_clock; echo '## readme'; grep -F {shlex.quote(MOD_README)}"
             " README; echo '## available'; cat available_events")
         parts = _sections(out)
