@@ -74,6 +74,7 @@ class BenchFtrace:
         fig["traced"] = traced  # per traced run: events written, lost
         fig["events"] = collector.enabled
         fig["notes"] = fig["notes"] + [
+            "the order alternates per round (odd rounds: off first); "
             f"driver {d.label} (prefault=0); events: {', '.join(s.cfg.ftrace.events)}; "
             f"buffer {s.cfg.ftrace.buffer_kb} KiB per CPU; traced runs wrote "
             + ", ".join(f"{t['written']} ({t['lost']} lost)" for t in traced) + " events"]
