@@ -225,6 +225,14 @@ struct hmm_gpu_dev {
 	bool			dmirror_registered;
 
 	struct hmm_gpu_dmem	dmem;
+	/*
+	 * Clock sync (hmm_gpu_clock.c). sync_lock keeps a LO/HI pair whole:
+	 * another sync or a RESET (which clears the device's latch) in
+	 * between would make the device record a wrong value.
+	 */
+	spinlock_t		sync_lock;
+	u32			syncs;		/* under sync_lock */
+	u64			sync_last_ns;	/* under sync_lock; read without */
 	/* Every SVM context of the device (hmm_gpu_svm_zap_migrating()). */
 	struct rw_semaphore	svms_sem;
 	struct list_head	svms;
@@ -262,6 +270,11 @@ struct hmm_gpu_cmd_desc {
 
 /* hmm_gpu_main.c */
 void hmm_gpu_put(struct hmm_gpu_dev *gdev);
+
+/* hmm_gpu_clock.c */
+extern const struct attribute_group *hmm_gpu_dev_groups[];
+int hmm_gpu_clock_sync(struct hmm_gpu_dev *gdev);
+void hmm_gpu_clock_sync_periodic(struct hmm_gpu_dev *gdev);
 
 /* hmm_gpu_queue.c */
 int hmm_gpu_queue_alloc(struct hmm_gpu_dev *gdev);

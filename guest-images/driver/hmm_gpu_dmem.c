@@ -51,6 +51,7 @@
 
 #include "hmm_gpu.h"
 #include "hmm_gpu_compat.h"
+#include "hmm_gpu_trace.h"
 
 #define HMM_GPU_CHUNK_SIZE	(2ul << 20)
 #define HMM_GPU_CHUNK_PAGES	(HMM_GPU_CHUNK_SIZE >> PAGE_SHIFT)
@@ -779,6 +780,10 @@ static long hmm_gpu_dmem_evict_chunk(struct hmm_gpu_chunk *chunk)
 				       &batch);
 	migrate_device_pages(src, dst, HMM_GPU_CHUNK_PAGES);
 	migrate_device_finalize(src, dst, HMM_GPU_CHUNK_PAGES);
+	/* Empty chunks (evict_all() goes through all of them) are no news. */
+	if (ret)
+		trace_hmm_gpu_evict(gdev->pdev, (u64)(chunk - gdev->dmem.chunks) * HMM_GPU_CHUNK_SIZE,
+				    max(ret, 0L));
 out:
 	kvfree(src);
 	kvfree(dst);
@@ -977,16 +982,19 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 	bool unmap;
 	long ret;
 
+	trace_hmm_gpu_migrate_begin(gdev->pdev, false, args.start, args.end, nr);
 	if (nr > 1) {
 		args.src = kcalloc(nr, sizeof(*args.src), GFP_KERNEL);
 		args.dst = kcalloc(nr, sizeof(*args.dst), GFP_KERNEL);
 		args.flags |= HMM_GPU_SELECT_COMPOUND;
 		if (!args.src || !args.dst) {
 			vret = VM_FAULT_OOM;
+			ret = -ENOMEM;
 			goto out;
 		}
 	}
-	if (migrate_vma_setup(&args)) {
+	ret = migrate_vma_setup(&args);
+	if (ret) {
 		vret = VM_FAULT_SIGBUS;
 		goto out;
 	}
@@ -1008,6 +1016,7 @@ static vm_fault_t hmm_gpu_dmem_migrate_to_ram(struct vm_fault *vmf)
 	gdev->dmem.stats.cpu_faults++;
 	spin_unlock_irq(&gdev->dmem.lock);
 out:
+	trace_hmm_gpu_migrate_end(gdev->pdev, false, args.start, args.end, nr, args.cpages, ret);
 	if (nr > 1) {
 		kfree(args.src);
 		kfree(args.dst);

@@ -16,6 +16,7 @@
 #include "hmm_gpu.h"
 #include "hmm_gpu_compat.h"
 #include "hmm_gpu_svm.h"
+#include "hmm_gpu_trace.h"
 
 /* Fault ahead at most this far past the faulting page, per fault round. */
 #define HMM_GPU_FAULT_AHEAD_MAX	(64ull << 20)
@@ -368,9 +369,14 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		struct hmm_gpu_fault *f = &faults[i];
 		struct hmm_gpu_op *op;
 
-		if (f->gone)
+		if (f->gone) {
+			trace_hmm_gpu_fault_end(gdev->pdev, f->token, f->ctx, f->va, 0,
+						HMM_GPU_FAULT_DROP);
 			continue;
+		}
 		if (!f->err) {
+			trace_hmm_gpu_fault_end(gdev->pdev, f->token, f->ctx, f->va, 0,
+						HMM_GPU_FAULT_REPLAY);
 			replay = true;
 			continue;
 		}
@@ -382,6 +388,8 @@ void hmm_gpu_svm_handle_faults(struct hmm_gpu_dev *gdev, unsigned int n)
 		if (cancel)
 			gdev->stats.cancels++;
 		spin_unlock_irq(&gdev->lock);
+		trace_hmm_gpu_fault_end(gdev->pdev, f->token, f->ctx, f->va, f->err,
+					cancel ? HMM_GPU_FAULT_CANCEL : HMM_GPU_FAULT_DROP);
 		if (cancel)
 			hmm_gpu_write(gdev, HMM_GPU_REG_FAULT_CANCEL, f->token);
 		if (f->svm) {

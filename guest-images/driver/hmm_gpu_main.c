@@ -24,6 +24,9 @@
 #include "hmm_gpu_compat.h"
 #include "hmm_gpu_uapi.h"
 
+#define CREATE_TRACE_POINTS
+#include "hmm_gpu_trace.h"
+
 static DEFINE_IDA(hmm_gpu_ida);
 static struct dentry *hmm_gpu_debugfs_root;
 
@@ -561,6 +564,7 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	kref_init(&gdev->ref);
 	ida_init(&gdev->ctx_ida);
 	spin_lock_init(&gdev->lock);
+	spin_lock_init(&gdev->sync_lock);
 	init_waitqueue_head(&gdev->tag_wq);
 	mutex_init(&gdev->reset_lock);
 	mutex_init(&gdev->db_mutex);
@@ -626,6 +630,8 @@ static int hmm_gpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	spin_unlock_irq(&gdev->lock);
 	if (ret)
 		goto err_reset;
+	/* The first point of the guest/device time line (old devices: none). */
+	hmm_gpu_clock_sync(gdev);
 
 	gdev->debugfs = debugfs_create_dir(pci_name(pdev), hmm_gpu_debugfs_root);
 	debugfs_create_file("stats", 0444, gdev->debugfs, gdev, &hmm_gpu_stats_fops);
@@ -714,6 +720,7 @@ static struct pci_driver hmm_gpu_driver = {
 	.id_table	= hmm_gpu_ids,
 	.probe		= hmm_gpu_probe,
 	.remove		= hmm_gpu_remove,
+	.dev_groups	= hmm_gpu_dev_groups,
 };
 
 static int __init hmm_gpu_init(void)

@@ -14,6 +14,7 @@
 #include "hmm_gpu.h"
 #include "hmm_gpu_compat.h"
 #include "hmm_gpu_svm.h"
+#include "hmm_gpu_trace.h"
 
 /* Clear the translations of the runs of pages @args selected into @z. */
 static void hmm_gpu_svm_clear_migrating(struct hmm_gpu_svm *svm, const struct migrate_vma *args,
@@ -186,11 +187,13 @@ static long hmm_gpu_migrated_pages(const struct migrate_vma *args)
  * Migrate [start, end) (one VMA, one level-0 table, at most
  * HMM_GPU_MIGRATE_MAX_PAGES) to VRAM: an aligned 2 MiB as one device folio
  * where the kernel and VRAM allow. mmap_lock held for read. Returns the
- * pages migrated or an error.
+ * pages migrated or an error; *@cpages: the pages migrate_vma_setup()
+ * collected.
  */
 static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_struct *vma,
 				      u64 start, u64 end, unsigned long *src,
-				      unsigned long *dst, struct page **pages)
+				      unsigned long *dst, struct page **pages,
+				      unsigned long *cpages)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
@@ -225,6 +228,7 @@ static long hmm_gpu_svm_window_to_dev(struct hmm_gpu_svm *svm, struct vm_area_st
 	ret = migrate_vma_setup(&args);
 	if (ret)
 		goto out;
+	*cpages = args.cpages;
 	if (!args.cpages) {
 		migrate_vma_finalize(&args);
 		goto out;
@@ -257,10 +261,11 @@ out:
 /*
  * Migrate [start, end) (one VMA, <= HMM_GPU_MIGRATE_MAX_PAGES) back to RAM,
  * a 2 MiB device folio to a 2 MiB system folio where one can be had.
+ * Returns as hmm_gpu_svm_window_to_dev() does.
  */
 static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_struct *vma,
 				      u64 start, u64 end, unsigned long *src,
-				      unsigned long *dst)
+				      unsigned long *dst, unsigned long *cpages)
 {
 	struct hmm_gpu_dev *gdev = svm->gdev;
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
@@ -283,6 +288,7 @@ static long hmm_gpu_svm_window_to_sys(struct hmm_gpu_svm *svm, struct vm_area_st
 	ret = migrate_vma_setup(&args);
 	if (ret)
 		return ret;
+	*cpages = args.cpages;
 	if (!args.cpages) {
 		migrate_vma_finalize(&args);
 		return 0;
@@ -326,6 +332,7 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev, u
 	unsigned long *src = few_src, *dst = few_dst;
 	struct page **res = few_res;
 	u64 addr, end = va + len, next;
+	unsigned long cpages;
 	long n;
 	int ret = 0;
 
@@ -361,10 +368,15 @@ int hmm_gpu_svm_migrate(struct hmm_gpu_svm *svm, u64 va, u64 len, bool to_dev, u
 		next = min_t(u64, next, addr + HMM_GPU_MIGRATE_MAX_PAGES * PAGE_SIZE);
 		if (!to_dev && !gdev->dmem.max_chunks)
 			break;
+		cpages = 0;
+		trace_hmm_gpu_migrate_begin(gdev->pdev, to_dev, addr, next,
+					    (next - addr) >> PAGE_SHIFT);
 		if (to_dev)
-			n = hmm_gpu_svm_window_to_dev(svm, vma, addr, next, src, dst, res);
+			n = hmm_gpu_svm_window_to_dev(svm, vma, addr, next, src, dst, res, &cpages);
 		else
-			n = hmm_gpu_svm_window_to_sys(svm, vma, addr, next, src, dst);
+			n = hmm_gpu_svm_window_to_sys(svm, vma, addr, next, src, dst, &cpages);
+		trace_hmm_gpu_migrate_end(gdev->pdev, to_dev, addr, next,
+					  (next - addr) >> PAGE_SHIFT, cpages, n);
 		if (n < 0) {
 			ret = n;
 			break;

@@ -12,6 +12,7 @@
 #include <linux/slab.h>
 
 #include "hmm_gpu.h"
+#include "hmm_gpu_trace.h"
 
 static void hmm_gpu_fault_work(struct work_struct *work);
 
@@ -121,6 +122,7 @@ static unsigned int hmm_gpu_fault_drain(struct hmm_gpu_dev *gdev)
 		f->token = le16_to_cpu((__force __le16)rec->token);
 		f->access = rec->access;
 		f->reason = rec->reason;
+		trace_hmm_gpu_fault_begin(gdev->pdev, f->token, f->ctx, f->va, f->access);
 		gdev->fq_head = (gdev->fq_head + 1) % HMM_GPU_FAULTQ_ENTRIES;
 	}
 	if (n) {
@@ -151,6 +153,8 @@ static void hmm_gpu_fault_work(struct work_struct *work)
 		gdev->stats.fault_service_ns += ns;
 		gdev->stats.fault_service_max_ns = max(gdev->stats.fault_service_max_ns, ns);
 		spin_unlock_irq(&gdev->lock);
+		/* Time line points where the faults are, 10 ms apart at most. */
+		hmm_gpu_clock_sync_periodic(gdev);
 		/* A device that faults again at once must not hog the CPU. */
 		cond_resched();
 	}

@@ -100,7 +100,10 @@ void hmm_gpu_hw_reset(struct hmm_gpu_dev *gdev)
 {
 	u32 status;
 
+	/* Not between the halves of a clock sync: a reset clears the latch. */
+	spin_lock_irq(&gdev->sync_lock);
 	hmm_gpu_write(gdev, HMM_GPU_REG_RESET, HMM_GPU_RESET_MAGIC);
+	spin_unlock_irq(&gdev->sync_lock);
 	if (readl_poll_timeout(gdev->mmio + HMM_GPU_REG_STATUS, status,
 			       status == U32_MAX || (status & HMM_GPU_STATUS_READY),
 			       100, 100 * USEC_PER_MSEC))

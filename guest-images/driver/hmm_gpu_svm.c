@@ -19,6 +19,7 @@
 #include "hmm_gpu_compat.h"
 #include "hmm_gpu_svm.h"
 #include "hmm_gpu_dmirror_abi.h"
+#include "hmm_gpu_trace.h"
 
 u32 hmm_gpu_svm_ctx(struct hmm_gpu_svm *svm)
 {
@@ -49,6 +50,7 @@ static bool hmm_gpu_mirror_invalidate(struct hmm_gpu_svm *svm,
 	u64 end = range->end >= hi ? hi : PAGE_ALIGN(range->end);
 	bool own = range->owner == svm->gdev;
 
+	trace_hmm_gpu_invalidate(svm->gdev->pdev, range, cur_seq);
 	/*
 	 * Our own exclusive grabs map the device side themselves, under their
 	 * own read_begin/read_retry section, which this event must not fail.
@@ -561,6 +563,7 @@ int hmm_gpu_svm_exclusive(struct hmm_gpu_svm *svm, u64 va, u64 npages)
 		ret = hmm_gpu_svm_exclusive_chunk(svm, addr, next);
 	}
 	mmput(svm->mm);
+	trace_hmm_gpu_exclusive(svm->gdev->pdev, va, end, ret);
 	return ret;
 }
 
