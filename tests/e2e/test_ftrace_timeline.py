@@ -6,7 +6,8 @@ timeline.pftrace with Perfetto's protos and checks, for the device's first
 fault record: the device wrote it before the driver took it off the ring
 (``hmm_gpu_fault_begin``), the driver finished (``hmm_gpu_fault_end``)
 before the device's REPLAY, one flow joins the three; and the clock
-alignment is measured and within a few microseconds. It prints the
+alignment is measured: the quick pairs' median |residual| within a few
+microseconds (p95 and max printed, README "Guest ftrace"). It prints the
 alignment and what the collection cost (README "Guest ftrace").
 """
 
@@ -73,8 +74,9 @@ def test_a_device_fault_its_service_and_replay_line_up_in_order_on_one_flow(
     print("guest tracks:", json.dumps({k: v for k, v in guest.items()
                                        if k not in ("alignment", "alignment_text")}))
     a = guest["alignment"]
-    assert a["pairs"] >= 2
-    assert a["residual_max_ns"] < FEW_US and a["rtt_half_median_ns"] < FEW_US
+    # 16 clock_sync writes per scenario edge, and the fault worker's
+    assert a["pairs"] >= 4 * 16 and a["pairs_used"] >= a["pairs"] // 2
+    assert a["residual_median_ns"] < FEW_US
 
     faults = read_kinds(run.dir / "dmatrace-0.bin", [Kind.FAULT_WRITE])
     assert faults, "svm-mirror made the device fault"

@@ -34,7 +34,34 @@ def test_the_fit_recovers_a_known_slope_and_offset_within_the_noise():
         assert abs(m.to_virtual(g) - (virtual(g) + noise / 2)) <= noise
     d = a.to_dict()
     assert d["slope_ppm"] == pytest.approx(-37, abs=0.2) and d["resolution_ns"] == 1000
-    assert "200 clock-sync pairs" in a.text()
+    assert "200 of 200 clock-sync pairs" in a.text()
+
+
+def test_slow_writes_stay_out_of_the_line():
+    """A write that waited in QEMU is stamped late by up to its round trip: the
+    line goes through the quick half only, and the slow ones show in the
+    all-pairs figures."""
+    rng = random.Random(3)
+    pairs = []
+    for i in range(100):
+        g = 5_000_000_000 + i * 20_000_000
+        if i % 2:  # slow: 30-900 us round trip, stamped somewhere in it
+            rtt = rng.randrange(30_000, 900_000)
+            late = rng.randrange(rtt)
+        else:  # quick: 8-12 us, stamped 5 us after the read (+-300 ns)
+            rtt = rng.randrange(8_000, 12_000)
+            late = 5_000 + rng.randrange(-300, 300)
+        pairs.append(clocksync.Pair("d", g, virtual(g) + late, rtt))
+    m = clocksync.fit(pairs)
+    assert m is not None
+    a = m.alignment
+    assert a.pairs == 100 and a.pairs_used == 50  # the median cuts between the two kinds
+    assert abs(a.slope - SLOPE) < 0.1e-6
+    assert a.residual_max_ns <= 600 and a.residual_p95_ns <= 600
+    assert a.residual_all_max_ns > 10_000  # the slow ones, about the same line
+    assert a.rtt_half_max_ns < 6_000
+    g = 5_000_000_000 + 33 * 20_000_000
+    assert abs(m.to_virtual(g) - (virtual(g) + 5_000)) < 300
 
 
 def test_one_pair_gives_slope_one_and_none_gives_no_map():

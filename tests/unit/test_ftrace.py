@@ -82,6 +82,7 @@ def test_the_collection_scripts_split_into_their_sections():
     assert parts["syncs"].split() == ["sync", "0000:00:04.0", "nosync", "0000:00:05.0", "none"]
     assert parts["trace"] == "line\n" and parts[""] == "x\n"
     assert collect.GPU_PCI_ID in collect.sync_script()
+    assert "-lt 16 ]" in collect.sync_script() and "-lt 3 ]" in collect.sync_script(3)
 
 
 def test_ftrace_is_off_by_default_and_on_with_the_default_events():
