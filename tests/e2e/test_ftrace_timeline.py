@@ -74,8 +74,10 @@ def test_a_device_fault_its_service_and_replay_line_up_in_order_on_one_flow(
     print("guest tracks:", json.dumps({k: v for k, v in guest.items()
                                        if k not in ("alignment", "alignment_text")}))
     a = guest["alignment"]
-    # 16 clock_sync writes per scenario edge, and the fault worker's
-    assert a["pairs"] >= 4 * 16 and a["pairs_used"] >= a["pairs"] // 2
+    # 16 clock_sync writes per scenario edge once the driver is bound (smoke's
+    # start is before its insmod), and the fault worker's; the probe's is not
+    # traced on 6.12 (its events are enabled after the insmod)
+    assert a["pairs"] >= 3 * 16 and a["pairs_used"] >= a["pairs"] // 2
     assert a["residual_median_ns"] < FEW_US
 
     faults = read_kinds(run.dir / "dmatrace-0.bin", [Kind.FAULT_WRITE])
