@@ -7,8 +7,9 @@ records (harness.checks.clocksync maps guest mono ns onto the virtual clock):
   ``dmatrace-N.bin`` by the PCI devfn in the trace's header): fault service
   as slices from ``hmm_gpu_fault_begin`` to ``hmm_gpu_fault_end`` (token,
   action), each joined by a flow to the device's fault record before it
-  (same token, the nearest one before) and on to the REPLAY or CANCEL that
-  released it; migrations as slices (begin .. end on one thread);
+  (same token, the nearest one before) and to the REPLAY or CANCEL that
+  released it (which may come first: one REPLAY releases every stalled
+  job); migrations as slices (begin .. end on one thread);
   notifier invalidations, evictions, device-exclusive grants and the clock
   syncs as instants with their fields;
 - the kernel's events, a track per trace system (migrate, exceptions, tlb,
@@ -104,21 +105,31 @@ def join_faults(device: Sequence[DeviceFault], begins: Sequence[tuple[int, int]]
 
     ``begins``: (virtual ns, token) of each fault_begin. Each device fault,
     in time order, takes the first begin of its token not yet taken at or
-    after its record (less ``slack_ns`` of misalignment), and before its
-    release if it has one."""
+    after its record (less ``slack_ns`` of misalignment) and before the
+    device next uses that token. Not bounded by the fault's release: one
+    REPLAY lets every stalled job walk again, so the driver may take a
+    record off the ring after the replay that released it already."""
     by_token: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for n, (ts, token) in enumerate(begins):
         by_token[token].append((ts, n))
     for lst in by_token.values():
         lst.sort()
+    order = sorted(range(len(device)), key=lambda k: device[k].start)
+    reuse: dict[int, int] = {}  # device fault -> when its token is next used
+    last: dict[int, int] = {}
+    for i in reversed(order):
+        f = device[i]
+        if f.token in last:
+            reuse[i] = last[f.token]
+        last[f.token] = f.start
     taken: set[int] = set()
     out: dict[int, int] = {}
-    for i in sorted(range(len(device)), key=lambda k: device[k].start):
+    for i in order:
         f = device[i]
         for ts, n in by_token.get(f.token, []):
             if n in taken or ts < f.start - slack_ns:
                 continue
-            if f.end >= 0 and ts > f.end + slack_ns:
+            if i in reuse and ts >= reuse[i] - slack_ns:
                 break
             taken.add(n)
             out[n] = i

@@ -150,9 +150,15 @@ def test_without_a_clock_sync_pair_no_guest_track_is_drawn(tmp_path):
 def test_a_fault_takes_the_first_service_of_its_token_after_it():
     faults = [timeline_guest.DeviceFault(1_000, 5_000, 3, 1),
               timeline_guest.DeviceFault(9_000, 20_000, 3, 2),
-              timeline_guest.DeviceFault(2_000, 6_000, 4, 3)]
-    begins = [(1_500, 3), (2_500, 4), (9_100, 3), (300_000, 3)]
-    assert timeline_guest.join_faults(faults, begins, slack_ns=100) == {0: 0, 1: 2, 2: 1}
+              timeline_guest.DeviceFault(2_000, 3_000, 4, 3),
+              timeline_guest.DeviceFault(40_000, 41_000, 5, 4)]
+    # token 4's record is serviced after a replay released it (at 3_000); token 3's
+    # second fault takes the service after its record (9_100), the first one's
+    # came before it; a begin before any record of its token (39_000) and one
+    # left over (300_000) join nothing
+    begins = [(1_500, 3), (7_000, 4), (9_100, 3), (300_000, 3), (39_000, 5)]
+    got = timeline_guest.join_faults(faults, begins, slack_ns=100)
+    assert got == {0: 0, 1: 2, 2: 1}
     assert timeline_guest.devfn_of("0000:00:04.0") == 0x20
     assert timeline_guest.devfn_of("00:1f.7") == 0xFF and timeline_guest.devfn_of("x") is None
 
