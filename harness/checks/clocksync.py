@@ -17,6 +17,15 @@ its round trip and would pull the line (docs/device-abi.md, "clock sync",
 measures this). The harness writes ``clock_sync`` several times at each
 scenario edge so that there are quick ones.
 
+The two clocks can also step against each other: under TCG the guest's TSC
+is the host's plus an offset QEMU raises when it sees the host TSC go
+backwards (a vCPU thread moved to a host CPU whose TSC lags), and a
+12 ms step was seen in a 160 s run. So the offsets of the quick pairs are
+cut into segments where they jump (more than :data:`STEP_NS` beyond a
+20 ppm drift), a line is fitted per segment, and each step is reported
+with the guest-time window it happened in (events inside that window may
+be off by the step).
+
 How well it lines up (:class:`Alignment`): the residuals of the pairs used
 about the line (median, p95, max; and of every pair, for comparison), the
 bound the writes put on the offset (the driver read its clock up to
@@ -27,6 +36,8 @@ constant taken from the middle), and the ftrace text's own resolution
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +52,8 @@ from harness.checks.ftrace import US, Event
 # aux = the device's sequence number
 EV_CLOCK_SYNC = int(Kind.EV_CLOCK_SYNC)
 SYNC_EVENT = "hmm_gpu_clock_sync"
+STEP_NS = 20_000  # an offset change this much beyond the drift is a step
+DRIFT = 20e-6  # the most the two clocks' rates differ in a segment (measured: ~1 ppm)
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,7 @@ class Alignment:
     pairs: int  # every pair found
     pairs_used: int  # the quick ones the line goes through
     rtt_cut_ns: int  # used: rtt_ns at most this (the median)
-    slope: float  # virtual ns per guest ns
+    slope: float  # virtual ns per guest ns (the first segment's)
     offset_ns: int  # virtual = slope * (guest - origin) + offset at origin
     origin_ns: int
     residual_median_ns: float  # |residual| of the pairs used
@@ -71,9 +84,13 @@ class Alignment:
     resolution_ns: int = US  # ftrace's text: microseconds
     unmatched_driver: int = 0  # driver syncs with no device record (and vice versa)
     unmatched_device: int = 0
+    # a step between segments: {"after_ns", "before_ns" (guest: the window it
+    # happened in), "step_ns" (the change of virtual - guest)}
+    steps: tuple[dict[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["steps"] = [dict(st) for st in self.steps]
         d["slope_ppm"] = round((self.slope - 1.0) * 1e6, 3)
         for k in ("residual_median_ns", "residual_p95_ns", "residual_max_ns",
                   "residual_all_median_ns", "residual_all_max_ns", "rtt_half_median_ns",
@@ -82,6 +99,9 @@ class Alignment:
         return d
 
     def text(self) -> str:
+        steps = "".join(f"; a step of {st['step_ns'] / 1e6:+.3f} ms between guest "
+                        f"{st['after_ns'] / 1e9:.3f} s and {st['before_ns'] / 1e9:.3f} s"
+                        for st in self.steps)
         return (f"{self.pairs_used} of {self.pairs} clock-sync pairs (rtt <= "
                 f"{self.rtt_cut_ns / 1000:.1f} us): |residual| median "
                 f"{self.residual_median_ns:.0f} ns, p95 {self.residual_p95_ns:.0f} ns, max "
@@ -89,16 +109,34 @@ class Alignment:
                 f"{self.residual_all_median_ns:.0f} ns, max {self.residual_all_max_ns:.0f} ns); "
                 f"write rtt/2 median {self.rtt_half_median_ns:.0f} ns, max "
                 f"{self.rtt_half_max_ns:.0f} ns; slope {(self.slope - 1.0) * 1e6:+.1f} ppm; "
-                f"ftrace text resolution {self.resolution_ns} ns")
+                f"ftrace text resolution {self.resolution_ns} ns; {len(self.steps) + 1} "
+                f"segment{'s' if self.steps else ''}{steps}")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One line: virtual = offset + slope * (guest - origin), from guest ``start``."""
+
+    start: int  # guest ns it applies from (the first segment: from the beginning)
+    origin: int
+    offset: int
+    slope: float
+
+    def at(self, guest_ns: int) -> int:
+        return self.offset + round(self.slope * (guest_ns - self.origin))
 
 
 @dataclass(frozen=True)
 class ClockMap:
-    """Guest mono ns -> virtual ns, and how well it holds."""
+    """Guest mono ns -> virtual ns (a line per segment), and how well it holds."""
 
     alignment: Alignment
+    segments: tuple[Segment, ...] = ()
 
     def to_virtual(self, guest_ns: int) -> int:
+        if self.segments:
+            i = bisect.bisect_right([sg.start for sg in self.segments], guest_ns) - 1
+            return self.segments[max(i, 0)].at(guest_ns)
         a = self.alignment
         return round(a.offset_ns + a.slope * (guest_ns - a.origin_ns))
 
@@ -133,36 +171,57 @@ def pairs(driver: Sequence[tuple[str, int, int]],
     return out, len(driver) - len(out), len(by_value) - len(used)
 
 
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least squares y = slope * x + icept (slope 1 through a single point)."""
+    if len(x) >= 2 and np.ptp(x) > 0:
+        slope, icept = np.polyfit(x, y, 1)
+        return float(slope), float(icept)
+    return 1.0, float(np.mean(y - x))
+
+
 def fit(ps: Sequence[Pair], unmatched_driver: int = 0, unmatched_device: int = 0
         ) -> ClockMap | None:
-    """The least-squares line through the quick pairs (``rtt_ns`` at most the median;
-    slope 1 through a single one); None without any pair."""
+    """A line per segment through the quick pairs (``rtt_ns`` at most the median);
+    None without any pair."""
     if not ps:
         return None
     cut = int(statistics.median(p.rtt_ns for p in ps))
-    quick = [p for p in ps if p.rtt_ns <= cut]
-    g_all = np.array([p.guest_ns for p in ps], np.int64)
-    v_all = np.array([p.virtual_ns for p in ps], np.int64)
-    origin, v0 = int(quick[0].guest_ns), int(quick[0].virtual_ns)
-    # centred on the first pair used, in float64: ns stay exact over days of guest time
-    x_all = (g_all - origin).astype(np.float64)
-    y_all = (v_all - v0).astype(np.float64)
-    used = np.array([p.rtt_ns <= cut for p in ps])
-    x, y = x_all[used], y_all[used]
-    if len(x) >= 2 and np.ptp(x) > 0:
-        slope, icept = np.polyfit(x, y, 1)
-    else:
-        slope, icept = 1.0, float(np.mean(y - x))
-    resid_all = np.abs(y_all - (slope * x_all + icept))
-    resid = resid_all[used]
+    quick = sorted((p for p in ps if p.rtt_ns <= cut), key=lambda p: p.guest_ns)
+    # segments: where the offset jumps beyond what the drift explains
+    groups: list[list[Pair]] = [[quick[0]]]
+    steps: list[dict[str, int]] = []
+    for prev, p in itertools.pairwise(quick):
+        d_off = (p.virtual_ns - p.guest_ns) - (prev.virtual_ns - prev.guest_ns)
+        if abs(d_off) > STEP_NS + DRIFT * (p.guest_ns - prev.guest_ns):
+            steps.append({"after_ns": prev.guest_ns, "before_ns": p.guest_ns, "step_ns": d_off})
+            groups.append([])
+        groups[-1].append(p)
+    segments = []
+    for i, grp in enumerate(groups):
+        origin, v0 = grp[0].guest_ns, grp[0].virtual_ns
+        # centred on the segment's first pair, in float64: ns stay exact over days
+        x = np.array([p.guest_ns - origin for p in grp], np.float64)
+        y = np.array([p.virtual_ns - v0 for p in grp], np.float64)
+        slope, icept = _line(x, y)
+        segments.append(Segment(grp[0].guest_ns if i else -(1 << 62), origin,
+                                v0 + round(icept), slope))
+    m = ClockMap(Alignment(0, 0, 0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+                 tuple(segments))
+
+    def resid(pairs: Sequence[Pair]) -> np.ndarray:
+        return np.array([abs(m.to_virtual(p.guest_ns) - p.virtual_ns) for p in pairs],
+                        np.float64)
+
+    used, every = resid(quick), resid(ps)
     rtt = [p.rtt_ns / 2 for p in quick]
+    first = segments[0]
     a = Alignment(
-        pairs=len(ps), pairs_used=len(quick), rtt_cut_ns=cut, slope=float(slope),
-        offset_ns=v0 + round(icept), origin_ns=origin,
-        residual_median_ns=float(np.median(resid)),
-        residual_p95_ns=float(np.percentile(resid, 95)), residual_max_ns=float(resid.max()),
-        residual_all_median_ns=float(np.median(resid_all)),
-        residual_all_max_ns=float(resid_all.max()),
+        pairs=len(ps), pairs_used=len(quick), rtt_cut_ns=cut, slope=first.slope,
+        offset_ns=first.offset, origin_ns=first.origin,
+        residual_median_ns=float(np.median(used)),
+        residual_p95_ns=float(np.percentile(used, 95)), residual_max_ns=float(used.max()),
+        residual_all_median_ns=float(np.median(every)), residual_all_max_ns=float(every.max()),
         rtt_half_median_ns=float(statistics.median(rtt)), rtt_half_max_ns=float(max(rtt)),
-        unmatched_driver=unmatched_driver, unmatched_device=unmatched_device)
-    return ClockMap(a)
+        unmatched_driver=unmatched_driver, unmatched_device=unmatched_device,
+        steps=tuple(steps))
+    return ClockMap(a, tuple(segments))

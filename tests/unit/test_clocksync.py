@@ -89,3 +89,26 @@ def test_pairs_join_the_driver_and_the_device_on_the_value_written():
     assert [(p.dev, p.guest_ns, p.virtual_ns) for p in ps] == [
         ("0000:00:04.0", 10_000_000_500, 777), ("0000:00:05.0", 12_000_008_000, 999)]
     assert (no_device, no_driver) == (1, 1)  # a sync each side the other lacks
+
+
+def test_a_step_between_the_clocks_starts_a_new_segment():
+    """The guest's clock jumps 12 ms against the virtual clock between two syncs
+    (as QEMU's TSC offset does under TCG): a line per side of it, the step
+    reported with the window it happened in."""
+    rng = random.Random(5)
+    pairs = []
+    for i in range(60):
+        g = 10_000_000_000 + i * 1_000_000_000 + rng.randrange(1_000_000)
+        jump = -12_000_000 if i >= 40 else 0
+        pairs.append(clocksync.Pair("d", g, virtual(g) + jump + rng.randrange(300), 2_000))
+    m = clocksync.fit(pairs)
+    assert m is not None
+    a = m.alignment
+    [step] = a.steps
+    assert step["after_ns"] == pairs[39].guest_ns and step["before_ns"] == pairs[40].guest_ns
+    assert abs(step["step_ns"] + 12_000_000) < 40_000  # and the 37 ppm over the 1 s between
+    assert a.residual_max_ns < 300 and "2 segments; a step of -12.000 ms" in a.text()
+    for i in (0, 39, 40, 59):
+        g = pairs[i].guest_ns
+        assert abs(m.to_virtual(g) - pairs[i].virtual_ns) < 300
+    assert a.to_dict()["steps"] == [step]
