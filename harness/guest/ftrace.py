@@ -118,9 +118,11 @@ class ScenarioTrace:
     syncs: list[str] = field(default_factory=list)  # "sync BDF" / "nosync BDF why"
     seconds: float = 0.0  # the collection's own time (both edges)
     error: str = ""
+    parts: int = 0  # texts saved: one at the end, one before each rmmod of a traced module
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bytes": self.bytes, "events": self.events, "lost": self.lost,
+        return {"bytes": self.bytes, "events": self.events, "parts": self.parts,
+                "lost": self.lost,
                 "lost_total": sum(self.lost.values()), "syncs": self.syncs,
                 "seconds": round(self.seconds, 3), **({"error": self.error} if self.error else {})}
 
@@ -138,6 +140,7 @@ class Collector:
     errors: list[str] = field(default_factory=list)
     setup_seconds: float = 0.0
     ready: bool = False
+    current: str = ""  # the scenario running (between begin and end)
 
     @property
     def path(self) -> Path:
@@ -209,6 +212,7 @@ class Collector:
     def begin(self, name: str) -> None:
         if not self.ready:
             return
+        self.current = name
         st = self.scenarios.setdefault(name, ScenarioTrace(name))
         t0 = time.monotonic()
         try:
@@ -219,22 +223,40 @@ class Collector:
         st.syncs = [s for s in st.syncs if s]
         st.seconds += time.monotonic() - t0
 
+    _DUMP = ("echo '## set_event'; cat set_event; "
+             "for c in per_cpu/cpu*; do echo \"## stats ${c##*/cpu}\"; cat $c/stats; done; "
+             "echo '## trace'; cat trace && : > trace")
+
     def end(self, name: str) -> None:
         """Sync, mark, and save the scenario's trace text; never raises."""
         if not self.ready:
             return
+        self._collect(name, self._edge(name, "end"), "end")
+        self.current = ""
+
+    def before_unload(self, module: str) -> None:
+        """A scenario is about to rmmod ``module``: save the trace so far, as the kernel
+        empties the whole ring buffer when a module whose events recorded anything
+        goes (trace_module_remove_events); never raises."""
+        if not self.ready or not self.current:
+            return
+        loaded = f"grep -q {shlex.quote('^' + module + ' ')} /proc/modules || exit 0; "
+        self._collect(self.current, loaded, f"before rmmod {module}")
+
+    def _collect(self, name: str, script: str, what: str) -> None:
+        """Run ``script`` then save the trace text (and its statistics) under ``name``."""
         st = self.scenarios.setdefault(name, ScenarioTrace(name))
         t0 = time.monotonic()
         try:
-            out = self._sh(
-                self._edge(name, "end") + "echo '## set_event'; cat set_event; "
-                "for c in per_cpu/cpu*; do echo \"## stats ${c##*/cpu}\"; cat $c/stats; done; "
-                "echo '## trace'; cat trace && : > trace", DUMP_TIMEOUT)
+            out = self._sh(script + self._DUMP, DUMP_TIMEOUT)
         except Exception as e:
-            st.error = (st.error + "; " if st.error else "") + f"end: {e}"
+            st.error = (st.error + "; " if st.error else "") + f"{what}: {e}"
             st.seconds += time.monotonic() - t0
             return
         parts = _sections(out)
+        if "trace" not in parts:  # nothing to save (the module was not loaded)
+            st.seconds += time.monotonic() - t0
+            return
         st.syncs += [s for s in parts.get("syncs", "").split("\n") if s]
         # a union: a module unloaded by now had its events on while it was there
         self.enabled = list(dict.fromkeys(self.enabled + parts.get("set_event", "").split()))
@@ -242,14 +264,15 @@ class Collector:
             if key.startswith("stats "):
                 lost = ftrace.lost_of(ftrace.parse_stats(text))
                 if lost:
-                    st.lost[key[6:]] = lost
+                    st.lost[key[6:]] = st.lost.get(key[6:], 0) + lost
         text = parts.get("trace", "")
         parsed = ftrace.parse(text.splitlines())
         for cpu, n in parsed.lost.items():  # the text's own "[LOST N EVENTS]"
             st.lost[str(cpu)] = max(st.lost.get(str(cpu), 0), n)
-        st.events = len(parsed.events)
+        st.events += len(parsed.events)
         body = "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
-        st.bytes = len(body)
+        st.bytes += len(body)
+        st.parts += 1
         with self.path.open("a") as f:
             f.write(f"# hmmlab: scenario {name}\n{body}")
         st.seconds += time.monotonic() - t0

@@ -114,6 +114,8 @@ def load_module(s: Session, ko: str, name: str, nodes: tuple[str, ...],
 
 
 def unload_module(s: Session, name: str) -> Cmd:
+    if s.ftrace is not None:  # rmmod of a traced module empties the trace buffer
+        s.ftrace.before_unload(name)
     return guest_run(s, f"! grep -q '^{name} ' /proc/modules || rmmod {name}", MODULE_TIMEOUT)
 
 
