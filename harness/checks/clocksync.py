@@ -21,8 +21,9 @@ The two clocks can also step against each other: under TCG the guest's TSC
 is the host's plus an offset QEMU raises when it sees the host TSC go
 backwards (a vCPU thread moved to a host CPU whose TSC lags), and a
 12 ms step was seen in a 160 s run. So the offsets of the quick pairs are
-cut into segments where they jump (more than :data:`STEP_NS` beyond a
-20 ppm drift), a line is fitted per segment, and each step is reported
+cut into segments where they jump (more than :data:`STEP_NS`, and
+:data:`DRIFT` per ns between them, beyond the run's median drift), a line
+is fitted per segment, and each step is reported
 with the guest-time window it happened in (events inside that window may
 be off by the step).
 
@@ -53,7 +54,10 @@ from harness.checks.ftrace import US, Event
 EV_CLOCK_SYNC = int(Kind.EV_CLOCK_SYNC)
 SYNC_EVENT = "hmm_gpu_clock_sync"
 STEP_NS = 20_000  # an offset change this much beyond the drift is a step
-DRIFT = 20e-6  # the most the two clocks' rates differ in a segment (measured: ~1 ppm)
+# how far the rates may wander from the run's median drift (measured: the
+# drift itself is 0.1-1 ppm, its changes smaller)
+DRIFT = 2e-6
+RATE_GAP_NS = 100_000_000  # pairs this far apart estimate the drift
 
 
 @dataclass(frozen=True)
@@ -188,11 +192,18 @@ def fit(ps: Sequence[Pair], unmatched_driver: int = 0, unmatched_device: int = 0
     cut = int(statistics.median(p.rtt_ns for p in ps))
     quick = sorted((p for p in ps if p.rtt_ns <= cut), key=lambda p: p.guest_ns)
     # segments: where the offset jumps beyond what the drift explains
+    # the drift: the median rate of the offset between pairs far enough apart (a
+    # step is in few of them)
+    rates = [((b.virtual_ns - b.guest_ns) - (a.virtual_ns - a.guest_ns))
+             / (b.guest_ns - a.guest_ns) for a, b in itertools.pairwise(quick)
+             if b.guest_ns - a.guest_ns >= RATE_GAP_NS]
+    drift = statistics.median(rates) if rates else 0.0
     groups: list[list[Pair]] = [[quick[0]]]
     steps: list[dict[str, int]] = []
     for prev, p in itertools.pairwise(quick):
+        gap = p.guest_ns - prev.guest_ns
         d_off = (p.virtual_ns - p.guest_ns) - (prev.virtual_ns - prev.guest_ns)
-        if abs(d_off) > STEP_NS + DRIFT * (p.guest_ns - prev.guest_ns):
+        if abs(d_off - drift * gap) > STEP_NS + DRIFT * gap:
             steps.append({"after_ns": prev.guest_ns, "before_ns": p.guest_ns, "step_ns": d_off})
             groups.append([])
         groups[-1].append(p)
