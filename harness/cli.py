@@ -46,6 +46,7 @@ examples:
                                 cost: hmm-nic vs rxe; fault round trip: hmm-nic vs hmm-gpu
   hmmlab bench trace            the DMA trace's targets before and after: decode+check rate,
                                 memory, bytes on disk, checks' share of a 7.2 run, tracing on/off
+  hmmlab bench ftrace           what the guest's ftrace costs: hmm-bench, tracing on vs off
 
 exit status of `run`: 0 every test passed, 1 a test failed (a hang, a guest that
 died under a test included), 2 an infrastructure problem (build failed, QEMU would
@@ -99,6 +100,8 @@ trace  the DMA trace's targets (issue 12), each before and after:
        svm-migrate and vram-pressure, --runs rounds). Runs a 7.2 guest with
        the GPU scenarios (CONFIG.yaml's kernel if given) into DIR/cell, or
        takes the 7.2 cell of --from-run, and the on/off guest into DIR/onoff.
+ftrace hmm-bench's figures with the guest's ftrace on (the run file's ftrace
+       events) next to off, in the same guest (--rounds).
 
 examples:
   hmmlab bench svm --rounds 5
@@ -160,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure (not a test): hmm_gpu.ko next to test_hmm.ko, hmm-nic next "
                       "to rxe",
         description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bn.add_argument("which", choices=["svm", "odp", "trace"], help="the benchmark")
+    bn.add_argument("which", choices=["svm", "odp", "trace", "ftrace"], help="the benchmark")
     bn.add_argument("config", nargs="?", type=Path, metavar="CONFIG.yaml",
                     help="run file for the guest (default: the packaged default; its "
                          "scenarios are replaced by the benchmark)")

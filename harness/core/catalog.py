@@ -26,4 +26,5 @@ SCENARIOS: dict[str, str] = {
     "bench-odp": "harness.scenarios.bench_odp",
     "odp-cross-vm": "harness.scenarios.odp_xvm",
     "bench-trace": "harness.scenarios.bench_trace",
+    "bench-ftrace": "harness.scenarios.bench_ftrace",
 }

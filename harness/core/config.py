@@ -92,6 +92,28 @@ class TimelineConfig:
     dmas: bool = False  # every DMA as an event too: millions on a big run
 
 
+# What `ftrace:` enables unless it lists its own events: hmm_gpu.ko's tracepoints
+# and the kernel's page-migration, page-fault, TLB-flush and THP/reclaim events.
+# Each is "system" (all of its events) or "system:event"; only those the guest's
+# kernel offers are enabled, the others are recorded as missing.
+FTRACE_EVENTS = (
+    "hmm_gpu", "migrate", "exceptions:page_fault_user", "exceptions:page_fault_kernel",
+    "tlb:tlb_flush", "huge_memory", "vmscan:mm_vmscan_direct_reclaim_begin",
+    "vmscan:mm_vmscan_direct_reclaim_end", "mmap:exit_mmap",
+)
+FTRACE_BUFFER_KB = (64, 1 << 20)  # per CPU: the range accepted
+_FTRACE_EVENT_RE = re.compile(r"^[A-Za-z0-9_]+(?::[A-Za-z0-9_*]+)?$")
+
+
+@dataclass(frozen=True)
+class FtraceConfig:
+    """The guest kernel's ftrace, collected in the run (harness.guest.ftrace)."""
+
+    enabled: bool = False
+    events: tuple[str, ...] = FTRACE_EVENTS
+    buffer_kb: int = 8192  # ring buffer per CPU; emptied after every scenario
+
+
 @dataclass(frozen=True)
 class RunConfig:
     kernel: str
@@ -106,6 +128,7 @@ class RunConfig:
     scenarios: tuple[str, ...]
     timeouts: Timeouts
     timeline: TimelineConfig = TimelineConfig()
+    ftrace: FtraceConfig = FtraceConfig()
     source: str = "<default>"
     # A developer's own kernel source tree (--kernel-tree); overrides kernel.
     kernel_tree: str | None = None
@@ -114,6 +137,7 @@ class RunConfig:
         d = asdict(self)
         d["devices"] = [dev.to_dict() for dev in self.devices]
         d["scenarios"] = list(self.scenarios)
+        d["ftrace"]["events"] = list(self.ftrace.events)
         return d
 
 
@@ -410,6 +434,38 @@ def _timeline(r: Reader, node: Node, base: TimelineConfig) -> TimelineConfig:
     return TimelineConfig(**values)
 
 
+def _ftrace(r: Reader, node: Node, base: FtraceConfig) -> FtraceConfig:
+    """``ftrace: true|false``, or a mapping of FtraceConfig's keys."""
+    if isinstance(node, ScalarNode):
+        value = r.scalar(node, "ftrace", "true, false or a mapping")
+        if not isinstance(value, bool):
+            raise r.error(node, "ftrace", f"expected true, false or a mapping, got {show(node)}")
+        return replace(base, enabled=value)
+    values = asdict(base)
+    for name, (_k, vnode) in r.mapping(node, "ftrace", values).items():
+        key = f"ftrace.{name}"
+        if name == "enabled":
+            value = r.scalar(vnode, key, "true or false")
+            if not isinstance(value, bool):
+                raise r.error(vnode, key, f"expected true or false, got {show(vnode)}")
+            values[name] = value
+        elif name == "buffer_kb":
+            values[name] = r.integer(vnode, key, *FTRACE_BUFFER_KB)
+        else:
+            events = []
+            for i, enode in enumerate(r.sequence(vnode, key, 'events like "hmm_gpu" or '
+                                                             '"tlb:tlb_flush"')):
+                ev = r.scalar(enode, f"{key}[{i}]", 'an event like "hmm_gpu" or "tlb:tlb_flush"')
+                if not isinstance(ev, str) or not _FTRACE_EVENT_RE.match(ev):
+                    raise r.error(enode, f"{key}[{i}]", "expected a trace system (\"migrate\") "
+                                  f"or system:event (\"tlb:tlb_flush\"), got {show(enode)}")
+                events.append(ev)
+            if not events:
+                raise r.error(vnode, key, "needs at least one event (or ftrace: false)")
+            values[name] = tuple(events)
+    return FtraceConfig(**values)
+
+
 # ---- loading ---------------------------------------------------------------------
 
 def compose(text: str, source: str) -> Node | None:
@@ -451,6 +507,7 @@ def _apply(
         "scenarios": lambda n: _scenarios(r, n, known_scenarios),
         "timeouts": lambda n: _timeouts(r, n, cfg.get("timeouts", Timeouts())),
         "timeline": lambda n: _timeline(r, n, cfg.get("timeline", TimelineConfig())),
+        "ftrace": lambda n: _ftrace(r, n, cfg.get("ftrace", FtraceConfig())),
     }
     out = dict(cfg)
     for name, (_k, vnode) in r.mapping(root, "", parsers).items():

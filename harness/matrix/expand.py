@@ -10,6 +10,9 @@ tells it from a run file)::
     include: [{kernel: "6.12", flavor: debug}]    # extra cells (one each)
     exclude: [{kernel: "7.2", iommu: intel-iommu}] # drop the product's cells matching
     pairwise: false                                 # all-pairs instead of all combinations
+    cell_keys:                                      # run-file keys that are no axis, for
+      - where: {kernel: "6.12", iommu: "off"}       #   the cells with these axis values
+        set: {ftrace: true}
 
 Each cell is ``base`` (over ``default.yaml``) with one value of every axis,
 checked as a run file (:func:`harness.core.config.load_text`). Every error names
@@ -51,7 +54,7 @@ DEFAULT_SOURCE = "<default matrix>"
 AXES = ("kernel", "flavor", "machine", "iommu", "cmdline", "cpus", "memory", "devices",
         "scenarios")
 SCALAR_AXES = AXES[:7]
-TOP_KEYS = ("axes", "base", "include", "exclude", "pairwise")
+TOP_KEYS = ("axes", "base", "include", "exclude", "pairwise", "cell_keys")
 _SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._+-]+")
 DROPPED_SHOWN = 8  # per rule, in `matrix list`
@@ -74,6 +77,8 @@ class Cell:
     config: RunConfig
     text: str  # the cell as a run file (cell.yaml); config is this text, loaded
     origin: str  # "axes" or "include[N]"
+    keys: tuple[str, ...] = ()  # run-file keys cell_keys set for it
+
 
     @property
     def kernel_label(self) -> str:
@@ -242,6 +247,9 @@ class _Spec:
     exclude: list[tuple[dict[str, AxisValue], int]]
     pairwise: bool
     axes_line: int
+    # (axis values a cell must have, run-file keys to set, line)
+    cell_keys: list[tuple[dict[str, AxisValue], dict[str, Any], int]] = dataclasses.field(
+        default_factory=list)
 
 
 def _read_axis(r: _MatrixReader, axis: str, node: Node) -> list[AxisValue]:
@@ -376,7 +384,51 @@ def _read(text: str, source: str, known: tuple[str, ...]) -> _Spec:
                for i, n in enumerate(r.sequence(entries["exclude"][1], "exclude", "cells"))
                ] if "exclude" in entries else []
     pairwise = r.boolean(entries["pairwise"][1], "pairwise") if "pairwise" in entries else False
-    return _Spec(base, axes, sets, include, exclude, pairwise, line_of(axes_knode))
+    cell_keys = [_cell_keys(r, n, f"cell_keys[{i}]", sets) for i, n in enumerate(
+        r.sequence(entries["cell_keys"][1], "cell_keys", "{where: ..., set: ...}"))
+                 ] if "cell_keys" in entries else []
+    return _Spec(base, axes, sets, include, exclude, pairwise, line_of(axes_knode), cell_keys)
+
+
+def _plain(value: Any) -> Any:
+    """A parsed run-file value as YAML writes it back (dataclasses and tuples undone)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _cell_keys(r: _MatrixReader, node: Node, key: str, sets: dict[str, dict[str, AxisValue]]
+               ) -> tuple[dict[str, AxisValue], dict[str, Any], int]:
+    """A cell_keys entry: ``where`` (axis values, as an include's) and ``set`` (run-file
+    keys that are not axes, each checked as in a run file)."""
+    entries = r.mapping(node, key, ("where", "set"))
+    for need in ("where", "set"):
+        if need not in entries:
+            raise r.error(node, key, f"missing key {need} (where: {{axis: value}}, "
+                                     "set: {run-file key: value})")
+    where = _assignment(r, entries["where"][1], f"{key}.where", sets)
+    snode = entries["set"][1]
+    if not isinstance(snode, MappingNode) or not snode.value:
+        raise r.error(snode, f"{key}.set", f"expected run-file keys, got {show(snode)}")
+    values: dict[str, Any] = {}
+    for knode, vnode in snode.value:
+        name = str(knode.value)
+        if name in AXES:
+            raise r.error(knode, f"{key}.set.{name}", f"{name} is an axis: give the cell "
+                                                     "that value with include instead")
+        known = [f for f in config.RunConfig.__dataclass_fields__
+                 if f not in AXES and f not in ("source", "kernel_tree")]
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            raise r.error(knode, f"{key}.set.{name}", f"not a run-file key{hint} "
+                                                     f"(known: {', '.join(known)})")
+        values[name] = _plain(r.field(name, vnode, f"{key}.set.{name}"))
+    return where, values, line_of(node)
 
 
 # ---- expansion ------------------------------------------------------------------------------
@@ -467,10 +519,11 @@ def _names(assignments: list[Assignment], first: Assignment) -> list[str]:
     return out
 
 
-def _cell_text(base: RunConfig, asg: Assignment) -> str:
+def _cell_text(base: RunConfig, asg: Assignment, keys: dict[str, Any] | None = None) -> str:
     d = base.to_dict()
     d.pop("source")
     d.pop("kernel_tree")
+    d.update(keys or {})
     for a in AXES:
         v = asg[a].value
         if a == "devices":
@@ -543,11 +596,16 @@ def expand(spec: _Spec, source: str, text: str, known: tuple[str, ...],
                                f"same as cell {names[same]}{how}{where}"))
     out = []
     for (asg, origin), name in zip(unique, names, strict=True):
-        text_ = _cell_text(spec.base, asg)
+        keys: dict[str, Any] = {}
+        for match, values, _line in spec.cell_keys:
+            if _matches(asg, match):
+                keys.update(values)
+        text_ = _cell_text(spec.base, asg, keys)
         cfg = config.load_text(text_, f"{source}[{name}]", known)
         if kernel_tree:
             cfg = dataclasses.replace(cfg, kernel_tree=kernel_tree)
-        out.append(Cell(name, {a: asg[a].name for a in AXES}, cfg, text_, origin))
+        out.append(Cell(name, {a: asg[a].name for a in AXES}, cfg, text_, origin,
+                        tuple(keys)))
     return Matrix(source, text, tuple(out), tuple(dropped), len(combinations), spec.pairwise,
                   pairwise_dropped, kernel_tree)
 
@@ -616,6 +674,9 @@ def describe(m: Matrix) -> str:
                 lines.append(f"  {what}: {rule}")
             if len(drops) > DROPPED_SHOWN:
                 lines.append(f"  ... and {len(drops) - DROPPED_SHOWN} more: {rule}")
+    for c in m.cells:
+        if c.keys:
+            lines.append(f"{c.name}: also {', '.join(c.keys)} (cell_keys)")
     if m.pairwise_dropped:
         lines.append(f"pairwise: {m.pairwise_dropped} combinations not needed to cover "
                      "every pair of values")

@@ -13,7 +13,10 @@ trace records carry):
 - flows from each fault to the replay (or cancel) that released it and on
   to the job's first page walk after it (its retry);
 - the harness: boot and every scenario, from the runner's host clock
-  mapped onto the virtual clock (:class:`VirtualClock`).
+  mapped onto the virtual clock (:class:`VirtualClock`);
+- with the guest's ftrace (run file ``ftrace:``), the guest's tracks
+  (harness.report.timeline_guest), its faults' service joined to the
+  device's fault flows.
 
 Bounded on huge traces: the trace is read in chunks off a memory map, DMA
 is binned, and at most ``max_commands`` command slices per device are
@@ -42,6 +45,10 @@ from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
 
 from harness.checks import dmatrace
 from harness.checks.dmatrace import Dir, Kind
+from harness.report import timeline_guest
+from harness.report.timeline_guest import DeviceFault, GuestTrace
+
+__all__ = ["GuestTrace", "Span", "TimelineStats", "VirtualClock", "Writer", "laned", "write"]
 
 FILE_NAME = "timeline.pftrace"
 SEQ_ID = 1  # one writer, one packet sequence
@@ -210,10 +217,12 @@ class TimelineStats:
     seconds: float = 0.0
     devices: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    guest: dict[str, Any] = field(default_factory=dict)  # the guest's tracks, alignment
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "bytes": self.bytes, "seconds": round(self.seconds, 3),
-                "devices": self.devices, "notes": self.notes}
+                "devices": self.devices, "notes": self.notes,
+                **({"guest": self.guest} if self.guest else {})}
 
 
 # ---- writing -----------------------------------------------------------------------
@@ -226,6 +235,7 @@ class _Writer:
         self._uuid = 0
         self._first = True
         self.flow = 0
+        self.faults: dict[str, list[DeviceFault]] = {}  # trace file -> its drawn faults
 
     def _packet(self) -> TracePacket:
         p = self.builder.create_packet()
@@ -412,6 +422,8 @@ def _device(w: _Writer, tf: TraceFile, rank: int, dmas: bool, max_commands: int)
     for f in faults:
         w.flow += 1
         f["flow"] = w.flow
+    w.faults[tf.path.name] = [DeviceFault(f["start"], f["end"], f["token"], f["flow"])
+                              for f in faults]
 
     def fault_item(f: dict[str, int]) -> tuple[int, int, Callable[[int], None]]:
         end = f["end"] if f["end"] >= 0 else max(f["start"], int(ts[-1]))
@@ -533,10 +545,11 @@ def _dmas(w: _Writer, tf: TraceFile, root: int) -> int:
 
 def write(results_dir: Path, spans: Sequence[Span] = (), clock: VirtualClock | None = None,
           traces: Sequence[Path] | None = None, dmas: bool = False,
-          max_commands: int = MAX_COMMANDS, out: Path | None = None) -> TimelineStats:
+          max_commands: int = MAX_COMMANDS, out: Path | None = None,
+          guest: GuestTrace | None = None) -> TimelineStats:
     """Write ``results_dir/timeline.pftrace`` from the run's device traces
-    (``dmatrace-*.bin`` there unless ``traces``) and the harness's ``spans``
-    (host monotonic ns, mapped with ``clock``)."""
+    (``dmatrace-*.bin`` there unless ``traces``), the harness's ``spans``
+    (host monotonic ns, mapped with ``clock``) and the guest's ftrace."""
     import time
 
     t0 = time.monotonic()
@@ -571,8 +584,18 @@ def write(results_dir: Path, spans: Sequence[Span] = (), clock: VirtualClock | N
                 stats.notes.append(f"{p.name}: {e}")
                 continue
             stats.devices[p.name] = _device(w, tf, rank, dmas, max_commands)
+        if guest is not None:
+            try:
+                stats.guest = timeline_guest.add(w, guest, traces, w.faults, len(traces) + 1)
+            except OSError as e:
+                stats.notes.append(f"{guest.path.name}: {e}")
     tmp.replace(path)
     stats.path = path.name
     stats.bytes = path.stat().st_size
     stats.seconds = time.monotonic() - t0
     return stats
+
+
+# for the guest's tracks (timeline_guest): the writer and the laning, by public names
+Writer = _Writer
+laned = _laned

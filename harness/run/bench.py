@@ -1,11 +1,13 @@
-"""``hmmlab bench svm|odp``: figures, each next to its baseline, round after round.
+"""``hmmlab bench svm|odp|ftrace``: figures, each next to its baseline, round after round.
 
 ``svm``: HMM mirror figures, hmm_gpu.ko next to test_hmm.ko (the
 ``bench-svm`` scenario). ``odp``: perftest bandwidth between two cabled
 hmm-nics next to rxe, ODP fault and invalidation costs, and hmm-nic's fault
 round trip next to hmm-gpu's (``bench-odp``; its guest has the two hmm-nics
 and a hmm-gpu whatever the configuration's devices, and the
-7.2 kernel unless a configuration is given: rxe has ODP from 6.15). Boots
+7.2 kernel unless a configuration is given: rxe has ODP from 6.15). ``ftrace``:
+what collecting the guest's ftrace costs, hmm-bench with tracing on next
+to off (``bench-ftrace``). Boots
 the configuration with only that scenario and gives the table (medians with
 min-max, ratios, targets) to print from ``bench.json``.
 """
@@ -24,7 +26,7 @@ from harness.core.results import EXIT_FAIL, Results
 if TYPE_CHECKING:
     from harness.build import Artifacts
 
-BENCHES = {"svm": "bench-svm", "odp": "bench-odp"}
+BENCHES = {"svm": "bench-svm", "odp": "bench-odp", "ftrace": "bench-ftrace"}
 # two cabled hmm-nics for perftest; a hmm-gpu for the fault round trip to compare with
 ODP_DEVICES = (DeviceConfig("hmm-nic", link="nic1"), DeviceConfig("hmm-nic"),
                DeviceConfig("hmm-gpu"))
@@ -44,9 +46,13 @@ def run_bench(cfg: RunConfig, which: str, results_dir: Path, *, rounds: int = DE
               artifacts: Artifacts | None = None) -> tuple[Results, dict[str, Any] | None]:
     from harness.run import runner
     from harness.scenarios.bench import BenchSvm
+    from harness.scenarios.bench_ftrace import BenchFtrace
     from harness.scenarios.bench_odp import BenchOdp
 
-    scenario = BenchOdp(rounds) if which == "odp" else BenchSvm(rounds)
+    scenario: BenchOdp | BenchSvm | BenchFtrace = (
+        BenchOdp(rounds) if which == "odp" else BenchSvm(rounds))
+    if which == "ftrace":
+        scenario = BenchFtrace(rounds)
     res = runner.run(bench_config(cfg, which), results_dir, build=build, artifacts=artifacts,
                      scenarios=[scenario])
     path = results_dir / "bench.json"

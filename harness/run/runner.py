@@ -45,6 +45,7 @@ from harness.checks.splat import Splat
 from harness.core.config import RunConfig
 from harness.core.files import disk_bytes
 from harness.core.results import Event, Results, Status, TestResult, excerpt, status_for
+from harness.guest import ftrace as guest_ftrace
 from harness.guest.ssh import SSHClient, SSHError, SSHTimeout
 from harness.guest.vm import AccelProbe, Guest, GuestDied, GuestError, GuestImage, qemu_version
 from harness.report import timeline
@@ -205,6 +206,7 @@ class Runner:
     # monotonic) pair from just after QEMU started, to place QMP's event stamps
     _spans: list[timeline.Span] = field(default_factory=list, init=False)
     _clock_pair: tuple[int, int] | None = field(default=None, init=False)
+    _ftrace: guest_ftrace.Collector | None = field(default=None, init=False)
 
     def execute(self) -> Results:
         """Run everything and write results.json; never raises for guest problems."""
@@ -299,6 +301,8 @@ class Runner:
                 if cfg.iommu != "off":
                     self._iommu_enabled(ssh, guest)
                 session = Session(cfg, r.dir, guest, ssh, r, artifacts=self.artifacts)
+                if cfg.ftrace.enabled:
+                    self._ftrace_setup(session)
                 ran = self._scenarios(session)
                 ssh = session.ssh  # the probe may have reconnected
                 gone = guest.exit_reason()
@@ -326,6 +330,8 @@ class Runner:
             if cfg.iommu != "off":
                 self._dmar_faults(guest)
             r.timings["guest_s"] = round(time.monotonic() - t0, 3)
+        if self._ftrace is not None:
+            r.environment["ftrace"] = self._ftrace.summary()
         checks: dict[str, float] = {}
         if session is not None:
             for sc in ran:
@@ -353,9 +359,32 @@ class Runner:
         assert self._clock_pair is not None
         clock = timeline.VirtualClock.from_qmp_events(r.dir / "qmp-events.jsonl",
                                                       *self._clock_pair)
-        stats = timeline.write(r.dir, self._spans, clock, dmas=self.cfg.timeline.dmas)
+        guest = None
+        if self._ftrace is not None and self._ftrace.path.exists():
+            guest = timeline.GuestTrace(self._ftrace.path, tuple(self._ftrace.enabled))
+        stats = timeline.write(r.dir, self._spans, clock, dmas=self.cfg.timeline.dmas,
+                               guest=guest)
         r.environment["timeline"] = stats.to_dict()
         log.info("timeline: %s, %.1f MB in %.1fs", stats.path, stats.bytes / 1e6, stats.seconds)
+
+    def _ftrace_setup(self, session: Session) -> None:
+        """The guest's ftrace (run file ``ftrace:``); a failure is the harness's ERROR
+        ``ftrace.setup`` and the scenarios run untraced."""
+        def run(cmd: str, timeout: float) -> tuple[int, str, str]:
+            rc, out, err = session.ssh.run(cmd, timeout, abort=session.guest.exit_reason)
+            return rc, out, err
+
+        collector = guest_ftrace.Collector(self.cfg.ftrace, self.results.dir, run)
+        t0 = time.monotonic()
+        try:
+            collector.setup()
+        except (guest_ftrace.FtraceError, SSHError) as e:
+            self.results.add(TestResult("ftrace.setup", status_for(Event.HARNESS_ERROR),
+                                        time.monotonic() - t0, f"guest ftrace: {e}"))
+            self.results.environment["ftrace"] = {"error": str(e)}
+            return
+        self._ftrace = collector
+        session.ftrace = collector
 
     def _boot(self, guest: Guest, t0: float) -> bool:
         r = self.results
@@ -444,10 +473,17 @@ class Runner:
             ran.append(sc)
             log.info("scenario %s", name)
             self._running = name
+            if self._ftrace is not None:
+                self._ftrace.begin(name)
             start = time.monotonic_ns()
             self._guarded(name, lambda sc=sc: sc.run(session), session.guest)
             self._spans.append(timeline.Span(name, start, time.monotonic_ns(), args={
                 t.path: str(t.status) for t in r.tests[before:]}))
+            if self._ftrace is not None:
+                if gone_now := session.guest.exit_reason():
+                    self._ftrace.unread(name, gone_now)
+                else:
+                    self._ftrace.end(name)
             self._running = None
             self._finished.add(name)
             if i + 1 == len(plan):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from harness.build import Artifacts
     from harness.core.config import RunConfig
     from harness.core.results import Results
+    from harness.guest.ftrace import Collector
     from harness.guest.ssh import SSHClient
     from harness.guest.vm import Guest
 
@@ -37,6 +38,9 @@ class Session:
     # what booted the guest (harness.build.Artifacts), for a scenario that boots
     # a second one (odp-cross-vm)
     artifacts: Artifacts | None = None
+    # the guest's ftrace when the run collects it: told of module loads (a module's
+    # trace events exist only once it is loaded)
+    ftrace: Collector | None = None
 
 
 class Scenario(Protocol):

@@ -109,11 +109,15 @@ def load_module(s: Session, ko: str, name: str, nodes: tuple[str, ...],
         f"ls -l {' '.join(shlex.quote(n) for n in nodes)} 2>&1; {checks} || exit 11"
     )
     c = guest_run(s, script, MODULE_TIMEOUT)
+    if s.ftrace is not None:
+        s.ftrace.module_loaded()
     c.cmd = f"insmod {' '.join(x for x in (ko, args) if x)} (and wait for {', '.join(nodes)})"
     return c
 
 
 def unload_module(s: Session, name: str) -> Cmd:
+    if s.ftrace is not None:  # rmmod of a traced module empties the trace buffer
+        s.ftrace.before_unload(name)
     return guest_run(s, f"! grep -q '^{name} ' /proc/modules || rmmod {name}", MODULE_TIMEOUT)
 
 

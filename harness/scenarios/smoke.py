@@ -281,6 +281,8 @@ class Smoke:
         dmesg_file = s.run_dir / "driver-load.dmesg"
         try:
             rc, out, err = self._ssh(s, f"insmod {self.driver}", LOAD_TIMEOUT)
+            if s.ftrace is not None:  # its trace events exist from now on
+                s.ftrace.module_loaded()
             # devtmpfs creates the node during probe; allow a moment anyway
             # (not when insmod failed: no node is coming then).
             wait = (f"for i in 1 2 3 4 5; do [ -c {DEVNODE} ] && break; sleep 1; done; "

@@ -145,7 +145,7 @@ def test_accel_choice() -> None:
      '"svm-mirror" or "svm-invalidate" or "svm-race" or "svm-reclaim" or "dmirror-edge" or '
      '"svm-migrate" or "vram-pressure" or "atomics" or "dma-bounce" or "bench-svm" or '
      '"odp-tests" or "odp-rc" or "odp-implicit" or "odp-gpu" or "perftest" or "bench-odp" or '
-     '"odp-cross-vm" or "bench-trace", got "smok"; did you mean "smoke"?'),
+     '"odp-cross-vm" or "bench-trace" or "bench-ftrace", got "smok"; did you mean "smoke"?'),
     ("scenarios: smoke\n", "scenarios: expected a list of scenario names"),
     ("devices: [{type: hmm-gpuu}]\n", 'devices[0].type: expected "hmm-gpu"'),
     ("devices: [{props: {a: 1}}]\n", "devices[0]: missing key type"),

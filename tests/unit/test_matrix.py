@@ -391,3 +391,54 @@ def test_a_matrix_whose_exclude_drops_everything_says_so() -> None:
     why = "the matrix has no cells after exclude (all 2 combinations of its axes dropped)"
     assert m.empty_reason() == why
     assert matrix.describe(m).splitlines()[-1] == f"nothing to run: {why}"
+
+
+# ---- cell_keys: run-file keys that are no axis, for some cells ---------------------------
+
+def test_the_default_matrix_traces_the_guest_in_one_cell() -> None:
+    m = matrix.load(None)
+    traced = [c.name for c in m.cells if c.config.ftrace.enabled]
+    assert traced == ["6.12"]
+    cell = m.cell("6.12")
+    assert cell.keys == ("ftrace",)
+    # cell.yaml says so, and reads back as the same cell
+    again = config.load_text(cell.text, "cell.yaml", SCENARIOS)
+    assert again.ftrace == cell.config.ftrace and again.ftrace.events == config.FTRACE_EVENTS
+    assert "6.12: also ftrace (cell_keys)" in matrix.describe(m)
+
+
+def test_cell_keys_apply_in_order_to_the_cells_they_match() -> None:
+    m = load("""\
+        axes:
+          kernel: ["6.1", "6.12"]
+          iommu: ["off", intel-iommu]
+        cell_keys:
+          - where: {iommu: "off"}
+            set: {ftrace: {enabled: true, buffer_kb: 1024}, timeouts: {scenario: 600}}
+          - where: {kernel: "6.12", iommu: "off"}
+            set: {ftrace: {enabled: true, events: [hmm_gpu]}}
+        """)
+    got = {c.name: (c.config.ftrace.enabled, c.config.ftrace.buffer_kb, c.config.ftrace.events,
+                    c.config.timeouts.scenario) for c in m.cells}
+    assert got["6.1"] == (True, 1024, config.FTRACE_EVENTS, 600.0)
+    assert got["6.12"] == (True, 8192, ("hmm_gpu",), 600.0)  # the later entry's whole key
+    assert got["6.1-iommu"][0] is False and got["6.12-iommu"][3] == 300.0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("axes: {kernel: ['6.12']}\ncell_keys:\n  - where: {kernel: '6.12'}\n"
+     "    set: {iommu: intel-iommu}\n",
+     "m.yaml:4: cell_keys[0].set.iommu: iommu is an axis"),
+    ("axes: {kernel: ['6.12']}\ncell_keys:\n  - where: {kernel: '6.12'}\n"
+     "    set: {ftrace: {buffer_kb: 1}}\n",
+     "m.yaml:4: cell_keys[0].set.ftrace.buffer_kb: expected an integer from 64"),
+    ("axes: {kernel: ['6.12']}\ncell_keys:\n  - where: {kernel: '6.12'}\n"
+     "    set: {ftrase: true}\n",
+     'm.yaml:4: cell_keys[0].set.ftrase: not a run-file key; did you mean "ftrace"?'),
+    ("axes: {kernel: ['6.12']}\ncell_keys:\n  - set: {ftrace: true}\n",
+     "m.yaml:3: cell_keys[0]: missing key where"),
+    ("axes: {kernel: ['6.12']}\ncell_keys:\n  - where: {kernal: '6.12'}\n    set: {ftrace: true}\n",
+     'm.yaml:3: cell_keys[0].where.kernal: unknown key; did you mean "kernel"?'),
+])
+def test_cell_keys_errors_say_where(text: str, message: str) -> None:
+    assert error(text).startswith(message)
