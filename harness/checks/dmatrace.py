@@ -16,8 +16,9 @@ import mmap
 import os
 import re
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -424,7 +425,7 @@ def decode(data: TraceBuffer, device: str = GPU, limit: int | None = None) -> Tr
     return trace
 
 
-def _enum_problems(rows: np.ndarray, device: str) -> list[str]:
+def _enum_problems(rows: np.ndarray, device: str, base: int = 0) -> list[str]:
     known = {"engine": _known(ENGINES[device]), "kind": _known(Kind), "dir": _known(Dir)}
     out: list[str] = []
     for lo in range(0, len(rows), _BLOCK):  # a block's reads after its first hit the cache
@@ -433,7 +434,7 @@ def _enum_problems(rows: np.ndarray, device: str) -> list[str]:
         for i in np.flatnonzero(bad["engine"] | bad["kind"] | bad["dir"]).tolist():
             for f in ("engine", "kind", "dir"):
                 if bad[f][i]:
-                    out.append(f"record {lo + i}: unknown {f} {int(chunk[f][i])}")
+                    out.append(f"record {base + lo + i}: unknown {f} {int(chunk[f][i])}")
     return out
 
 
@@ -615,7 +616,6 @@ def summarize(trace: Trace) -> TraceSummary:
     """Counts and bytes by kind (and direction), per engine: ranges of the records
     tallied on :data:`WORKERS` threads, then added up."""
     rows = trace.rows
-    engines = ENGINES[trace.device]
     parts = _parts(len(rows))
     if len(parts) == 1:
         tallies = [_tally(rows, *parts[0])]
@@ -625,6 +625,11 @@ def summarize(trace: Trace) -> TraceSummary:
     t = tallies[0]
     for other in tallies[1:]:
         t.add(other)
+    return _summary(t, len(rows), trace.device, trace.problems)
+
+
+def _summary(t: _Tally, records: int, device: str, problems: list[str]) -> TraceSummary:
+    engines = ENGINES[device]
     bytes_by: dict[str, int] = {}
     count_by: dict[str, int] = {}
     for k, nbytes in sorted(t.nbytes.items()):
@@ -637,8 +642,8 @@ def summarize(trace: Trace) -> TraceSummary:
     by_engine = {_name(_enum(engines, e)): int(t.per_engine[e])
                  for e in sorted(t.engine_first, key=t.engine_first.__getitem__)}
     return TraceSummary(
-        records=len(rows), commands=len(t.cmds), bytes_by=bytes_by, count_by=count_by,
-        errors=t.errors, first_ns=t.first, last_ns=t.last, problems=list(trace.problems),
+        records=records, commands=len(t.cmds), bytes_by=bytes_by, count_by=count_by,
+        errors=t.errors, first_ns=t.first, last_ns=t.last, problems=list(problems),
         by_engine=by_engine,
     )
 
@@ -1219,6 +1224,143 @@ _AUDIT_FIELDS = ("kind", "ctx", "va", "aux", "level", "addr", "len", "dir", "cmd
 _VRAM_FIELDS = ("kind", "dir", "aux", "level", "addr", "len")
 
 
+# ---- a trace file streamed through the checks ---------------------------------------
+
+# decoded pieces (a frame each: 1 Ki records) kept ready ahead of the checks
+AHEAD = 64
+
+
+def _ahead(pieces: Iterator[bytes], pool: ThreadPoolExecutor, depth: int) -> Iterator[bytes]:
+    """``pieces`` produced up to ``depth`` ahead on ``pool``'s (one) thread: zstd
+    decompresses without the GIL, alongside the checks."""
+    queue = deque(pool.submit(next, pieces, None) for _ in range(depth))
+    while (piece := queue.popleft().result()) is not None:
+        queue.append(pool.submit(next, pieces, None))
+        yield piece
+
+
+class _Stream:
+    """A version-2 trace file's rows, read forward for the checks that go through them
+    once in order (:func:`check_file`): a window holding the rows of the last slice
+    asked for, decoded frame by frame; the rows before a slice's start are let go, so
+    the decoded trace is never whole in memory. Every row is tallied for the summary
+    (on ``pool``'s thread) when it enters the window. A row before the window (the
+    VRAM audit's messages name earlier records) is decoded again from its frame."""
+
+    def __init__(self, path: Path, header: TraceHeader, index: tracefile.TraceIndex,
+                 device: str, pool: ThreadPoolExecutor) -> None:
+        self.path, self.index, self.device, self.pool = path, index, device, pool
+        self.step = header.rec_size
+        self.dtype = rec_dtype(header.version, self.step)
+        body = max(0, index.decoded_size - HDR_SIZE)
+        self.n = body // self.step
+        self.tail = body - self.n * self.step  # an incomplete last record
+        self._pieces = _ahead(tracefile.iter_chunks(path, HDR_SIZE, index), pool, AHEAD)
+        self._buf: bytes = b""
+        self._lo = 0  # the row _buf starts with
+        self.fed = 0  # rows tallied so far
+        self.tally = _Tally()
+        self._tallying: Future[_Tally] | None = None
+        self.problems: list[str] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self._window(i.start or 0, min(self.n, i.stop))
+        if self._lo <= i < self._lo + len(self._buf) // self.step:
+            return np.frombuffer(self._buf, self.dtype, 1, (i - self._lo) * self.step)[0]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        piece = next(tracefile.iter_chunks(self.path, HDR_SIZE + i * self.step, self.index))
+        return np.frombuffer(piece, self.dtype, 1)[0]
+
+    def _window(self, lo: int, hi: int) -> np.ndarray:
+        # the checks ask for overlapping or adjacent slices: no row goes untallied
+        assert self._lo <= lo <= self.fed, (lo, self._lo, self.fed)
+        cut = (lo - self._lo) * self.step
+        parts: list[bytes | memoryview] = [memoryview(self._buf)[cut:]]
+        have = len(self._buf) - cut
+        while have < (hi - lo) * self.step and (piece := next(self._pieces, None)) is not None:
+            parts.append(piece)
+            have += len(piece)
+        if len(parts) > 1 or cut:
+            self._buf, self._lo = b"".join(parts), lo
+        self._feed()
+        return np.frombuffer(self._buf, self.dtype, max(0, min(hi, self.fed) - lo), 0)
+
+    def _feed(self) -> None:
+        top = min(self.n, self._lo + len(self._buf) // self.step)
+        if top <= self.fed:
+            return
+        rows = np.frombuffer(self._buf, self.dtype, top - self.fed,
+                             (self.fed - self._lo) * self.step)
+        self.problems.extend(_enum_problems(rows, self.device, self.fed))
+        self._collect()
+        self._tallying = self.pool.submit(_tally_at, rows, self.fed)
+        self.fed = top
+
+    def _collect(self) -> None:
+        if self._tallying is not None:
+            self.tally.add(self._tallying.result())
+            self._tallying = None
+
+    def drain(self) -> None:
+        """Tally the rows no check asked for (when no audit ran)."""
+        while self.fed < self.n:
+            self._window(self.fed, min(self.n, self.fed + CHUNK))
+        self._collect()
+
+
+def _tally_at(rows: np.ndarray, base: int) -> _Tally:
+    t = _tally(rows, 0, len(rows))
+    t.engine_first = {e: base + i for e, i in t.engine_first.items()}
+    return t
+
+
+_Rows = np.ndarray | _Stream
+
+
+@dataclass
+class FileChecks:
+    header: TraceHeader
+    summary: TraceSummary
+    invalidations: InvalidateCheck | None
+    vram: VramCheck | None
+
+
+def check_file(path: Path, device: str | None = None, invalidations: bool = True,
+               vram: bool = True, limit: int = 50) -> FileChecks:
+    """:func:`summarize` and :func:`audit` of a trace file in one forward pass over its
+    decoded stream, the same answers as over :func:`read_trace`'s whole trace but with
+    only a chunk of it in memory at a time (the decoded trace of a long run is several
+    times its compressed size). Header errors as :func:`decode`."""
+    path = Path(path)
+    device = device or device_of(path)
+    _check_device(device)
+    index = tracefile.scan(path)
+    head = b""
+    for piece in tracefile.iter_chunks(path, 0, index):
+        head += piece[:HDR_SIZE - len(head)]
+        if len(head) >= HDR_SIZE:
+            break
+    header = _header(head)
+    if header.version < 2:  # old traces are small, and their rows are widened: whole
+        trace = read_trace(path, device)
+        return FileChecks(header, summarize(trace),
+                          *audit(trace.records, invalidations, vram, limit))
+    with ThreadPoolExecutor(1) as pool:
+        rows = _Stream(path, header, index, device, pool)
+        inv, vr = audit(rows, invalidations, vram, limit)
+        rows.drain()
+    problems = rows.problems
+    if rows.tail:
+        problems.append(f"truncated last record: {rows.tail} of {rows.step} bytes after "
+                        f"record {rows.n - 1}")
+    return FileChecks(header, _summary(rows.tally, rows.n, device, problems), inv, vr)
+
+
 def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
                         limit: int = 50) -> InvalidateCheck:
     """Every data DMA of a VA job used a translation obtained after the last
@@ -1245,11 +1387,12 @@ def check_invalidations(records: Sequence[TraceRecord] | np.ndarray,
     return inv
 
 
-def audit(records: Sequence[TraceRecord] | np.ndarray, invalidations: bool = True,
+def audit(records: Sequence[TraceRecord] | np.ndarray | _Stream, invalidations: bool = True,
           vram: bool = True, limit: int = 50) -> tuple[InvalidateCheck | None, VramCheck | None]:
     """:func:`check_invalidations` and :func:`check_vram_lifetime` (those asked for) in
-    one pass over the records: each block's fields are read once for both."""
-    rows = rows_of(records)
+    one pass over the records: each block's fields are read once for both. ``records``
+    may be a :class:`_Stream` (:func:`check_file`): it is read forward, a chunk at a time."""
+    rows = records if isinstance(records, _Stream) else rows_of(records)
     n = len(rows)
     inv = InvalidateCheck() if invalidations else None
     small, huge = _Tlb(PAGE_SHIFT), _Tlb(pt_shift(1))
@@ -1316,7 +1459,7 @@ def _pair_starts(at: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:
         & (addr[1:] != addr[:-1]))
 
 
-def _invalidations_chunk(out: InvalidateCheck, rows: np.ndarray, lo: int, at: np.ndarray,
+def _invalidations_chunk(out: InvalidateCheck, rows: _Rows, lo: int, at: np.ndarray,
                          cols: dict[str, np.ndarray], starts: np.ndarray, small: _Tlb,
                          huge: _Tlb, limit: int) -> tuple[_Tlb, _Tlb]:
     kind, aux, va, ln = cols["kind"], cols["aux"], cols["va"], cols["len"]
@@ -1520,7 +1663,7 @@ def check_vram_lifetime(records: Sequence[TraceRecord] | np.ndarray,
     return out
 
 
-def _vram_problems(out: VramCheck, rows: np.ndarray, found: list[tuple[np.ndarray, ...]],
+def _vram_problems(out: VramCheck, rows: _Rows, found: list[tuple[np.ndarray, ...]],
                    limit: int) -> None:
     rec, page, before, after = (np.concatenate(f) for f in zip(*found, strict=True)) if found \
         else (np.zeros(0, np.int64),) * 4

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import os
 import random
 import struct
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from harness.checks import dmatrace as new
+from harness.checks import tracefile
 from harness.checks.dmatrace import Dir, Engine, Kind
 
 DATA = Path(__file__).parent / "data"
@@ -83,11 +85,11 @@ def test_real_slice_checked_in() -> None:
 
 
 def real_traces() -> list[str]:
-    """Real traces of this machine's result directories, 1-12 MB (a few seconds each
-    for the old decoder), at most three."""
+    """Real traces of this machine's result directories, 1-12 MB decoded (a few seconds
+    each for the old decoder), at most three. Most are compressed (zstd frames)."""
     found = sorted({os.path.realpath(p) for p in glob.glob("/tmp/*/cells/*/dmatrace-*.bin")
                     + glob.glob("/tmp/*/*/cells/*/dmatrace-*.bin")
-                    if 1 << 20 <= os.path.getsize(p) <= 12 << 20})
+                    if 1 << 20 <= tracefile.stream_size(Path(p)) <= 12 << 20})
     return found[:3]
 
 
@@ -95,7 +97,12 @@ def real_traces() -> list[str]:
 def test_real_traces_of_this_machine(path: str | None) -> None:
     if path is None:
         pytest.skip("no real trace of 1-12 MB under /tmp/*/cells (run a matrix first)")
-    assert_same(Path(path).read_bytes(), new.device_of(Path(path)))
+    device = new.device_of(Path(path))
+    assert_same(tracefile.read_bytes(Path(path)), device)
+    whole = new.read_trace(Path(path))  # and the file streamed through the checks
+    got = new.check_file(Path(path))
+    assert got.summary == new.summarize(whole)
+    assert (got.invalidations, got.vram) == new.audit(whole.records)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -418,3 +425,71 @@ def test_kernel_addresses_and_many_keys() -> None:
             (aux,) = struct.unpack_from("<Q", data, off + 40)
             struct.pack_into("<Q", data, off + 40, aux + (1 << 32))  # a 4 GiB VRAM
     assert_audits_same(bytes(data), new.GPU)
+
+
+def frames_file(path: Path, data: bytes, rnd: random.Random, raw: bool = False) -> Path:
+    """``data`` as the device writes it: zstd frames (the header alone first, then runs
+    of whole records of random lengths, a drop marker between two of them), or raw."""
+    import zstandard
+
+    if raw:
+        path.write_bytes(data)
+        return path
+    cut = [0, new.HDR_SIZE]
+    while cut[-1] < len(data):
+        cut.append(min(len(data), cut[-1] + 64 * rnd.choice([1, 3, 50, 130, 400])))
+    z = zstandard.ZstdCompressor(write_checksum=True)
+    frames = [z.compress(data[a:b]) for a, b in itertools.pairwise(cut)]
+    drop = struct.pack("<II", tracefile.DROP_MAGIC, 16) + tracefile.DROP_PAYLOAD.pack(5, 5)
+    frames.insert(len(frames) // 2, drop)
+    path.write_bytes(b"".join(frames))
+    assert len(tracefile.scan(path).frames) == len(cut) - 1 > 4
+    return path
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("chunk", [1 << 20, 97, 7])
+def test_streamed_file_checks_match_the_whole_trace(seed: int, chunk: int, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_file, which decodes a file frame by frame and never holds it whole, gives the
+    summary and both audits exactly as over read_trace's whole trace: chunks of 97 or 7
+    records end inside frames of 1 to 400 records and hold whole small frames; with and
+    without bugs; a truncated tail and unknown enum values; a raw file too."""
+    monkeypatch.setattr(new, "CHUNK", chunk)
+    monkeypatch.setattr(new, "_BLOCK", min(chunk, 1 << 15))
+    monkeypatch.setattr(new, "AHEAD", 1 + seed)
+    rnd = random.Random(seed)
+    bugs = (0.0, 0.01, 0.1)[seed % 3]
+    data = Device(rnd, bugs).run(rnd.randrange(600, 3000))
+    if seed == 1:  # an unknown kind, and QEMU killed mid-record
+        at = new.HDR_SIZE + 2 * 64 + 53  # record 2's kind
+        data = data[:at] + bytes([99]) + data[at + 1:] + b"\x01" * 40
+    path = frames_file(tmp_path / "dmatrace-0.bin", data, rnd, raw=seed == 5)
+    for limit in (3, 10_000):
+        whole = new.read_trace(path)
+        inv, vram = new.audit(whole.records, limit=limit)
+        assert inv is not None and vram is not None
+        got = new.check_file(path, limit=limit)
+        assert got.summary == new.summarize(whole)
+        assert got.invalidations is not None and got.vram is not None
+        assert (got.invalidations.to_dict(), got.invalidations.problems) == (
+            inv.to_dict(), inv.problems)
+        assert (got.vram.to_dict(), got.vram.problems) == (vram.to_dict(), vram.problems)
+    if seed == 1:
+        assert any("unknown kind" in p for p in got.summary.problems)
+        assert "truncated last record" in got.summary.problems[-1]
+    if bugs:  # the audits have something to agree on
+        assert got.invalidations.problem_count > 0
+    assert got.vram.problem_count > 0
+    only = new.check_file(path, invalidations=False, vram=False)  # the summary alone
+    assert only.summary == got.summary and only.invalidations is None and only.vram is None
+
+
+def test_streamed_file_checks_of_the_real_slice(tmp_path: Path) -> None:
+    data = REAL.read_bytes()
+    path = frames_file(tmp_path / "dmatrace-0.bin", data, random.Random(1))
+    whole = new.decode(data)
+    got = new.check_file(path, new.GPU)
+    assert got.summary == new.summarize(whole)
+    assert got.invalidations == new.check_invalidations(whole.records)
+    assert got.vram == new.check_vram_lifetime(whole.records)
