@@ -4,7 +4,10 @@
 
 Per file and path, ``--runs`` times in a fresh child process: decode the trace and
 run what a cell runs over it (the summary, the stale-translation audit, the VRAM
-lifetime audit). Printed: records/s (median, min-max), the child's peak RSS
+lifetime audit). The new path is the scenarios' :func:`~harness.checks.dmatrace.check_file`:
+the file streamed frame by frame through the checks; "whole" decodes the whole trace
+into memory first (``read_trace``, what the trace queries and plots use) and runs
+the same checks over it. Printed: records/s (median, min-max), the child's peak RSS
 (ru_maxrss less the RSS after the imports; it counts the pages of the mapped file
 the new path touched) and, for
 the new path, its peak heap (tracemalloc: numpy's arrays and the audits' tables),
@@ -40,7 +43,7 @@ CHILD_TIMEOUT = 3600  # s: the old path on a 200 MB trace takes minutes
 
 def _child(path: Path, which: str, heap: bool) -> dict[str, Any]:
     """One decode + check pass, in this (fresh) process."""
-    if which == "new":
+    if which in ("new", "whole"):
         from harness.checks import dmatrace as mod
     else:
         spec = importlib.util.spec_from_file_location("dmatrace_ref", OLD)
@@ -53,7 +56,17 @@ def _child(path: Path, which: str, heap: bool) -> dict[str, Any]:
     if heap:
         tracemalloc.start()
     t0 = time.perf_counter()
-    if which == "new":
+    if which == "new":  # what the scenarios run: streamed, the trace never whole
+        res = mod.check_file(path)
+        t1 = time.perf_counter()
+        assert res.invalidations is not None and res.vram is not None
+        return {"seconds": t1 - t0, "records": res.summary.records,
+                "phases": {"streamed": t1 - t0},
+                "problems": res.invalidations.problem_count + res.vram.problem_count,
+                "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base,
+                "heap_peak": tracemalloc.get_traced_memory()[1] if heap else None,
+                "checks_heap": tracemalloc.get_traced_memory()[1] if heap else None}
+    if which == "whole":
         trace = mod.read_trace(path)
     else:  # the old decoder read raw files only: the frames decoded for it, timed with it
         trace = mod.decode(tracefile.read_bytes(path), mod.device_of(path))
@@ -110,6 +123,8 @@ class Figures:
                 f"({min(self.rates) / 1e6:.2f}-{max(self.rates) / 1e6:.2f}, "
                 f"{len(self.rates)} runs), peak RSS +{statistics.median(self.maxrss) / 2**20:7.1f} "
                 f"MiB = {statistics.median(self.maxrss) / size:.2f}x the file")
+        if decoded:
+            text += f" = {statistics.median(self.maxrss) / decoded:.2f}x the decoded trace"
         if self.heap:
             text += (f", peak heap {statistics.median(self.heap) / 2**20:.1f} MiB = "
                      f"{statistics.median(self.heap) / size:.2f}x")
@@ -133,7 +148,7 @@ def measure(path: Path, which: str, runs: int) -> Figures:
         rss.append(r["maxrss"])
         phases.append(r["phases"])
         rec, problems = r["records"], r["problems"]
-    if which == "new":  # tracemalloc slows the old path down many times: new only
+    if which != "old":  # tracemalloc slows the old path down many times
         r = _run_child(path, which, heap=True)
         heap.append(r["heap_peak"])
         checks_heap.append(r["checks_heap"])
@@ -146,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="+", type=Path, metavar="FILE")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--old-max-mb", type=float, default=200)
-    ap.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("old", "new", "whole"), help=argparse.SUPPRESS)
     ap.add_argument("--heap", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -162,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path} ({size / 2**20:.1f} MiB, {decoded / 2**20:.1f} MiB decoded, "
               f"{new.records} records)")
         print(new.line(size, decoded))
+        whole = measure(path, "whole", args.runs)
+        print(whole.line(size, decoded))
+        print(f"  new/whole: {statistics.median(new.rates) / statistics.median(whole.rates):.2f}x "
+              f"the rate, {statistics.median(new.maxrss) / statistics.median(whole.maxrss):.2f}x "
+              f"the peak RSS; same problem count: {new.problems == whole.problems}")
         if not OLD.exists():
             print(f"  old: not run (no {OLD}: the benchmark runs from a checkout)")
         elif size <= args.old_max_mb * 2**20:
