@@ -60,7 +60,6 @@ from harness.scenarios.common import (
     BIN,
     HMM_GPU_KO,
     add_cmd_result,
-    finished_trace,
     guest_run,
     load_module,
 )
@@ -175,15 +174,14 @@ class SvmWorkload:
         checked = 0
         for path in traces:
             try:
-                trace = finished_trace(s, path)
+                both = _audits(s, path)
             except dmatrace.TraceError as e:
                 problems.append(f"{path.name}: {e}")
                 continue
-            if trace.header.version < 2:
-                problems.append(f"{path.name}: trace version {trace.header.version} has no "
+            if both[2] < 2:
+                problems.append(f"{path.name}: trace version {both[2]} has no "
                                 "VA/PTW records (the device predates ABI 1.1)")
                 continue
-            both = _audits(s, path, trace)
             out = both[0] if "invalidate" in checks else None
             vram = both[1] if "vram" in checks else None
             if out is not None:
@@ -204,15 +202,16 @@ class SvmWorkload:
                 k: v.get("invalidate") for k, v in stats.items()}, "checks": stats}))
 
 
-def _audits(s: Session, path: Path, trace: dmatrace.Trace
-            ) -> tuple[dmatrace.InvalidateCheck, dmatrace.VramCheck]:
-    """Both audits of a finished trace, once per run: every scenario that checks the
-    file gets the same answers, and one pass gives both."""
+def _audits(s: Session, path: Path
+            ) -> tuple[dmatrace.InvalidateCheck, dmatrace.VramCheck, int]:
+    """Both audits of a finished trace and its version, once per run: every scenario
+    that checks the file gets the same answers, and one pass gives both. Streamed from
+    the file (check_file): the decoded trace of a long run is never whole in memory."""
     cache = s.state.setdefault("svm.audits", {})
     if path not in cache:
-        inv, vram = dmatrace.audit(trace.records)
-        assert inv is not None and vram is not None
-        cache[path] = (inv, vram)
+        got = dmatrace.check_file(path)
+        assert got.invalidations is not None and got.vram is not None
+        cache[path] = (got.invalidations, got.vram, got.header.version)
     return cache[path]
 
 
