@@ -469,7 +469,11 @@ def _trace_query(args: argparse.Namespace) -> object:
         if not sep:
             raise ValueError(f"--addr {args.addr}: want LO-HI")
         addr = (_number(lo), _number(hi))
-    kinds = tuple(int(dmatrace.Kind[k.upper()]) for k in args.kind)
+    known = {k.name: int(k) for k in dmatrace.Kind}
+    unknown = [k for k in args.kind if k.upper() not in known]
+    if unknown:
+        raise ValueError(f"--kind {unknown[0]}: not a record kind; one of {', '.join(known)}")
+    kinds = tuple(known[k.upper()] for k in args.kind)
     return dmatrace.Query(kinds=kinds, addr=addr,
                           t_from=_number(args.t_from) if args.t_from else None,
                           t_to=_number(args.t_to) if args.t_to else None,

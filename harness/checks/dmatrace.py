@@ -118,7 +118,6 @@ class Kind(IntEnum):
     EV_REPLAY = 17  # event: FAULT_REPLAY
     EV_CANCEL = 18  # event: FAULT_CANCEL (aux = token)
     EV_CLOCK_SYNC = 19  # event (1.4): the driver's clock (va = guest ns, aux = sequence number)
-    CLOCK_SYNC = 19  # alias of EV_CLOCK_SYNC
 
     @property
     def is_event(self) -> bool:

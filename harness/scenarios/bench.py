@@ -31,7 +31,13 @@ from typing import Any
 from harness.core.config import DEFAULT_ROUNDS
 from harness.core.results import Status, TestResult
 from harness.scenarios import Session
-from harness.scenarios.common import add_cmd_result, guest_run, load_module, unload_module
+from harness.scenarios.common import (
+    add_cmd_result,
+    bench_rounds,
+    guest_run,
+    load_module,
+    unload_module,
+)
 from harness.scenarios.hmm_tests import DRIVERS, HMM_GPU, NODES, TEST_HMM, Driver, HmmTests
 from harness.scenarios.smoke import parse_workload_output
 
@@ -199,9 +205,7 @@ class BenchSvm:
     args = "-s 64 -n 200 -r 4"
 
     def __init__(self, rounds: int = DEFAULT_ROUNDS) -> None:
-        if rounds < 1:
-            raise ValueError(f"bench-svm: rounds must be at least 1, got {rounds}")
-        self.rounds = rounds
+        self.rounds = bench_rounds("bench-svm", rounds)
 
     def run(self, s: Session) -> None:
         rounds: list[dict[str, dict[str, Any] | None]] = []

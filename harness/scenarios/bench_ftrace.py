@@ -30,7 +30,13 @@ from harness.core.results import Status, TestResult
 from harness.guest import ftrace
 from harness.scenarios import Session
 from harness.scenarios.bench import BENCH, METRICS, figures, format_figures
-from harness.scenarios.common import add_cmd_result, guest_run, load_module, unload_module
+from harness.scenarios.common import (
+    add_cmd_result,
+    bench_rounds,
+    guest_run,
+    load_module,
+    unload_module,
+)
 from harness.scenarios.hmm_tests import DRIVERS, HMM_GPU_DEVFAULT, NODES
 from harness.scenarios.smoke import parse_workload_output
 
@@ -46,9 +52,7 @@ class BenchFtrace:
     args = "-s 64 -n 200 -r 4"
 
     def __init__(self, rounds: int = DEFAULT_ROUNDS) -> None:
-        if rounds < 1:
-            raise ValueError(f"bench-ftrace: rounds must be at least 1, got {rounds}")
-        self.rounds = rounds
+        self.rounds = bench_rounds("bench-ftrace", rounds)
 
     def run(self, s: Session) -> None:
         for module in dict.fromkeys(x.module for x in DRIVERS):

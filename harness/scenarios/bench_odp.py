@@ -57,7 +57,7 @@ from harness.core.config import DEFAULT_ROUNDS, nic_links
 from harness.core.results import Status, TestResult
 from harness.scenarios import Session
 from harness.scenarios.bench import Metric, figures, format_figures
-from harness.scenarios.common import HMM_GPU_KO, guest_run, load_module
+from harness.scenarios.common import HMM_GPU_KO, bench_rounds, guest_run, load_module
 from harness.scenarios.kernel import guest_kernel
 from harness.scenarios.rdma_tests import HMM_NIC, RXE, column_unmet
 
@@ -283,9 +283,7 @@ class BenchOdp:
     name = NAME
 
     def __init__(self, rounds: int = DEFAULT_ROUNDS) -> None:
-        if rounds < 1:
-            raise ValueError(f"{NAME}: rounds must be at least 1, got {rounds}")
-        self.rounds = rounds
+        self.rounds = bench_rounds(NAME, rounds)
 
     def run(self, s: Session) -> None:
         if ("nic0", "nic1") not in nic_links(s.cfg.devices):

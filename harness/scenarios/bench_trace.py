@@ -36,7 +36,7 @@ from harness.checks import dmatrace, tracefile
 from harness.core.config import DEFAULT_ROUNDS, DeviceConfig
 from harness.core.results import Status, TestResult
 from harness.scenarios import Session
-from harness.scenarios.common import BIN, HMM_GPU_KO, guest_run, load_module
+from harness.scenarios.common import BIN, HMM_GPU_KO, bench_rounds, guest_run, load_module
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,7 @@ class BenchTrace:
     name = NAME
 
     def __init__(self, rounds: int = DEFAULT_ROUNDS) -> None:
-        if rounds < 1:
-            raise ValueError(f"{NAME}: rounds must be at least 1, got {rounds}")
-        self.rounds = rounds
+        self.rounds = bench_rounds(NAME, rounds)
 
     def run(self, s: Session) -> None:
         pair = gpus(s.cfg.devices)

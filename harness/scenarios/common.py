@@ -54,6 +54,13 @@ class Cmd:
         return body[-limit:] + dump
 
 
+def bench_rounds(name: str, rounds: int) -> int:
+    """A benchmark scenario's round count, checked."""
+    if rounds < 1:
+        raise ValueError(f"{name}: rounds must be at least 1, got {rounds}")
+    return rounds
+
+
 def cut_off_status(error: SSHError | GuestError, guest_gone: str | None, splat: bool) -> Status:
     """The status of a guest command or test step that ``error`` cut off.
 
